@@ -1,0 +1,1 @@
+"""The bench: simulated rectifier and potroom PLCs driven by the twin, faults, scenarios."""

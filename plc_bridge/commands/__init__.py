@@ -1,0 +1,1 @@
+"""One module per ``potline`` subcommand (see plc_bridge.cli)."""
