@@ -1,0 +1,96 @@
+"""Value + quality + timestamp: what every tag read yields.
+
+A ``Sample`` is what a scan hands upwards: the engineering value, a quality in the
+OPC UA sense (GOOD / UNCERTAIN / BAD) with a short human reason when it is not
+GOOD, and the time of the scan on the caller's clock (seconds, see
+``twin/clock.py``). Nothing here does I/O.
+
+Reasons are plain strings meant for operators and the journal, e.g.
+``"modbus exception 2 illegal address"``, ``"timeout"``, ``"non-finite"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+__all__ = [
+    "Quality",
+    "Sample",
+    "MODBUS_EXCEPTION_NAMES",
+    "modbus_exception_reason",
+]
+
+
+class Quality(IntEnum):
+    """Quality of a value, ordered so that ``max()`` gives the worst one."""
+
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+
+
+#: Modbus exception codes (Modbus Application Protocol v1.1b3, section 7).
+MODBUS_EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal address",
+    3: "illegal value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target no response",
+}
+
+
+def modbus_exception_reason(code: int) -> str:
+    """Reason text for Modbus exception ``code``, e.g. ``"modbus exception 2 illegal address"``."""
+    name = MODBUS_EXCEPTION_NAMES.get(int(code), "unknown")
+    return f"modbus exception {int(code)} {name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One tag value as read.
+
+    Attributes:
+        value: engineering value (float for scaled/real tags, int for unscaled
+            integer tags, bool for bits); ``None`` when nothing usable was read.
+        quality: GOOD, UNCERTAIN or BAD.
+        t: time of the read on the reader's clock [s].
+        reason: why the quality is not GOOD ("" when GOOD).
+    """
+
+    value: float | int | bool | None
+    quality: Quality
+    t: float
+    reason: str = ""
+
+    @property
+    def good(self) -> bool:
+        """True when the quality is GOOD (the only quality a controller should act on)."""
+        return self.quality is Quality.GOOD
+
+    def age(self, now: float) -> float:
+        """Seconds since the sample was taken, on the same clock as ``t``."""
+        return now - self.t
+
+    @classmethod
+    def good_value(cls, value: float | int | bool, t: float) -> "Sample":
+        """A GOOD sample."""
+        return cls(value, Quality.GOOD, t, "")
+
+    @classmethod
+    def bad(cls, reason: str, t: float, value: float | int | bool | None = None) -> "Sample":
+        """A BAD sample with ``reason`` (the value, if any, must not be acted on)."""
+        return cls(value, Quality.BAD, t, reason)
+
+    @classmethod
+    def uncertain(cls, value: float | int | bool | None, reason: str, t: float) -> "Sample":
+        """An UNCERTAIN sample (e.g. engineering range exceeded)."""
+        return cls(value, Quality.UNCERTAIN, t, reason)
+
+    def __str__(self) -> str:
+        q = self.quality.name
+        return f"{self.value!r} [{q}{': ' + self.reason if self.reason else ''}] @ {self.t:.3f}s"
