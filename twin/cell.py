@@ -1,0 +1,323 @@
+"""Lumped dynamic model of point-fed prebake cells: per-cell Numba kernels.
+
+One sub-step of one cell is split in two so that the series circuit can be solved in
+between (``twin.potline``):
+
+1. ``cell_emf`` — voltage breakdown at the present line current: the cell is
+   linearised as ``U = E + R_ohm·I`` (back-EMF + ohmic part, incl. AE film and noise).
+2. ``cell_integrate`` — with the line current the rectifier delivers, integrate the
+   mass balances (two-pool alumina after Yao 2017, AlF3, cryolite, metal), the energy
+   balance with a Stefan-type side ledge, ACD (metal rise, anode burn-off, tapping),
+   the anode effect (onset below a current-density dependent critical alumina
+   concentration, gas film, self-extinction, quench by alumina and beam pumping,
+   PFC), and the potroom PLC's local automation and operations schedule.
+
+Energy bookkeeping is exact by construction: with ``H = C_th·T − ΔH_f·m_ledge`` the
+step changes H by (U·I − reaction − losses − anode heating)·dt, all recorded in the
+accumulators, so the balance closes to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from twin.bath import (
+    AL2O3_KG_PER_AS,
+    AL_KG_PER_AS,
+    ALUMINIUM_DENSITY_KG_M3,
+    ANODE_DENSITY_KG_M3,
+    LEDGE_DENSITY_KG_M3,
+    LEDGE_FUSION_J_PER_KG,
+    U_REACTION_V,
+    alumina_saturation_wt,
+    current_efficiency,
+    liquidus_c,
+    voltage_components,
+)
+from twin.cell_layout import *  # noqa: F403  (index constants)
+from twin.rng import normal, uniform
+
+#: CF4 per A·s during a full AE [kg/(A·s)], calibrated to the IPCC Tier 2 CWPB slope
+#: 0.143 kg CF4/t Al per AE-min/cell-day: 0.143e-3 · 8.054e-3 kg/(A·d) · 0.95 / 60 s
+CF4_KG_PER_AS = 0.143e-3 * 8.054e-3 * 0.95 / 60.0
+#: fraction of the current that still makes metal during a full AE
+AE_CE_FACTOR = 0.5
+#: minimum ledge thickness used in the wall conduction [m]
+LEDGE_MIN_M = 0.005
+ANODE_CP_J_PER_KGK = 1200.0
+ANODE_HEAT_TAU_S = 4.0 * 3600.0
+ANODE_AREA_TAU_S = 8.0 * 3600.0
+FILM_TAU_S = 2.0
+AE_OSC_STD_V = 3.0
+AE_OSC_TAU_S = 1.0
+MEAS_NOISE_V = 0.002
+SWEEP_TAU_S = 30.0
+#: metal a tapping crucible takes over the tapping duration [kg]
+TAP_BATCH_KG = 1000.0
+#: pumping [mm of recent beam travel] that gives a 1/10 s extinction hazard
+SWEEP_SCALE_MM = 20.0
+
+
+@njit(cache=True)
+def composition(state, k):
+    """(total bath kg, Al2O3 wt %, AlF3 wt %) of cell ``k``."""
+    tot = state[k, S_AL2O3] + state[k, S_ALF3] + state[k, S_CRYO]
+    return tot, 100.0 * state[k, S_AL2O3] / tot, 100.0 * state[k, S_ALF3] / tot
+
+
+@njit(cache=True)
+def critical_alumina_wt(t_c, i_dens, single_cm2, delta):
+    """Bulk Al2O3 [wt %] below which an AE starts at current density ``i_dens`` [A/cm²].
+
+    Under-anode Al2O3 is the bulk minus ``delta``·i; the AE starts when the anode
+    current density exceeds the critical current density of that local bath
+    (Grjotheim & Welch), i.e. at a local concentration (i/K + 0.4)².
+    """
+    kk = (5.5 + 0.018 * (t_c + 273.15 - 1323.0)) * single_cm2**-0.1
+    c_loc = (i_dens / kk + 0.4) ** 2
+    return c_loc + delta * i_dens
+
+
+@njit(cache=True)
+def cell_emf(k, state, params, out, current_a, rng, dt):
+    """Voltage breakdown of cell ``k`` at line current ``current_a`` [A]; advances noise."""
+    a_noise = math.exp(-dt / params[k, P_NOISE_TAU])
+    sigma = params[k, P_NOISE_V] * (1.0 + state[k, S_SLUDGE] / 400.0)
+    sigma *= 1.0 + 2.0 * max(0.0, 4.0 - state[k, S_ACD]) + 4.0 * params[k, P_N_ANODES] * state[k, S_AC_AREA]
+    state[k, S_NOISE] = a_noise * state[k, S_NOISE] + sigma * math.sqrt(1.0 - a_noise * a_noise) * normal(rng, k)
+    a_osc = math.exp(-dt / AE_OSC_TAU_S)
+    state[k, S_AE_OSC] = a_osc * state[k, S_AE_OSC] + AE_OSC_STD_V * math.sqrt(1.0 - a_osc * a_osc) * normal(rng, k)
+
+    if state[k, S_IN_CIRCUIT] < 0.5:
+        for j in range(N_OUT):
+            out[k, j] = 0.0
+        out[k, O_R_OHM] = 0.0
+        return
+    tot, c, alf3 = composition(state, k)
+    caf2 = params[k, P_CAF2]
+    t_c = state[k, S_TBATH]
+    area = params[k, P_ANODE_CM2] * (1.0 - state[k, S_AC_AREA])
+    e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bub, u_cond, r_ohm, kappa, i_dens = voltage_components(
+        current_a,
+        t_c,
+        c,
+        alf3,
+        caf2,
+        state[k, S_ACD],
+        area,
+        params[k, P_SINGLE_CM2],
+        params[k, P_AREA_F],
+        params[k, P_CATH_CM2],
+        params[k, P_KAPPA_F],
+        params[k, P_R_COND],
+    )
+    film = state[k, S_FILM]
+    u_ae = film * (params[k, P_FILM_V] + state[k, S_AE_OSC])
+    noise = state[k, S_NOISE] + MEAS_NOISE_V * normal(rng, k)
+    t_liq = liquidus_c(alf3, caf2, c)
+    out[k, O_E] = e_rev + eta_sa + eta_ca + eta_cc + u_ae + noise
+    out[k, O_R_OHM] = r_ohm
+    out[k, O_EREV] = e_rev
+    out[k, O_ETA_SA] = eta_sa
+    out[k, O_ETA_CA] = eta_ca
+    out[k, O_ETA_CC] = eta_cc
+    out[k, O_U_BATH] = u_bath
+    out[k, O_U_BUB] = u_bub
+    out[k, O_U_COND] = u_cond
+    out[k, O_U_AE] = u_ae
+    out[k, O_U_NOISE] = noise
+    out[k, O_C] = c
+    out[k, O_ALF3] = alf3
+    out[k, O_TLIQ] = t_liq
+    out[k, O_SUPERHEAT] = t_c - t_liq
+    out[k, O_KAPPA] = kappa
+    out[k, O_I_DENS] = i_dens
+    out[k, O_CSAT] = alumina_saturation_wt(t_c, alf3, caf2)
+    out[k, O_C_CRIT] = critical_alumina_wt(t_c, i_dens, params[k, P_SINGLE_CM2], params[k, P_AE_DELTA])
+
+
+@njit(cache=True)
+def dump_shot(state, params, k, shots):
+    """Dump ``shots`` feeder shots into cell ``k`` (the slow share goes to sludge)."""
+    if shots <= 0:
+        return
+    m = shots * params[k, P_SHOT_KG]
+    r = params[k, P_SLUDGE_R]
+    tot, c, alf3 = composition(state, k)
+    c_sat = alumina_saturation_wt(state[k, S_TBATH], alf3, params[k, P_CAF2])
+    fast = (1.0 - r) * m if c < c_sat else 0.0
+    state[k, S_AL2O3] += fast
+    state[k, S_SLUDGE] += m - fast
+    neut = min(params[k, P_ALF3_NEUT] * m, state[k, S_ALF3])
+    state[k, S_ALF3] -= neut
+    state[k, S_CRYO] += neut * 1.25  # 4 AlF3 + 3 Na2O -> 2 Na3AlF6 + Al2O3 (mass 419.9/335.9)
+    state[k, A_ALF3_USED] += neut
+    state[k, A_CRYO_MADE] += neut * 1.25
+    state[k, A_FED] += m
+    state[k, S_FEED_ACK] += shots
+
+
+@njit(cache=True)
+def move_beam(state, k, move_mm):
+    """Move cell ``k``'s anode beam by ``move_mm`` [mm] (+ up = larger ACD)."""
+    if move_mm == 0.0:
+        return
+    state[k, S_ACD] = max(state[k, S_ACD] + move_mm / 10.0, 0.5)
+    state[k, S_BEAM_ACK] += move_mm
+    if state[k, S_AE] > 0.5:
+        state[k, S_SWEEP] += abs(move_mm)
+
+
+@njit(cache=True)
+def start_anode_change(state, params, k):
+    """Replace one anode of cell ``k``: cold-anode heat sink, area not yet conducting."""
+    n = params[k, P_N_ANODES]
+    state[k, S_AC_HEAT] += params[k, P_ANODE_MASS] * ANODE_CP_J_PER_KGK * (state[k, S_TBATH] - 25.0)
+    state[k, S_AC_AREA] = min(state[k, S_AC_AREA] + 1.0 / n, 0.5)
+    state[k, S_ANODE_H] += 0.75 * params[k, P_ANODE_H0] / n
+    state[k, S_AC_BUSY] = params[k, P_AC_DURATION]
+
+
+@njit(cache=True)
+def start_tapping(state, params, k):
+    """Tap cell ``k`` back to its nominal metal pad over the tapping duration."""
+    state[k, S_TAP_LEFT] = max(state[k, S_METAL] - params[k, P_METAL0], 0.0)
+
+
+@njit(cache=True)
+def cell_integrate(k, state, params, out, current_line_a, rng, dt):
+    """Integrate cell ``k`` over ``dt`` [s] at line current ``current_line_a`` [A]."""
+    in_circ = state[k, S_IN_CIRCUIT] > 0.5
+    current = current_line_a if in_circ else 0.0
+    u = out[k, O_E] + out[k, O_R_OHM] * current if in_circ else 0.0
+    out[k, O_U] = u
+    out[k, O_I] = current
+    tot, c, alf3 = composition(state, k)
+    caf2 = params[k, P_CAF2]
+    t_c = state[k, S_TBATH]
+    t_liq = liquidus_c(alf3, caf2, c)
+
+    # --- anode effect ---------------------------------------------------------------------
+    film = state[k, S_FILM]
+    if state[k, S_AE] > 0.5:
+        state[k, S_AE_T] += dt
+        state[k, A_AE_S] += dt
+        film += (1.0 - film) * (1.0 - math.exp(-dt / FILM_TAU_S))
+        c_crit = out[k, O_C_CRIT]
+        hazard = 1.0 / params[k, P_AE_SELF_S]
+        hazard += max(0.0, c - c_crit) / 0.25 / 20.0  # fresh alumina wets the anodes
+        hazard += state[k, S_SWEEP] / SWEEP_SCALE_MM / 10.0  # beam pumping sweeps the gas
+        if state[k, S_ACD] < 2.5:
+            hazard += 1.0 / 3.0  # anodes touch the metal: shorted
+        if current <= 0.0 or uniform(rng, k) < 1.0 - math.exp(-hazard * dt):
+            state[k, S_AE] = 0.0
+            state[k, S_REFRACT] = params[k, P_AE_REFR_S]
+    else:
+        film *= math.exp(-dt / FILM_TAU_S)
+        state[k, S_REFRACT] = max(state[k, S_REFRACT] - dt, 0.0)
+        if in_circ and current > 1000.0 and state[k, S_REFRACT] <= 0.0 and c < out[k, O_C_CRIT]:
+            state[k, S_AE] = 1.0
+            state[k, S_AE_T] = 0.0
+            state[k, A_AE_N] += 1.0
+    state[k, S_FILM] = film
+    state[k, S_SWEEP] *= math.exp(-dt / SWEEP_TAU_S)
+
+    # --- electrochemistry: CE, metal, alumina, PFC -----------------------------------------
+    ce = current_efficiency(t_c - t_liq, alf3, params[k, P_CE_C], state[k, S_ACD])
+    ce *= 1.0 - (1.0 - AE_CE_FACTOR) * film
+    out[k, O_CE] = ce
+    charge = current * dt
+    consumed = min(ce * AL2O3_KG_PER_AS * charge, state[k, S_AL2O3])
+    ce_eff = consumed / (AL2O3_KG_PER_AS * charge) if charge > 0.0 else 0.0
+    metal = ce_eff * AL_KG_PER_AS * charge
+    state[k, S_AL2O3] -= consumed
+    state[k, A_CONSUMED] += consumed
+    state[k, A_CHARGE] += charge
+    state[k, S_METAL] += metal
+    state[k, A_METAL] += metal
+    state[k, A_CF4] += CF4_KG_PER_AS * film * charge
+
+    # slow pool: first-order dissolution, driven by the distance to saturation
+    c_sat = alumina_saturation_wt(t_c, alf3, caf2)
+    diss = state[k, S_SLUDGE] * (1.0 - math.exp(-params[k, P_KDISS] * dt)) * max(0.0, 1.0 - c / c_sat)
+    state[k, S_SLUDGE] -= diss
+    state[k, S_AL2O3] += diss
+
+    # AlF3 additions (continuous, from the PLC's schedule)
+    add = params[k, P_ALF3_RATE] * dt
+    state[k, S_ALF3] += add
+    state[k, A_ALF3_ADD] += add
+
+    # --- energy balance and ledge (Stefan) -----------------------------------------------------
+    p_elec = u * current
+    p_rxn = U_REACTION_V * ce_eff * current
+    a_l = params[k, P_LEDGE_M2]
+    x_l = max(state[k, S_LEDGE] / (LEDGE_DENSITY_KG_M3 * a_l), LEDGE_MIN_M)
+    q_bl = params[k, P_HBL] * a_l * (t_c - t_liq)
+    q_out = (t_liq - params[k, P_TAMB]) / (x_l / (params[k, P_KLEDGE] * a_l) + params[k, P_RWALL])
+    q_top = params[k, P_KTOP] * (t_c - params[k, P_TAMB])
+    q_anode = state[k, S_AC_HEAT] * (1.0 - math.exp(-dt / ANODE_HEAT_TAU_S)) / dt
+    state[k, S_AC_HEAT] -= q_anode * dt
+    dm_ledge = (q_out - q_bl) * dt / LEDGE_FUSION_J_PER_KG
+    dm_ledge = max(dm_ledge, -state[k, S_LEDGE])  # cannot melt more ledge than there is
+    dm_ledge = min(dm_ledge, 0.5 * state[k, S_CRYO])
+    state[k, S_LEDGE] += dm_ledge
+    state[k, S_CRYO] -= dm_ledge
+    state[k, S_TBATH] += (
+        (p_elec - p_rxn - q_top - q_out - q_anode) * dt + LEDGE_FUSION_J_PER_KG * dm_ledge
+    ) / params[k, P_CTH]
+    state[k, A_E_ELEC] += p_elec * dt
+    state[k, A_E_RXN] += p_rxn * dt
+    state[k, A_Q_LOSS] += (q_top + q_out) * dt
+    state[k, A_Q_ANODE] += q_anode * dt
+    out[k, O_LEDGE_CM] = 100.0 * state[k, S_LEDGE] / (LEDGE_DENSITY_KG_M3 * a_l)
+    state[k, S_AC_AREA] *= math.exp(-dt / ANODE_AREA_TAU_S)
+
+    # --- geometry: metal rise, anode burn-off, tapping -------------------------------------------
+    cath_m2 = params[k, P_CATH_CM2] * 1e-4
+    anode_m2 = params[k, P_ANODE_CM2] * 1e-4
+    carbon = params[k, P_CARBON] * metal
+    state[k, A_CARBON] += carbon
+    burn_cm = 100.0 * carbon / (ANODE_DENSITY_KG_M3 * anode_m2)
+    state[k, S_ANODE_H] -= burn_cm
+    d_acd = burn_cm - 100.0 * metal / (ALUMINIUM_DENSITY_KG_M3 * cath_m2)
+    if state[k, S_TAP_LEFT] > 0.0:
+        tap = min(state[k, S_TAP_LEFT], TAP_BATCH_KG * dt / params[k, P_TAP_DURATION], state[k, S_METAL])
+        state[k, S_TAP_LEFT] -= tap
+        state[k, S_METAL] -= tap
+        state[k, A_TAPPED] += tap
+        d_acd += 100.0 * tap / (ALUMINIUM_DENSITY_KG_M3 * cath_m2)
+    state[k, S_ACD] = max(state[k, S_ACD] + d_acd, 0.5)
+    state[k, S_AC_BUSY] = max(state[k, S_AC_BUSY] - dt, 0.0)
+
+    # --- operations schedule (tapping, anode changes) ---------------------------------------------
+    if params[k, P_OPS] > 0.5 and in_circ:
+        state[k, S_TAP_TIMER] -= dt
+        if state[k, S_TAP_TIMER] <= 0.0:
+            state[k, S_TAP_TIMER] += params[k, P_TAP_INTERVAL]
+            start_tapping(state, params, k)
+        state[k, S_AC_TIMER] -= dt
+        if state[k, S_AC_TIMER] <= 0.0:
+            state[k, S_AC_TIMER] += params[k, P_AC_INTERVAL]
+            start_anode_change(state, params, k)
+
+    # --- potroom PLC local automation -----------------------------------------------------------
+    if params[k, P_LOCAL] > 0.5 and in_circ:
+        state[k, S_FEED_CREDIT] += params[k, P_FEED_RATIO] * params[k, P_CE_NOM] * AL2O3_KG_PER_AS * charge
+        shot = params[k, P_SHOT_KG]
+        if state[k, S_FEED_CREDIT] >= shot:
+            n = int(state[k, S_FEED_CREDIT] / shot)
+            state[k, S_FEED_CREDIT] -= n * shot
+            dump_shot(state, params, k, n)
+        state[k, S_BEAM_TIMER] -= dt
+        if state[k, S_BEAM_TIMER] <= 0.0:
+            state[k, S_BEAM_TIMER] += params[k, P_BEAM_INTERVAL]
+            busy = state[k, S_AE] > 0.5 or state[k, S_TAP_LEFT] > 0.0 or state[k, S_AC_BUSY] > 0.0
+            if current > 1000.0 and not busy:
+                r = (u - out[k, O_U_NOISE] - 1.65) / current
+                if r > params[k, P_R_TARGET] + params[k, P_R_BAND]:
+                    move_beam(state, k, -10.0 * params[k, P_BEAM_STEP])
+                elif r < params[k, P_R_TARGET] - params[k, P_R_BAND]:
+                    move_beam(state, k, 10.0 * params[k, P_BEAM_STEP])

@@ -1,0 +1,214 @@
+"""Plant configuration: TOML validated with pydantic.
+
+A plant has series lines (one rectifier each), each with potrooms of cells. Cell
+parameters are given once (nominal, with units in the key names) plus a relative
+spread that the model draws per cell from a seeded generator.
+
+Errors name the file, the key and what was expected (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: repository config directory (embedded defaults)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+REFERENCE_PLANT = CONFIG_DIR / "plant_reference.toml"
+
+
+class ConfigError(ValueError):
+    """A config file failed validation. ``errors`` lists (key, message) pairs."""
+
+    def __init__(self, path: str | Path, errors: list[tuple[str, str]]) -> None:
+        self.path = str(path)
+        self.errors = errors
+        lines = [f"{self.path}: {len(errors)} error(s)"]
+        lines += [f"  {key}: {msg}" for key, msg in errors]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CellParams(_Strict):
+    """Nominal parameters of one point-fed prebake cell (120 kA class by default).
+
+    Sources: DESIGN.md physics facts, DOMAIN_BRIEF §1 (Haupin voltage, Solheim
+    liquidus, Dewing CE, Stefan ledge after Lundby et al.).
+    """
+
+    anode_area_m2: float = Field(14.0, gt=1.0, le=60.0, description="total geometric anode area")
+    n_anodes: int = Field(16, ge=1, le=60)
+    anode_area_factor: float = Field(1.138, ge=1.0, le=1.5, description="effective/geometric area (fanning)")
+    cathode_area_m2: float = Field(18.0, gt=1.0, le=80.0)
+    ledge_area_m2: float = Field(12.0, gt=1.0, le=60.0, description="side-ledge face area")
+    bath_mass_kg: float = Field(4000.0, ge=500.0, le=20000.0)
+    metal_mass_kg: float = Field(9000.0, ge=1000.0, le=50000.0)
+    acd_cm: float = Field(4.6, ge=2.0, le=8.0, description="initial anode-cathode distance")
+    alumina_wt_pct: float = Field(3.0, ge=1.0, le=8.0, description="initial dissolved Al2O3")
+    alf3_wt_pct: float = Field(11.0, ge=0.0, le=20.0, description="initial excess AlF3")
+    caf2_wt_pct: float = Field(5.0, ge=0.0, le=10.0)
+    bath_temp_c: float = Field(968.0, ge=900.0, le=1010.0, description="initial bath temperature")
+    r_anode_uohm: float = Field(2.5, ge=0.0, le=20.0, description="anode assembly resistance")
+    r_cathode_uohm: float = Field(2.5, ge=0.0, le=20.0, description="cathode block + bars")
+    r_external_uohm: float = Field(1.67, ge=0.0, le=20.0, description="cell-to-cell busbar share")
+    kappa_factor: float = Field(1.0, ge=0.5, le=1.5, description="multiplier on Wang bath conductivity")
+    sludge_fraction: float = Field(0.6, ge=0.0, le=1.0, description="share of a shot that goes to the slow pool (Yao 2017)")
+    dissolution_rate_per_s: float = Field(0.002, gt=0.0, le=0.1)
+    ae_local_depletion_wt_pct_per_a_cm2: float = Field(
+        1.05, ge=0.0, le=3.0, description="bulk minus under-anode Al2O3 per unit current density"
+    )
+    ae_film_voltage_v: float = Field(26.0, ge=10.0, le=50.0, description="gas-film voltage of a full AE")
+    ae_self_extinction_s: float = Field(420.0, ge=10.0, le=7200.0, description="mean AE life without action")
+    ae_refractory_s: float = Field(60.0, ge=0.0, le=3600.0)
+    noise_mv: float = Field(12.0, ge=0.0, le=200.0, description="MHD/bubble voltage noise (std)")
+    noise_tau_s: float = Field(20.0, gt=0.0, le=3600.0)
+    thermal_capacity_mj_per_k: float = Field(18.0, gt=1.0, le=200.0, description="bath + metal heat capacity")
+    k_top_w_per_k: float = Field(163.0, gt=0.0, le=2000.0, description="top + bottom loss conductance")
+    h_bath_ledge_w_per_m2k: float = Field(1200.0, gt=0.0, le=5000.0)
+    k_ledge_w_per_mk: float = Field(2.5, gt=0.0, le=10.0)
+    r_wall_k_per_w: float = Field(4.62e-3, gt=0.0, le=1.0, description="side wall + outer convection")
+    ambient_c: float = Field(35.0, ge=-40.0, le=80.0)
+    ce_constant: float = Field(0.832, ge=0.0, le=2.0, description="Dewing constant: CE 95 % at 8 K, 11 % AlF3")
+    alf3_neutralised_per_kg_feed: float = Field(0.02, ge=0.0, le=0.1)
+    anode_net_carbon_kg_per_kg_al: float = Field(0.42, ge=0.33, le=0.6)
+    anode_height_cm: float = Field(60.0, gt=10.0, le=100.0)
+    anode_cycle_days: float = Field(26.0, gt=5.0, le=60.0)
+    anode_mass_kg: float = Field(900.0, gt=50.0, le=3000.0)
+
+
+class CellSpread(_Strict):
+    """Relative (1-sigma) per-cell spread drawn around the nominal parameters."""
+
+    acd: float = Field(0.03, ge=0.0, le=0.3)
+    bath_mass: float = Field(0.05, ge=0.0, le=0.3)
+    kappa: float = Field(0.02, ge=0.0, le=0.2)
+    r_external: float = Field(0.05, ge=0.0, le=0.5)
+    ce_constant: float = Field(0.04, ge=0.0, le=0.5)
+    ae_film_voltage: float = Field(0.12, ge=0.0, le=0.5)
+    noise: float = Field(0.25, ge=0.0, le=1.0)
+    k_top: float = Field(0.03, ge=0.0, le=0.3)
+
+
+class LocalControl(_Strict):
+    """The potroom PLC's own automation (runs when the controller is not in charge)."""
+
+    shot_mass_kg: float = Field(1.8, gt=0.1, le=10.0, description="alumina per feeder shot")
+    feed_ratio: float = Field(1.0, ge=0.0, le=3.0, description="fixed feed rate / nominal consumption")
+    nominal_ce: float = Field(0.95, ge=0.8, le=1.0, description="CE assumed for the nominal feed rate")
+    resistance_target_uohm: float = Field(21.7, gt=0.0, le=200.0, description="R = (U - 1.65 V)/I target")
+    resistance_deadband_uohm: float = Field(0.4, ge=0.0, le=20.0)
+    beam_step_mm: float = Field(2.0, gt=0.0, le=20.0)
+    beam_check_interval_s: float = Field(1800.0, ge=60.0, le=86400.0)
+    alf3_kg_per_day: float = Field(35.0, ge=0.0, le=500.0)
+    tap_interval_h: float = Field(24.0, ge=1.0, le=240.0)
+    tap_duration_s: float = Field(600.0, ge=30.0, le=7200.0)
+    anode_change_duration_s: float = Field(900.0, ge=60.0, le=7200.0)
+    operations: bool = Field(True, description="schedule tapping and anode changes")
+
+
+class RectifierParams(_Strict):
+    """One rectifier (diode + on-load tap changer + saturable reactors) feeding a series line."""
+
+    setpoint_ka: float = Field(120.0, gt=0.0, le=700.0)
+    min_ka: float = Field(0.0, ge=0.0, le=700.0)
+    max_ka: float = Field(130.0, gt=0.0, le=750.0)
+    ramp_ka_per_min: float = Field(6.0, gt=0.0, le=600.0)
+    voltage_limit_v: float = Field(1250.0, gt=10.0, le=3000.0, description="max DC output")
+    n_taps: int = Field(33, ge=2, le=99)
+    tap_min_fraction: float = Field(0.35, gt=0.0, lt=1.0, description="lowest tap voltage / voltage limit")
+    tap_time_s: float = Field(7.0, gt=0.0, le=120.0)
+    reactor_range_v: float = Field(60.0, gt=0.0, le=500.0, description="saturable-reactor trim range")
+    reactor_tau_s: float = Field(0.3, gt=0.0, le=10.0)
+    bandwidth_per_s: float = Field(0.6, gt=0.0, le=5.0, description="current-loop gain x dt per second")
+    busbar_uohm: float = Field(300.0, ge=0.0, le=5000.0, description="line busbar resistance")
+
+    @model_validator(mode="after")
+    def _limits(self) -> "RectifierParams":
+        if not self.min_ka <= self.setpoint_ka <= self.max_ka:
+            raise ValueError(
+                f"setpoint_ka={self.setpoint_ka} must lie within min_ka={self.min_ka} .. max_ka={self.max_ka}"
+            )
+        return self
+
+
+class Room(_Strict):
+    name: str = Field(min_length=1)
+    cells: int = Field(ge=1, le=400)
+    operating: bool = True
+
+
+class Line(_Strict):
+    name: str = Field(min_length=1)
+    rectifier: RectifierParams = RectifierParams()
+    rooms: list[Room] = Field(min_length=1)
+
+
+class PlantConfig(_Strict):
+    """A whole plant: lines of potrooms of cells, one cell parameter set with spread."""
+
+    name: str = "ReferencePlant"
+    seed: int = Field(20261123, ge=0)
+    dt_s: float = Field(1.0, gt=0.0, le=60.0, description="model sub-step")
+    cell: CellParams = CellParams()
+    spread: CellSpread = CellSpread()
+    local_control: LocalControl = LocalControl()
+    lines: list[Line] = Field(min_length=1)
+    control: dict[str, Any] = Field(default_factory=dict, description="controller section (control.config)")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "PlantConfig":
+        names = [r.name for ln in self.lines for r in ln.rooms]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"room names must be unique, repeated: {sorted(dup)}")
+        return self
+
+    @property
+    def operating_cells(self) -> int:
+        return sum(r.cells for ln in self.lines for r in ln.rooms if r.operating)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted key, message with the received value) for each pydantic error."""
+    errs = []
+    for e in exc.errors():
+        msg = e["msg"]
+        if "input" in e and e["type"] not in ("missing",):
+            msg += f" (got {e['input']!r})"
+        errs.append((_format_loc(tuple(e["loc"])), msg))
+    return errs
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; syntax errors become ``ConfigError`` naming the file and line."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(p, [("<file>", "file not found")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(p, [("<syntax>", str(exc))]) from None
+
+
+def load_plant_config(path: str | Path | None = None) -> PlantConfig:
+    """Load and validate a plant config (``None``: the embedded reference plant)."""
+    p = Path(path) if path is not None else REFERENCE_PLANT
+    data = load_toml(p)
+    try:
+        return PlantConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(p, validation_errors(exc)) from None

@@ -1,0 +1,491 @@
+"""A plant of series potlines: cells on rectifiers, stepped by compiled kernels.
+
+``Potline`` holds the arrays (``state``, ``params``, ``out`` per cell; ``rect``,
+``rpar`` per line) and offers the plant-side operations (feed, move beams, tap,
+change anodes, cut cells out/in, trip rectifiers, set setpoints). ``advance`` runs
+sub-steps of ``dt_s`` entirely in Numba: per sub-step every cell's back-EMF and ohmic
+resistance at the present current, then each line's rectifier and circuit, then every
+cell's balances at the new current.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from twin.bath import AL2O3_KG_PER_AS, LEDGE_DENSITY_KG_M3, LEDGE_FUSION_J_PER_KG, liquidus_c
+from twin.cell import (
+    cell_emf,
+    cell_integrate,
+    composition,
+    dump_shot,
+    move_beam,
+    start_anode_change,
+    start_tapping,
+)
+from twin.cell_layout import *  # noqa: F403
+from twin.config import PlantConfig
+from twin.layout import PlantLayout
+from twin.rectifier import (
+    R_AT_LIMIT,
+    R_E_SUM,
+    R_I,
+    R_I_SP,
+    R_I_TARGET,
+    R_N,
+    R_R_SUM,
+    R_REMOTE,
+    R_TAP,
+    R_TRIPPED,
+    R_U_CMD,
+    R_U_DC,
+    R_U_SR,
+    RP_I_MAX,
+    RP_I_MIN,
+    RP_KI,
+    RP_N,
+    RP_N_TAPS,
+    RP_R_BUS,
+    RP_RAMP,
+    RP_SR_RANGE,
+    RP_SR_TAU,
+    RP_TAP_MIN,
+    RP_TAP_TIME,
+    RP_V_LIMIT,
+    initial_tap,
+    rectifier_step,
+)
+from twin.rng import seed_states
+
+
+@njit(cache=True, parallel=True)
+def _emf_parallel(state, params, out, cell_line, rect, rng, dt):
+    for k in prange(state.shape[0]):
+        cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
+
+
+@njit(cache=True)
+def _emf_serial(state, params, out, cell_line, rect, rng, dt):
+    for k in range(state.shape[0]):
+        cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
+
+
+@njit(cache=True, parallel=True)
+def _integrate_parallel(state, params, out, cell_line, rect, rng, dt):
+    for k in prange(state.shape[0]):
+        cell_integrate(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
+
+
+@njit(cache=True)
+def _integrate_serial(state, params, out, cell_line, rect, rng, dt):
+    for k in range(state.shape[0]):
+        cell_integrate(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
+
+
+@njit(cache=True)
+def _circuit(state, out, cell_line, rect, rpar, dt):
+    n_lines = rect.shape[0]
+    e_sum = np.zeros(n_lines)
+    r_sum = np.zeros(n_lines)
+    for k in range(state.shape[0]):
+        if state[k, S_IN_CIRCUIT] > 0.5:
+            e_sum[cell_line[k]] += out[k, O_E]
+            r_sum[cell_line[k]] += out[k, O_R_OHM]
+    for ln in range(n_lines):
+        rectifier_step(rect, rpar, ln, e_sum[ln], r_sum[ln], dt)
+
+
+@njit(cache=True)
+def advance_kernel(n_sub, dt, state, params, out, cell_line, rect, rpar, rng, parallel):
+    """Run ``n_sub`` sub-steps of ``dt`` [s] for all cells and lines."""
+    for _ in range(n_sub):
+        if parallel:
+            _emf_parallel(state, params, out, cell_line, rect, rng, dt)
+        else:
+            _emf_serial(state, params, out, cell_line, rect, rng, dt)
+        _circuit(state, out, cell_line, rect, rpar, dt)
+        if parallel:
+            _integrate_parallel(state, params, out, cell_line, rect, rng, dt)
+        else:
+            _integrate_serial(state, params, out, cell_line, rect, rng, dt)
+
+
+@njit(cache=True)
+def apply_kernel(state, params, feed_shots, beam_move_mm, alf3_kg):
+    """Carry out feeder shots, beam moves [mm] and AlF3 additions [kg] per cell."""
+    for k in range(state.shape[0]):
+        if state[k, S_IN_CIRCUIT] < 0.5:
+            continue
+        dump_shot(state, params, k, feed_shots[k])
+        move_beam(state, k, beam_move_mm[k])
+        if alf3_kg[k] > 0.0:
+            state[k, S_ALF3] += alf3_kg[k]
+            state[k, A_ALF3_ADD] += alf3_kg[k]
+
+
+class Potline:
+    """The whole plant: all operating cells on their lines, with rectifiers.
+
+    Args:
+        config: validated plant config.
+        seed: overrides ``config.seed`` for the per-cell parameter spread and noise.
+        parallel: run the cell loops with ``prange`` (both cores).
+    """
+
+    def __init__(self, config: PlantConfig, seed: int | None = None, parallel: bool = True) -> None:
+        self.config = config
+        self.seed = config.seed if seed is None else seed
+        self.parallel = bool(parallel)
+        self.dt_s = config.dt_s
+        self.t_s = 0.0
+        self.layout = self._build_layout(config)
+        n = self.layout.n_cells
+        rs = np.random.default_rng(self.seed)
+        self.params = self._build_params(config, n, rs)
+        self.state = self._build_state(config, self.params, n, rs)
+        self.out = np.zeros((n, N_OUT))
+        self.rng = seed_states(self.seed + 1, n)
+        self.cell_line = self.layout.cell_line.astype(np.int64)
+        self.rect, self.rpar = self._build_rectifiers(config)
+        self._balance_thermal_start()
+        self._state0 = self.state.copy()
+        self._zero_feed = np.zeros(n, dtype=np.int64)
+        self._zero_f = np.zeros(n)
+
+    # --- construction ----------------------------------------------------------------------
+    @staticmethod
+    def _build_layout(cfg: PlantConfig) -> PlantLayout:
+        line_idx, room_idx, number, rooms, nominal = [], [], [], [], []
+        for li, line in enumerate(cfg.lines):
+            nominal.append(line.rectifier.setpoint_ka)
+            for room in line.rooms:
+                if not room.operating:
+                    continue
+                ri = len(rooms)
+                rooms.append(room.name)
+                line_idx += [li] * room.cells
+                room_idx += [ri] * room.cells
+                number += list(range(1, room.cells + 1))
+        n = len(line_idx)
+        return PlantLayout(
+            plant=cfg.name,
+            line_names=tuple(ln.name for ln in cfg.lines),
+            room_names=tuple(rooms),
+            cell_line=np.asarray(line_idx, dtype=np.int64),
+            cell_room=np.asarray(room_idx, dtype=np.int64),
+            cell_number=np.asarray(number, dtype=np.int64),
+            shot_mass_kg=np.full(n, cfg.local_control.shot_mass_kg),
+            nominal_current_ka=np.asarray(nominal, dtype=float),
+        )
+
+    @staticmethod
+    def _build_params(cfg: PlantConfig, n: int, rs: np.random.Generator) -> np.ndarray:
+        c, sp, lc = cfg.cell, cfg.spread, cfg.local_control
+
+        def spread(nominal: float, rel: float) -> np.ndarray:
+            return nominal * np.clip(1.0 + rel * rs.standard_normal(n), 0.5, 1.5)
+
+        p = np.zeros((n, N_PARAM))
+        p[:, P_ANODE_CM2] = c.anode_area_m2 * 1e4
+        p[:, P_SINGLE_CM2] = c.anode_area_m2 * 1e4 / c.n_anodes
+        p[:, P_AREA_F] = c.anode_area_factor
+        p[:, P_CATH_CM2] = c.cathode_area_m2 * 1e4
+        p[:, P_LEDGE_M2] = c.ledge_area_m2
+        r_ext = spread(c.r_external_uohm, sp.r_external)
+        p[:, P_R_COND] = (c.r_anode_uohm + c.r_cathode_uohm + r_ext) * 1e-6
+        p[:, P_KAPPA_F] = spread(c.kappa_factor, sp.kappa)
+        p[:, P_CAF2] = c.caf2_wt_pct
+        p[:, P_SLUDGE_R] = c.sludge_fraction
+        p[:, P_KDISS] = c.dissolution_rate_per_s
+        p[:, P_AE_DELTA] = c.ae_local_depletion_wt_pct_per_a_cm2
+        p[:, P_FILM_V] = spread(c.ae_film_voltage_v, sp.ae_film_voltage)
+        p[:, P_AE_SELF_S] = c.ae_self_extinction_s
+        p[:, P_AE_REFR_S] = c.ae_refractory_s
+        p[:, P_NOISE_V] = spread(c.noise_mv * 1e-3, sp.noise)
+        p[:, P_NOISE_TAU] = c.noise_tau_s
+        p[:, P_CTH] = c.thermal_capacity_mj_per_k * 1e6
+        p[:, P_KTOP] = spread(c.k_top_w_per_k, sp.k_top)
+        p[:, P_HBL] = c.h_bath_ledge_w_per_m2k
+        p[:, P_KLEDGE] = c.k_ledge_w_per_mk
+        p[:, P_RWALL] = c.r_wall_k_per_w
+        p[:, P_TAMB] = c.ambient_c
+        p[:, P_CE_C] = spread(c.ce_constant, sp.ce_constant)
+        p[:, P_ALF3_NEUT] = c.alf3_neutralised_per_kg_feed
+        p[:, P_CARBON] = c.anode_net_carbon_kg_per_kg_al
+        p[:, P_ANODE_H0] = c.anode_height_cm
+        p[:, P_AC_INTERVAL] = c.anode_cycle_days * 86400.0 / c.n_anodes
+        p[:, P_ANODE_MASS] = c.anode_mass_kg
+        p[:, P_N_ANODES] = c.n_anodes
+        p[:, P_SHOT_KG] = lc.shot_mass_kg
+        p[:, P_FEED_RATIO] = lc.feed_ratio
+        p[:, P_CE_NOM] = lc.nominal_ce
+        p[:, P_R_TARGET] = lc.resistance_target_uohm * 1e-6
+        p[:, P_R_BAND] = lc.resistance_deadband_uohm * 1e-6
+        p[:, P_BEAM_STEP] = lc.beam_step_mm / 10.0
+        p[:, P_BEAM_INTERVAL] = lc.beam_check_interval_s
+        p[:, P_ALF3_RATE] = lc.alf3_kg_per_day / 86400.0
+        p[:, P_TAP_INTERVAL] = lc.tap_interval_h * 3600.0
+        p[:, P_TAP_DURATION] = lc.tap_duration_s
+        p[:, P_AC_DURATION] = lc.anode_change_duration_s
+        p[:, P_LOCAL] = 1.0
+        p[:, P_OPS] = 1.0 if lc.operations else 0.0
+        p[:, P_METAL0] = c.metal_mass_kg
+        return p
+
+    @staticmethod
+    def _build_state(cfg: PlantConfig, p: np.ndarray, n: int, rs: np.random.Generator) -> np.ndarray:
+        c, sp = cfg.cell, cfg.spread
+        s = np.zeros((n, N_STATE))
+        bath = c.bath_mass_kg * np.clip(1.0 + sp.bath_mass * rs.standard_normal(n), 0.5, 1.5)
+        s[:, S_AL2O3] = bath * c.alumina_wt_pct / 100.0
+        s[:, S_ALF3] = bath * c.alf3_wt_pct / 100.0
+        s[:, S_CRYO] = bath - s[:, S_AL2O3] - s[:, S_ALF3]
+        s[:, S_METAL] = c.metal_mass_kg
+        s[:, S_TBATH] = c.bath_temp_c
+        s[:, S_ACD] = c.acd_cm * np.clip(1.0 + sp.acd * rs.standard_normal(n), 0.7, 1.3)
+        s[:, S_ANODE_H] = 0.6 * c.anode_height_cm
+        s[:, S_IN_CIRCUIT] = 1.0
+        # stagger the operations schedule over the cells, as on a real floor
+        s[:, S_TAP_TIMER] = rs.uniform(0.0, 1.0, n) * p[:, P_TAP_INTERVAL]
+        s[:, S_AC_TIMER] = rs.uniform(0.0, 1.0, n) * p[:, P_AC_INTERVAL]
+        s[:, S_BEAM_TIMER] = rs.uniform(0.0, 1.0, n) * p[:, P_BEAM_INTERVAL]
+        s[:, S_FEED_CREDIT] = rs.uniform(0.0, 1.0, n) * p[:, P_SHOT_KG]
+        return s
+
+    @staticmethod
+    def _build_rectifiers(cfg: PlantConfig) -> tuple[np.ndarray, np.ndarray]:
+        nl = len(cfg.lines)
+        rect = np.zeros((nl, R_N))
+        rpar = np.zeros((nl, RP_N))
+        for i, line in enumerate(cfg.lines):
+            r = line.rectifier
+            rpar[i, RP_V_LIMIT] = r.voltage_limit_v
+            rpar[i, RP_N_TAPS] = r.n_taps
+            rpar[i, RP_TAP_MIN] = r.tap_min_fraction
+            rpar[i, RP_TAP_TIME] = r.tap_time_s
+            rpar[i, RP_SR_RANGE] = r.reactor_range_v
+            rpar[i, RP_SR_TAU] = r.reactor_tau_s
+            rpar[i, RP_RAMP] = r.ramp_ka_per_min * 1000.0 / 60.0
+            rpar[i, RP_R_BUS] = r.busbar_uohm * 1e-6
+            rpar[i, RP_I_MIN] = r.min_ka * 1000.0
+            rpar[i, RP_I_MAX] = r.max_ka * 1000.0
+            rect[i, R_I] = r.setpoint_ka * 1000.0
+            rect[i, R_I_SP] = r.setpoint_ka * 1000.0
+            rect[i, R_I_TARGET] = r.setpoint_ka * 1000.0
+            rect[i, R_REMOTE] = 1.0
+        return rect, rpar
+
+    def _balance_thermal_start(self) -> None:
+        """Start every cell with the ledge in equilibrium and the rectifier on the right tap."""
+        s, p = self.state, self.params
+        _emf_serial(s, p, self.out, self.cell_line, self.rect, self.rng, self.dt_s)
+        for k in range(self.layout.n_cells):
+            _, c, alf3 = composition(s, k)
+            t_liq = liquidus_c(alf3, p[k, P_CAF2], c)
+            q = p[k, P_HBL] * p[k, P_LEDGE_M2] * max(s[k, S_TBATH] - t_liq, 1.0)
+            r_l = (t_liq - p[k, P_TAMB]) / q - p[k, P_RWALL]
+            x = max(r_l * p[k, P_KLEDGE] * p[k, P_LEDGE_M2], 0.02)
+            s[k, S_LEDGE] = x * LEDGE_DENSITY_KG_M3 * p[k, P_LEDGE_M2]
+        for ln in range(self.layout.n_lines):
+            cells = self.cell_line == ln
+            i = self.rect[ln, R_I]
+            e_sum = float(self.out[cells, O_E].sum())
+            r_sum = float(self.out[cells, O_R_OHM].sum()) + self.rpar[ln, RP_R_BUS]
+            u_needed = e_sum + i * r_sum
+            rp = self.rpar[ln]
+            if u_needed > rp[RP_V_LIMIT]:
+                raise ValueError(
+                    f"{self.layout.line_names[ln]}: {u_needed:.0f} V needed at {i / 1000:.1f} kA exceeds "
+                    f"voltage_limit_v = {rp[RP_V_LIMIT]:.0f} V"
+                )
+            tap = initial_tap(rp[RP_V_LIMIT], int(rp[RP_N_TAPS]), rp[RP_TAP_MIN], rp[RP_SR_RANGE], u_needed)
+            self.rect[ln, R_TAP] = tap
+            self.rect[ln, R_U_CMD] = u_needed
+            u_tap = rp[RP_V_LIMIT] * (rp[RP_TAP_MIN] + (1 - rp[RP_TAP_MIN]) * (tap - 1) / (rp[RP_N_TAPS] - 1))
+            self.rect[ln, R_U_SR] = min(max(u_tap - u_needed, 0.0), rp[RP_SR_RANGE])
+            self.rect[ln, R_U_DC] = u_needed
+            # integral gain: the configured loop gain per second over the circuit's conductance
+            self.rpar[ln, RP_KI] = self.config.lines[ln].rectifier.bandwidth_per_s * r_sum
+
+    # --- running ----------------------------------------------------------------------------
+    def advance(self, seconds: float) -> None:
+        """Run the plant for ``seconds`` [s] (rounded to whole sub-steps of ``dt_s``)."""
+        n_sub = int(round(seconds / self.dt_s))
+        if n_sub <= 0:
+            return
+        advance_kernel(
+            n_sub, self.dt_s, self.state, self.params, self.out, self.cell_line, self.rect, self.rpar, self.rng,
+            self.parallel,
+        )
+        self.t_s += n_sub * self.dt_s
+
+    def apply(
+        self,
+        feed_shots: np.ndarray | None = None,
+        beam_move_mm: np.ndarray | None = None,
+        alf3_kg: np.ndarray | None = None,
+    ) -> None:
+        """Carry out per-cell commands now: shots, beam moves [mm, + up], AlF3 [kg]."""
+        apply_kernel(
+            self.state,
+            self.params,
+            self._zero_feed if feed_shots is None else np.asarray(feed_shots, dtype=np.int64),
+            self._zero_f if beam_move_mm is None else np.asarray(beam_move_mm, dtype=float),
+            self._zero_f if alf3_kg is None else np.asarray(alf3_kg, dtype=float),
+        )
+
+    def set_line_setpoint(self, line: int, ka: float) -> None:
+        """Line-current setpoint [kA] for rectifier ``line`` (the rectifier ramps to it)."""
+        if not math.isfinite(ka):
+            raise ValueError(f"line setpoint must be finite, got {ka}")
+        self.rect[line, R_I_TARGET] = ka * 1000.0
+
+    def set_local_control(self, cells: np.ndarray | slice | int, enabled: bool) -> None:
+        """Hand feeding and beam control of ``cells`` to the potroom PLC (True) or take it."""
+        self.params[cells, P_LOCAL] = 1.0 if enabled else 0.0
+
+    def set_operations(self, cells: np.ndarray | slice | int, enabled: bool) -> None:
+        """Enable/disable the scheduled tapping and anode changes of ``cells``."""
+        self.params[cells, P_OPS] = 1.0 if enabled else 0.0
+
+    def start_tapping(self, cell: int) -> None:
+        start_tapping(self.state, self.params, cell)
+
+    def start_anode_change(self, cell: int) -> None:
+        start_anode_change(self.state, self.params, cell)
+
+    def cut_out(self, cell: int) -> None:
+        """Short cell ``cell`` out of the series (its voltage drops to zero)."""
+        self.state[cell, S_IN_CIRCUIT] = 0.0
+        self.state[cell, S_AE] = 0.0
+        self.state[cell, S_FILM] = 0.0
+
+    def cut_in(self, cell: int) -> None:
+        """Put cell ``cell`` back in the series."""
+        self.state[cell, S_IN_CIRCUIT] = 1.0
+
+    def trip_rectifier(self, line: int) -> None:
+        self.rect[line, R_TRIPPED] = 1.0
+
+    def reset_rectifier(self, line: int) -> None:
+        """Clear a trip; the current ramps up from zero to the setpoint."""
+        self.rect[line, R_TRIPPED] = 0.0
+
+    def force_alumina(self, cells: np.ndarray | int, wt_pct: float) -> None:
+        """Set dissolved alumina of ``cells`` [wt %] (scenarios and tests)."""
+        tot = self.state[cells, S_AL2O3] + self.state[cells, S_ALF3] + self.state[cells, S_CRYO]
+        other = tot - self.state[cells, S_AL2O3]
+        new = other * wt_pct / (100.0 - wt_pct)
+        self.state[cells, A_FED] += new - self.state[cells, S_AL2O3]
+        self.state[cells, S_AL2O3] = new
+
+    # --- views --------------------------------------------------------------------------------
+    def measurements(self) -> dict[str, np.ndarray]:
+        """What the plant's PLCs expose (copies)."""
+        s, r = self.state, self.rect
+        tap_done = s[:, S_TAP_LEFT] > 0.0
+        return {
+            "t_s": np.array(self.t_s),
+            "cell_voltage_v": self.out[:, O_U].copy(),
+            "line_current_ka": r[:, R_I] / 1000.0,
+            "line_voltage_v": r[:, R_U_DC].copy(),
+            "line_setpoint_ka": r[:, R_I_TARGET] / 1000.0,
+            "tap_position": r[:, R_TAP].astype(np.int64),
+            "rectifier_tripped": r[:, R_TRIPPED] > 0.5,
+            "rectifier_remote": r[:, R_REMOTE] > 0.5,
+            "rectifier_at_limit": r[:, R_AT_LIMIT] > 0.5,
+            "feeder_ack": s[:, S_FEED_ACK].astype(np.int64),
+            "beam_ack_mm": s[:, S_BEAM_ACK].copy(),
+            "tapping": tap_done,
+            "anode_change": s[:, S_AC_BUSY] > 0.0,
+            "cut_out": s[:, S_IN_CIRCUIT] < 0.5,
+        }
+
+    def truth(self) -> dict[str, np.ndarray]:
+        """Model internals no sensor measures (for mirrors, tests and scoring only)."""
+        s, o = self.state, self.out
+        return {
+            "alumina_wt_pct": 100.0 * s[:, S_AL2O3] / (s[:, S_AL2O3] + s[:, S_ALF3] + s[:, S_CRYO]),
+            "sludge_kg": s[:, S_SLUDGE].copy(),
+            "alf3_wt_pct": o[:, O_ALF3].copy(),
+            "acd_cm": s[:, S_ACD].copy(),
+            "bath_temp_c": s[:, S_TBATH].copy(),
+            "superheat_k": o[:, O_SUPERHEAT].copy(),
+            "liquidus_c": o[:, O_TLIQ].copy(),
+            "ledge_cm": o[:, O_LEDGE_CM].copy(),
+            "metal_kg": s[:, S_METAL].copy(),
+            "current_efficiency": o[:, O_CE].copy(),
+            "ae_active": s[:, S_AE] > 0.5,
+            "ae_count": s[:, A_AE_N].astype(np.int64),
+            "critical_alumina_wt_pct": o[:, O_C_CRIT].copy(),
+            "conductivity_s_cm": o[:, O_KAPPA].copy(),
+            "current_density_a_cm2": o[:, O_I_DENS].copy(),
+        }
+
+    def voltage_breakdown(self) -> dict[str, np.ndarray]:
+        """Haupin components of every cell's voltage at the last sub-step [V]."""
+        o = self.out
+        return {
+            "reversible": o[:, O_EREV].copy(),
+            "anode_reaction_overvoltage": o[:, O_ETA_SA].copy(),
+            "anode_concentration_overvoltage": o[:, O_ETA_CA].copy(),
+            "cathode_overvoltage": o[:, O_ETA_CC].copy(),
+            "bath_ohmic": o[:, O_U_BATH].copy(),
+            "bubble_layer": o[:, O_U_BUB].copy(),
+            "conductors": o[:, O_U_COND].copy(),
+            "anode_effect": o[:, O_U_AE].copy(),
+            "noise": o[:, O_U_NOISE].copy(),
+        }
+
+    def totals(self) -> dict[str, Any]:
+        """Plant-wide sums since start: metal [kg], energy [kWh], charge, AEs, CF4/C2F6 [kg]."""
+        s = self.state
+        metal = float(s[:, A_METAL].sum())
+        energy_kwh = float(s[:, A_E_ELEC].sum()) / 3.6e6
+        charge = float(s[:, A_CHARGE].sum())
+        ce = metal / (charge * 9.3206e-8) if charge > 0 else float("nan")
+        cf4 = float(s[:, A_CF4].sum())
+        return {
+            "hours": self.t_s / 3600.0,
+            "metal_kg": metal,
+            "energy_kwh": energy_kwh,
+            "specific_energy_kwh_per_kg": energy_kwh / metal if metal > 0 else float("nan"),
+            "current_efficiency": ce,
+            "ae_count": int(s[:, A_AE_N].sum()),
+            "ae_minutes": float(s[:, A_AE_S].sum()) / 60.0,
+            "cf4_kg": cf4,
+            "c2f6_kg": 0.121 * cf4,
+            "alumina_fed_kg": float(s[:, A_FED].sum()),
+        }
+
+    def alumina_nominal_rate_kg_s(self, line: int) -> float:
+        """Nominal alumina consumption of one cell on ``line`` at CE 0.95 [kg/s] (Faraday)."""
+        return 0.95 * AL2O3_KG_PER_AS * self.rect[line, R_I]
+
+    def balances(self) -> dict[str, np.ndarray]:
+        """Per-cell mass and energy balance residuals since start (≈ 0 when they close).
+
+        - alumina [kg]: fed − consumed − Δ(dissolved + sludge);
+        - AlF3 [kg]: added − neutralised − Δ(excess AlF3);
+        - metal [kg]: produced − tapped − Δ(pad);
+        - energy [J]: U·I − reaction − losses − anode heating − Δ(C_th·T − ΔH_f·m_ledge).
+        Each comes with the scale it should be compared to (``*_scale``).
+        """
+        s, s0, p = self.state, self._state0, self.params
+        stored = p[:, P_CTH] * (s[:, S_TBATH] - s0[:, S_TBATH]) - LEDGE_FUSION_J_PER_KG * (
+            s[:, S_LEDGE] - s0[:, S_LEDGE]
+        )
+        return {
+            "alumina_kg": s[:, A_FED] - s[:, A_CONSUMED]
+            - (s[:, S_AL2O3] + s[:, S_SLUDGE] - s0[:, S_AL2O3] - s0[:, S_SLUDGE]),
+            "alumina_scale": s[:, A_FED] + s0[:, S_AL2O3] + s0[:, S_SLUDGE],
+            "alf3_kg": s[:, A_ALF3_ADD] - s[:, A_ALF3_USED] - (s[:, S_ALF3] - s0[:, S_ALF3]),
+            "alf3_scale": s[:, A_ALF3_ADD] + s0[:, S_ALF3],
+            "metal_kg": s[:, A_METAL] - s[:, A_TAPPED] - (s[:, S_METAL] - s0[:, S_METAL]),
+            "metal_scale": s[:, A_METAL] + s0[:, S_METAL],
+            "energy_j": s[:, A_E_ELEC] - s[:, A_E_RXN] - s[:, A_Q_LOSS] - s[:, A_Q_ANODE] - stored,
+            "energy_scale": s[:, A_E_ELEC],
+        }
