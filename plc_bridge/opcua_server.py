@@ -35,6 +35,7 @@ Anode-effect starts and ends are OPC UA events of type ``AnodeEffectEventType``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import socket
@@ -337,6 +338,14 @@ class MirrorServer:
         """Close client connections and the listener."""
         if self._server is not None:
             server, self._server = self._server, None
+            # asyncua's clock task sleeps 1 s between ticks and stop() waits for it: cancel it
+            task = getattr(server.iserver, "time_task", None)
+            if task is not None:
+                server.iserver._time_task_stop = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                server.iserver.time_task = None
             await server.stop()
             log.info("opcua.mirror_stopped", endpoint=self.endpoint_url)
 
