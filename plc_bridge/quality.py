@@ -19,7 +19,12 @@ __all__ = [
     "Sample",
     "MODBUS_EXCEPTION_NAMES",
     "modbus_exception_reason",
+    "WriteResult",
+    "COMMS_CODES",
 ]
+
+#: WriteResult codes that mean the link failed (not the PLC's judgement)
+COMMS_CODES = frozenset({-1, -2, -3, -4})
 
 
 class Quality(IntEnum):
@@ -94,3 +99,32 @@ class Sample:
     def __str__(self) -> str:
         q = self.quality.name
         return f"{self.value!r} [{q}{': ' + self.reason if self.reason else ''}] @ {self.t:.3f}s"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of one ``write``.
+
+    Attributes:
+        tag: tag name.
+        requested: engineering value asked for.
+        written: engineering value the registers now carry (after rounding to the
+            type), None if nothing was sent.
+        ok: the PLC acknowledged the write.
+        reason: why not ("" when ok).
+        code: 0 ok, > 0 Modbus exception code (the PLC refused), < 0 local/link
+            reason (-1 timeout, -2 not connected, -3 connection lost, -4 protocol
+            error, -6 outside bounds).
+    """
+
+    tag: str
+    requested: float | int | bool
+    written: float | int | bool | None
+    ok: bool
+    reason: str = ""
+    code: int = 0
+
+    @property
+    def comms_failure(self) -> bool:
+        """True when the link (not the PLC's judgement) made the write fail."""
+        return self.code in COMMS_CODES

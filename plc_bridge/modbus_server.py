@@ -1,0 +1,538 @@
+"""A Modbus TCP server (simulated PLC) built from a tag map.
+
+``ModbusTagServer`` serves the registers a ``TagMap`` describes with pymodbus
+3.16 (``ModbusTcpServer`` + ``SimDevice``, one ``SimDevice`` per device id with the
+four classic tables). The model side writes engineering values with ``set`` /
+``set_many`` / ``set_array`` (bulk fast path for per-cell arrays) and reads what
+clients wrote with ``get`` / ``get_array``. Clients may write only the
+allow-listed command tags (default: the map's read-write tags); a write
+anywhere else is answered with Modbus exception 2 (ILLEGAL ADDRESS), a write of
+a value outside the tag's engineering bounds with exception 3 (ILLEGAL VALUE)
+— the PLC re-validates ranges, the controller is never the only safety layer.
+
+Hooks (both may be plain or async functions):
+
+* ``on_write(ClientWrite)`` after a client write is accepted and applied (the
+  new values are already visible to ``get``);
+* ``on_request(RequestInfo)`` before every request is served; it may await (to
+  delay the answer, e.g. past a client's timeout) and may return a Modbus
+  exception code to refuse the request (fault injection).
+
+Binds to 127.0.0.1 by default; ``port=0`` picks a free port (see ``port``).
+
+The model side reaches the server's register lists directly (the pymodbus
+``SimRuntime`` blocks) so that ``set``/``get`` are synchronous and a 132-cell
+array costs a few strided slice assignments; this relies on pymodbus 3.16's
+internal layout, checked at ``start()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from plc_bridge import codec
+from plc_bridge.codec import REGISTER_COUNT, RAW_RANGE, DataType, Table, WordOrder
+from plc_bridge.tagmap import Tag, TagMap
+
+__all__ = ["ModbusTagServer", "ClientWrite", "RequestInfo", "ExceptionCode"]
+
+log = structlog.get_logger(__name__)
+
+
+class ExceptionCode:
+    """Modbus exception codes a hook may return."""
+
+    ILLEGAL_FUNCTION = 1
+    ILLEGAL_ADDRESS = 2
+    ILLEGAL_VALUE = 3
+    DEVICE_FAILURE = 4
+    DEVICE_BUSY = 6
+    GATEWAY_NO_RESPONSE = 11
+
+
+_FC_TABLE: dict[int, Table] = {
+    1: Table.COIL, 5: Table.COIL, 15: Table.COIL,
+    2: Table.DISCRETE,
+    3: Table.HOLDING, 6: Table.HOLDING, 16: Table.HOLDING, 22: Table.HOLDING, 23: Table.HOLDING,
+    4: Table.INPUT,
+}  # fmt: skip
+_TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """A request as the server sees it (before serving it)."""
+
+    device_id: int
+    table: Table
+    function_code: int
+    address: int
+    count: int
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientWrite:
+    """A client write that was accepted.
+
+    Attributes:
+        device_id, table, address, count: what was written (count in registers or bits).
+        values: engineering values of the tags the write touched, after the write.
+    """
+
+    device_id: int
+    table: Table
+    address: int
+    count: int
+    values: dict[str, float | int | bool]
+
+
+Hook = Callable[[Any], "Awaitable[int | None] | int | None"]
+
+
+@dataclass(slots=True)
+class _Space:
+    """One (device id, table) register space of the server."""
+
+    device_id: int
+    table: Table
+    readable: bytearray = field(default_factory=lambda: bytearray(65536))
+    writable: bytearray = field(default_factory=lambda: bytearray(65536))
+    tags_at: dict[int, list[Tag]] = field(default_factory=dict)
+    start: int = 0  # address (registers) / register index (bits) of regs[0]
+    regs: list[int] | None = None
+
+
+class ModbusTagServer:
+    """Simulated PLC serving a tag map over Modbus TCP.
+
+    Args:
+        tagmap: the device's tag map (all its device ids are served).
+        host: interface to bind (default loopback only).
+        port: TCP port; 0 picks a free one.
+        writable: names of tags clients may write (default: every read-write tag).
+        fill_gaps: serve every address between a table's first and last tag
+            (unused ones read as 0, like PLC memory), so block reads that merge
+            gaps succeed; False = only tag addresses exist.
+        reject_out_of_bounds: answer client writes outside [min, max] (or
+            non-finite) with exception 3.
+        on_write: hook called after each accepted client write.
+        on_request: hook called before each request (may delay or refuse).
+        initial: engineering values set at ``start()``.
+    """
+
+    def __init__(
+        self,
+        tagmap: TagMap,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        writable: Iterable[str] | None = None,
+        fill_gaps: bool = True,
+        reject_out_of_bounds: bool = True,
+        on_write: Hook | None = None,
+        on_request: Hook | None = None,
+        initial: Mapping[str, float | int | bool] | None = None,
+    ) -> None:
+        self.tagmap = tagmap
+        self.host = host
+        self._port = port
+        self.fill_gaps = fill_gaps
+        self.reject_out_of_bounds = reject_out_of_bounds
+        self.on_write = on_write
+        self.on_request = on_request
+        self._initial = dict(initial or {})
+        self._server: Any = None
+        self._snapshot: dict[tuple[int, Table], list[int]] | None = None
+        self.requests = 0
+        self.client_writes = 0
+        self.rejected_writes = 0
+        names = [t.name for t in tagmap.writable()] if writable is None else list(writable)
+        self._writable_names = frozenset(names)
+        for n in names:
+            t = tagmap[n]
+            if not t.has_modbus or t.table not in (Table.HOLDING, Table.COIL):
+                raise ValueError(f"{tagmap.source}: tag {n!r} cannot be client-writable (table {t.table.value})")
+        self._spaces: dict[tuple[int, Table], _Space] = {}
+        for t in tagmap.modbus_tags():
+            sp = self._spaces.get((t.device_id, t.table))
+            if sp is None:
+                sp = self._spaces[(t.device_id, t.table)] = _Space(t.device_id, t.table)
+            for a in range(t.address, t.address + t.n_registers):
+                sp.tags_at.setdefault(a, []).append(t)
+                sp.readable[a] = 1
+                if t.name in self._writable_names:
+                    sp.writable[a] = 1
+        if fill_gaps:
+            for sp in self._spaces.values():
+                lo, hi = min(sp.tags_at), max(sp.tags_at)
+                sp.readable[lo : hi + 1] = b"\x01" * (hi + 1 - lo)
+        self._field_cache: dict[str, tuple[Tag, _Space, list[tuple[int, int, int]]]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after ``start()`` when created with port 0)."""
+        return self._port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self._port)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> "ModbusTagServer":
+        """Build the datastore and listen. After a ``stop()``, register contents are restored."""
+        from pymodbus.server import ModbusTcpServer
+
+        if self._server is not None:
+            return self
+        devices = self._build_devices()
+        server = ModbusTcpServer(devices, address=(self.host, self._port))
+        await server.serve_forever(background=True)
+        self._server = server
+        sockets = getattr(server.transport, "sockets", None)
+        if sockets:
+            self._port = int(sockets[0].getsockname()[1])
+        self._attach_memory(server)
+        if self._snapshot is not None:
+            for key, regs in self._snapshot.items():
+                self._spaces[key].regs[:] = regs  # type: ignore[index]
+        else:
+            self.set_many(self._initial)
+        log.info("modbus_server_started", device=self.tagmap.device, host=self.host, port=self._port)
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening and drop client connections (register contents are kept for a restart)."""
+        if self._server is None:
+            return
+        self._snapshot = {k: list(sp.regs) for k, sp in self._spaces.items() if sp.regs is not None}
+        server, self._server = self._server, None
+        await server.shutdown()
+        for sp in self._spaces.values():
+            sp.regs = None
+        log.info("modbus_server_stopped", device=self.tagmap.device, port=self._port)
+
+    async def __aenter__(self) -> "ModbusTagServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _build_devices(self) -> list[Any]:
+        from pymodbus.simulator import DataType as SimType
+        from pymodbus.simulator import SimData, SimDevice
+
+        dev_ids = sorted({d for d, _ in self._spaces})
+        devices = []
+        for dev in dev_ids:
+            tables: list[list[Any]] = []
+            for table in (Table.COIL, Table.DISCRETE, Table.HOLDING, Table.INPUT):
+                sp = self._spaces.get((dev, table))
+                entries: list[Any] = []
+                if sp is not None:
+                    spans = _spans(sp.readable)
+                    for lo, hi in spans:
+                        if table.is_bits:
+                            lo16, hi16 = (lo // 16) * 16, ((hi // 16) + 1) * 16
+                            entries.append(SimData(lo16, values=[False] * (hi16 - lo16), datatype=SimType.BITS))
+                        else:
+                            entries.append(SimData(lo, count=hi + 1 - lo, values=0, datatype=SimType.REGISTERS))
+                    if table.is_bits and len(entries) > 1:
+                        # one packed bit block per table; the readable mask guards the gaps
+                        first, last = entries[0].address, entries[-1].address + len(entries[-1].values)
+                        entries = [SimData(first, values=[False] * (last - first), datatype=SimType.BITS)]
+                if not entries:
+                    if table.is_bits:
+                        entries.append(SimData(0, values=[False] * 16, datatype=SimType.BITS))
+                    else:
+                        entries.append(SimData(0, count=1, datatype=SimType.INVALID))
+                tables.append(entries)
+            action = functools.partial(self._action, dev)
+            devices.append(SimDevice(dev, simdata=(tables[0], tables[1], tables[2], tables[3]), action=action))
+        return devices
+
+    def _attach_memory(self, server: Any) -> None:
+        try:
+            runtimes = server.context.devices
+            for (dev, table), sp in self._spaces.items():
+                start, _count, regs, _flags = runtimes[dev].block[_TABLE_KEY[table]]
+                if not isinstance(regs, list):
+                    raise TypeError("register block is not a list")
+                sp.start, sp.regs = int(start), regs
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # pragma: no cover - pymodbus layout changed
+            raise RuntimeError(
+                f"pymodbus datastore layout not as expected (pymodbus 3.16.x needed): {exc}"
+            ) from exc
+
+    # ------------------------------------------------------------------ request path
+
+    async def _action(
+        self,
+        device_id: int,
+        function_code: int,
+        _start_address: int,
+        address: int,
+        count: int,
+        _registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> Any:
+        from pymodbus.constants import ExcCodes
+
+        self.requests += 1
+        table = _FC_TABLE.get(function_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        is_write = set_values is not None
+        if self.on_request is not None:
+            n = len(set_values) if set_values is not None else count
+            try:
+                res = self.on_request(RequestInfo(device_id, table, function_code, address, n, is_write))
+                if inspect.isawaitable(res):
+                    res = await res
+            except Exception:  # a hook must never take the server down
+                log.exception("modbus_server_on_request_failed")
+                return ExcCodes.DEVICE_FAILURE
+            if res:
+                return ExcCodes(int(res))
+        sp = self._spaces.get((device_id, table))
+        if sp is None or sp.regs is None:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if not is_write:
+            n = 1 if table.is_bits else count
+            if address + n > 65536 or 0 in sp.readable[address : address + n]:
+                return ExcCodes.ILLEGAL_ADDRESS
+            return None
+        values = list(set_values)  # type: ignore[arg-type]
+        n = len(values)
+        if address + n > 65536 or 0 in sp.writable[address : address + n]:
+            self.rejected_writes += 1
+            return ExcCodes.ILLEGAL_ADDRESS
+        touched = self._touched(sp, address, n)
+        old = self._read_span(sp, address, n)
+        self._write_span(sp, address, [int(v) for v in values])
+        decoded = {t.name: self._value(t) for t in touched}
+        if self.reject_out_of_bounds:
+            for t in touched:
+                v = decoded[t.name]
+                if t.type is DataType.BOOL:
+                    continue
+                if not math.isfinite(float(v)) or (t.min is not None and v < t.min) or (t.max is not None and v > t.max):
+                    self._write_span(sp, address, old)
+                    self.rejected_writes += 1
+                    log.warning("modbus_server_write_rejected", tag=t.name, value=v, min=t.min, max=t.max)
+                    return ExcCodes.ILLEGAL_VALUE
+        self.client_writes += 1
+        if self.on_write is not None:
+            try:
+                res = self.on_write(ClientWrite(device_id, table, address, n, decoded))
+                if inspect.isawaitable(res):
+                    await res
+            except Exception:
+                log.exception("modbus_server_on_write_failed")
+        return None
+
+    @staticmethod
+    def _touched(sp: _Space, address: int, n: int) -> list[Tag]:
+        seen: dict[str, Tag] = {}
+        for a in range(address, address + n):
+            for t in sp.tags_at.get(a, ()):
+                seen.setdefault(t.name, t)
+        return list(seen.values())
+
+    # ------------------------------------------------------------------ raw memory
+
+    def _space(self, tag: Tag) -> _Space:
+        if not tag.has_modbus:
+            raise ValueError(f"{self.tagmap.source}: tag {tag.name!r} has no Modbus location")
+        sp = self._spaces[(tag.device_id, tag.table)]
+        if sp.regs is None:
+            raise RuntimeError("ModbusTagServer: call `await start()` before reading or writing values")
+        return sp
+
+    def _read_span(self, sp: _Space, address: int, n: int) -> list[int]:
+        regs = sp.regs
+        assert regs is not None
+        if sp.table.is_bits:
+            out = []
+            for a in range(address, address + n):
+                out.append((regs[a // 16 - sp.start] >> (a % 16)) & 1)
+            return out
+        o = address - sp.start
+        return regs[o : o + n]
+
+    def _write_span(self, sp: _Space, address: int, words: Sequence[int]) -> None:
+        regs = sp.regs
+        assert regs is not None
+        if sp.table.is_bits:
+            for k, v in enumerate(words):
+                a = address + k
+                i = a // 16 - sp.start
+                regs[i] = codec.set_bit(regs[i], a % 16, bool(v))
+            return
+        o = address - sp.start
+        regs[o : o + len(words)] = [int(w) & 0xFFFF for w in words]
+
+    def set_registers(self, table: Table | str, address: int, words: Sequence[int], device_id: int | None = None) -> None:
+        """Write raw registers (or bits) from the model side, e.g. to inject garbage."""
+        tb = Table(table)
+        dev = device_id if device_id is not None else next(iter(self._spaces))[0]
+        sp = self._spaces.get((dev, tb))
+        if sp is None or sp.regs is None:
+            raise KeyError(f"no {tb.value} table for device {dev} (or server not started)")
+        if 0 in sp.readable[address : address + len(words)]:
+            raise ValueError(f"{tb.value} addresses {address}..{address + len(words) - 1} are not all served")
+        self._write_span(sp, address, words)
+
+    def get_registers(self, table: Table | str, address: int, count: int, device_id: int | None = None) -> list[int]:
+        """Raw registers (or bits as 0/1) as clients would read them."""
+        tb = Table(table)
+        dev = device_id if device_id is not None else next(iter(self._spaces))[0]
+        sp = self._spaces[(dev, tb)]
+        if sp.regs is None:
+            raise RuntimeError("server not started")
+        return list(self._read_span(sp, address, count))
+
+    # ------------------------------------------------------------------ model side: engineering values
+
+    def set(self, name: str, value: float | int | bool) -> None:
+        """Set tag ``name`` to engineering ``value`` (model side; no access or bounds check).
+
+        Floats may be non-finite (to simulate a faulty transmitter); integers must
+        fit the raw type, except ``wraps`` counters, which wrap around.
+        """
+        tag = self.tagmap[name]
+        sp = self._space(tag)
+        if tag.type is DataType.BOOL:
+            if tag.bit is not None:
+                o = tag.address - sp.start
+                sp.regs[o] = codec.set_bit(sp.regs[o], tag.bit, bool(value))  # type: ignore[index]
+            else:
+                self._write_span(sp, tag.address, [1 if value else 0])
+            return
+        self._write_span(sp, tag.address, self._encode(tag, value))
+
+    def set_many(self, values: Mapping[str, float | int | bool]) -> None:
+        """``set`` for several tags at once."""
+        for k, v in values.items():
+            self.set(k, v)
+
+    def get(self, name: str) -> float | int | bool:
+        """Current engineering value of tag ``name`` (what clients read or wrote)."""
+        tag = self.tagmap[name]
+        self._space(tag)
+        return self._value(tag)
+
+    def get_many(self, names: Iterable[str]) -> dict[str, float | int | bool]:
+        return {n: self.get(n) for n in names}
+
+    def _encode(self, tag: Tag, value: float | int | bool) -> list[int]:
+        x = float(value)
+        if tag.type.is_float:
+            raw = (x - tag.offset) / tag.scale if math.isfinite(x) else x
+            return codec.raw_to_registers(raw, tag.type, tag.word_order)
+        if tag.wraps and math.isfinite(x):
+            lo, hi = RAW_RANGE[tag.type]
+            r = int(round((x - tag.offset) / tag.scale))
+            r = (r - lo) % (hi - lo + 1) + lo
+            return codec.raw_to_registers(r, tag.type, tag.word_order)
+        return codec.encode(tag, value)
+
+    def _value(self, tag: Tag) -> float | int | bool:
+        sp = self._spaces[(tag.device_id, tag.table)]
+        words = self._read_span(sp, tag.address, tag.n_registers)
+        if tag.type is DataType.BOOL:
+            return bool((words[0] >> tag.bit) & 1) if tag.bit is not None else bool(words[0])
+        raw = codec.registers_to_raw(words, tag.type, tag.word_order)
+        if tag.type.is_int and tag.scale == 1.0 and tag.offset == 0.0:
+            return int(raw)
+        return codec.raw_to_eng(raw, tag.scale, tag.offset)
+
+    # ------------------------------------------------------------------ model side: per-cell arrays
+
+    def _field(self, field_name: str) -> tuple[Tag, _Space, list[tuple[int, int, int]]]:
+        """First tag of a per-cell field, its space and (start, stop, step) list slices per word."""
+        hit = self._field_cache.get(field_name)
+        if hit is not None and hit[1].regs is not None:
+            return hit
+        names = self.tagmap.cell_tags(field_name)
+        tags = [self.tagmap[n] for n in names]
+        t0 = tags[0]
+        if not t0.has_modbus:
+            raise ValueError(f"{self.tagmap.source}: per-cell tag {field_name!r} has no Modbus location")
+        sp = self._space(t0)
+        addrs = np.array([t.address for t in tags])
+        steps = np.diff(addrs)
+        if len(tags) > 1 and not (steps == steps[0]).all():
+            raise ValueError(f"per-cell tag {field_name!r} addresses are not evenly spaced")
+        step = int(steps[0]) if len(tags) > 1 else 1
+        slices = []
+        if not t0.table.is_bits:
+            for w in range(t0.n_registers):
+                o = t0.address + w - sp.start
+                slices.append((o, o + step * (len(tags) - 1) + 1, step))
+        hit = (t0, sp, slices)
+        self._field_cache[field_name] = hit
+        return hit
+
+    def set_array(self, field_name: str, values: np.ndarray | Sequence[float]) -> None:
+        """Set per-cell tag ``field_name`` for all cells from an array in cell order (fast path)."""
+        t0, sp, slices = self._field(field_name)
+        regs = sp.regs
+        assert regs is not None
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        names = self.tagmap.cell_tags(field_name)
+        if v.shape[0] != len(names):
+            raise ValueError(f"{field_name}: expected {len(names)} values (one per cell), got {v.shape[0]}")
+        if t0.type is DataType.BOOL:
+            for n, x in zip(names, v.tolist()):
+                self.set(n, bool(x))
+            return
+        if t0.wraps:
+            lo, hi = RAW_RANGE[t0.type]
+            raw = np.rint((v - t0.offset) / t0.scale)
+            raw = (raw - lo) % (hi - lo + 1) + lo
+            words = codec.raw_array_to_words(raw.astype(np.int64), t0.type, t0.word_order)
+        else:
+            words = codec.encode_array(v, t0.type, t0.word_order, t0.scale, t0.offset, allow_nonfinite=True)
+        for w, (a, b, s) in enumerate(slices):
+            regs[a:b:s] = words[:, w].tolist()
+
+    def get_array(self, field_name: str) -> np.ndarray:
+        """Engineering values of per-cell tag ``field_name`` for all cells (float64, cell order)."""
+        t0, sp, slices = self._field(field_name)
+        regs = sp.regs
+        assert regs is not None
+        if t0.type is DataType.BOOL:
+            return np.array([float(self.get(n)) for n in self.tagmap.cell_tags(field_name)])
+        words = np.stack([np.asarray(regs[a:b:s], dtype=np.uint16) for (a, b, s) in slices], axis=1)
+        eng, _finite = codec.decode_array(words, t0.type, t0.word_order, t0.scale, t0.offset)
+        return eng
+
+
+def _spans(mask: bytearray) -> list[tuple[int, int]]:
+    """Inclusive (lo, hi) runs of non-zero bytes in ``mask``."""
+    arr = np.frombuffer(bytes(mask), dtype=np.uint8) != 0
+    if not arr.any():
+        return []
+    d = np.diff(np.concatenate(([0], arr.astype(np.int8), [0])))
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1) - 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+# keep WordOrder/REGISTER_COUNT importable from here for rig authors
+_ = (WordOrder, REGISTER_COUNT)
