@@ -47,8 +47,10 @@ AE_CE_FACTOR = 0.5
 #: minimum ledge thickness used in the wall conduction [m]
 LEDGE_MIN_M = 0.005
 ANODE_CP_J_PER_KGK = 1200.0
-ANODE_HEAT_TAU_S = 4.0 * 3600.0
-ANODE_AREA_TAU_S = 8.0 * 3600.0
+#: share of a new anode's heating drawn from the bath (the rest: its own Joule heat, crust)
+ANODE_HEAT_FROM_BATH = 0.5
+ANODE_HEAT_TAU_S = 16.0 * 3600.0
+ANODE_AREA_TAU_S = 12.0 * 3600.0
 FILM_TAU_S = 2.0
 AE_OSC_STD_V = 3.0
 AE_OSC_TAU_S = 1.0
@@ -174,7 +176,9 @@ def move_beam(state, k, move_mm):
 def start_anode_change(state, params, k):
     """Replace one anode of cell ``k``: cold-anode heat sink, area not yet conducting."""
     n = params[k, P_N_ANODES]
-    state[k, S_AC_HEAT] += params[k, P_ANODE_MASS] * ANODE_CP_J_PER_KGK * (state[k, S_TBATH] - 25.0)
+    state[k, S_AC_HEAT] += (
+        ANODE_HEAT_FROM_BATH * params[k, P_ANODE_MASS] * ANODE_CP_J_PER_KGK * (state[k, S_TBATH] - 25.0)
+    )
     state[k, S_AC_AREA] = min(state[k, S_AC_AREA] + 1.0 / n, 0.5)
     state[k, S_ANODE_H] += 0.75 * params[k, P_ANODE_H0] / n
     state[k, S_AC_BUSY] = params[k, P_AC_DURATION]

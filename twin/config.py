@@ -69,7 +69,7 @@ class CellParams(_Strict):
     noise_mv: float = Field(12.0, ge=0.0, le=200.0, description="MHD/bubble voltage noise (std)")
     noise_tau_s: float = Field(20.0, gt=0.0, le=3600.0)
     thermal_capacity_mj_per_k: float = Field(18.0, gt=1.0, le=200.0, description="bath + metal heat capacity")
-    k_top_w_per_k: float = Field(163.0, gt=0.0, le=2000.0, description="top + bottom loss conductance")
+    k_top_w_per_k: float = Field(159.0, gt=0.0, le=2000.0, description="top + bottom loss conductance")
     h_bath_ledge_w_per_m2k: float = Field(1200.0, gt=0.0, le=5000.0)
     k_ledge_w_per_mk: float = Field(2.5, gt=0.0, le=10.0)
     r_wall_k_per_w: float = Field(4.62e-3, gt=0.0, le=1.0, description="side wall + outer convection")
@@ -168,6 +168,31 @@ class PlantConfig(_Strict):
         if dup:
             raise ValueError(f"room names must be unique, repeated: {sorted(dup)}")
         return self
+
+    @classmethod
+    def single_room(
+        cls, n_cells: int, current_ka: float = 120.0, name: str = "Bench", seed: int = 1, **sections: Any
+    ) -> "PlantConfig":
+        """A one-line, one-room plant of ``n_cells`` cells with a rectifier sized for it.
+
+        ``sections`` override top-level keys (e.g. ``cell={...}``, ``local_control={...}``).
+        """
+        u_line = n_cells * 4.3 + current_ka * 1e3 * 300e-6 * n_cells / 264.0
+        rect = {
+            "setpoint_ka": current_ka,
+            "max_ka": current_ka * 1.1,
+            "voltage_limit_v": 1.15 * u_line + 40.0,
+            "reactor_range_v": max(0.06 * u_line, 3.0),
+            "tap_min_fraction": 0.3,
+            "busbar_uohm": 300.0 * n_cells / 264.0,
+        }
+        data: dict[str, Any] = {
+            "name": name,
+            "seed": seed,
+            "lines": [{"name": "Line1", "rectifier": rect, "rooms": [{"name": "Potroom1", "cells": n_cells}]}],
+        }
+        data.update(sections)
+        return cls.model_validate(data)
 
     @property
     def operating_cells(self) -> int:
