@@ -132,6 +132,7 @@ next(_p), next(_p)
 P_PURITY_MIN = next(_p)  # minimum cathode Al mass fraction (P1020: 0.997)
 P_SLUDGE_MAX = next(_p)  # sludge mass fraction of the anode at which it is saturated
 P_RHO_MARGIN = next(_p)  # anode must stay denser than electrolyte by this [kg/m³]
+P_RHO_A_FACTOR = next(_p)  # anode density / ideal-mixing density (Al–Cu contracts on mixing)
 P_T_MIN_C = next(_p)  # freeze / shutdown temperature [°C]
 P_T_MAX_C = next(_p)  # over-temperature [°C]
 P_MAX_S = next(_p)  # timer fallback [s]
@@ -310,7 +311,7 @@ def anode_phases(s, p, t_c, out_liq):
 
 
 @njit(cache=True)
-def anode_density(s):
+def ideal_anode_density(s):
     """Anode alloy density by ideal mixing of the liquid metals [kg/m³]."""
     m = s[S_M_A_AL]
     v = s[S_M_A_AL] / RHO_AL_LIQ
@@ -318,6 +319,12 @@ def anode_density(s):
         m += s[S_M_A + e]
         v += s[S_M_A + e] / RHO_EL_LIQ[e]
     return m / v
+
+
+@njit(cache=True)
+def anode_density(s, p):
+    """Anode alloy density [kg/m³]: ideal mixing scaled by the calibrated factor."""
+    return ideal_anode_density(s) * p[P_RHO_A_FACTOR]
 
 
 @njit(cache=True)
@@ -488,7 +495,7 @@ def end_check(s, p, x_c):
     m_a = s[S_M_A_AL] + s[S_M_A + FE] + s[S_M_A + CU] + s[S_M_A + SI]
     if s[S_SLUDGE_KG] >= p[P_SLUDGE_MAX] * m_a:
         return END_ANODE_SATURATED
-    rho = anode_density(s)
+    rho = anode_density(s, p)
     s[S_RHO_A] = rho
     if rho < p[P_RHO_EL] + p[P_RHO_MARGIN]:
         return END_DENSITY

@@ -68,6 +68,7 @@ class AnodeSection(_Section):
     cu_pct: float = _f(28.0, 10.0, 45.0, "%", "Cu added so the alloy sinks below the electrolyte")
     fe_pct: float = _f(0.2, 0.0, 5.0, "%")
     si_pct: float = _f(0.15, 0.0, 5.0, "%")
+    density_kg_m3: float = _f(3400.0, 2500.0, 5000.0, "kg/m³", "initial alloy (DOMAIN_BRIEF: 3400–3700 for Al + ~30 % Cu)")
     activity_coeff_al: float = _f(0.4, 0.05, 1.0, "-", "γ_Al in Al–Cu [EST]")
 
 
@@ -331,6 +332,7 @@ class RefiningConfig(_Section):
         p[rf.P_PURITY_MIN] = li.purity_min_pct / 100.0
         p[rf.P_SLUDGE_MAX] = li.sludge_max_pct / 100.0
         p[rf.P_RHO_MARGIN] = li.density_margin_kg_m3
+        p[rf.P_RHO_A_FACTOR] = self.anode.density_kg_m3 / float(rf.ideal_anode_density(self.initial_state()))
         p[rf.P_MAX_S] = li.max_days * 86400.0
         g = self.grade(grade)
         p[rf.P_SCRAP + rf.FE] = g.fe_pct / 100.0
