@@ -393,7 +393,7 @@ def current_efficiency(p, t_c, current_a):
 
 
 @njit(cache=True)
-def pot_step(s, p, dt, noise_if, q_aux_fixed, ua_mult, tr_mult, liq):
+def pot_step(s, p, dt, noise_if, q_aux_fixed, u_fixed, ua_mult, tr_mult, liq):
     """Advance one pot by ``dt`` seconds at its present current (explicit Euler).
 
     Args:
@@ -401,6 +401,8 @@ def pot_step(s, p, dt, noise_if, q_aux_fixed, ua_mult, tr_mult, liq):
         dt: step [s].
         noise_if: interface-wave thickness deviation to use in this step.
         q_aux_fixed: heater power [W] to use, or NaN to run the local PI loop.
+        u_fixed: voltage [V] that sets the Joule heat and DC energy, or NaN to use the
+            model's own (the observer feeds the measured voltage).
         ua_mult: multiplier on the heat-loss coefficient.
         tr_mult: [N_EL] multipliers on the electrochemical impurity transfer.
         liq: [N_EL] scratch array.
@@ -433,7 +435,7 @@ def pot_step(s, p, dt, noise_if, q_aux_fixed, ua_mult, tr_mult, liq):
     if s[S_M_EL] < 1e-3:
         s[S_M_EL] = 1e-3
     # energy
-    p_el = u * cur
+    p_el = u * cur if u_fixed != u_fixed else u_fixed * cur
     if q_aux_fixed == q_aux_fixed:  # not NaN: measured heater power (observer)
         q = q_aux_fixed
     else:
@@ -650,7 +652,7 @@ def advance(state, params, rng, current_sp, heater_sp, charge_kg, tap_kg, stop, 
                 for _j in range(n_steps):
                     if b > 0.0:
                         s[S_NOISE_IF] = s[S_NOISE_IF] * a + b * _normal(rng, k)
-                    pot_step(s, p, dt, s[S_NOISE_IF], np.nan, 1.0, ones, liq)
+                    pot_step(s, p, dt, s[S_NOISE_IF], np.nan, np.nan, 1.0, ones, liq)
                     reason = end_check(s, p, x_c)
                     if reason != END_NONE:
                         _finish(s, reason, x_c)
