@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,7 @@ class OpcUaClient:
         self.clock: Clock = clock or RealClock()
         self.log = log.bind(device=name, url=url)
         self._client: Client | None = None
+        self._session_open = False
         self._nodeids: dict[str, ua.NodeId] = {}
         self._unresolved: dict[str, str] = {}
         self._vtypes: dict[str, ua.VariantType] = {}
@@ -190,6 +192,7 @@ class OpcUaClient:
         self._sub_names: list[str] = []
         self._sub_period_ms = 100.0
         self._updates: asyncio.Queue[tuple[str, Sample]] = asyncio.Queue()
+        self._source_times: dict[str, datetime | None] = {}
         self.connects = 0
         self.last_error = ""
 
@@ -288,7 +291,8 @@ class OpcUaClient:
             self._lost.set()
 
         client.connection_lost_callback = _on_lost
-        await client.connect()
+        await client.connect()  # cleans up after itself when it fails
+        self._session_open = True
         default_ns = await self._default_namespace(client)
         await self._resolve(client, default_ns)
         if self._sub_names:
@@ -315,7 +319,8 @@ class OpcUaClient:
                 bpaths.append(bp)
             results = []
             for i in range(0, len(bpaths), self.max_nodes_per_read):
-                results += await client.uaclient.translate_browsepaths_to_nodeids(bpaths[i : i + self.max_nodes_per_read])
+                chunk = bpaths[i : i + self.max_nodes_per_read]
+                results += await client.uaclient.translate_browsepaths_to_nodeids(chunk)
             for ref, res in zip(by_path, results):
                 if res.StatusCode.is_good() and res.Targets:
                     tid = res.Targets[0].TargetId
@@ -357,7 +362,9 @@ class OpcUaClient:
         if unresolved:
             self.log.warning("opcua.unresolved", count=len(unresolved), first=list(unresolved.items())[:3])
 
-    async def _read_attr(self, client: Client, nodeids: Sequence[ua.NodeId], attr: ua.AttributeIds) -> list[ua.DataValue]:
+    async def _read_attr(
+        self, client: Client, nodeids: Sequence[ua.NodeId], attr: ua.AttributeIds
+    ) -> list[ua.DataValue]:
         out: list[ua.DataValue] = []
         for i in range(0, len(nodeids), self.max_nodes_per_read):
             out += await client.uaclient.read_attributes(list(nodeids[i : i + self.max_nodes_per_read]), attr)
@@ -371,9 +378,10 @@ class OpcUaClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self._session_open:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), self.timeout_s)
+        self._session_open = False
 
     def _mark_lost(self, reason: str) -> None:
         t = self.clock.now()
@@ -427,7 +435,13 @@ class OpcUaClient:
         t = self.clock.now()
         for (n, _), dv in zip(ids, dvs):
             out[n] = self._sample(dv, t)
+            self._source_times[n] = dv.SourceTimestamp or dv.ServerTimestamp
         return {n: out[n] for n in wanted}
+
+    def source_time(self, name: str) -> datetime | None:
+        """Server-side timestamp (SourceTimestamp, else ServerTimestamp, UTC) of the
+        last value of ``name`` read or received; None before the first one."""
+        return self._source_times.get(name)
 
     # ------------------------------------------------------------------ writing
 
@@ -531,7 +545,9 @@ class OpcUaClient:
             if isinstance(ev, DataChangeEvent):
                 name = by_id.get(ev.node.nodeid)
                 if name is not None:
-                    self._updates.put_nowait((name, self._sample(ev.data.monitored_item.Value, self.clock.now())))
+                    dv = ev.data.monitored_item.Value
+                    self._source_times[name] = dv.SourceTimestamp or dv.ServerTimestamp
+                    self._updates.put_nowait((name, self._sample(dv, self.clock.now())))
             elif isinstance(ev, StatusChangeEvent) and ev.notification.Status.is_bad():
                 self.last_error = f"subscription status {ev.notification.Status.name}"
                 self._lost.set()

@@ -127,7 +127,9 @@ async def test_deadband_and_scalar_period_arrays_always_fresh() -> None:
         async with Client(mirror.endpoint_url, timeout=5) as client:
             idx = await client.get_namespace_index(NAMESPACE_URI)
             arr = client.get_node(ua.NodeId("Alro.Room1.CellVoltage", idx))
-            cell = await client.nodes.objects.get_child([f"{idx}:Alro", f"{idx}:Room1", f"{idx}:Cell101", f"{idx}:CellVoltage"])
+            cell = await client.nodes.objects.get_child(
+                [f"{idx}:Alro", f"{idx}:Room1", f"{idx}:Cell101", f"{idx}:CellVoltage"]
+            )
 
             async def scalar() -> float:
                 return await cell.read_value()
@@ -210,7 +212,8 @@ async def test_set_mode_method_operator_only_and_handler_decides(tmp_path) -> No
             async with Client(url.format(user), timeout=5) as client:
                 idx = await client.get_namespace_index(NAMESPACE_URI)
                 twin = client.get_node(ua.NodeId("Alro.Twin", idx))
-                return await twin.call_method(ua.NodeId("Alro.Twin.SetMode", idx), ua.Variant(mode, ua.VariantType.String))
+                mode_arg = ua.Variant(mode, ua.VariantType.String)
+                return await twin.call_method(ua.NodeId("Alro.Twin.SetMode", idx), mode_arg)
 
         assert await call("op:op-pass", "shadow") == "observe"
         assert calls == [("shadow", "op")]

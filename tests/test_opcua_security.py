@@ -65,7 +65,9 @@ async def test_sign_and_encrypt_with_generated_certs_and_no_plain_endpoint(tmp_p
             ("Basic256Sha256", ua.MessageSecurityMode.Sign),
         }
         client = Client(mirror.endpoint_url, timeout=5)
-        sec = ClientSecurity(mode="SignAndEncrypt", state_dir=tmp_path / "client", username="view", password="view-pass")
+        sec = ClientSecurity(
+            mode="SignAndEncrypt", state_dir=tmp_path / "client", username="view", password="view-pass"
+        )
         await sec.apply(client)
         async with client:
             assert client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
@@ -148,7 +150,8 @@ async def test_roles_anonymous_and_viewer_read_only_operator_writes(tmp_path) ->
             idx = await reader.get_namespace_index(NAMESPACE_URI)
             node = await reader.nodes.objects.get_child([f"{idx}:{p}" for p in target_path])
             assert await node.read_value() == 25.5
-            assert await reader.get_node(ua.NodeId("Alro.Room2.ResistanceTarget", idx)).read_value() == [20.0, 25.5]  # Cell101, Cell102
+            room_array = reader.get_node(ua.NodeId("Alro.Room2.ResistanceTarget", idx))
+            assert await room_array.read_value() == [20.0, 25.5]  # Cell101, Cell102
         k = int(np.flatnonzero((layout.cell_room == 1) & (layout.cell_number == 102))[0])
         assert written == [("ResistanceTarget", k, 25.5, "op")]
 
