@@ -446,6 +446,15 @@ class MirrorServer:
         self._mode = mode
         await self._write_internal(self._nid("Twin", "Mode"), ua.Variant(mode, ua.VariantType.String))
 
+    async def set_service_level(self, level: int) -> None:
+        """Write Server/ServiceLevel (0-255; OPC UA Part 4: 0 = no data, 1 = service
+        failure, 2-199 degraded, 200-255 healthy) for redundancy-aware clients."""
+        if not 0 <= level <= 255:
+            raise ValueError(f"service level must be 0..255, got {level}")
+        await self._write_internal(
+            ua.NodeId(ua.ObjectIds.Server_ServiceLevel), ua.Variant(int(level), ua.VariantType.Byte)
+        )
+
     async def _set_mode_method(self, parent: ua.NodeId, mode_var: ua.Variant) -> Any:
         mode = mode_var.Value if isinstance(mode_var, ua.Variant) else mode_var
         user = current_user()

@@ -13,6 +13,7 @@ import pytest
 from asyncua import Client, ua
 from pydantic import ValidationError
 
+from plc_bridge.opcua_client import NodeRef, OpcUaClient
 from plc_bridge.opcua_security import (
     ClientSecurity,
     OpcUaSecurityConfig,
@@ -75,6 +76,13 @@ async def test_sign_and_encrypt_with_generated_certs_and_no_plain_endpoint(tmp_p
             values = await client.get_node(ua.NodeId("Alro.Room1.CellVoltage", idx)).read_value()
             assert values == np.array([4.1, 4.2, 4.3], dtype=np.float32).tolist()
         assert (tmp_path / "client" / "client_cert.der").is_file()
+        # the bridge's own client over Sign and SignAndEncrypt
+        for mode in ("Sign", "SignAndEncrypt"):
+            sec = ClientSecurity(mode=mode, state_dir=tmp_path / "client", username="op", password="op-pass")
+            refs = [NodeRef("u", "Objects/Alro/Room1/Cell102/CellVoltage")]
+            async with OpcUaClient(mirror.endpoint_url, refs, namespace=NAMESPACE_URI, security=sec) as bridge:
+                sample = (await bridge.read())["u"]
+                assert sample.good and sample.value == pytest.approx(4.2, abs=1e-6), (mode, sample)
         assert stat.S_IMODE(cfg.key_path.stat().st_mode) == 0o600
 
 
