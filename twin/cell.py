@@ -56,6 +56,10 @@ AE_OSC_STD_V = 3.0
 AE_OSC_TAU_S = 1.0
 MEAS_NOISE_V = 0.002
 SWEEP_TAU_S = 30.0
+#: local (PLC) AE kill: detection delay [s], AE feed [shots], pumping stroke [mm]
+LOCAL_AE_DETECT_S = 2.0
+LOCAL_AE_SHOTS = 8
+LOCAL_AE_PUMP_MM = 15.0
 #: metal a tapping crucible takes over the tapping duration [kg]
 TAP_BATCH_KG = 1000.0
 #: pumping [mm of recent beam travel] that gives a 1/10 s extinction hazard
@@ -209,9 +213,11 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
         state[k, S_AE_T] += dt
         state[k, A_AE_S] += dt
         film += (1.0 - film) * (1.0 - math.exp(-dt / FILM_TAU_S))
-        c_crit = out[k, O_C_CRIT]
-        hazard = 1.0 / params[k, P_AE_SELF_S]
-        hazard += max(0.0, c - c_crit) / 0.25 / 20.0  # fresh alumina wets the anodes
+        c_crit = state[k, S_AE_CCRIT]
+        # the film breaks up by itself only near the critical concentration ...
+        hazard = math.exp(min(0.0, c - c_crit) / 0.2) / params[k, P_AE_SELF_S]
+        # ... and fresh alumina above it wets the anodes
+        hazard += max(0.0, c - c_crit - 0.1) / 0.25 / 20.0
         hazard += state[k, S_SWEEP] / SWEEP_SCALE_MM / 10.0  # beam pumping sweeps the gas
         if state[k, S_ACD] < 2.5:
             hazard += 1.0 / 3.0  # anodes touch the metal: shorted
@@ -224,6 +230,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
         if in_circ and current > 1000.0 and state[k, S_REFRACT] <= 0.0 and c < out[k, O_C_CRIT]:
             state[k, S_AE] = 1.0
             state[k, S_AE_T] = 0.0
+            state[k, S_AE_CCRIT] = out[k, O_C_CRIT]
             state[k, A_AE_N] += 1.0
     state[k, S_FILM] = film
     state[k, S_SWEEP] *= math.exp(-dt / SWEEP_TAU_S)
@@ -308,6 +315,14 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
             start_anode_change(state, params, k)
 
     # --- potroom PLC local automation -----------------------------------------------------------
+    if params[k, P_LOCAL] > 0.5 and in_circ and params[k, P_LOCAL_QUENCH] > 0.5 and state[k, S_AE] > 0.5:
+        # AE kill: detect after 2 s above 8 V, dump AE feed, pump the beam down and back
+        t_ae = state[k, S_AE_T]
+        if t_ae - dt < LOCAL_AE_DETECT_S <= t_ae or t_ae - dt < LOCAL_AE_DETECT_S + 60.0 <= t_ae:
+            dump_shot(state, params, k, LOCAL_AE_SHOTS)
+            move_beam(state, k, -LOCAL_AE_PUMP_MM)
+        elif t_ae - dt < LOCAL_AE_DETECT_S + 20.0 <= t_ae or t_ae - dt < LOCAL_AE_DETECT_S + 80.0 <= t_ae:
+            move_beam(state, k, LOCAL_AE_PUMP_MM)
     if params[k, P_LOCAL] > 0.5 and in_circ:
         state[k, S_FEED_CREDIT] += params[k, P_FEED_RATIO] * params[k, P_CE_NOM] * AL2O3_KG_PER_AS * charge
         shot = params[k, P_SHOT_KG]

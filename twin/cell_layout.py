@@ -51,7 +51,8 @@ A_ALF3_USED = 39  # AlF3 neutralised by the feed's Na2O [kg]
 A_CHARGE = 40  # charge passed [A·s]
 A_CARBON = 41  # anode carbon consumed [kg]
 A_CRYO_MADE = 42  # cryolite formed from neutralisation [kg]
-N_STATE = 43
+S_AE_CCRIT = 43  # critical alumina when the current AE started [wt %]
+N_STATE = 44
 
 # --- parameters --------------------------------------------------------------------------
 P_ANODE_CM2 = 0  # geometric anode area [cm²]
@@ -97,7 +98,8 @@ P_AC_DURATION = 39  # anode change duration [s]
 P_LOCAL = 40  # 1: potroom PLC feeds and moves the beam itself
 P_OPS = 41  # 1: tapping and anode changes run on their schedule
 P_METAL0 = 42  # metal pad after tapping [kg]
-N_PARAM = 43
+P_LOCAL_QUENCH = 43  # 1: the potroom PLC kills AEs itself (feed + beam pumping) under local control
+N_PARAM = 44
 
 # --- outputs (last sub-step) -----------------------------------------------------------------
 O_U = 0  # cell voltage incl. noise [V]

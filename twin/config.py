@@ -49,7 +49,7 @@ class CellParams(_Strict):
     ledge_area_m2: float = Field(12.0, gt=1.0, le=60.0, description="side-ledge face area")
     bath_mass_kg: float = Field(4000.0, ge=500.0, le=20000.0)
     metal_mass_kg: float = Field(9000.0, ge=1000.0, le=50000.0)
-    acd_cm: float = Field(4.6, ge=2.0, le=8.0, description="initial anode-cathode distance")
+    acd_cm: float = Field(4.8, ge=2.0, le=8.0, description="initial anode-cathode distance")
     alumina_wt_pct: float = Field(3.0, ge=1.0, le=8.0, description="initial dissolved Al2O3")
     alf3_wt_pct: float = Field(11.0, ge=0.0, le=20.0, description="initial excess AlF3")
     caf2_wt_pct: float = Field(5.0, ge=0.0, le=10.0)
@@ -69,7 +69,7 @@ class CellParams(_Strict):
     noise_mv: float = Field(12.0, ge=0.0, le=200.0, description="MHD/bubble voltage noise (std)")
     noise_tau_s: float = Field(20.0, gt=0.0, le=3600.0)
     thermal_capacity_mj_per_k: float = Field(18.0, gt=1.0, le=200.0, description="bath + metal heat capacity")
-    k_top_w_per_k: float = Field(159.0, gt=0.0, le=2000.0, description="top + bottom loss conductance")
+    k_top_w_per_k: float = Field(178.0, gt=0.0, le=2000.0, description="top + bottom loss conductance")
     h_bath_ledge_w_per_m2k: float = Field(1200.0, gt=0.0, le=5000.0)
     k_ledge_w_per_mk: float = Field(2.5, gt=0.0, le=10.0)
     r_wall_k_per_w: float = Field(4.62e-3, gt=0.0, le=1.0, description="side wall + outer convection")
@@ -101,15 +101,16 @@ class LocalControl(_Strict):
     shot_mass_kg: float = Field(1.8, gt=0.1, le=10.0, description="alumina per feeder shot")
     feed_ratio: float = Field(1.0, ge=0.0, le=3.0, description="fixed feed rate / nominal consumption")
     nominal_ce: float = Field(0.95, ge=0.8, le=1.0, description="CE assumed for the nominal feed rate")
-    resistance_target_uohm: float = Field(21.7, gt=0.0, le=200.0, description="R = (U - 1.65 V)/I target")
+    resistance_target_uohm: float = Field(22.3, gt=0.0, le=200.0, description="R = (U - 1.65 V)/I target")
     resistance_deadband_uohm: float = Field(0.4, ge=0.0, le=20.0)
     beam_step_mm: float = Field(2.0, gt=0.0, le=20.0)
-    beam_check_interval_s: float = Field(1800.0, ge=60.0, le=86400.0)
-    alf3_kg_per_day: float = Field(35.0, ge=0.0, le=500.0)
+    beam_check_interval_s: float = Field(300.0, ge=60.0, le=86400.0)
+    alf3_kg_per_day: float = Field(38.0, ge=0.0, le=500.0)
     tap_interval_h: float = Field(24.0, ge=1.0, le=240.0)
     tap_duration_s: float = Field(600.0, ge=30.0, le=7200.0)
     anode_change_duration_s: float = Field(900.0, ge=60.0, le=7200.0)
     operations: bool = Field(True, description="schedule tapping and anode changes")
+    ae_quench: bool = Field(True, description="the PLC kills AEs itself (feed + beam pumping) in local control")
 
 
 class RectifierParams(_Strict):
@@ -182,7 +183,7 @@ class PlantConfig(_Strict):
             "setpoint_ka": current_ka,
             "max_ka": current_ka * 1.1,
             "voltage_limit_v": 1.15 * u_line + 40.0,
-            "reactor_range_v": max(0.06 * u_line, 3.0),
+            "reactor_range_v": max(0.06 * u_line, 60.0),  # covers an AE on a short line
             "tap_min_fraction": 0.3,
             "busbar_uohm": 300.0 * n_cells / 264.0,
         }

@@ -16,8 +16,16 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from twin.bath import AL2O3_KG_PER_AS, LEDGE_DENSITY_KG_M3, LEDGE_FUSION_J_PER_KG, liquidus_c
+from twin.bath import (
+    AL2O3_KG_PER_AS,
+    LEDGE_DENSITY_KG_M3,
+    LEDGE_FUSION_J_PER_KG,
+    U_REACTION_V,
+    liquidus_c,
+)
 from twin.cell import (
+    ANODE_CP_J_PER_KGK,
+    ANODE_HEAT_FROM_BATH,
     cell_emf,
     cell_integrate,
     composition,
@@ -233,6 +241,7 @@ class Potline:
         p[:, P_LOCAL] = 1.0
         p[:, P_OPS] = 1.0 if lc.operations else 0.0
         p[:, P_METAL0] = c.metal_mass_kg
+        p[:, P_LOCAL_QUENCH] = 1.0 if lc.ae_quench else 0.0
         return p
 
     @staticmethod
@@ -279,15 +288,29 @@ class Potline:
         return rect, rpar
 
     def _balance_thermal_start(self) -> None:
-        """Start every cell with the ledge in equilibrium and the rectifier on the right tap."""
+        """Start every cell in thermal equilibrium (superheat and ledge thickness from its own
+        heat balance at the start voltage) and each rectifier on the right tap."""
         s, p = self.state, self.params
         _emf_serial(s, p, self.out, self.cell_line, self.rect, self.rng, self.dt_s)
         for k in range(self.layout.n_cells):
+            # steady state: superheat carries what the top does not lose, the ledge passes it on
+            current = self.rect[self.cell_line[k], R_I]
+            u = self.out[k, O_E] - s[k, S_NOISE] + self.out[k, O_R_OHM] * current
             _, c, alf3 = composition(s, k)
             t_liq = liquidus_c(alf3, p[k, P_CAF2], c)
-            q = p[k, P_HBL] * p[k, P_LEDGE_M2] * max(s[k, S_TBATH] - t_liq, 1.0)
-            r_l = (t_liq - p[k, P_TAMB]) / q - p[k, P_RWALL]
-            x = max(r_l * p[k, P_KLEDGE] * p[k, P_LEDGE_M2], 0.02)
+            h_a = p[k, P_HBL] * p[k, P_LEDGE_M2]
+            t_b = s[k, S_TBATH]
+            for _ in range(5):
+                q_anode = 0.0
+                if p[k, P_OPS] > 0.5:
+                    q_anode = ANODE_HEAT_FROM_BATH * p[k, P_ANODE_MASS] * ANODE_CP_J_PER_KGK * (t_b - 25.0)
+                    q_anode /= p[k, P_AC_INTERVAL]
+                q_bl = (u - U_REACTION_V * 0.95) * current - p[k, P_KTOP] * (t_b - p[k, P_TAMB]) - q_anode
+                t_b = t_liq + min(max(q_bl / h_a, 2.0), 20.0)
+            q_bl = h_a * (t_b - t_liq)
+            s[k, S_TBATH] = t_b
+            r_l = (t_liq - p[k, P_TAMB]) / q_bl - p[k, P_RWALL]
+            x = min(max(r_l * p[k, P_KLEDGE] * p[k, P_LEDGE_M2], 0.02), 0.4)
             s[k, S_LEDGE] = x * LEDGE_DENSITY_KG_M3 * p[k, P_LEDGE_M2]
         for ln in range(self.layout.n_lines):
             cells = self.cell_line == ln

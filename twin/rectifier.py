@@ -75,11 +75,13 @@ def rectifier_step(rect, rpar, line, e_sum, r_sum, dt):
         return 0.0
     err = sp - rect[line, R_I]
     v_lim = rpar[line, RP_V_LIMIT]
-    u_cmd = rect[line, R_U_CMD] + rpar[line, RP_KI] * err * dt
-    u_cmd = min(max(u_cmd, 0.0), v_lim)  # anti-windup at the limits
-    rect[line, R_U_CMD] = u_cmd
     u_tap = tap_voltage(rpar, line, rect[line, R_TAP])
     sr_range = rpar[line, RP_SR_RANGE]
+    tap_step = v_lim * (1.0 - rpar[line, RP_TAP_MIN]) / (rpar[line, RP_N_TAPS] - 1.0)
+    u_cmd = rect[line, R_U_CMD] + rpar[line, RP_KI] * err * dt
+    # anti-windup: never ask for more than this tap (plus one step) or the limit can give
+    u_cmd = min(max(u_cmd, 0.0, u_tap - sr_range - tap_step), u_tap + tap_step, v_lim)
+    rect[line, R_U_CMD] = u_cmd
     sr_cmd = min(max(u_tap - u_cmd, 0.0), sr_range)
     alpha = 1.0 - math.exp(-dt / rpar[line, RP_SR_TAU])
     rect[line, R_U_SR] += (sr_cmd - rect[line, R_U_SR]) * alpha

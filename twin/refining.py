@@ -787,28 +787,40 @@ class RefiningPots:
         for k in range(self.n):
             end_check(self.state[k], self.params[k], x_c)  # derived fields (density)
             fill_readings(self.state[k], self.params[k], self.rng, k, self.read)
+        self._readings = PotReadings.from_array(self.read)
 
     @property
     def n(self) -> int:
         return int(self.params.shape[0])
 
     def readings(self) -> PotReadings:
-        """The readings at the end of the last interval (views, valid until next advance)."""
-        return PotReadings.from_array(self.read)
+        """The latest readings: views on ``read``, updated in place by ``advance``."""
+        r = self._readings
+        np.greater(self.read[:, R_DONE], 0.5, out=r.done)
+        r.end_reason[:] = self.read[:, R_END_REASON]
+        return r
 
     def advance(self, inputs: PotInputs, duration_s: float) -> PotReadings:
         """Apply ``inputs`` and run ``duration_s`` seconds (whole sub-steps)."""
         n_steps = max(1, int(round(duration_s / self.dt_s)))
         dt = duration_s / n_steps
+        n = self.n
+
+        def arr(x) -> np.ndarray:
+            a = np.asarray(x, dtype=np.float64)
+            if a.shape != (n,):
+                a = np.broadcast_to(a, (n,))
+            return np.ascontiguousarray(a)
+
         advance(
             self.state,
             self.params,
             self.rng,
-            np.ascontiguousarray(inputs.current_sp_a, dtype=np.float64),
-            np.ascontiguousarray(inputs.heater_sp_c, dtype=np.float64),
-            np.ascontiguousarray(inputs.charge_kg, dtype=np.float64),
-            np.ascontiguousarray(inputs.tap_kg, dtype=np.float64),
-            np.ascontiguousarray(inputs.stop, dtype=np.float64),
+            arr(inputs.current_sp_a),
+            arr(inputs.heater_sp_c),
+            arr(inputs.charge_kg),
+            arr(inputs.tap_kg),
+            arr(inputs.stop),
             dt,
             n_steps,
             self.read,

@@ -1,0 +1,212 @@
+"""The cell model against published numbers (DESIGN.md "Physics reference").
+
+Every assertion names its source and tolerance. Nothing here compares the model with
+values it produced itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twin.cell_layout import A_CHARGE, A_E_ELEC, S_AL2O3, S_ALF3, S_CRYO, S_SLUDGE
+from twin.config import PlantConfig
+from twin.potline import Potline
+
+#: Faraday yield, DESIGN.md: 0.3356 kg Al per kA·h at 100 % CE
+FARADAY_KG_PER_KAH = 0.3356
+#: DOMAIN_BRIEF §0: alumina consumption 1.673e-7·I kg/s at CE 0.95
+ALUMINA_KG_PER_AS_CE95 = 1.673e-7
+
+
+@pytest.fixture(scope="module")
+def settled() -> Potline:
+    """Eight 120 kA cells on their own rectifier, settled for 2 h under local control."""
+    pl = Potline(PlantConfig.single_room(8), parallel=False)
+    pl.set_operations(slice(None), False)  # no tapping/anode change: the nominal state
+    pl.advance(2 * 3600)
+    return pl
+
+
+def test_voltage_breakdown_haupin_bands(settled: Potline) -> None:
+    """Haupin, "Interpreting the components of cell voltage" (DESIGN.md): total 4.0–4.6 V,
+    E_rev ≈ 1.2 V, anode reaction 0.4–0.6 V, cathode 0.05–0.1 V, bath 1.4–1.8 V,
+    bubbles 0.15–0.35 V, conductors 0.3 + 0.3 + 0.2 V (±0.1 V)."""
+    b = settled.voltage_breakdown()
+    total = sum(b[k] for k in b)
+    assert np.all((total > 4.0) & (total < 4.6)), total
+    assert np.all(np.abs(b["reversible"] - 1.2) < 0.06)
+    assert np.all((b["anode_reaction_overvoltage"] >= 0.4) & (b["anode_reaction_overvoltage"] <= 0.6))
+    assert np.all((b["cathode_overvoltage"] >= 0.05) & (b["cathode_overvoltage"] <= 0.1))
+    assert np.all((b["bath_ohmic"] >= 1.4) & (b["bath_ohmic"] <= 1.8))
+    assert np.all((b["bubble_layer"] >= 0.15) & (b["bubble_layer"] <= 0.35))
+    assert np.all(np.abs(b["conductors"] - 0.8) <= 0.1)
+    assert np.all(b["anode_effect"] == 0.0)
+
+
+def test_operating_window(settled: Potline) -> None:
+    """DESIGN.md: κ 2.0–2.4 S/cm, ACD 4–5 cm (±0.3 cm for the resistance deadband),
+    anode current density 0.7–0.9 A/cm², bath 950–970 °C with 5–12 K superheat,
+    alumina 2–4 wt %, pseudo-resistance ≈ 20 µΩ at 4.3 V (±15 %)."""
+    t = settled.truth()
+    m = settled.measurements()
+    assert np.all((t["conductivity_s_cm"] >= 2.0) & (t["conductivity_s_cm"] <= 2.4))
+    assert np.all((t["acd_cm"] >= 3.7) & (t["acd_cm"] <= 5.3))
+    assert np.all((t["current_density_a_cm2"] >= 0.7) & (t["current_density_a_cm2"] <= 0.9))
+    assert np.all((t["bath_temp_c"] >= 950) & (t["bath_temp_c"] <= 970))
+    assert np.all((t["superheat_k"] >= 5) & (t["superheat_k"] <= 12))
+    assert np.all((t["alumina_wt_pct"] >= 2.0) & (t["alumina_wt_pct"] <= 4.0))
+    r_uohm = (m["cell_voltage_v"] - 1.65) / (m["line_current_ka"][0] * 1e3) * 1e6
+    assert np.all(np.abs(r_uohm - 21.7) / 21.7 < 0.15)  # DOMAIN_BRIEF §0: 21.7 µΩ at 4.25 V
+
+
+@pytest.fixture(scope="module")
+def one_day() -> Potline:
+    """Eight cells, one day, with the operations schedule (tapping, anode changes)."""
+    pl = Potline(PlantConfig.single_room(8, seed=3), parallel=False)
+    pl.advance(86400)
+    return pl
+
+
+def test_specific_energy_and_ce(one_day: Potline) -> None:
+    """DESIGN.md: 12.5–14.5 kWh/kg (conventional pots 12–14 MWh/t; Alro 13.28 MWh/t),
+    CE 0.90–0.96, and the identity kWh/kg = 2.98·U/CE within 1 %."""
+    tot = one_day.totals()
+    assert 12.5 <= tot["specific_energy_kwh_per_kg"] <= 14.5
+    assert 0.90 <= tot["current_efficiency"] <= 0.96
+    s = one_day.state
+    u_mean = s[:, A_E_ELEC].sum() / s[:, A_CHARGE].sum()  # charge-weighted mean voltage
+    assert tot["specific_energy_kwh_per_kg"] == pytest.approx(2.98 * u_mean / tot["current_efficiency"], rel=0.01)
+
+
+def test_production_follows_faraday(one_day: Potline) -> None:
+    """DESIGN.md: 0.3356 kg Al per kA·h at 100 % CE. Metal made over a day divided by the
+    charge passed and by the time-averaged CE is Faraday's yield within 1 %."""
+    pl = Potline(PlantConfig.single_room(4, seed=5), parallel=False)
+    ce_samples, metal0 = [], pl.totals()["metal_kg"]
+    kah = 0.0
+    for _ in range(24 * 6):
+        pl.advance(600)
+        ce_samples.append(pl.truth()["current_efficiency"].mean())
+        kah += pl.measurements()["line_current_ka"][0] * 4 * 600 / 3600
+    metal = pl.totals()["metal_kg"] - metal0
+    assert metal / kah / np.mean(ce_samples) == pytest.approx(FARADAY_KG_PER_KAH, rel=0.01)
+
+
+def test_reference_plant_capacity() -> None:
+    """ALRO Slatina seed (DESIGN.md): 265,000 t/a from 6 rooms → 5 operating rooms of 132 cells
+    make 5/6 of it, ≈ 221,000 t/a, ± 5 %. Simulated over 6 h and annualised."""
+    pl = Potline(PlantConfig.model_validate(_reference()), parallel=True)
+    assert pl.layout.n_cells == 660
+    pl.advance(6 * 3600)
+    tonnes_per_year = pl.totals()["metal_kg"] / 1000.0 * (8760.0 / 6.0)
+    assert tonnes_per_year == pytest.approx(265_000 * 5 / 6, rel=0.05)
+
+
+def _reference() -> dict:
+    from twin.config import REFERENCE_PLANT, load_toml
+
+    return load_toml(REFERENCE_PLANT)
+
+
+def test_feed_stop_leads_to_anode_effect() -> None:
+    """DESIGN.md / DOMAIN_BRIEF §2: with the feed stopped the cell reaches the AE when the
+    alumina inventory above the critical level is consumed at the Faraday rate
+    (1.673e-7·I kg/s at CE 0.95): onset time within 20 % of inventory/consumption; AE
+    voltage 20–50 V."""
+    pl = Potline(PlantConfig.single_room(8, seed=7), parallel=False)
+    pl.set_operations(slice(None), False)
+    pl.advance(3600)
+    k = 3
+    pl.set_local_control(k, False)
+    s = pl.state
+    bath = s[k, S_AL2O3] + s[k, S_ALF3] + s[k, S_CRYO]
+    c_crit = pl.truth()["critical_alumina_wt_pct"][k]
+    current = pl.measurements()["line_current_ka"][0] * 1e3
+    inventory = s[k, S_AL2O3] + s[k, S_SLUDGE] - c_crit / 100.0 * bath
+    expected_s = inventory / (ALUMINA_KG_PER_AS_CE95 * current)
+    t0 = pl.t_s
+    onset, volts = None, []
+    for _ in range(int(2 * expected_s)):
+        pl.advance(1)
+        if onset is None and pl.truth()["ae_active"][k]:
+            onset = pl.t_s - t0
+        if onset is not None:
+            if not pl.truth()["ae_active"][k]:
+                break
+            volts.append(pl.measurements()["cell_voltage_v"][k])
+    assert onset is not None, "no anode effect after twice the expected time"
+    assert onset == pytest.approx(expected_s, rel=0.20)
+    during = np.array(volts[3:])  # once the gas film has formed (seconds)
+    assert len(during) >= 5
+    assert 20.0 <= np.median(during) <= 50.0
+    assert during.max() <= 60.0
+
+
+def test_anode_effect_dips_line_current_and_rectifier_restores() -> None:
+    """DOMAIN_BRIEF §4: an AE adds 25–45 V to the line; open loop that is a dip of
+    ≈ ΔU/(N·R + R_bus) (several kA on a 264-cell line); the regulator restores the
+    setpoint within seconds if it has headroom. Checked: a dip of > 1 kA right after
+    onset, and the mean current 60–120 s into the AE within ±0.5 % of 120 kA."""
+    cfg = PlantConfig.single_room(264, seed=11)
+    pl = Potline(cfg, parallel=True)
+    pl.set_operations(slice(None), False)
+    pl.advance(600)
+    k = 10
+    pl.set_local_control(k, False)  # no PLC AE kill: the AE lasts
+    pl.force_alumina(k, 1.0)  # below the critical level: the AE starts at once
+    currents = []
+    for _ in range(150):
+        pl.advance(1)
+        currents.append(pl.measurements()["line_current_ka"][0])
+    currents = np.array(currents)
+    assert pl.truth()["ae_active"][k]
+    assert currents[:10].min() < 119.0
+    assert np.mean(currents[60:120]) == pytest.approx(120.0, rel=0.005)
+
+
+def test_voltage_limit_caps_current_when_many_cells_are_in_ae() -> None:
+    """DOMAIN_BRIEF §4: model the rectifier headroom: with more AE voltage than the
+    rectifier's DC limit can cover, the line current stays below setpoint."""
+    pl = Potline(PlantConfig.single_room(100, seed=13), parallel=False)
+    pl.set_operations(slice(None), False)
+    pl.advance(300)
+    headroom = pl.rpar[0, 0] - pl.measurements()["line_voltage_v"][0]
+    n_ae = int(headroom // 26.0) + 2  # beyond what the rectifier can cover
+    pl.set_local_control(np.arange(n_ae), False)
+    pl.force_alumina(np.arange(n_ae), 1.0)
+    pl.advance(60)
+    m = pl.measurements()
+    assert pl.truth()["ae_active"][:n_ae].sum() >= n_ae - 1
+    assert m["rectifier_at_limit"][0]
+    assert m["line_current_ka"][0] < 0.97 * 120.0
+
+
+def test_cut_out_and_cut_in_keep_line_current() -> None:
+    """A shorted cell drops out of the series: its voltage is zero, the rectifier lowers the
+    line voltage by about one cell voltage (≈ 4.2 V) and holds the current."""
+    pl = Potline(PlantConfig.single_room(20, seed=17), parallel=False)
+    pl.set_operations(slice(None), False)
+    pl.advance(600)
+    u_before = pl.measurements()["line_voltage_v"][0]
+    pl.cut_out(4)
+    pl.advance(120)
+    m = pl.measurements()
+    assert m["cut_out"][4] and m["cell_voltage_v"][4] == 0.0
+    assert m["line_current_ka"][0] == pytest.approx(120.0, rel=0.005)
+    assert u_before - m["line_voltage_v"][0] == pytest.approx(4.25, abs=0.4)
+    pl.cut_in(4)
+    pl.advance(120)
+    m = pl.measurements()
+    assert not m["cut_out"][4] and 3.8 < m["cell_voltage_v"][4] < 4.8
+    assert m["line_current_ka"][0] == pytest.approx(120.0, rel=0.005)
+
+
+def test_parallel_and_serial_kernels_agree() -> None:
+    """Per-cell random streams make the parallel kernel reproduce the serial one exactly."""
+    a = Potline(PlantConfig.single_room(16, seed=19), parallel=False)
+    b = Potline(PlantConfig.single_room(16, seed=19), parallel=True)
+    a.advance(1800)
+    b.advance(1800)
+    np.testing.assert_array_equal(a.state, b.state)
+    np.testing.assert_array_equal(a.rect, b.rect)
