@@ -139,6 +139,17 @@ class RefiningPolicy:
         self.n = len(plist)
         for name in _NUMERIC:
             setattr(self, "_" + name, np.array([getattr(p, name) for p in plist], dtype=float))
+        # derived constants (hot loop)
+        self._has_step = bool(np.isfinite(self._step_at_h).any())
+        self._step_s = np.where(np.isfinite(self._step_at_h), self._step_at_h * 3600.0, np.inf)
+        self._step_current_a = np.where(np.isfinite(self._step_current_a), self._step_current_a, 0.0)
+        self._has_trim = bool((self._fe_trim_k_per_0p01pct != 0).any())
+        self._has_stop = bool(np.isfinite(self._stop_fe_pct).any() or np.isfinite(self._stop_si_pct).any())
+        self._no_stop = np.zeros(self.n, dtype=bool)
+        self._tap_s = self._tap_every_h * 3600.0 - 1e-6
+        self._charge_s = self._charge_every_h * 3600.0 - 1e-6
+        self._kg_per_ah = FARADAY_KG_PER_KAH / 1000.0 * self._ce_guess
+        self._kg_per_ah_scrap = self._kg_per_ah / (1.0 - self._impurity_guess)
         self.reset()
 
     def reset(self) -> None:
@@ -159,39 +170,44 @@ class RefiningPolicy:
 
     def step(self, readings: PotReadings, now_s: float) -> PotInputs:
         """Commands for this scan (see the class and ``PolicyParams`` docs)."""
-        if self._t_prev == self._t_prev:  # not the first scan
-            dt = now_s - self._t_prev
-        else:
-            dt = 0.0
+        dt = now_s - self._t_prev if self._t_prev == self._t_prev else 0.0
         self._t_prev = now_s
-        cur = np.nan_to_num(np.asarray(readings.current_a, dtype=float))
-        ah = cur * dt / 3600.0
+        cur = readings.current_a
+        ah = np.where(cur == cur, cur, 0.0) * (dt / 3600.0)
         self._ah_tap += ah
         self._ah_charge += ah
         # current: ramp toward the target; an optional unlimited step
-        step_now = np.isfinite(self._step_at_h) & (now_s >= self._step_at_h * 3600.0)
-        target = np.where(step_now, self._step_current_a, self._current_a)
-        dmax = self._ramp_a_per_h * self.period_s / 3600.0
-        sp = np.clip(target, self.sp - dmax, self.sp + dmax)
-        sp = np.where(step_now, target, sp)
+        dmax = self._ramp_a_per_h * (self.period_s / 3600.0)
+        sp = np.minimum(np.maximum(self._current_a, self.sp - dmax), self.sp + dmax)
+        if self._has_step:
+            step_now = self._step_s <= now_s
+            sp = np.where(step_now, self._step_current_a, sp)
         self.sp = sp
-        # heater with Fe-assay trim
-        fe_pct = np.nan_to_num(np.asarray(readings.assay_fe, dtype=float) * 100.0, nan=0.0)
-        trim = np.clip(self._fe_trim_k_per_0p01pct * (fe_pct - self._fe_trim_from_pct) / 0.01, 0.0, self._heater_trim_max_k)
-        heater = self._heater_c + trim
+        # heater with Fe-assay trim (assays are NaN before the first tap)
+        fe = readings.assay_fe
+        fe_pct = np.where(fe == fe, fe, 0.0) * 100.0
+        heater = self._heater_c
+        if self._has_trim:
+            trim = self._fe_trim_k_per_0p01pct * (fe_pct - self._fe_trim_from_pct) * 100.0
+            heater = heater + np.minimum(np.maximum(trim, 0.0), self._heater_trim_max_k)
         # taps and charges sized from Faraday's law on the measured current
-        kg_per_ah = FARADAY_KG_PER_KAH / 1000.0 * self._ce_guess
-        due_tap = now_s - self._last_tap >= self._tap_every_h * 3600.0 - 1e-6
-        tap = np.where(due_tap, kg_per_ah * self._ah_tap, 0.0)
-        self._ah_tap = np.where(due_tap, 0.0, self._ah_tap)
-        self._last_tap = np.where(due_tap, now_s, self._last_tap)
-        due_ch = now_s - self._last_charge >= self._charge_every_h * 3600.0 - 1e-6
-        charge = np.where(due_ch, kg_per_ah * self._ah_charge / (1.0 - self._impurity_guess), 0.0)
-        self._ah_charge = np.where(due_ch, 0.0, self._ah_charge)
-        self._last_charge = np.where(due_ch, now_s, self._last_charge)
-        si_pct = np.nan_to_num(np.asarray(readings.assay_si, dtype=float) * 100.0, nan=0.0)
-        stop = (fe_pct >= self._stop_fe_pct) | (si_pct >= self._stop_si_pct)
-        return PotInputs(current_sp_a=sp.copy(), heater_sp_c=heater, charge_kg=charge, tap_kg=tap, stop=stop)
+        due_tap = now_s - self._last_tap >= self._tap_s
+        tap = np.where(due_tap, self._kg_per_ah * self._ah_tap, 0.0)
+        due_ch = now_s - self._last_charge >= self._charge_s
+        charge = np.where(due_ch, self._kg_per_ah_scrap * self._ah_charge, 0.0)
+        if due_tap.any():
+            self._ah_tap[due_tap] = 0.0
+            self._last_tap[due_tap] = now_s
+        if due_ch.any():
+            self._ah_charge[due_ch] = 0.0
+            self._last_charge[due_ch] = now_s
+        if self._has_stop:
+            si = readings.assay_si
+            si_pct = np.where(si == si, si, 0.0) * 100.0
+            stop = (fe_pct >= self._stop_fe_pct) | (si_pct >= self._stop_si_pct)
+        else:
+            stop = self._no_stop
+        return PotInputs(current_sp_a=sp, heater_sp_c=heater, charge_kg=charge, tap_kg=tap, stop=stop)
 
 
 # --------------------------------------------------------------------------- safety

@@ -173,7 +173,7 @@ class CampaignSpec:
     seed: int = 1
     dt_s: float = 600.0
     control_period_s: float = 600.0
-    batch_size: int = 125
+    batch_size: int = 250
 
     def __post_init__(self) -> None:
         if self.n_cycles < 1:
