@@ -44,7 +44,8 @@ OB_R_U = 14  # measurement noise [V²]
 OB_DRIFT = 15  # ACD drift [cm/s]
 OB_AE_DELTA = 16
 OB_Q_B = 17  # process noise on the consumption factor [1/s]
-OB_N = 18
+OB_PERIOD = 18  # measurement-update block [s]
+OB_N = 19
 N_X = 3  # filter states: C, ACD, consumption factor
 
 AE_VOLTAGE_V = 8.0  # IPCC/IAI high-voltage AE definition
@@ -64,12 +65,15 @@ def _h(ob, c, d, current):
 
 
 @njit(cache=True)
-def ekf_step(x, p, sludge, agitation, ob, current_a, voltage_v, feed_kg, beam_mm, dt, valid, disturbed):
+def ekf_step(x, p, sludge, agitation, acc, ob, current_a, voltage_v, feed_kg, beam_mm, dt, valid, disturbed):
     """One predict + update for every cell (in place). ``valid`` False: predict only;
     ``disturbed`` (tapping, anode change): the ACD absorbs the voltage step, not C.
 
     State per cell: ``x = [C wt %, ACD cm, b]`` where ``b`` multiplies the nominal
     Faraday consumption (it absorbs a cell's own CE and bath-mass error).
+    ``acc[k] = [time, Σ U·dt, Σ I·dt]`` accumulates samples between measurement updates:
+    the update uses the block mean over ``OB_PERIOD`` seconds, because cell-voltage noise
+    is coloured (MHD, τ ≈ 20 s) and per-sample updates on a convex h(C) bias C low.
     """
     n = x.shape[0]
     m = ob[OB_MASS]
@@ -100,9 +104,15 @@ def ekf_step(x, p, sludge, agitation, ob, current_a, voltage_v, feed_kg, beam_mm
         p[k, 1, 1] += agitation[k] * dt
         agitation[k] *= math.exp(-dt / DISTURBANCE_TAU_S)
         if not valid[k] or cur < 1000.0:
+            acc[k, 0] = 0.0
+            acc[k, 1] = 0.0
+            acc[k, 2] = 0.0
             continue
         u = voltage_v[k]
         if u > AE_VOLTAGE_V:
+            acc[k, 0] = 0.0
+            acc[k, 1] = 0.0
+            acc[k, 2] = 0.0
             # in an AE the bath is at the critical concentration: reset C there
             i_dens = cur / ob[OB_ANODE]
             x[k, 0] = critical_alumina_wt(ob[OB_T], i_dens, ob[OB_SINGLE], ob[OB_AE_DELTA])
@@ -111,7 +121,17 @@ def ekf_step(x, p, sludge, agitation, ob, current_a, voltage_v, feed_kg, beam_mm
                 p[k, j, 0] = 0.0
             p[k, 0, 0] = 0.05**2
             continue
-        # --- update with the voltage: H = [dU/dC, dU/dACD, 0] ---
+        acc[k, 0] += dt
+        acc[k, 1] += u * dt
+        acc[k, 2] += cur * dt
+        if acc[k, 0] < ob[OB_PERIOD]:
+            continue
+        u = acc[k, 1] / acc[k, 0]
+        cur = acc[k, 2] / acc[k, 0]
+        acc[k, 0] = 0.0
+        acc[k, 1] = 0.0
+        acc[k, 2] = 0.0
+        # --- update with the block-mean voltage: H = [dU/dC, dU/dACD, 0] ---
         c, d = x[k, 0], x[k, 1]
         h0 = _h(ob, c, d, cur)
         hv[0] = (_h(ob, c + 0.01, d, cur) - _h(ob, c - 0.01, d, cur)) / 0.02
@@ -119,11 +139,11 @@ def ekf_step(x, p, sludge, agitation, ob, current_a, voltage_v, feed_kg, beam_mm
         hv[2] = 0.0
         s = ob[OB_R_U]
         for i in range(N_X):
-            acc = 0.0
+            row = 0.0
             for j in range(N_X):
-                acc += p[k, i, j] * hv[j]
-            ph[i] = acc
-            s += hv[i] * acc
+                row += p[k, i, j] * hv[j]
+            ph[i] = row
+            s += hv[i] * row
         for i in range(N_X):
             kg[i] = ph[i] / s
         innov = u - h0
@@ -144,11 +164,13 @@ class AluminaObserver:
     Args:
         n_cells: number of cells followed.
         cell: nominal cell parameters (the observer never sees a cell's true ones).
-        alumina_wt_pct, acd_cm: initial guesses.
+        alumina_wt_pct, acd_cm: initial guesses; alumina_std [wt %], acd_std [cm] their 1-sigma.
         nominal_ce: current efficiency assumed for consumption [-].
         consumption_std: prior std of each cell's consumption factor, also its random walk
             per day; 0 (default) keeps it at 1. Adapting it lets voltage disturbances the
             filter does not model (anode-change transients) leak into the alumina estimate.
+        update_period_s: the voltage is averaged over blocks of this length [s] and each
+            block mean is one measurement update (prediction runs at every call).
     """
 
     def __init__(
@@ -159,6 +181,9 @@ class AluminaObserver:
         acd_cm: float | None = None,
         nominal_ce: float = 0.95,
         consumption_std: float = 0.0,
+        alumina_std: float = 0.3,
+        acd_std: float = 0.3,
+        update_period_s: float = 60.0,
     ) -> None:
         c = cell or CellParams()
         ob = np.zeros(OB_N)
@@ -176,7 +201,8 @@ class AluminaObserver:
         ob[OB_R_COND] = (c.r_anode_uohm + c.r_cathode_uohm + c.r_external_uohm) * 1e-6
         ob[OB_Q_C] = 0.02**2 / 3600.0
         ob[OB_Q_D] = 0.1**2 / 3600.0
-        ob[OB_R_U] = 0.02**2
+        ob[OB_R_U] = 0.01**2  # block-mean voltage noise [V²]
+        ob[OB_PERIOD] = update_period_s
         ob[OB_DRIFT] = 0.0
         ob[OB_AE_DELTA] = c.ae_local_depletion_wt_pct_per_a_cm2
         ob[OB_Q_B] = consumption_std**2 / 86400.0
@@ -186,11 +212,12 @@ class AluminaObserver:
         self.x[:, 0] = c.alumina_wt_pct if alumina_wt_pct is None else alumina_wt_pct
         self.x[:, 1] = c.acd_cm if acd_cm is None else acd_cm
         self.p = np.zeros((n_cells, N_X, N_X))
-        self.p[:, 0, 0] = 0.5**2
-        self.p[:, 1, 1] = 0.5**2
+        self.p[:, 0, 0] = alumina_std**2
+        self.p[:, 1, 1] = acd_std**2
         self.p[:, 2, 2] = consumption_std**2
         self.sludge = np.zeros(n_cells)
         self.agitation = np.zeros(n_cells)
+        self.acc = np.zeros((n_cells, 3))
         self._valid = np.ones(n_cells, dtype=np.bool_)
         self._calm = np.zeros(n_cells, dtype=np.bool_)
 
@@ -208,7 +235,7 @@ class AluminaObserver:
         and beam moves [mm] since the last update; ``valid`` False skips a cell's update;
         ``disturbed`` marks cells being tapped or having an anode changed."""
         ekf_step(
-            self.x, self.p, self.sludge, self.agitation, self.ob, np.asarray(current_a, float), np.asarray(voltage_v, float),
+            self.x, self.p, self.sludge, self.agitation, self.acc, self.ob, np.asarray(current_a, float), np.asarray(voltage_v, float),
             np.asarray(feed_kg, float), np.asarray(beam_mm, float), float(dt_s),
             self._valid if valid is None else np.asarray(valid, dtype=np.bool_),
             self._calm if disturbed is None else np.asarray(disturbed, dtype=np.bool_),
