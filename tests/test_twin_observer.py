@@ -82,8 +82,11 @@ def test_observer_resets_on_anode_effect_and_predicts_it() -> None:
     assert onset is not None and predicted is not None
     # a prediction made 20 min into the feed stop lands within 25 % of the remaining time
     assert abs(predicted - onset) <= 0.25 * (onset - 1200.0)
-    pl.advance(3)
-    m = pl.measurements()
-    ob.update(np.full(n, m["line_current_ka"][0] * 1e3), m["cell_voltage_v"], np.zeros(n), np.zeros(n), 1.0)
-    assert pl.truth()["ae_active"][0]
+    for _ in range(5):  # the gas film forms within seconds
+        pl.advance(1)
+        m = pl.measurements()
+        ob.update(np.full(n, m["line_current_ka"][0] * 1e3), m["cell_voltage_v"], np.zeros(n), np.zeros(n), 1.0)
+        if m["cell_voltage_v"][0] > 8.0:
+            break
+    assert m["cell_voltage_v"][0] > 8.0
     assert ob.alumina_wt_pct[0] == pytest.approx(c_crit, abs=0.2)
