@@ -177,12 +177,19 @@ class Recording:
             "assay_si_pct": self.assay[:, rf.SI] * 100.0,
         }
 
-    def readings_at(self, j: int, last_assay: np.ndarray) -> rf.PotReadings:
-        """What the pot's PLC/lab showed at scan ``j`` (one pot)."""
+    def meters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cumulative (DC kWh, heater kWh, tapped kg before the scan, scrap kg before the scan)."""
+        dt = np.diff(self.t_s, prepend=self.t_s[0])
+        e_dc = np.cumsum(self.voltage_v * self.current_a * dt) / 3.6e6
+        e_aux = np.cumsum(self.heater_kw * dt) / 3600.0
+        tapped = np.concatenate([[0.0], np.cumsum(self.tap_kg)[:-1]])
+        charged = np.concatenate([[0.0], np.cumsum(self.charge_kg)[:-1]])
+        return e_dc, e_aux, tapped, charged
+
+    def readings_at(self, j: int, last_assay: np.ndarray, meters=None) -> rf.PotReadings:
+        """What the pot's PLC/lab showed at scan ``j`` (one pot); ``meters`` from ``meters()``."""
         tap_prev = self.tap_kg[j - 1] if j > 0 else 0.0
-        dt = np.diff(self.t_s[: j + 1], prepend=self.t_s[0])
-        p = self.voltage_v[: j + 1] * self.current_a[: j + 1] * dt / 3.6e6
-        q = self.heater_kw[: j + 1] * dt / 3600.0
+        e_dc, e_aux, tapped, charged = meters if meters is not None else self.meters()
 
         def one(x: float) -> np.ndarray:
             return np.array([x], dtype=float)
@@ -194,13 +201,13 @@ class Recording:
             temperature_c=one(self.temperature_c[j]),
             heater_kw=one(self.heater_kw[j]),
             tap_kg=one(tap_prev),
-            tapped_total_kg=one(float(self.tap_kg[:j].sum())),
-            scrap_total_kg=one(float(self.charge_kg[:j].sum())),
+            tapped_total_kg=one(tapped[j]),
+            scrap_total_kg=one(charged[j]),
             assay_fe=one(last_assay[rf.FE]),
             assay_cu=one(last_assay[rf.CU]),
             assay_si=one(last_assay[rf.SI]),
-            e_dc_kwh=one(float(p.sum())),
-            e_aux_kwh=one(float(q.sum())),
+            e_dc_kwh=one(e_dc[j]),
+            e_aux_kwh=one(e_aux[j]),
             done=np.array([False]),
             end_reason=np.array([0]),
         )
@@ -381,10 +388,11 @@ def step_candidate(rec: Recording, candidate, limits: SafetyLimits) -> tuple[np.
     last_assay = np.full(rf.N_EL, np.nan)
     prev_sp = np.array([rec.current_a[0]])
     prev_t = rec.t_s[0]
+    meters = rec.meters()
     for j in range(m):
         if j > 0 and np.isfinite(rec.assay[j - 1]).any():
             last_assay = rec.assay[j - 1].copy()
-        r = rec.readings_at(j, last_assay)
+        r = rec.readings_at(j, last_assay, meters)
         c = candidate.step(r, float(rec.t_s[j]))
         row = [c.current_sp_a[0], c.heater_sp_c[0], c.charge_kg[0], c.tap_kg[0], float(bool(c.stop[0]))]
         cmds[j] = row

@@ -13,6 +13,16 @@ log it — the recorded data sets shadow mode replays.
 
 The controller is passed in (``policy_factory`` + per-scenario policy parameters) so
 this module depends only on the twin.
+
+Profile (2-core machine, 3 kA config, dt = control period = 600 s, 250-pot batch of the
+4 grades × 4 policies mix; the clean-scrap pots run to the 90-day timer, so a batch
+takes 12,960 control periods): 1.26 s per batch — kernel ≈ 0.8 s (≈ 500 ns per
+pot-step, 1.6 M pot-steps), vectorised policy ≈ 0.34 s (26 µs per scan for all 250
+pots), wrappers ≈ 0.1 s. Before vectorising the policy without ``nan_to_num``/``clip``
+and reusing the readings views the policy alone took 1.8 s per 125-pot batch. 1,000
+cycles: ≈ 5 s of CPU, ≈ 4–9 s wall on 2 workers (process pool or Dask LocalCluster,
+including worker start-up) depending on what else the machine runs. Bigger batches
+amortise the per-scan Python cost; batch size never changes a result.
 """
 
 from __future__ import annotations
