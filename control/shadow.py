@@ -222,26 +222,51 @@ def _first_non_numeric(seq) -> int:
     return 2
 
 
-def load_recording(path: str | Path, heater_sp_default: float = 800.0) -> Recording:
-    """Read a CSV or Parquet recording (needs pandas; pyarrow for Parquet)."""
-    import pandas as pd
+def _read_csv(path: Path) -> dict[str, list]:
+    """Columns of a CSV file with a header row (standard library only)."""
+    import csv
 
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise RecordingError(f"{path}: empty file") from None
+        cols: dict[str, list] = {h: [] for h in header}
+        for i, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise RecordingError(f"{path}: row {i} has {len(row)} fields, the header has {len(header)}")
+            for h, v in zip(header, row):
+                v = v.strip()
+                cols[h].append("nan" if v == "" else v)
+    return cols
+
+
+def load_recording(path: str | Path, heater_sp_default: float = 800.0) -> Recording:
+    """Read a CSV (standard library) or Parquet (needs pyarrow) recording."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".txt"):
+        raise RecordingError(f"{path}: unknown recording format {suffix!r} (use .csv or .parquet)")
+    if not path.is_file():
+        raise RecordingError(f"{path}: no such file")
     try:
         if suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        elif suffix in (".csv", ".txt"):
-            df = pd.read_csv(path)
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise RecordingError(f"{path}: reading Parquet needs pyarrow (pip install 'potline-twin[campaign]')") from None
+            table = pq.read_table(path)
+            cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         else:
-            raise RecordingError(f"{path}: unknown recording format {suffix!r} (use .csv or .parquet)")
+            cols = _read_csv(path)
     except RecordingError:
         raise
-    except FileNotFoundError:
-        raise RecordingError(f"{path}: no such file") from None
     except Exception as exc:  # parse errors of either format
         raise RecordingError(f"{path}: cannot read: {exc}") from None
-    return Recording.from_columns({c: df[c].to_numpy() for c in df.columns}, source=str(path), heater_sp_default=heater_sp_default)
+    return Recording.from_columns(cols, source=str(path), heater_sp_default=heater_sp_default)
 
 
 # --------------------------------------------------------------------------- results

@@ -143,12 +143,28 @@ def record_cycle(
 
 
 def write_table(cols: dict[str, np.ndarray] | Any, path: str | Path) -> Path:
-    """Write columns (or a DataFrame) as CSV or Parquet, by the file suffix."""
+    """Write columns (or a DataFrame) as CSV or Parquet, by the file suffix.
+
+    Columns given as a dict go to CSV with the standard library (no pandas needed);
+    Parquet and DataFrames need the ``[campaign]`` extra (pandas, pyarrow).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(cols, dict) and path.suffix.lower() == ".csv":
+        import csv
+
+        names = list(cols)
+        arrays = [np.asarray(cols[n]) for n in names]
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(names)
+            for row in zip(*arrays):
+                w.writerow(["" if (isinstance(v, float) and v != v) else repr(float(v)) if isinstance(v, (float, np.floating)) else v
+                            for v in row])
+        return path
     import pandas as pd
 
-    path = Path(path)
     df = cols if isinstance(cols, pd.DataFrame) else pd.DataFrame(cols)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".parquet", ".pq"):
         df.to_parquet(path, index=False)
     elif path.suffix.lower() == ".csv":

@@ -34,7 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import importlib.util
     import time
+
+    missing = [m for m in ("pandas", "pyarrow", "distributed") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"potline campaign: needs {', '.join(missing)}: pip install 'potline-twin[campaign]'", file=sys.stderr)
+        return 2
 
     from control.refining import RefiningPolicy, policy_presets
     from hil_rigs.campaign import CampaignSpec, run_campaign, summarize
