@@ -69,56 +69,47 @@ from twin.rectifier import (
 from twin.rng import seed_states
 
 
-@njit(cache=True, parallel=True)
-def _emf_parallel(state, params, out, cell_line, rect, rng, dt):
-    for k in prange(state.shape[0]):
-        cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
-
-
 @njit(cache=True)
 def _emf_serial(state, params, out, cell_line, rect, rng, dt):
+    """Voltage breakdown of every cell at its line's present current (start-up, views)."""
     for k in range(state.shape[0]):
         cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
 
 
-@njit(cache=True, parallel=True)
-def _integrate_parallel(state, params, out, cell_line, rect, rng, dt):
-    for k in prange(state.shape[0]):
-        cell_integrate(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
-
-
 @njit(cache=True)
-def _integrate_serial(state, params, out, cell_line, rect, rng, dt):
-    for k in range(state.shape[0]):
-        cell_integrate(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
+def advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng):
+    """Run series line ``ln`` for ``n_sub`` sub-steps of ``dt`` [s].
 
-
-@njit(cache=True)
-def _circuit(state, out, cell_line, rect, rpar, dt):
-    n_lines = rect.shape[0]
-    e_sum = np.zeros(n_lines)
-    r_sum = np.zeros(n_lines)
-    for k in range(state.shape[0]):
-        if state[k, S_IN_CIRCUIT] > 0.5:
-            e_sum[cell_line[k]] += out[k, O_E]
-            r_sum[cell_line[k]] += out[k, O_R_OHM]
-    for ln in range(n_lines):
-        rectifier_step(rect, rpar, ln, e_sum[ln], r_sum[ln], dt)
-
-
-@njit(cache=True)
-def advance_kernel(n_sub, dt, state, params, out, cell_line, rect, rpar, rng, parallel):
-    """Run ``n_sub`` sub-steps of ``dt`` [s] for all cells and lines."""
+    Per sub-step: each cell's back-EMF and ohmic resistance at the present current, the
+    rectifier and circuit solution for the new current, then each cell's balances.
+    Lines are independent circuits, so they can run in parallel.
+    """
+    lo, hi = line_ptr[ln], line_ptr[ln + 1]
     for _ in range(n_sub):
-        if parallel:
-            _emf_parallel(state, params, out, cell_line, rect, rng, dt)
-        else:
-            _emf_serial(state, params, out, cell_line, rect, rng, dt)
-        _circuit(state, out, cell_line, rect, rpar, dt)
-        if parallel:
-            _integrate_parallel(state, params, out, cell_line, rect, rng, dt)
-        else:
-            _integrate_serial(state, params, out, cell_line, rect, rng, dt)
+        current = rect[ln, R_I]
+        e_sum = 0.0
+        r_sum = 0.0
+        for j in range(lo, hi):
+            k = line_cells[j]
+            cell_emf(k, state, params, out, current, rng, dt)
+            if state[k, S_IN_CIRCUIT] > 0.5:
+                e_sum += out[k, O_E]
+                r_sum += out[k, O_R_OHM]
+        current = rectifier_step(rect, rpar, ln, e_sum, r_sum, dt)
+        for j in range(lo, hi):
+            cell_integrate(line_cells[j], state, params, out, current, rng, dt)
+
+
+@njit(cache=True, parallel=True)
+def _advance_parallel(n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng):
+    for ln in prange(rect.shape[0]):
+        advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng)
+
+
+@njit(cache=True)
+def _advance_serial(n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng):
+    for ln in range(rect.shape[0]):
+        advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng)
 
 
 @njit(cache=True)
@@ -140,7 +131,8 @@ class Potline:
     Args:
         config: validated plant config.
         seed: overrides ``config.seed`` for the per-cell parameter spread and noise.
-        parallel: run the cell loops with ``prange`` (both cores).
+        parallel: run the series lines in parallel (``prange`` over lines: each line is
+            its own circuit, so one parallel region serves a whole ``advance`` call).
     """
 
     def __init__(self, config: PlantConfig, seed: int | None = None, parallel: bool = True) -> None:
@@ -157,6 +149,10 @@ class Potline:
         self.out = np.zeros((n, N_OUT))
         self.rng = seed_states(self.seed + 1, n)
         self.cell_line = self.layout.cell_line.astype(np.int64)
+        # cells of line ln are line_cells[line_ptr[ln]:line_ptr[ln + 1]] (CSR)
+        self.line_cells = np.argsort(self.cell_line, kind="stable").astype(np.int64)
+        counts = np.bincount(self.cell_line, minlength=len(config.lines))
+        self.line_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.rect, self.rpar = self._build_rectifiers(config)
         self._balance_thermal_start()
         self._state0 = self.state.copy()
@@ -339,9 +335,10 @@ class Potline:
         n_sub = int(round(seconds / self.dt_s))
         if n_sub <= 0:
             return
-        advance_kernel(
-            n_sub, self.dt_s, self.state, self.params, self.out, self.cell_line, self.rect, self.rpar, self.rng,
-            self.parallel,
+        kernel = _advance_parallel if self.parallel and self.rect.shape[0] > 1 else _advance_serial
+        kernel(
+            n_sub, self.dt_s, self.state, self.params, self.out, self.line_ptr, self.line_cells, self.rect,
+            self.rpar, self.rng,
         )
         self.t_s += n_sub * self.dt_s
 
