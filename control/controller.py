@@ -1,0 +1,385 @@
+"""The pot controller: composition of detection, prediction, quench, feeding, ACD,
+amperage and PFC accounting behind one synchronous, deterministic, sans-I/O call:
+
+    commands = controller.step(measurements, now)
+
+It sees only what a PLC exposes (``control.plant.Measurements``) and never the model's
+internals. Per scan (all cells at once):
+
+1. quality and state masks: cell in circuit, line energised, tag quality, tapping or
+   anode change;
+2. AE detection on the cell voltages; a new AE starts the quench (feed + beam pumping),
+   switches the cell to overfeed, resets its slope history and locks ACD control;
+3. pseudo-resistance R = (U − E0)/I into the slope tracker / predictor (beam moves seen
+   in the beam acknowledgement rebase it; the end of tapping/anode change too), plus the
+   optional EKF alumina observer (``twin.observer``) fed with the acknowledged shots
+   and beam moves; a prediction alarm triggers preventive overfeed;
+4. tracking feed control; 5. quench sequences; 6. ACD control with its lock-outs;
+7. line-current setpoints (ramps, power schedule, headroom, cut-out/in);
+8. PFC (Tier 2) accounting.
+
+``observe_only`` runs 1–3 and 8 and commands nothing (used to score detection and
+prediction against a plant under its own local control).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from control.ae_detection import AEDetector, AERecord
+from control.ae_prediction import AEPredictor
+from control.amperage import AmperageController
+from control.config import ControlConfig
+from control.feeding import OVERFEED, UNDERFEED, FeedController
+from control.pfc import PfcAccountant, PfcReport
+from control.plant import Commands, Measurements
+from control.quench import QuenchController
+from control.resistance import ResistanceController
+from twin.layout import PlantLayout
+
+__all__ = ["AlarmRecord", "PotController"]
+
+
+@dataclass(slots=True)
+class AlarmRecord:
+    """One AE-prediction alarm: when, which cell, the time to AE it announced [s]."""
+
+    t_s: float
+    cell: int
+    time_to_ae_s: float
+    source: str  # "slope" | "observer"
+
+
+class PotController:
+    """Whole-plant pot controller (one instance for all lines and cells).
+
+    Args:
+        layout: plant topology (cells, lines, shot masses, nominal currents).
+        config: controller settings (defaults embedded).
+        observer: an alumina observer (``twin.observer.AluminaObserver``-like: ``update``,
+            ``alumina_wt_pct``, ``time_to_ae_s``); None builds one from the nominal cell
+            when ``prediction.use_observer`` is on.
+    """
+
+    def __init__(self, layout: PlantLayout, config: ControlConfig | None = None, observer: object | None = None) -> None:
+        self.layout = layout
+        self.cfg = cfg = config or ControlConfig()
+        n = layout.n_cells
+        self.n = n
+        self.cell_line = np.asarray(layout.cell_line, dtype=np.int64)
+        self.detector = AEDetector(n, cfg.detection, cfg.e0_v)
+        self.predictor = AEPredictor(n, cfg.prediction)
+        self.quench = QuenchController(n, cfg.quench)
+        self.feeding = FeedController(n, layout.shot_mass_kg, cfg.feeding)
+        nom = np.asarray(layout.nominal_current_ka, dtype=np.float64)
+        rc = cfg.resistance
+        target = rc.target_uohm
+        if target is None:
+            target = (rc.target_voltage_v - cfg.e0_v) / nom[self.cell_line] * 1e3
+        self.resistance = ResistanceController(n, target, rc)
+        self.amperage = AmperageController(nom, self.cell_line, cfg.amperage, cfg.e0_v)
+        self.pfc = PfcAccountant(n, cfg.pfc)
+        if observer is None and cfg.prediction.use_observer:
+            from twin.observer import AluminaObserver
+
+            observer = AluminaObserver(n, nominal_ce=cfg.feeding.ce_assumed)
+        self.observer = observer
+        self._obs_acc_t = 0.0
+        self._obs_feed = np.zeros(n)
+        self._obs_beam = np.zeros(n)
+        self._t_last: float | None = None
+        self._beam_prev: np.ndarray | None = None
+        self._feed_prev: np.ndarray | None = None
+        self._ops_prev = np.zeros(n, dtype=bool)
+        self._ac_prev = np.zeros(n, dtype=bool)
+        self._tap_prev = np.zeros(n, dtype=bool)
+        self._feed_rate_ema = np.full(n, np.nan)
+        self._hv_end_t = np.full(n, -np.inf)
+        self._ops_end_t = np.full(n, -np.inf)
+        self._cmd_shots = np.zeros(n, dtype=np.int64)
+        self._ack_shots = np.zeros(n, dtype=np.int64)
+        self._feeder_alarm = np.zeros(n, dtype=bool)
+        #: prediction alarms raised, in order
+        self.alarm_log: list[AlarmRecord] = []
+        #: every event emitted, in order (kind, cell or line, detail, time)
+        self.event_log: list[tuple[float, str, int, str]] = []
+        self.steps = 0
+
+    # ------------------------------------------------------------------ operator requests
+    def request_cut_out(self, cell: int, now: float) -> None:
+        """Ask for ``cell`` to be shorted out: the line current ramps down, a permit is issued."""
+        self.amperage.request_cut(int(cell), "out", now)
+
+    def request_cut_in(self, cell: int, now: float) -> None:
+        """Ask for ``cell`` to be put back in the series (same ramp procedure)."""
+        self.amperage.request_cut(int(cell), "in", now)
+
+    def request_restart(self, line: int) -> None:
+        """Restarting a potroom on ``line``: ramp the current up at the restart rate."""
+        self.amperage.request_restart(int(line))
+
+    def set_power_schedule(self, line: int, schedule: list[tuple[float, float | None]]) -> None:
+        """Demand response: (start [s], MW or None) steps for ``line``."""
+        self.amperage.set_power_schedule(int(line), schedule)
+
+    def set_line_target(self, line: int, ka: float) -> None:
+        """Steady line-current target [kA]."""
+        self.amperage.set_target(int(line), ka)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def ae_records(self) -> list[AERecord]:
+        """Finished and ongoing AEs (HV and LV)."""
+        return self.detector.all_records()
+
+    @property
+    def time_to_ae_s(self) -> np.ndarray:
+        return self.predictor.time_to_ae_s
+
+    def pfc_report(self, now: float | None = None) -> PfcReport:
+        """Tier 2 PFC figures so far (ongoing AEs counted up to ``now``)."""
+        return self.pfc.report(self.detector.open_records(), now)
+
+    # ------------------------------------------------------------------ the cycle
+    def step(self, meas: Measurements, now: float) -> Commands:
+        """One control cycle: measurements of this scan in, commands out (no I/O)."""
+        cfg = self.cfg
+        n = self.n
+        dt = 1.0 if self._t_last is None else max(now - self._t_last, 0.0)
+        first = self._t_last is None
+        self._t_last = now
+        self.steps += 1
+        events: list[tuple[str, int, str]] = []
+
+        line = self.cell_line
+        i_cell = np.asarray(meas.line_current_ka, dtype=np.float64)[line]
+        tripped = np.asarray(meas.rectifier_tripped, dtype=bool)[line]
+        line_ok = np.asarray(meas.line_ok, dtype=bool)[line]
+        u = np.asarray(meas.cell_voltage_v, dtype=np.float64)
+        cut = np.asarray(meas.cut_out, dtype=bool)
+        tapping = np.asarray(meas.tapping, dtype=bool)
+        anode_change = np.asarray(meas.anode_change, dtype=bool)
+        ops = tapping | anode_change
+        energised = ~cut & ~tripped & (i_cell > cfg.detection.min_current_ka)
+        # a cell in circuit with current reads above its back-EMF; 0 V or garbage is a bad tag
+        plausible = (u > cfg.e0_v) & (u < 200.0)
+        valid = np.asarray(meas.cell_ok, dtype=bool) & line_ok & energised & plausible
+        lost = cut | tripped | (line_ok & (i_cell <= cfg.detection.min_current_ka))
+
+        beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
+        feed = np.asarray(meas.feeder_ack, dtype=np.int64)
+        if first:
+            self._beam_prev = beam.copy()
+            self._feed_prev = feed.copy()
+            self._ops_prev = ops.copy()
+            self._ac_prev = anode_change.copy()
+            self._tap_prev = tapping.copy()
+        d_beam = beam - self._beam_prev
+        d_feed = np.maximum(feed - self._feed_prev, 0)
+        self._beam_prev = beam.copy()
+        self._feed_prev = feed.copy()
+        moved = np.abs(d_beam) > 0.05
+        ops_end = self._ops_prev & ~ops
+        ac_end = self._ac_prev & ~anode_change
+        tap_end = self._tap_prev & ~tapping
+        self._tap_prev = tapping.copy()
+        ops_start = ops & ~self._ops_prev
+        self._ops_prev = ops.copy()
+        self._ac_prev = anode_change.copy()
+
+        # ---- 2. AE detection
+        self._ops_end_t[ops_end] = now
+        self._ops_end_t[ops] = now
+        holdoff = (now - np.maximum(self._hv_end_t, self._ops_end_t)) < cfg.detection.lv_holdoff_s
+        quiet = ops | self.quench.busy | holdoff | moved
+        det = self.detector.update(now, u, i_cell, valid, quiet, lost)
+        q_shots = np.zeros(n, dtype=np.int64)
+        if det.started.size:
+            st = det.started
+            mask = np.zeros(n, dtype=bool)
+            mask[st] = True
+            for k in st:
+                rec = self.detector._open[int(k)]
+                lead = now - self.predictor.alarm_since[k] if self.predictor.alarm[k] else float("nan")
+                events.append(("ae_start", int(k), f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s"))
+            q_shots += self.quench.start(st, now, beam)
+            self.feeding.force_overfeed(mask, now, cfg.feeding.post_ae_overfeed_s)
+            self.predictor.reset(mask)
+            self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
+        if det.ended.size:
+            self.quench.ended(det.ended, now)
+            self._hv_end_t[det.ended] = now
+            for k in det.ended:
+                rec = self.detector.records[-1]
+                for r in reversed(self.detector.records):
+                    if r.cell == int(k) and r.kind == "HV":
+                        rec = r
+                        break
+                self.pfc.add_ae(rec)
+                events.append(("ae_end", int(k), f"duration {rec.duration_s:.0f} s, peak {rec.peak_v:.1f} V"))
+            mask = np.zeros(n, dtype=bool)
+            mask[det.ended] = True
+            self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
+        if det.lv_started.size:
+            mask = np.zeros(n, dtype=bool)
+            mask[det.lv_started] = True
+            self.feeding.force_overfeed(mask, now, cfg.feeding.post_ae_overfeed_s)
+            self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
+            for k in det.lv_started:
+                events.append(("lvae_start", int(k), f"U={u[k]:.2f} V"))
+        if det.lv_ended.size:
+            for r in self.detector.records[-det.lv_ended.size :]:
+                if r.kind == "LV":
+                    self.pfc.add_ae(r)
+                    events.append(("lvae_end", r.cell, f"duration {r.duration_s:.0f} s"))
+
+        # ---- 3. slope tracker, observer, prediction
+        in_ae = self.detector.active | self.detector.lv_active
+        r_uohm = (u - cfg.e0_v) / np.maximum(i_cell, 1e-6) * 1e3
+        r_ok = valid & ~in_ae & ~ops & ~self.quench.busy
+        # operations start/end and beam moves step R: drop/shift history instead of a false slope
+        self.predictor.rebase(moved | ops_end | ops_start)
+        tta_obs = None
+        alumina = None
+        fed_kg = d_feed * self.feeding.shot_mass_kg
+        if dt > 0:
+            a = min(dt / 1800.0, 1.0)
+            rate_now = fed_kg / dt
+            self._feed_rate_ema = np.where(
+                np.isnan(self._feed_rate_ema),
+                self.feeding.nominal_kg_s(i_cell),
+                self._feed_rate_ema + a * (rate_now - self._feed_rate_ema),
+            )
+        if self.observer is not None:
+            self._obs_acc_t += dt
+            self._obs_feed += fed_kg
+            self._obs_beam += d_beam
+            if self._obs_acc_t >= cfg.prediction.observer_period_s - 1e-9:
+                obs_valid = valid & ~ops
+                self.observer.update(i_cell * 1e3, u, self._obs_feed, self._obs_beam, self._obs_acc_t, obs_valid)
+                self._obs_acc_t = 0.0
+                self._obs_feed[:] = 0.0
+                self._obs_beam[:] = 0.0
+                if cfg.observe_only:
+                    plan = self._feed_rate_ema  # what the plant's own automation feeds
+                else:
+                    plan = self.feeding.nominal_kg_s(i_cell) * self.feeding.rate_factor()
+                if np.all(np.isfinite(plan)):
+                    tta_obs = np.where(valid & ~in_ae, self.observer.time_to_ae_s(i_cell * 1e3, plan), np.inf)
+                    alumina = np.where(valid & ~in_ae, self.observer.alumina_wt_pct, np.inf)
+        new_alarm = self.predictor.update(now, r_uohm, r_ok, alumina, tta_obs)
+        pre_shots = np.zeros(n, dtype=np.int64)
+        if new_alarm.size:
+            src_obs = np.isfinite(self.predictor.tta_obs_s[new_alarm]) & (
+                self.predictor.tta_obs_s[new_alarm] <= self.predictor.tta_slope_s[new_alarm]
+            )
+            for k, so in zip(new_alarm, src_obs):
+                tta = float(self.predictor.time_to_ae_s[k])
+                self.alarm_log.append(AlarmRecord(now, int(k), tta, "observer" if so else "slope"))
+                events.append(("ae_predicted", int(k), f"time to AE {tta:.0f} s"))
+            mask = np.zeros(n, dtype=bool)
+            mask[new_alarm] = True
+            mask &= valid & ~in_ae
+            switched = self.feeding.force_overfeed(mask, now)
+            self.predictor.reset_reference(switched)
+            pre_shots[mask] = cfg.feeding.preventive_shots
+
+        # ---- 4. feeding
+        can_feed = valid
+        slope_high = self.predictor.significant(cfg.feeding.slope_switch_nohm_per_min)
+        f_shots, changed = self.feeding.step(now, dt, i_cell, can_feed, slope_high)
+        if changed.any():
+            to_over = changed & (self.feeding.phase == OVERFEED)
+            self.predictor.reset_reference(to_over)
+            self.resistance.lock(changed, now + cfg.resistance.lock_after_feed_change_s)
+
+        # ---- 5. quench
+        burning = self.detector.active & ~self.detector.below_end_threshold()
+        qs, q_moves, q_ev = self.quench.step(now, burning, ops, beam)
+        q_shots += qs
+        events += q_ev
+
+        # ---- 6. resistance (ACD) control
+        rc = cfg.resistance
+        if tap_end.any():
+            self.resistance.operation_ended(tap_end, now, rc.lock_after_tapping_s)
+        if ac_end.any():
+            self.resistance.operation_ended(ac_end, now, rc.lock_after_anode_change_s)
+            self.resistance.anode_changed(ac_end, now)
+        elapsed = now - self.feeding.phase_since
+        slope = np.nan_to_num(self.predictor.slope, nan=0.0)
+        lean = slope > 0.5 * cfg.feeding.slope_switch_nohm_per_min
+        # judge R where alumina is high and steady: late overfeed, early underfeed
+        of_len = self.feeding.phase_end - self.feeding.phase_since
+        phase_ok = ((self.feeding.phase == OVERFEED) & (elapsed >= (1.0 - rc.overfeed_window_share) * of_len)) | (
+            (self.feeding.phase == UNDERFEED) & (elapsed < rc.underfeed_window_s)
+        )
+        post_op = self.resistance.boosted(now) & (
+            np.abs(np.nan_to_num(self.predictor.r_fit - self.resistance.effective_target(now)))
+            > 3.0 * rc.deadband_uohm
+        )
+        eligible = valid & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean & (phase_ok | post_op)
+        r_moves = np.zeros(n)
+        if rc.enabled:
+            r_moves = self.resistance.step(now, self.predictor.r_fit, eligible)
+
+        # ---- 7. amperage
+        ae_excess = np.where(
+            self.detector.active & np.isfinite(self.detector.r_base),
+            u - self.detector.baseline_voltage(i_cell),
+            0.0,
+        )
+        ae_excess_line = np.bincount(line, weights=ae_excess, minlength=self.layout.n_lines)
+        sp, a_ev = self.amperage.step(
+            now,
+            np.asarray(meas.line_current_ka, dtype=np.float64),
+            np.asarray(meas.line_voltage_v, dtype=np.float64),
+            np.asarray(meas.line_setpoint_ka, dtype=np.float64),
+            np.asarray(meas.rectifier_remote, dtype=bool),
+            np.asarray(meas.rectifier_tripped, dtype=bool),
+            np.asarray(meas.line_ok, dtype=bool),
+            cut,
+            ae_excess_line,
+        )
+        events += a_ev
+        for li in range(self.layout.n_lines):
+            if self.amperage.setpoint_changed_since(li) == now:
+                self.resistance.lock(line == li, now + rc.lock_after_current_change_s)
+
+        # ---- 8. PFC accounting
+        self.pfc.accumulate(dt, i_cell, ~cut & ~tripped)
+
+        # ---- compose, interlock, book
+        cmds = Commands.idle(n, self.layout.n_lines)
+        if not cfg.observe_only:
+            shots = np.where(valid | self.detector.active, f_shots + q_shots + pre_shots, 0)
+            if not cfg.feeding.enabled:
+                shots = np.where(valid | self.detector.active, q_shots, 0)
+            if not cfg.quench.enabled:
+                shots = np.where(valid, f_shots + pre_shots, 0) if cfg.feeding.enabled else np.zeros(n, np.int64)
+            moves = q_moves + r_moves
+            # interlock: never a beam move on a cell in tapping/anode change or out of circuit
+            moves = np.where(ops | cut | ~np.asarray(meas.cell_ok, dtype=bool), 0.0, moves)
+            cmds.feed_shots = shots.astype(np.int64)
+            cmds.beam_move_mm = moves
+            if cfg.amperage.enabled:
+                cmds.line_setpoint_ka = sp
+            self.feeding.add_fed(np.where(valid | self.detector.active, q_shots + pre_shots, 0))
+            self._check_feeders(cmds.feed_shots, d_feed, events)
+        cmds.events = events
+        if events:
+            self.event_log.extend((now, kind, idx, detail) for kind, idx, detail in events)
+        return cmds
+
+    def _check_feeders(self, shots: np.ndarray, d_ack: np.ndarray, events: list[tuple[str, int, str]]) -> None:
+        """Alarm once when a cell's acknowledged shots lag the commanded ones."""
+        self._ack_shots += d_ack
+        lag = self._cmd_shots - self._ack_shots
+        bad = (lag >= self.cfg.feeding.feeder_fault_shots) & ~self._feeder_alarm
+        for k in np.flatnonzero(bad):
+            events.append(("feeder_fault", int(k), f"{int(lag[k])} shots not acknowledged"))
+        self._feeder_alarm |= bad
+        self._feeder_alarm &= lag > 0
+        self._cmd_shots += shots

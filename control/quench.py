@@ -1,0 +1,160 @@
+"""Automatic AE quench: feed plus anode-beam pumping, with move limits and escalation.
+
+Sequence per cell (DOMAIN_BRIEF §2 "Quench"), started when the detector confirms an AE:
+
+1. dump ``feed_shots`` at once (alumina is what the AE lacks);
+2. after ``lower_delay_s`` lower the beam ``lower_mm`` (local shorts sweep the gas
+   film away), then pump: strokes of ``pump_amplitude_mm`` up and down every
+   ``pump_period_s``, at most ``max_pumps`` strokes, never deeper than
+   ``max_total_down_mm`` below the pre-AE position;
+3. a second dose of ``refeed_shots`` if the AE still burns after ``refeed_after_s``;
+4. once the voltage is back, stop pumping; ``restore_delay_s`` after the AE ends, move
+   the beam back to its pre-AE position (from the PLC's beam acknowledgement);
+5. if the AE persists beyond ``escalate_after_s``: stop automatic beam action and raise
+   an alarm for manual intervention (green poling).
+
+The beam is never moved on a cell in tapping or anode change (``blocked``): strokes
+are skipped and the restore waits until the operation is over. Feeding continues.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from control.config import QuenchConfig
+
+__all__ = ["QuenchController", "IDLE", "ACTIVE", "ESCALATED", "RESTORING"]
+
+IDLE = 0
+ACTIVE = 1
+ESCALATED = 2
+RESTORING = 3
+
+
+class QuenchController:
+    """Per-cell quench state machine (NumPy state; the few active cells are handled in a loop)."""
+
+    def __init__(self, n_cells: int, cfg: QuenchConfig | None = None) -> None:
+        self.cfg = cfg or QuenchConfig()
+        n = int(n_cells)
+        self.n = n
+        self.state = np.zeros(n, dtype=np.int8)
+        self.t_start = np.full(n, np.nan)
+        self.pre_pos_mm = np.zeros(n)
+        self.offset_mm = np.zeros(n)  # commanded position relative to pre-AE [mm]
+        self.pumps = np.zeros(n, dtype=np.int64)
+        self.next_t = np.full(n, np.inf)
+        self.refed = np.zeros(n, dtype=bool)
+        self.restore_t = np.full(n, np.inf)
+        self.lowered = np.zeros(n, dtype=bool)
+        self.quenches = 0
+        self.escalations = 0
+        self.moves_mm_total = np.zeros(n)
+
+    @property
+    def busy(self) -> np.ndarray:
+        """Cells whose quench is not finished (ACD control and LVAE judging keep off)."""
+        return self.state != IDLE
+
+    def start(self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray) -> np.ndarray:
+        """Begin the sequence on ``cells`` (detected AEs); returns the shots to dump now."""
+        shots = np.zeros(self.n, dtype=np.int64)
+        if not self.cfg.enabled or len(cells) == 0:
+            return shots
+        c = np.asarray(cells, dtype=np.int64)
+        fresh = c[self.state[c] == IDLE]
+        # a new AE during RESTORING keeps the original pre-AE position
+        again = c[self.state[c] == RESTORING]
+        self.pre_pos_mm[fresh] = beam_pos_mm[fresh]
+        self.offset_mm[fresh] = 0.0
+        for arr in (fresh, again):
+            self.state[arr] = ACTIVE
+            self.t_start[arr] = t
+            self.pumps[arr] = 0
+            self.lowered[arr] = False
+            self.refed[arr] = False
+            self.next_t[arr] = t + self.cfg.lower_delay_s
+            self.restore_t[arr] = np.inf
+        shots[c] = self.cfg.feed_shots
+        self.quenches += c.size
+        return shots
+
+    def ended(self, cells: np.ndarray, t: float) -> None:
+        """The detector closed the AE on ``cells``: schedule the beam restore."""
+        c = np.asarray(cells, dtype=np.int64)
+        c = c[(self.state[c] == ACTIVE) | (self.state[c] == ESCALATED)]
+        self.state[c] = RESTORING
+        self.restore_t[c] = t + self.cfg.restore_delay_s
+        self.next_t[c] = np.inf
+
+    def step(
+        self,
+        t: float,
+        ae_burning: np.ndarray,
+        blocked: np.ndarray,
+        beam_pos_mm: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, str]]]:
+        """Advance every running sequence.
+
+        Args:
+            t: time [s].
+            ae_burning: [n] voltage still at AE level (not yet back below the end threshold).
+            blocked: [n] tapping or anode change: no beam moves.
+            beam_pos_mm: [n] acknowledged beam position [mm].
+
+        Returns:
+            (extra shots [n], beam moves [n] mm, events).
+        """
+        shots = np.zeros(self.n, dtype=np.int64)
+        moves = np.zeros(self.n)
+        events: list[tuple[str, int, str]] = []
+        if not (self.state != IDLE).any():
+            return shots, moves, events
+        cfg = self.cfg
+        for k in np.flatnonzero(self.state != IDLE):
+            st = self.state[k]
+            if st == ACTIVE:
+                age = t - self.t_start[k]
+                if not self.refed[k] and age >= cfg.refeed_after_s and ae_burning[k]:
+                    shots[k] += cfg.refeed_shots
+                    self.refed[k] = True
+                if age >= cfg.escalate_after_s:
+                    self.state[k] = ESCALATED
+                    self.escalations += 1
+                    events.append(
+                        ("ae_escalation", int(k), f"AE persists {age:.0f} s after quench start: manual action")
+                    )
+                    continue
+                if t < self.next_t[k] or blocked[k] or not ae_burning[k]:
+                    continue
+                if not self.lowered[k]:
+                    step = -min(cfg.lower_mm, cfg.max_total_down_mm + self.offset_mm[k])
+                    self.lowered[k] = True
+                    self.next_t[k] = t + cfg.pump_period_s
+                elif self.pumps[k] < cfg.max_pumps:
+                    up = self.pumps[k] % 2 == 0
+                    if up:
+                        step = min(cfg.pump_amplitude_mm, -self.offset_mm[k])
+                    else:
+                        step = -min(cfg.pump_amplitude_mm, cfg.max_total_down_mm + self.offset_mm[k])
+                    self.pumps[k] += 1
+                    self.next_t[k] = t + cfg.pump_period_s
+                else:
+                    continue
+                if step != 0.0:
+                    moves[k] = step
+                    self.offset_mm[k] += step
+                    self.moves_mm_total[k] += abs(step)
+            elif st == RESTORING:
+                if t < self.restore_t[k] or blocked[k]:
+                    continue
+                back = self.pre_pos_mm[k] - beam_pos_mm[k]
+                back = float(np.clip(back, -cfg.max_total_down_mm, cfg.max_total_down_mm))
+                if abs(back) >= 0.5:
+                    moves[k] = back
+                    self.moves_mm_total[k] += abs(back)
+                self.offset_mm[k] = 0.0
+                self.state[k] = IDLE
+                self.t_start[k] = np.nan
+            # ESCALATED: hold, feeding only; operators take over until the AE ends
+        return shots, moves, events
