@@ -346,6 +346,7 @@ class ModbusTagClient:
         """Close the connection; further calls return "not connected"."""
         self._closed = True
         self._drop()
+        await asyncio.sleep(0)  # let the transport actually close the socket
 
     async def __aenter__(self) -> "ModbusTagClient":
         await self.connect()
