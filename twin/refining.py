@@ -40,7 +40,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from numba import njit, uint64
+from numba import njit
+
+from twin.rng import normal
 
 # --------------------------------------------------------------------------- constants
 
@@ -218,30 +220,7 @@ N_READ = next(_r)
 del _r
 
 
-# --------------------------------------------------------------------------- random
-_XS_MULT = uint64(0x2545F4914F6CDD1D)
-
-
-@njit(cache=True)
-def _uniform(rng, k):
-    """Uniform draw in (0, 1) from pot ``k``'s xorshift64* stream (advances it)."""
-    x = rng[k]
-    x ^= x >> uint64(12)
-    x ^= x << uint64(25)
-    x ^= x >> uint64(27)
-    rng[k] = x
-    r = (x * _XS_MULT) >> uint64(11)
-    return (float(r) + 0.5) * (1.0 / 9007199254740992.0)
-
-
-@njit(cache=True)
-def _normal(rng, k):
-    """Standard normal draw from pot ``k``'s stream (Box–Muller)."""
-    u1 = _uniform(rng, k)
-    u2 = _uniform(rng, k)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
+# --------------------------------------------------------------------------- random (streams: twin.rng)
 def seed_streams(seed: int, pot_ids: np.ndarray | int) -> np.ndarray:
     """Per-pot random states, a pure function of (seed, pot id).
 
@@ -543,7 +522,7 @@ def apply_tap(s, p, rng, k, tap_kg, x_c):
         s[S_M_C + e] -= dm
         s[S_TAP_IMP + e] += dm
         pur -= x_c[e]
-        noise = 1.0 + p[P_NOISE_ASSAY] * _normal(rng, k)
+        noise = 1.0 + p[P_NOISE_ASSAY] * normal(rng, k)
         if noise < 0.0:
             noise = 0.0
         s[S_ASSAY + e] = x_c[e] * noise
@@ -567,7 +546,7 @@ def apply_charge(s, p, rng, k, charge_kg, grade_mult):
     for e in range(N_EL):
         x = p[P_SCRAP + e] * grade_mult[e]
         if p[P_NOISE_SCRAP] > 0.0:
-            x *= 1.0 + p[P_NOISE_SCRAP] * _normal(rng, k)
+            x *= 1.0 + p[P_NOISE_SCRAP] * normal(rng, k)
         if x < 0.0:
             x = 0.0
         dm = charge_kg * x
@@ -588,13 +567,13 @@ def fill_readings(s, p, rng, k, read):
     read[k, R_T_S] = s[S_T_S]
     if tint > 0.0:
         read[k, R_I_A] = s[S_INT_I] / tint
-        read[k, R_U_V] = s[S_INT_U] / tint + p[P_NOISE_U] * _normal(rng, k)
+        read[k, R_U_V] = s[S_INT_U] / tint + p[P_NOISE_U] * normal(rng, k)
         read[k, R_Q_AUX_KW] = s[S_INT_Q] / tint / 1000.0
     else:
         read[k, R_I_A] = s[S_I]
         read[k, R_U_V] = s[S_U]
         read[k, R_Q_AUX_KW] = s[S_Q_AUX] / 1000.0
-    read[k, R_T_C] = s[S_T] + p[P_NOISE_T] * _normal(rng, k)
+    read[k, R_T_C] = s[S_T] + p[P_NOISE_T] * normal(rng, k)
     read[k, R_TAP_KG] = s[S_LAST_TAP_KG]
     read[k, R_TAP_TOTAL_KG] = s[S_TAP_KG]
     read[k, R_SCRAP_TOTAL_KG] = s[S_SCRAP_KG]
@@ -651,7 +630,7 @@ def advance(state, params, rng, current_sp, heater_sp, charge_kg, tap_kg, stop, 
                 b = p[P_NOISE_IF] * math.sqrt(1.0 - a * a)
                 for _j in range(n_steps):
                     if b > 0.0:
-                        s[S_NOISE_IF] = s[S_NOISE_IF] * a + b * _normal(rng, k)
+                        s[S_NOISE_IF] = s[S_NOISE_IF] * a + b * normal(rng, k)
                     pot_step(s, p, dt, s[S_NOISE_IF], np.nan, np.nan, 1.0, ones, liq)
                     reason = end_check(s, p, x_c)
                     if reason != END_NONE:
