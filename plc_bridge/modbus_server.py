@@ -40,7 +40,7 @@ import numpy as np
 import structlog
 
 from plc_bridge import codec
-from plc_bridge.codec import REGISTER_COUNT, RAW_RANGE, DataType, Table, WordOrder
+from plc_bridge.codec import RAW_RANGE, DataType, Table
 from plc_bridge.tagmap import Tag, TagMap
 
 __all__ = ["ModbusTagServer", "ClientWrite", "RequestInfo", "ExceptionCode"]
@@ -343,6 +343,10 @@ class ModbusTagServer:
                     await res
             except Exception:
                 log.exception("modbus_server_on_write_failed")
+            # pymodbus stores set_values after this returns: hand it what the registers hold
+            # now, so that a hook's own changes (a PLC clamping a setpoint) stick
+            cur = self._read_span(sp, address, n)
+            set_values[:] = [bool(v) for v in cur] if table.is_bits else cur  # type: ignore[index]
         return None
 
     @staticmethod
@@ -533,6 +537,3 @@ def _spans(mask: bytearray) -> list[tuple[int, int]]:
     ends = np.flatnonzero(d == -1) - 1
     return list(zip(starts.tolist(), ends.tolist()))
 
-
-# keep WordOrder/REGISTER_COUNT importable from here for rig authors
-_ = (WordOrder, REGISTER_COUNT)
