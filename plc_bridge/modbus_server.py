@@ -177,6 +177,7 @@ class ModbusTagServer:
                 lo, hi = min(sp.tags_at), max(sp.tags_at)
                 sp.readable[lo : hi + 1] = b"\x01" * (hi + 1 - lo)
         self._field_cache: dict[str, tuple[Tag, _Space, list[tuple[int, int, int]]]] = {}
+        self._bit_cache: dict[str, list[tuple[int, int]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -502,8 +503,8 @@ class ModbusTagServer:
         if v.shape[0] != len(names):
             raise ValueError(f"{field_name}: expected {len(names)} values (one per cell), got {v.shape[0]}")
         if t0.type is DataType.BOOL:
-            for n, x in zip(names, v.tolist()):
-                self.set(n, bool(x))
+            for (i, mask), x in zip(self._bit_slots(field_name, names), v.tolist()):
+                regs[i] = (regs[i] | mask) if x else (regs[i] & ~mask & 0xFFFF)
             return
         if t0.wraps:
             lo, hi = RAW_RANGE[t0.type]
@@ -515,13 +516,30 @@ class ModbusTagServer:
         for w, (a, b, s) in enumerate(slices):
             regs[a:b:s] = words[:, w].tolist()
 
+    def _bit_slots(self, field_name: str, names: Sequence[str]) -> list[tuple[int, int]]:
+        """(register list index, bit mask) of every cell's bit for a bool per-cell tag."""
+        key = "bits:" + field_name
+        hit = self._bit_cache.get(key)
+        if hit is None:
+            hit = []
+            for n in names:
+                t = self.tagmap[n]
+                sp = self._space(t)
+                if t.bit is not None:
+                    hit.append((t.address - sp.start, 1 << t.bit))
+                else:
+                    hit.append((t.address // 16 - sp.start, 1 << (t.address % 16)))
+            self._bit_cache[key] = hit
+        return hit
+
     def get_array(self, field_name: str) -> np.ndarray:
         """Engineering values of per-cell tag ``field_name`` for all cells (float64, cell order)."""
         t0, sp, slices = self._field(field_name)
         regs = sp.regs
         assert regs is not None
         if t0.type is DataType.BOOL:
-            return np.array([float(self.get(n)) for n in self.tagmap.cell_tags(field_name)])
+            slots = self._bit_slots(field_name, self.tagmap.cell_tags(field_name))
+            return np.array([1.0 if regs[i] & mask else 0.0 for i, mask in slots])
         words = np.stack([np.asarray(regs[a:b:s], dtype=np.uint16) for (a, b, s) in slices], axis=1)
         eng, _finite = codec.decode_array(words, t0.type, t0.word_order, t0.scale, t0.offset)
         return eng
