@@ -145,7 +145,7 @@ class FeedingConfig(_Strict):
     )
     post_ae_overfeed_s: float = Field(1800.0, ge=0.0, le=86400.0, description="overfeed after an AE")
     preventive_shots: int = Field(2, ge=0, le=50, description="shots dumped at once on a prediction alarm")
-    adapt_gain: float = Field(0.25, ge=0.0, le=1.0, description="per-cycle gain of the nominal-rate adaptation")
+    adapt_gain: float = Field(0.15, ge=0.0, le=1.0, description="per-cycle gain of the nominal-rate adaptation")
     adapt_min: float = Field(0.85, gt=0.0, le=1.0)
     adapt_max: float = Field(1.15, ge=1.0, le=2.0)
     feeder_fault_shots: int = Field(6, ge=1, le=1000, description="alarm when acks lag commands by this")
