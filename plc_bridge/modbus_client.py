@@ -178,9 +178,23 @@ class Scan:
     def samples(self, names: Iterable[str] | None = None) -> dict[str, Sample]:
         """``{name: Sample}`` for ``names`` (default: all tags of the scan)."""
         tags = self.tagmap.tags
-        if names is None:
-            return {n: self._sample(tags[n], i) for n, i in self._names.items()}
-        return {n: self.sample(n) for n in names}
+        if names is not None:
+            return {n: self.sample(n) for n in names}
+        vals, codes, t = self.values.tolist(), self.codes.tolist(), self.t
+        good = Quality.GOOD
+        out: dict[str, Sample] = {}
+        for (n, i), v, c in zip(self._names.items(), vals, codes):
+            if c:
+                out[n] = self._sample(tags[n], i)
+                continue
+            tag = tags[n]
+            if tag.type is DataType.BOOL:
+                out[n] = Sample(v != 0.0, good, t, "")
+            elif tag.type.is_int and tag.scale == 1.0 and tag.offset == 0.0:
+                out[n] = Sample(int(v), good, t, "")
+            else:
+                out[n] = Sample(v, good, t, "")
+        return out
 
     def value(self, name: str) -> float:
         return float(self.values[self._names[name]])

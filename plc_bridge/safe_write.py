@@ -268,11 +268,18 @@ class Alarm:
 
 
 class TagIO(Protocol):
-    """What the safety layer needs of a PLC connection (``ModbusTagClient`` fits)."""
+    """What the safety layer needs of a PLC connection.
+
+    ``ModbusTagClient`` fits as is. ``read`` must never raise (BAD samples with a
+    reason instead: "timeout", "not connected", ... mark a comms loss). ``write``
+    returns a ``WriteResult``, or returns None on success and raises on failure
+    (an exception with a ``status`` attribute = the server refused; any other =
+    comms failure) — so ``OpcUaClient`` fits too.
+    """
 
     async def read(self, names: Iterable[str]) -> dict[str, Sample]: ...
 
-    async def write(self, name: str, value: float | int | bool) -> WriteResult: ...
+    async def write(self, name: str, value: float | int | bool) -> WriteResult | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,7 +607,7 @@ class SafeWriter:
         reason = d.reason
         while True:
             attempts += 1
-            res = await self.io.write(name, value)
+            res = await _io_write(self.io, name, value)
             if not res.ok:
                 if res.comms_failure:
                     self._comms_lost(res.reason)
@@ -703,7 +710,7 @@ class SafeWriter:
             tag = self.tagmap[hb.out_tag]
             if nxt > tag.hi or nxt < tag.lo:
                 nxt = int(tag.lo)
-            res = await self.io.write(hb.out_tag, nxt)
+            res = await _io_write(self.io, hb.out_tag, nxt)
             if not res.ok:
                 if res.comms_failure:
                     self._comms_lost(res.reason)
@@ -763,8 +770,30 @@ def _default_tolerance(tag: Tag) -> float:
     return 1e-9 * max(abs(tag.lo), abs(tag.hi), 1.0)
 
 
-_COMMS_REASONS = ("timeout", "not connected", "connection lost", "protocol error", "no data")
+_COMMS_REASONS = frozenset({"timeout", "not connected", "connection lost", "protocol error", "no data"})
+# OPC UA status names that mean the link, not the server's judgement
+_COMMS_PREFIXES = ("BadCommunication", "BadTimeout", "BadConnection", "BadServerNotConnected", "BadSession",
+                   "BadSecureChannel", "BadNotConnected", "BadDisconnect")  # fmt: skip
 
 
 def _is_comms_reason(reason: str) -> bool:
-    return reason in _COMMS_REASONS
+    return reason in _COMMS_REASONS or reason.startswith(_COMMS_PREFIXES)
+
+
+async def _io_write(io: TagIO, name: str, value: Any) -> WriteResult:
+    """``io.write`` as a ``WriteResult``, also for I/O objects that return None and raise on failure.
+
+    An exception carrying a ``status`` (e.g. an OPC UA refusal) counts as the PLC
+    refusing; any other exception as a comms failure (stop, re-read, never guess).
+    """
+    try:
+        res = await io.write(name, value)
+    except Exception as exc:  # noqa: BLE001
+        status = getattr(exc, "status", None)
+        if status is not None:
+            why = getattr(status, "name", str(status))
+            return WriteResult(name, value, None, False, str(why), 4 if not _is_comms_reason(str(why)) else -3)
+        return WriteResult(name, value, None, False, f"connection lost ({type(exc).__name__}: {exc})", -3)
+    if res is None:
+        return WriteResult(name, value, value, True)
+    return res

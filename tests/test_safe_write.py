@@ -386,3 +386,45 @@ async def test_feed_and_beam_commands_with_cell_interlocks():
         assert rig.server.get("cell010.feed_cmd") == 0
         first_beam = next(v for _, v in rig.plc_values("cell006.beam_move"))
         assert first_beam == pytest.approx(2.0)  # 0.1 mm resolution: 2.04 -> 2.0
+
+
+class RaisingIO:
+    """A PLC connection in the other style (OPC UA client): write returns None, raises on failure."""
+
+    class Refused(RuntimeError):
+        def __init__(self, status: str) -> None:
+            super().__init__(status)
+            self.status = status
+
+    def __init__(self, client: ModbusTagClient) -> None:
+        self.client = client
+
+    async def read(self, names):
+        return await self.client.read(names)
+
+    async def write(self, name, value) -> None:
+        r = await self.client.write(name, value)
+        if r.ok:
+            return None
+        if r.comms_failure:
+            raise ConnectionError(r.reason)
+        raise self.Refused(f"BadOutOfRange ({r.reason})")
+
+
+async def test_writer_accepts_io_that_raises_instead_of_returning_results():
+    refuse = {"on": False}
+
+    def hook(req: RequestInfo):
+        return ExceptionCode.ILLEGAL_VALUE if (refuse["on"] and req.write) else None
+
+    async with Rig(on_request=hook) as rig:
+        w = SafeWriter(RaisingIO(rig.client), RECT, rig.clock, on_alarm=rig.alarms.append)
+        rec = await w.write(SP, 104.0)
+        assert not rec.rejected and rec.verified and rig.server.get(SP) == 104.0
+        refuse["on"] = True
+        rec = await w.write(SP, 105.0)
+        assert rec.rejected and "PLC refused: BadOutOfRange" in rec.reason and w.state is LinkState.NORMAL
+        refuse["on"] = False
+        await rig.server.stop()
+        rec = await w.write(SP, 106.0)
+        assert rec.rejected and "comms lost" in rec.reason and w.state is LinkState.COMMS_LOST
