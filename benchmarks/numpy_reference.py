@@ -1,0 +1,604 @@
+"""Plain vectorised NumPy version of the twin's per-sub-step equations (benchmark baseline).
+
+The same equations as ``twin.cell.cell_emf`` + ``twin.rectifier.rectifier_step`` (series
+circuit) + ``twin.cell.cell_integrate``, written as NumPy array code over all cells at
+once — not by calling the Numba functions. Per sub-step of ``dt`` [s]:
+
+1. every cell's back-EMF ``E`` [V] and ohmic resistance ``R`` [Ω] at its line's present
+   current (Haupin breakdown, AE film, MHD and measurement noise);
+2. per line ``ΣE`` and ``ΣR`` (``np.bincount``), then every rectifier (vectorised over
+   lines) gives the new line current [A];
+3. every cell's balances at the new current: anode effect (onset, film, self-extinction,
+   quench hazard), CE, metal and two-pool alumina, AlF3, energy with the Stefan ledge,
+   ACD (metal rise, anode burn-off, tapping), the operations schedule (tapping, anode
+   changes) and the potroom PLC's local automation (AE kill, fixed-rate feeding,
+   resistance band).
+
+How it is written (what a careful NumPy programmer would do, stated so the comparison
+is fair): state is a structure of arrays with one contiguous row per variable
+(``(N_STATE, n)``, cells sorted by line); loop-invariant parameter expressions are
+computed once per ``advance`` call; composition, liquidus and alumina saturation are
+computed once per sub-step and shared by both halves (the Numba kernel recomputes them
+in ``cell_integrate``; the inputs are unchanged in between, so the values are the same);
+rare events (AE cells, feeder shots, beam moves, tapping, anode changes) are handled
+on index subsets from ``np.flatnonzero``.
+
+Random draws: ``rng="numpy"`` draws from a ``numpy.random.Generator`` (fastest; streams
+differ from the twin's), ``rng="twin"`` runs the twin's per-cell xorshift64* streams
+vectorised (same draws in the same order, so the result matches the Numba kernel to
+rounding — used by the agreement test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twin.bath import (
+    AL2O3_KG_PER_AS,
+    AL_KG_PER_AS,
+    ALUMINIUM_DENSITY_KG_M3,
+    ANODE_DENSITY_KG_M3,
+    C_AE_HAUPIN,
+    FARADAY,
+    LEDGE_DENSITY_KG_M3,
+    LEDGE_FUSION_J_PER_KG,
+    PHI_MAX,
+    R_GAS,
+    U_REACTION_V,
+)
+from twin.cell import (
+    AE_CE_FACTOR,
+    AE_OSC_STD_V,
+    AE_OSC_TAU_S,
+    ANODE_AREA_TAU_S,
+    ANODE_CP_J_PER_KGK,
+    ANODE_HEAT_FROM_BATH,
+    ANODE_HEAT_TAU_S,
+    CF4_KG_PER_AS,
+    FILM_TAU_S,
+    LEDGE_MIN_M,
+    LOCAL_AE_DETECT_S,
+    LOCAL_AE_PUMP_MM,
+    LOCAL_AE_SHOTS,
+    MEAS_NOISE_V,
+    SWEEP_SCALE_MM,
+    SWEEP_TAU_S,
+    TAP_BATCH_KG,
+)
+from twin.cell_layout import *  # noqa: F403  (index constants)
+from twin.rectifier import (
+    R_AT_LIMIT,
+    R_E_SUM,
+    R_I,
+    R_I_SP,
+    R_I_TARGET,
+    R_R_SUM,
+    R_TAP,
+    R_TAP_TIMER,
+    R_TRIPPED,
+    R_U_CMD,
+    R_U_DC,
+    R_U_SR,
+    RP_I_MAX,
+    RP_I_MIN,
+    RP_KI,
+    RP_N_TAPS,
+    RP_R_BUS,
+    RP_RAMP,
+    RP_SR_RANGE,
+    RP_SR_TAU,
+    RP_TAP_MIN,
+    RP_TAP_TIME,
+    RP_V_LIMIT,
+)
+
+_MULT = np.uint64(0x2545F4914F6CDD1D)
+_U12, _U25, _U27, _U11 = (np.uint64(v) for v in (12, 25, 27, 11))
+_TWO_PI = 2.0 * np.pi
+
+
+# --------------------------------------------------------------------------- bath chemistry
+
+
+def liquidus_c(alf3: np.ndarray, caf2_term: np.ndarray, caf2: np.ndarray, al2o3: np.ndarray) -> np.ndarray:
+    """Solheim liquidus [°C]; ``caf2_term`` = −3.45·CaF2/(1 + 0.0173·CaF2) (per-cell constant)."""
+    ca = caf2 * alf3
+    t = 1011.0 + 0.50 * alf3 - 0.13 * alf3**2.2
+    t += caf2_term + 0.124 * ca - 0.00542 * ca**1.5
+    t -= 7.93 * al2o3 / (1.0 + 0.0936 * al2o3 - 0.0017 * al2o3 * al2o3 - 0.0023 * alf3 * al2o3)
+    return t
+
+
+def alumina_saturation_wt(t_c: np.ndarray, alf3: np.ndarray, caf2: np.ndarray) -> np.ndarray:
+    """Skybakmoen Al2O3 solubility [wt %]."""
+    a = 11.9 - 0.062 * alf3 - 0.0031 * alf3 * alf3 - 0.2 * caf2
+    b = 4.8 - 0.048 * alf3
+    return a * (t_c / 1000.0) ** b
+
+
+def current_efficiency(superheat_k, alf3, ce_const, acd_cm):
+    """Dewing CE [-] with the below-4-cm ACD penalty."""
+    loss = 10.0 ** (0.0095 * superheat_k - 0.019 * alf3 + ce_const)
+    loss = np.where(acd_cm < 4.0, loss * (1.0 + 0.6 * (4.0 - acd_cm)), loss)
+    return np.minimum(np.maximum(1.0 - loss / 100.0, 0.5), 0.995)
+
+
+# --------------------------------------------------------------------------- the plant
+
+
+class NumpyPotline:
+    """A plant's cells and rectifiers stepped by NumPy array code.
+
+    Args:
+        state, params: ``(n_cells, N_STATE)`` / ``(n_cells, N_PARAM)`` as in ``twin.potline``
+            (copied; cells are re-ordered by line internally).
+        rect, rpar: per-line rectifier state ``(n_lines, R_N)`` and parameters (copied).
+        cell_line: line index of each cell.
+        dt: sub-step [s].
+        rng: ``"numpy"`` (Generator draws, ``seed``) or ``"twin"`` (the twin's xorshift64*
+            streams, ``rng_states`` required).
+    """
+
+    def __init__(
+        self,
+        state: np.ndarray,
+        params: np.ndarray,
+        rect: np.ndarray,
+        rpar: np.ndarray,
+        cell_line: np.ndarray,
+        dt: float,
+        rng: str = "numpy",
+        rng_states: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        if rng not in ("numpy", "twin"):
+            raise ValueError(f"rng must be 'numpy' or 'twin', got {rng!r}")
+        if rng == "twin" and rng_states is None:
+            raise ValueError("rng='twin' needs the twin's rng_states")
+        cell_line = np.asarray(cell_line, dtype=np.int64)
+        self.order = np.argsort(cell_line, kind="stable")
+        self.line = cell_line[self.order]
+        self.n = len(self.order)
+        self.n_lines = rect.shape[0]
+        self.dt = float(dt)
+        self.S = np.ascontiguousarray(state[self.order].T)  # (N_STATE, n)
+        self.P = np.ascontiguousarray(params[self.order].T)  # (N_PARAM, n)
+        self.O = np.zeros((N_OUT, self.n))
+        self.R = np.ascontiguousarray(rect.T)  # (R_N, n_lines)
+        self.RP = np.ascontiguousarray(rpar.T)
+        self.rng_mode = rng
+        self.rs = None if rng_states is None else np.asarray(rng_states, dtype=np.uint64)[self.order].copy()
+        self.gen = np.random.default_rng(seed)
+        self.t_s = 0.0
+
+    @classmethod
+    def from_potline(cls, potline, rng: str = "numpy", seed: int = 0) -> "NumpyPotline":
+        """Copy of a ``twin.potline.Potline``'s present state (after its thermal start)."""
+        return cls(
+            potline.state, potline.params, potline.rect, potline.rpar, potline.cell_line, potline.dt_s,
+            rng=rng, rng_states=potline.rng.copy(), seed=seed,
+        )  # fmt: skip
+
+    # --- views in the twin's layout ---------------------------------------------------------
+    def _unsort(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((self.n, rows.shape[0]))
+        out[self.order] = rows.T
+        return out
+
+    @property
+    def state(self) -> np.ndarray:
+        """``(n_cells, N_STATE)`` in the twin's cell order (a copy)."""
+        return self._unsort(self.S)
+
+    @property
+    def out(self) -> np.ndarray:
+        return self._unsort(self.O)
+
+    @property
+    def rect(self) -> np.ndarray:
+        return self.R.T.copy()
+
+    # --- random draws -----------------------------------------------------------------------
+    def _uniform(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Uniform (0, 1) draws: all cells, or only cells ``idx`` (their streams advance)."""
+        if self.rng_mode == "numpy":
+            return self.gen.random(self.n if idx is None else len(idx))
+        x = self.rs if idx is None else self.rs[idx]
+        x = x ^ (x >> _U12)
+        x ^= x << _U25
+        x ^= x >> _U27
+        if idx is None:
+            self.rs[:] = x
+        else:
+            self.rs[idx] = x
+        r = (x * _MULT) >> _U11
+        return (r.astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+
+    def _normal(self, idx: np.ndarray | None = None) -> np.ndarray:
+        if self.rng_mode == "numpy":
+            return self.gen.standard_normal(self.n if idx is None else len(idx))
+        u1 = self._uniform(idx)
+        u2 = self._uniform(idx)
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
+
+    # --- per-call constants -------------------------------------------------------------------
+    def _constants(self) -> None:
+        P, dt = self.P, self.dt
+        self.k_noise = np.exp(-dt / P[P_NOISE_TAU])
+        self.k_noise_sq = np.sqrt(1.0 - self.k_noise * self.k_noise)
+        a_osc = np.exp(-dt / AE_OSC_TAU_S)
+        self.k_osc, self.k_osc_sq = a_osc, AE_OSC_STD_V * np.sqrt(1.0 - a_osc * a_osc)
+        self.k_film = np.exp(-dt / FILM_TAU_S)
+        self.k_film_up = 1.0 - self.k_film
+        self.k_sweep = np.exp(-dt / SWEEP_TAU_S)
+        self.k_anode_heat = 1.0 - np.exp(-dt / ANODE_HEAT_TAU_S)
+        self.k_area = np.exp(-dt / ANODE_AREA_TAU_S)
+        self.k_diss = 1.0 - np.exp(-P[P_KDISS] * dt)
+        self.caf2_term = -3.45 * P[P_CAF2] / (1.0 + 0.0173 * P[P_CAF2])
+        self.single_pow = P[P_SINGLE_CM2] ** -0.1
+        self.eta_ca_sat = np.log(51.0)
+        self.ledge_rho_a = LEDGE_DENSITY_KG_M3 * P[P_LEDGE_M2]
+        self.hbl_a = P[P_HBL] * P[P_LEDGE_M2]
+        self.kledge_a = P[P_KLEDGE] * P[P_LEDGE_M2]
+        self.cath_m2 = P[P_CATH_CM2] * 1e-4
+        self.anode_m2 = P[P_ANODE_CM2] * 1e-4
+        self.a_eff0 = P[P_AREA_F]
+        self.feed_k = P[P_FEED_RATIO] * P[P_CE_NOM] * AL2O3_KG_PER_AS
+        self.r_hi = P[P_R_TARGET] + P[P_R_BAND]
+        self.r_lo = P[P_R_TARGET] - P[P_R_BAND]
+        self.beam_mm = 10.0 * P[P_BEAM_STEP]
+        self.tap_rate = TAP_BATCH_KG * dt / P[P_TAP_DURATION]
+        self.alf3_add = P[P_ALF3_RATE] * dt
+        self.sr_alpha = 1.0 - np.exp(-dt / self.RP[RP_SR_TAU])
+        self.local = P[P_LOCAL] > 0.5
+        self.ops = P[P_OPS] > 0.5
+        self.quench = self.local & (P[P_LOCAL_QUENCH] > 0.5)
+
+    # --- running ------------------------------------------------------------------------------
+    def advance(self, seconds: float) -> None:
+        """Run ``seconds`` [s] in sub-steps of ``dt``."""
+        n_sub = int(round(seconds / self.dt))
+        if n_sub <= 0:
+            return
+        self._constants()
+        for _ in range(n_sub):
+            self.step()
+        self.t_s += n_sub * self.dt
+
+    def step(self) -> None:
+        """One sub-step of every cell and line."""
+        cur = self.R[R_I][self.line]
+        inc, e, r = self._emf(cur)
+        e_sum = np.bincount(self.line, weights=np.where(inc, e, 0.0), minlength=self.n_lines)
+        r_sum = np.bincount(self.line, weights=np.where(inc, r, 0.0), minlength=self.n_lines)
+        new_i = self._rectifier(e_sum, r_sum)
+        self._integrate(inc, new_i[self.line])
+
+    # --- 1. voltage breakdown -------------------------------------------------------------------
+    def _emf(self, current_a: np.ndarray):
+        S, P, O = self.S, self.P, self.O
+        sigma = P[P_NOISE_V] * (1.0 + S[S_SLUDGE] / 400.0)
+        sigma *= 1.0 + 2.0 * np.maximum(0.0, 4.0 - S[S_ACD]) + 4.0 * P[P_N_ANODES] * S[S_AC_AREA]
+        S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * self._normal()
+        S[S_AE_OSC] = self.k_osc * S[S_AE_OSC] + self.k_osc_sq * self._normal()
+
+        inc = S[S_IN_CIRCUIT] > 0.5
+        tot = S[S_AL2O3] + S[S_ALF3] + S[S_CRYO]
+        c = 100.0 * S[S_AL2O3] / tot
+        alf3 = 100.0 * S[S_ALF3] / tot
+        caf2 = P[P_CAF2]
+        t_c = S[S_TBATH]
+        area = P[P_ANODE_CM2] * (1.0 - S[S_AC_AREA])
+
+        # Haupin breakdown (twin.bath.voltage_components)
+        t_k = t_c + 273.15
+        i = np.maximum(current_a, 1.0) / area
+        cc = np.maximum(c, 0.05)
+        c_sat = alumina_saturation_wt(t_c, alf3, caf2)  # also the cell's O_CSAT
+        rr = np.minimum(np.maximum(cc / c_sat, 1e-4), 1.0)
+        act = -0.03791 * rr + 2.364 * rr * rr - 2.194 * (rr * (rr * rr)) + 0.8686 * ((rr * rr) * (rr * rr))
+        act = np.maximum(act, 1e-6)
+        e_rev = 1.896 - 0.000572 * t_k + (R_GAS * t_k / (12.0 * FARADAY)) * np.log(1.0 / (act * act))
+        i_r = 0.0029 * cc**0.56
+        eta_sa = (t_k / 12533.0) * np.log(np.maximum(i / i_r, 1.0))
+        kk = (5.5 + 0.018 * (t_k - 1323.0)) * self.single_pow
+        i_c = np.maximum(kk * (np.sqrt(np.maximum(cc, 0.0)) - 0.4), 1e-6)
+        ok = i_c > 1.02 * i
+        eta_ca = (t_k / 23209.0) * np.log(np.where(ok, i_c / np.where(ok, i_c - i, 1.0), 51.0))
+        x = alf3 / np.maximum(100.0 - cc - caf2, 1.0)
+        br = (1.0 - x) / (2.0 / 3.0 + x)
+        i_cath = np.maximum(current_a, 1.0) / P[P_CATH_CM2]
+        eta_cc = 5.745e-5 * t_k * (1.375 - 0.25 * br) * np.log(np.maximum(i_cath / 0.257, 1.0))
+        kappa = P[P_KAPPA_F] * np.exp(1.977 - 0.0200 * cc - 0.0131 * alf3 - 0.0060 * caf2 - 1204.3 / t_k)
+        a_eff = self.a_eff0 * area
+        d_b = (0.5517 + i) / (1.0 + 2.167 * i)
+        dc = np.maximum(cc - C_AE_HAUPIN, -0.05)
+        phi = 0.9 * (
+            0.509
+            + 0.1823 * i
+            - 0.1723 * i * i
+            + 0.05504 * (i * (i * i))
+            + (0.4322 - 0.3781 * br) / (1.0 + 1.637 * br)
+            + (0.431 - 0.1437 * dc) / (1.0 + 7.353 * dc)
+        )
+        phi = np.minimum(np.maximum(phi, 0.0), PHI_MAX)
+        ka = kappa * a_eff
+        r_bath = np.maximum(S[S_ACD] - d_b, 0.1) / ka
+        r_bub = d_b * phi / (ka * (1.0 - phi))
+        r_ohm = r_bath + r_bub + P[P_R_COND]
+
+        u_ae = S[S_FILM] * (P[P_FILM_V] + S[S_AE_OSC])
+        if self.rng_mode == "twin" and not inc.all():
+            meas = np.zeros(self.n)
+            idx = np.flatnonzero(inc)
+            meas[idx] = self._normal(idx)
+        else:
+            meas = self._normal()
+        noise = S[S_NOISE] + MEAS_NOISE_V * meas
+        t_liq = liquidus_c(alf3, self.caf2_term, caf2, c)
+        c_loc = i / kk + 0.4
+        c_crit = c_loc * c_loc + P[P_AE_DELTA] * i
+
+        e = e_rev + eta_sa + eta_ca + eta_cc + u_ae + noise
+        rows = (
+            (O_E, e), (O_R_OHM, r_ohm), (O_EREV, e_rev), (O_ETA_SA, eta_sa), (O_ETA_CA, eta_ca),
+            (O_ETA_CC, eta_cc), (O_U_BATH, current_a * r_bath), (O_U_BUB, current_a * r_bub),
+            (O_U_COND, current_a * P[P_R_COND]), (O_U_AE, u_ae), (O_U_NOISE, noise), (O_C, c),
+            (O_ALF3, alf3), (O_TLIQ, t_liq), (O_SUPERHEAT, t_c - t_liq), (O_KAPPA, kappa), (O_I_DENS, i),
+            (O_CSAT, c_sat), (O_C_CRIT, c_crit),
+        )  # fmt: skip
+        for j, v in rows:
+            O[j] = v
+        if not inc.all():  # cells cut out: every output zero (the integration half fills some)
+            O[:, ~inc] = 0.0
+        # shared with the integration half (composition and temperature are unchanged in between)
+        self._c, self._alf3, self._t_liq, self._c_sat = c, alf3, t_liq, c_sat
+        return inc, O[O_E], O[O_R_OHM]
+
+    # --- 2. rectifiers and circuit ------------------------------------------------------------------
+    def _rectifier(self, e_sum: np.ndarray, r_sum: np.ndarray) -> np.ndarray:
+        R, RP, dt = self.R, self.RP, self.dt
+        target = np.minimum(np.maximum(R[R_I_TARGET], RP[RP_I_MIN]), RP[RP_I_MAX])
+        step = RP[RP_RAMP] * dt
+        sp = R[R_I_SP] + np.minimum(np.maximum(target - R[R_I_SP], -step), step)
+        r_tot = r_sum + RP[RP_R_BUS]
+        R[R_E_SUM] = e_sum
+        R[R_R_SUM] = r_tot
+        tripped = R[R_TRIPPED] > 0.5
+        err = sp - R[R_I]
+        v_lim = RP[RP_V_LIMIT]
+        n_taps = RP[RP_N_TAPS]
+        u_tap = v_lim * (RP[RP_TAP_MIN] + (1.0 - RP[RP_TAP_MIN]) * (R[R_TAP] - 1.0) / (n_taps - 1.0))
+        sr_range = RP[RP_SR_RANGE]
+        tap_step = v_lim * (1.0 - RP[RP_TAP_MIN]) / (n_taps - 1.0)
+        u_cmd = R[R_U_CMD] + RP[RP_KI] * err * dt
+        u_cmd = np.minimum(
+            np.minimum(np.maximum(np.maximum(u_cmd, 0.0), u_tap - sr_range - tap_step), u_tap + tap_step), v_lim
+        )
+        sr_cmd = np.minimum(np.maximum(u_tap - u_cmd, 0.0), sr_range)
+        u_sr = R[R_U_SR] + (sr_cmd - R[R_U_SR]) * self.sr_alpha
+        timer = np.maximum(R[R_TAP_TIMER] - dt, 0.0)
+        tap = R[R_TAP].copy()
+        want = u_tap - u_cmd
+        free = timer <= 0.0
+        down = free & (want > 0.8 * sr_range) & (tap > 1.0)
+        up = free & ~down & (want < 0.2 * sr_range) & (tap < n_taps)
+        tap = np.where(down, tap - 1.0, np.where(up, tap + 1.0, tap))
+        timer = np.where(down | up, RP[RP_TAP_TIME], timer)
+        u_dc = np.minimum(u_tap - u_sr, v_lim)
+        at_limit = np.where((u_cmd >= v_lim - 1e-9) & (err > 0.0), 1.0, 0.0)
+        current = np.maximum((u_dc - e_sum) / r_tot, 0.0)
+        if tripped.any():
+            keep = tripped
+            u_sr = np.where(keep, R[R_U_SR], u_sr)
+            timer = np.where(keep, R[R_TAP_TIMER], timer)
+            tap = np.where(keep, R[R_TAP], tap)
+            at_limit = np.where(keep, R[R_AT_LIMIT], at_limit)
+            u_dc = np.where(keep, 0.0, u_dc)
+            current = np.where(keep, 0.0, current)
+            sp = np.where(keep, 0.0, sp)
+            u_cmd = np.where(keep, e_sum, u_cmd)
+        R[R_I_SP] = sp
+        R[R_U_CMD] = u_cmd
+        R[R_U_SR] = u_sr
+        R[R_TAP_TIMER] = timer
+        R[R_TAP] = tap
+        R[R_U_DC] = u_dc
+        R[R_AT_LIMIT] = at_limit
+        R[R_I] = current
+        return current
+
+    # --- 3. balances ---------------------------------------------------------------------------------
+    def _dump_shot(self, idx: np.ndarray, shots: np.ndarray | int) -> None:
+        """Feeder shots into cells ``idx`` (twin.cell.dump_shot)."""
+        S, P = self.S, self.P
+        m = shots * P[P_SHOT_KG, idx]
+        tot = S[S_AL2O3, idx] + S[S_ALF3, idx] + S[S_CRYO, idx]
+        c = 100.0 * S[S_AL2O3, idx] / tot
+        alf3 = 100.0 * S[S_ALF3, idx] / tot
+        c_sat = alumina_saturation_wt(S[S_TBATH, idx], alf3, P[P_CAF2, idx])
+        fast = np.where(c < c_sat, (1.0 - P[P_SLUDGE_R, idx]) * m, 0.0)
+        S[S_AL2O3, idx] += fast
+        S[S_SLUDGE, idx] += m - fast
+        neut = np.minimum(P[P_ALF3_NEUT, idx] * m, S[S_ALF3, idx])
+        S[S_ALF3, idx] -= neut
+        S[S_CRYO, idx] += neut * 1.25
+        S[A_ALF3_USED, idx] += neut
+        S[A_CRYO_MADE, idx] += neut * 1.25
+        S[A_FED, idx] += m
+        S[S_FEED_ACK, idx] += shots
+
+    def _move_beam(self, idx: np.ndarray, move_mm: np.ndarray | float) -> None:
+        """Beam moves [mm] of cells ``idx`` (twin.cell.move_beam; no zero moves passed)."""
+        S = self.S
+        S[S_ACD, idx] = np.maximum(S[S_ACD, idx] + move_mm / 10.0, 0.5)
+        S[S_BEAM_ACK, idx] += move_mm
+        ae = S[S_AE, idx] > 0.5
+        if ae.any():
+            mv = np.broadcast_to(np.abs(move_mm), idx.shape)
+            S[S_SWEEP, idx[ae]] += mv[ae]
+
+    def _integrate(self, inc: np.ndarray, current_line_a: np.ndarray) -> None:
+        S, P, O, dt = self.S, self.P, self.O, self.dt
+        current = current_line_a if inc.all() else np.where(inc, current_line_a, 0.0)
+        u = np.where(inc, O[O_E] + O[O_R_OHM] * current, 0.0)
+        O[O_U] = u
+        O[O_I] = current
+        c, alf3, t_liq, c_sat = self._c, self._alf3, self._t_liq, self._c_sat
+        t_c = S[S_TBATH].copy()
+
+        # --- anode effect
+        ae_idx = np.flatnonzero(S[S_AE] > 0.5)
+        film0 = S[S_FILM]
+        film = film0 * self.k_film
+        refr = np.maximum(S[S_REFRACT] - dt, 0.0)
+        if ae_idx.size:
+            refr[ae_idx] = S[S_REFRACT, ae_idx]
+            f = film0[ae_idx]
+            film[ae_idx] = f + (1.0 - f) * self.k_film_up
+            S[S_AE_T, ae_idx] += dt
+            S[A_AE_S, ae_idx] += dt
+            ca = c[ae_idx]
+            c_crit = S[S_AE_CCRIT, ae_idx]
+            hazard = np.exp(np.minimum(0.0, ca - c_crit) / 0.2) / P[P_AE_SELF_S, ae_idx]
+            hazard += np.maximum(0.0, ca - c_crit - 0.1) / 0.25 / 20.0
+            hazard += S[S_SWEEP, ae_idx] / SWEEP_SCALE_MM / 10.0
+            hazard += np.where(S[S_ACD, ae_idx] < 2.5, 1.0 / 3.0, 0.0)
+            live = current[ae_idx] > 0.0
+            ends = ~live
+            if live.any():
+                draw_idx = ae_idx[live]
+                ends[live] = self._uniform(draw_idx) < 1.0 - np.exp(-hazard[live] * dt)
+            end_idx = ae_idx[ends]
+            S[S_AE, end_idx] = 0.0
+            refr[end_idx] = P[P_AE_REFR_S, end_idx]
+            start = (refr <= 0.0) & (c < O[O_C_CRIT]) & (current > 1000.0) & inc
+            start[ae_idx] = False
+        else:
+            start = (refr <= 0.0) & (c < O[O_C_CRIT]) & (current > 1000.0) & inc
+        S[S_REFRACT] = refr
+        st = np.flatnonzero(start)
+        if st.size:
+            S[S_AE, st] = 1.0
+            S[S_AE_T, st] = 0.0
+            S[S_AE_CCRIT, st] = O[O_C_CRIT, st]
+            S[A_AE_N, st] += 1.0
+        S[S_FILM] = film
+        S[S_SWEEP] *= self.k_sweep
+
+        # --- electrochemistry: CE, metal, alumina, PFC
+        ce = current_efficiency(t_c - t_liq, alf3, P[P_CE_C], S[S_ACD])
+        ce *= 1.0 - (1.0 - AE_CE_FACTOR) * film
+        O[O_CE] = ce
+        charge = current * dt
+        consumed = np.minimum(ce * AL2O3_KG_PER_AS * charge, S[S_AL2O3])
+        pos = charge > 0.0
+        ce_eff = np.where(pos, consumed / (AL2O3_KG_PER_AS * np.where(pos, charge, 1.0)), 0.0)
+        metal = ce_eff * AL_KG_PER_AS * charge
+        S[S_AL2O3] -= consumed
+        S[A_CONSUMED] += consumed
+        S[A_CHARGE] += charge
+        S[S_METAL] += metal
+        S[A_METAL] += metal
+        S[A_CF4] += CF4_KG_PER_AS * film * charge
+        diss = S[S_SLUDGE] * self.k_diss * np.maximum(0.0, 1.0 - c / c_sat)
+        S[S_SLUDGE] -= diss
+        S[S_AL2O3] += diss
+        S[S_ALF3] += self.alf3_add
+        S[A_ALF3_ADD] += self.alf3_add
+
+        # --- energy balance and ledge (Stefan)
+        p_elec = u * current
+        p_rxn = U_REACTION_V * ce_eff * current
+        x_l = np.maximum(S[S_LEDGE] / self.ledge_rho_a, LEDGE_MIN_M)
+        q_bl = self.hbl_a * (t_c - t_liq)
+        q_out = (t_liq - P[P_TAMB]) / (x_l / self.kledge_a + P[P_RWALL])
+        q_top = P[P_KTOP] * (t_c - P[P_TAMB])
+        q_anode = S[S_AC_HEAT] * self.k_anode_heat / dt
+        S[S_AC_HEAT] -= q_anode * dt
+        dm = (q_out - q_bl) * dt / LEDGE_FUSION_J_PER_KG
+        dm = np.maximum(dm, -S[S_LEDGE])
+        dm = np.minimum(dm, 0.5 * S[S_CRYO])
+        S[S_LEDGE] += dm
+        S[S_CRYO] -= dm
+        S[S_TBATH] += ((p_elec - p_rxn - q_top - q_out - q_anode) * dt + LEDGE_FUSION_J_PER_KG * dm) / P[P_CTH]
+        S[A_E_ELEC] += p_elec * dt
+        S[A_E_RXN] += p_rxn * dt
+        S[A_Q_LOSS] += (q_top + q_out) * dt
+        S[A_Q_ANODE] += q_anode * dt
+        O[O_LEDGE_CM] = 100.0 * S[S_LEDGE] / self.ledge_rho_a
+        S[S_AC_AREA] *= self.k_area
+
+        # --- geometry: metal rise, anode burn-off, tapping
+        carbon = P[P_CARBON] * metal
+        S[A_CARBON] += carbon
+        burn_cm = 100.0 * carbon / (ANODE_DENSITY_KG_M3 * self.anode_m2)
+        S[S_ANODE_H] -= burn_cm
+        d_acd = burn_cm - 100.0 * metal / (ALUMINIUM_DENSITY_KG_M3 * self.cath_m2)
+        tap_idx = np.flatnonzero(S[S_TAP_LEFT] > 0.0)
+        if tap_idx.size:
+            tap = np.minimum(np.minimum(S[S_TAP_LEFT, tap_idx], self.tap_rate[tap_idx]), S[S_METAL, tap_idx])
+            S[S_TAP_LEFT, tap_idx] -= tap
+            S[S_METAL, tap_idx] -= tap
+            S[A_TAPPED, tap_idx] += tap
+            d_acd[tap_idx] += 100.0 * tap / (ALUMINIUM_DENSITY_KG_M3 * self.cath_m2[tap_idx])
+        S[S_ACD] = np.maximum(S[S_ACD] + d_acd, 0.5)
+        S[S_AC_BUSY] = np.maximum(S[S_AC_BUSY] - dt, 0.0)
+
+        # --- operations schedule
+        ops = self.ops & inc
+        np.subtract(S[S_TAP_TIMER], dt, out=S[S_TAP_TIMER], where=ops)
+        due = np.flatnonzero(ops & (S[S_TAP_TIMER] <= 0.0))
+        if due.size:
+            S[S_TAP_TIMER, due] += P[P_TAP_INTERVAL, due]
+            S[S_TAP_LEFT, due] = np.maximum(S[S_METAL, due] - P[P_METAL0, due], 0.0)
+        np.subtract(S[S_AC_TIMER], dt, out=S[S_AC_TIMER], where=ops)
+        due = np.flatnonzero(ops & (S[S_AC_TIMER] <= 0.0))
+        if due.size:
+            S[S_AC_TIMER, due] += P[P_AC_INTERVAL, due]
+            n_an = P[P_N_ANODES, due]
+            S[S_AC_HEAT, due] += (
+                ANODE_HEAT_FROM_BATH * P[P_ANODE_MASS, due] * ANODE_CP_J_PER_KGK * (S[S_TBATH, due] - 25.0)
+            )
+            S[S_AC_AREA, due] = np.minimum(S[S_AC_AREA, due] + 1.0 / n_an, 0.5)
+            S[S_ANODE_H, due] += 0.75 * P[P_ANODE_H0, due] / n_an
+            S[S_AC_BUSY, due] = P[P_AC_DURATION, due]
+
+        # --- potroom PLC local automation
+        local = self.local & inc
+        q_idx = np.flatnonzero(self.quench & inc & (S[S_AE] > 0.5))
+        if q_idx.size:
+            t_ae = S[S_AE_T, q_idx]
+            t0 = t_ae - dt
+            d1, d2, d3, d4 = (LOCAL_AE_DETECT_S + x for x in (0.0, 60.0, 20.0, 80.0))
+            kill = ((t0 < d1) & (d1 <= t_ae)) | ((t0 < d2) & (d2 <= t_ae))
+            pump = ~kill & (((t0 < d3) & (d3 <= t_ae)) | ((t0 < d4) & (d4 <= t_ae)))
+            if kill.any():
+                k_idx = q_idx[kill]
+                self._dump_shot(k_idx, LOCAL_AE_SHOTS)
+                self._move_beam(k_idx, -LOCAL_AE_PUMP_MM)
+            if pump.any():
+                self._move_beam(q_idx[pump], LOCAL_AE_PUMP_MM)
+        credit = S[S_FEED_CREDIT]
+        np.add(credit, self.feed_k * charge, out=credit, where=local)
+        f_idx = np.flatnonzero(local & (credit >= P[P_SHOT_KG]))
+        if f_idx.size:
+            shot = P[P_SHOT_KG, f_idx]
+            n_shots = np.floor(credit[f_idx] / shot)
+            credit[f_idx] -= n_shots * shot
+            self._dump_shot(f_idx, n_shots)
+        timer = S[S_BEAM_TIMER]
+        np.subtract(timer, dt, out=timer, where=local)
+        b_idx = np.flatnonzero(local & (timer <= 0.0))
+        if b_idx.size:
+            timer[b_idx] += P[P_BEAM_INTERVAL, b_idx]
+            busy = (S[S_AE, b_idx] > 0.5) | (S[S_TAP_LEFT, b_idx] > 0.0) | (S[S_AC_BUSY, b_idx] > 0.0)
+            cb = current[b_idx]
+            go = (cb > 1000.0) & ~busy
+            r = (u[b_idx] - O[O_U_NOISE, b_idx] - 1.65) / cb
+            down = go & (r > self.r_hi[b_idx])
+            up = go & ~down & (r < self.r_lo[b_idx])
+            if down.any():
+                self._move_beam(b_idx[down], -self.beam_mm[b_idx[down]])
+            if up.any():
+                self._move_beam(b_idx[up], self.beam_mm[b_idx[up]])
