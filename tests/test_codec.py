@@ -167,9 +167,12 @@ def test_quantize_within_stays_inside_and_is_what_the_wire_carries(dtype, scale,
     v = codec.quantize_within(t, x, lo, hi)
     if v is None:
         # only when no raw value of the type lands in [lo, hi]
-        if dtype is DataType.FLOAT32:
-            r = np.float32(lo / scale)
-            near = [r, np.nextafter(r, np.float32(np.inf)), np.nextafter(r, np.float32(-np.inf))]
+        if dtype.is_float:
+            ft = np.float32 if dtype is DataType.FLOAT32 else np.float64
+            near = [ft(lo / scale)]
+            for _ in range(3):
+                near += [np.nextafter(near[-1], ft(np.inf))]
+            near += [np.nextafter(near[0], ft(-np.inf)), np.nextafter(np.nextafter(near[0], ft(-np.inf)), ft(-np.inf))]
             assert not any(lo <= float(c) * scale <= hi for c in near)
             return
         assert dtype.is_int
