@@ -27,7 +27,7 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from plc_bridge.quality import Quality, Sample
+from plc_bridge.quality import Sample
 
 __all__ = [
     "CodecError",

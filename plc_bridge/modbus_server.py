@@ -28,7 +28,6 @@ internal layout, checked at ``start()``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import math

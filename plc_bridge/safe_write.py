@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Protocol
 
@@ -570,56 +570,53 @@ class SafeWriter:
     async def _write_locked(self, lim: SetpointLimits, requested: Any) -> WriteRecord:
         name = lim.tag.name
         st = self._tags.setdefault(name, _TagState())
-        now = self.clock.now()
         req_f = _as_float(requested)
-        if self.state is LinkState.COMMS_LOST:
-            if not await self.resync():
-                return self._emit(WriteRecord(now, name, req_f, None, None, False, False, True,
-                                              "comms lost: not writing (PLC holds its last value)"))  # fmt: skip
-            now = self.clock.now()
+        d = WriteDecision(name, req_f, None)  # replaced by the real decision below
+        previous: float | None = None
+
+        def record(written: float | None, rejected: bool, reason: str, verified: bool | None = None,
+                   attempts: int = 0, shadow: bool = False) -> WriteRecord:  # fmt: skip
+            return self._emit(WriteRecord(self.clock.now(), name, d.requested, written, previous, d.clamped,
+                                          d.ramped, rejected, reason, verified, attempts, shadow))  # fmt: skip
+
+        if self.state is LinkState.COMMS_LOST and not await self.resync():
+            return record(None, True, "comms lost: not writing (PLC holds its last value)")
         if st.last is None:
             # know what the PLC holds before the first write (ramps hold across restarts)
             got = (await self.io.read([name])).get(name)
-            now = self.clock.now()
             if got is not None and got.good and got.value is not None:
-                st.last, st.last_t = float(got.value), now
+                st.last, st.last_t = float(got.value), self.clock.now()
             elif got is None or _is_comms_reason(got.reason):
-                self._comms_lost(got.reason if got else "no data")
-                return self._emit(WriteRecord(now, name, req_f, None, None, False, False, True,
-                                              f"comms lost: cannot read PLC value ({got.reason if got else 'no data'})"))  # fmt: skip
-        interlocks = self._interlock_results(lim.tag, now)
-        d = decide(lim, requested, st.last, st.last_t, now, interlocks)
+                why = got.reason if got is not None else "no data"
+                self._comms_lost(why)
+                return record(None, True, f"comms lost: cannot read PLC value ({why})")
+        now = self.clock.now()
         previous = st.last
+        d = decide(lim, requested, st.last, st.last_t, now, self._interlock_results(lim.tag, now))
         if d.rejected or d.value is None:
-            return self._emit(WriteRecord(now, name, d.requested, None, previous, d.clamped, d.ramped, True, d.reason))
+            return record(None, True, d.reason)
         if not self.enabled:
             st.last, st.last_t = d.value, now
-            return self._emit(WriteRecord(now, name, d.requested, d.value, previous, d.clamped, d.ramped, False,
-                                          _join(d.reason, "shadow mode: not sent"), None, 0, True))  # fmt: skip
+            return record(d.value, False, _join(d.reason, "shadow mode: not sent"), shadow=True)
         pol = self.policies.get(name, WritePolicy())
         value: float | int | bool = d.value
         if lim.tag.type is codec.DataType.BOOL:
             value = bool(d.value)
         elif lim.tag.type.is_int and lim.tag.scale == 1.0 and lim.tag.offset == 0.0:
             value = int(d.value)
+        tol = pol.tolerance if pol.tolerance is not None else _default_tolerance(lim.tag)
         attempts = 0
         verified: bool | None = None
-        reason = d.reason
         while True:
             attempts += 1
             res = await _io_write(self.io, name, value)
             if not res.ok:
                 if res.comms_failure:
                     self._comms_lost(res.reason)
-                    return self._emit(WriteRecord(self.clock.now(), name, d.requested, None, previous, d.clamped,
-                                                  d.ramped, True, _join(reason, f"comms lost: {res.reason}"),
-                                                  None, attempts))  # fmt: skip
+                    return record(None, True, _join(d.reason, f"comms lost: {res.reason}"), attempts=attempts)
                 self._alarm("plc_refused", f"PLC refused {name} = {value}: {res.reason}", name)
-                return self._emit(WriteRecord(self.clock.now(), name, d.requested, None, previous, d.clamped,
-                                              d.ramped, True, _join(reason, f"PLC refused: {res.reason}"),
-                                              None, attempts))  # fmt: skip
-            t_written = self.clock.now()
-            st.last, st.last_t = float(d.value), t_written
+                return record(None, True, _join(d.reason, f"PLC refused: {res.reason}"), attempts=attempts)
+            st.last, st.last_t = float(d.value), self.clock.now()
             if not pol.verify:
                 break
             back = (await self.io.read([name])).get(name)
@@ -627,18 +624,16 @@ class SafeWriter:
                 why = back.reason if back is not None else "no data"
                 if back is None or _is_comms_reason(why):
                     self._comms_lost(why)
-                    return self._emit(WriteRecord(self.clock.now(), name, d.requested, float(d.value), previous,
-                                                  d.clamped, d.ramped, False,
-                                                  _join(reason, f"read-back failed: {why}"), False, attempts))  # fmt: skip
+                    return record(d.value, False, _join(d.reason, f"read-back failed: {why}"), False, attempts)
                 verified = False
             else:
-                tol = pol.tolerance if pol.tolerance is not None else _default_tolerance(lim.tag)
                 verified = abs(float(back.value) - float(d.value)) <= tol
                 if not verified:
-                    # trust the PLC about what it holds (it may clamp itself)
+                    # trust the PLC about what it holds (it may limit the value itself)
                     st.last, st.last_t = float(back.value), self.clock.now()
             if verified or attempts > self.verify_retries:
                 break
+        reason = d.reason
         if verified is False:
             self.stats["verify_failed"] += 1
             self._alarm("readback_mismatch", f"{name}: wrote {value}, PLC holds {st.last}", name)
@@ -646,8 +641,7 @@ class SafeWriter:
         elif verified:
             self._alarm("readback_mismatch", f"{name}: read-back matches", name, active=False)
         self._alarm("plc_refused", f"{name} accepted", name, active=False)
-        return self._emit(WriteRecord(t_written, name, d.requested, float(d.value), previous, d.clamped, d.ramped,
-                                      False, reason, verified, attempts))  # fmt: skip
+        return record(d.value, False, reason, verified, attempts)
 
     async def write_command(self, fields: Mapping[str, Any], counter: str) -> list[WriteRecord]:
         """Write command fields, then increment ``counter`` (handshake the PLC acts on once).

@@ -22,7 +22,7 @@ from umodbus import exceptions as uexc
 from umodbus.client import tcp as utcp
 from umodbus.server.tcp import RequestHandler, get_server
 
-from plc_bridge.codec import DataType, Table, WordOrder
+from plc_bridge.codec import Table
 from plc_bridge.modbus_client import ModbusTagClient
 from plc_bridge.modbus_server import ClientWrite, ModbusTagServer
 from plc_bridge.tagmap import load_tagmap, parse_tagmap

@@ -331,10 +331,6 @@ async def test_heartbeat_task_runs_on_the_clock():
     hb = HeartbeatConfig("heartbeat_out", None, period_s=0.5)
     async with Rig(heartbeat=hb) as rig:
         stop = asyncio.Event()
-
-        def watch(a):
-            pass
-
         task = asyncio.create_task(rig.writer.run_heartbeat(stop))
         while rig.server.get("heartbeat_out") < 10:
             await asyncio.sleep(0.01)
