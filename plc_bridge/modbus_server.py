@@ -69,7 +69,11 @@ _TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.IN
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
-    """A request as the server sees it (before serving it)."""
+    """A request as the server sees it (before serving it).
+
+    ``count`` is the number of registers, or of bits for a coil write; for coil and
+    discrete-input *reads* pymodbus reports the number of 16-bit words spanned.
+    """
 
     device_id: int
     table: Table
