@@ -20,28 +20,24 @@ Writes ``benchmarks/results/modbus_scan.json``. Target: <= 200 ms per 660-cell s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import base_parser, header, md_table, summarize, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 MAP = ROOT / "config" / "tagmaps" / "potroom.toml"
-OUT = ROOT / "benchmarks" / "results" / "modbus_scan.json"
+NAME = "modbus_scan"
 TARGET_MS = 200.0
 
 
-def _stats_ms(xs: list[float]) -> dict[str, float]:
-    ms = [x * 1e3 for x in xs]
-    return {"median_ms": round(statistics.median(ms), 3), "min_ms": round(min(ms), 3), "max_ms": round(max(ms), 3),
-            "n": len(ms)}  # fmt: skip
+def _stats_ms(xs: list[float]) -> dict[str, float | int]:
+    """``{"min", "median", "max", "n"}`` in milliseconds."""
+    return summarize(xs, scale=1e3, digits=4)
 
 
 async def bench_scan(rooms: int, repeats: int) -> dict:
@@ -93,10 +89,10 @@ async def bench_scan(rooms: int, repeats: int) -> dict:
             "tags": n_tags,
             "requests_per_scan": len(plan) * rooms,
             "registers_per_scan": sum(b.count for b in plan if not b.table.is_bits) * rooms,
-            "full_scan_concurrent": _stats_ms(conc),
-            "full_scan_sequential": _stats_ms(seq),
-            "scan_to_samples_dict": _stats_ms(to_samples),
-            "scan_to_cell_arrays_7_fields": _stats_ms(to_arrays),
+            "full_scan_concurrent_ms": _stats_ms(conc),
+            "full_scan_sequential_ms": _stats_ms(seq),
+            "scan_to_samples_dict_ms": _stats_ms(to_samples),
+            "scan_to_cell_arrays_7_fields_ms": _stats_ms(to_arrays),
             "all_good": all(s.all_good for s in scans),
         }
     finally:
@@ -138,8 +134,8 @@ def bench_decode(repeats: int) -> dict:
 
     np_t, pm_t = _stats_ms(_time(np_decode, repeats)), _stats_ms(_time(pm_decode, max(3, repeats // 3)))
     assert np.array_equal(codec.decode_array(regs, DataType.FLOAT32)[0].astype(np.float32), vals)
-    res["design_case_5280_float32"] = {"numpy": np_t, "convert_from_registers": pm_t,
-                                       "speedup": round(pm_t["median_ms"] / max(np_t["median_ms"], 1e-6), 1)}  # fmt: skip
+    res["design_case_5280_float32"] = {"numpy_ms": np_t, "convert_from_registers_ms": pm_t,
+                                       "speedup": round(pm_t["median"] / max(np_t["median"], 1e-9), 1)}  # fmt: skip
     # every numeric tag of 5 potrooms, grouped by type as the client does
     m = load_tagmap(MAP)
     tags = [t for t in m if t.has_modbus and t.type is not DataType.BOOL]
@@ -167,48 +163,55 @@ def bench_decode(repeats: int) -> dict:
                                               word_order=wo.value) * t.scale  # fmt: skip
 
     np_t, pm_t = _stats_ms(_time(np_all, repeats)), _stats_ms(_time(pm_all, max(3, repeats // 3)))
-    res["potroom_map_numeric_tags_x5"] = {"values": len(tags) * 5, "numpy": np_t, "convert_from_registers": pm_t,
+    res["potroom_map_numeric_tags_x5"] = {"values": len(tags) * 5, "numpy_ms": np_t, "convert_from_registers_ms": pm_t,
                                           "note": "NumPy gathers from the client's uint16 register image (filled"
                                                   " per request during the scan); scaling included on both sides",
-                                          "speedup": round(pm_t["median_ms"] / max(np_t["median_ms"], 1e-6), 1)}  # fmt: skip
+                                          "speedup": round(pm_t["median"] / max(np_t["median"], 1e-9), 1)}  # fmt: skip
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="few repeats (CI smoke run)")
+    ap = base_parser(__doc__.splitlines()[0], NAME)
     ap.add_argument("--rooms", type=int, default=5, help="potroom PLCs of 132 cells (default 5 = 660 cells)")
     ap.add_argument("--repeats", type=int, default=None, help="timed full scans (default 30, quick 5)")
-    ap.add_argument("--out", type=Path, default=OUT, help="JSON output path")
     args = ap.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 30)
-    import pymodbus
-
     scan = asyncio.run(bench_scan(args.rooms, repeats))
     decode = bench_decode(repeats)
-    med = scan["full_scan_concurrent"]["median_ms"]
-    doc = {
-        "benchmark": "modbus_scan",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "pymodbus": pymodbus.__version__, "numpy": np.__version__},  # fmt: skip
+    full = scan["full_scan_concurrent_ms"]
+    doc = header(NAME, args.quick)
+    doc.update({
         "setup": "servers and clients in one process on 127.0.0.1; one client (one TCP connection) per potroom PLC",
-        "quick": args.quick,
         "repeats": repeats,
         "scan": scan,
         "decode": decode,
         "target_ms_per_full_scan": TARGET_MS,
-        "meets_target": med <= TARGET_MS,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    d = decode["design_case_5280_float32"]
+        "meets_target": full["median"] <= TARGET_MS,
+    })  # fmt: skip
+    d, p = decode["design_case_5280_float32"], decode["potroom_map_numeric_tags_x5"]
+    md = "\n".join([
+        f"# Modbus scan ({scan['cells']} cells, {scan['tags']} tags, {scan['requests_per_scan']} requests per scan)",
+        "",
+        md_table(["figure", "min", "median", "max"], [
+            [k.removesuffix("_ms").replace("_", " ") + " [ms]", v["min"], v["median"], v["max"]]
+            for k, v in scan.items() if k.endswith("_ms")
+        ]),
+        "",
+        md_table(["decode", "NumPy [ms]", "convert_from_registers [ms]", "speed-up"], [
+            ["5,280 float32 (660 cells x 8)", d["numpy_ms"]["median"], d["convert_from_registers_ms"]["median"],
+             f"{d['speedup']}x"],
+            [f"{p['values']} numeric potroom tags", p["numpy_ms"]["median"], p["convert_from_registers_ms"]["median"],
+             f"{p['speedup']}x"],
+        ]),
+        "",
+        f"Target <= {TARGET_MS:.0f} ms per full scan: {'met' if doc['meets_target'] else 'NOT met'}.",
+    ])  # fmt: skip
+    out = write_result(doc, args.out, md)
     print(f"full scan of {scan['cells']} cells ({scan['tags']} tags, {scan['requests_per_scan']} requests): "
-          f"median {med:.1f} ms (min {scan['full_scan_concurrent']['min_ms']:.1f}, "
-          f"max {scan['full_scan_concurrent']['max_ms']:.1f}); target {TARGET_MS:.0f} ms")  # fmt: skip
-    print(f"decode 5,280 float32: NumPy {d['numpy']['median_ms']:.2f} ms vs convert_from_registers "
-          f"{d['convert_from_registers']['median_ms']:.2f} ms ({d['speedup']}x)")  # fmt: skip
-    print(f"wrote {args.out}")
+          f"median {full['median']:.1f} ms (min {full['min']:.1f}, max {full['max']:.1f}); target {TARGET_MS:.0f} ms")
+    print(f"decode 5,280 float32: NumPy {d['numpy_ms']['median']:.2f} ms vs convert_from_registers "
+          f"{d['convert_from_registers_ms']['median']:.2f} ms ({d['speedup']}x)")  # fmt: skip
+    print(f"wrote {out}")
     return 0 if doc["meets_target"] else 1
 
 
