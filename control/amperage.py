@@ -93,6 +93,11 @@ class AmperageController:
         tgt = self.cfg.target_ka
         self.lines = [_Line(target_ka=float(tgt if tgt is not None else nom[i])) for i in range(self.n_lines)]
         self.cap_ka = np.full(self.n_lines, np.inf)
+        vl = self.cfg.voltage_limit_v
+        vl = list(vl) if isinstance(vl, list) else [vl] * self.n_lines
+        if len(vl) != self.n_lines:
+            raise ValueError(f"amperage.voltage_limit_v has {len(vl)} values for {self.n_lines} lines")
+        self.voltage_limit_v = np.asarray(vl, dtype=np.float64)
         self.cutouts_done = 0
         self._t_last: float | None = None
 
@@ -194,7 +199,7 @@ class AmperageController:
             # headroom against the rectifier voltage limit
             cap = np.inf
             if np.isfinite(r_s) and r_s > 0:
-                u_avail = cfg.voltage_limit_v * (1.0 - cfg.regulation_margin) - cfg.headroom_v
+                u_avail = self.voltage_limit_v[li] * (1.0 - cfg.regulation_margin) - cfg.headroom_v
                 cap = (u_avail - u0) / r_s / 1e3
             self.cap_ka[li] = cap
             fast_down = False

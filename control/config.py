@@ -32,6 +32,7 @@ __all__ = [
     "PredictionConfig",
     "QuenchConfig",
     "ResistanceConfig",
+    "control_config_for_plant",
     "load_control_config",
 ]
 
@@ -115,9 +116,9 @@ class QuenchConfig(_Strict):
     """Automatic AE quench: feed + anode-beam pumping, with move limits and escalation."""
 
     enabled: bool = True
-    feed_shots: int = Field(3, ge=0, le=50, description="shots dumped at once when an AE is detected")
+    feed_shots: int = Field(6, ge=0, le=50, description="shots dumped at once when an AE is detected")
     refeed_after_s: float = Field(60.0, ge=1.0, le=3600.0, description="second dose if the AE persists")
-    refeed_shots: int = Field(2, ge=0, le=50)
+    refeed_shots: int = Field(4, ge=0, le=50)
     lower_delay_s: float = Field(3.0, ge=0.0, le=600.0, description="wait before the first beam move")
     lower_mm: float = Field(20.0, ge=0.0, le=80.0, description="first beam lowering (DOMAIN_BRIEF: 2–5 cm)")
     pump_amplitude_mm: float = Field(10.0, ge=0.0, le=40.0, description="pumping stroke (up then down)")
@@ -179,11 +180,11 @@ class ResistanceConfig(_Strict):
     lock_after_current_change_s: float = Field(
         1800.0, ge=0.0, le=86400.0, description="after the line setpoint moved by more than 0.5 %"
     )
-    overfeed_window_share: float = Field(
-        0.5, ge=0.0, le=1.0, description="moves allowed in the last share of an overfeed (alumina high)"
-    )
     underfeed_window_s: float = Field(
-        1800.0, ge=0.0, le=86400.0, description="moves only this long into an underfeed (then it gets lean)"
+        1800.0, ge=0.0, le=86400.0, description="judged once per feed cycle, early in the underfeed (alumina high)"
+    )
+    alumina_rich_offset_uohm: float = Field(
+        0.15, ge=0.0, le=5.0, description="the alumina-rich R sits this much below the cycle-mean R"
     )
     max_move_after_operation_mm: float = Field(
         25.0, gt=0.0, le=100.0, description="first correction after tapping/anode change (metal level step)"
@@ -206,7 +207,9 @@ class AmperageConfig(_Strict):
     ramp_down_fast_ka_per_min: float = Field(30.0, gt=0.0, le=6000.0, description="headroom/cut-out ramp down")
     restart_ramp_ka_per_min: float = Field(1.0, gt=0.0, le=600.0, description="ramp after a trip or restart")
     restart_start_ka: float = Field(60.0, ge=0.0, le=1000.0, description="setpoint held while tripped")
-    voltage_limit_v: float = Field(1250.0, gt=10.0, le=10000.0, description="rectifier DC voltage limit")
+    voltage_limit_v: float | list[float] = Field(
+        1250.0, description="rectifier DC voltage limit [V], one value or one per line"
+    )
     headroom_v: float = Field(35.0, ge=0.0, le=1000.0, description="kept free for one more AE")
     regulation_margin: float = Field(0.01, ge=0.0, le=0.2, description="extra share of U kept free")
     cutout_current_ka: float = Field(60.0, ge=0.0, le=1000.0, description="line current for shorting a cell")
@@ -218,6 +221,9 @@ class AmperageConfig(_Strict):
 
     @model_validator(mode="after")
     def _limits(self) -> "AmperageConfig":
+        lims = self.voltage_limit_v if isinstance(self.voltage_limit_v, list) else [self.voltage_limit_v]
+        if not lims or any(not (10.0 < v <= 10000.0) for v in lims):
+            raise ValueError(f"voltage_limit_v must be in (10, 10000] V, got {self.voltage_limit_v}")
         if self.min_ka > self.max_ka:
             raise ValueError(f"min_ka={self.min_ka} exceeds max_ka={self.max_ka}")
         return self
@@ -254,6 +260,17 @@ def control_config_from_dict(data: dict[str, Any], source: str | Path = "<contro
     except ValidationError as exc:
         errs = [(f"control.{k}" if k != "<root>" else "control", m) for k, m in validation_errors(exc)]
         raise ConfigError(source, errs) from None
+
+
+def control_config_for_plant(plant_config: Any, source: str | Path = "<plant config>") -> ControlConfig:
+    """Controller config of a plant: its ``[control]`` table over the defaults, with the
+    rectifier voltage limits taken from the plant's lines unless the table sets them."""
+    data = dict(getattr(plant_config, "control", {}) or {})
+    amp = dict(data.get("amperage", {}) or {})
+    if "voltage_limit_v" not in amp:
+        amp["voltage_limit_v"] = [float(ln.rectifier.voltage_limit_v) for ln in plant_config.lines]
+    data["amperage"] = amp
+    return control_config_from_dict(data, source)
 
 
 def load_control_config(path: str | Path | None = None) -> ControlConfig:

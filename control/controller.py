@@ -308,22 +308,26 @@ class PotController:
         if ac_end.any():
             self.resistance.operation_ended(ac_end, now, rc.lock_after_anode_change_s)
             self.resistance.anode_changed(ac_end, now)
+        # The controlled R is the alumina-rich one (lowest filtered R since the last
+        # overfeed began, shifted with every step the slope tracker rebased), judged early
+        # in the underfeed, so the alumina cycle does not make the beam hunt; right after
+        # tapping/anode change a larger correction is allowed at once.
         elapsed = now - self.feeding.phase_since
-        slope = np.nan_to_num(self.predictor.slope, nan=0.0)
-        lean = slope > 0.5 * cfg.feeding.slope_switch_nohm_per_min
-        # judge R where alumina is high and steady: late overfeed, early underfeed
-        of_len = self.feeding.phase_end - self.feeding.phase_since
-        phase_ok = ((self.feeding.phase == OVERFEED) & (elapsed >= (1.0 - rc.overfeed_window_share) * of_len)) | (
-            (self.feeding.phase == UNDERFEED) & (elapsed < rc.underfeed_window_s)
+        lean = self.predictor.significant(0.5 * cfg.feeding.slope_switch_nohm_per_min)
+        window = (
+            (self.feeding.phase == UNDERFEED)
+            & (elapsed >= rc.lock_after_feed_change_s)
+            & (elapsed < rc.underfeed_window_s)
         )
-        post_op = self.resistance.boosted(now) & (
-            np.abs(np.nan_to_num(self.predictor.r_fit - self.resistance.effective_target(now)))
-            > 3.0 * rc.deadband_uohm
-        )
-        eligible = valid & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean & (phase_ok | post_op)
+        r_rich = np.where(np.isfinite(self.predictor.r_ref), self.predictor.r_ref, self.predictor.r_fit)
+        r_rich = r_rich + rc.alumina_rich_offset_uohm
+        err = np.abs(np.nan_to_num(r_rich - self.resistance.effective_target(now)))
+        post_op = self.resistance.boosted(now) & (err > 3.0 * rc.deadband_uohm)
+        r_ctl = r_rich
+        eligible = valid & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean & (window | post_op)
         r_moves = np.zeros(n)
         if rc.enabled:
-            r_moves = self.resistance.step(now, self.predictor.r_fit, eligible)
+            r_moves = self.resistance.step(now, r_ctl, eligible)
 
         # ---- 7. amperage
         ae_excess = np.where(

@@ -24,7 +24,28 @@ import numpy as np
 from control.plant import Commands, Measurements
 from twin.layout import PlantLayout
 
-__all__ = ["LoopResult", "TwinPlant", "run_closed_loop"]
+__all__ = ["LoopResult", "TwinPlant", "run_closed_loop", "scaled_plant_config"]
+
+
+def scaled_plant_config(cells: int, n_lines: int = 1, base: Any = None, seed: int | None = None) -> Any:
+    """A smaller plant for tests and quick runs: ``n_lines`` lines of one room of ``cells``
+    cells, with the reference cell and each rectifier's voltage limit scaled to the line
+    (the series voltage at 4.3 V per cell plus busbar, + 8 % and two AEs of headroom).
+
+    Returns a ``twin.config.PlantConfig``.
+    """
+    from twin.config import Line, RectifierParams, Room, load_plant_config
+
+    base = base or load_plant_config()
+    r0 = base.lines[0].rectifier
+    u_need = cells * 4.3 + r0.busbar_uohm * 1e-6 * r0.setpoint_ka * 1e3
+    rect = r0.model_copy(update={"voltage_limit_v": float(round(u_need * 1.08 + 60.0))})
+    lines = [Line(name=f"Line{i + 1}", rectifier=rect, rooms=[Room(name=f"Potroom{i + 1}", cells=cells)]) for i in range(n_lines)]
+    upd: dict[str, Any] = {"lines": lines}
+    if seed is not None:
+        upd["seed"] = seed
+    return base.model_copy(update=upd)
+
 
 
 class TwinPlant:

@@ -102,7 +102,7 @@ class ResistanceController:
         direction = np.sign(want).astype(np.int8)
         # anti-hunting: no reversal shortly after a move the other way
         rev = (direction != self.last_dir[idx]) & (self.last_dir[idx] != 0)
-        blocked = rev & (t - self.last_move_t[idx] < cfg.reverse_lockout_s) & ~boost[idx]
+        blocked = rev & (t - self.last_move_t[idx] < cfg.reverse_lockout_s)
         # daily travel budget
         day = int(t // 86400.0)
         newday = self._day[idx] != day
