@@ -265,6 +265,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         t = by_n[n]
         out.append({
             "target": f"full model >= 5 M cell-steps/s on 2 cores ({n} cells, parallel)",
+            "cells": n,
             "measured": t["cell_steps_per_s"]["numba_parallel"]["median"],
             "unit": "cell-steps/s",
             "bar": TARGET_RATE,
@@ -275,6 +276,7 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         best = max(t["ratio"]["numba_parallel_over_numpy"]["median"], t["ratio"]["numba_serial_over_numpy"]["median"])
         out.append({
             "target": f">= 3x the NumPy version ({n} cells, best Numba kernel)",
+            "cells": n,
             "measured": best,
             "unit": "x",
             "bar": TARGET_VS_NUMPY,

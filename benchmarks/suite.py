@@ -1,0 +1,615 @@
+"""The benchmark suite: run every benchmark in its own process, collect the JSON, write the
+growth table and log-log plot, and regenerate ``PERFORMANCE.md``.
+
+Each benchmark runs as ``python -m benchmarks.<module> [--quick] --out <results>/<name>.json``
+(see ``benchmarks/common.py`` for the conventions); its output goes to
+``<results>/logs/<name>.log``. A benchmark that exits non-zero but wrote fresh JSON
+(e.g. it missed its target) is reported with its figures; one that wrote nothing is
+reported as failed, and the suite carries on with the rest. ``--only NAME`` runs some
+benchmarks and rebuilds the report from the fresh results plus the latest stored ones.
+
+Full run (< 10 min on 2 cores): ``potline bench`` -> ``benchmarks/results/`` + ``PERFORMANCE.md``.
+Quick run (CI smoke, seconds per benchmark, no timing claims): ``potline bench --quick`` ->
+``benchmarks/results/quick/`` (its ``PERFORMANCE.md`` stays there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO, RESULTS_DIR, child_env, fmt_rate, header, md_table
+
+PERFORMANCE_MD = REPO / "PERFORMANCE.md"
+QUICK_DIR = RESULTS_DIR / "quick"
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One benchmark of the suite.
+
+    ``growth`` (full runs only): extra runs at other plant sizes as ``(cells, args)``; each
+    writes ``<name>@<cells>.json`` and ``growth_figures`` turns such a document into
+    ``{figure: (value, unit, better)}`` for the growth table.
+    """
+
+    name: str
+    module: str
+    title: str
+    timeout_s: float = 300.0
+    quick_timeout_s: float = 120.0
+    growth: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    growth_figures: Callable[[dict[str, Any]], dict[str, tuple[float, str, str]]] | None = None
+
+    @property
+    def path(self) -> Path:
+        return REPO / (self.module.replace(".", "/") + ".py")
+
+
+def _modbus_growth(doc: dict[str, Any]) -> dict[str, tuple[float, str, str]]:
+    return {"Modbus: full scan": (doc["scan"]["full_scan_concurrent"]["median_ms"], "ms", "lower")}
+
+
+_MODBUS_ROOMS = (1, 2, 10, 20, 40, 76)  # x 132 cells; 5 rooms (660) is the main run
+
+BENCHES: tuple[Bench, ...] = (
+    Bench("model", "benchmarks.bench_model", "Model: cell-steps/s, NumPy and pure-Python ratios, compile"),
+    Bench(
+        "modbus_scan", "benchmarks.bench_modbus_scan", "I/O: full Modbus scan of 660 cells",
+        timeout_s=180.0, growth=tuple((132 * r, ("--rooms", str(r), "--repeats", "10")) for r in _MODBUS_ROOMS),
+        growth_figures=_modbus_growth,
+    ),  # fmt: skip
+    Bench("opcua", "benchmarks.bench_opcua", "I/O: OPC UA scan and 1 Hz publish latency, arrays vs per-node"),
+    Bench("controller", "benchmarks.bench_controller", "Loop: controller cycle time for 660 cells"),
+    Bench("hil_latency", "benchmarks.bench_hil_latency", "Loop: HIL end-to-end AE-to-quench latency"),
+)
+
+
+@dataclass
+class RunRecord:
+    name: str
+    status: str  # ok | target-missed | failed | timeout | missing | stored
+    wall_s: float = 0.0
+    returncode: int | None = None
+    json_path: str | None = None
+    note: str = ""
+    extra: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def run_one(bench: Bench, results: Path, quick: bool, args: tuple[str, ...] = (), tag: str = "") -> RunRecord:
+    """Run one benchmark process; the record says whether it wrote fresh JSON."""
+    name = bench.name + (f"@{tag}" if tag else "")
+    out = results / f"{name}.json"
+    if not bench.path.exists():
+        return RunRecord(name, "missing", note=f"{bench.path.relative_to(REPO)} not present")
+    logs = results / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", bench.module, "--out", str(out), *args] + (["--quick"] if quick else [])
+    before = out.stat().st_mtime if out.exists() else None
+    timeout = bench.quick_timeout_s if quick else bench.timeout_s
+    t0 = time.perf_counter()
+    with (logs / f"{name}.log").open("w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            rc: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    wall = time.perf_counter() - t0
+    fresh = out.exists() and (before is None or out.stat().st_mtime > before)
+    if rc is None:
+        status = "timeout"
+    elif fresh and rc == 0:
+        status = "ok"
+    elif fresh:
+        status = "target-missed"
+    else:
+        status = "failed"
+    note = "" if status == "ok" else f"exit {rc}, see {(logs / f'{name}.log').relative_to(REPO)}"
+    if status == "timeout":
+        note = f"killed after {timeout:.0f} s"
+    return RunRecord(name, status, round(wall, 1), rc, str(out) if fresh else None, note)
+
+
+def run_suite(results: Path, quick: bool, only: set[str] | None, growth: bool) -> list[RunRecord]:
+    records = []
+    for bench in BENCHES:
+        if only and bench.name not in only:
+            continue
+        print(f"== {bench.name}: {bench.title}", flush=True)
+        rec = run_one(bench, results, quick)
+        print(f"   {rec.status} in {rec.wall_s:.1f} s {rec.note}", flush=True)
+        if growth and not quick and rec.status in ("ok", "target-missed"):
+            for cells, args in bench.growth:
+                g = run_one(bench, results, quick, args, tag=str(cells))
+                print(f"   {bench.name} @ {cells} cells: {g.status} in {g.wall_s:.1f} s {g.note}", flush=True)
+                rec.extra.append({"cells": cells, "status": g.status, "wall_s": g.wall_s, "json": g.json_path})
+        records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------- reading results
+
+
+def load_results(results: Path) -> dict[str, dict[str, Any]]:
+    """Every ``<name>.json`` and ``<name>@<cells>.json`` in ``results`` that parses."""
+    docs = {}
+    for p in sorted(results.glob("*.json")):
+        try:
+            docs[p.stem] = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return docs
+
+
+def _get(doc: dict[str, Any] | None, *keys: str, default: Any = None) -> Any:
+    cur: Any = doc
+    for k in keys:
+        if not isinstance(cur, dict) or k not in cur:
+            return default
+        cur = cur[k]
+    return cur
+
+
+def growth_series(docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{figure: {"unit", "better", "points": [[cells, value], ...]}}`` from all results."""
+    series: dict[str, dict[str, Any]] = {}
+    for doc in docs.values():
+        for fig, s in (doc.get("growth") or {}).items():
+            if s.get("points"):
+                series.setdefault(fig, {"unit": s.get("unit", ""), "better": s.get("better", ""), "points": []})
+                series[fig]["points"] += [list(p) for p in s["points"]]
+                if s.get("note"):
+                    series[fig]["note"] = s["note"]
+    for bench in BENCHES:
+        if bench.growth_figures is None:
+            continue
+        for stem, doc in docs.items():
+            if stem == bench.name or stem.startswith(bench.name + "@"):
+                try:
+                    figs = bench.growth_figures(doc)
+                    cells = int(stem.split("@")[1]) if "@" in stem else _cells_of(doc)
+                except (KeyError, TypeError, ValueError, IndexError):
+                    continue
+                for fig, (value, unit, better) in figs.items():
+                    s = series.setdefault(fig, {"unit": unit, "better": better, "points": []})
+                    s["points"].append([cells, value])
+    for s in series.values():
+        pts = {int(c): float(v) for c, v in s["points"] if v is not None and v == v}
+        s["points"] = sorted(pts.items())
+        s["exponent"] = _loglog_slope(s["points"])
+    return series
+
+
+def _cells_of(doc: dict[str, Any]) -> int:
+    for path in (("scan", "cells"), ("cells",)):
+        v = _get(doc, *path)
+        if isinstance(v, int):
+            return v
+    raise KeyError("cells")
+
+
+def _loglog_slope(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of log(value) on log(cells): 1 = linear, 0 = flat."""
+    pts = [(math.log(c), math.log(v)) for c, v in points if c > 0 and v > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return round(sum((x - mx) * (y - my) for x, y in pts) / sxx, 3) if sxx > 0 else None
+
+
+def plot_growth(series: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Log-log plot of every growth series: rates on the left, times on the right."""
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = {k: s for k, s in series.items() if s["better"] == "higher"}
+    times = {k: s for k, s in series.items() if s["better"] != "higher"}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, group, ylabel in ((axes[0], rates, "throughput"), (axes[1], times, "time")):
+        for name, s in group.items():
+            xs, ys = zip(*s["points"]) if s["points"] else ((), ())
+            ax.loglog(xs, ys, marker="o", label=f"{name} [{s['unit']}]")
+        ax.set_xlabel("cells")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if group:
+            ax.legend(fontsize=8)
+    axes[0].set_title("throughput vs plant size (higher is better)")
+    axes[1].set_title("time vs plant size (lower is better)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _fmt(x: Any, unit: str = "", digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "n/a"
+    if unit == "cell-steps/s":
+        return fmt_rate(x) + " cell-steps/s"
+    if isinstance(x, (int, float)):
+        s = f"{x:,.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+        return f"{s} {unit}".strip()
+    return str(x)
+
+
+def _met(flag: Any) -> str:
+    return "n/a" if flag is None else ("yes" if flag else "**no**")
+
+
+def target_rows(docs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """target | measured | alternative | ratio | met, for every benchmark present."""
+    rows: list[list[str]] = []
+    m = docs.get("model")
+    if m:
+        by_n = {t["cells"]: t for t in m["throughput"]}
+        for t in m.get("targets", []):
+            alt, ratio = "", ""
+            n = t.get("cells")
+            if "NumPy" in t["target"]:
+                alt = _fmt(by_n[n]["cell_steps_per_s"]["numpy"]["median"], "cell-steps/s") + " (NumPy)"
+                ratio = f"{t['measured']:.2f}x"
+            elif "cell-steps" in t["unit"]:
+                alt = _fmt(by_n[n]["cell_steps_per_s"]["numpy"]["median"], "cell-steps/s") + " (NumPy)"
+                ratio = f"{by_n[n]['ratio']['numba_parallel_over_numpy']['median']:.2f}x NumPy"
+            elif "real time" in t["target"]:
+                alt, ratio = "1x (real time)", f"{t['measured']:,.0f}x"
+            elif "compile" in t["target"]:
+                c = m["compile"]
+                alt = f"cold {c['cold']['compile_total_s']['median']:.2f} s"
+                ratio = f"warm {c['warm']['compile_total_s']['median']:.3f} s"
+            measured = _fmt(t["measured"], t["unit"])
+            rows.append([t["target"], measured, alt, ratio, _met(t["met"])])
+    mb = docs.get("modbus_scan")
+    if mb:
+        s = mb["scan"]["full_scan_concurrent"]
+        d = _get(mb, "decode", "design_case_5280_float32") or {}
+        rows.append([
+            f"full Modbus scan of {mb['scan']['cells']} cells <= {mb.get('target_ms_per_full_scan', 200):.0f} ms",
+            _fmt(s["median_ms"], "ms"),
+            f"decode with convert_from_registers {_fmt(_get(d, 'convert_from_registers', 'median_ms'), 'ms')}",
+            f"NumPy decode {d.get('speedup', 'n/a')}x faster", _met(mb.get("meets_target")),
+        ])  # fmt: skip
+    op = docs.get("opcua")
+    if op:
+        sc = op["scan"]
+        rows.append([
+            f"full OPC UA scan of {op['cells']} cells (one batched Read)",
+            _fmt(sc["array"]["scan_ms_p50"], "ms") + f" ({sc['array']['nodes']} array nodes)",
+            _fmt(sc["per_cell"]["scan_ms_p50"], "ms") + f" ({sc['per_cell']['nodes']} per-cell nodes)",
+            f"{sc['speedup_p50']:.0f}x", "n/a",
+        ])  # fmt: skip
+        la = op["latency_1hz"]
+        rows.append([
+            "OPC UA 1 Hz publish latency p50 / p99",
+            f"{_fmt(la['array']['latency_ms_p50'], 'ms')} / {_fmt(la['array']['latency_ms_p99'], 'ms')} (arrays)",
+            f"{_fmt(la['naive']['latency_ms_p50'], 'ms')} / {_fmt(la['naive']['latency_ms_p99'], 'ms')} (one node per value)",
+            f"{la['naive']['latency_ms_p99'] / la['array']['latency_ms_p99']:.1f}x at p99", "n/a",
+        ])  # fmt: skip
+    rows += _generic_target_rows(docs, "controller")
+    rows += _generic_target_rows(docs, "hil_latency")
+    return rows
+
+
+def _generic_target_rows(docs: dict[str, dict[str, Any]], name: str) -> list[list[str]]:
+    """Targets a benchmark states itself as ``targets: [{target, measured, unit, bar, met, alternative?, ratio?}]``."""
+    doc = docs.get(name)
+    out = []
+    for t in (doc or {}).get("targets", []) or []:
+        out.append([
+            t.get("target", name), _fmt(t.get("measured"), t.get("unit", "")), str(t.get("alternative", "")),
+            str(t.get("ratio", "")), _met(t.get("met")),
+        ])  # fmt: skip
+    return out
+
+
+def _when(doc: dict[str, Any] | None) -> str:
+    return str((doc or {}).get("when", "?"))
+
+
+def model_section(m: dict[str, Any]) -> list[str]:
+    py = m["pure_python"]["cell_steps_per_s"]["median"]
+    rows = []
+    for t in m["throughput"]:
+        r, q = t["cell_steps_per_s"], t["ratio"]
+        rows.append([
+            f"{t['cells']:,}", t["lines"],
+            f"{fmt_rate(r['numba_serial']['median'])} ({fmt_rate(r['numba_serial']['min'])}–{fmt_rate(r['numba_serial']['max'])})",
+            f"{fmt_rate(r['numba_parallel']['median'])} ({fmt_rate(r['numba_parallel']['min'])}–{fmt_rate(r['numba_parallel']['max'])})",
+            f"{fmt_rate(r['numpy']['median'])} ({fmt_rate(r['numpy']['min'])}–{fmt_rate(r['numpy']['max'])})",
+            f"{q['numba_serial_over_numpy']['median']:.2f}x", f"{q['numba_parallel_over_numpy']['median']:.2f}x",
+            f"{q['parallel_over_serial']['median']:.2f}x",
+            f"{r['numba_serial']['median'] / py:,.0f}x / {r['numba_parallel']['median'] / py:,.0f}x",
+        ])  # fmt: skip
+    c = m["compile"]
+    kern = ", ".join(
+        f"{k} {c['cold_by_kernel_s'][k]['median']:.2f} s → {c['warm_by_kernel_s'][k]['median']:.3f} s"
+        for k in c["cold_by_kernel_s"]
+    )
+    rt = m.get("real_time_factor_660") or {}
+    lines = [
+        f"## Model (`benchmarks/bench_model.py`, {_when(m)})",
+        "",
+        "Full cell model (Haupin voltage, two-pool alumina, AE logic, energy + ledge, ACD, tapping, anode "
+        "changes, PLC local control) plus each line's rectifier and series circuit, 1 s sub-steps. "
+        "Cell-steps/s, median (min–max) over round-robin repeats; ratios are per round, then the median.",
+        "",
+        md_table(
+            ["cells", "lines", "Numba serial", "Numba parallel", "NumPy", "serial / NumPy", "parallel / NumPy",
+             "parallel / serial", "serial / parallel vs pure Python"],
+            rows,
+        ),  # fmt: skip
+        "",
+        f"- Pure Python (the twin source with `NUMBA_DISABLE_JIT=1`, {m['pure_python']['cells']} cells, "
+        f"subprocess): {fmt_rate(py)} cell-steps/s (min {fmt_rate(m['pure_python']['cell_steps_per_s']['min'])}, "
+        f"max {fmt_rate(m['pure_python']['cell_steps_per_s']['max'])}); interpreted cost is linear in cells, so "
+        "the ratio per cell-step holds at every size.",
+        f"- Compile, fresh process on the 660-cell plant, all kernels: cold {c['cold']['compile_total_s']['median']:.2f} s "
+        f"(min {c['cold']['compile_total_s']['min']:.2f}, max {c['cold']['compile_total_s']['max']:.2f}), warm "
+        f"{c['warm']['compile_total_s']['median']:.3f} s = {100 * (c.get('warm_share_of_cold') or 0):.1f} % of cold. "
+        f"Process start to first step: cold {c['cold']['to_first_step_s']['median']:.2f} s, warm "
+        f"{c['warm']['to_first_step_s']['median']:.2f} s. By kernel (cold → warm): {kern}.",
+    ]
+    if rt:
+        lines.append(
+            f"- 660-cell reference plant: {rt['parallel']['median']:,.0f}x real time with the parallel kernel, "
+            f"{rt['serial']['median']:,.0f}x serial (dt = 1 s: simulated seconds per wall second = rate / cells)."
+        )
+    lines += [
+        "- Plants: 132 and 264 cells = `PlantConfig.single_room` (one line: `parallel=True` has one line, so it "
+        "runs the serial kernel); 660 = the reference plant (3 lines of 264/264/132); 1,320 … 10,000 = lines of "
+        "264 cells (two potrooms of 132, the reference line) with the reference rectifier, built programmatically "
+        "(10,000 = 37 × 264 + 232, 38 lines), so the parallel kernel (`prange` over lines) has work.",
+        "- NumPy version: `benchmarks/numpy_reference.py`, the same per-sub-step equations as array code "
+        "(agreement with the Numba kernel to ~1e-13 relative is a CI test), with a `numpy.random.Generator` "
+        "for the noise draws.",
+    ]
+    return lines
+
+
+def io_section(docs: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["## I/O", ""]
+    mb = docs.get("modbus_scan")
+    if mb:
+        s = mb["scan"]
+        c, q = s["full_scan_concurrent"], s["full_scan_sequential"]
+        d = _get(mb, "decode", "design_case_5280_float32") or {}
+        lines += [
+            f"**Modbus TCP** (`benchmarks/bench_modbus_scan.py`, {_when(mb)}): full scan of {s['cells']} cells "
+            f"({s['tags']:,} tags, {s['requests_per_scan']} requests, {s['registers_per_scan']:,} registers, one "
+            f"connection per potroom PLC, servers in the same process on loopback): median {c['median_ms']:.1f} ms "
+            f"(min {c['min_ms']:.1f}, max {c['max_ms']:.1f}) concurrent, {q['median_ms']:.1f} ms one PLC after the "
+            f"other. Decoding 5,280 float32: NumPy {_fmt(_get(d, 'numpy', 'median_ms'), 'ms')} vs pymodbus "
+            f"`convert_from_registers` {_fmt(_get(d, 'convert_from_registers', 'median_ms'), 'ms')} "
+            f"({d.get('speedup', 'n/a')}x).",
+            "",
+        ]
+    else:
+        lines += ["**Modbus TCP**: no result yet.", ""]
+    op = docs.get("opcua")
+    if op:
+        sc, la = op["scan"], op["latency_1hz"]
+        lines += [
+            f"**OPC UA** (`benchmarks/bench_opcua.py`, {_when(op)}): {op['cells']} cells × "
+            f"{op['quantities_per_cell']} quantities, server in its own process.",
+            "",
+            md_table(
+                ["layout", "scan (batched Read) p50 / max", "publish latency p50 / p99 / max",
+                 "server publish p50", "notifications"],
+                [
+                    [
+                        f"arrays ({sc['array']['nodes']} nodes)",
+                        f"{sc['array']['scan_ms_p50']:.1f} / {sc['array']['scan_ms_max']:.1f} ms",
+                        f"{la['array']['latency_ms_p50']:.0f} / {la['array']['latency_ms_p99']:.0f} / "
+                        f"{la['array']['latency_ms_max']:.0f} ms",
+                        f"{la['array']['server_publish_ms_p50']:.1f} ms",
+                        f"{la['array']['notifications_received']:,}/{la['array']['notifications_expected']:,}",
+                    ],
+                    [
+                        f"one node per value ({sc['per_cell']['nodes']:,} nodes)",
+                        f"{sc['per_cell']['scan_ms_p50']:.1f} / {sc['per_cell']['scan_ms_max']:.1f} ms",
+                        f"{la['naive']['latency_ms_p50']:.0f} / {la['naive']['latency_ms_p99']:.0f} / "
+                        f"{la['naive']['latency_ms_max']:.0f} ms",
+                        f"{la['naive']['server_publish_ms_p50']:.1f} ms",
+                        f"{la['naive']['notifications_received']:,}/{la['naive']['notifications_expected']:,}",
+                    ],
+                ],
+            ),  # fmt: skip
+            "",
+            f"Latency is from the server's write timestamp to the client's receipt with a "
+            f"{la['array']['publishing_interval_ms']:.0f} ms publishing interval (which bounds the array p50 "
+            "from below).",
+            "",
+        ]
+    else:
+        lines += ["**OPC UA**: no result yet.", ""]
+    return lines
+
+
+def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["## Loop", ""]
+    for name, label in (("controller", "Controller cycle"), ("hil_latency", "HIL AE-to-quench latency")):
+        doc = docs.get(name)
+        if not doc:
+            lines += [f"**{label}**: no result yet (`benchmarks/{_module_file(name)}` not run or not present).", ""]
+            continue
+        summary = doc.get("summary_md") or _summary_md(doc)
+        lines += [f"**{label}** (`benchmarks/{_module_file(name)}`, {_when(doc)}): {summary}", ""]
+    return lines
+
+
+def _module_file(name: str) -> str:
+    for b in BENCHES:
+        if b.name == name:
+            return b.module.split(".")[-1] + ".py"
+    return name
+
+
+def _summary_md(doc: dict[str, Any]) -> str:
+    """Headline figures a benchmark lists as ``figures: {name: {value, unit} | number}``."""
+    figs = doc.get("figures") or {}
+    parts = []
+    for k, v in figs.items():
+        if isinstance(v, dict):
+            parts.append(f"{k} {_fmt(v.get('value', v.get('median')), v.get('unit', ''))}")
+        else:
+            parts.append(f"{k} {_fmt(v)}")
+    md = doc.get("markdown")
+    return "; ".join(parts) if parts else (md or "see the JSON")
+
+
+def growth_section(series: dict[str, dict[str, Any]], plot: Path | None, report: Path) -> list[str]:
+    lines = ["## Growth with plant size", ""]
+    if not series:
+        return lines + ["No growth series yet.", ""]
+    sizes = sorted({c for s in series.values() for c, _ in s["points"]})
+    rows = []
+    for name, s in series.items():
+        pts = dict(s["points"])
+        unit = s["unit"]
+        cells = [(_fmt(pts[c], unit) if unit != "cell-steps/s" else fmt_rate(pts[c])) if c in pts else "" for c in sizes]
+        rows.append([f"{name} [{unit}]", *cells, "n/a" if s["exponent"] is None else f"{s['exponent']:+.2f}"])
+    lines += [
+        "Medians; the exponent is the least-squares slope of log(figure) on log(cells) "
+        "(+1 = grows linearly with cells, 0 = flat; for throughput 0 means the cost per cell is constant).",
+        "",
+        md_table(["figure", *[f"{c:,}" for c in sizes], "exponent"], rows),
+        "",
+    ]
+    notes = [f"{k}: {s['note']}" for k, s in series.items() if s.get("note")]
+    if notes:
+        lines += ["Notes: " + "; ".join(notes) + ".", ""]
+    if plot is not None:
+        rel = Path(_relpath(plot, report.parent))
+        lines += [f"![growth, log-log]({rel.as_posix()})", ""]
+    return lines
+
+
+def _relpath(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+def write_report(
+    docs: dict[str, dict[str, Any]], records: list[RunRecord], results: Path, report: Path, quick: bool, wall_s: float
+) -> Path:
+    series = growth_series(docs)
+    plot = plot_growth(series, results / "growth.png")
+    series_json = {k: {kk: vv for kk, vv in v.items()} for k, v in series.items()}
+    (results / "growth.json").write_text(json.dumps(series_json, indent=1) + "\n", encoding="utf-8")
+    head = header("suite", quick)
+    mach, ver = head["machine"], head["versions"]
+    lines = [
+        "# Performance",
+        "",
+        "Regenerated by `potline bench` (`benchmarks/suite.py`); do not edit by hand."
+        + (" **Quick smoke run: the figures prove the benchmarks work, they are not measurements.**" if quick else ""),
+        "",
+        f"Machine: {mach['cpu']}, {mach['cpus_usable']} cores usable, {mach['mem_gb']} GB, "
+        f"{mach['platform']}; load average at report time {mach['loadavg_1_5_15']}. "
+        f"Python {ver['python']}, NumPy {ver['numpy']}, Numba {ver['numba']}, asyncua {ver['asyncua']}, "
+        f"pymodbus {ver['pymodbus']}. Source {head['source']['commit']}"
+        + (" (with local edits)" if head["source"]["dirty"] else "")
+        + f". Suite wall time {wall_s:.0f} s.",
+        "",
+        "These machines are shared and noisy (other jobs run on the same 2 cores). Every comparison below is "
+        "measured side by side in the same run and stated as a ratio; absolute figures are medians over repeats "
+        "with min/max where given. Raw figures: "
+        f"`{_relpath(results, REPO)}/*.json`, logs in `{_relpath(results, REPO)}/logs/`.",
+        "",
+        "## Targets",
+        "",
+        md_table(["target", "measured", "alternative", "ratio", "met"], target_rows(docs)),
+        "",
+    ]
+    if "model" in docs:
+        lines += model_section(docs["model"]) + [""]
+    lines += io_section(docs)
+    lines += loop_section(docs)
+    lines += growth_section(series, plot, report)
+    lines += ["## This run", "", md_table(
+        ["benchmark", "status", "wall", "result", "note"],
+        [[r.name, r.status, f"{r.wall_s:.1f} s", _when(docs.get(r.name)), r.note] for r in records],
+    ), ""]  # fmt: skip
+    growth_runs = [(r.name, e) for r in records for e in r.extra]
+    if growth_runs:
+        lines += [
+            "Growth runs: "
+            + ", ".join(f"{n} @ {e['cells']:,} cells {e['status']} ({e['wall_s']:.0f} s)" for n, e in growth_runs)
+            + ".",
+            "",
+        ]
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return report
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    names = ", ".join(b.name for b in BENCHES)
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run of every benchmark (CI)")
+    p.add_argument("--only", action="append", default=None, metavar="NAME", help=f"run only NAME (repeatable): {names}")
+    p.add_argument("--results", type=Path, default=None, help="results directory (default benchmarks/results[/quick])")
+    p.add_argument("--report", type=Path, default=None, help="PERFORMANCE.md path (default: repo root; quick: results dir)")
+    p.add_argument("--no-growth", action="store_true", help="skip the extra plant-size runs of the I/O benchmarks")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from stored results, run nothing")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    known = {b.name for b in BENCHES}
+    only = set(args.only) if args.only else None
+    if only and not only <= known:
+        print(f"unknown benchmark(s) {sorted(only - known)}; known: {sorted(known)}", file=sys.stderr)
+        return 2
+    results = args.results or (QUICK_DIR if args.quick else RESULTS_DIR)
+    report = args.report or (results / "PERFORMANCE.md" if args.quick else PERFORMANCE_MD)
+    results.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    records = [] if args.report_only else run_suite(results, args.quick, only, growth=not args.no_growth)
+    docs = load_results(results)
+    for b in BENCHES:  # stored results this run did not refresh
+        if b.name in docs and not any(r.name == b.name for r in records):
+            records.append(RunRecord(b.name, "stored", note="not run now; latest stored result"))
+    path = write_report(docs, records, results, report, args.quick, time.perf_counter() - t0)
+    print(f"wrote {path} and {results / 'growth.png'}")
+    failed = [r.name for r in records if r.status in ("failed", "timeout")]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return main_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
