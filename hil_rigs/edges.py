@@ -1,0 +1,356 @@
+"""Protocol edges of a simulated PLC: its ``PlcImage`` served over Modbus TCP or OPC UA.
+
+The PLC logic never sees a socket; an edge serves the image and reports client writes:
+
+* ``ModbusEdge`` wraps ``plc_bridge.modbus_server.ModbusTagServer`` (allow-listed writes,
+  bounds re-validated by the server, exception 3 for out-of-range values). ``publish()``
+  copies the image's measurements into the registers after every PLC scan; client
+  writes land in the image at once through the server's write hook. Fault hooks:
+  ``refuse_with`` (answer every request with a Modbus exception code, optionally with a
+  probability) for the "exception responses" fault.
+* ``OpcUaEdge`` builds an asyncua server from the tag map's browse paths (string
+  NodeIds from the path, ``urn:potline-twin:plc:<instance>`` namespace). Variables are
+  *data sources*: a Read returns the image's current value (no per-scan publishing
+  cost, like open62541's DataSource variables); subscriptions are therefore not
+  served (a polling client is what the bridge uses). Writable tags validate type and
+  bounds (``BadTypeMismatch`` / ``BadOutOfRange``) and store into the image. Typing:
+  bool -> Boolean, unscaled integers -> their integer type, floats -> Float/Double,
+  *scaled* integers (``beam_move``, 0.1 mm raw) -> Double in engineering units, as PLC
+  OPC UA servers publish engineering values. ``bad_status`` makes every read return a
+  Bad StatusCode (the OPC UA analogue of a Modbus exception).
+
+Both bind to 127.0.0.1 on a free port unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from hil_rigs.plc_image import PlcImage
+from plc_bridge.codec import DataType
+from plc_bridge.tagmap import Tag
+
+__all__ = ["ModbusEdge", "OpcUaEdge", "CommandHook", "opcua_namespace", "make_edge"]
+
+log = structlog.get_logger(__name__)
+
+#: called with (tag name, value) after a client wrote a tag into the image
+CommandHook = Callable[[str, Any], None]
+
+
+def opcua_namespace(instance: str) -> str:
+    """Namespace URI a simulated PLC serves its tags in."""
+    return f"urn:potline-twin:plc:{instance}"
+
+
+class ModbusEdge:
+    """A ``PlcImage`` served over Modbus TCP (see module docstring)."""
+
+    protocol = "modbus"
+
+    def __init__(self, image: PlcImage, host: str = "127.0.0.1", port: int = 0,
+                 on_command: CommandHook | None = None) -> None:  # fmt: skip
+        from plc_bridge.modbus_server import ModbusTagServer
+
+        self.image = image
+        self.on_command = on_command
+        self.refuse_with: int | None = None
+        self.refuse_probability = 1.0
+        self._rng = random.Random(7)
+        self.server = ModbusTagServer(image.tagmap, host, port, on_write=self._on_write, on_request=self._on_request)
+        tm = image.tagmap
+        self._plain_out = [n for n in image.scalars if not tm[n].writable and tm[n].has_modbus]
+        self._plain_rw = [n for n in image.scalars if tm[n].writable and tm[n].has_modbus]
+        self._fields_out = [f for f in image.cells if not tm[tm.cell_tags(f)[0]].writable]
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def running(self) -> bool:
+        return self.server.running
+
+    def endpoint(self) -> dict[str, Any]:
+        return {"protocol": "modbus", "host": self.host, "port": self.port}
+
+    async def start(self) -> None:
+        await self.server.start()
+        for n in self._plain_rw:
+            self.server.set(n, self.image.get(n))
+        for n in self.image.take_dirty():
+            self.server.set(n, self.image.get(n))
+        self.publish()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def publish(self) -> None:
+        """Copy measurements (read-only tags) and PLC-changed command tags into the registers."""
+        if not self.server.running:
+            return
+        srv, img = self.server, self.image
+        for n in self._plain_out:
+            srv.set(n, img.scalars[n])
+        for f in self._fields_out:
+            srv.set_array(f, img.cells[f])
+        for n in img.take_dirty():
+            srv.set(n, img.get(n))
+
+    def _on_write(self, w: Any) -> None:
+        for name, value in w.values.items():
+            tag = self.image.tagmap[name]
+            if not tag.writable:
+                continue
+            self.image.set(name, value, by_plc=False)
+            if self.on_command is not None:
+                self.on_command(name, value)
+
+    def _on_request(self, info: Any) -> int | None:
+        code = self.refuse_with
+        if code and (self.refuse_probability >= 1.0 or self._rng.random() < self.refuse_probability):
+            return int(code)
+        return None
+
+
+class OpcUaEdge:
+    """A ``PlcImage`` served over OPC UA (see module docstring)."""
+
+    protocol = "opcua"
+
+    def __init__(self, image: PlcImage, host: str = "127.0.0.1", port: int = 0, path: str = "/plc/",
+                 on_command: CommandHook | None = None) -> None:  # fmt: skip
+        self.image = image
+        self.host = host
+        self._port = int(port)
+        self.path = path if path.startswith("/") else "/" + path
+        self.on_command = on_command
+        self.namespace_uri = opcua_namespace(image.tagmap.instance)
+        #: when set (a ``ua.StatusCodes`` value), every Read of a tag returns this Bad status
+        self.bad_status: int | None = None
+        self._server: Any = None
+        self._stamp = datetime.now(timezone.utc)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"opc.tcp://{self.host}:{self._port}{self.path}"
+
+    def endpoint(self) -> dict[str, Any]:
+        return {"protocol": "opcua", "host": self.host, "port": self._port, "path": self.path,
+                "namespace": self.namespace_uri}  # fmt: skip
+
+    def publish(self) -> None:
+        """Nothing to copy (reads are served from the image); stamps the source time."""
+        self._stamp = datetime.now(timezone.utc)
+        self.image.take_dirty()
+
+    async def start(self) -> None:
+        from asyncua import Server
+
+        if self._server is not None:
+            return
+        if self._port == 0:
+            from plc_bridge.opcua_server import free_port
+
+            self._port = free_port(self.host)
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.endpoint_url)
+        server.set_server_name(f"simulated PLC {self.image.tagmap.instance}")
+        from asyncua import ua
+
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await server.register_namespace(self.namespace_uri)
+        await self._build(server, idx)
+        await server.start()
+        self._server = server
+        log.info("opcua_plc_started", plc=self.image.tagmap.instance, url=self.endpoint_url, tags=len(self.image.tagmap))
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        task = getattr(server.iserver, "time_task", None)
+        if task is not None:  # asyncua's 1 s clock task would delay stop()
+            server.iserver._time_task_stop = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            server.iserver.time_task = None
+        with contextlib.suppress(Exception):
+            await server.stop()
+        log.info("opcua_plc_stopped", plc=self.image.tagmap.instance)
+
+    # ------------------------------------------------------------------ address space
+
+    async def _build(self, server: Any, idx: int) -> None:
+        from asyncua import ua
+
+        items: list[Any] = []
+        objects: dict[str, ua.NodeId] = {}
+        leaves: list[tuple[Tag, ua.NodeId, ua.VariantType]] = []
+        root = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        for tag in self.image.tagmap:
+            if not tag.browse_path:
+                continue
+            parts = [p for p in tag.browse_path.strip("/").split("/") if p]
+            if parts and parts[0] == "Objects":
+                parts = parts[1:]
+            if not parts:
+                continue
+            parent = root
+            for depth in range(len(parts) - 1):
+                key = ".".join(parts[: depth + 1])
+                nid = objects.get(key)
+                if nid is None:
+                    nid = ua.NodeId(key, idx)
+                    objects[key] = nid
+                    items.append(_object_item(ua, nid, ua.QualifiedName(parts[depth], idx), parent,
+                                              ua.ObjectIds.Organizes if depth == 0 else ua.ObjectIds.HasComponent))
+                parent = nid
+            vt = variant_type(tag)
+            nid = ua.NodeId.from_string(tag.node_id) if tag.node_id else ua.NodeId(".".join(parts), idx)
+            value = ua.Variant(_coerce(vt, self.image.get(tag.name)), vt)
+            items.append(_variable_item(ua, nid, ua.QualifiedName(parts[-1], idx), parent, value, tag))
+            leaves.append((tag, nid, vt))
+        results = await server.iserver.isession.add_nodes(items)
+        for item, res in zip(items, results):
+            if not res.StatusCode.is_good():
+                raise RuntimeError(f"OPC UA node {item.RequestedNewNodeId.to_string()}: {res.StatusCode.name}")
+        aspace = server.iserver.aspace
+        for tag, nid, vt in leaves:
+            aspace.set_attribute_value_callback(nid, ua.AttributeIds.Value, self._reader(tag, vt))
+            if tag.writable:
+                aspace.set_attribute_value_setter(nid, ua.AttributeIds.Value, self._writer(tag, vt))
+
+    def _reader(self, tag: Tag, vt: Any) -> Callable[[Any, Any], Any]:
+        from asyncua import ua
+
+        name, image = tag.name, self.image
+
+        def read(_nid: Any, _attr: Any) -> Any:
+            if self.bad_status is not None:
+                return ua.DataValue(StatusCode=ua.StatusCode(self.bad_status), ServerTimestamp=self._stamp)
+            return ua.DataValue(ua.Variant(_coerce(vt, image.get(name)), vt), SourceTimestamp=self._stamp,
+                                ServerTimestamp=self._stamp)  # fmt: skip
+
+        return read
+
+    def _writer(self, tag: Tag, vt: Any) -> Callable[[Any, Any, Any], None]:
+        from asyncua import ua
+
+        name = tag.name
+
+        def write(_nodedata: Any, _attr: Any, dv: Any) -> None:
+            v = dv.Value
+            if v is None or v.VariantType != vt:
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadTypeMismatch)
+            x = v.Value
+            if tag.type is not DataType.BOOL:
+                fx = float(x)
+                if not math.isfinite(fx) or fx < tag.lo or fx > tag.hi:
+                    log.warning("opcua_plc_write_rejected", tag=name, value=x, min=tag.min, max=tag.max)
+                    raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
+            self.image.set(name, x, by_plc=False)
+            if self.on_command is not None:
+                self.on_command(name, x)
+
+        return write
+
+
+def variant_type(tag: Tag) -> Any:
+    """OPC UA VariantType a simulated PLC serves ``tag`` as (see module docstring)."""
+    from asyncua import ua
+
+    if tag.type is DataType.BOOL:
+        return ua.VariantType.Boolean
+    if tag.type.is_int and (tag.scale != 1.0 or tag.offset != 0.0):
+        return ua.VariantType.Double
+    return {
+        DataType.INT16: ua.VariantType.Int16,
+        DataType.UINT16: ua.VariantType.UInt16,
+        DataType.INT32: ua.VariantType.Int32,
+        DataType.UINT32: ua.VariantType.UInt32,
+        DataType.FLOAT32: ua.VariantType.Float,
+        DataType.FLOAT64: ua.VariantType.Double,
+    }[tag.type]
+
+
+def _coerce(vt: Any, value: Any) -> Any:
+    from asyncua import ua
+
+    if vt == ua.VariantType.Boolean:
+        return bool(value)
+    if vt in (ua.VariantType.Float, ua.VariantType.Double):
+        return float(value)
+    v = float(value)
+    return int(v) if math.isfinite(v) else 0
+
+
+def _object_item(ua: Any, nid: Any, qname: Any, parent: Any, ref: int) -> Any:
+    item = ua.AddNodesItem()
+    item.RequestedNewNodeId = nid
+    item.BrowseName = qname
+    item.NodeClass = ua.NodeClass.Object
+    item.ParentNodeId = parent
+    item.ReferenceTypeId = ua.NodeId(ref)
+    item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseObjectType)
+    attrs = ua.ObjectAttributes()
+    attrs.DisplayName = ua.LocalizedText(qname.Name)
+    attrs.EventNotifier = 0
+    item.NodeAttributes = attrs
+    return item
+
+
+def _variable_item(ua: Any, nid: Any, qname: Any, parent: Any, value: Any, tag: Tag) -> Any:
+    item = ua.AddNodesItem()
+    item.RequestedNewNodeId = nid
+    item.BrowseName = qname
+    item.NodeClass = ua.NodeClass.Variable
+    item.ParentNodeId = parent
+    item.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasComponent)
+    item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
+    attrs = ua.VariableAttributes()
+    attrs.DisplayName = ua.LocalizedText(qname.Name)
+    desc = f"{tag.description} [{tag.unit}]" if tag.unit else tag.description
+    attrs.Description = ua.LocalizedText(desc)
+    attrs.DataType = ua.NodeId(value.VariantType.value)
+    attrs.Value = value
+    attrs.ValueRank = ua.ValueRank.Scalar
+    access = ua.AccessLevel.CurrentRead.mask | (ua.AccessLevel.CurrentWrite.mask if tag.writable else 0)
+    attrs.AccessLevel = access
+    attrs.UserAccessLevel = access
+    attrs.MinimumSamplingInterval = 0.0
+    item.NodeAttributes = attrs
+    return item
+
+
+def make_edge(protocol: str, image: PlcImage, host: str = "127.0.0.1", port: int = 0,
+              on_command: CommandHook | None = None) -> ModbusEdge | OpcUaEdge:  # fmt: skip
+    """An edge for ``protocol`` ("modbus" | "opcua")."""
+    if protocol == "modbus":
+        return ModbusEdge(image, host, port, on_command)
+    if protocol == "opcua":
+        return OpcUaEdge(image, host, port, on_command=on_command)
+    raise ValueError(f"unknown PLC protocol {protocol!r}; expected 'modbus' or 'opcua'")
+

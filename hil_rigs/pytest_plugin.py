@@ -1,0 +1,243 @@
+"""pytest plugin: a HIL rig on free loopback ports, torn down after the test.
+
+Register it with ``pytest_plugins = ["hil_rigs.pytest_plugin"]`` (``tests/conftest.py``
+does). Fixtures:
+
+* ``rig`` — a ``HilRig`` (async tests; pytest-asyncio auto mode)::
+
+      async def test_storm(rig):
+          await rig.start("ae_storm", **{"scenario.duration_s": 900, "plant.cells": 32})
+          await rig.start_controller()            # BridgePlant + PotController, over the wire
+          await rig.run()                         # until the scenario's end
+          rig.assert_all_aes_detected()
+          rig.assert_all_aes_quenched()
+          rig.assert_no_errors()                  # neither the rig nor the controller raised
+
+  By default the rig runs in a child process (``python -m hil_rigs serve``) and the
+  controller in the test process; ``start(..., process=False)`` keeps the rig in the
+  test's event loop (fast unit-style tests, direct access via ``rig.rig``).
+  Faults: ``await rig.inject({"kind": "link_drop", "target": "all", "duration_s": 60})``.
+* ``hil_scenario`` — ``load_scenario`` (``hil_scenario("ae_storm", **overrides)``).
+
+Markers registered: ``hil`` (real sockets, a rig) — CI runs the short versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hil_rigs.faults import Fault
+from hil_rigs.report import RigAssertionError, RigReport
+from hil_rigs.scenarios import Scenario, load_scenario
+
+__all__ = ["HilRig"]
+
+
+class HilRig:
+    """A rig (in a child process or in-process) plus, optionally, the controller against it."""
+
+    def __init__(self, tmp_path: Any = None) -> None:
+        self.tmp_path = tmp_path
+        self.scenario: Scenario | None = None
+        self.proc: Any = None  # RigProcess
+        self.rig: Any = None  # in-process Rig
+        self.session: Any = None  # ControllerSession
+        self.endpoints: dict[str, Any] = {}
+        self.final: RigReport | None = None
+        self.inject_times: list[tuple[float, Fault]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, scenario: Scenario | str, *, process: bool = True, speed: float | None = None,
+                    **overrides: Any) -> "HilRig":  # fmt: skip
+        """Start a rig for ``scenario`` (name, path or ``Scenario``) with dotted ``overrides``."""
+        sc = load_scenario(scenario, **overrides)
+        self.scenario = sc
+        if process:
+            from hil_rigs.process import RigProcess
+
+            wd = None if self.tmp_path is None else self.tmp_path / f"rig-{sc.name}"
+            self.proc = RigProcess(sc, speed=speed, workdir=wd, max_wall_s=600.0)
+            self.endpoints = await self.proc.start()
+        else:
+            from hil_rigs.rig import Rig
+
+            self.rig = await Rig(sc, speed=speed).start()
+            self.endpoints = self.rig.endpoints()
+        return self
+
+    async def start_controller(self, **kw: Any) -> Any:
+        """Connect a ``ControllerSession`` (bridge + controller) to the rig's PLCs."""
+        from hil_rigs.session import ControllerSession
+
+        assert self.scenario is not None, "start() the rig first"
+        clock = self.rig.clock if self.rig is not None else None
+        self.session = await ControllerSession(self.scenario, self.endpoints, clock=clock, **kw).start()
+        return self.session
+
+    async def run(self, until_s: float | None = None) -> None:
+        """Run the controller until plant time ``until_s`` (default: scenario end); without a
+        controller, just wait for the rig's clock."""
+        end = self.scenario.duration_s if until_s is None else until_s  # type: ignore[union-attr]
+        if self.session is not None:
+            await self.session.run(end)
+        else:
+            await self.wait_until(end)
+
+    def run_in_background(self, until_s: float | None = None) -> asyncio.Task[None]:
+        assert self.session is not None, "start_controller() first"
+        return self.session.run_in_background(until_s)
+
+    def now(self) -> float:
+        """Plant time [s] (the rig's clock)."""
+        if self.rig is not None:
+            return self.rig.now()
+        if self.session is not None:
+            return self.session.clock.now()
+        from hil_rigs.session import aligned_clock
+
+        return aligned_clock(float(self.endpoints["speed"]), float(self.endpoints["epoch_monotonic"])).now()
+
+    async def wait_until(self, t_s: float) -> None:
+        """Sleep until plant time ``t_s``."""
+        speed = float(self.endpoints.get("speed", 1.0))
+        while self.now() < t_s:
+            await asyncio.sleep(min(0.05, max((t_s - self.now()) / speed, 0.001)))
+
+    async def inject(self, fault: Fault | dict[str, Any]) -> float:
+        """Inject a fault now; returns the plant time it took effect."""
+        f = fault if isinstance(fault, Fault) else Fault.model_validate(fault)
+        if self.proc is not None:
+            t = await self.proc.inject(f)
+        else:
+            await self.rig.inject(f)
+            t = self.rig.now()
+        self.inject_times.append((t, f))
+        return t
+
+    async def clear(self, fault: Fault | dict[str, Any]) -> float:
+        f = fault if isinstance(fault, Fault) else Fault.model_validate(fault)
+        if self.proc is not None:
+            return await self.proc.clear(f)
+        await self.rig.clear(f)
+        return self.rig.now()
+
+    async def report(self) -> RigReport:
+        """The rig's report (final once ``finish()`` ran)."""
+        if self.final is not None:
+            return self.final
+        if self.proc is not None:
+            return await self.proc.report()
+        return self.rig.report()
+
+    async def finish(self) -> RigReport:
+        """Stop the controller, then the rig; keep and return the final report."""
+        if self.final is not None:
+            return self.final
+        if self.session is not None:
+            await self.session.stop()
+        if self.proc is not None:
+            self.final = await self.proc.stop()
+        elif self.rig is not None:
+            await self.rig.stop()
+            self.final = self.rig.report()
+        assert self.final is not None
+        return self.final
+
+    async def close(self) -> None:
+        """Teardown: stop whatever still runs (never raises)."""
+        try:
+            if self.session is not None:
+                await self.session.stop()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            if self.proc is not None:
+                if self.final is None:
+                    await self.proc.stop()
+                await self.proc.close()
+            elif self.rig is not None and self.rig.running:
+                await self.rig.stop()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ assertions (final report)
+
+    def _final(self) -> RigReport:
+        if self.final is None:
+            raise RuntimeError("call `await rig.finish()` before the assertions (or use the async a-variants)")
+        return self.final
+
+    def assert_no_errors(self) -> None:
+        """No exception in the rig process (scan loop, hooks, exit code, stderr) nor in the controller loop."""
+        rep = self._final()
+        rep.assert_no_errors()
+        proc = rep.process
+        if proc:
+            if proc.get("returncode") not in (0, None):
+                raise RigAssertionError(f"rig process exited with {proc['returncode']}:\n{proc.get('stderr_tail')}")
+            if proc.get("traceback"):
+                raise RigAssertionError(f"rig process printed a traceback:\n{proc.get('stderr_tail')}")
+        if self.session is not None and self.session.errors:
+            raise RigAssertionError(f"controller loop raised {len(self.session.errors)}x:\n{self.session.errors[0]}")
+
+    def detection_window_s(self) -> float:
+        """How long an AE must stay visible to be confirmable: (confirm samples + 1) scans,
+        plus half a wall second of plant time (sockets do not accelerate)."""
+        assert self.session is not None, "no controller ran"
+        confirm = self.session.controller.cfg.detection.confirm_samples
+        return (confirm + 1) * self.session.scan_s + 0.5 * float(self.endpoints.get("speed", 1.0))
+
+    def assert_all_aes_quenched(self, max_duration_s: float | None = None, min_aes: int | None = None) -> None:
+        """Every AE under the controller that lasted beyond the detection window got a quench
+        command from it and ended within ``max_duration_s`` (default: the scenario's)."""
+        rep = self._final()
+        n = min_aes if min_aes is not None else max(int(rep.expect.get("min_aes", 1)), 1)
+        rep.assert_all_aes_quenched(max_duration_s, min_aes=n, min_visible_s=self.detection_window_s())
+
+    def assert_all_aes_detected(self, tolerance_s: float | None = None) -> None:
+        """Every AE under the controller that lasted beyond the detection window was detected
+        by it on the right cell within ``tolerance_s`` (default: the detection window)."""
+        win = self.detection_window_s()
+        tol = tolerance_s if tolerance_s is not None else win
+        self._final().assert_all_aes_detected(self.session.detected(), tol, min_visible_s=win)
+
+    def assert_amperage_held(self, band_ka: float, after_s: float = 0.0, line: int = 0) -> float:
+        return self._final().assert_amperage_held(band_ka, after_s, line)
+
+    def assert_fell_back_to_local(self, device: str, after_s: float, within_s: float) -> float:
+        return self._final().assert_fell_back_to_local(device, after_s, within_s)
+
+    def assert_back_to_remote(self, device: str, after_s: float, within_s: float) -> float:
+        return self._final().assert_back_to_remote(device, after_s, within_s)
+
+    def assert_bumpless(self, t_resume: float, max_step_ka: float, line: int = 0) -> float:
+        return self._final().assert_bumpless(t_resume, max_step_ka, line)
+
+    def controller_events(self, kind: str | None = None) -> list[tuple[float, str, int, str]]:
+        ev = self.session.events if self.session is not None else []
+        return [e for e in ev if kind is None or e[1] == kind]
+
+
+@pytest.fixture
+async def rig(tmp_path: Any):  # noqa: ANN201
+    """A ``HilRig``; whatever it started is torn down after the test."""
+    h = HilRig(tmp_path)
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+@pytest.fixture
+def hil_scenario():  # noqa: ANN201
+    """``load_scenario`` as a fixture: ``hil_scenario("ae_storm", **{"plant.cells": 16})``."""
+    return load_scenario
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "hil: hardware-in-the-loop scenario over real sockets")
+
