@@ -1,0 +1,228 @@
+"""The daemon as a real process against a HIL rig on loopback.
+
+Mode switching (operator OPC UA call, mode file, signals) with every switch journalled,
+the PLCs going remote only in ``control``, SIGTERM handing control back to local before
+the process exits, ``kill -9`` at a random moment and a restart with the journal intact,
+a PLC that is down at start and one that drops and comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+
+import pytest
+from asyncua import ua
+
+from plc_bridge.opcua_security import hash_password
+from tests.test_daemon_support import (
+    DaemonProcess,
+    aget,
+    call_set_mode,
+    daemon_config,
+    journal_events,
+    metric,
+    read_mirror,
+    rig_scenario,
+    start_rig,
+)
+
+pytestmark = [pytest.mark.hil, pytest.mark.timeout(180)]
+
+
+def _security(tmp_path) -> dict:
+    return {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": False,
+            "allow_no_security": True, "anonymous": "read_only",
+            "users": {"op": {"role": "operator", "password_hash": hash_password("op-pass")},
+                      "view": {"role": "viewer", "password_hash": hash_password("view-pass")}}}  # fmt: skip
+
+
+def _remote(rig, device: str) -> bool:
+    """Is the rig's PLC in remote (the controller in charge)? Read from the PLC's own memory."""
+    return bool(rig.plc(device).image.get("remote"))
+
+
+async def _until(pred, timeout: float, what: str, step: float = 0.05) -> None:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out ({timeout} s) waiting for {what}")
+        await asyncio.sleep(step)
+
+
+async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path) -> None:
+    rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
+    dp = None
+    try:
+        cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": _security(tmp_path)})
+        ports = data["_ports"]
+        journal = tmp_path / "state" / "journal.db"
+        dp = await DaemonProcess(cfg).start()
+        first = await dp.wait_event("daemon.first_cycle", timeout=30)
+        assert first["startup_s"] < 10.0
+        status, body = await aget(f"http://127.0.0.1:{ports['metrics']}/readyz")
+        assert status == 200, body
+        # observe: nothing written, the PLCs stay in local
+        await asyncio.sleep(1.0)
+        assert not _remote(rig, "potroom:Potroom1") and not _remote(rig, "rectifier:Line1")
+
+        # an anonymous or viewer client may not switch modes; an operator may
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await call_set_mode(ports["opcua"], "shadow")
+        assert err.value.code == ua.StatusCodes.BadUserAccessDenied
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await call_set_mode(ports["opcua"], "control", "view", "view-pass")
+        assert err.value.code == ua.StatusCodes.BadUserAccessDenied
+        assert await call_set_mode(ports["opcua"], "shadow", "op", "op-pass") == "observe"
+        assert (await read_mirror(ports["opcua"], "Twin.Mode"))[0] == "shadow"
+        await dp.wait_event("shadow.would_write", timeout=30)
+        assert not _remote(rig, "potroom:Potroom1")  # shadow sends nothing, not even the heartbeat
+
+        # the mode file (written by the service user) -> control: heartbeat runs, PLCs go remote
+        mode_file = tmp_path / "state" / "mode"
+        mode_file.write_text("control\n")
+        os.chmod(mode_file, 0o600)
+        await dp.wait_event("mode.changed", timeout=10, pred=lambda e: e["mode"] == "control")
+        await _until(lambda: _remote(rig, "potroom:Potroom1") and _remote(rig, "rectifier:Line1"), 20,
+                     "PLCs in remote under control")  # fmt: skip
+        status, text = await aget(f"http://127.0.0.1:{ports['metrics']}/metrics")
+        assert metric(text, "potline_mode", mode="control") == 1.0
+
+        # SIGUSR2: hands off (observe) at once; the PLCs fall back to local on their watchdog
+        n = len(dp.events)
+        dp.signal(signal.SIGUSR2)
+        await dp.wait_event("mode.changed", timeout=10, pred=lambda e: e["mode"] == "observe", after=n)
+        await _until(lambda: not _remote(rig, "potroom:Potroom1"), 20 / 20 * 3 + 5, "potroom back in local")
+        # SIGUSR1 re-applies the mode file ("control") on demand
+        n = len(dp.events)
+        dp.signal(signal.SIGUSR1)
+        await dp.wait_event("mode.changed", timeout=10, pred=lambda e: e["mode"] == "control", after=n)
+        await _until(lambda: _remote(rig, "potroom:Potroom1"), 20, "potroom remote again")
+
+        # SIGTERM: stop commanding, wait until the PLCs report local, then exit 0
+        dp.signal(signal.SIGTERM)
+        rc = await dp.wait(60)
+        assert rc == 0, dp.tail()
+        assert not _remote(rig, "potroom:Potroom1") and not _remote(rig, "rectifier:Line1")
+        done = dp.find("daemon.handback_done")
+        assert done, dp.tail()
+        stopped = dp.find("daemon.stopped")[0]
+        assert done[0]["_mono"] <= stopped["_mono"]
+
+        ev = journal_events(journal)
+        changes = [(e.data["from"], e.data["to"], e.source, e.user) for e in ev if e.kind == "mode_change"]
+        assert changes == [("observe", "shadow", "opcua", "op"), ("shadow", "control", "mode_file", changes[1][3]),
+                           ("control", "observe", "SIGUSR2", None), ("observe", "control", "SIGUSR1", changes[3][3])]
+        refused = [e for e in ev if e.kind == "mode_refused"]
+        assert refused == []  # access-denied calls never reach the daemon's handler
+        kinds = [e.kind for e in ev]
+        assert kinds[0] == "daemon_start" and kinds[-1] == "daemon_stop"
+        hb = [e for e in ev if e.kind == "handback" and e.data.get("ok") is not None]
+        assert hb and hb[-1].data["ok"] is True
+        assert [e.id for e in ev] == list(range(1, len(ev) + 1))
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+
+
+async def test_kill_9_loses_no_committed_entry_and_restarts_cleanly(tmp_path) -> None:
+    rig = await start_rig(rig_scenario(speed=40.0, storm_every_s=120.0, storm_start_s=30.0))
+    try:
+        cfg, data = daemon_config(tmp_path, rig, mode="control")
+        journal = tmp_path / "state" / "journal.db"
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_event("daemon.first_cycle", timeout=30)
+        # let it journal (AEs, setpoint and beam writes), then SIGKILL at a random moment
+        await asyncio.sleep(random.uniform(3.0, 6.0))
+        seen = journal_events(journal)  # committed entries, read by another process meanwhile
+        await asyncio.sleep(random.uniform(0.0, 1.0))
+        assert await dp.kill() == -signal.SIGKILL
+        after_kill = journal_events(journal)
+        ids = [e.id for e in after_kill]
+        assert ids == list(range(1, len(ids) + 1)), "journal ids must have no gaps"
+        by_id = {e.id: e for e in after_kill}
+        for e in seen:  # every entry committed before the kill is still there, unchanged
+            assert by_id[e.id].kind == e.kind and by_id[e.id].ts_utc == e.ts_utc and by_id[e.id].detail == e.detail
+        assert len(after_kill) >= len(seen) > 2
+        assert any(e.kind == "ae_start" for e in after_kill), "the storm's AEs are journalled"
+        assert not any(e.kind == "daemon_stop" for e in after_kill)
+
+        # restart: same journal, clean start, the crash is recorded, numbering continues
+        dp2 = await DaemonProcess(cfg).start()
+        await dp2.wait_event("daemon.first_cycle", timeout=30)
+        assert await dp2.stop() == 0
+        final = journal_events(journal)
+        ids = [e.id for e in final]
+        assert ids == list(range(1, len(ids) + 1))
+        new = final[len(after_kill):]
+        assert [e.kind for e in new][:2] == ["unclean_shutdown", "daemon_start"]
+        assert new[0].data["last_id"] == after_kill[-1].id
+        assert new[-1].kind == "daemon_stop"
+        from plc_bridge.journal import Journal
+
+        j = Journal(journal, readonly=True)
+        assert j.integrity_check() == "ok"
+        j.close()
+    finally:
+        await rig.stop()
+
+
+async def test_plc_down_at_start_daemon_waits_then_connects_and_survives_a_drop(tmp_path) -> None:
+    from plc_bridge.opcua_server import free_port
+
+    ports = {"rectifier": free_port(), "potroom": free_port()}
+    cfg0, data = daemon_config(tmp_path, None, mode="observe", ports=ports)
+    journal = tmp_path / "state" / "journal.db"
+    dp = await DaemonProcess(cfg0).start()
+    rig = None
+    try:
+        # nobody listens: the daemon starts anyway, runs cycles, and says it is not ready
+        first = await dp.wait_event("daemon.first_cycle", timeout=30)
+        assert first["plc_up"] == {"rectifier1": False, "potroom1": False}
+        m = data["_ports"]["metrics"]
+        status, body = await aget(f"http://127.0.0.1:{m}/readyz")
+        assert status == 503 and "PLC links down" in body
+        assert (await aget(f"http://127.0.0.1:{m}/healthz"))[0] == 200
+        await asyncio.sleep(2.0)
+        assert dp.returncode is None
+        await dp.stop()
+
+        # the rig comes up on the configured... ports are the rig's own: restart the daemon at them
+        rig = await start_rig(rig_scenario(speed=20.0))
+        cfg, data = daemon_config(tmp_path, rig, mode="observe")
+        h = rig.plc("potroom:Potroom1")
+        h.proxy.drop("refuse")  # the potroom PLC is unreachable when the daemon starts
+        dp = await DaemonProcess(cfg).start()
+        first = await dp.wait_event("daemon.first_cycle", timeout=30)
+        assert first["plc_up"] == {"rectifier1": True, "potroom1": False}
+        await asyncio.sleep(1.0)
+        h.proxy.restore()
+        await dp.wait_event("plc.comms_restored", timeout=20, pred=lambda e: e["plc"] == "potroom1")
+        m = data["_ports"]["metrics"]
+        status, _ = await aget(f"http://127.0.0.1:{m}/readyz")
+        assert status == 200
+        # it drops again mid-run and comes back: journalled both ways, the process never exits
+        n = len(dp.events)
+        h.proxy.drop("blackhole")
+        await dp.wait_event("plc.comms_lost", timeout=20, pred=lambda e: e["plc"] == "potroom1", after=n)
+        status, body = await aget(f"http://127.0.0.1:{m}/readyz")
+        assert status == 503 and "potroom1" in body
+        h.proxy.restore()
+        await dp.wait_event("plc.comms_restored", timeout=20, pred=lambda e: e["plc"] == "potroom1", after=n)
+        _, text = await aget(f"http://127.0.0.1:{m}/metrics")
+        assert metric(text, "potline_plc_up", plc="potroom1") == 1.0
+        assert metric(text, "potline_plc_comms_faults_total", plc="potroom1") >= 2
+        assert await dp.stop() == 0
+        ev = journal_events(journal, categories=["comms"])
+        kinds = [e.kind for e in ev if e.source == "potroom1"]
+        # first run: down from the start; second run: down at start, up, down, up
+        assert kinds == ["comms_lost", "comms_lost", "comms_restored", "comms_lost", "comms_restored"]
+    finally:
+        if dp.returncode is None:
+            await dp.kill()
+        if rig is not None:
+            await rig.stop()
