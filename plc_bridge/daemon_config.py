@@ -92,7 +92,10 @@ class DaemonSection(_Strict):
     mode: Literal["observe", "shadow", "control"] = Field("observe", description="mode at start")
     scan_period_s: float = Field(1.0, gt=0.0, le=60.0, description="control cycle period [plant s]")
     clock_speed: float = Field(1.0, gt=0.0, le=1000.0, description="plant seconds per wall second (HIL only)")
-    hil: bool = Field(False, description="talking to a HIL rig (allows clock_speed != 1)")
+    hil: bool = Field(False, description="talking to a HIL rig (allows clock_speed != 1 and a shared epoch)")
+    clock_epoch_monotonic: float | None = Field(
+        None, description="HIL: plant time = clock_speed x (CLOCK_MONOTONIC - this), the rig's epoch"
+    )
     state_dir: Path = Field(Path("state"), description="journal, mode file, certificates (relative to this file)")
     mode_file: Path | None = Field(
         Path("mode"), description="file whose content (observe|shadow|control) sets the mode; None = off"
@@ -106,13 +109,10 @@ class DaemonSection(_Strict):
         30.0, ge=0.0, le=600.0, description="on stop: wait this long [wall s] for the PLCs to report local"
     )
     stall_s: float = Field(10.0, gt=0.0, le=600.0, description="/healthz fails when no cycle for this long [wall s]")
-    connect_timeout_s: float = Field(
-        2.0, gt=0.0, le=60.0, description="first connection attempt per PLC before starting anyway [wall s]"
-    )
 
 
 class PlcSection(_Strict):
-    """``[[plc]]``: one PLC endpoint and its tag map."""
+    """``[[plc]]``: one PLC endpoint (its tag map comes from ``[tagmaps]`` by kind)."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$", description="label in logs, metrics, journal")
     kind: Literal["rectifier", "potroom"]
@@ -123,15 +123,6 @@ class PlcSection(_Strict):
     port: int = Field(ge=1, le=65535)
     path: str = Field("/plc/", description="OPC UA endpoint path")
     namespace: str | None = Field(None, description="OPC UA namespace URI of the tags (default: the server's last)")
-    tagmap: Path | None = Field(None, description="tag map TOML (default: config/tagmaps/<kind>.toml)")
-    instance: str | None = Field(None, description="instance name in the tag map (default: line/room name)")
-    timeout_s: float = Field(0.5, gt=0.0, le=30.0, description="per-request timeout")
-    retries: int = Field(1, ge=0, le=10)
-    reconnect_max_s: float = Field(2.0, gt=0.0, le=300.0, description="longest wait between reconnects")
-    username: str | None = None
-    password: str | None = Field(None, description="OPC UA login; prefer password_file")
-    password_file: Path | None = None
-    security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
 
     @model_validator(mode="after")
     def _where(self) -> "PlcSection":
@@ -145,16 +136,40 @@ class PlcSection(_Strict):
     def where(self) -> str:
         return str(self.line if self.kind == "rectifier" else self.room)
 
+    @property
+    def device(self) -> str:
+        """The bridge's device name (``rectifier:Line1``, ``potroom:Potroom2``)."""
+        return f"{self.kind}:{self.where}"
+
+
+class TagmapSection(_Strict):
+    """``[tagmaps]``: tag map files per device type (relative to this file)."""
+
+    rectifier: Path | None = Field(None, description="default: config/tagmaps/rectifier.toml")
+    potroom: Path | None = Field(None, description="default: config/tagmaps/potroom.toml (cells resized per room)")
+
 
 class SafetySection(_Strict):
-    """``[safety]``: setpoint-write limits on top of the tag maps' bounds."""
+    """``[safety]``: the bridge's safety-layer settings (plant seconds unless noted)."""
 
     line_current_ramp_ka_per_s: float = Field(0.1, gt=0.0, le=10.0, description="setpoint ramp limit")
-    line_current_min_ka: float | None = Field(None, ge=0.0)
-    line_current_max_ka: float | None = Field(None, gt=0.0)
-    heartbeat_period_s: float = Field(1.0, gt=0.0, le=60.0, description="controller -> PLC counter [plant s]")
-    plc_heartbeat_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="PLC counter stale after [plant s]")
-    max_scan_age_s: float = Field(5.0, gt=0.0, le=600.0, description="no write on data older than [plant s]")
+    setpoint_max_interval_s: float = Field(10.0, gt=0.0, le=600.0, description="longest time credited to a ramp step")
+    line_current_min_ka: float | None = Field(None, ge=0.0, description="tighter than the tag map")
+    line_current_max_ka: float | None = Field(None, gt=0.0, description="tighter than the tag map")
+    stale_after_s: float = Field(10.0, gt=0.0, le=600.0, description="no action on data older than this")
+    plc_heartbeat_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="PLC counter stale after this")
+    ack_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="command acknowledgement timeout")
+    verify_commands: bool = Field(False, description="read back command fields (the ack verifies them anyway)")
+    modbus_timeout_s: float = Field(0.5, gt=0.0, le=30.0, description="per request [wall s]")
+    opcua_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="per request [wall s]")
+    control_needs_all_links: bool = Field(True, description="refuse 'control' while any PLC link is down")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SafetySection":
+        lo, hi = self.line_current_min_ka, self.line_current_max_ka
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"line_current_min_ka={lo} exceeds line_current_max_ka={hi}")
+        return self
 
 
 class MirrorSection(_Strict):
@@ -193,6 +208,7 @@ class DaemonConfig(_Strict):
     plant: dict[str, Any] | None = Field(None, description="inline plant config (instead of daemon.plant_config)")
     control: dict[str, Any] | None = Field(None, description="controller overrides (else the plant's [control])")
     plc: list[PlcSection] = Field(min_length=1, description="the PLCs")
+    tagmaps: TagmapSection = TagmapSection()
     safety: SafetySection = SafetySection()
     opcua: MirrorSection = MirrorSection()
     journal: JournalSection = JournalSection()
@@ -203,8 +219,8 @@ class DaemonConfig(_Strict):
     def _plant_source(self) -> "DaemonConfig":
         if (self.daemon.plant_config is None) == (self.plant is None):
             raise ValueError("give exactly one of daemon.plant_config (a file) or a [plant] table")
-        if self.daemon.clock_speed != 1.0 and not self.daemon.hil:
-            raise ValueError("daemon.clock_speed != 1 is for HIL rigs only: set daemon.hil = true")
+        if (self.daemon.clock_speed != 1.0 or self.daemon.clock_epoch_monotonic is not None) and not self.daemon.hil:
+            raise ValueError("daemon.clock_speed / clock_epoch_monotonic are for HIL rigs only: set daemon.hil = true")
         return self
 
 
@@ -245,7 +261,8 @@ class LoadedConfig:
         config: the validated file.
         plant: the plant config (``twin.config.PlantConfig``).
         control: the controller config (``control.config.ControlConfig``).
-        tagmaps: PLC name -> its ``TagMap``.
+        tagmaps: PLC name -> its ``TagMap`` (potroom maps resized to their room).
+        tagmap_paths: device kind -> tag map file.
         layout: the plant layout (operating cells).
         state_dir, journal_path, mode_file: resolved paths.
         security: the mirror's ``OpcUaSecurityConfig`` (None when the mirror is off).
@@ -256,12 +273,12 @@ class LoadedConfig:
     plant: Any
     control: Any
     tagmaps: dict[str, Any]
+    tagmap_paths: dict[str, Path]
     layout: Any
     state_dir: Path
     journal_path: Path
     mode_file: Path | None
     security: Any
-    plc_passwords: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -431,6 +448,11 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
 
     # ---- tag maps and cross references
     tagmaps: dict[str, Any] = {}
+    raw_tm = data.get("tagmaps") if isinstance(data.get("tagmaps"), dict) else {}
+    tm_paths: dict[str, Path] = {}
+    for kind in ("rectifier", "potroom"):
+        ref = getattr(cfg.tagmaps, kind) if cfg is not None else raw_tm.get(kind)
+        tm_paths[kind] = _resolve(base, Path(ref)) if isinstance(ref, (str, Path)) else DEFAULT_TAGMAPS[kind]
     plcs = list(enumerate(cfg.plc)) if cfg is not None else []
     if cfg is None:
         # validate the PLC entries that are valid on their own, to report tag map problems too
@@ -439,32 +461,42 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                 plcs.append((i, PlcSection.model_validate(item)))
             except (ValidationError, TypeError):
                 pass
-    for i, pc in plcs:
-        key = f"plc[{i}:{pc.name}]"
-        tm_path = _resolve(base, pc.tagmap) if pc.tagmap is not None else DEFAULT_TAGMAPS[pc.kind]
-        instance = pc.instance or pc.where
+    checked: dict[str, Any] = {}
+    for kind in sorted({pc.kind for _, pc in plcs}):
+        path = tm_paths[kind]
+        if not path.is_file():
+            issues.append(Issue(file, f"tagmaps.{kind}", f"file not found: {path}"))
+            continue
         try:
-            tm = load_tagmap(tm_path, instance=instance)
+            tm = load_tagmap(path)
         except TagMapError as exc:
             for prob in exc.problems:
-                # tag map problems already start with their file name
+                # tag map problems read "<file>: <where>: <key>: <message>"
                 f, _, rest = prob.partition(": ")
-                issues.append(Issue(f or str(tm_path), rest.partition(": ")[0] or "<tagmap>",
-                                    rest.partition(": ")[2] or rest))  # fmt: skip
+                where, _, msg = rest.partition(": ")
+                issues.append(Issue(f or str(path), where or "<tagmap>", msg or rest))
             continue
-        if tm.device != pc.kind:
-            issues.append(Issue(file, f"{key}.tagmap",
-                                f"expected a {pc.kind} tag map, {tm_path} is for device {tm.device!r}"))  # fmt: skip
+        if tm.device != kind:
+            issues.append(Issue(file, f"tagmaps.{kind}", f"expected a {kind} tag map, {path} is for device {tm.device!r}"))
             continue
-        tagmaps[pc.name] = tm
-        if pc.password is not None and pc.password_file is not None:
-            issues.append(Issue(file, f"{key}.password", "give password or password_file, not both"))
-        if pc.protocol == "modbus" and (pc.username or pc.password or pc.password_file or pc.security_mode != "None"):
-            issues.append(Issue(file, key, "username/password/security_mode apply to protocol = \"opcua\" only"))
-        if pc.password_file is not None:
-            pf = _resolve(base, pc.password_file)
-            if not pf.is_file():
-                issues.append(Issue(file, f"{key}.password_file", f"file not found: {pf}"))
+        if kind == "potroom" and tm.cells is None:
+            issues.append(Issue(str(path), "cells", "expected a [cells] block in a potroom tag map"))
+            continue
+        checked[kind] = tm
+    if layout is not None:
+        from plc_bridge.plant import potroom_tagmap, rectifier_tagmap
+
+        for _, pc in plcs:
+            if pc.kind not in checked:
+                continue
+            try:
+                if pc.kind == "rectifier":
+                    tagmaps[pc.name] = rectifier_tagmap(pc.where, tm_paths["rectifier"])
+                elif pc.room in layout.room_names:
+                    n = int((layout.cell_room == list(layout.room_names).index(pc.room)).sum())
+                    tagmaps[pc.name] = potroom_tagmap(pc.where, n, tm_paths["potroom"])
+            except (TagMapError, ValueError) as exc:
+                issues.append(Issue(str(tm_paths[pc.kind]), f"{pc.kind} map for {pc.where}", str(exc)))
 
     if cfg is not None:
         names = [pc.name for pc in cfg.plc]
@@ -516,12 +548,6 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
 
     if issues or cfg is None:
         raise DaemonConfigError(issues or [Issue(file, "<top level>", "invalid")])
-    passwords: dict[str, str | None] = {}
-    for pc in cfg.plc:
-        pw = pc.password
-        if pc.password_file is not None:
-            pw = _resolve(base, pc.password_file).read_text(encoding="utf-8").strip()
-        passwords[pc.name] = pw
     mode_file = None
     if cfg.daemon.mode_file is not None:
         mode_file = _resolve(state_dir, cfg.daemon.mode_file)
@@ -531,12 +557,12 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         plant=plant,
         control=control,
         tagmaps=tagmaps,
+        tagmap_paths=tm_paths,
         layout=layout,
         state_dir=state_dir,
         journal_path=_resolve(state_dir, cfg.journal.path),
         mode_file=mode_file,
         security=security,
-        plc_passwords=passwords,
     )
 
 
@@ -554,13 +580,6 @@ def _cross_check(file: str, cfg: DaemonConfig, layout: Any, tagmaps: dict[str, A
                                     f"expected an operating room of the plant ({', '.join(rooms)}), got {pc.room!r}"))  # fmt: skip
                 continue
             by_room.setdefault(str(pc.room), []).append(pc.name)
-            tm = tagmaps.get(pc.name)
-            n_room = int((layout.cell_room == rooms.index(str(pc.room))).sum())
-            if tm is not None:
-                n_map = tm.cells.count if tm.cells is not None else 0
-                if n_map < n_room:
-                    issues.append(Issue(file, f"{key}.tagmap",
-                                        f"expected a tag map with >= {n_room} cells for {pc.room}, it has {n_map}"))  # fmt: skip
         else:
             if pc.line not in lines:
                 issues.append(Issue(file, f"{key}.line",
