@@ -1016,8 +1016,10 @@ class Daemon:
             self._journal("daemon_stop", source="daemon", detail=f"clean stop ({self.stop_reason or 'loop ended'})",
                           data={"pid": os.getpid(), "reason": self.stop_reason, "exit_code": self.exit_code})  # fmt: skip
             self._commit()
+            j = self.journal
+            log.info("journal.closed", committed=j.committed, last_id=j.last_id, pending=j.pending, path=str(j.path))
             with contextlib.suppress(Exception):
-                self.journal.close()
+                j.close()
         log.info("daemon.stopped", exit_code=self.exit_code)
 
 
