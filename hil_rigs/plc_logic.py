@@ -21,6 +21,10 @@ seconds):
   remote setpoints while tripped and until an alarm reset (coil ``alarm_reset``, cleared
   by the PLC) is accepted, clamps setpoints to its own limits and ramps at
   ``ramp_rate_sp``.
+* **Local AE kill** (potroom, in local control): an AE the PLC sees (its own 8 V status
+  bit) for 2 s gets 8 feeder shots and a 15 mm beam lowering, the beam goes back up
+  20 s later, and the dose repeats once a minute after the first while the AE burns;
+  a beam still down when the AE ends is restored.
 * **Bumpless transfer**: when the rectifier returns to remote it copies its active
   setpoint into ``line_current_sp`` (setpoint tracking), so a stale register never
   steps the current.
@@ -67,6 +71,8 @@ RECT_VOLTAGE_LIMIT = 5
 
 #: the PLC's own AE detection threshold [V] (status bit 0)
 PLC_AE_THRESHOLD_V = 8.0
+#: local AE kill: (seconds after the PLC saw the AE, shots, beam move [mm])
+LOCAL_AE_KILL = ((2.0, 8, -15.0), (22.0, 0, 15.0), (62.0, 8, -15.0), (82.0, 0, 15.0))
 
 
 class Watchdog:
@@ -145,8 +151,9 @@ class PotroomLogic:
     """
 
     def __init__(self, image: PlcImage, watchdog_s: float = 10.0, max_shots: int = 10,
-                 max_beam_mm: float = 30.0) -> None:  # fmt: skip
+                 max_beam_mm: float = 30.0, local_ae_kill: bool = True) -> None:  # fmt: skip
         self.image = image
+        self.local_ae_kill_enabled = bool(local_ae_kill)
         self.n = image.n_cells
         self.watchdog = Watchdog(watchdog_s)
         self.max_shots = int(max_shots)
@@ -163,6 +170,10 @@ class PotroomLogic:
         self._beam_ack0 = np.zeros(self.n)
         self._first = True
         self._count_from_here = True
+        self._ae_seen = np.full(self.n, np.nan)
+        self._kill_step = np.zeros(self.n, dtype=np.int64)
+        self._kill_down = np.zeros(self.n)
+        self.local_kills = 0
 
     def restart(self) -> None:
         """Power cycle: memory zeroed, watchdog forgotten, local until the heartbeat returns."""
@@ -220,6 +231,33 @@ class PotroomLogic:
         img.scalars["remote"] = float(remote)
         return PotroomScan(shots, moves, remote, changed, np.asarray(fed, dtype=np.int64),
                            np.asarray(moved, dtype=np.int64), refused)  # fmt: skip
+
+    def local_ae_kill(self, now: float, cut_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The PLC's own AE kill while in local control: (shots, beam moves [mm]) to carry out now."""
+        shots = np.zeros(self.n, dtype=np.int64)
+        moves = np.zeros(self.n)
+        ae = self.image.cell_field("ae") & ~np.asarray(cut_out, dtype=bool)
+        active = ae & (not self.remote) & self.local_ae_kill_enabled
+        ended = ~active & ~np.isnan(self._ae_seen)
+        if ended.any():
+            moves[ended] -= self._kill_down[ended]  # beam back where it was
+            self._kill_down[ended] = 0.0
+            self._ae_seen[ended] = np.nan
+            self._kill_step[ended] = 0
+        new = active & np.isnan(self._ae_seen)
+        self._ae_seen[new] = now
+        for k in np.flatnonzero(active).tolist():
+            step = int(self._kill_step[k])
+            while step < len(LOCAL_AE_KILL) and now - self._ae_seen[k] >= LOCAL_AE_KILL[step][0]:
+                _, n, mm = LOCAL_AE_KILL[step]
+                shots[k] += n
+                moves[k] += mm
+                self._kill_down[k] -= mm
+                if step == 0:
+                    self.local_kills += 1
+                step += 1
+            self._kill_step[k] = step
+        return shots, moves
 
     def _refuse_feed(self, k: int, remote: bool, cut_out: np.ndarray, n: float) -> str:
         if not remote:

@@ -80,14 +80,15 @@ class RigReport:
     def remote_aes(self, min_visible_s: float = 0.0) -> list[dict[str, Any]]:
         """AEs that became visible while their room was under remote control.
 
-        ``min_visible_s`` drops AEs that died by themselves within that long of becoming
-        visible (too short for any detector that confirms on consecutive scans).
+        ``min_visible_s`` drops AEs that died by themselves (no quench command) within that
+        long of becoming visible: too short for any detector that confirms on consecutive scans.
         """
         out = []
         for a in self.aes:
             if not a["room_remote"] or math.isnan(a["visible_s"]):
                 continue
-            if min_visible_s > 0 and not math.isnan(a["end_s"]) and a["end_s"] - a["visible_s"] < min_visible_s:
+            short = not math.isnan(a["end_s"]) and a["end_s"] - a["visible_s"] < min_visible_s
+            if min_visible_s > 0 and short and math.isnan(a["first_cmd_s"]):
                 continue
             out.append(a)
         return out

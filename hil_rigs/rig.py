@@ -153,8 +153,8 @@ class Rig:
 
         sc = self.scenario
         cfg = sc.plant_config()
-        if not sc.rig.ae_quench_local:
-            cfg = cfg.model_copy(update={"local_control": cfg.local_control.model_copy(update={"ae_quench": False})})
+        # the potroom PLC logic kills AEs in local control (hil_rigs.plc_logic), not the twin
+        cfg = cfg.model_copy(update={"local_control": cfg.local_control.model_copy(update={"ae_quench": False})})
         pl = Potline(cfg, parallel=sc.plant.parallel)
         self._S_AE = S_AE
         pl.advance(pl.dt_s)  # compile / load the kernels before the clock starts
@@ -182,7 +182,7 @@ class Rig:
             self._cell_pos[cells] = np.arange(cells.size)
             tm = potroom_tagmap(room, cells.size)
             img = PlcImage(tm)
-            logic = PotroomLogic(img, watchdog)
+            logic = PotroomLogic(img, watchdog, local_ae_kill=sc.rig.ae_quench_local)
             dev = f"potroom:{room}"
             edge = make_edge(sc.protocols.potroom, img, self.host, 0, self._command_hook(dev))
             h = PlcHandle(dev, "potroom", ri, img, logic, edge, cells=cells,
@@ -566,6 +566,10 @@ class Rig:
                 self._record_mode(h, now, res.remote)
             shots[c] = res.shots
             moves[c] = res.beam_mm
+            if not res.remote:
+                k_shots, k_moves = h.logic.local_ae_kill(now, m["cut_out"][c])
+                shots[c] += k_shots
+                moves[c] += k_moves
             self.commands["feed"] += int(res.fed_cells.size)
             self.commands["beam"] += int(res.moved_cells.size)
             for _, what, why in res.refused:
