@@ -240,7 +240,7 @@ class PotroomLogic:
         active = ae & (not self.remote) & self.local_ae_kill_enabled
         ended = ~active & ~np.isnan(self._ae_seen)
         if ended.any():
-            moves[ended] -= self._kill_down[ended]  # beam back where it was
+            moves[ended] += self._kill_down[ended]  # beam back where it was
             self._kill_down[ended] = 0.0
             self._ae_seen[ended] = np.nan
             self._kill_step[ended] = 0
