@@ -79,6 +79,7 @@ class AEPredictor:
         self.alarm_since = np.full(n, np.nan)
         self.alarms_raised = 0
         self._persist = np.zeros(n, dtype=np.int64)
+        self._sig_cache: dict[tuple[float, float], np.ndarray] = {}
         #: latest observer alumina estimate [wt %] (None without observer)
         self.alumina_wt_pct: np.ndarray | None = None
 
@@ -96,6 +97,7 @@ class AEPredictor:
         self._r_fit_t[mask] = np.nan
         self.slope[mask] = np.nan
         self.slope_se[mask] = np.nan
+        self._sig_cache.clear()
         self.r_ref[mask] = np.nan
         self.tta_slope_s[mask] = np.inf
         self.time_to_ae_s[mask] = np.minimum(self.tta_obs_s[mask], np.inf)
@@ -246,6 +248,7 @@ class AEPredictor:
             sxx_c = sxx - sx * sx / np.maximum(n, 1)
             se = np.sqrt(s2 / sxx_c) * 1e3  # nΩ/min
         self.slope_se = np.where(good, se, np.where((n < cfg.min_samples), np.nan, self.slope_se))
+        self._sig_cache.clear()
         self.n_fit = n
         fresh = (n < cfg.min_samples) | ~np.isfinite(self.r_fit)
         # a period without a usable mean (e.g. around a beam move) holds the last estimate
@@ -268,10 +271,15 @@ class AEPredictor:
     def significant(self, threshold_nohm_per_min: float, z: float | None = None) -> np.ndarray:
         """Cells whose slope exceeds ``threshold`` and is ``z`` (default ``z_slope``)
         standard errors above 0."""
-        s = np.nan_to_num(self.slope, nan=-np.inf)
-        se = np.nan_to_num(self.slope_se, nan=np.inf)
         zz = self.cfg.z_slope if z is None else z
-        return (s > threshold_nohm_per_min) & (s > zz * se)
+        key = (threshold_nohm_per_min, zz)
+        hit = self._sig_cache.get(key)
+        if hit is not None:
+            return hit
+        with np.errstate(invalid="ignore"):
+            out = (self.slope > threshold_nohm_per_min) & (self.slope > zz * self.slope_se)  # NaN → False
+        self._sig_cache[key] = out
+        return out
 
     def _valid_fit(self) -> np.ndarray:
         return np.isfinite(self.slope) | np.isfinite(self.tta_obs_s)

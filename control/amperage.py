@@ -38,6 +38,10 @@ class LineMode:
     TRIPPED = "tripped"
 
 
+def _clip(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
 def current_for_power_ka(p_mw: float, u0_v: float, r_ohm: float) -> float:
     """Line current [kA] that draws ``p_mw`` [MW] from a line U(I) = U0 + R·I."""
     p = p_mw * 1e6
@@ -104,7 +108,7 @@ class AmperageController:
     # ------------------------------------------------------------------ requests
     def set_target(self, line: int, ka: float) -> None:
         """New steady current target for ``line`` [kA] (clamped to min/max)."""
-        self.lines[line].target_ka = float(np.clip(ka, self.cfg.min_ka, self.cfg.max_ka))
+        self.lines[line].target_ka = _clip(float(ka), self.cfg.min_ka, self.cfg.max_ka)
 
     def set_power_schedule(self, line: int, schedule: list[tuple[float, float | None]]) -> None:
         """Demand-response schedule of ``line``: (start time [s], power [MW] or None = current target)."""
@@ -164,7 +168,7 @@ class AmperageController:
         self._t_last = t
         out = np.full(self.n_lines, np.nan)
         events: list[tuple[str, int, str]] = []
-        n_in = np.bincount(self.cell_line[~cut_out], minlength=self.n_lines)
+        n_in = np.bincount(self.cell_line, weights=~cut_out, minlength=self.n_lines)
         for li, ln in enumerate(self.lines):
             if np.isnan(ln.sp_ka):
                 rb = float(sp_readback_ka[li])
@@ -195,7 +199,7 @@ class AmperageController:
             ln.power_mw = mw
             if mw is not None and np.isfinite(r_s):
                 target = current_for_power_ka(mw, u0, r_s)
-            target = float(np.clip(target, cfg.min_ka, cfg.max_ka))
+            target = _clip(float(target), cfg.min_ka, cfg.max_ka)
             # headroom against the rectifier voltage limit
             cap = np.inf
             if np.isfinite(r_s) and r_s > 0:
@@ -214,7 +218,7 @@ class AmperageController:
 
             up_rate = cfg.restart_ramp_ka_per_min if ln.mode == LineMode.RESTART else cfg.ramp_ka_per_min
             down_rate = cfg.ramp_down_fast_ka_per_min if fast_down else cfg.ramp_ka_per_min
-            d = float(np.clip(target - ln.sp_ka, -down_rate * dt / 60.0, up_rate * dt / 60.0))
+            d = _clip(target - ln.sp_ka, -down_rate * dt / 60.0, up_rate * dt / 60.0)
             ln.sp_ka += d
             if ln.mode == LineMode.RESTART and abs(ln.sp_ka - target) < 1e-6:
                 ln.mode = LineMode.NORMAL
@@ -225,14 +229,14 @@ class AmperageController:
                 err = ln.sp_ka - i_m
                 if abs(err) < 0.02 * ln.sp_ka:
                     lim = cfg.trim_limit * ln.sp_ka
-                    ln.trim_ka = float(np.clip(ln.trim_ka + cfg.trim_gain_per_s * err * dt, -lim, lim))
-            elif abs(d) > 1e-9:
-                ln.trim_ka *= 0.0 if ln.mode != LineMode.NORMAL else 1.0
+                    ln.trim_ka = _clip(ln.trim_ka + cfg.trim_gain_per_s * err * dt, -lim, lim)
+            elif ln.mode != LineMode.NORMAL:
+                ln.trim_ka = 0.0
 
             if abs(ln.sp_ka - ln.sp_ref_ka) > 0.005 * max(ln.sp_ref_ka, 1.0):
                 ln.sp_ref_ka = ln.sp_ka
                 ln.last_change_t = t
-            sp_out = float(np.clip(ln.sp_ka + ln.trim_ka, 0.0, cfg.max_ka * (1 + cfg.trim_limit)))
+            sp_out = _clip(ln.sp_ka + ln.trim_ka, 0.0, cfg.max_ka * (1 + cfg.trim_limit))
             out[li] = sp_out if remote[li] else np.nan
         return out, events
 

@@ -204,7 +204,9 @@ class AmperageConfig(_Strict):
     min_ka: float = Field(60.0, ge=0.0, le=1000.0)
     max_ka: float = Field(130.0, gt=0.0, le=1000.0)
     ramp_ka_per_min: float = Field(3.0, gt=0.0, le=600.0, description="normal setpoint ramp")
-    ramp_down_fast_ka_per_min: float = Field(30.0, gt=0.0, le=6000.0, description="headroom/cut-out ramp down")
+    ramp_down_fast_ka_per_min: float = Field(
+        6.0, gt=0.0, le=6000.0, description="headroom/cut-out ramp down (the rectifier's own limit)"
+    )
     restart_ramp_ka_per_min: float = Field(1.0, gt=0.0, le=600.0, description="ramp after a trip or restart")
     restart_start_ka: float = Field(60.0, ge=0.0, le=1000.0, description="setpoint held while tripped")
     voltage_limit_v: float | list[float] = Field(

@@ -230,8 +230,12 @@ class PotController:
             for k in det.lv_started:
                 events.append(("lvae_start", int(k), f"U={u[k]:.2f} V"))
         if det.lv_ended.size:
-            for r in self.detector.records[-det.lv_ended.size :]:
-                if r.kind == "LV":
+            ended_lv = set(int(k) for k in det.lv_ended)
+            for r in reversed(self.detector.records):
+                if not ended_lv:
+                    break
+                if r.kind == "LV" and r.cell in ended_lv:
+                    ended_lv.discard(r.cell)
                     self.pfc.add_ae(r)
                     events.append(("lvae_end", r.cell, f"duration {r.duration_s:.0f} s"))
 
@@ -321,8 +325,10 @@ class PotController:
         )
         r_rich = np.where(np.isfinite(self.predictor.r_ref), self.predictor.r_ref, self.predictor.r_fit)
         r_rich = r_rich + rc.alumina_rich_offset_uohm
-        err = np.abs(np.nan_to_num(r_rich - self.resistance.effective_target(now)))
-        post_op = self.resistance.boosted(now) & (err > 3.0 * rc.deadband_uohm)
+        with np.errstate(invalid="ignore"):
+            post_op = self.resistance.boosted(now) & (
+                np.abs(r_rich - self.resistance.effective_target(now)) > 3.0 * rc.deadband_uohm
+            )
         r_ctl = r_rich
         eligible = valid & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean & (window | post_op)
         r_moves = np.zeros(n)

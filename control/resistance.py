@@ -46,6 +46,7 @@ class ResistanceController:
         self._day = np.zeros(n, dtype=np.int64) - 1
         self.travel_today_mm = np.zeros(n)
         self._ac_end = np.full(n, -np.inf)
+        self._tgt_cache: tuple[float, np.ndarray] | None = None
         self.boost_from = np.full(n, np.inf)
         self.boost_until = np.full(n, -np.inf)
         self.moves_total = np.zeros(n, dtype=np.int64)
@@ -69,14 +70,20 @@ class ResistanceController:
     def anode_changed(self, mask: np.ndarray, t: float) -> None:
         """Mark the end of an anode change on ``mask`` cells (starts the target increment)."""
         self._ac_end = np.where(mask, t, self._ac_end)
+        self._tgt_cache = None
 
     def effective_target(self, t: float) -> np.ndarray:
         """Target R [µΩ] including the fading post-anode-change increment."""
         cfg = self.cfg
         if cfg.anode_change_increment_s <= 0 or cfg.anode_change_increment_uohm <= 0:
             return self.target_uohm
-        frac = np.clip(1.0 - (t - self._ac_end) / cfg.anode_change_increment_s, 0.0, 1.0)
-        return self.target_uohm + cfg.anode_change_increment_uohm * frac
+        if self._tgt_cache is not None and self._tgt_cache[0] == t:
+            return self._tgt_cache[1]
+        frac = 1.0 - (t - self._ac_end) / cfg.anode_change_increment_s
+        np.clip(frac, 0.0, 1.0, out=frac)
+        out = self.target_uohm + cfg.anode_change_increment_uohm * frac
+        self._tgt_cache = (t, out)
+        return out
 
     def step(self, t: float, r_filt_uohm: np.ndarray, eligible: np.ndarray) -> np.ndarray:
         """Beam moves [mm] (+ raises the anodes) for this scan.

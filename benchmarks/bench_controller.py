@@ -1,0 +1,465 @@
+"""Benchmark of the pot controller on the twin (offline, seeded), results as JSON.
+
+Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
+
+1. **closed loop** — ``days`` of plant time with the controller in charge (1 s scan),
+   tapping and anode changes running: AE frequency per pot-day and mean duration
+   (from the twin's truth), detection latency and misses against every AE the twin
+   made, false detections, prediction (share of AEs with an alarm ≥ 60 s ahead, false
+   alarms per pot-day), line current vs setpoint in steady state, PFC (Tier 2);
+2. **open-loop baseline** — the same plant and seed under the potroom PLCs' own
+   fixed-rate feeding and resistance band, no quench; the controller only observes
+   (detection and prediction scored the same way);
+3. **amperage scenario** — 660 cells, 8 h: a cell cut-out (current lowered, permit,
+   restored) and cut-in, a −10 % power-modulation step on line 1 followed within the
+   ramp limit, ACD hunting counted against an unmodulated line; controller cycle time
+   per scan (mean, p99) at 660 cells.
+
+``--quick`` (CI): 1 day on 2 × 66 cells for 1–2, a 3 h scenario on 660 cells.
+Usage: ``python benchmarks/bench_controller.py [--quick] [--days D] [--seed S] [--out F]``.
+Writes ``benchmarks/results/bench_controller[_quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring against the twin's truth
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TruthAE:
+    cell: int
+    t_flag: float  # first scan with the twin's AE flag set
+    t_volt: float = float("nan")  # first scan whose voltage carries the AE (film voltage > 0.5 V)
+    t_end: float = float("nan")
+    c_margin_at_alarm: float = float("nan")
+
+
+@dataclass
+class Scorer:
+    """Watches every scan: truth AE episodes, alarms (with the truth alumina margin), line
+    current vs the commanded setpoint, resistance beam moves (for hunting)."""
+
+    pl: Any
+    ctl: Any
+    n_lines: int
+    aes: list[TruthAE] = field(default_factory=list)
+    open_: dict[int, TruthAE] = field(default_factory=dict)
+    alarm_margin: list[tuple[float, int, float]] = field(default_factory=list)
+    n_alarms_seen: int = 0
+    i_err: list[list[float]] = field(default_factory=list)
+    last_sp: np.ndarray | None = None
+    sp_change_t: np.ndarray | None = None
+    line_ae_t: np.ndarray | None = None
+    moves: list[tuple[float, int, float]] = field(default_factory=list)
+    prev_flag: np.ndarray | None = None
+    power: list[tuple[float, float, float, float]] = field(default_factory=list)
+    record_power_line: int | None = None
+
+    def __post_init__(self) -> None:
+        self.i_err = [[] for _ in range(self.n_lines)]
+        self.sp_change_t = np.full(self.n_lines, -np.inf)
+        self.line_ae_t = np.full(self.n_lines, -np.inf)
+        self.cell_line = np.asarray(self.pl.layout.cell_line)
+
+    def __call__(self, meas: Any, cmds: Any) -> None:
+        t = meas.t_s
+        tr = self.pl.truth()
+        flag = tr["ae_active"]
+        if self.prev_flag is None:
+            self.prev_flag = np.zeros_like(flag)
+        if flag.any() or self.open_:
+            rise = np.flatnonzero(flag & ~self.prev_flag)
+            for k in rise:
+                self.open_[int(k)] = a = TruthAE(cell=int(k), t_flag=t)
+                self.aes.append(a)
+            fall = np.flatnonzero(~flag & self.prev_flag)
+            for k in fall:
+                a = self.open_.pop(int(k), None)
+                if a is not None:
+                    a.t_end = t
+            ae_v = self.pl.voltage_breakdown()["anode_effect"]
+            for k, a in self.open_.items():
+                if np.isnan(a.t_volt) and ae_v[k] > 0.5:
+                    a.t_volt = t
+            self.line_ae_t[np.unique(self.cell_line[flag])] = t
+        self.prev_flag = flag
+        # alarms with the truth margin above the critical alumina at that moment
+        log = self.ctl.alarm_log
+        if len(log) > self.n_alarms_seen:
+            c = tr["alumina_wt_pct"]
+            cc = tr["critical_alumina_wt_pct"]
+            for rec in log[self.n_alarms_seen :]:
+                self.alarm_margin.append((rec.t_s, rec.cell, float(c[rec.cell] - cc[rec.cell])))
+            self.n_alarms_seen = len(log)
+        # line current vs commanded setpoint in steady state: no AE on the line for 60 s and
+        # the setpoint within 0.1 % of where it was 15 min ago (ramps and the rectifier's own
+        # 6 kA/min ramp over)
+        sp = cmds.line_setpoint_ka
+        if self.last_sp is None:
+            self.last_sp = np.nan_to_num(sp).copy()
+        ch = np.abs(np.nan_to_num(sp) - self.last_sp) > 1e-3 * np.maximum(self.last_sp, 1.0)
+        self.sp_change_t[ch] = t
+        self.last_sp[ch] = np.nan_to_num(sp)[ch]
+        for li in range(self.n_lines):
+            if np.isfinite(sp[li]) and t - self.sp_change_t[li] > 900 and t - self.line_ae_t[li] > 60:
+                self.i_err[li].append((meas.line_current_ka[li] - sp[li]) / sp[li])
+        # resistance moves (quench moves excluded)
+        mv = cmds.beam_move_mm
+        if mv.any():
+            for k in np.flatnonzero(mv):
+                if self.ctl.quench.state[k] == 0:
+                    self.moves.append((t, int(k), float(mv[k])))
+        if self.record_power_line is not None:
+            li = self.record_power_line
+            self.power.append(
+                (t, float(sp[li]), float(meas.line_current_ka[li]), float(meas.line_voltage_v[li] * meas.line_current_ka[li] / 1e3))
+            )
+
+
+def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str, Any]:
+    """AE, detection and prediction figures of one run."""
+    truth = scorer.aes
+    dets = [r for r in ctl.detector.all_records() if r.kind == "HV"]
+    lvs = [r for r in ctl.detector.all_records() if r.kind == "LV"]
+    by_cell: dict[int, list[Any]] = {}
+    for r in dets:
+        by_cell.setdefault(r.cell, []).append(r)
+    lat_v, lat_f, missed, used = [], [], 0, set()
+    for a in truth:
+        end = a.t_end if np.isfinite(a.t_end) else np.inf
+        match = [r for r in by_cell.get(a.cell, []) if a.t_flag - 5 <= r.detect_s <= end + 15 and id(r) not in used]
+        if not match:
+            missed += 1
+            continue
+        r = match[0]
+        used.add(id(r))
+        lat_f.append((r.detect_s - a.t_flag) / scan_s)
+        if np.isfinite(a.t_volt):
+            lat_v.append((r.detect_s - a.t_volt) / scan_s)
+    false_det = [r for r in dets if id(r) not in used]
+    durations = [a.t_end - a.t_flag for a in truth if np.isfinite(a.t_end)]
+    det_durations = [r.duration_s for r in dets if np.isfinite(r.end_s)]
+    # prediction
+    alarms = [(a.t_s, a.cell) for a in ctl.alarm_log]
+    al_by_cell: dict[int, list[float]] = {}
+    for t, k in alarms:
+        al_by_cell.setdefault(k, []).append(t)
+    leads = []
+    predicted_60 = 0
+    for a in truth:
+        prior = [t for t in al_by_cell.get(a.cell, []) if a.t_flag - 7200 <= t <= a.t_flag]
+        early = [t for t in prior if t <= a.t_flag - 60]
+        if early:
+            predicted_60 += 1
+        leads.append(a.t_flag - min(prior) if prior else float("nan"))
+    false_alarms = 0
+    for t, k in alarms:
+        if not any(t <= a.t_flag <= t + 7200 for a in truth if a.cell == k):
+            false_alarms += 1
+    margins = np.array([m for _, _, m in scorer.alarm_margin]) if scorer.alarm_margin else np.zeros(0)
+    n = len(truth)
+    fin = [x for x in leads if np.isfinite(x)]
+    i_err = np.concatenate([np.abs(np.asarray(e)) for e in scorer.i_err if e]) if any(scorer.i_err) else np.zeros(0)
+    return {
+        "cell_days": cell_days,
+        "ae_count": n,
+        "ae_per_pot_day": n / cell_days if cell_days else 0.0,
+        "ae_mean_duration_s": float(np.mean(durations)) if durations else 0.0,
+        "ae_max_duration_s": float(np.max(durations)) if durations else 0.0,
+        "ae_minutes_per_cell_day": float(np.sum(durations)) / 60.0 / cell_days if cell_days else 0.0,
+        "detection": {
+            "detected": n - missed,
+            "missed": missed,
+            "latency_samples_from_voltage_onset_max": float(max(lat_v)) if lat_v else None,
+            "latency_samples_from_voltage_onset_mean": float(np.mean(lat_v)) if lat_v else None,
+            "latency_samples_from_twin_flag_max": float(max(lat_f)) if lat_f else None,
+            "within_2_samples_of_voltage_onset": int(sum(1 for x in lat_v if x <= 2)),
+            "false_hv_detections": len(false_det),
+            "lv_flags": len(lvs),
+            "detected_mean_duration_s": float(np.mean(det_durations)) if det_durations else 0.0,
+        },
+        "prediction": {
+            "alarms": len(alarms),
+            "aes_predicted_60s_ahead": predicted_60,
+            "share_predicted_60s_ahead": predicted_60 / n if n else None,
+            "lead_time_median_s": float(np.median(fin)) if fin else None,
+            "alarms_without_ae_within_2h": false_alarms,
+            "false_alarms_per_pot_day_by_outcome": false_alarms / cell_days if cell_days else 0.0,
+            # an AE within the 20 min horizon needs alumina within ≈ 0.6 wt % of the critical
+            # level even with feeding stopped (1.205 kg/min × 20 min / 40 kg per wt %)
+            "alarms_truth_margin_above_0.6wt": int(np.sum(margins > 0.6)),
+            "false_alarms_per_pot_day_by_margin": float(np.sum(margins > 0.6)) / cell_days if cell_days else 0.0,
+            "truth_margin_at_alarm_median_wt": float(np.median(margins)) if margins.size else None,
+        },
+        "line_current": {
+            "steady_samples": int(i_err.size),
+            "max_abs_error_pct": float(100 * i_err.max()) if i_err.size else None,
+            "p99_abs_error_pct": float(100 * np.percentile(i_err, 99)) if i_err.size else None,
+            "share_within_0.5pct": float(np.mean(i_err <= 0.005)) if i_err.size else None,
+        },
+    }
+
+
+def hunting(moves: list[tuple[float, int, float]], cells: np.ndarray, t0: float, t1: float, window_s: float = 6 * 3600) -> dict[str, Any]:
+    """Hunting = up/down/up (two reversals in a row) within ``window_s`` on one cell."""
+    sel = set(int(c) for c in cells)
+    per: dict[int, list[tuple[float, float]]] = {}
+    for t, k, m in moves:
+        if k in sel and t0 <= t <= t1:
+            per.setdefault(k, []).append((t, np.sign(m)))
+    hunting_cells = 0
+    reversals = 0
+    for seq in per.values():
+        rev_t = [seq[i][0] for i in range(1, len(seq)) if seq[i][1] != seq[i - 1][1]]
+        reversals += len(rev_t)
+        if any(rev_t[i + 1] - rev_t[i] <= window_s for i in range(len(rev_t) - 1)):
+            # two reversals: check the three moves fit in the window
+            hunting_cells += 1
+    return {"cells": len(sel), "moves": sum(len(v) for v in per.values()), "reversals": reversals, "hunting_cells": hunting_cells}
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------
+def build(plant_cfg: Any, seed: int, observe: bool):
+    from control.config import control_config_for_plant
+    from control.controller import PotController
+    from control.offline import TwinPlant
+    from twin.potline import Potline
+
+    pl = Potline(plant_cfg, seed=seed, parallel=False)  # 1 s advances: thread sync costs more than it saves
+    ccfg = control_config_for_plant(plant_cfg)
+    if observe:
+        ccfg = ccfg.model_copy(update={"observe_only": True})
+    ctl = PotController(pl.layout, ccfg)
+    plant = TwinPlant(pl, take_control=not observe)
+    return pl, ctl, plant
+
+
+def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h: float = 24.0) -> dict[str, Any]:
+    from control.offline import run_closed_loop
+
+    pl, ctl, plant = build(plant_cfg, seed, observe)
+    sc = Scorer(pl, ctl, pl.layout.n_lines)
+    t0 = time.perf_counter()
+    ctrl_s = 0.0
+    scans = 0
+    chunk = log_every_h
+    done = 0.0
+    while done < days * 24 - 1e-9:
+        h = min(chunk, days * 24 - done)
+        res = run_closed_loop(pl, ctl, h, 1.0, plant=plant, on_scan=sc)
+        ctrl_s += res.controller_s
+        scans += res.scans
+        done += h
+        tr = pl.truth()
+        print(
+            f"  [{'baseline' if observe else 'closed'}] day {done / 24:5.1f}: truth AEs {len(sc.aes)}, "
+            f"alumina p5/p50/p95 {np.percentile(tr['alumina_wt_pct'], [5, 50, 95]).round(2)}, "
+            f"wall {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    wall = time.perf_counter() - t0
+    cell_days = float(ctl.pfc.cell_seconds) / 86400.0
+    out = score(sc, ctl, cell_days, 1.0)
+    tot = pl.totals()
+    tr = pl.truth()
+    out["pfc_tier2_from_detections"] = ctl.pfc_report(pl.t_s).as_dict()
+    out["twin_totals"] = {k: tot[k] for k in ("metal_kg", "specific_energy_kwh_per_kg", "current_efficiency", "ae_count", "ae_minutes", "cf4_kg")}
+    out["final_state"] = {
+        "alumina_wt_pct_p5_p50_p95": np.percentile(tr["alumina_wt_pct"], [5, 50, 95]).round(3).tolist(),
+        "acd_cm_p5_p50_p95": np.percentile(tr["acd_cm"], [5, 50, 95]).round(3).tolist(),
+        "bath_temp_c_p5_p50_p95": np.percentile(tr["bath_temp_c"], [5, 50, 95]).round(2).tolist(),
+        "sludge_kg_p50_max": [float(np.median(tr["sludge_kg"])), float(tr["sludge_kg"].max())],
+    }
+    if not observe:
+        out["feeding"] = {
+            "adapt_p5_p50_p95": np.percentile(ctl.feeding.adapt, [5, 50, 95]).round(4).tolist(),
+            "cycles_adapted": ctl.feeding.cycles_adapted,
+            "shots_total": int(ctl.feeding.shots_total.sum()),
+        }
+        out["resistance"] = {
+            "moves_per_cell_day": float(ctl.resistance.moves_total.sum()) / cell_days,
+            "reversals_per_cell_day": float(ctl.resistance.reversals.sum()) / cell_days,
+        }
+        out["quench"] = {"quenches": ctl.quench.quenches, "escalations": ctl.quench.escalations}
+    out["run"] = {
+        "days": days,
+        "cells": pl.layout.n_cells,
+        "scans": scans,
+        "wall_s": wall,
+        "speedup": days * 86400 / wall,
+        "controller_cycle_ms_mean": 1e3 * ctrl_s / max(scans, 1),
+    }
+    return out
+
+
+def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
+    """Cut-out/in, a −10 % power step with the hunting check, and the cycle time at full size."""
+    pl, ctl, plant = build(plant_cfg, seed, observe=False)
+    sc = Scorer(pl, ctl, pl.layout.n_lines)
+    sc.record_power_line = 0
+    cell_line = np.asarray(pl.layout.cell_line)
+    cut_cell = int(np.flatnonzero(cell_line == 1)[10])
+    t_cut_out, t_step, t_cut_in = 0.125 * hours * 3600, 0.25 * hours * 3600, 0.5 * hours * 3600
+    step_times: list[float] = []
+    events: list[tuple[float, str, int]] = []
+    i_line1: list[tuple[float, float, bool]] = []
+    p_target = None
+    n = int(hours * 3600)
+    perf = time.perf_counter
+    for j in range(n):
+        m = plant.read_sync()
+        t = m.t_s
+        if j == int(t_cut_out):
+            ctl.request_cut_out(cut_cell, t)
+        if j == int(t_cut_in):
+            ctl.request_cut_in(cut_cell, t)
+        if j == int(t_step):
+            p_now = float(m.line_voltage_v[0] * m.line_current_ka[0] / 1e3)
+            p_target = 0.9 * p_now
+            ctl.set_power_schedule(0, [(t, p_target)])
+        a = perf()
+        c = ctl.step(m, t)
+        step_times.append(perf() - a)
+        plant.write_sync(c)
+        sc(m, c)
+        for kind, idx, _ in c.events:
+            events.append((t, kind, idx))
+        i_line1.append((t, float(m.line_current_ka[1]), bool(m.cut_out[cut_cell])))
+        pl.advance(1.0)
+    st = np.array(step_times) * 1e3
+    # power step on line 0
+    pw = np.array(sc.power)
+    after = pw[pw[:, 0] >= t_step]
+    sp_rate = np.abs(np.diff(after[:, 1])) * 60.0  # kA/min
+    settle = after[np.abs(after[:, 3] / p_target - 1.0) > 0.005]
+    t_settle = float(settle[-1, 0] - t_step) if settle.size else 0.0
+    late = after[after[:, 0] > t_step + max(t_settle, 900.0) + 60]
+    # cut-out on line 1
+    il = np.array(i_line1)
+    ev_t = {k: t for t, k, i in events if i == cut_cell and k.startswith("cut_")}
+    out_idx = np.flatnonzero(il[:, 2])
+    i_at_permit = float(il[np.searchsorted(il[:, 0], ev_t.get("cut_out_permit", np.nan)), 1]) if "cut_out_permit" in ev_t else None
+    restored = il[(il[:, 0] > ev_t.get("cut_out_done", np.inf)) & (il[:, 0] < t_cut_in)]
+    t_restore = None
+    if restored.size:
+        ok = np.flatnonzero(np.abs(restored[:, 1] - 120.0) <= 0.6)
+        t_restore = float(restored[ok[0], 0] - ev_t["cut_out_done"]) if ok.size else None
+    line0 = np.flatnonzero(cell_line == 0)
+    line2 = np.flatnonzero(cell_line == 2)
+    return {
+        "hours": hours,
+        "cells": pl.layout.n_cells,
+        "cycle_time_ms": {
+            "mean": float(st.mean()),
+            "p50": float(np.percentile(st, 50)),
+            "p99": float(np.percentile(st, 99)),
+            "max": float(st.max()),
+        },
+        "power_step": {
+            "line": 0,
+            "target_mw": p_target,
+            "ramp_limit_ka_per_min": ctl.cfg.amperage.ramp_ka_per_min,
+            "max_setpoint_rate_ka_per_min": float(sp_rate.max()) if sp_rate.size else None,
+            "current_before_ka": float(pw[pw[:, 0] < t_step][-1, 2]),
+            "current_after_ka": float(late[:, 2].mean()) if late.size else None,
+            "time_to_power_within_0.5pct_s": t_settle,
+            "power_error_after_max_pct": float(100 * np.max(np.abs(late[:, 3] / p_target - 1))) if late.size else None,
+            "current_vs_setpoint_after_max_pct": float(100 * np.max(np.abs(late[:, 2] / late[:, 1] - 1))) if late.size else None,
+            "hunting_modulated_line": hunting(sc.moves, line0, t_step, hours * 3600),
+            "hunting_reference_line": hunting(sc.moves, line2, t_step, hours * 3600),
+        },
+        "cut_out": {
+            "cell": cut_cell,
+            "line": 1,
+            "events_s": {k: float(v) for k, v in ev_t.items()},
+            "current_at_permit_ka": i_at_permit,
+            "cell_out_from_s": float(il[out_idx[0], 0]) if out_idx.size else None,
+            "restored_within_0.5pct_after_s": t_restore,
+            "current_end_ka": float(il[-1, 1]),
+            "cut_in_done": "cut_in_done" in ev_t,
+        },
+        "line_current_steady": score(sc, ctl, 1.0, 1.0)["line_current"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI version: 1 day on 132 cells, 3 h scenario")
+    ap.add_argument("--days", type=float, default=None, help="closed-loop and baseline horizon [days]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from control.offline import scaled_plant_config
+    from twin.config import load_plant_config
+
+    ref = load_plant_config()
+    if args.quick:
+        long_cfg = scaled_plant_config(66, n_lines=2)
+        days = args.days or 1.0
+        amp_hours = 3.0
+    else:
+        long_cfg = ref
+        days = args.days or 30.0
+        amp_hours = 8.0
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        "benchmark": "bench_controller",
+        "quick": bool(args.quick),
+        "seed": args.seed,
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+        "targets": {
+            "ae_per_pot_day_max": 0.05,
+            "ae_mean_duration_s_max": 60.0,
+            "detection_latency_samples_max": 2,
+            "line_current_error_pct_max": 0.5,
+            "cycle_time_ms_max": 5.0,
+        },
+    }
+    print(f"amperage scenario: {amp_hours} h on 660 cells", flush=True)
+    result["amperage"] = run_amperage(ref, args.seed, amp_hours)
+    print(f"closed loop: {days} days on {sum(r.cells for ln in long_cfg.lines for r in ln.rooms if r.operating)} cells", flush=True)
+    result["closed_loop"] = run_long(long_cfg, args.seed, days, observe=False)
+    if not args.skip_baseline:
+        print("open-loop baseline (fixed-rate feeding, no quench; controller observing)", flush=True)
+        result["baseline_open_loop"] = run_long(long_cfg, args.seed, days, observe=True)
+    cl = result["closed_loop"]
+    result["summary"] = {
+        "closed_loop_ae_per_pot_day": cl["ae_per_pot_day"],
+        "closed_loop_ae_mean_duration_s": cl["ae_mean_duration_s"],
+        "baseline_ae_per_pot_day": result.get("baseline_open_loop", {}).get("ae_per_pot_day"),
+        "baseline_ae_mean_duration_s": result.get("baseline_open_loop", {}).get("ae_mean_duration_s"),
+        "detection_missed": cl["detection"]["missed"]
+        + result.get("baseline_open_loop", {}).get("detection", {}).get("missed", 0),
+        "false_hv_detections": cl["detection"]["false_hv_detections"]
+        + result.get("baseline_open_loop", {}).get("detection", {}).get("false_hv_detections", 0),
+        "cycle_time_ms_p99_660_cells": result["amperage"]["cycle_time_ms"]["p99"],
+    }
+    result["wall_s"] = time.perf_counter() - t0
+    out = args.out or RESULTS / ("bench_controller_quick.json" if args.quick else "bench_controller.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float))
+    print(json.dumps(result["summary"], indent=2, default=float))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
