@@ -17,7 +17,9 @@ Time to AE, two estimates, the smaller wins:
   the estimate reaches the critical concentration (``twin.observer``).
 
 An alarm is raised when the time to AE drops under ``alarm_horizon_s``, the slope
-exceeds ``slope_alarm_nohm_per_min`` or the estimated alumina falls below
+exceeds ``slope_alarm_nohm_per_min`` (significantly), R stands more than
+``excess_alarm_uohm`` above its alumina-rich reference (slow drifts, where the slope
+stays small until the last minutes) or the estimated alumina falls below
 ``alumina_alarm_wt_pct``; it clears with hysteresis.
 
 Beam moves make a step in R, not a trend: ``rebase`` cells drop the periods around the
@@ -171,11 +173,15 @@ class AEPredictor:
         """
         cfg = self.cfg
         slope_cond = (self.tta_slope_s < cfg.alarm_horizon_s) | self.significant(cfg.slope_alarm_nohm_per_min, cfg.z_alarm)
+        with np.errstate(invalid="ignore"):
+            slope_cond |= (self.r_fit - self.r_ref) > cfg.excess_alarm_uohm  # slow drifts: the level
         if period:
             self._persist = np.where(slope_cond, self._persist + 1, 0)
         cond = slope_cond & (self._persist >= cfg.alarm_persist_periods)
         s = np.nan_to_num(self.slope, nan=-np.inf)
         calm = (self.time_to_ae_s > cfg.clear_horizon_s) & (s < 0.5 * cfg.slope_alarm_nohm_per_min)
+        with np.errstate(invalid="ignore"):
+            calm &= ~((self.r_fit - self.r_ref) > 0.7 * cfg.excess_alarm_uohm)
         cond |= self.tta_obs_s < cfg.alarm_horizon_s
         c = self.alumina_wt_pct
         if c is not None:

@@ -90,6 +90,9 @@ class PredictionConfig(_Strict):
         8.0, gt=0.0, le=10000.0, description="time-to-AE from the slope only above this slope"
     )
     z_slope: float = Field(3.0, ge=0.0, le=20.0, description="slope must be this many standard errors above 0")
+    excess_alarm_uohm: float = Field(
+        1.2, gt=0.0, le=100.0, description="alarm when R stands this far above its alumina-rich reference"
+    )
     z_alarm: float = Field(4.0, ge=0.0, le=20.0, description="... for a prediction alarm")
     alarm_persist_periods: int = Field(2, ge=1, le=60, description="slope alarm conditions hold this many periods")
     min_excess_uohm: float = Field(

@@ -149,3 +149,38 @@ def test_underfeed_switches_on_time_limit_and_lowers_adaptation():
     for j in range(3601, 3602 + int(cfg.overfeed_s)):
         fc.step(float(j), 1.0, np.array([I_KA]), np.ones(1, dtype=bool), never)
     assert fc.phase[0] == UNDERFEED
+
+
+def test_prediction_alarm_well_ahead_of_ae_when_feeding_runs_short():
+    """A cell left on 70 % of its demand (a stuck feeder, no tracking): the predictor raises
+    its alarm at least 10 min before the alumina reaches C_AE; none of the healthy cells
+    (fed at their demand, alumina flat) alarms."""
+    n = 4
+    cells = SyntheticCells(np.full(n, 0.95), c0=3.2, seed=3)
+    pr = AEPredictor(n, PredictionConfig())
+    valid = np.ones(n, dtype=bool)
+    acc = np.zeros(n)
+    dt = 5.0
+    share = np.array([0.70, 1.0, 1.0, 1.0])  # cell 0 starves
+    t_alarm = None
+    tta_at_alarm = None
+    t_ae = None
+    shots = np.zeros(n, dtype=np.int64)
+    for j in range(int(8 * 3600 / dt)):
+        t = j * dt
+        before = cells.aes
+        u = cells.step(dt, shots)
+        if cells.aes > before and t_ae is None:
+            t_ae = t
+            break
+        new = pr.update(t, (u - 1.65) / I_KA * 1e3, valid)
+        if 0 in new and t_alarm is None:
+            t_alarm = t
+            tta_at_alarm = pr.time_to_ae_s[0]
+        acc += share * faraday_alumina_kg_s(I_KA) * dt / SHOT_KG
+        shots = np.floor(acc).astype(np.int64)
+        acc -= shots
+    assert t_ae is not None, "the starved cell reached C_AE"
+    assert t_alarm is not None and t_ae - t_alarm >= 600.0
+    assert tta_at_alarm < 3 * 3600.0
+    assert not pr.alarm[1:].any() and pr.alarms_raised == 1
