@@ -169,3 +169,46 @@ def test_default_config_matches_reference_plant():
     ccfg = control_config_for_plant(pcfg)
     assert ccfg.amperage.voltage_limit_v == [1250.0, 1250.0, 1250.0]
     assert ControlConfig().feeding.default_shot_mass_kg == pcfg.local_control.shot_mass_kg
+
+
+def test_quench_sequence_limits_escalation_and_restore():
+    """Quench state machine on its own: shots at once, lowering after the delay, pumping
+    strokes that never go deeper than the limit nor above the pre-AE position, a second
+    dose, escalation with an alarm when the AE persists, restore to the pre-AE position."""
+    from control.config import QuenchConfig
+    from control.quench import ACTIVE, ESCALATED, IDLE, QuenchController
+
+    cfg = QuenchConfig(lower_mm=20.0, pump_amplitude_mm=10.0, max_total_down_mm=25.0, escalate_after_s=120.0)
+    q = QuenchController(2, cfg)
+    beam = np.array([100.0, 50.0])
+    shots = q.start(np.array([0]), 0.0, beam)
+    assert shots.tolist() == [cfg.feed_shots, 0]
+    burning = np.array([True, False])
+    free = np.zeros(2, dtype=bool)
+    pos = beam.copy()
+    total_shots = shots.copy()
+    events = []
+    for t in range(1, 200):
+        s, mv, ev = q.step(float(t), burning, free, pos)
+        pos += mv
+        total_shots += s
+        events += ev
+        assert pos[0] >= beam[0] - cfg.max_total_down_mm - 1e-9
+        assert pos[0] <= beam[0] + 1e-9
+        assert mv[1] == 0.0 and s[1] == 0
+    assert pos.min() < beam[0]  # it did lower
+    assert total_shots[0] == cfg.feed_shots + cfg.refeed_shots
+    assert q.state[0] == ESCALATED and [e[0] for e in events] == ["ae_escalation"]
+    # the AE ends: beam back to the pre-AE position after the restore delay
+    q.ended(np.array([0]), 200.0)
+    for t in range(201, 201 + int(cfg.restore_delay_s) + 2):
+        _, mv, _ = q.step(float(t), np.zeros(2, dtype=bool), free, pos)
+        pos += mv
+    assert pos[0] == pytest.approx(beam[0]) and q.state[0] == IDLE
+    # blocked cell (tapping/anode change): fed, never moved
+    q.start(np.array([1]), 300.0, pos)
+    blocked = np.array([False, True])
+    for t in range(301, 400):
+        _, mv, _ = q.step(float(t), np.array([False, True]), blocked, pos)
+        assert mv[1] == 0.0
+    assert q.state[1] in (ACTIVE, ESCALATED)
