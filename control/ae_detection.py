@@ -120,6 +120,10 @@ class AEDetector:
         """AEs in progress (HV then LV)."""
         return list(self._open.values()) + list(self._open_lv.values())
 
+    def open_record(self, cell: int) -> AERecord:
+        """The HV AE in progress on ``cell`` (KeyError if none)."""
+        return self._open[cell]
+
     def all_records(self) -> list[AERecord]:
         """Finished and ongoing AEs."""
         return self.records + self.open_records()

@@ -201,7 +201,7 @@ class PotController:
             mask = np.zeros(n, dtype=bool)
             mask[st] = True
             for k in st:
-                rec = self.detector._open[int(k)]
+                rec = self.detector.open_record(int(k))
                 lead = now - self.predictor.alarm_since[k] if self.predictor.alarm[k] else float("nan")
                 events.append(("ae_start", int(k), f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s"))
             q_shots += self.quench.start(st, now, beam)
@@ -247,16 +247,15 @@ class PotController:
         self.predictor.rebase(moved | ops_end | ops_start)
         tta_obs = None
         alumina = None
-        fed_kg = d_feed * self.feeding.shot_mass_kg
-        if dt > 0:
-            a = min(dt / 1800.0, 1.0)
-            rate_now = fed_kg / dt
-            self._feed_rate_ema = np.where(
-                np.isnan(self._feed_rate_ema),
-                self.feeding.nominal_kg_s(i_cell),
-                self._feed_rate_ema + a * (rate_now - self._feed_rate_ema),
-            )
         if self.observer is not None:
+            fed_kg = d_feed * self.feeding.shot_mass_kg
+            if dt > 0:  # what is really fed (the PLC's own automation in observe mode)
+                a = min(dt / 1800.0, 1.0)
+                self._feed_rate_ema = np.where(
+                    np.isnan(self._feed_rate_ema),
+                    self.feeding.nominal_kg_s(i_cell),
+                    self._feed_rate_ema + a * (fed_kg / dt - self._feed_rate_ema),
+                )
             self._obs_acc_t += dt
             self._obs_feed += fed_kg
             self._obs_beam += d_beam
