@@ -167,6 +167,76 @@ class _ModePlant:
         return self.d.bridge.drain_events()
 
 
+# ====================================================================== the mirror's own thread
+
+
+class _MirrorThread:
+    """The OPC UA mirror on its own event loop in its own thread.
+
+    Building the address space (seconds for 660 cells) and serving clients never stall
+    the control loop: the daemon hands snapshots over (``publish``: at most one in
+    flight, a newer one replaces a waiting one) and events (``submit``, in order).
+    """
+
+    def __init__(self, factory: Any, plant: str) -> None:
+        import threading
+
+        self._factory = factory
+        self._plant = plant
+        self.loop = asyncio.new_event_loop()
+        self.server: Any = None
+        self._thread = threading.Thread(target=self._run, name="potline-mirror", daemon=True)
+        self._busy: Any = None
+        self.skipped = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        structlog.contextvars.bind_contextvars(plant=self._plant, thread="mirror")
+        self.loop.run_forever()
+
+    def start(self) -> Any:
+        """Start the thread and the server; returns an awaitable for the server being up."""
+        self._thread.start()
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._start(), self.loop))
+
+    async def _start(self) -> None:
+        server = self._factory()
+        await server.start()
+        self.server = server
+
+    def submit(self, coro_fn: Any, *args: Any) -> Any:
+        """Run ``coro_fn(server, *args)`` in the mirror thread; returns a concurrent future."""
+        async def run() -> Any:
+            if self.server is None:
+                return None
+            return await coro_fn(self.server, *args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop)
+
+    def publish(self, snapshot: dict[str, Any], t: float) -> None:
+        """Publish a snapshot unless the previous one is still being written (then skip this one)."""
+        if self.server is None:
+            return
+        if self._busy is not None and not self._busy.done():
+            self.skipped += 1
+            return
+        self._busy = self.submit(lambda srv, snap, tt: srv.publish(snap, tt), snapshot, t)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        async def shut() -> None:
+            if self.server is not None:
+                await self.server.stop()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout_s)
+        except Exception:  # noqa: BLE001
+            log.exception("mirror.stop_failed")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout_s)
+
+
 # ====================================================================== the daemon
 
 
@@ -224,7 +294,6 @@ class Daemon:
         self._cell_line = np.asarray(self.layout.cell_line, dtype=np.int64)
         self._cell_room = np.asarray(self.layout.cell_room, dtype=np.int64)
         self._shot_kg = np.asarray(self.layout.shot_mass_kg, dtype=float)
-        self._ae_peak = np.zeros(n)
         self._shadow_sp: dict[int, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ locations
@@ -327,8 +396,7 @@ class Daemon:
                               detail="controller stopped commanding: heartbeat stopped, PLCs return to local "
                                      "control on their watchdog")  # fmt: skip
             if self.mirror is not None and source != "opcua":
-                with contextlib.suppress(Exception):
-                    await self.mirror.set_mode(new)
+                self.mirror.submit(lambda srv, m: srv.set_mode(m), new)
             self.notifier.status(self._status_text())
             return old
 
@@ -585,7 +653,7 @@ class Daemon:
             self._shadow_summary(cmds)  # nothing is sent: no heartbeat, the PLCs stay in local
         if self.mirror is not None:
             try:
-                await self._publish_mirror(cmds)
+                self._publish_mirror(cmds)
             except Exception:  # noqa: BLE001 - the mirror must never stop control
                 log.exception("mirror.publish_failed")
 
@@ -632,7 +700,7 @@ class Daemon:
         return {"requested": round(requested, 4), "value": None if d.value is None else round(float(d.value), 4),
                 "clamped": d.clamped, "ramped": d.ramped, "rejected": d.rejected, "reason": d.reason}
 
-    async def _publish_mirror(self, cmds: Any) -> None:
+    def _publish_mirror(self, cmds: Any) -> None:
         meas = self._last_meas
         if meas is None:
             return
@@ -641,8 +709,9 @@ class Daemon:
                 rec = self._ae_record(idx)
                 peak = rec.peak_v if rec is not None else float(np.nan_to_num(meas.cell_voltage_v[idx]))
                 dur = 0.0 if kind == "ae_start" or rec is None else float(rec.duration_s)
-                await self.mirror.publish_event("start" if kind == "ae_start" else "end", idx, peak, dur)
-        await self.mirror.publish(self._mirror_snapshot(meas), float(meas.t_s))
+                self.mirror.submit(lambda srv, *a: srv.publish_event(*a), "start" if kind == "ae_start" else "end",
+                                   idx, float(peak), dur)  # fmt: skip
+        self.mirror.publish(self._mirror_snapshot(meas), float(meas.t_s))
 
     def _ae_record(self, cell: int) -> Any:
         det = self.controller.detector
@@ -781,6 +850,10 @@ class Daemon:
             log.info("daemon.first_cycle", startup_s=round(self._startup_s, 3), mode=self.mode,
                      plc_up={lk.name: bool(lk.up) for lk in self.links.values()}, t_plant_s=round(info.t_s, 3))  # fmt: skip
             self.notifier.ready(self._status_text())
+            if self.cfg.opcua.enabled and self.mirror is None:
+                # the mirror's address space takes seconds to build for a whole potline: it
+                # comes up in its own thread beside the running loop, never before the first cycle
+                self._tasks.append(asyncio.get_running_loop().create_task(self._await_mirror(self._start_mirror())))
 
     def _on_error(self, exc: BaseException) -> None:
         self._errors_in_a_row += 1
@@ -851,19 +924,41 @@ class Daemon:
                 d.writer.on_record = self._on_record(d)
         self._apply_mode(self.mode)
 
-    async def _start_mirror(self) -> None:
+    def _start_mirror(self) -> Any:
+        """Start the mirror in its thread; returns an awaitable for it being up."""
         from plc_bridge.opcua_server import MirrorServer
 
         oc = self.cfg.opcua
-        mirror = MirrorServer(self.layout, security=self.loaded.security, host=oc.host, port=oc.port, path=oc.path,
-                              scalar_period_s=oc.scalar_period_s, initial_mode=self.mode,
-                              server_name=f"potline-twin mirror {self.name}")  # fmt: skip
-        await mirror.start()
-        mirror.set_mode_handler(self._opcua_mode)
-        self.mirror = mirror
+        main_loop = asyncio.get_running_loop()
+        initial = self.mode
 
-    async def _opcua_mode(self, mode: str, user: str | None) -> None:
-        await self.set_mode(mode, "opcua", user=user)
+        async def opcua_mode(mode: str, user: str | None) -> None:  # runs in the mirror thread
+            fut = asyncio.run_coroutine_threadsafe(self.set_mode(mode, "opcua", user=user), main_loop)
+            await asyncio.wrap_future(fut)
+
+        def factory() -> Any:
+            m = MirrorServer(self.layout, security=self.loaded.security, host=oc.host, port=oc.port, path=oc.path,
+                             scalar_period_s=oc.scalar_period_s, initial_mode=initial,
+                             server_name=f"potline-twin mirror {self.name}")  # fmt: skip
+            m.set_mode_handler(opcua_mode)
+            return m
+
+        self.mirror = _MirrorThread(factory, self.layout.plant)
+        return self.mirror.start()
+
+    async def _await_mirror(self, started: Any) -> None:
+        """The mirror comes up beside the control loop; failing to listen stops the daemon (exit 1)."""
+        try:
+            await started
+        except Exception as exc:  # noqa: BLE001 - e.g. the port is taken
+            log.error("daemon.listen_failed", what="opcua mirror", error=str(exc))
+            self._journal("daemon_error", source="opcua", detail=f"OPC UA mirror cannot start: {exc}", commit=True)
+            self.exit_code = 1
+            self.request_stop("OPC UA mirror cannot start")
+            return
+        self.health.mirror_up = True
+        if self.mirror.server is not None and self.mirror.server.mode != self.mode:
+            self.mirror.submit(lambda srv, m: srv.set_mode(m), self.mode)
 
     def _warm_model(self) -> float:
         """Load (or compile) the observer's Numba kernel before the first cycle [s]."""
@@ -908,13 +1003,13 @@ class Daemon:
                                                     before_scrape=self._before_scrape)  # fmt: skip
                 self.metrics_server.start()
                 log.info("metrics.listening", url=self.metrics_server.url)
-            if cfg.opcua.enabled:
-                await self._start_mirror()
         except OSError as exc:
             log.error("daemon.listen_failed", error=str(exc))
             self._journal("daemon_stop", source="daemon", detail=f"cannot listen: {exc}", commit=True)
             await self._close()
             return 1
+        if cfg.opcua.enabled:
+            self.health.mirror_up = False  # started after the first cycle (see _on_cycle)
         warm_s = self._warm_model()
         log.info("daemon.model_warm", seconds=round(warm_s, 3))
         self.observer = AluminaObserver(self.layout.n_cells, cell=self.loaded.plant.cell,
@@ -1005,8 +1100,7 @@ class Daemon:
 
     async def _close(self) -> None:
         if self.mirror is not None:
-            with contextlib.suppress(Exception):
-                await self.mirror.stop()
+            await asyncio.to_thread(self.mirror.stop)
         if self.bridge is not None:
             with contextlib.suppress(Exception):
                 await self.bridge.stop()

@@ -43,6 +43,7 @@ class HealthState:
     first_cycle_done: bool = False
     stopping: bool = False
     mode: str = "observe"
+    mirror_up: bool | None = None  # None: no mirror configured
     plc_up: dict[str, bool] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +71,8 @@ class HealthState:
             reasons.append("no control cycle yet")
         if down:
             reasons.append("PLC links down: " + ", ".join(down))
+        if self.mirror_up is False:
+            reasons.append("OPC UA mirror not up")
         if self.stopping:
             reasons.append("stopping")
         ok = not reasons

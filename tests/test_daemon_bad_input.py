@@ -59,7 +59,7 @@ async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_
         mport, oport = data["_ports"]["metrics"], data["_ports"]["opcua"]
         journal = tmp_path / "state" / "journal.db"
         dp = await DaemonProcess(cfg).start()
-        await dp.wait_event("daemon.first_cycle", timeout=30)
+        await dp.wait_ready()
 
         # ---- garbage on the listening ports: answered or dropped, the loop goes on
         c0 = await _cycles(mport)

@@ -97,6 +97,13 @@ def test_cross_references_and_referenced_files(tmp_path) -> None:
     assert str(plant) in files and str(bad_map) in files
     assert any(k == "lines[0].rooms[0].cells" and "greater than or equal to 1" in m for _, k, m in issues)
     assert any("float33" in m for f, _, m in issues if f == str(bad_map))
+    # files that are not there are named with the key that points at them
+    data["tagmaps"]["rectifier"] = str(tmp_path / "nope.toml")
+    data["daemon"]["plant_config"] = "missing_plant.toml"
+    issues = _issues(data, tmp_path, "d3.toml")
+    keys = {k: m for _, k, m in issues}
+    assert keys["tagmaps.rectifier"] == f"file not found: {tmp_path / 'nope.toml'}"
+    assert keys["daemon.plant_config"] == f"file not found: {tmp_path / 'missing_plant.toml'}"
 
 
 def test_security_section_rejects_plaintext_passwords_and_empty_endpoints(tmp_path) -> None:

@@ -28,6 +28,7 @@ from tests.test_daemon_support import (
     read_mirror,
     rig_scenario,
     start_rig,
+    wait_status,
 )
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(180)]
@@ -61,10 +62,9 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         ports = data["_ports"]
         journal = tmp_path / "state" / "journal.db"
         dp = await DaemonProcess(cfg).start()
-        first = await dp.wait_event("daemon.first_cycle", timeout=30)
+        first = await dp.wait_ready()
         assert first["startup_s"] < 10.0
-        status, body = await aget(f"http://127.0.0.1:{ports['metrics']}/readyz")
-        assert status == 200, body
+        await wait_status(f"http://127.0.0.1:{ports['metrics']}/readyz", 200)
         # observe: nothing written, the PLCs stay in local
         await asyncio.sleep(1.0)
         assert not _remote(rig, "potroom:Potroom1") and not _remote(rig, "rectifier:Line1")
@@ -203,8 +203,7 @@ async def test_plc_down_at_start_daemon_waits_then_connects_and_survives_a_drop(
         h.proxy.restore()
         await dp.wait_event("plc.comms_restored", timeout=20, pred=lambda e: e["plc"] == "potroom1")
         m = data["_ports"]["metrics"]
-        status, _ = await aget(f"http://127.0.0.1:{m}/readyz")
-        assert status == 200
+        await wait_status(f"http://127.0.0.1:{m}/readyz", 200)
         # it drops again mid-run and comes back: journalled both ways, the process never exits
         n = len(dp.events)
         h.proxy.drop("blackhole")

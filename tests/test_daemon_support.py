@@ -223,6 +223,12 @@ class DaemonProcess:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._new.wait(), min(left, 0.5))
 
+    async def wait_ready(self, timeout: float = 40.0) -> dict[str, Any]:
+        """Wait for the first control cycle and the OPC UA mirror; returns the first-cycle event."""
+        first = await self.wait_event("daemon.first_cycle", timeout=timeout)
+        await self.wait_event("opcua.mirror_started", timeout=timeout)
+        return first
+
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.raw[-n:] + ["--- stderr ---"] + self.stderr[-n:])
 
@@ -270,6 +276,18 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 
 async def aget(url: str) -> tuple[int, str]:
     return await asyncio.to_thread(http_get, url)
+
+
+async def wait_status(url: str, status: int = 200, timeout: float = 10.0) -> str:
+    """Poll ``url`` until it answers ``status``; returns the body."""
+    t0 = time.monotonic()
+    while True:
+        code, body = await aget(url)
+        if code == status:
+            return body
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{url} answered {code}, not {status}, for {timeout} s: {body}")
+        await asyncio.sleep(0.1)
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
