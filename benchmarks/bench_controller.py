@@ -346,13 +346,15 @@ def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
     # power step on line 0
     pw = np.array(sc.power)
     after = pw[pw[:, 0] >= t_step]
+    before = pw[pw[:, 0] < t_step]
     sp_rate = np.abs(np.diff(after[:, 1])) * 60.0  # kA/min
-    settle = after[np.abs(after[:, 3] / p_target - 1.0) > 0.005]
+    settle = after[np.abs(after[:, 3] / p_target - 1.0) > 0.005] if p_target else after
     t_settle = float(settle[-1, 0] - t_step) if settle.size else 0.0
     late = after[after[:, 0] > t_step + max(t_settle, 900.0) + 60]
     # cut-out on line 1
     il = np.array(i_line1)
     ev_t = {k: t for t, k, i in events if i == cut_cell and k.startswith("cut_")}
+    late = late if p_target else after[:0]
     out_idx = np.flatnonzero(il[:, 2])
     i_at_permit = float(il[np.searchsorted(il[:, 0], ev_t.get("cut_out_permit", np.nan)), 1]) if "cut_out_permit" in ev_t else None
     restored = il[(il[:, 0] > ev_t.get("cut_out_done", np.inf)) & (il[:, 0] < t_cut_in)]
@@ -376,7 +378,7 @@ def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
             "target_mw": p_target,
             "ramp_limit_ka_per_min": ctl.cfg.amperage.ramp_ka_per_min,
             "max_setpoint_rate_ka_per_min": float(sp_rate.max()) if sp_rate.size else None,
-            "current_before_ka": float(pw[pw[:, 0] < t_step][-1, 2]),
+            "current_before_ka": float(before[-1, 2]) if before.size else None,
             "current_after_ka": float(late[:, 2].mean()) if late.size else None,
             "time_to_power_within_0.5pct_s": t_settle,
             "power_error_after_max_pct": float(100 * np.max(np.abs(late[:, 3] / p_target - 1))) if late.size else None,
@@ -403,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CI version: 1 day on 132 cells, 3 h scenario")
     ap.add_argument("--days", type=float, default=None, help="closed-loop and baseline horizon [days]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp-hours", type=float, default=None, help="amperage scenario horizon [h] (8, quick 3)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -414,11 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         long_cfg = scaled_plant_config(66, n_lines=2)
         days = args.days or 1.0
-        amp_hours = 3.0
+        amp_hours = 3.0 if args.days is None else min(3.0, max(0.5, days * 24.0))
     else:
         long_cfg = ref
         days = args.days or 30.0
         amp_hours = 8.0
+    if args.amp_hours is not None:
+        amp_hours = args.amp_hours
     t0 = time.perf_counter()
     result: dict[str, Any] = {
         "benchmark": "bench_controller",

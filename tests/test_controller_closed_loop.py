@@ -212,3 +212,38 @@ def test_quench_sequence_limits_escalation_and_restore():
         _, mv, _ = q.step(float(t), np.array([False, True]), blocked, pos)
         assert mv[1] == 0.0
     assert q.state[1] in (ACTIVE, ESCALATED)
+
+
+def test_rectifier_trip_parks_setpoint_and_restart_ramps_back():
+    """A rectifier trip (no current): feeding stops, no AE is invented, the setpoint is
+    parked low; after the reset the line comes back on the slow restart ramp."""
+    pl, ctl, plant = make(cells=24)
+    scan(pl, ctl, plant, 300)
+    fed0 = pl.measurements()["feeder_ack"].sum()
+    pl.trip_rectifier(0)
+    scan(pl, ctl, plant, 120)
+    assert pl.measurements()["line_current_ka"][0] == 0.0
+    assert pl.measurements()["feeder_ack"].sum() - fed0 <= pl.layout.n_cells  # at most the shots in flight
+    assert pl.measurements()["line_setpoint_ka"][0] == pytest.approx(ctl.cfg.amperage.restart_start_ka)
+    pl.reset_rectifier(0)
+    cur, sps = [], []
+    for _ in range(75 * 60):
+        m = plant.read_sync()
+        c = ctl.step(m, m.t_s)
+        plant.write_sync(c)
+        cur.append(m.line_current_ka[0])
+        sps.append(c.line_setpoint_ka[0])
+        pl.advance(1.0)
+    cur, sps = np.array(cur), np.array(sps)
+    assert np.diff(sps).max() * 60.0 <= ctl.cfg.amperage.restart_ramp_ka_per_min + 1e-6
+    minute = cur[: len(cur) // 60 * 60].reshape(-1, 60).mean(axis=1)  # 1-min means of the DCCT
+    sp_min = sps[: len(sps) // 60 * 60].reshape(-1, 60).mean(axis=1)
+    # after the rectifier's own restart transient (the twin walks its taps down, then ramps
+    # at its 6 kA/min to the parked setpoint) the line follows the slow restart ramp
+    near = np.abs(minute - sp_min) < 1.0
+    caught = next(i for i in range(len(near) - 3) if near[i : i + 3].all())
+    assert caught < 25
+    assert np.diff(minute[caught:]).max() <= 1.5 * ctl.cfg.amperage.restart_ramp_ka_per_min
+    assert minute[-1] == pytest.approx(120.0, rel=0.005)
+    assert not [r for r in ctl.ae_records if r.kind == "HV"]
+    assert any(e[1] == "rectifier_restart" for e in ctl.event_log)
