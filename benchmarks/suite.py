@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +175,14 @@ def load_results(results: Path) -> dict[str, dict[str, Any]]:
     docs = {}
     for p in sorted(results.glob("*.json")):
         try:
-            docs[p.stem] = json.loads(p.read_text(encoding="utf-8"))
+            doc = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
+        if isinstance(doc, dict):
+            if "when" not in doc:  # older benchmark without the common header: the file's time
+                stamp = datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+                doc["when"] = f"{stamp} (file time)"
+            docs[p.stem] = doc
     return docs
 
 
@@ -216,6 +222,17 @@ def growth_series(docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         s["points"] = sorted(pts.items())
         s["exponent"] = _loglog_slope(s["points"])
     return series
+
+
+#: growth-table columns; a plant within 1 % of one (e.g. 76 potrooms = 10,032 cells) shares it
+COLUMN_SIZES = (8, 132, 264, 660, 1320, 2640, 5280, 10000)
+
+
+def _column(cells: int) -> int:
+    for c in COLUMN_SIZES:
+        if abs(cells - c) <= 0.01 * c:
+            return c
+    return cells
 
 
 def _loglog_slope(points: list[tuple[int, float]]) -> float | None:
@@ -287,6 +304,8 @@ def _model_targets(m: dict[str, Any]) -> list[list[str]]:
             if "NumPy" in t["target"]:
                 alt = _fmt(by_n[n]["cell_steps_per_s"]["numpy"]["median"], "cell-steps/s") + " (NumPy)"
                 ratio = f"{t['measured']:.2f}x"
+                if t.get("serial_per_cpu_s") is not None:
+                    ratio += f" (serial per CPU-s {t['serial_per_cpu_s']:.2f}x)"
             elif "cell-steps" in t["unit"]:
                 alt = _fmt(by_n[n]["cell_steps_per_s"]["numpy"]["median"], "cell-steps/s") + " (NumPy)"
                 ratio = f"{by_n[n]['ratio']['numba_parallel_over_numpy']['median']:.2f}x NumPy"
@@ -419,6 +438,11 @@ def _when(doc: dict[str, Any] | None) -> str:
     return str((doc or {}).get("when", "?"))
 
 
+def _ratio_cell(q: dict[str, Any], key: str) -> str:
+    v = _get(q, key, "median")
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
 def model_section(m: dict[str, Any]) -> list[str]:
     py = m["pure_python"]["cell_steps_per_s"]["median"]
     rows = []
@@ -430,6 +454,7 @@ def model_section(m: dict[str, Any]) -> list[str]:
             f"{fmt_rate(r['numba_parallel']['median'])} ({fmt_rate(r['numba_parallel']['min'])}–{fmt_rate(r['numba_parallel']['max'])})",
             f"{fmt_rate(r['numpy']['median'])} ({fmt_rate(r['numpy']['min'])}–{fmt_rate(r['numpy']['max'])})",
             f"{q['numba_serial_over_numpy']['median']:.2f}x", f"{q['numba_parallel_over_numpy']['median']:.2f}x",
+            _ratio_cell(q, "numba_serial_over_numpy_per_cpu_s"),
             f"{q['parallel_over_serial']['median']:.2f}x",
             f"{r['numba_serial']['median'] / py:,.0f}x / {r['numba_parallel']['median'] / py:,.0f}x",
             f"{_get(t, 'cores_busy', 'numba_parallel', 'median', default=float('nan')):.2f}",
@@ -447,11 +472,13 @@ def model_section(m: dict[str, Any]) -> list[str]:
         "changes, PLC local control) plus each line's rectifier and series circuit, 1 s sub-steps. "
         "Cell-steps/s, median (min–max) over round-robin repeats; ratios are per round, then the median. "
         "'Cores busy' = process CPU time / wall time during the parallel runs: about 2 when the kernel had "
-        "both cores, less when other jobs held them.",
+        "both cores, less when other jobs held them. 'Per CPU-s' compares cell-steps per CPU-second of the "
+        "two single-threaded engines, which time slices lost to other jobs do not distort.",
         "",
         md_table(
             ["cells", "lines", "Numba serial", "Numba parallel", "NumPy", "serial / NumPy", "parallel / NumPy",
-             "parallel / serial", "serial / parallel vs pure Python", "cores busy (parallel)"],
+             "serial / NumPy per CPU-s", "parallel / serial", "serial / parallel vs pure Python",
+             "cores busy (parallel)"],
             rows,
         ),  # fmt: skip
         "",
@@ -592,10 +619,12 @@ def growth_section(series: dict[str, dict[str, Any]], plot: Path | None, report:
     lines = ["## Growth with plant size", ""]
     if not series:
         return lines + ["No growth series yet.", ""]
-    sizes = sorted({c for s in series.values() for c, _ in s["points"]})
+    sizes = sorted({_column(c) for s in series.values() for c, _ in s["points"]})
     rows = []
+    odd = []
     for name, s in series.items():
-        pts = dict(s["points"])
+        pts = {_column(c): v for c, v in s["points"]}
+        odd += [f"{name} at {c:,} cells (column {_column(c):,})" for c, _ in s["points"] if _column(c) != c]
         unit = s["unit"]
         cells = [(_fmt(pts[c], unit) if unit != "cell-steps/s" else fmt_rate(pts[c])) if c in pts else "" for c in sizes]
         rows.append([f"{name} [{unit}]", *cells, "n/a" if s["exponent"] is None else f"{s['exponent']:+.2f}"])
@@ -607,6 +636,8 @@ def growth_section(series: dict[str, dict[str, Any]], plot: Path | None, report:
         "",
     ]
     notes = [f"{k}: {s['note']}" for k, s in series.items() if s.get("note")]
+    if odd:
+        notes.append("measured " + ", ".join(odd))
     if notes:
         lines += ["Notes: " + "; ".join(notes) + ".", ""]
     if plot is not None:
@@ -616,9 +647,12 @@ def growth_section(series: dict[str, dict[str, Any]], plot: Path | None, report:
 
 
 def _relpath(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path, start)
+    """``path`` relative to ``start`` when it lies below it, else absolute."""
+    path, start = Path(path).resolve(), Path(start).resolve()
+    try:
+        return str(path.relative_to(start))
+    except ValueError:
+        return str(path)
 
 
 def _safe_section(build: Callable[[], list[str]], title: str) -> list[str]:
