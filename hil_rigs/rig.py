@@ -138,6 +138,7 @@ class Rig:
         self._rng = np.random.default_rng(self.scenario.scenario.seed + 101)
         self._last_record = -math.inf
         self._last_scan_t: float | None = None
+        self.plc_t = 0.0
         self._cell_room: np.ndarray | None = None
         self._cell_pos: np.ndarray | None = None
         self._ae_visible: np.ndarray | None = None
@@ -400,7 +401,7 @@ class Rig:
         st = sc.ae_storm
         if st is not None:
             t = st.start_s
-            while t <= min(st.end_s, sc.duration_s):
+            while t <= min(st.end_s, sc.duration_s) + 1e-6:
                 self._pending.append((t, "storm", st))
                 t += st.every_s
         self._pending.sort(key=lambda x: x[0])
@@ -552,6 +553,11 @@ class Rig:
         await self._run_due(now)
         dt_scan = 0.0 if self._last_scan_t is None else max(now - self._last_scan_t, 0.0)
         self._last_scan_t = now
+        # the PLCs' own timebase: a stall of this process (not of the controller) must not
+        # count as controller silence, so one scan advances it by a few nominal scans at most
+        dt_scan = min(dt_scan, 5.0 * self.scenario.rig.tick_wall_s * self.speed)
+        self.plc_t += dt_scan
+        t_plc = self.plc_t
         m = pl.measurements()
         # --- PLC scans: commands in, actions on the twin
         shots = np.zeros(self.layout.n_cells, dtype=np.int64)
@@ -560,14 +566,14 @@ class Rig:
             if h.down_until is not None:
                 continue
             c = h.cells
-            res = h.logic.scan(now, m["cut_out"][c], m["tapping"][c], m["anode_change"][c])
+            res = h.logic.scan(t_plc, m["cut_out"][c], m["tapping"][c], m["anode_change"][c])
             if res.mode_changed:
                 pl.set_local_control(c, not res.remote)
                 self._record_mode(h, now, res.remote)
             shots[c] = res.shots
             moves[c] = res.beam_mm
             if not res.remote:
-                k_shots, k_moves = h.logic.local_ae_kill(now, m["cut_out"][c])
+                k_shots, k_moves = h.logic.local_ae_kill(t_plc, m["cut_out"][c])
                 shots[c] += k_shots
                 moves[c] += k_moves
             self.commands["feed"] += int(res.fed_cells.size)
@@ -580,7 +586,7 @@ class Rig:
         for h in self.rectifiers:
             if h.down_until is not None:
                 continue
-            res = h.logic.scan(now, dt_scan)
+            res = h.logic.scan(t_plc, dt_scan)
             if res.mode_changed:
                 self._record_mode(h, now, res.remote)
             if res.reset_requested:

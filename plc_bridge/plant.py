@@ -10,7 +10,9 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 * quality: a cell is ``cell_ok`` only when its voltage, status and acknowledgement tags
   are GOOD, its room's link is up, the room PLC is in *remote* (in local the PLC's own
   automation is in charge: the controller must not act) and the data is fresh; a line
-  is ``line_ok`` when its rectifier tags are GOOD;
+  is ``line_ok`` when its current, trip and remote tags are GOOD and its voltage and
+  active setpoint are at least UNCERTAIN (a value beyond the tag's engineering range is
+  still a measurement: an AE can push a long line past the map's voltage range);
 * the cumulative acknowledgements (``feed_ack`` wraps at 65536, ``beam_ack`` in 0.1 mm)
   are unwrapped into monotonic totals that survive link drops and PLC restarts (a
   restart, seen as the PLC heartbeat jumping back, restarts its counters from 0);
@@ -251,6 +253,15 @@ class _Scan:
     def good(self, name: str) -> bool:
         s = self.scalars.get(name)
         return bool(s is not None and s.good)
+
+    def usable(self, name: str) -> bool:
+        """GOOD, or UNCERTAIN with a value (e.g. beyond the tag's engineering range)."""
+        s = self.scalars.get(name)
+        return bool(s is not None and s.value is not None and s.quality is not Quality.BAD)
+
+    def number(self, name: str, default: float = math.nan) -> float:
+        """The value if usable (see ``usable``), else ``default``."""
+        return float(self.scalars[name].value) if self.usable(name) else default  # type: ignore[arg-type]
 
 
 class _Device:
@@ -599,16 +610,20 @@ class BridgePlant:
         line_ok = np.zeros(lay.n_lines, dtype=bool)
         for d, sc in zip(self.rects, scans[:n_l]):
             li = d.index
-            names = ("line_current", "line_voltage", "setpoint_active", "tripped", "remote")
-            ok = sc.link_ok and all(sc.good(n) for n in names) and now - sc.t <= self.settings.stale_after_s
+            # the current, trip and mode must be GOOD; voltage and setpoint may be UNCERTAIN
+            # (beyond their tag's engineering range: still a measurement)
+            names = ("line_current", "tripped", "remote")
+            ok = sc.link_ok and all(sc.good(n) for n in names) and all(
+                sc.usable(n) for n in ("line_voltage", "setpoint_active")
+            ) and now - sc.t <= self.settings.stale_after_s
             if ok:
                 self._line_i[li] = sc.value("line_current")
-                self._line_u[li] = sc.value("line_voltage")
-                self._line_sp[li] = sc.value("setpoint_active")
+                self._line_u[li] = sc.number("line_voltage")
+                self._line_sp[li] = sc.number("setpoint_active")
                 self._line_tripped[li] = bool(sc.value("tripped"))
                 self._line_remote[li] = bool(sc.value("remote"))
-                if sc.good("tap_position"):
-                    self._tap[li] = int(sc.value("tap_position"))
+                if sc.usable("tap_position"):
+                    self._tap[li] = int(sc.number("tap_position"))
             else:
                 self._line_remote[li] = False
             line_ok[li] = ok

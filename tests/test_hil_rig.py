@@ -105,7 +105,7 @@ async def test_watchdog_takes_remote_and_drops_to_local(rig_modbus: Rig) -> None
     assert (await cl.read(["remote"]))["remote"].value is False
     t_local = next(t for t, d, r in rig.mode_log if d == "rectifier:Line1" and not r)
     t_last_beat = rig.plc("rectifier:Line1").logic.watchdog.last_change_t
-    assert 5.0 <= t_local - t_last_beat <= 5.0 + 0.1 * SPEED  # within a PLC scan or so of the timeout
+    assert 4.5 <= t_local - t_last_beat <= 5.0 + 0.1 * SPEED  # within a PLC scan or so of the timeout
     await cl.close()
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.hil
 FULL = pytest.mark.skipif(not os.environ.get("POTLINE_HIL_FULL"), reason="full-length scenario: set POTLINE_HIL_FULL=1")
 
 #: CI versions: a 32-cell potroom behind the same PLCs and protocols
-SHORT = {"plant.cells": 32}
+SHORT = {"plant.cells": 32, "controller.scan_s": 2.0}
 
 
 async def test_ae_storm_every_ae_detected_and_quenched(rig: HilRig) -> None:
