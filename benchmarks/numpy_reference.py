@@ -65,6 +65,8 @@ from twin.cell import (
     SWEEP_TAU_S,
     TAP_BATCH_KG,
 )
+import twin.cell_layout as _layout
+import twin.rng as _twin_rng
 from twin.cell_layout import *  # noqa: F403  (index constants)
 from twin.rectifier import (
     R_AT_LIMIT,
@@ -92,6 +94,15 @@ from twin.rectifier import (
     RP_V_LIMIT,
 )
 
+#: the twin draws MHD + measurement noise as one Box–Muller pair per cell and the AE
+#: oscillation only while a gas film is present (twin.rng.normal_pair); earlier twins drew
+#: three separate normals. Follow whichever twin is installed, so the streams stay the same.
+PAIRED_NOISE = hasattr(_twin_rng, "normal_pair")
+#: per-step coefficients the twin keeps as parameters, when it does
+_P_NOISE_A = getattr(_layout, "P_NOISE_A", None)
+_P_KDISS_F = getattr(_layout, "P_KDISS_F", None)
+_P_SIZE_F = getattr(_layout, "P_SIZE_F", None)
+
 _MULT = np.uint64(0x2545F4914F6CDD1D)
 _U12, _U25, _U27, _U11 = (np.uint64(v) for v in (12, 25, 27, 11))
 _TWO_PI = 2.0 * np.pi
@@ -104,7 +115,7 @@ def liquidus_c(alf3: np.ndarray, caf2_term: np.ndarray, caf2: np.ndarray, al2o3:
     """Solheim liquidus [°C]; ``caf2_term`` = −3.45·CaF2/(1 + 0.0173·CaF2) (per-cell constant)."""
     ca = caf2 * alf3
     t = 1011.0 + 0.50 * alf3 - 0.13 * alf3**2.2
-    t += caf2_term + 0.124 * ca - 0.00542 * ca**1.5
+    t += caf2_term + 0.124 * ca - 0.00542 * ca * np.sqrt(ca)
     t -= 7.93 * al2o3 / (1.0 + 0.0936 * al2o3 - 0.0017 * al2o3 * al2o3 - 0.0023 * alf3 * al2o3)
     return t
 
@@ -221,10 +232,19 @@ class NumpyPotline:
         u2 = self._uniform(idx)
         return np.sqrt(-2.0 * np.log(u1)) * np.cos(_TWO_PI * u2)
 
+    def _normal_pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """Two standard normals per cell (twin.rng.normal_pair: both halves of one Box–Muller pair)."""
+        if self.rng_mode == "numpy":
+            z = self.gen.standard_normal((2, self.n))
+            return z[0], z[1]
+        r = np.sqrt(-2.0 * np.log(self._uniform()))
+        phi = _TWO_PI * self._uniform()
+        return r * np.cos(phi), r * np.sin(phi)
+
     # --- per-call constants -------------------------------------------------------------------
     def _constants(self) -> None:
         P, dt = self.P, self.dt
-        self.k_noise = np.exp(-dt / P[P_NOISE_TAU])
+        self.k_noise = P[_P_NOISE_A] if _P_NOISE_A is not None else np.exp(-dt / P[P_NOISE_TAU])
         self.k_noise_sq = np.sqrt(1.0 - self.k_noise * self.k_noise)
         a_osc = np.exp(-dt / AE_OSC_TAU_S)
         self.k_osc, self.k_osc_sq = a_osc, AE_OSC_STD_V * np.sqrt(1.0 - a_osc * a_osc)
@@ -233,9 +253,9 @@ class NumpyPotline:
         self.k_sweep = np.exp(-dt / SWEEP_TAU_S)
         self.k_anode_heat = 1.0 - np.exp(-dt / ANODE_HEAT_TAU_S)
         self.k_area = np.exp(-dt / ANODE_AREA_TAU_S)
-        self.k_diss = 1.0 - np.exp(-P[P_KDISS] * dt)
+        self.k_diss = P[_P_KDISS_F] if _P_KDISS_F is not None else 1.0 - np.exp(-P[P_KDISS] * dt)
         self.caf2_term = -3.45 * P[P_CAF2] / (1.0 + 0.0173 * P[P_CAF2])
-        self.single_pow = P[P_SINGLE_CM2] ** -0.1
+        self.single_pow = P[_P_SIZE_F] if _P_SIZE_F is not None else P[P_SINGLE_CM2] ** -0.1
         self.eta_ca_sat = np.log(51.0)
         self.ledge_rho_a = LEDGE_DENSITY_KG_M3 * P[P_LEDGE_M2]
         self.hbl_a = P[P_HBL] * P[P_LEDGE_M2]
@@ -279,8 +299,17 @@ class NumpyPotline:
         S, P, O = self.S, self.P, self.O
         sigma = P[P_NOISE_V] * (1.0 + S[S_SLUDGE] / 400.0)
         sigma *= 1.0 + 2.0 * np.maximum(0.0, 4.0 - S[S_ACD]) + 4.0 * P[P_N_ANODES] * S[S_AC_AREA]
-        S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * self._normal()
-        S[S_AE_OSC] = self.k_osc * S[S_AE_OSC] + self.k_osc_sq * self._normal()
+        if PAIRED_NOISE:
+            z_mhd, meas = self._normal_pair()
+            S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * z_mhd
+            osc = S[S_AE_OSC] * self.k_osc
+            live = np.flatnonzero((S[S_AE] > 0.5) | (S[S_FILM] > 1e-3))
+            if live.size:
+                osc[live] = self.k_osc * S[S_AE_OSC, live] + self.k_osc_sq * self._normal(live)
+            S[S_AE_OSC] = osc
+        else:
+            S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * self._normal()
+            S[S_AE_OSC] = self.k_osc * S[S_AE_OSC] + self.k_osc_sq * self._normal()
 
         inc = S[S_IN_CIRCUIT] > 0.5
         tot = S[S_AL2O3] + S[S_ALF3] + S[S_CRYO]
@@ -328,7 +357,9 @@ class NumpyPotline:
         r_ohm = r_bath + r_bub + P[P_R_COND]
 
         u_ae = S[S_FILM] * (P[P_FILM_V] + S[S_AE_OSC])
-        if self.rng_mode == "twin" and not inc.all():
+        if PAIRED_NOISE:
+            pass  # drawn above with the MHD noise, for every cell
+        elif self.rng_mode == "twin" and not inc.all():
             meas = np.zeros(self.n)
             idx = np.flatnonzero(inc)
             meas[idx] = self._normal(idx)
