@@ -241,6 +241,11 @@ def build(plant_cfg: Any, seed: int, observe: bool):
     from control.offline import TwinPlant
     from twin.potline import Potline
 
+    if observe:
+        # open-loop baseline: the PLC's fixed-rate feeding and resistance band, and no quench
+        lc = plant_cfg.local_control
+        if "ae_quench" in type(lc).model_fields:
+            plant_cfg = plant_cfg.model_copy(update={"local_control": lc.model_copy(update={"ae_quench": False})})
     pl = Potline(plant_cfg, seed=seed, parallel=False)  # 1 s advances: thread sync costs more than it saves
     ccfg = control_config_for_plant(plant_cfg)
     if observe:
@@ -407,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--amp-hours", type=float, default=None, help="amperage scenario horizon [h] (8, quick 3)")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument(
+        "--parts",
+        default="amperage,closed,baseline",
+        help="comma list of amperage, closed, baseline; results merge into an existing output file",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -438,27 +448,39 @@ def main(argv: list[str] | None = None) -> int:
             "cycle_time_ms_max": 5.0,
         },
     }
-    print(f"amperage scenario: {amp_hours} h on 660 cells", flush=True)
-    result["amperage"] = run_amperage(ref, args.seed, amp_hours)
-    print(f"closed loop: {days} days on {sum(r.cells for ln in long_cfg.lines for r in ln.rooms if r.operating)} cells", flush=True)
-    result["closed_loop"] = run_long(long_cfg, args.seed, days, observe=False)
-    if not args.skip_baseline:
-        print("open-loop baseline (fixed-rate feeding, no quench; controller observing)", flush=True)
-        result["baseline_open_loop"] = run_long(long_cfg, args.seed, days, observe=True)
-    cl = result["closed_loop"]
-    result["summary"] = {
-        "closed_loop_ae_per_pot_day": cl["ae_per_pot_day"],
-        "closed_loop_ae_mean_duration_s": cl["ae_mean_duration_s"],
-        "baseline_ae_per_pot_day": result.get("baseline_open_loop", {}).get("ae_per_pot_day"),
-        "baseline_ae_mean_duration_s": result.get("baseline_open_loop", {}).get("ae_mean_duration_s"),
-        "detection_missed": cl["detection"]["missed"]
-        + result.get("baseline_open_loop", {}).get("detection", {}).get("missed", 0),
-        "false_hv_detections": cl["detection"]["false_hv_detections"]
-        + result.get("baseline_open_loop", {}).get("detection", {}).get("false_hv_detections", 0),
-        "cycle_time_ms_p99_660_cells": result["amperage"]["cycle_time_ms"]["p99"],
-    }
-    result["wall_s"] = time.perf_counter() - t0
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.skip_baseline:
+        parts.discard("baseline")
+    bad = parts - {"amperage", "closed", "baseline"}
+    if bad:
+        ap.error(f"--parts: unknown {sorted(bad)}; expected amperage, closed, baseline")
     out = args.out or RESULTS / ("bench_controller_quick.json" if args.quick else "bench_controller.json")
+    n_long = sum(r.cells for ln in long_cfg.lines for r in ln.rooms if r.operating)
+    if "amperage" in parts:
+        print(f"amperage scenario: {amp_hours} h on 660 cells", flush=True)
+        result["amperage"] = run_amperage(ref, args.seed, amp_hours)
+    if "closed" in parts:
+        print(f"closed loop: {days} days on {n_long} cells", flush=True)
+        result["closed_loop"] = run_long(long_cfg, args.seed, days, observe=False)
+    if "baseline" in parts:
+        print("open-loop baseline (fixed-rate feeding, resistance band, no quench; controller observing)", flush=True)
+        result["baseline_open_loop"] = run_long(long_cfg, args.seed, days, observe=True)
+    if parts != {"amperage", "closed", "baseline"} and out.exists():  # merge (read at the end)
+        prev = json.loads(out.read_text())
+        result = {**prev, **result}
+    cl = result.get("closed_loop", {})
+    bl = result.get("baseline_open_loop", {})
+    result["summary"] = {
+        "closed_loop_ae_per_pot_day": cl.get("ae_per_pot_day"),
+        "closed_loop_ae_mean_duration_s": cl.get("ae_mean_duration_s"),
+        "baseline_ae_per_pot_day": bl.get("ae_per_pot_day"),
+        "baseline_ae_mean_duration_s": bl.get("ae_mean_duration_s"),
+        "detection_missed": cl.get("detection", {}).get("missed", 0) + bl.get("detection", {}).get("missed", 0),
+        "false_hv_detections": cl.get("detection", {}).get("false_hv_detections", 0)
+        + bl.get("detection", {}).get("false_hv_detections", 0),
+        "cycle_time_ms_p99_660_cells": result.get("amperage", {}).get("cycle_time_ms", {}).get("p99"),
+    }
+    result[f"wall_s_{'_'.join(sorted(parts))}"] = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps(result["summary"], indent=2, default=float))

