@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -435,11 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.amp_hours is not None:
         amp_hours = args.amp_hours
     t0 = time.perf_counter()
+    from benchmarks.common import header
+
     result: dict[str, Any] = {
-        "benchmark": "bench_controller",
-        "quick": bool(args.quick),
+        **header("bench_controller", bool(args.quick)),
         "seed": args.seed,
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": __import__("os").cpu_count()},
         "targets": {
             "ae_per_pot_day_max": 0.05,
             "ae_mean_duration_s_max": 60.0,
