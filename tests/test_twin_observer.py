@@ -59,35 +59,44 @@ def test_observer_recovers_alumina_within_0_3_wt_pct_rms() -> None:
 
 
 def test_observer_resets_on_anode_effect_and_predicts_it() -> None:
-    """With the feed stopped the time-to-AE estimate shrinks towards the true onset
-    (inventory / Faraday consumption), and an AE pins the estimate at the critical level,
-    i.e. at the true alumina of the cell when its AE started (± 0.2 wt %)."""
-    pl = Potline(PlantConfig.single_room(4, seed=37), parallel=False)
+    """With the feed stopped the time-to-AE estimate made 20 min in lands near the true onset
+    (inventory / Faraday consumption): median relative error over the cells ≤ 25 %, none
+    over 50 %. An AE pins the estimate at the critical level, i.e. at the true alumina of
+    the cell when its AE started (± 0.2 wt %)."""
+    n = 4
+    pl = Potline(PlantConfig.single_room(n, seed=37), parallel=False)
     pl.set_local_control(slice(None), False)
     pl.set_operations(slice(None), False)
-    ob = AluminaObserver(4, pl.config.cell, alumina_wt_pct=float(pl.truth()["alumina_wt_pct"].mean()))
-    n = 4
+    ob = AluminaObserver(n, pl.config.cell, alumina_wt_pct=float(pl.truth()["alumina_wt_pct"].mean()))
     predicted = None
-    onset = None
+    onset = np.full(n, np.nan)
+    c_onset = np.full(n, np.nan)
+    first = None
     for _ in range(3 * 3600):
         pl.advance(1.0)
         m = pl.measurements()
         cur = np.full(n, m["line_current_ka"][0] * 1e3)
         ob.update(cur, m["cell_voltage_v"], np.zeros(n), np.zeros(n), 1.0)
-        if predicted is None and pl.t_s == 1200.0:
-            predicted = pl.t_s + float(ob.time_to_ae_s(cur, np.zeros(n))[0])
-        if pl.truth()["ae_active"][0]:
-            onset = pl.t_s
-            c_onset = pl.truth()["alumina_wt_pct"][0]
+        if pl.t_s == 1200.0:
+            predicted = pl.t_s + ob.time_to_ae_s(cur, np.zeros(n))
+        started = np.isnan(onset) & pl.truth()["ae_active"]
+        onset[started] = pl.t_s
+        c_onset[started] = pl.truth()["alumina_wt_pct"][started]
+        if first is None and started.any():
+            first = int(np.flatnonzero(started)[0])
+            ae_sample = None
+            for _ in range(5):  # the gas film forms within seconds
+                pl.advance(1)
+                m = pl.measurements()
+                ob.update(np.full(n, m["line_current_ka"][0] * 1e3), m["cell_voltage_v"], np.zeros(n),
+                          np.zeros(n), 1.0)
+                if m["cell_voltage_v"][first] > 8.0:
+                    ae_sample = ob.alumina_wt_pct[first]
+                    break
+            assert ae_sample is not None
+            assert ae_sample == pytest.approx(c_onset[first], abs=0.2)
+        if not np.isnan(onset).any():
             break
-    assert onset is not None and predicted is not None
-    # a prediction made 20 min into the feed stop lands within 25 % of the remaining time
-    assert abs(predicted - onset) <= 0.25 * (onset - 1200.0)
-    for _ in range(5):  # the gas film forms within seconds
-        pl.advance(1)
-        m = pl.measurements()
-        ob.update(np.full(n, m["line_current_ka"][0] * 1e3), m["cell_voltage_v"], np.zeros(n), np.zeros(n), 1.0)
-        if m["cell_voltage_v"][0] > 8.0:
-            break
-    assert m["cell_voltage_v"][0] > 8.0
-    assert ob.alumina_wt_pct[0] == pytest.approx(c_onset, abs=0.2)
+    assert predicted is not None and not np.isnan(onset).any()
+    rel = np.abs(predicted - onset) / (onset - 1200.0)
+    assert np.median(rel) <= 0.25 and rel.max() <= 0.5, rel

@@ -41,7 +41,7 @@ def liquidus_c(alf3: float, caf2: float, al2o3: float) -> float:
     """Bath liquidus [°C] (Solheim et al. 1996) from wt % excess AlF3, CaF2 and Al2O3."""
     ca = caf2 * alf3
     t = 1011.0 + 0.50 * alf3 - 0.13 * alf3**2.2
-    t += -3.45 * caf2 / (1.0 + 0.0173 * caf2) + 0.124 * ca - 0.00542 * ca**1.5
+    t += -3.45 * caf2 / (1.0 + 0.0173 * caf2) + 0.124 * ca - 0.00542 * ca * math.sqrt(ca)
     t -= 7.93 * al2o3 / (1.0 + 0.0936 * al2o3 - 0.0017 * al2o3 * al2o3 - 0.0023 * alf3 * al2o3)
     return t
 
@@ -76,10 +76,17 @@ def bath_ratio(alf3: float, al2o3: float, caf2: float) -> float:
 
 
 @njit(cache=True)
-def critical_current_density(t_k: float, c: float, single_anode_cm2: float) -> float:
-    """Critical anode current density i_c [A/cm²] (Grjotheim & Welch 1988) at wt % Al2O3 ``c``."""
+def anode_size_factor(single_anode_cm2: float) -> float:
+    """A_anode^-0.1 of the critical current density, from one anode's area [cm²]."""
+    return single_anode_cm2**-0.1
+
+
+@njit(cache=True)
+def critical_current_density(t_k: float, c: float, size_factor: float) -> float:
+    """Critical anode current density i_c [A/cm²] (Grjotheim & Welch 1988) at wt % Al2O3 ``c``;
+    ``size_factor`` = ``anode_size_factor(single anode area)``."""
     root = math.sqrt(max(c, 0.0)) - 0.4
-    return max((5.5 + 0.018 * (t_k - 1323.0)) * single_anode_cm2**-0.1 * root, 1e-6)
+    return max((5.5 + 0.018 * (t_k - 1323.0)) * size_factor * root, 1e-6)
 
 
 @njit(cache=True)
@@ -100,7 +107,7 @@ def voltage_components(
     caf2: float,
     acd_cm: float,
     anode_cm2: float,
-    single_anode_cm2: float,
+    size_factor: float,
     area_factor: float,
     cathode_cm2: float,
     kappa_factor: float,
@@ -108,10 +115,11 @@ def voltage_components(
 ):
     """Haupin voltage breakdown of one cell at ``current_a``.
 
-    Returns ``(e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bubble, u_cond, r_ohm, kappa, i_dens)``
-    in V (r_ohm in Ω, kappa in S/cm, i_dens in A/cm²). ``r_ohm`` is the ohmic part
+    Returns ``(e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bubble, u_cond, r_ohm, kappa, i_dens,
+    c_sat)`` in V (r_ohm in Ω, kappa in S/cm, i_dens in A/cm², c_sat in wt %). ``r_ohm`` is the ohmic part
     (bath + bubble layer + conductors), so the cell is ``U = E + r_ohm·I`` with
-    ``E = e_rev + eta_sa + eta_ca + eta_cc`` for the circuit solution.
+    ``E = e_rev + eta_sa + eta_ca + eta_cc`` for the circuit solution. ``size_factor`` is
+    ``anode_size_factor(one anode's area in cm²)``.
     """
     t_k = t_c + 273.15
     i = max(current_a, 1.0) / anode_cm2
@@ -121,7 +129,7 @@ def voltage_components(
     e_rev = 1.896 - 0.000572 * t_k + (R_GAS * t_k / (12.0 * FARADAY)) * math.log(1.0 / (act * act))
     i_r = 0.0029 * c**0.56
     eta_sa = (t_k / 12533.0) * math.log(max(i / i_r, 1.0))
-    i_c = critical_current_density(t_k, c, single_anode_cm2)
+    i_c = critical_current_density(t_k, c, size_factor)
     if i_c > 1.02 * i:
         eta_ca = (t_k / 23209.0) * math.log(i_c / (i_c - i))
     else:
@@ -156,4 +164,5 @@ def voltage_components(
         r_ohm,
         kappa,
         i,
+        c_sat,
     )

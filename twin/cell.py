@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 from twin.bath import (
@@ -37,7 +38,7 @@ from twin.bath import (
     voltage_components,
 )
 from twin.cell_layout import *  # noqa: F403  (index constants)
-from twin.rng import normal, uniform
+from twin.rng import normal, normal_pair, uniform
 
 #: CF4 per A·s during a full AE [kg/(A·s)], calibrated to the IPCC Tier 2 CWPB slope
 #: 0.143 kg CF4/t Al per AE-min/cell-day: 0.143e-3 · 8.054e-3 kg/(A·d) · 0.95 / 60 s
@@ -74,27 +75,50 @@ def composition(state, k):
 
 
 @njit(cache=True)
-def critical_alumina_wt(t_c, i_dens, single_cm2, delta):
+def critical_alumina_wt(t_c, i_dens, size_factor, delta):
     """Bulk Al2O3 [wt %] below which an AE starts at current density ``i_dens`` [A/cm²].
 
     Under-anode Al2O3 is the bulk minus ``delta``·i; the AE starts when the anode
     current density exceeds the critical current density of that local bath
-    (Grjotheim & Welch), i.e. at a local concentration (i/K + 0.4)².
+    (Grjotheim & Welch), i.e. at a local concentration (i/K + 0.4)²; ``size_factor`` =
+    ``twin.bath.anode_size_factor(one anode's area)``.
     """
-    kk = (5.5 + 0.018 * (t_c + 273.15 - 1323.0)) * single_cm2**-0.1
+    kk = (5.5 + 0.018 * (t_c + 273.15 - 1323.0)) * size_factor
     c_loc = (i_dens / kk + 0.4) ** 2
     return c_loc + delta * i_dens
 
 
 @njit(cache=True)
-def cell_emf(k, state, params, out, current_a, rng, dt):
-    """Voltage breakdown of cell ``k`` at line current ``current_a`` [A]; advances noise."""
-    a_noise = math.exp(-dt / params[k, P_NOISE_TAU])
+def step_decays(dt):
+    """Decay factors of one model step ``dt`` [s] shared by all cells (index ``D_*``)."""
+    d = np.empty(N_DECAY)
+    d[D_AE_OSC] = math.exp(-dt / AE_OSC_TAU_S)
+    d[D_FILM] = math.exp(-dt / FILM_TAU_S)
+    d[D_SWEEP] = math.exp(-dt / SWEEP_TAU_S)
+    d[D_ANODE_HEAT] = 1.0 - math.exp(-dt / ANODE_HEAT_TAU_S)
+    d[D_ANODE_AREA] = math.exp(-dt / ANODE_AREA_TAU_S)
+    return d
+
+
+@njit(cache=True)
+def cell_emf(k, state, params, out, current_a, rng, decay):
+    """Voltage breakdown of cell ``k`` at line current ``current_a`` [A]; advances noise.
+
+    ``decay`` holds the step's decay factors (``step_decays``); the MHD noise
+    coefficient for the step is the per-cell parameter ``P_NOISE_A``.
+    """
+    a_noise = params[k, P_NOISE_A]
     sigma = params[k, P_NOISE_V] * (1.0 + state[k, S_SLUDGE] / 400.0)
     sigma *= 1.0 + 2.0 * max(0.0, 4.0 - state[k, S_ACD]) + 4.0 * params[k, P_N_ANODES] * state[k, S_AC_AREA]
-    state[k, S_NOISE] = a_noise * state[k, S_NOISE] + sigma * math.sqrt(1.0 - a_noise * a_noise) * normal(rng, k)
-    a_osc = math.exp(-dt / AE_OSC_TAU_S)
-    state[k, S_AE_OSC] = a_osc * state[k, S_AE_OSC] + AE_OSC_STD_V * math.sqrt(1.0 - a_osc * a_osc) * normal(rng, k)
+    z_mhd, z_meas = normal_pair(rng, k)
+    state[k, S_NOISE] = a_noise * state[k, S_NOISE] + sigma * math.sqrt(1.0 - a_noise * a_noise) * z_mhd
+    a_osc = decay[D_AE_OSC]
+    if state[k, S_AE] > 0.5 or state[k, S_FILM] > 1e-3:
+        state[k, S_AE_OSC] = a_osc * state[k, S_AE_OSC] + AE_OSC_STD_V * math.sqrt(1.0 - a_osc * a_osc) * normal(
+            rng, k
+        )
+    else:
+        state[k, S_AE_OSC] *= a_osc
 
     if state[k, S_IN_CIRCUIT] < 0.5:
         for j in range(N_OUT):
@@ -105,7 +129,7 @@ def cell_emf(k, state, params, out, current_a, rng, dt):
     caf2 = params[k, P_CAF2]
     t_c = state[k, S_TBATH]
     area = params[k, P_ANODE_CM2] * (1.0 - state[k, S_AC_AREA])
-    e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bub, u_cond, r_ohm, kappa, i_dens = voltage_components(
+    e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bub, u_cond, r_ohm, kappa, i_dens, c_sat = voltage_components(
         current_a,
         t_c,
         c,
@@ -113,7 +137,7 @@ def cell_emf(k, state, params, out, current_a, rng, dt):
         caf2,
         state[k, S_ACD],
         area,
-        params[k, P_SINGLE_CM2],
+        params[k, P_SIZE_F],
         params[k, P_AREA_F],
         params[k, P_CATH_CM2],
         params[k, P_KAPPA_F],
@@ -121,7 +145,7 @@ def cell_emf(k, state, params, out, current_a, rng, dt):
     )
     film = state[k, S_FILM]
     u_ae = film * (params[k, P_FILM_V] + state[k, S_AE_OSC])
-    noise = state[k, S_NOISE] + MEAS_NOISE_V * normal(rng, k)
+    noise = state[k, S_NOISE] + MEAS_NOISE_V * z_meas
     t_liq = liquidus_c(alf3, caf2, c)
     out[k, O_E] = e_rev + eta_sa + eta_ca + eta_cc + u_ae + noise
     out[k, O_R_OHM] = r_ohm
@@ -140,8 +164,8 @@ def cell_emf(k, state, params, out, current_a, rng, dt):
     out[k, O_SUPERHEAT] = t_c - t_liq
     out[k, O_KAPPA] = kappa
     out[k, O_I_DENS] = i_dens
-    out[k, O_CSAT] = alumina_saturation_wt(t_c, alf3, caf2)
-    out[k, O_C_CRIT] = critical_alumina_wt(t_c, i_dens, params[k, P_SINGLE_CM2], params[k, P_AE_DELTA])
+    out[k, O_CSAT] = c_sat
+    out[k, O_C_CRIT] = critical_alumina_wt(t_c, i_dens, params[k, P_SIZE_F], params[k, P_AE_DELTA])
 
 
 @njit(cache=True)
@@ -195,24 +219,32 @@ def start_tapping(state, params, k):
 
 
 @njit(cache=True)
-def cell_integrate(k, state, params, out, current_line_a, rng, dt):
-    """Integrate cell ``k`` over ``dt`` [s] at line current ``current_line_a`` [A]."""
+def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
+    """Integrate cell ``k`` over ``dt`` [s] at line current ``current_line_a`` [A].
+
+    Composition, liquidus and saturation come from ``cell_emf`` of the same sub-step
+    (nothing changes them in between); a cut-out cell computes its own.
+    """
     in_circ = state[k, S_IN_CIRCUIT] > 0.5
     current = current_line_a if in_circ else 0.0
     u = out[k, O_E] + out[k, O_R_OHM] * current if in_circ else 0.0
     out[k, O_U] = u
     out[k, O_I] = current
-    tot, c, alf3 = composition(state, k)
     caf2 = params[k, P_CAF2]
     t_c = state[k, S_TBATH]
-    t_liq = liquidus_c(alf3, caf2, c)
+    if in_circ:
+        c, alf3, t_liq, c_sat = out[k, O_C], out[k, O_ALF3], out[k, O_TLIQ], out[k, O_CSAT]
+    else:
+        tot, c, alf3 = composition(state, k)
+        t_liq = liquidus_c(alf3, caf2, c)
+        c_sat = alumina_saturation_wt(t_c, alf3, caf2)
 
     # --- anode effect ---------------------------------------------------------------------
     film = state[k, S_FILM]
     if state[k, S_AE] > 0.5:
         state[k, S_AE_T] += dt
         state[k, A_AE_S] += dt
-        film += (1.0 - film) * (1.0 - math.exp(-dt / FILM_TAU_S))
+        film += (1.0 - film) * (1.0 - decay[D_FILM])
         c_crit = state[k, S_AE_CCRIT]
         # the film breaks up by itself only near the critical concentration ...
         hazard = math.exp(min(0.0, c - c_crit) / 0.2) / params[k, P_AE_SELF_S]
@@ -225,7 +257,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
             state[k, S_AE] = 0.0
             state[k, S_REFRACT] = params[k, P_AE_REFR_S]
     else:
-        film *= math.exp(-dt / FILM_TAU_S)
+        film *= decay[D_FILM]
         state[k, S_REFRACT] = max(state[k, S_REFRACT] - dt, 0.0)
         if in_circ and current > 1000.0 and state[k, S_REFRACT] <= 0.0 and c < out[k, O_C_CRIT]:
             state[k, S_AE] = 1.0
@@ -233,7 +265,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
             state[k, S_AE_CCRIT] = out[k, O_C_CRIT]
             state[k, A_AE_N] += 1.0
     state[k, S_FILM] = film
-    state[k, S_SWEEP] *= math.exp(-dt / SWEEP_TAU_S)
+    state[k, S_SWEEP] *= decay[D_SWEEP]
 
     # --- electrochemistry: CE, metal, alumina, PFC -----------------------------------------
     ce = current_efficiency(t_c - t_liq, alf3, params[k, P_CE_C], state[k, S_ACD])
@@ -251,8 +283,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
     state[k, A_CF4] += CF4_KG_PER_AS * film * charge
 
     # slow pool: first-order dissolution, driven by the distance to saturation
-    c_sat = alumina_saturation_wt(t_c, alf3, caf2)
-    diss = state[k, S_SLUDGE] * (1.0 - math.exp(-params[k, P_KDISS] * dt)) * max(0.0, 1.0 - c / c_sat)
+    diss = state[k, S_SLUDGE] * params[k, P_KDISS_F] * max(0.0, 1.0 - c / c_sat)
     state[k, S_SLUDGE] -= diss
     state[k, S_AL2O3] += diss
 
@@ -269,7 +300,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
     q_bl = params[k, P_HBL] * a_l * (t_c - t_liq)
     q_out = (t_liq - params[k, P_TAMB]) / (x_l / (params[k, P_KLEDGE] * a_l) + params[k, P_RWALL])
     q_top = params[k, P_KTOP] * (t_c - params[k, P_TAMB])
-    q_anode = state[k, S_AC_HEAT] * (1.0 - math.exp(-dt / ANODE_HEAT_TAU_S)) / dt
+    q_anode = state[k, S_AC_HEAT] * decay[D_ANODE_HEAT] / dt
     state[k, S_AC_HEAT] -= q_anode * dt
     dm_ledge = (q_out - q_bl) * dt / LEDGE_FUSION_J_PER_KG
     dm_ledge = max(dm_ledge, -state[k, S_LEDGE])  # cannot melt more ledge than there is
@@ -284,7 +315,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt):
     state[k, A_Q_LOSS] += (q_top + q_out) * dt
     state[k, A_Q_ANODE] += q_anode * dt
     out[k, O_LEDGE_CM] = 100.0 * state[k, S_LEDGE] / (LEDGE_DENSITY_KG_M3 * a_l)
-    state[k, S_AC_AREA] *= math.exp(-dt / ANODE_AREA_TAU_S)
+    state[k, S_AC_AREA] *= decay[D_ANODE_AREA]
 
     # --- geometry: metal rise, anode burn-off, tapping -------------------------------------------
     cath_m2 = params[k, P_CATH_CM2] * 1e-4

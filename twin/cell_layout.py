@@ -99,7 +99,18 @@ P_LOCAL = 40  # 1: potroom PLC feeds and moves the beam itself
 P_OPS = 41  # 1: tapping and anode changes run on their schedule
 P_METAL0 = 42  # metal pad after tapping [kg]
 P_LOCAL_QUENCH = 43  # 1: the potroom PLC kills AEs itself (feed + beam pumping) under local control
-N_PARAM = 44
+P_NOISE_A = 44  # MHD noise AR(1) coefficient exp(-dt/τ) for the model step [-]
+P_KDISS_F = 45  # slow-pool share dissolving per step 1 - exp(-k·dt) [-]
+P_SIZE_F = 46  # one anode's area^-0.1 (critical current density) [cm^-0.2]
+N_PARAM = 47
+
+# --- per-step decay factors shared by all cells (``step_decays(dt)``) ------------------------
+D_AE_OSC = 0  # AE oscillation AR(1) coefficient
+D_FILM = 1  # gas-film growth/decay
+D_SWEEP = 2  # beam-pumping sweep memory
+D_ANODE_HEAT = 3  # share of the remaining new-anode heat absorbed per step
+D_ANODE_AREA = 4  # new-anode area still not conducting
+N_DECAY = 5
 
 # --- outputs (last sub-step) -----------------------------------------------------------------
 O_U = 0  # cell voltage incl. noise [V]

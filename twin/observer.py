@@ -58,7 +58,7 @@ DISTURBANCE_TAU_S = 6.0 * 3600.0
 @njit(cache=True)
 def _h(ob, c, d, current):
     comps = voltage_components(
-        current, ob[OB_T], c, ob[OB_ALF3], ob[OB_CAF2], d, ob[OB_ANODE], ob[OB_SINGLE], ob[OB_AREA_F],
+        current, ob[OB_T], c, ob[OB_ALF3], ob[OB_CAF2], d, ob[OB_ANODE], ob[OB_SINGLE] ** -0.1, ob[OB_AREA_F],
         ob[OB_CATH], 1.0, ob[OB_R_COND],
     )
     return comps[0] + comps[1] + comps[2] + comps[3] + comps[4] + comps[5] + comps[6]
@@ -71,7 +71,8 @@ def ekf_step(x, p, sludge, agitation, acc, ob, current_a, voltage_v, feed_kg, be
 
     State per cell: ``x = [C wt %, ACD cm, b]`` where ``b`` multiplies the nominal
     Faraday consumption (it absorbs a cell's own CE and bath-mass error).
-    ``acc[k] = [time, Σ U·dt, Σ I·dt]`` accumulates samples between measurement updates:
+    ``acc[k] = [time, Σ U·dt, Σ I·dt, I smoothed outside AEs]`` accumulates samples between
+    measurement updates:
     the update uses the block mean over ``OB_PERIOD`` seconds, because cell-voltage noise
     is coloured (MHD, τ ≈ 20 s) and per-sample updates on a convex h(C) bias C low.
     """
@@ -113,9 +114,10 @@ def ekf_step(x, p, sludge, agitation, acc, ob, current_a, voltage_v, feed_kg, be
             acc[k, 0] = 0.0
             acc[k, 1] = 0.0
             acc[k, 2] = 0.0
-            # in an AE the bath is at the critical concentration: reset C there
-            i_dens = cur / ob[OB_ANODE]
-            x[k, 0] = critical_alumina_wt(ob[OB_T], i_dens, ob[OB_SINGLE], ob[OB_AE_DELTA])
+            # in an AE the bath is at the critical concentration of the current density the
+            # cell had when it started (the line current itself dips during the AE): reset C there
+            i_dens = (acc[k, 3] if acc[k, 3] > 0.0 else cur) / ob[OB_ANODE]
+            x[k, 0] = critical_alumina_wt(ob[OB_T], i_dens, ob[OB_SINGLE] ** -0.1, ob[OB_AE_DELTA])
             for j in range(N_X):
                 p[k, 0, j] = 0.0
                 p[k, j, 0] = 0.0
@@ -124,6 +126,8 @@ def ekf_step(x, p, sludge, agitation, acc, ob, current_a, voltage_v, feed_kg, be
         acc[k, 0] += dt
         acc[k, 1] += u * dt
         acc[k, 2] += cur * dt
+        w = min(dt / 60.0, 1.0)  # current before any AE, smoothed over a minute
+        acc[k, 3] = cur if acc[k, 3] <= 0.0 else acc[k, 3] + w * (cur - acc[k, 3])
         if acc[k, 0] < ob[OB_PERIOD]:
             continue
         u = acc[k, 1] / acc[k, 0]
@@ -217,7 +221,7 @@ class AluminaObserver:
         self.p[:, 2, 2] = consumption_std**2
         self.sludge = np.zeros(n_cells)
         self.agitation = np.zeros(n_cells)
-        self.acc = np.zeros((n_cells, 3))
+        self.acc = np.zeros((n_cells, 4))
         self._valid = np.ones(n_cells, dtype=np.bool_)
         self._calm = np.zeros(n_cells, dtype=np.bool_)
 

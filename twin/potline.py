@@ -24,6 +24,7 @@ from twin.bath import (
     liquidus_c,
 )
 from twin.cell import (
+    step_decays,
     ANODE_CP_J_PER_KGK,
     ANODE_HEAT_FROM_BATH,
     cell_emf,
@@ -72,8 +73,9 @@ from twin.rng import seed_states
 @njit(cache=True)
 def _emf_serial(state, params, out, cell_line, rect, rng, dt):
     """Voltage breakdown of every cell at its line's present current (start-up, views)."""
+    decay = step_decays(dt)
     for k in range(state.shape[0]):
-        cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, dt)
+        cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, decay)
 
 
 @njit(cache=True)
@@ -85,19 +87,20 @@ def advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, 
     Lines are independent circuits, so they can run in parallel.
     """
     lo, hi = line_ptr[ln], line_ptr[ln + 1]
+    decay = step_decays(dt)
     for _ in range(n_sub):
         current = rect[ln, R_I]
         e_sum = 0.0
         r_sum = 0.0
         for j in range(lo, hi):
             k = line_cells[j]
-            cell_emf(k, state, params, out, current, rng, dt)
+            cell_emf(k, state, params, out, current, rng, decay)
             if state[k, S_IN_CIRCUIT] > 0.5:
                 e_sum += out[k, O_E]
                 r_sum += out[k, O_R_OHM]
         current = rectifier_step(rect, rpar, ln, e_sum, r_sum, dt)
         for j in range(lo, hi):
-            cell_integrate(line_cells[j], state, params, out, current, rng, dt)
+            cell_integrate(line_cells[j], state, params, out, current, rng, dt, decay)
 
 
 @njit(cache=True, parallel=True)
@@ -195,6 +198,7 @@ class Potline:
         p = np.zeros((n, N_PARAM))
         p[:, P_ANODE_CM2] = c.anode_area_m2 * 1e4
         p[:, P_SINGLE_CM2] = c.anode_area_m2 * 1e4 / c.n_anodes
+        p[:, P_SIZE_F] = p[:, P_SINGLE_CM2] ** -0.1
         p[:, P_AREA_F] = c.anode_area_factor
         p[:, P_CATH_CM2] = c.cathode_area_m2 * 1e4
         p[:, P_LEDGE_M2] = c.ledge_area_m2
@@ -204,12 +208,14 @@ class Potline:
         p[:, P_CAF2] = c.caf2_wt_pct
         p[:, P_SLUDGE_R] = c.sludge_fraction
         p[:, P_KDISS] = c.dissolution_rate_per_s
+        p[:, P_KDISS_F] = 1.0 - np.exp(-c.dissolution_rate_per_s * cfg.dt_s)
         p[:, P_AE_DELTA] = c.ae_local_depletion_wt_pct_per_a_cm2
         p[:, P_FILM_V] = spread(c.ae_film_voltage_v, sp.ae_film_voltage)
         p[:, P_AE_SELF_S] = c.ae_self_extinction_s
         p[:, P_AE_REFR_S] = c.ae_refractory_s
         p[:, P_NOISE_V] = spread(c.noise_mv * 1e-3, sp.noise)
         p[:, P_NOISE_TAU] = c.noise_tau_s
+        p[:, P_NOISE_A] = np.exp(-cfg.dt_s / c.noise_tau_s)
         p[:, P_CTH] = c.thermal_capacity_mj_per_k * 1e6
         p[:, P_KTOP] = spread(c.k_top_w_per_k, sp.k_top)
         p[:, P_HBL] = c.h_bath_ledge_w_per_m2k

@@ -39,3 +39,11 @@ def normal(states, k):
     u1 = uniform(states, k)
     u2 = uniform(states, k)
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@njit(cache=True)
+def normal_pair(states, k):
+    """Two independent standard normal draws from stream ``k`` (one Box–Muller pair)."""
+    r = math.sqrt(-2.0 * math.log(uniform(states, k)))
+    phi = 2.0 * math.pi * uniform(states, k)
+    return r * math.cos(phi), r * math.sin(phi)
