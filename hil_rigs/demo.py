@@ -86,7 +86,8 @@ def _scenario(opts: DemoOptions) -> Any:
     if opts.potroom_protocol is not None:
         ov["protocols.potroom"] = opts.potroom_protocol
     if base.ae_storm is not None:
-        ov["ae_storm.end_s"] = max(base.ae_storm.start_s, dur - 600.0)  # the last 10 min show the recovery
+        # the last part (10 min at most) shows the recovery
+        ov["ae_storm.end_s"] = max(base.ae_storm.start_s, dur - min(600.0, 0.25 * dur))
     return load_scenario(base, **ov)
 
 
