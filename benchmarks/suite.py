@@ -8,9 +8,11 @@ Each benchmark runs as ``python -m benchmarks.<module> [--quick] --out <results>
 reported as failed, and the suite carries on with the rest. ``--only NAME`` runs some
 benchmarks and rebuilds the report from the fresh results plus the latest stored ones.
 
-Full run (< 10 min on 2 cores): ``potline bench`` -> ``benchmarks/results/`` + ``PERFORMANCE.md``.
-Quick run (CI smoke, seconds per benchmark, no timing claims): ``potline bench --quick`` ->
-``benchmarks/results/quick/`` (its ``PERFORMANCE.md`` stays there).
+Full run (about 10 min on 2 cores): ``potline bench`` -> ``benchmarks/results/suite/`` (every
+benchmark's JSON from this one run, logs, ``growth.json``, ``growth.png``) + ``PERFORMANCE.md`` at
+the repository root. Standalone runs (``python -m benchmarks.bench_x``) keep writing
+``benchmarks/results/<name>.json``. Quick run (CI smoke, no timing claims): ``potline bench
+--quick`` -> ``benchmarks/results/quick/`` (its ``PERFORMANCE.md`` stays there).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from typing import Any
 from benchmarks.common import REPO, RESULTS_DIR, child_env, fmt_rate, header, md_table
 
 PERFORMANCE_MD = REPO / "PERFORMANCE.md"
+#: the suite's own complete set of results from one run (standalone runs of a benchmark keep
+#: writing ``benchmarks/results/<name>.json``; the suite never overwrites those)
+SUITE_DIR = RESULTS_DIR / "suite"
 QUICK_DIR = RESULTS_DIR / "quick"
 
 
@@ -748,7 +753,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     names = ", ".join(b.name for b in BENCHES)
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run of every benchmark (CI)")
     p.add_argument("--only", action="append", default=None, metavar="NAME", help=f"run only NAME (repeatable): {names}")
-    p.add_argument("--results", type=Path, default=None, help="results directory (default benchmarks/results[/quick])")
+    p.add_argument("--results", type=Path, default=None,
+                   help="results directory (default benchmarks/results/suite, quick: benchmarks/results/quick)")
     p.add_argument("--report", type=Path, default=None, help="PERFORMANCE.md path (default: repo root; quick: results dir)")
     p.add_argument("--no-growth", action="store_true", help="skip the extra plant-size runs of the I/O benchmarks")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from stored results, run nothing")
@@ -760,7 +766,7 @@ def main_args(args: argparse.Namespace) -> int:
     if only and not only <= known:
         print(f"unknown benchmark(s) {sorted(only - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
-    results = args.results or (QUICK_DIR if args.quick else RESULTS_DIR)
+    results = args.results or (QUICK_DIR if args.quick else SUITE_DIR)
     report = args.report or (results / "PERFORMANCE.md" if args.quick else PERFORMANCE_MD)
     results.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
