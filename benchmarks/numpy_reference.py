@@ -17,9 +17,9 @@ once — not by calling the Numba functions. Per sub-step of ``dt`` [s]:
 How it is written (what a careful NumPy programmer would do, stated so the comparison
 is fair): state is a structure of arrays with one contiguous row per variable
 (``(N_STATE, n)``, cells sorted by line); loop-invariant parameter expressions are
-computed once per ``advance`` call; composition, liquidus and alumina saturation are
-computed once per sub-step and shared by both halves (the Numba kernel recomputes them
-in ``cell_integrate``; the inputs are unchanged in between, so the values are the same);
+computed once per ``advance`` call (the twin keeps some as per-cell parameters too);
+composition, liquidus and alumina saturation are computed once per sub-step and shared
+by both halves (as the twin does);
 rare events (AE cells, feeder shots, beam moves, tapping, anode changes) are handled
 on index subsets from ``np.flatnonzero``.
 
@@ -65,8 +65,6 @@ from twin.cell import (
     SWEEP_TAU_S,
     TAP_BATCH_KG,
 )
-import twin.cell_layout as _layout
-import twin.rng as _twin_rng
 from twin.cell_layout import *  # noqa: F403  (index constants)
 from twin.rectifier import (
     R_AT_LIMIT,
@@ -93,15 +91,6 @@ from twin.rectifier import (
     RP_TAP_TIME,
     RP_V_LIMIT,
 )
-
-#: the twin draws MHD + measurement noise as one Box–Muller pair per cell and the AE
-#: oscillation only while a gas film is present (twin.rng.normal_pair); earlier twins drew
-#: three separate normals. Follow whichever twin is installed, so the streams stay the same.
-PAIRED_NOISE = hasattr(_twin_rng, "normal_pair")
-#: per-step coefficients the twin keeps as parameters, when it does
-_P_NOISE_A = getattr(_layout, "P_NOISE_A", None)
-_P_KDISS_F = getattr(_layout, "P_KDISS_F", None)
-_P_SIZE_F = getattr(_layout, "P_SIZE_F", None)
 
 _MULT = np.uint64(0x2545F4914F6CDD1D)
 _U12, _U25, _U27, _U11 = (np.uint64(v) for v in (12, 25, 27, 11))
@@ -244,7 +233,7 @@ class NumpyPotline:
     # --- per-call constants -------------------------------------------------------------------
     def _constants(self) -> None:
         P, dt = self.P, self.dt
-        self.k_noise = P[_P_NOISE_A] if _P_NOISE_A is not None else np.exp(-dt / P[P_NOISE_TAU])
+        self.k_noise = P[P_NOISE_A]  # the twin's per-cell exp(-dt/τ) for its model step
         self.k_noise_sq = np.sqrt(1.0 - self.k_noise * self.k_noise)
         a_osc = np.exp(-dt / AE_OSC_TAU_S)
         self.k_osc, self.k_osc_sq = a_osc, AE_OSC_STD_V * np.sqrt(1.0 - a_osc * a_osc)
@@ -253,9 +242,9 @@ class NumpyPotline:
         self.k_sweep = np.exp(-dt / SWEEP_TAU_S)
         self.k_anode_heat = 1.0 - np.exp(-dt / ANODE_HEAT_TAU_S)
         self.k_area = np.exp(-dt / ANODE_AREA_TAU_S)
-        self.k_diss = P[_P_KDISS_F] if _P_KDISS_F is not None else 1.0 - np.exp(-P[P_KDISS] * dt)
+        self.k_diss = P[P_KDISS_F]
         self.caf2_term = -3.45 * P[P_CAF2] / (1.0 + 0.0173 * P[P_CAF2])
-        self.single_pow = P[_P_SIZE_F] if _P_SIZE_F is not None else P[P_SINGLE_CM2] ** -0.1
+        self.single_pow = P[P_SIZE_F]
         self.eta_ca_sat = np.log(51.0)
         self.ledge_rho_a = LEDGE_DENSITY_KG_M3 * P[P_LEDGE_M2]
         self.hbl_a = P[P_HBL] * P[P_LEDGE_M2]
@@ -299,17 +288,15 @@ class NumpyPotline:
         S, P, O = self.S, self.P, self.O
         sigma = P[P_NOISE_V] * (1.0 + S[S_SLUDGE] / 400.0)
         sigma *= 1.0 + 2.0 * np.maximum(0.0, 4.0 - S[S_ACD]) + 4.0 * P[P_N_ANODES] * S[S_AC_AREA]
-        if PAIRED_NOISE:
-            z_mhd, meas = self._normal_pair()
-            S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * z_mhd
-            osc = S[S_AE_OSC] * self.k_osc
-            live = np.flatnonzero((S[S_AE] > 0.5) | (S[S_FILM] > 1e-3))
-            if live.size:
-                osc[live] = self.k_osc * S[S_AE_OSC, live] + self.k_osc_sq * self._normal(live)
-            S[S_AE_OSC] = osc
-        else:
-            S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * self._normal()
-            S[S_AE_OSC] = self.k_osc * S[S_AE_OSC] + self.k_osc_sq * self._normal()
+        # MHD and measurement noise: one Box–Muller pair per cell; the AE oscillation is drawn
+        # only while a gas film is present, else it just decays
+        z_mhd, meas = self._normal_pair()
+        S[S_NOISE] = self.k_noise * S[S_NOISE] + sigma * self.k_noise_sq * z_mhd
+        osc = S[S_AE_OSC] * self.k_osc
+        live = np.flatnonzero((S[S_AE] > 0.5) | (S[S_FILM] > 1e-3))
+        if live.size:
+            osc[live] = self.k_osc * S[S_AE_OSC, live] + self.k_osc_sq * self._normal(live)
+        S[S_AE_OSC] = osc
 
         inc = S[S_IN_CIRCUIT] > 0.5
         tot = S[S_AL2O3] + S[S_ALF3] + S[S_CRYO]
@@ -357,14 +344,6 @@ class NumpyPotline:
         r_ohm = r_bath + r_bub + P[P_R_COND]
 
         u_ae = S[S_FILM] * (P[P_FILM_V] + S[S_AE_OSC])
-        if PAIRED_NOISE:
-            pass  # drawn above with the MHD noise, for every cell
-        elif self.rng_mode == "twin" and not inc.all():
-            meas = np.zeros(self.n)
-            idx = np.flatnonzero(inc)
-            meas[idx] = self._normal(idx)
-        else:
-            meas = self._normal()
         noise = S[S_NOISE] + MEAS_NOISE_V * meas
         t_liq = liquidus_c(alf3, self.caf2_term, caf2, c)
         c_loc = i / kk + 0.4
