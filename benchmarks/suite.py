@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,10 @@ def _modbus_growth(doc: dict[str, Any]) -> list[tuple[str, int, float, str, str]
 
 
 def _startup_growth(doc: dict[str, Any]) -> list[tuple[str, int, float, str, str]]:
+    names = {"modbus": "Modbus", "opcua": "OPC UA"}
     return [
-        ("daemon: spawn to first cycle (warm cache)", c["cells"], 1e3 * c["spawn_to_first_cycle_s"]["median"], "ms",
-         "lower")
+        (f"daemon: spawn to first cycle, {names.get(c['protocols']['potroom'], c['protocols']['potroom'])} "
+         "potrooms (warm cache)", c["cells"], 1e3 * c["spawn_to_first_cycle_s"]["median"], "ms", "lower")
         for c in doc["cases"] if c.get("numba_cache") == "warm"
     ]  # fmt: skip
 
@@ -270,12 +271,13 @@ def plot_growth(series: dict[str, dict[str, Any]], path: Path) -> Path | None:
     for ax, group, ylabel in ((axes[0], rates, "throughput"), (axes[1], times, "time")):
         for name, s in group.items():
             xs, ys = zip(*s["points"]) if s["points"] else ((), ())
-            ax.loglog(xs, ys, marker="o", label=f"{name} [{s['unit']}]")
+            style = "--" if s.get("note") else "-"  # a series carried over from another size
+            ax.loglog(xs, ys, style, marker="o", label=f"{name} [{s['unit']}]")
         ax.set_xlabel("cells")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         if group:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="lower right" if ax is axes[1] else "best")
     axes[0].set_title("throughput vs plant size (higher is better)")
     axes[1].set_title("time vs plant size (lower is better)")
     fig.tight_layout()
@@ -397,10 +399,13 @@ def _startup_targets(doc: dict[str, Any]) -> list[list[str]]:
     alt = ""
     if cold:
         alt = f"cold cache ({cold[0]['cells']} cells): {cold[0]['spawn_to_first_cycle_s']['median']:.2f} s"
-    parts = ", ".join(f"{c['cells']} cells {c['spawn_to_first_cycle_s']['median']:.2f} s" for c in warm)
+    parts = ", ".join(
+        f"{c['cells']} cells, potrooms over {c['protocols']['potroom']}: {c['spawn_to_first_cycle_s']['median']:.2f} s"
+        for c in warm
+    )
     return [[
         f"daemon start to first control cycle <= {doc.get('target_s', 10):g} s (warm Numba cache)",
-        f"median {parts}; worst {worst['spawn_to_first_cycle_s']['max']:.2f} s ({worst['cells']} cells)",
+        f"median {parts}; worst {worst['spawn_to_first_cycle_s']['max']:.2f} s ({worst['case']})",
         alt, "", _met(doc.get("meets_target")),
     ]]  # fmt: skip
 
@@ -712,7 +717,7 @@ def write_report(
         f"Python {ver['python']}, NumPy {ver['numpy']}, Numba {ver['numba']}, asyncua {ver['asyncua']}, "
         f"pymodbus {ver['pymodbus']}. Source {head['source']['commit']}"
         + (" (with local edits)" if head["source"]["dirty"] else "")
-        + f". Suite wall time {wall_s:.0f} s.",
+        + (f". Suite wall time {wall_s:.0f} s." if wall_s > 0 else "."),
         "",
         "These machines are shared and noisy (other jobs run on the same 2 cores). Every comparison below is "
         "measured side by side in the same run and stated as a ratio; absolute figures are medians over repeats "
@@ -729,7 +734,7 @@ def write_report(
     lines += _safe_section(lambda: io_section(docs), "I/O")
     lines += _safe_section(lambda: loop_section(docs), "Loop")
     lines += growth_section(series, plot, report)
-    lines += ["## This run", "", md_table(
+    lines += ["## The run behind these figures", "", md_table(
         ["benchmark", "status", "wall", "result", "note"],
         [[r.name, r.status, f"{r.wall_s:.1f} s", _when(docs.get(r.name)), r.note] for r in records],
     ), ""]  # fmt: skip
@@ -760,6 +765,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true", help="rebuild the report from stored results, run nothing")
 
 
+def _load_run(path: Path) -> tuple[list[RunRecord], float]:
+    """The records and wall time of the run that produced the stored results (``run.json``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [RunRecord(**r) for r in data["records"]], float(data["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], 0.0
+
+
 def main_args(args: argparse.Namespace) -> int:
     known = {b.name for b in BENCHES}
     only = set(args.only) if args.only else None
@@ -770,12 +784,18 @@ def main_args(args: argparse.Namespace) -> int:
     report = args.report or (results / "PERFORMANCE.md" if args.quick else PERFORMANCE_MD)
     results.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records = [] if args.report_only else run_suite(results, args.quick, only, growth=not args.no_growth)
+    run_file = results / "run.json"
+    if args.report_only:
+        records, wall = _load_run(run_file)
+    else:
+        records = run_suite(results, args.quick, only, growth=not args.no_growth)
+        wall = time.perf_counter() - t0
+        run_file.write_text(json.dumps({"wall_s": round(wall, 1), "records": [asdict(r) for r in records]}, indent=1))
     docs = load_results(results)
     for b in BENCHES:  # stored results this run did not refresh
         if b.name in docs and not any(r.name == b.name for r in records):
             records.append(RunRecord(b.name, "stored", note="not run now; latest stored result"))
-    path = write_report(docs, records, results, report, args.quick, time.perf_counter() - t0)
+    path = write_report(docs, records, results, report, args.quick, wall)
     print(f"wrote {path} and {results / 'growth.png'}")
     failed = [r.name for r in records if r.status in ("failed", "timeout")]
     if failed:

@@ -154,13 +154,15 @@ def test_quick_suite_writes_modbus_json_and_report(quick_suite):
     assert mb["scan"]["cells"] == 660 and mb["scan"]["all_good"]
     text = report.read_text()
     assert "Quick smoke run" in text
-    for section in ("## Targets", "## Model", "## I/O", "## Loop", "## Growth with plant size", "## This run"):
+    for section in ("## Targets", "## Model", "## I/O", "## Loop", "## Growth with plant size", "## The run behind these figures"):
         assert section in text
     assert ">= 3x the NumPy version (660 cells" in text and "full Modbus scan of 660 cells" in text
     assert (results / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     growth = json.loads((results / "growth.json").read_text())
     assert [c for c, _ in growth["model: Numba parallel"]["points"]] == [132, 660]
     assert (results / "logs" / "model.log").exists()
+    run = json.loads((results / "run.json").read_text())
+    assert {r["name"]: r["status"] for r in run["records"]}["model"] == "ok"
 
 
 def test_bench_rejects_unknown_benchmark(tmp_path):
