@@ -9,7 +9,7 @@ Modbus TCP. The rig induces an AE on a random cell every ``--every`` seconds (al
 just below critical) until ``--aes`` AEs were induced.
 
 Latency of one AE = (time the potroom PLC received the first quench command for that cell:
-a feed command of >= 2 shots or any beam command) - (first PLC scan publishing the cell's
+a feed command of >= 2 shots or a beam lowering of >= 10 mm) - (first PLC scan publishing the cell's
 voltage above 8 V, i.e. the earliest moment any controller could see it). Both ends are
 stamped by the rig on its own clock (= wall clock at speed 1); p50/p99 over the AEs that
 started under remote control.

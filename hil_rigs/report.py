@@ -6,7 +6,8 @@ Times are the rig's plant seconds. An AE record holds:
 * ``visible_s``: the first PLC scan publishing its voltage above 8 V (what any
   controller can see first: "the rig's cell entering AE" for the latency figures);
 * ``first_cmd_s``: the first quench command the potroom PLC received for the cell after
-  that (a feed command of >= 2 shots, or any beam command), ``first_cmd`` what it was;
+  that (a feed command of >= 2 shots, or a beam lowering of >= 10 mm), ``first_cmd``
+  what it was;
 * ``end_s``: the twin's AE ended (NaN while it lasts);
 * ``room_remote``: the room was under remote (controller) control when it started.
 """

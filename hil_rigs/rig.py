@@ -43,7 +43,13 @@ from hil_rigs.scenarios import Scenario, ScenarioEvent, load_scenario
 from plc_bridge.plant import potroom_tagmap, rectifier_tagmap
 from twin.clock import AcceleratedClock, Clock
 
-__all__ = ["Rig", "PlcHandle"]
+__all__ = ["Rig", "PlcHandle", "QUENCH_MIN_SHOTS", "QUENCH_MIN_LOWER_MM"]
+
+#: what the rig counts as a quench command for a cell in AE: a feed command of at least
+#: this many shots (regular feeding sends one) ...
+QUENCH_MIN_SHOTS = 2
+#: ... or a beam lowering of at least this much [mm] (ACD corrections are a few mm)
+QUENCH_MIN_LOWER_MM = 10.0
 
 log = structlog.get_logger(__name__)
 
@@ -524,10 +530,12 @@ class Rig:
             return
         if f == "feed_cmd":
             shots = float(h.image.cells["feed_shots"][i])
-            if shots >= 2:  # a quench dose, not the regular one-shot feeding
+            if shots >= QUENCH_MIN_SHOTS:  # a quench dose, not the regular one-shot feeding
                 ae.first_cmd_s, ae.first_cmd = now, f"feed {shots:g} shots"
         else:
-            ae.first_cmd_s, ae.first_cmd = now, f"beam {float(h.image.cells['beam_move'][i]):+g} mm"
+            mm = float(h.image.cells["beam_move"][i])
+            if mm <= -QUENCH_MIN_LOWER_MM:  # beam lowering/pumping, not a small ACD correction
+                ae.first_cmd_s, ae.first_cmd = now, f"beam {mm:+g} mm"
 
     async def _run(self) -> None:
         sc = self.scenario
