@@ -36,6 +36,7 @@ import math
 import os
 import signal
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +291,7 @@ class Daemon:
         self._error_journal_mono = -math.inf
         self._errors_in_a_row = 0
         self._journal_failing = False
+        self._late_log_mono = -math.inf
         n = self.layout.n_cells
         self._cell_line = np.asarray(self.layout.cell_line, dtype=np.int64)
         self._cell_room = np.asarray(self.layout.cell_room, dtype=np.int64)
@@ -828,6 +830,11 @@ class Daemon:
         m.cycles.labels(nm).inc()
         if info.overrun:
             m.overruns.labels(nm).inc()
+        period = self.cfg.daemon.scan_period_s
+        if info.lag_s > 2 * period and now_mono - self._late_log_mono >= 60.0:
+            self._late_log_mono = now_mono
+            log.warning("loop.late", lag_s=round(info.lag_s, 3), scan_period_s=period, t_plant_s=round(info.t_s, 3),
+                        read_s=round(info.read_s, 4), step_s=round(info.step_s, 4), write_s=round(info.write_s, 4))  # fmt: skip
         m.plant_time.labels(nm).set(info.t_s)
         if self.controller is not None:
             m.anode_effects_active.labels(nm).set(float(self.controller.detector.active.sum()))
@@ -978,6 +985,9 @@ class Daemon:
         from twin.observer import AluminaObserver
 
         structlog.contextvars.bind_contextvars(plant=self.layout.plant)
+        # the mirror thread (OPC UA, pure Python) shares the GIL with the control loop: hand it
+        # back every 1 ms instead of 5 ms, so an I/O wake-up of the loop is never kept waiting long
+        sys.setswitchinterval(0.001)
         self.stop_event = asyncio.Event()
         self._mode_lock = asyncio.Lock()
         cfg = self.cfg

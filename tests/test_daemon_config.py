@@ -154,3 +154,45 @@ def test_parse_from_dict_names_the_source() -> None:
         parse_daemon_config({"plc": []}, source="inline.toml")
     keys = [i.key for i in err.value.issues]
     assert "plc" in keys and all(i.file == "inline.toml" for i in err.value.issues)
+
+
+def test_logging_json_lines_third_party_capped_and_console_on_a_terminal(tmp_path) -> None:
+    """One JSON object per line with the bound plant and the event's room/cell; asyncua and
+    pymodbus INFO chatter dropped, their warnings rendered the same way; colours on a tty."""
+    script = r"""
+import logging, structlog
+from plc_bridge.logging_setup import configure_logging, bind_context
+print(configure_logging("auto"), flush=True)
+bind_context(plant="Bench")
+structlog.get_logger("potline.daemon").warning("event.ae_start", room="Potroom1", cell=3, detail="U=31.0 V")
+logging.getLogger("asyncua.server.uaprocessor").info("chatty session detail")
+logging.getLogger("pymodbus.logging").warning("retrying %s", "request")
+"""
+    out = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    lines = out.stdout.splitlines()
+    assert lines[0] == "json"
+    docs = [json.loads(x) for x in lines[1:]]
+    assert [d["event"] for d in docs] == ["event.ae_start", "retrying request"]
+    ae = docs[0]
+    assert (ae["plant"], ae["room"], ae["cell"], ae["level"]) == ("Bench", "Potroom1", 3, "warning")
+    assert docs[1]["logger"] == "pymodbus.logging" and docs[1]["plant"] == "Bench"
+    # on a terminal: human-readable
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.run([PY, "-c", script], stdout=slave, stderr=subprocess.PIPE, timeout=60, cwd=str(ROOT))
+    os.close(slave)
+    text = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        text += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    t = text.decode(errors="replace")
+    assert t.splitlines()[0].strip() == "console" and "event.ae_start" in t and "{" not in t.split("event.ae_start")[1].splitlines()[0]

@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -30,6 +31,7 @@ from tests.test_daemon_support import (
     start_rig,
     wait_status,
 )
+from tests.test_daemon_systemd import listener
 
 pytestmark = [pytest.mark.hil, pytest.mark.timeout(180)]
 
@@ -56,12 +58,27 @@ async def _until(pred, timeout: float, what: str, step: float = 0.05) -> None:
 
 async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path) -> None:
     rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
+    sock, addr = listener(tmp_path)  # systemd's NOTIFY_SOCKET, watchdog 2 s
+    notes: list[tuple[float, str]] = []
+
+    def collect() -> None:  # a thread: receipt times do not depend on this test's event loop
+        sock.setblocking(True)
+        sock.settimeout(0.2)
+        while not stop_collect.is_set():
+            try:
+                notes.append((time.monotonic(), sock.recv(4096).decode()))
+            except (TimeoutError, OSError):
+                continue
+
+    stop_collect = threading.Event()
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
     dp = None
     try:
         cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": _security(tmp_path)})
         ports = data["_ports"]
         journal = tmp_path / "state" / "journal.db"
-        dp = await DaemonProcess(cfg).start()
+        dp = await DaemonProcess(cfg, env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "2000000"}).start()
         first = await dp.wait_ready()
         assert first["startup_s"] < 10.0
         await wait_status(f"http://127.0.0.1:{ports['metrics']}/readyz", 200)
@@ -123,7 +140,22 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         hb = [e for e in ev if e.kind == "handback" and e.data.get("ok") is not None]
         assert hb and hb[-1].data["ok"] is True
         assert [e.id for e in ev] == list(range(1, len(ev) + 1))
+
+        # systemd: READY=1 once, after the first cycle; WATCHDOG=1 every ~1 s from the loop; STOPPING=1
+        texts = [m for _, m in notes]
+        ready = [i for i, m in enumerate(texts) if "READY=1" in m]
+        assert len(ready) == 1 and f"MAINPID={dp.pid}" in texts[ready[0]]
+        assert notes[ready[0]][0] >= first["_mono"] - 0.5
+        pets = [t for t, m in notes if m == "WATCHDOG=1"]
+        gaps = [b - a for a, b in zip(pets, pets[1:])]
+        assert len(pets) >= 5 and all(0.9 <= g <= 2.0 for g in gaps), gaps  # half of WatchdogSec = 2 s
+        stopping = [i for i, m in enumerate(texts) if m.startswith("STOPPING=1")]
+        assert stopping and stopping[0] > ready[0]
+        assert any(m.startswith("STATUS=mode control") for m in texts)
     finally:
+        stop_collect.set()
+        collector.join(2)
+        sock.close()
         if dp is not None and dp.returncode is None:
             await dp.kill()
         await rig.stop()
@@ -150,6 +182,10 @@ async def test_kill_9_loses_no_committed_entry_and_restarts_cleanly(tmp_path) ->
         assert len(after_kill) >= len(seen) > 2
         assert any(e.kind == "ae_start" for e in after_kill), "the storm's AEs are journalled"
         assert not any(e.kind == "daemon_stop" for e in after_kill)
+        # its log: one JSON object per line; AE events carry plant, line, room and cell
+        assert len(dp.events) == len(dp.raw), [x for x in dp.raw if not x.startswith("{")][:3]
+        ae_logs = dp.find("event.ae_start")
+        assert ae_logs and all({"plant", "line", "room", "cell"} <= set(e) for e in ae_logs)
 
         # restart: same journal, clean start, the crash is recorded, numbering continues
         dp2 = await DaemonProcess(cfg).start()
