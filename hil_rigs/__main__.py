@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -94,7 +95,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     server = await asyncio.start_server(handle, args.host, 0)
     port = server.sockets[0].getsockname()[1]
-    info = {"control_port": port, "pid": __import__("os").getpid(), **rig.endpoints()}
+    info = {"control_port": port, "pid": os.getpid(), **rig.endpoints()}
     sys.stdout.write(READY_PREFIX + json.dumps(info) + "\n")
     sys.stdout.flush()
     deadline = time.monotonic() + args.max_wall_s if args.max_wall_s else None

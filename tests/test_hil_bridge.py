@@ -23,11 +23,11 @@ SPEED = 10.0
 SCAN = 1.0
 
 
-def bench(potroom: str):
+def bench(potroom: str, rectifier: str = "modbus"):
     return load_scenario(
         "ae_storm",
         **{"ae_storm": None, "plant.cells": N, "scenario.speed": SPEED, "protocols.potroom": potroom,
-           "rig.watchdog_s": 5.0, "rig.watchdog_min_wall_s": 0.2},
+           "protocols.rectifier": rectifier, "rig.watchdog_s": 5.0, "rig.watchdog_min_wall_s": 0.2},
     )  # fmt: skip
 
 
@@ -48,8 +48,10 @@ async def until_remote(plant: BridgePlant, rig: Rig, n: int = 40):
 
 @pytest.fixture
 async def setup(request):
-    """A rig (potroom over ``request.param``, default OPC UA) and a started BridgePlant."""
-    rig = await Rig(bench(getattr(request, "param", "opcua"))).start()
+    """A rig (potroom over ``request.param``, default OPC UA; ``rect-opcua``: the rectifier over
+    OPC UA, the potroom over Modbus) and a started BridgePlant."""
+    param = getattr(request, "param", "opcua")
+    rig = await Rig(bench("modbus", "opcua") if param == "rect-opcua" else bench(param)).start()
     records = []
     plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, bridge_settings_for(SCAN, SPEED),
                                        on_record=records.append)  # fmt: skip
@@ -86,7 +88,7 @@ async def test_measurements_match_the_twin_and_carry_quality(setup) -> None:
     assert any(k == "alarm_comms_lost" for k, _, _ in plant.drain_events())
 
 
-@pytest.mark.parametrize("setup", ["modbus"], indirect=True)
+@pytest.mark.parametrize("setup", ["modbus", "rect-opcua"], indirect=True)
 async def test_setpoint_writes_are_ramped_and_interlocked(setup) -> None:
     rig, plant, records = setup
     await until_remote(plant, rig)
