@@ -34,6 +34,9 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 * on comms loss the writer stops writing and raises an alarm; the PLC falls back to
   local on its watchdog; when the link returns the PLC state is re-read (resync).
 
+``Commands.alf3_kg`` is not sent: the potroom tag map has no AlF3 command (the PLC's own
+AlF3 schedule keeps running).
+
 Bridge events (ack timeouts, PLC restarts seen, comms alarms) are collected for the
 journal: ``drain_events()``.
 """
