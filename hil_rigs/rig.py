@@ -147,7 +147,7 @@ class Rig:
         self.plc_t = 0.0
         self._cell_room: np.ndarray | None = None
         self._cell_pos: np.ndarray | None = None
-        self._ae_visible: np.ndarray | None = None
+        self.stopped_at: float | None = None
         self._trip_cause: set[int] = set()
         self.ready = asyncio.Event()
 
@@ -171,7 +171,6 @@ class Rig:
         n = lay.n_cells
         self._cell_room = np.asarray(lay.cell_room, dtype=np.int64)
         self._cell_pos = np.zeros(n, dtype=np.int64)
-        self._ae_visible = np.zeros(n, dtype=bool)
         watchdog = max(sc.rig.watchdog_s, sc.rig.watchdog_min_wall_s * self.speed)
         for li, line in enumerate(cfg.lines):
             tm = rectifier_tagmap(lay.line_names[li])
@@ -209,6 +208,7 @@ class Rig:
         self.epoch_monotonic = time.monotonic() - self.clock.now() / self.speed
         self.wall_start = time.monotonic()
         self.running = True
+        self.stopped_at = None
         self._stop.clear()
         self._task = asyncio.create_task(self._run(), name="hil-rig")
         self.ready.set()
@@ -229,6 +229,7 @@ class Rig:
                 self.errors.append(traceback.format_exc())
             self._task = None
         self.wall_s = time.monotonic() - self.wall_start
+        self.stopped_at = self.now()
         for h in self.plcs:
             if h.proxy is not None:
                 await h.proxy.stop()
@@ -692,7 +693,7 @@ class Rig:
 
     def report(self) -> RigReport:
         """Everything the rig saw, JSON-able, with the assertions."""
-        now = self.now()
+        now = self.now() if self.stopped_at is None or self.running else self.stopped_at
         aes = []
         for ae in self.aes:
             aes.append({
