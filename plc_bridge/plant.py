@@ -158,6 +158,10 @@ class BridgeSettings:
         setpoint_min_ka, setpoint_max_ka: tighter setpoint bounds than the tag map (None: map).
         ack_timeout_s: a command not acknowledged within this is given up (alarm event).
         verify_commands: read back command fields (the ack counter verifies them anyway).
+        local_cells_ok: cells of a room in *local* control still count as ``cell_ok`` when
+            their data is good (the controller then sees, detects and journals their AEs;
+            its commands to them are refused by the ``room_remote`` interlock). Default
+            False: the controller does not act on, nor judge, what it does not control.
         modbus_timeout_s, opcua_timeout_s: per-request timeouts [wall s].
         rectifier_map, potroom_map: tag map files.
     """
@@ -170,6 +174,7 @@ class BridgeSettings:
     setpoint_max_ka: float | None = None
     ack_timeout_s: float = 30.0
     verify_commands: bool = False
+    local_cells_ok: bool = False
     modbus_timeout_s: float = 0.5
     opcua_timeout_s: float = 2.0
     rectifier_map: str | None = None
@@ -715,7 +720,8 @@ class BridgePlant:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
-        ok = u_ok & status_ok & fa_ok & ba_ok & room.remote & sc.link_ok & fresh
+        in_charge = room.remote or (self.settings.local_cells_ok and sc.good("remote"))
+        ok = u_ok & status_ok & fa_ok & ba_ok & in_charge & sc.link_ok & fresh
         # per-cell interlock signals for the safety layer
         cell_samples: dict[str, Sample] = {}
         t = sc.t
