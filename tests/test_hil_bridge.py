@@ -75,6 +75,12 @@ async def test_measurements_match_the_twin_and_carry_quality(setup) -> None:
     assert meas.line_setpoint_ka[0] == pytest.approx(120.0, abs=0.01)
     assert np.allclose(meas.cell_voltage_v, truth["cell_voltage_v"], atol=0.25)
     assert (meas.cell_voltage_v > 3.8).all() and (meas.cell_voltage_v < 5.0).all()
+    # the operator turns the potroom to local: its automation is in charge, the controller keeps off
+    await rig.inject(Fault(kind="local_switch", target="potroom", duration_s=3.0))
+    meas = await cycle(plant, rig)
+    meas = await cycle(plant, rig)
+    assert not meas.cell_ok.any() and meas.line_ok.all()
+    meas = await until_remote(plant, rig)
     # a broken transmitter: that cell only goes bad
     await rig.inject(Fault(kind="bad_sensor", cells=[3]))
     meas = await cycle(plant, rig)
