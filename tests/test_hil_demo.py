@@ -14,7 +14,7 @@ pytestmark = pytest.mark.hil
 
 def test_potline_demo_short_run_writes_the_report(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    rc = main(["demo", "--hours", "0.12", "--cells", "16", "--scan", "2", "--speed", "50", "--out", str(out),
+    rc = main(["demo", "--hours", "0.1", "--cells", "16", "--scan", "2", "--speed", "50", "--out", str(out),
                "--no-progress"])  # fmt: skip
     printed = capsys.readouterr().out
     assert rc == 0, printed

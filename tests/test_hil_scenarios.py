@@ -23,8 +23,8 @@ SHORT = {"plant.cells": 32, "controller.scan_s": 2.0}
 
 
 async def test_ae_storm_every_ae_detected_and_quenched(rig: HilRig) -> None:
-    await rig.start("ae_storm", **SHORT, **{"scenario.duration_s": 660.0, "ae_storm.start_s": 60.0,
-                                            "ae_storm.every_s": 45.0, "expect.min_aes": 8})  # fmt: skip
+    await rig.start("ae_storm", **SHORT, **{"scenario.duration_s": 600.0, "ae_storm.start_s": 60.0,
+                                            "ae_storm.every_s": 40.0, "expect.min_aes": 8})  # fmt: skip
     await rig.start_controller()
     await rig.run()
     rep = await rig.finish()
