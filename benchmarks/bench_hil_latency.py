@@ -20,7 +20,8 @@ run with 1 (the scan is the only wait) unless ``--confirm`` says otherwise: with
 default of 2, one more scan is added to every latency.
 
 Run: ``python -m benchmarks.bench_hil_latency [--quick] [--out PATH]``; JSON to
-``benchmarks/results/hil_latency.json``.
+``benchmarks/results/hil_latency.json``. ``--quick`` (a smoke run, figures not meaningful)
+uses one 132-cell potroom and 8 AEs per case. A full run takes about 5 minutes.
 """
 
 from __future__ import annotations
@@ -45,17 +46,19 @@ CASES = (
 )
 
 
-def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: int) -> Any:
+def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: int, quick: bool = False) -> Any:
+    """The benchmark scenario: the 660-cell reference plant (``quick``: one 132-cell potroom)."""
     from hil_rigs.scenarios import load_scenario
 
-    start = 25.0
+    start = 25.0 if not quick else 10.0
     end = start + (n_aes - 1) * every_s
+    plant: dict[str, Any] = {"plant.config": "plant_reference.toml"} if not quick else {"plant.cells": 132}
     return load_scenario(
         "ae_storm",
         **{
             "scenario.speed": 1.0,
-            "scenario.duration_s": end + 25.0,
-            "plant.config": "plant_reference.toml",
+            "scenario.duration_s": end + (25.0 if not quick else 10.0),
+            **plant,
             "plant.dt_s": 0.1,
             "rig.tick_wall_s": 0.01,
             "rig.record_every_s": 5.0,
@@ -73,11 +76,11 @@ def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: i
 
 
 async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_aes: int, every_s: float,
-                   confirm: int) -> dict[str, Any]:  # fmt: skip
+                   confirm: int, quick: bool = False) -> dict[str, Any]:  # fmt: skip
     from hil_rigs.process import RigProcess
     from hil_rigs.session import ControllerSession
 
-    sc = scenario(scan_s, potroom, n_aes, every_s, confirm)
+    sc = scenario(scan_s, potroom, n_aes, every_s, confirm, quick)
     rig = RigProcess(sc, max_wall_s=sc.duration_s + 240.0)
     w0 = time.perf_counter()
     session = None
@@ -103,6 +106,7 @@ async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_a
         "rectifier_protocol": "modbus",
         "confirm_samples": confirm,
         "cells": rep.n_cells,
+        "plant": "one 132-cell potroom (quick)" if quick else "reference plant: 3 lines, 5 potrooms x 132 cells",
         "aes_induced": n_aes,
         "aes_in_twin": len(rep.aes),
         "aes_under_controller": len(remote),
@@ -127,13 +131,13 @@ async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_a
 
 
 async def main_async(quick: bool, n_aes: int | None, every_s: float, confirm: int, only: str | None) -> dict[str, Any]:
-    n = n_aes or (15 if quick else 110)
+    n = n_aes or (8 if quick else 110)
     results = []
     for label, scan_s, potroom, target in CASES:
         if only and only not in label:
             continue
         print(f"== {label}: {n} AEs ...", flush=True)
-        r = await run_case(label, scan_s, potroom, target, n, every_s, confirm)
+        r = await run_case(label, scan_s, potroom, target, n, every_s, confirm, quick)
         lat = r["latency_s"]
         print(f"   p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s over {lat['n']} AEs (target p99 <= {target} s: "
               f"{'met' if r['meets_target'] else 'MISSED'}); wall {r['wall_s']} s", flush=True)  # fmt: skip
@@ -143,7 +147,7 @@ async def main_async(quick: bool, n_aes: int | None, every_s: float, confirm: in
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], NAME)
-    p.add_argument("--aes", type=int, default=None, help="AEs induced per case (default 110, --quick 15)")
+    p.add_argument("--aes", type=int, default=None, help="AEs induced per case (default 110, --quick 8)")
     p.add_argument("--every", type=float, default=0.8, help="seconds between induced AEs (default: %(default)s)")
     p.add_argument("--confirm", type=int, default=1, help="controller confirm_samples (default: %(default)s)")
     p.add_argument("--only", default=None, help="run only the case whose label contains this text")
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = header(NAME, args.quick)
     doc.update(body)
     doc["targets"] = [
-        {"target": f"AE onset to quench command p99 <= {c['target_p99_s']:g} s ({c['case']}, 660 cells)",
+        {"target": f"AE onset to quench command p99 <= {c['target_p99_s']:g} s ({c['case']}, {c['cells']} cells)",
          "measured": c["latency_s"]["p99"], "unit": "s", "bar": c["target_p99_s"], "met": c["meets_target"],
          "alternative": f"p50 {c['latency_s']['p50']:.3f} s, n = {c['latency_s']['n']}"}
         for c in cases
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{c['case']}: p50 {c['latency_s']['p50']:.2f} s, p99 {c['latency_s']['p99']:.2f} s over "
         f"{c['latency_s']['n']} AEs (target p99 <= {c['target_p99_s']:g} s, {'met' if c['meets_target'] else 'missed'})"
         for c in cases
-    ) + f" — 660 cells, confirm_samples = {args.confirm}, rig in its own process, real time."
+    ) + (f" — {cases[0]['cells'] if cases else 0} cells, confirm_samples = {args.confirm}, rig in its own process, "
+         "real time.")
     out = write_result(doc, Path(args.out))
     print(f"wrote {out}")
     ok = all(c["meets_target"] and c["controller"].get("errors", 1) == 0 for c in cases)
