@@ -59,6 +59,8 @@ from twin.cell import (
     LEDGE_MIN_M,
     LOCAL_AE_DETECT_S,
     LOCAL_AE_PUMP_MM,
+    LOCAL_AE_RAISE_S,
+    LOCAL_AE_REPEAT_S,
     LOCAL_AE_SHOTS,
     MEAS_NOISE_V,
     SWEEP_SCALE_MM,
@@ -492,6 +494,7 @@ class NumpyPotline:
             S[S_AE, st] = 1.0
             S[S_AE_T, st] = 0.0
             S[S_AE_CCRIT, st] = O[O_C_CRIT, st]
+            S[S_KILL_T, st] = LOCAL_AE_REPEAT_S
             S[A_AE_N, st] += 1.0
         S[S_FILM] = film
         S[S_SWEEP] *= self.k_sweep
@@ -577,18 +580,18 @@ class NumpyPotline:
         # --- potroom PLC local automation
         local = self.local & inc
         q_idx = np.flatnonzero(self.quench & inc & (S[S_AE] > 0.5))
+        q_idx = q_idx[S[S_AE_T, q_idx] >= LOCAL_AE_DETECT_S]
         if q_idx.size:
-            t_ae = S[S_AE_T, q_idx]
-            t0 = t_ae - dt
-            d1, d2, d3, d4 = (LOCAL_AE_DETECT_S + x for x in (0.0, 60.0, 20.0, 80.0))
-            kill = ((t0 < d1) & (d1 <= t_ae)) | ((t0 < d2) & (d2 <= t_ae))
-            pump = ~kill & (((t0 < d3) & (d3 <= t_ae)) | ((t0 < d4) & (d4 <= t_ae)))
+            kill_t = S[S_KILL_T, q_idx]
+            kill = kill_t >= LOCAL_AE_REPEAT_S
+            pump = ~kill & (kill_t < LOCAL_AE_RAISE_S) & (LOCAL_AE_RAISE_S <= kill_t + dt)
             if kill.any():
                 k_idx = q_idx[kill]
                 self._dump_shot(k_idx, LOCAL_AE_SHOTS)
                 self._move_beam(k_idx, -LOCAL_AE_PUMP_MM)
             if pump.any():
                 self._move_beam(q_idx[pump], LOCAL_AE_PUMP_MM)
+            S[S_KILL_T, q_idx] = np.where(kill, 0.0, kill_t) + dt
         credit = S[S_FEED_CREDIT]
         np.add(credit, self.feed_k * charge, out=credit, where=local)
         f_idx = np.flatnonzero(local & (credit >= P[P_SHOT_KG]))

@@ -61,6 +61,8 @@ SWEEP_TAU_S = 30.0
 LOCAL_AE_DETECT_S = 2.0
 LOCAL_AE_SHOTS = 8
 LOCAL_AE_PUMP_MM = 15.0
+LOCAL_AE_RAISE_S = 20.0  # beam back up after a pumping stroke [s]
+LOCAL_AE_REPEAT_S = 60.0  # next dose while the AE lasts [s]
 #: metal a tapping crucible takes over the tapping duration [kg]
 TAP_BATCH_KG = 1000.0
 #: pumping [mm of recent beam travel] that gives a 1/10 s extinction hazard
@@ -263,6 +265,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
             state[k, S_AE] = 1.0
             state[k, S_AE_T] = 0.0
             state[k, S_AE_CCRIT] = out[k, O_C_CRIT]
+            state[k, S_KILL_T] = LOCAL_AE_REPEAT_S  # a local kill may dose at once
             state[k, A_AE_N] += 1.0
     state[k, S_FILM] = film
     state[k, S_SWEEP] *= decay[D_SWEEP]
@@ -347,13 +350,18 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
 
     # --- potroom PLC local automation -----------------------------------------------------------
     if params[k, P_LOCAL] > 0.5 and in_circ and params[k, P_LOCAL_QUENCH] > 0.5 and state[k, S_AE] > 0.5:
-        # AE kill: detect after 2 s above 8 V, dump AE feed, pump the beam down and back
-        t_ae = state[k, S_AE_T]
-        if t_ae - dt < LOCAL_AE_DETECT_S <= t_ae or t_ae - dt < LOCAL_AE_DETECT_S + 60.0 <= t_ae:
-            dump_shot(state, params, k, LOCAL_AE_SHOTS)
-            move_beam(state, k, -LOCAL_AE_PUMP_MM)
-        elif t_ae - dt < LOCAL_AE_DETECT_S + 20.0 <= t_ae or t_ae - dt < LOCAL_AE_DETECT_S + 80.0 <= t_ae:
-            move_beam(state, k, LOCAL_AE_PUMP_MM)
+        # AE kill: once the AE is 2 s old (8 V confirmed), dump AE feed and pump the beam down,
+        # raise it back 20 s later, repeat every minute while the AE lasts; this also holds
+        # when the PLC takes over in the middle of an AE (controller gone silent)
+        kill_t = state[k, S_KILL_T]
+        if state[k, S_AE_T] >= LOCAL_AE_DETECT_S:
+            if kill_t >= LOCAL_AE_REPEAT_S:
+                dump_shot(state, params, k, LOCAL_AE_SHOTS)
+                move_beam(state, k, -LOCAL_AE_PUMP_MM)
+                kill_t = 0.0
+            elif kill_t < LOCAL_AE_RAISE_S <= kill_t + dt:
+                move_beam(state, k, LOCAL_AE_PUMP_MM)
+            state[k, S_KILL_T] = kill_t + dt
     if params[k, P_LOCAL] > 0.5 and in_circ:
         state[k, S_FEED_CREDIT] += params[k, P_FEED_RATIO] * params[k, P_CE_NOM] * AL2O3_KG_PER_AS * charge
         shot = params[k, P_SHOT_KG]

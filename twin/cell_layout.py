@@ -52,7 +52,8 @@ A_CHARGE = 40  # charge passed [A·s]
 A_CARBON = 41  # anode carbon consumed [kg]
 A_CRYO_MADE = 42  # cryolite formed from neutralisation [kg]
 S_AE_CCRIT = 43  # critical alumina when the current AE started [wt %]
-N_STATE = 44
+S_KILL_T = 44  # time since the PLC's last local AE-kill dose [s]
+N_STATE = 45
 
 # --- parameters --------------------------------------------------------------------------
 P_ANODE_CM2 = 0  # geometric anode area [cm²]

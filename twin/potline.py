@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -341,11 +342,18 @@ class Potline:
         n_sub = int(round(seconds / self.dt_s))
         if n_sub <= 0:
             return
-        kernel = _advance_parallel if self.parallel and self.rect.shape[0] > 1 else _advance_serial
-        kernel(
-            n_sub, self.dt_s, self.state, self.params, self.out, self.line_ptr, self.line_cells, self.rect,
-            self.rpar, self.rng,
-        )
+        args = (n_sub, self.dt_s, self.state, self.params, self.out, self.line_ptr, self.line_cells, self.rect,
+                self.rpar, self.rng)
+        if self.parallel and self.rect.shape[0] > 1:
+            # lines differ in size (264/264/132 on the reference plant): hand them out one at a
+            # time so a thread that finishes early takes the next line (dynamic schedule)
+            previous = numba.set_parallel_chunksize(1)
+            try:
+                _advance_parallel(*args)
+            finally:
+                numba.set_parallel_chunksize(previous)
+        else:
+            _advance_serial(*args)
         self.t_s += n_sub * self.dt_s
 
     def apply(
