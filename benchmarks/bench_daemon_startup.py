@@ -121,6 +121,23 @@ async def one_start(cfg: Path, env: dict[str, str], timeout_s: float = 120.0) ->
             if e.get("event") == "daemon.first_cycle":
                 first = e
         t_first = time.monotonic() - t0
+        # the OPC UA mirror comes up beside the running loop, after the first cycle: time it too
+        t_mirror = None
+        while t_mirror is None and time.monotonic() - t0 < timeout_s:
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), 60.0)
+            except asyncio.TimeoutError:
+                break
+            if not line:
+                break
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(e, dict):
+                events.append(e)
+                if e.get("event") == "opcua.mirror_started":
+                    t_mirror = time.monotonic() - t0
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -141,6 +158,7 @@ async def one_start(cfg: Path, env: dict[str, str], timeout_s: float = 120.0) ->
              "first_cycle": at("daemon.first_cycle")}  # fmt: skip
     warm = next((e for e in events if e.get("event") == "daemon.model_warm"), {})
     return {"spawn_to_first_cycle_s": round(t_first, 3), "daemon_startup_s": first.get("startup_s"),
+            "spawn_to_mirror_up_s": None if t_mirror is None else round(t_mirror, 3),
             "model_warm_s": warm.get("seconds"), "marks_s": {k: (round(v, 3) if v is not None else None)
                                                              for k, v in marks.items()},
             "plc_up": first.get("plc_up")}  # fmt: skip
@@ -179,6 +197,7 @@ async def run_case(label: str, scenario: dict[str, Any], runs: int, work: Path, 
         counted = [r for r in results if r["counted"]]
         spawn = [r["spawn_to_first_cycle_s"] for r in counted]
         own = [r["daemon_startup_s"] for r in counted if r["daemon_startup_s"] is not None]
+        mirror = [r["spawn_to_mirror_up_s"] for r in counted if r["spawn_to_mirror_up_s"] is not None]
         marks = {}
         for key in counted[0]["marks_s"]:
             vals = [r["marks_s"][key] for r in counted if r["marks_s"][key] is not None]
@@ -189,6 +208,7 @@ async def run_case(label: str, scenario: dict[str, Any], runs: int, work: Path, 
                               "potroom": scenario["protocols"]["potroom"]},
                 "numba_cache": "cold" if cold else "warm",
                 "spawn_to_first_cycle_s": summarize(spawn, digits=4), "daemon_startup_s": summarize(own, digits=4),
+                "spawn_to_mirror_up_s": summarize(mirror, digits=4),
                 "median_marks_s": marks, "runs": results}  # fmt: skip
     finally:
         await rig.stop()
@@ -219,11 +239,11 @@ async def main_async(quick: bool, only: list[str] | None = None) -> dict[str, An
             cases.append(await run_case("potroom_132_cells", _scenario(132), runs, work))
         if "reference_660_cells" in wanted:
             cases.append(await run_case("reference_660_cells", _scenario(2, config="plant_reference.toml",
-                                                                        potroom="opcua"), 2 if quick else 4, work,
+                                                                        potroom="opcua"), 2 if quick else 3, work,
                                         plant_config=ref))  # fmt: skip
         if "reference_660_cells_modbus" in wanted:
             cases.append(await run_case("reference_660_cells_modbus", _scenario(2, config="plant_reference.toml",
-                                                                               potroom="modbus"), 2 if quick else 4,
+                                                                               potroom="modbus"), 2 if quick else 3,
                                         work, plant_config=ref))  # fmt: skip
         if "bench_8_cells_cold_cache" in wanted:
             cases.append(await run_case("bench_8_cells_cold_cache", _scenario(8), 2, work, cold=True))
@@ -242,17 +262,18 @@ async def main_async(quick: bool, only: list[str] | None = None) -> dict[str, An
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    rows = ["| case | cells | protocols | cache | spawn -> first cycle (median / max) | mirror up | model warm |",
-            "|---|---:|---|---|---:|---:|---:|"]  # fmt: skip
+    rows = ["| case | cells | protocols | cache | spawn -> first cycle (median / max) | model warm | OPC UA mirror up "
+            "(median) |", "|---|---:|---|---|---:|---:|---:|"]  # fmt: skip
     for c in doc["cases"]:
         s = c["spawn_to_first_cycle_s"]
         m = c["median_marks_s"]
         rows.append(f"| {c['case']} | {c['cells']} | {c['protocols']['rectifier']}/{c['protocols']['potroom']} | "
-                    f"{c['numba_cache']} | {s['median']:.2f} / {s['max']:.2f} s | {m.get('mirror_started', math.nan):.2f} s"
-                    f" | {m.get('model_warm', math.nan):.2f} s |")  # fmt: skip
+                    f"{c['numba_cache']} | {s['median']:.2f} / {s['max']:.2f} s | {m.get('model_warm', math.nan):.2f} s"
+                    f" | {c['spawn_to_mirror_up_s']['median']:.2f} s |")  # fmt: skip
     verdict = "meets" if doc["meets_target"] else "MISSES"
     return (f"# Daemon startup\n\nWorst warm start {doc['worst_warm_s']:.2f} s: {verdict} the {doc['target_s']:g} s "
-            f"target.\n\n" + "\n".join(rows))
+            f"target (spawn of `potline run` to its first control cycle). The OPC UA mirror builds its address "
+            f"space in its own thread after that (last column).\n\n" + "\n".join(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
