@@ -1,11 +1,12 @@
 """Configuration of the headless daemon (``potline run --config plant.toml``).
 
 One TOML file, validated with pydantic (unknown keys refused). It names the plant
-(a plant config file or an inline ``[plant]`` table), the PLCs with their endpoints
-and tag maps, the OPC UA mirror with its security, the journal, the metrics listener,
-the start mode and the scan period. Relative paths are resolved against the config
-file's directory (``tagmap``, ``plant_config``) or ``daemon.state_dir`` (journal,
-mode file, certificates)::
+(a plant config file or an inline ``[plant]`` table), the PLCs with their endpoints,
+the tag maps per device type, the safety-layer settings, the OPC UA mirror with its
+security, the journal, the metrics listener, the start mode and the scan period.
+Relative paths are resolved against the config file's directory (``[tagmaps]``,
+``plant_config``, ``state_dir``) or ``daemon.state_dir`` (journal, mode file,
+certificates)::
 
     [daemon]
     plant_config = "plant_reference.toml"   # or an inline [plant] table
@@ -29,6 +30,12 @@ mode file, certificates)::
     host = "10.1.2.4"
     port = 4840
 
+    [tagmaps]                                # default: config/tagmaps/<kind>.toml
+    potroom = "tagmaps/potroom.toml"         # the cell block is resized to each room
+
+    [safety]
+    line_current_ramp_ka_per_s = 0.1
+
     [opcua]                                  # the mirror server
     port = 4841
     [opcua.security]
@@ -45,14 +52,14 @@ mode file, certificates)::
 ``load_daemon_config(path)`` checks everything a start needs without touching the
 network: the daemon file, the plant config, every tag map, the controller section,
 cross-references (each operating room has one potroom PLC, each line one rectifier
-PLC, tag maps large enough for their rooms, no port used twice) and collects *every*
+PLC, no endpoint or port used twice) and collects *every*
 problem into one ``DaemonConfigError`` (file, key, what was expected, what was found).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 

@@ -27,7 +27,6 @@ import asyncio
 import json
 import math
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
