@@ -613,6 +613,6 @@ def _resolve(base: Path, p: Path) -> Path:
 
 def layout_of(plant: Any) -> Any:
     """``PlantLayout`` of a plant config (operating rooms only), without building the model."""
-    from twin.potline import Potline
+    from twin.potline import plant_layout
 
-    return Potline._build_layout(plant)
+    return plant_layout(plant)

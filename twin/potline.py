@@ -129,6 +129,32 @@ def apply_kernel(state, params, feed_shots, beam_move_mm, alf3_kg):
             state[k, A_ALF3_ADD] += alf3_kg[k]
 
 
+def plant_layout(cfg: PlantConfig) -> PlantLayout:
+    """The layout of a plant config: operating rooms only (idle rooms are not in circuit)."""
+    line_idx, room_idx, number, rooms, nominal = [], [], [], [], []
+    for li, line in enumerate(cfg.lines):
+        nominal.append(line.rectifier.setpoint_ka)
+        for room in line.rooms:
+            if not room.operating:
+                continue
+            ri = len(rooms)
+            rooms.append(room.name)
+            line_idx += [li] * room.cells
+            room_idx += [ri] * room.cells
+            number += list(range(1, room.cells + 1))
+    n = len(line_idx)
+    return PlantLayout(
+        plant=cfg.name,
+        line_names=tuple(ln.name for ln in cfg.lines),
+        room_names=tuple(rooms),
+        cell_line=np.asarray(line_idx, dtype=np.int64),
+        cell_room=np.asarray(room_idx, dtype=np.int64),
+        cell_number=np.asarray(number, dtype=np.int64),
+        shot_mass_kg=np.full(n, cfg.local_control.shot_mass_kg),
+        nominal_current_ka=np.asarray(nominal, dtype=float),
+    )
+
+
 class Potline:
     """The whole plant: all operating cells on their lines, with rectifiers.
 
@@ -145,7 +171,7 @@ class Potline:
         self.parallel = bool(parallel)
         self.dt_s = config.dt_s
         self.t_s = 0.0
-        self.layout = self._build_layout(config)
+        self.layout = plant_layout(config)
         n = self.layout.n_cells
         rs = np.random.default_rng(self.seed)
         self.params = self._build_params(config, n, rs)
@@ -164,31 +190,6 @@ class Potline:
         self._zero_f = np.zeros(n)
 
     # --- construction ----------------------------------------------------------------------
-    @staticmethod
-    def _build_layout(cfg: PlantConfig) -> PlantLayout:
-        line_idx, room_idx, number, rooms, nominal = [], [], [], [], []
-        for li, line in enumerate(cfg.lines):
-            nominal.append(line.rectifier.setpoint_ka)
-            for room in line.rooms:
-                if not room.operating:
-                    continue
-                ri = len(rooms)
-                rooms.append(room.name)
-                line_idx += [li] * room.cells
-                room_idx += [ri] * room.cells
-                number += list(range(1, room.cells + 1))
-        n = len(line_idx)
-        return PlantLayout(
-            plant=cfg.name,
-            line_names=tuple(ln.name for ln in cfg.lines),
-            room_names=tuple(rooms),
-            cell_line=np.asarray(line_idx, dtype=np.int64),
-            cell_room=np.asarray(room_idx, dtype=np.int64),
-            cell_number=np.asarray(number, dtype=np.int64),
-            shot_mass_kg=np.full(n, cfg.local_control.shot_mass_kg),
-            nominal_current_ka=np.asarray(nominal, dtype=float),
-        )
-
     @staticmethod
     def _build_params(cfg: PlantConfig, n: int, rs: np.random.Generator) -> np.ndarray:
         c, sp, lc = cfg.cell, cfg.spread, cfg.local_control
