@@ -1,6 +1,6 @@
 """Bad input to a running daemon (a real process against a HIL rig): what it does with
 bad tag values, refusing PLCs, garbage on its listening ports, bad mode requests, a
-second daemon on the same journal. It never exits on any of them (docs/BAD_INPUT.md).
+second daemon on the same journal. It never exits on any of them (README, "Bad input").
 """
 
 from __future__ import annotations
