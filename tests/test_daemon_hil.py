@@ -148,7 +148,8 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         assert notes[ready[0]][0] >= first["_mono"] - 0.5
         pets = [t for t, m in notes if m == "WATCHDOG=1"]
         gaps = [b - a for a, b in zip(pets, pets[1:])]
-        assert len(pets) >= 3 and all(0.9 <= g <= 2.0 for g in gaps), gaps  # half of WatchdogSec = 2 s
+        # never later than half of WatchdogSec (2 s), never a flood (scheduling jitter under load allowed)
+        assert len(pets) >= 3 and all(0.4 <= g <= 2.0 for g in gaps), gaps
         stopping = [i for i, m in enumerate(texts) if m.startswith("STOPPING=1")]
         assert stopping and stopping[0] > ready[0]
         assert any(m.startswith("STATUS=mode control") for m in texts)
