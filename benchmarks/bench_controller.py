@@ -69,6 +69,12 @@ class Scorer:
     record_power_line: int | None = None
 
     def __post_init__(self) -> None:
+        n = self.pl.layout.n_cells
+        #: when each cell left the model's physical range (bath > 1100 °C or NaN; the twin has
+        #: no operator to end an AE, so an unquenched cell can run away) — scored until then
+        self.lost_t = np.full(n, np.inf)
+        self.cell_seconds = 0.0
+        self._t_prev: float | None = None
         self.i_err = [[] for _ in range(self.n_lines)]
         self.sp_change_t = np.full(self.n_lines, -np.inf)
         self.line_ae_t = np.full(self.n_lines, -np.inf)
@@ -77,7 +83,15 @@ class Scorer:
     def __call__(self, meas: Any, cmds: Any) -> None:
         t = meas.t_s
         tr = self.pl.truth()
-        flag = tr["ae_active"]
+        temp = tr["bath_temp_c"]
+        bad = ~(np.isfinite(temp) & (temp < 1100.0)) | ~np.isfinite(meas.line_current_ka)[self.cell_line]
+        if bad.any():
+            self.lost_t[bad & np.isinf(self.lost_t)] = t
+        alive = np.isinf(self.lost_t)
+        if self._t_prev is not None:
+            self.cell_seconds += float(np.count_nonzero(alive & ~meas.cut_out)) * (t - self._t_prev)
+        self._t_prev = t
+        flag = tr["ae_active"] & alive
         if self.prev_flag is None:
             self.prev_flag = np.zeros_like(flag)
         if flag.any() or self.open_:
@@ -130,10 +144,17 @@ class Scorer:
 
 
 def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str, Any]:
-    """AE, detection and prediction figures of one run."""
+    """AE, detection and prediction figures of one run (cells scored until they leave the
+    model's physical range, see ``Scorer.lost_t``)."""
+    lost = scorer.lost_t
+    if scorer.cell_seconds > 0:
+        cell_days = scorer.cell_seconds / 86400.0
     truth = scorer.aes
-    dets = [r for r in ctl.detector.all_records() if r.kind == "HV"]
-    lvs = [r for r in ctl.detector.all_records() if r.kind == "LV"]
+    for a in truth:  # an AE still burning when its cell ran away ends there
+        if np.isnan(a.t_end) and np.isfinite(lost[a.cell]):
+            a.t_end = lost[a.cell]
+    dets = [r for r in ctl.detector.all_records() if r.kind == "HV" and r.detect_s < lost[r.cell]]
+    lvs = [r for r in ctl.detector.all_records() if r.kind == "LV" and r.detect_s < lost[r.cell]]
     by_cell: dict[int, list[Any]] = {}
     for r in dets:
         by_cell.setdefault(r.cell, []).append(r)
@@ -153,12 +174,24 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
     durations = [a.t_end - a.t_flag for a in truth if np.isfinite(a.t_end)]
     det_durations = [r.duration_s for r in dets if np.isfinite(r.end_s)]
     # prediction
-    alarms = [(a.t_s, a.cell) for a in ctl.alarm_log]
+    alarms = [(a.t_s, a.cell) for a in ctl.alarm_log if a.t_s < lost[a.cell]]
     al_by_cell: dict[int, list[float]] = {}
     for t, k in alarms:
         al_by_cell.setdefault(k, []).append(t)
     leads = []
     predicted_60 = 0
+    # AEs that follow another AE of the same cell within 2 h: the cell is still lean (no
+    # quench/overfeed in the baseline), a repeat, not a new event to predict
+    last_end: dict[int, float] = {}
+    fresh_n = 0
+    fresh_pred = 0
+    for a in sorted(truth, key=lambda x: x.t_flag):
+        prev_end = last_end.get(a.cell, -np.inf)
+        last_end[a.cell] = a.t_end if np.isfinite(a.t_end) else a.t_flag
+        prior = [t for t in al_by_cell.get(a.cell, []) if max(a.t_flag - 7200, prev_end) <= t <= a.t_flag - 60]
+        if a.t_flag - prev_end > 7200:
+            fresh_n += 1
+            fresh_pred += bool(prior)
     for a in truth:
         prior = [t for t in al_by_cell.get(a.cell, []) if a.t_flag - 7200 <= t <= a.t_flag]
         early = [t for t in prior if t <= a.t_flag - 60]
@@ -169,12 +202,15 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
     for t, k in alarms:
         if not any(t <= a.t_flag <= t + 7200 for a in truth if a.cell == k):
             false_alarms += 1
-    margins = np.array([m for _, _, m in scorer.alarm_margin]) if scorer.alarm_margin else np.zeros(0)
+    margins = np.array([m for t, k, m in scorer.alarm_margin if t < lost[k]])
     n = len(truth)
     fin = [x for x in leads if np.isfinite(x)]
     i_err = np.concatenate([np.abs(np.asarray(e)) for e in scorer.i_err if e]) if any(scorer.i_err) else np.zeros(0)
+    n_lost = int(np.isfinite(lost).sum())
     return {
         "cell_days": cell_days,
+        "cells_left_physical_range": n_lost,
+        "first_left_physical_range_day": float(lost[np.isfinite(lost)].min() / 86400.0) if n_lost else None,
         "ae_count": n,
         "ae_per_pot_day": n / cell_days if cell_days else 0.0,
         "ae_mean_duration_s": float(np.mean(durations)) if durations else 0.0,
@@ -195,6 +231,8 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
             "alarms": len(alarms),
             "aes_predicted_60s_ahead": predicted_60,
             "share_predicted_60s_ahead": predicted_60 / n if n else None,
+            "aes_not_within_2h_of_a_previous_ae": fresh_n,
+            "share_of_those_predicted_60s_ahead": fresh_pred / fresh_n if fresh_n else None,
             "lead_time_median_s": float(np.median(fin)) if fin else None,
             "alarms_without_ae_within_2h": false_alarms,
             "false_alarms_per_pot_day_by_outcome": false_alarms / cell_days if cell_days else 0.0,

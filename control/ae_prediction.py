@@ -68,6 +68,9 @@ class AEPredictor:
         #: filtered slope of R [nΩ/min] and its standard error
         self.slope = np.full(n, np.nan)
         self.slope_se = np.full(n, np.nan)
+        #: scatter of the period means about the fit [µΩ] (noise level of the cell)
+        self.resid_std = np.full(n, np.nan)
+        self._quiet_until = np.full(n, -np.inf)
         #: alumina-rich reference R (lowest r_fit since the last overfeed/reset) [µΩ]
         self.r_ref = np.full(n, np.nan)
         #: time of the latest period [s]
@@ -99,6 +102,8 @@ class AEPredictor:
         self._r_fit_t[mask] = np.nan
         self.slope[mask] = np.nan
         self.slope_se[mask] = np.nan
+        self.resid_std[mask] = np.nan
+        self._quiet_until[mask] = -np.inf
         self._sig_cache.clear()
         self.r_ref[mask] = np.nan
         self.tta_slope_s[mask] = np.inf
@@ -110,6 +115,7 @@ class AEPredictor:
         if not np.any(mask):
             return
         self._discard[mask] = 2
+        self._quiet_until[mask] = np.inf  # set when the rebase is applied
         self._sum[mask] = 0.0
         self._cnt[mask] = 0
         self._rebase |= mask
@@ -174,7 +180,10 @@ class AEPredictor:
         cfg = self.cfg
         slope_cond = (self.tta_slope_s < cfg.alarm_horizon_s) | self.significant(cfg.slope_alarm_nohm_per_min, cfg.z_alarm)
         with np.errstate(invalid="ignore"):
-            slope_cond |= (self.r_fit - self.r_ref) > cfg.excess_alarm_uohm  # slow drifts: the level
+            # slow drifts: the level, clearly above the cell's own noise
+            slope_cond |= (self.r_fit - self.r_ref) > cfg.excess_alarm_uohm + 2.0 * self.resid_std
+        # a rebased history (beam move, operation) needs a few periods before it is trusted
+        slope_cond &= t >= self._quiet_until
         if period:
             self._persist = np.where(slope_cond, self._persist + 1, 0)
         cond = slope_cond & (self._persist >= cfg.alarm_persist_periods)
@@ -219,6 +228,7 @@ class AEPredictor:
             off = np.where(fit_ok, mean[idx] - pred, 0.0)
             self._buf[idx] += off[:, None]
             self.r_ref[idx] += off
+            self._quiet_until[idx] = t_mid + self.cfg.rebase_quiet_s
             nofit = idx[~fit_ok]
             self._buf[nofit] = np.nan
             self.r_ref[nofit] = np.nan
@@ -253,14 +263,17 @@ class AEPredictor:
             s2 = (resid * resid).sum(axis=1) / np.maximum(n - 2, 1)
             sxx_c = sxx - sx * sx / np.maximum(n, 1)
             se = np.sqrt(s2 / sxx_c) * 1e3  # nΩ/min
-        self.slope_se = np.where(good, se, np.where((n < cfg.min_samples), np.nan, self.slope_se))
         self._sig_cache.clear()
         self.n_fit = n
-        fresh = (n < cfg.min_samples) | ~np.isfinite(self.r_fit)
-        # a period without a usable mean (e.g. around a beam move) holds the last estimate
-        self.slope = np.where(good, b * 1e3, np.where(fresh, np.nan, self.slope))
-        self.r_fit = np.where(good, a, np.where(fresh, np.nan, self.r_fit))
-        self._r_fit_t = np.where(good, t_mid, np.where(fresh, np.nan, self._r_fit_t))
+        # a period without a usable fit (data gap around a beam move, tapping or an anode
+        # change) holds the last estimate for up to ``max_hold_s``, so the rebase after the
+        # gap can carry the history (and the alumina-rich reference) across the step
+        stale = ~good & ((t_mid - self._r_fit_t) > cfg.max_hold_s)
+        self.slope_se = np.where(good, se, np.where(stale, np.nan, self.slope_se))
+        self.resid_std = np.where(good, np.sqrt(s2), np.where(stale, np.nan, self.resid_std))
+        self.slope = np.where(good, b * 1e3, np.where(stale, np.nan, self.slope))
+        self.r_fit = np.where(good, a, np.where(stale, np.nan, self.r_fit))
+        self._r_fit_t = np.where(good, t_mid, np.where(stale, np.nan, self._r_fit_t))
         self.r_ref = np.where(
             np.isnan(self.r_ref), self.r_fit, np.fmin(self.r_ref, np.where(good, self.r_fit, np.inf))
         )
@@ -268,7 +281,10 @@ class AEPredictor:
         # time to AE by hyperbolic extrapolation
         excess = self.r_fit - self.r_ref
         s = self.slope
-        hot = self.significant(cfg.min_slope_nohm_per_min, cfg.z_alarm) & (excess > cfg.min_excess_uohm)
+        with np.errstate(invalid="ignore"):
+            hot = self.significant(cfg.min_slope_nohm_per_min, cfg.z_alarm) & (
+                excess > cfg.min_excess_uohm + 2.0 * self.resid_std
+            )
         with np.errstate(divide="ignore", invalid="ignore"):
             self.tta_slope_s = np.where(hot, excess * 1e3 / s * 60.0, np.inf)
         self.time_to_ae_s = np.minimum(self.tta_slope_s, self.tta_obs_s)

@@ -81,6 +81,12 @@ class PredictionConfig(_Strict):
     sample_period_s: float = Field(60.0, ge=1.0, le=3600.0, description="R is averaged over this period")
     window_samples: int = Field(20, ge=3, le=240, description="periods in the least-squares slope window")
     min_samples: int = Field(8, ge=3, le=240, description="periods needed before a slope is trusted")
+    rebase_quiet_s: float = Field(
+        600.0, ge=0.0, le=86400.0, description="no slope/level alarm this long after a history rebase"
+    )
+    max_hold_s: float = Field(
+        2400.0, ge=0.0, le=86400.0, description="a fit is held through data gaps (operations) this long"
+    )
     alarm_horizon_s: float = Field(1200.0, ge=60.0, le=86400.0, description="alarm when time-to-AE is below")
     clear_horizon_s: float = Field(2400.0, ge=60.0, le=86400.0, description="alarm clears above this")
     slope_alarm_nohm_per_min: float = Field(
@@ -93,7 +99,7 @@ class PredictionConfig(_Strict):
     excess_alarm_uohm: float = Field(
         1.2, gt=0.0, le=100.0, description="alarm when R stands this far above its alumina-rich reference"
     )
-    z_alarm: float = Field(4.0, ge=0.0, le=20.0, description="... for a prediction alarm")
+    z_alarm: float = Field(5.0, ge=0.0, le=20.0, description="... for a prediction alarm")
     alarm_persist_periods: int = Field(2, ge=1, le=60, description="slope alarm conditions hold this many periods")
     min_excess_uohm: float = Field(
         0.5, ge=0.0, le=100.0, description="... and with R this far above its alumina-rich reference"
@@ -146,6 +152,10 @@ class FeedingConfig(_Strict):
     max_underfeed_s: float = Field(14400.0, ge=600.0, le=172800.0, description="forced switch to overfeed")
     slope_switch_nohm_per_min: float = Field(
         12.0, gt=0.0, le=10000.0, description="underfeed → overfeed on a filtered R slope above this"
+    )
+    anode_change_overfeed_s: float = Field(1800.0, ge=0.0, le=86400.0, description="overfeed at an anode change")
+    anode_change_nominal_s: float = Field(
+        18000.0, ge=0.0, le=172800.0, description="then nominal feeding, no tracking, for this long"
     )
     post_ae_overfeed_s: float = Field(1800.0, ge=0.0, le=86400.0, description="overfeed after an AE")
     preventive_shots: int = Field(2, ge=0, le=50, description="shots dumped at once on a prediction alarm")

@@ -183,6 +183,7 @@ class PotController:
         moved = np.abs(d_beam) > 0.05
         ops_end = self._ops_prev & ~ops
         ac_end = self._ac_prev & ~anode_change
+        ac_start = anode_change & ~self._ac_prev
         tap_end = self._tap_prev & ~tapping
         self._tap_prev = tapping.copy()
         ops_start = ops & ~self._ops_prev
@@ -290,6 +291,9 @@ class PotController:
             pre_shots[mask] = cfg.feeding.preventive_shots
 
         # ---- 4. feeding
+        if ac_start.any():
+            self.feeding.anode_change(ac_start, now)
+            self.resistance.lock(ac_start, now + cfg.resistance.lock_after_feed_change_s)
         can_feed = valid
         slope_high = self.predictor.significant(cfg.feeding.slope_switch_nohm_per_min)
         f_shots, changed = self.feeding.step(now, dt, i_cell, can_feed, slope_high)

@@ -15,6 +15,12 @@ updates a per-cell ``adapt`` factor (cell CE, shot-mass bias), within
 [``adapt_min``, ``adapt_max``]. An underfeed that runs to its time limit means the
 cell had alumina to spare: ``adapt`` is lowered a little.
 
+An anode change raises the current density on the remaining anodes (the critical
+alumina concentration of the AE rises by ≈ 0.2 wt %) and makes the cell voltage noisy
+for hours, so tracking is blind just when the margin is thin: the cell gets
+``anode_change_overfeed_s`` of overfeed, then NOMINAL feeding (1.0 × nominal) until
+``anode_change_nominal_s`` later, then tracking resumes.
+
 Shots are dispensed from a per-cell fractional accumulator, so the mean rate is exact
 at any scan period.
 """
@@ -25,10 +31,11 @@ import numpy as np
 
 from control.config import FeedingConfig
 
-__all__ = ["FeedController", "OVERFEED", "UNDERFEED", "faraday_alumina_kg_s"]
+__all__ = ["FeedController", "NOMINAL", "OVERFEED", "UNDERFEED", "faraday_alumina_kg_s"]
 
 UNDERFEED = 1
 OVERFEED = 2
+NOMINAL = 3  # after an anode change: the R signal is noisy and the AE threshold higher
 
 #: kg Al2O3 per A·s dissolved at CE 0.95 (DOMAIN_BRIEF §0: 1.673e-7·I kg/s)
 ALUMINA_KG_PER_AS_CE095 = 1.673e-7
@@ -64,6 +71,7 @@ class FeedController:
         frac = (np.arange(n) * 0.6180339887498949) % 1.0
         self.phase_since = t0 - frac * self.cfg.min_underfeed_s
         self.phase_end = np.full(n, np.inf)
+        self.nominal_until = np.full(n, -np.inf)
         self.acc = frac.copy()  # fractional shots, staggered too
         self.adapt = np.ones(n)
         self._cycle_start = np.full(n, np.nan)
@@ -81,7 +89,19 @@ class FeedController:
 
     def rate_factor(self) -> np.ndarray:
         """Current feed rate / nominal per cell."""
-        return np.where(self.phase == OVERFEED, self.cfg.overfeed_factor, self.cfg.underfeed_factor)
+        f = np.where(self.phase == OVERFEED, self.cfg.overfeed_factor, self.cfg.underfeed_factor)
+        return np.where(self.phase == NOMINAL, 1.0, f)
+
+    def anode_change(self, mask: np.ndarray, t: float) -> None:
+        """An anode change started on ``mask`` cells: overfeed, then hold the nominal rate."""
+        cfg = self.cfg
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        self.force_overfeed(mask, t, cfg.anode_change_overfeed_s)
+        self.nominal_until = np.where(
+            mask, t + cfg.anode_change_overfeed_s + cfg.anode_change_nominal_s, self.nominal_until
+        )
 
     def force_overfeed(self, mask: np.ndarray, t: float, duration_s: float | None = None) -> np.ndarray:
         """Put ``mask`` cells into overfeed now (prediction alarm, after an AE).
@@ -92,9 +112,11 @@ class FeedController:
         dur = self.cfg.overfeed_s if duration_s is None else duration_s
         mask = np.asarray(mask, dtype=bool)
         switched = mask & (self.phase != OVERFEED)
+        running = mask & ~switched
         if switched.any():
             self._enter_overfeed(switched, t, reason=3)
-        self.phase_end = np.where(mask, np.maximum(self.phase_end, t + dur), self.phase_end)
+            self.phase_end[switched] = t + dur
+        self.phase_end = np.where(running, np.maximum(self.phase_end, t + dur), self.phase_end)
         return switched
 
     def _enter_overfeed(self, mask: np.ndarray, t: float, reason: int) -> None:
@@ -133,7 +155,8 @@ class FeedController:
         slope_hit = under & (elapsed >= cfg.min_underfeed_s) & slope_high
         time_hit = under & ~slope_hit & (elapsed >= cfg.max_underfeed_s)
         over_done = (self.phase == OVERFEED) & (t >= self.phase_end)
-        changed = slope_hit | time_hit | over_done
+        nominal_done = (self.phase == NOMINAL) & (t >= self.phase_end)
+        changed = slope_hit | time_hit | over_done | nominal_done
         if changed.any():
             if slope_hit.any():
                 self._close_cycle(slope_hit, t)
@@ -145,9 +168,15 @@ class FeedController:
                 )
                 self._enter_overfeed(time_hit, t, reason=2)
             if over_done.any():
-                self.phase[over_done] = UNDERFEED
+                hold = over_done & (t < self.nominal_until)
+                self.phase[over_done] = np.where(hold[over_done], NOMINAL, UNDERFEED)
                 self.phase_since[over_done] = t
-                self.phase_end[over_done] = np.inf
+                self.phase_end[over_done] = np.where(hold[over_done], self.nominal_until[over_done], np.inf)
+            if nominal_done.any():
+                self.phase[nominal_done] = UNDERFEED
+                self.phase_since[nominal_done] = t
+                self.phase_end[nominal_done] = np.inf
+                self._cycle_start[nominal_done] = np.nan
 
         feeding = can_feed & (i_ka > cfg.min_current_ka)
         nom = self.nominal_kg_s(i_ka)

@@ -184,3 +184,22 @@ def test_prediction_alarm_well_ahead_of_ae_when_feeding_runs_short():
     assert t_alarm is not None and t_ae - t_alarm >= 600.0
     assert tta_at_alarm < 3 * 3600.0
     assert not pr.alarm[1:].any() and pr.alarms_raised == 1
+
+
+def test_anode_change_overfeeds_then_holds_nominal_then_tracks():
+    from control.feeding import NOMINAL
+
+    cfg = FeedingConfig(anode_change_overfeed_s=1800.0, anode_change_nominal_s=18000.0)
+    fc = FeedController(1, SHOT_KG, cfg)
+    never = np.zeros(1, dtype=bool)
+    always = np.ones(1, dtype=bool)
+    fc.anode_change(np.array([True]), 0.0)
+    phases = {}
+    for j in range(0, 21000, 10):
+        # a steep slope must not end the nominal hold (tracking is off after an anode change)
+        fc.step(float(j), 10.0, np.array([I_KA]), np.ones(1, dtype=bool), always if j > 2000 else never)
+        phases[j] = int(fc.phase[0])
+    assert phases[100] == OVERFEED and phases[1790] == OVERFEED
+    assert phases[1810] == NOMINAL and phases[19790] == NOMINAL
+    assert fc.rate_factor()[0] in (cfg.underfeed_factor, cfg.overfeed_factor)
+    assert phases[19810] in (UNDERFEED, OVERFEED)
