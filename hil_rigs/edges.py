@@ -206,6 +206,8 @@ class OpcUaEdge:
     async def _build(self, server: Any, idx: int) -> None:
         from asyncua import ua
 
+        from plc_bridge.opcua_server import object_node_item
+
         items: list[Any] = []
         objects: dict[str, ua.NodeId] = {}
         leaves: list[tuple[Tag, ua.NodeId, ua.VariantType]] = []
@@ -225,8 +227,8 @@ class OpcUaEdge:
                 if nid is None:
                     nid = ua.NodeId(key, idx)
                     objects[key] = nid
-                    items.append(_object_item(ua, nid, ua.QualifiedName(parts[depth], idx), parent,
-                                              ua.ObjectIds.Organizes if depth == 0 else ua.ObjectIds.HasComponent))
+                    items.append(object_node_item(nid, ua.QualifiedName(parts[depth], idx), parent,
+                                                  ua.ObjectIds.Organizes if depth == 0 else ua.ObjectIds.HasComponent))
                 parent = nid
             vt = variant_type(tag)
             nid = ua.NodeId.from_string(tag.node_id) if tag.node_id else ua.NodeId(".".join(parts), idx)
@@ -305,21 +307,6 @@ def _coerce(vt: Any, value: Any) -> Any:
         return float(value)
     v = float(value)
     return int(v) if math.isfinite(v) else 0
-
-
-def _object_item(ua: Any, nid: Any, qname: Any, parent: Any, ref: int) -> Any:
-    item = ua.AddNodesItem()
-    item.RequestedNewNodeId = nid
-    item.BrowseName = qname
-    item.NodeClass = ua.NodeClass.Object
-    item.ParentNodeId = parent
-    item.ReferenceTypeId = ua.NodeId(ref)
-    item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseObjectType)
-    attrs = ua.ObjectAttributes()
-    attrs.DisplayName = ua.LocalizedText(qname.Name)
-    attrs.EventNotifier = 0
-    item.NodeAttributes = attrs
-    return item
 
 
 def _variable_item(ua: Any, nid: Any, qname: Any, parent: Any, value: Any, tag: Tag) -> Any:

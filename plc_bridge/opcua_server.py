@@ -357,9 +357,9 @@ class MirrorServer:
         items: list[ua.AddNodesItem] = []
         objects = ua.NodeId(ua.ObjectIds.ObjectsFolder)
         plant = self._nid()
-        items.append(_object_item(plant, ua.QualifiedName(lay.plant, idx), objects, ua.ObjectIds.Organizes))
+        items.append(object_node_item(plant, ua.QualifiedName(lay.plant, idx), objects, ua.ObjectIds.Organizes))
         twin = self._nid("Twin")
-        items.append(_object_item(twin, ua.QualifiedName("Twin", idx), plant))
+        items.append(object_node_item(twin, ua.QualifiedName("Twin", idx), plant))
         items.append(_variable_item(self._nid("Twin", "Mode"), "Mode", idx, twin,
                                     ua.Variant(self._mode, ua.VariantType.String),
                                     "Operating mode: observe, shadow or control"))  # fmt: skip
@@ -369,13 +369,13 @@ class MirrorServer:
                                     ua.Variant(0, ua.VariantType.UInt64), "Number of publishes since start"))
         for li, line in enumerate(lay.line_names):
             lnode = self._nid(line)
-            items.append(_object_item(lnode, ua.QualifiedName(line, idx), plant))
+            items.append(object_node_item(lnode, ua.QualifiedName(line, idx), plant))
             for q in self.line_quantities:
                 items += _analog_items(self._nid(line, q.name), q, idx, lnode, ua.Variant(0.0, q.vtype))
         for r, room in enumerate(lay.room_names):
             rnode = self._nid(room)
             cells = self._rooms_cells[r]
-            items.append(_object_item(rnode, ua.QualifiedName(room, idx), plant))
+            items.append(object_node_item(rnode, ua.QualifiedName(room, idx), plant))
             numbers = ua.Variant(lay.cell_number[cells].astype(np.uint16).tolist(), ua.VariantType.UInt16)
             items.append(_variable_item(self._nid(room, "CellNumbers"), "CellNumbers", idx, rnode, numbers,
                                         "Floor number of the cell at each array index", array_len=len(cells)))
@@ -385,7 +385,7 @@ class MirrorServer:
             for k in cells:
                 cname = self.cell_object_name(k)
                 cnode = self._nid(room, cname)
-                items.append(_object_item(cnode, ua.QualifiedName(cname, idx), rnode))
+                items.append(object_node_item(cnode, ua.QualifiedName(cname, idx), rnode))
                 for q in self.cell_quantities:
                     nid = self._nid(room, cname, q.name)
                     init = ua.Variant(self._cell_values[q.name][k].item(), q.vtype)
@@ -680,7 +680,10 @@ class MirrorServer:
 # ---------------------------------------------------------------------- node builders
 
 
-def _object_item(nid: ua.NodeId, qname: ua.QualifiedName, parent: ua.NodeId, ref: int = ua.ObjectIds.HasComponent):
+def object_node_item(
+    nid: ua.NodeId, qname: ua.QualifiedName, parent: ua.NodeId, ref: int = ua.ObjectIds.HasComponent
+):
+    """An AddNodesItem for a plain object (BaseObjectType) under ``parent`` (batched add_nodes)."""
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nid
     item.BrowseName = qname
