@@ -170,7 +170,19 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
         lat_f.append((r.detect_s - a.t_flag) / scan_s)
         if np.isfinite(a.t_volt):
             lat_v.append((r.detect_s - a.t_volt) / scan_s)
-    false_det = [r for r in dets if id(r) not in used]
+    # detections not used by a truth AE: a second record inside one long truth AE (the
+    # voltage fell below the end threshold for the end hold while the twin's AE flag
+    # stayed up) is a split, not a false detection
+    split = 0
+    false_det = []
+    for r in dets:
+        if id(r) in used:
+            continue
+        end = r.end_s if np.isfinite(r.end_s) else np.inf
+        if any(a.cell == r.cell and a.t_flag - 5 <= end and r.start_s <= (a.t_end if np.isfinite(a.t_end) else np.inf) + 15 for a in truth):
+            split += 1
+        else:
+            false_det.append(r)
     durations = [a.t_end - a.t_flag for a in truth if np.isfinite(a.t_end)]
     det_durations = [r.duration_s for r in dets if np.isfinite(r.end_s)]
     # prediction
@@ -207,6 +219,14 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
     fin = [x for x in leads if np.isfinite(x)]
     i_err = np.concatenate([np.abs(np.asarray(e)) for e in scorer.i_err if e]) if any(scorer.i_err) else np.zeros(0)
     n_lost = int(np.isfinite(lost).sum())
+    from control.pfc import tier2_emissions_per_t
+
+    aem_truth = float(np.sum(durations)) / 60.0 / cell_days if cell_days else 0.0
+    aem_det = float(np.sum([max(r.duration_s, 0.0) for r in dets if np.isfinite(r.end_s)])) / 60.0 / cell_days if cell_days else 0.0
+    pfc = {}
+    for name, aem in (("truth", aem_truth), ("detections", aem_det)):
+        cf4, c2f6, co2e = tier2_emissions_per_t(aem, ctl.cfg.pfc)
+        pfc[name] = {"aem_min_per_cell_day": aem, "cf4_kg_per_t": cf4, "c2f6_kg_per_t": c2f6, "co2e_kg_per_t": co2e}
     return {
         "cell_days": cell_days,
         "cells_left_physical_range": n_lost,
@@ -215,7 +235,8 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
         "ae_per_pot_day": n / cell_days if cell_days else 0.0,
         "ae_mean_duration_s": float(np.mean(durations)) if durations else 0.0,
         "ae_max_duration_s": float(np.max(durations)) if durations else 0.0,
-        "ae_minutes_per_cell_day": float(np.sum(durations)) / 60.0 / cell_days if cell_days else 0.0,
+        "ae_minutes_per_cell_day": aem_truth,
+        "pfc_tier2_ipcc_cwpb_ar5": pfc,
         "detection": {
             "detected": n - missed,
             "missed": missed,
@@ -224,6 +245,7 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
             "latency_samples_from_twin_flag_max": float(max(lat_f)) if lat_f else None,
             "within_2_samples_of_voltage_onset": int(sum(1 for x in lat_v if x <= 2)),
             "false_hv_detections": len(false_det),
+            "split_detections_inside_one_truth_ae": split,
             "lv_flags": len(lvs),
             "detected_mean_duration_s": float(np.mean(det_durations)) if det_durations else 0.0,
         },
