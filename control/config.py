@@ -107,7 +107,6 @@ class PredictionConfig(_Strict):
     observer_max_std_wt_pct: float = Field(
         0.15, gt=0.0, le=5.0, description="observer alarms only once its alumina std is below this"
     )
-    alumina_ae_wt_pct: float = Field(1.8, ge=0.5, le=4.0, description="bulk Al2O3 at AE onset")
     alumina_alarm_wt_pct: float = Field(2.05, ge=0.5, le=5.0, description="observer estimate alarm level")
     use_observer: bool = Field(False, description="also predict from the EKF alumina estimate (twin.observer)")
     observer_period_s: float = Field(5.0, gt=0.0, le=600.0, description="EKF update period")
@@ -232,7 +231,6 @@ class AmperageConfig(_Strict):
     cutout_timeout_s: float = Field(1800.0, ge=10.0, le=86400.0, description="give up the cut-out after this")
     trim_gain_per_s: float = Field(0.002, ge=0.0, le=1.0, description="integral trim of DCCT vs setpoint")
     trim_limit: float = Field(0.01, ge=0.0, le=0.1, description="max trim, share of setpoint")
-    power_tolerance: float = Field(0.005, ge=0.0, le=0.5, description="power target re-solved above this error")
 
     @model_validator(mode="after")
     def _limits(self) -> "AmperageConfig":

@@ -271,8 +271,13 @@ class PotController:
                 else:
                     plan = self.feeding.nominal_kg_s(i_cell) * self.feeding.rate_factor()
                 if np.all(np.isfinite(plan)):
-                    tta_obs = np.where(valid & ~in_ae, self.observer.time_to_ae_s(i_cell * 1e3, plan), np.inf)
-                    alumina = np.where(valid & ~in_ae, self.observer.alumina_wt_pct, np.inf)
+                    # trust the estimate only once the filter has converged on the cell
+                    std = getattr(self.observer, "alumina_std_wt_pct", None)
+                    use = valid & ~in_ae
+                    if std is not None:
+                        use &= np.asarray(std) < cfg.prediction.observer_max_std_wt_pct
+                    tta_obs = np.where(use, self.observer.time_to_ae_s(i_cell * 1e3, plan), np.inf)
+                    alumina = np.where(use, self.observer.alumina_wt_pct, np.inf)
         new_alarm = self.predictor.update(now, r_uohm, r_ok, alumina, tta_obs)
         pre_shots = np.zeros(n, dtype=np.int64)
         if new_alarm.size:
