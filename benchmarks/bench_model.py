@@ -4,7 +4,7 @@ Figures, all measured in the same run so they can be compared as ratios:
 
 * **throughput** [cell-steps/s, one cell-step = one cell over one 1 s sub-step incl. its
   share of the circuit/rectifier solution] of ``twin.potline.Potline.advance`` with the
-  serial kernel and the parallel one (``prange`` over series lines), and of the plain
+  serial kernel and the parallel one (cells, or whole lines, shared out over the threads), and of the plain
   vectorised NumPy version of the same equations (``benchmarks/numpy_reference.py``),
   for plants of 132 … 10,000 cells. Repeats run round-robin (serial, parallel, NumPy
   in turn, start rotated each round) so load from other processes hits all three alike;
@@ -108,8 +108,10 @@ def _rate_of(engine, n: int, steps: int, cpu: list[float] | None = None, per_cpu
 
 def throughput(n_cells: int, repeats: int, target_s: float) -> dict[str, Any]:
     """Serial, parallel and NumPy rates [cell-steps/s] for one plant, round-robin repeats."""
+    import numba
+
     from benchmarks.numpy_reference import NumpyPotline
-    from twin.potline import Potline
+    from twin.potline import LINES_BALANCE_MIN, Potline
 
     cfg, desc = plant_config(n_cells)
     t0 = time.perf_counter()
@@ -118,6 +120,7 @@ def throughput(n_cells: int, repeats: int, target_s: float) -> dict[str, Any]:
     parallel = Potline(cfg, parallel=True)
     numpy_ref = NumpyPotline.from_potline(serial, rng="numpy", seed=cfg.seed)
     n = serial.layout.n_cells
+    balance = parallel.lines_balance(numba.get_num_threads())
     engines = {"numba_serial": serial, "numba_parallel": parallel, "numpy": numpy_ref}
     steps = {}
     for name, eng in engines.items():  # warm-up, then size each repeat to about target_s
@@ -144,7 +147,9 @@ def throughput(n_cells: int, repeats: int, target_s: float) -> dict[str, Any]:
         "cells": n,
         "lines": len(cfg.lines),
         "plant": desc,
-        "parallel_kernel_runs": parallel.rect.shape[0] > 1,
+        "parallel_kernel": "whole lines per thread" if balance >= LINES_BALANCE_MIN else "cells per sub-step",
+        "lines_balance": round(balance, 3),
+        "lines_balance_min": LINES_BALANCE_MIN,
         "steps_per_repeat": steps,
         "build_s": round(build_s, 4),
         "cell_steps_per_s": {k: summarize(v, digits=4) for k, v in rates.items()},

@@ -513,38 +513,16 @@ def model_section(m: dict[str, Any]) -> list[str]:
             f"{rt['serial']['median']:,.0f}x serial (dt = 1 s: simulated seconds per wall second = rate / cells)."
         )
     lines += [
-        "- Plants: 132 and 264 cells = `PlantConfig.single_room` (one line: `parallel=True` has one line, so it "
-        "runs the serial kernel); 660 = the reference plant (3 lines of 264/264/132); 1,320 … 10,000 = lines of "
-        "264 cells (two potrooms of 132, the reference line) with the reference rectifier, built programmatically "
-        "(10,000 = 37 × 264 + 232, 38 lines), so the parallel kernel (`prange` over lines) has work.",
+        "- Plants: 132 and 264 cells = `PlantConfig.single_room` (one line); 660 = the reference plant (3 lines "
+        "of 264/264/132); 1,320 … 10,000 = lines of 264 cells (two potrooms of 132, the reference line) with the "
+        "reference rectifier, built programmatically (10,000 = 37 × 264 + 232, 38 lines). The parallel kernel "
+        "shares each sub-step's cells out over the threads, or, when the lines balance over the threads, hands "
+        "out whole lines (`Potline.lines_balance`); both reproduce the serial kernel bit for bit (a CI test).",
         "- NumPy version: `benchmarks/numpy_reference.py`, the same per-sub-step equations as array code "
         "(agreement with the Numba kernel to ~1e-13 relative is a CI test), with a `numpy.random.Generator` "
         "for the noise draws.",
     ]
     return lines
-
-
-def _line_cells(n_cells: int) -> list[int]:
-    """Cells per series line of the model benchmark's plant of ``n_cells`` cells."""
-    from benchmarks.bench_model import plant_config
-
-    cfg, _ = plant_config(n_cells)
-    return [sum(r.cells for r in ln.rooms if r.operating) for ln in cfg.lines]
-
-
-def _split_bounds(lines: list[int], threads: int) -> tuple[float, float]:
-    """Best parallel speed-up of ``prange`` over ``lines`` on ``threads`` threads: with contiguous
-    equal-count chunks (Numba's default schedule) and with a greedy dynamic schedule."""
-    total = sum(lines)
-    chunks, start = [], 0
-    for t in range(threads):
-        size = len(lines) // threads + (1 if t < len(lines) % threads else 0)
-        chunks.append(sum(lines[start : start + size]))
-        start += size
-    load = [0] * threads
-    for c in sorted(lines, reverse=True):
-        load[load.index(min(load))] += c
-    return total / max(chunks), total / max(load)
 
 
 def model_notes(m: dict[str, Any]) -> list[str]:
@@ -573,28 +551,21 @@ def model_notes(m: dict[str, Any]) -> list[str]:
             f"- Cores busy during the parallel runs: {min(busy):.2f}–{max(busy):.2f} of {threads} (serial runs: "
             f"{min(busy_s):.2f}–{max(busy_s):.2f}). Well below {threads} means other jobs held the cores and the "
             "parallel kernel did not get the CPU it asked for, so its wall-clock figures understate a free machine; "
-            "the projections below scale its cell-steps per CPU-second instead (estimates, not measurements)."
+            "the per-CPU-second figures below are the ones to compare."
         )
     for t in tp:
-        if t["lines"] < 2:
+        if t["cells"] not in (660, max(x["cells"] for x in tp)) or "parallel_kernel" not in t:
             continue
-        try:
-            cells = _line_cells(t["cells"])
-        except Exception:  # noqa: BLE001 - a note, never a failure
-            continue
-        static, dynamic = _split_bounds(cells, threads)
         pc = per_cpu.get(t["cells"]) or {}
-        par_cpu = _get(pc, "numba_parallel", "median")
-        proj = f"; projected on {threads} free cores ≈ {fmt_rate(par_cpu * min(static, threads))} cell-steps/s " \
-            "(parallel cell-steps per CPU-second × that bound)" if par_cpu else ""
-        if t["cells"] in (660, max(x["cells"] for x in tp)):
-            lines.append(
-                f"- {t['cells']:,} cells, lines of {'/'.join(str(c) for c in cells[:6])}"
-                f"{'/…' if len(cells) > 6 else ''} cells on {threads} threads: `prange` over lines can give at most "
-                f"{static:.2f}x with Numba's default schedule (equal line counts per thread) and {dynamic:.2f}x with a "
-                f"dynamic one (`numba.set_parallel_chunksize(1)`); measured parallel/serial "
-                f"{t['ratio']['parallel_over_serial']['median']:.2f}x{proj}."
-            )
+        par_cpu, ser_cpu = _get(pc, "numba_parallel", "median"), _get(pc, "numba_serial", "median")
+        eff = f"; per CPU-second {fmt_rate(par_cpu)} parallel vs {fmt_rate(ser_cpu)} serial (the difference: " \
+            "threads waiting at the sub-step's synchronisation or for the slowest line)" if par_cpu and ser_cpu else ""
+        lines.append(
+            f"- {t['cells']:,} cells, {t['lines']} lines: the parallel kernel handed out {t['parallel_kernel']} "
+            f"(lines keep {t['lines_balance']:.2f} of {threads} cores busy; whole lines from "
+            f"{t['lines_balance_min']:.2f}); parallel/serial {t['ratio']['parallel_over_serial']['median']:.2f}x with "
+            f"{t['cores_busy']['numba_parallel']['median']:.2f} cores busy{eff}."
+        )
     return lines + [""]
 
 

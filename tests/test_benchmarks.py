@@ -133,7 +133,10 @@ def test_quick_suite_writes_model_json(quick_suite):
             assert t["cell_steps_per_s"][engine]["min"] > 0
         for ratio in ("numba_serial_over_numpy", "numba_parallel_over_numpy", "parallel_over_serial"):
             _check_stats(t["ratio"][ratio])
-    assert doc["throughput"][1]["lines"] == 3 and doc["throughput"][1]["parallel_kernel_runs"]
+    ref = doc["throughput"][1]
+    assert ref["lines"] == 3 and 0.0 < ref["lines_balance"] <= 1.0
+    lines_kernel = ref["lines_balance"] >= ref["lines_balance_min"]
+    assert ref["parallel_kernel"] == ("whole lines per thread" if lines_kernel else "cells per sub-step")
     _check_stats(doc["pure_python"]["cell_steps_per_s"])
     for phase in ("cold", "warm"):
         _check_stats(doc["compile"][phase]["compile_total_s"])

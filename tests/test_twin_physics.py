@@ -202,11 +202,63 @@ def test_cut_out_and_cut_in_keep_line_current() -> None:
     assert m["line_current_ka"][0] == pytest.approx(120.0, rel=0.005)
 
 
-def test_parallel_and_serial_kernels_agree() -> None:
-    """Per-cell random streams make the parallel kernel reproduce the serial one exactly."""
-    a = Potline(PlantConfig.single_room(16, seed=19), parallel=False)
-    b = Potline(PlantConfig.single_room(16, seed=19), parallel=True)
-    a.advance(1800)
-    b.advance(1800)
+def _unequal_lines(seed: int) -> PlantConfig:
+    """Three lines of 24/24/12 cells (the reference plant's 264/264/132 in small)."""
+    data = PlantConfig.single_room(24, seed=seed).model_dump()
+    line = data["lines"][0]
+    data["lines"] = [
+        dict(line, name="Line1"),
+        dict(line, name="Line2", rooms=[{"name": "Potroom2", "cells": 24}]),
+        dict(line, name="Line3", rooms=[{"name": "Potroom3", "cells": 12}]),
+    ]
+    return PlantConfig.model_validate(data)
+
+
+@pytest.mark.parametrize("kernel", ["cells", "lines"])
+def test_parallel_and_serial_kernels_agree(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-cell random streams make both parallel kernels (cells shared out per sub-step, or
+    whole lines per thread) reproduce the serial one exactly, with AEs, feeding and a cut-out
+    cell on lines of unequal size; also after commands between ``advance`` calls."""
+    import twin.potline as tp
+
+    monkeypatch.setattr(tp, "LINES_BALANCE_MIN", 0.0 if kernel == "lines" else 2.0)
+    plants = [Potline(_unequal_lines(seed=19), parallel=par) for par in (False, True)]
+    for pl in plants:
+        pl.force_alumina(np.array([3, 30, 55]), 1.6)
+        pl.cut_out(40)
+        pl.advance(900)
+        pl.apply(feed_shots=np.full(60, 2), beam_move_mm=np.linspace(-5.0, 5.0, 60))
+        pl.advance(900)
+    a, b = plants
+    assert a.truth()["ae_count"].sum() >= 3
     np.testing.assert_array_equal(a.state, b.state)
     np.testing.assert_array_equal(a.rect, b.rect)
+    np.testing.assert_array_equal(a.out, b.out)
+
+
+def test_lines_balance_picks_the_parallel_kernel() -> None:
+    """Whole lines per thread only when they keep the cores busy (>= LINES_BALANCE_MIN)."""
+    from twin.potline import LINES_BALANCE_MIN
+
+    pl = Potline(_unequal_lines(seed=1), parallel=True)
+    assert pl.lines_balance(2) == pytest.approx(60 / (2 * 36))  # 24+12 on one thread, 24 on the other
+    assert pl.lines_balance(2) < LINES_BALANCE_MIN
+    assert pl.lines_balance(1) == 1.0
+    assert pl.lines_balance(3) == pytest.approx(60 / (3 * 24))
+
+
+def test_stepping_kernels_run_without_reference_counting() -> None:
+    """The stepping kernels are compiled without Numba's refcounting, and every per-cell
+    function that takes arrays is inlined into them: otherwise each call increfs/decrefs
+    its arrays (atomics that cost ~40 % of a cell-step, see PERFORMANCE.md)."""
+    import twin.cell as tc
+    import twin.potline as tp
+    import twin.rectifier as tr
+    import twin.rng as trng
+
+    for kernel in (tp.advance_line, tp._advance_serial, tp._advance_lines_parallel, tp._advance_cells_parallel):
+        assert kernel.targetoptions.get("_nrt") is False, kernel
+    for fn in (tc.composition, tc.cell_emf, tc.cell_integrate, tc.dump_shot, tc.move_beam, tc.start_tapping,
+               tc.start_anode_change, tp._solve_line, tr.rectifier_step, tr.tap_voltage, trng.uniform,
+               trng.normal, trng.normal_pair):  # fmt: skip
+        assert fn.targetoptions.get("inline") == "always", fn

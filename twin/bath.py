@@ -34,6 +34,9 @@ ANODE_DENSITY_KG_M3 = 1550.0
 C_AE_HAUPIN = 1.8
 #: cap on bubble coverage: keeps the pre-AE voltage rise to a few hundred mV as seen in plants
 PHI_MAX = 0.75
+LN10 = math.log(10.0)
+#: ln of the exchange current density prefactor 0.0029 A/cm² (Haupin: i_r = 0.0029·c^0.56)
+LN_I_R0 = math.log(0.0029)
 
 
 @njit(cache=True)
@@ -92,7 +95,7 @@ def critical_current_density(t_k: float, c: float, size_factor: float) -> float:
 @njit(cache=True)
 def current_efficiency(superheat_k: float, alf3: float, ce_const: float, acd_cm: float) -> float:
     """Current efficiency [-]: Dewing (1991) with a penalty below 4 cm ACD [EST]."""
-    loss = 10.0 ** (0.0095 * superheat_k - 0.019 * alf3 + ce_const)  # % loss
+    loss = math.exp(LN10 * (0.0095 * superheat_k - 0.019 * alf3 + ce_const))  # % loss: 10**(...)
     if acd_cm < 4.0:
         loss *= 1.0 + 0.6 * (4.0 - acd_cm)
     return min(max(1.0 - loss / 100.0, 0.5), 0.995)
@@ -126,9 +129,9 @@ def voltage_components(
     c = max(al2o3, 0.05)
     c_sat = alumina_saturation_wt(t_c, alf3, caf2)
     act = alumina_activity(c, c_sat)
-    e_rev = 1.896 - 0.000572 * t_k + (R_GAS * t_k / (12.0 * FARADAY)) * math.log(1.0 / (act * act))
-    i_r = 0.0029 * c**0.56
-    eta_sa = (t_k / 12533.0) * math.log(max(i / i_r, 1.0))
+    e_rev = 1.896 - 0.000572 * t_k - (R_GAS * t_k / (6.0 * FARADAY)) * math.log(act)  # ln(1/a²)
+    # ln(i / i_r) with the exchange current density i_r = 0.0029·c^0.56 [A/cm²]
+    eta_sa = (t_k / 12533.0) * max(math.log(i) - LN_I_R0 - 0.56 * math.log(c), 0.0)
     i_c = critical_current_density(t_k, c, size_factor)
     if i_c > 1.02 * i:
         eta_ca = (t_k / 23209.0) * math.log(i_c / (i_c - i))

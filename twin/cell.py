@@ -69,7 +69,7 @@ TAP_BATCH_KG = 1000.0
 SWEEP_SCALE_MM = 20.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def composition(state, k):
     """(total bath kg, Al2O3 wt %, AlF3 wt %) of cell ``k``."""
     tot = state[k, S_AL2O3] + state[k, S_ALF3] + state[k, S_CRYO]
@@ -102,7 +102,7 @@ def step_decays(dt):
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def cell_emf(k, state, params, out, current_a, rng, decay):
     """Voltage breakdown of cell ``k`` at line current ``current_a`` [A]; advances noise.
 
@@ -170,7 +170,7 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
     out[k, O_C_CRIT] = critical_alumina_wt(t_c, i_dens, params[k, P_SIZE_F], params[k, P_AE_DELTA])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dump_shot(state, params, k, shots):
     """Dump ``shots`` feeder shots into cell ``k`` (the slow share goes to sludge)."""
     if shots <= 0:
@@ -191,7 +191,7 @@ def dump_shot(state, params, k, shots):
     state[k, S_FEED_ACK] += shots
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def move_beam(state, k, move_mm):
     """Move cell ``k``'s anode beam by ``move_mm`` [mm] (+ up = larger ACD)."""
     if move_mm == 0.0:
@@ -202,7 +202,7 @@ def move_beam(state, k, move_mm):
         state[k, S_SWEEP] += abs(move_mm)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def start_anode_change(state, params, k):
     """Replace one anode of cell ``k``: cold-anode heat sink, area not yet conducting."""
     n = params[k, P_N_ANODES]
@@ -214,13 +214,13 @@ def start_anode_change(state, params, k):
     state[k, S_AC_BUSY] = params[k, P_AC_DURATION]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def start_tapping(state, params, k):
     """Tap cell ``k`` back to its nominal metal pad over the tapping duration."""
     state[k, S_TAP_LEFT] = max(state[k, S_METAL] - params[k, P_METAL0], 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
     """Integrate cell ``k`` over ``dt`` [s] at line current ``current_line_a`` [A].
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numba
 import numpy as np
+import numba
 from numba import njit, prange
 
 from twin.bath import (
@@ -79,41 +79,87 @@ def _emf_serial(state, params, out, cell_line, rect, rng, dt):
         cell_emf(k, state, params, out, rect[cell_line[k], R_I], rng, decay)
 
 
-@njit(cache=True)
-def advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng):
-    """Run series line ``ln`` for ``n_sub`` sub-steps of ``dt`` [s].
+# The stepping kernels run without Numba's reference counting (``_nrt=False``; they allocate
+# nothing) and inline every per-cell function that takes arrays (``inline="always"``).
+# Otherwise each per-cell call increfs and decrefs every array it is passed: atomic
+# operations that cost ~40 % of a cell-step, and contended cache lines between threads.
+# ``tests/test_twin_physics.py`` checks that the option is still honoured.
+_KERNEL = {"cache": True, "_nrt": False}
+#: whole lines go to the threads (no synchronisation per sub-step) when they keep at least
+#: this share of the cores busy (``Potline.lines_balance``); otherwise cells are shared out
+LINES_BALANCE_MIN = 0.9
+
+
+@njit(**_KERNEL)
+def advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng, decay):
+    """Run series line ``ln`` for ``n_sub`` sub-steps of ``dt`` [s] (``decay = step_decays(dt)``).
 
     Per sub-step: each cell's back-EMF and ohmic resistance at the present current, the
     rectifier and circuit solution for the new current, then each cell's balances.
-    Lines are independent circuits, so they can run in parallel.
     """
     lo, hi = line_ptr[ln], line_ptr[ln + 1]
-    decay = step_decays(dt)
     for _ in range(n_sub):
         current = rect[ln, R_I]
-        e_sum = 0.0
-        r_sum = 0.0
         for j in range(lo, hi):
-            k = line_cells[j]
-            cell_emf(k, state, params, out, current, rng, decay)
-            if state[k, S_IN_CIRCUIT] > 0.5:
-                e_sum += out[k, O_E]
-                r_sum += out[k, O_R_OHM]
-        current = rectifier_step(rect, rpar, ln, e_sum, r_sum, dt)
+            cell_emf(line_cells[j], state, params, out, current, rng, decay)
+        current = _solve_line(ln, dt, state, out, line_ptr, line_cells, rect, rpar)
         for j in range(lo, hi):
             cell_integrate(line_cells[j], state, params, out, current, rng, dt, decay)
 
 
-@njit(cache=True, parallel=True)
-def _advance_parallel(n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng):
-    for ln in prange(rect.shape[0]):
-        advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng)
+@njit(cache=True, inline="always")
+def _solve_line(ln, dt, state, out, line_ptr, line_cells, rect, rpar):
+    """Sum line ``ln``'s back-EMF and ohmic resistance [V, Ω] over its cells in circuit (in
+    ``line_cells`` order, so every kernel adds in the same order) and step its rectifier;
+    returns the new line current [A]."""
+    e_sum = 0.0
+    r_sum = 0.0
+    for j in range(line_ptr[ln], line_ptr[ln + 1]):
+        k = line_cells[j]
+        if state[k, S_IN_CIRCUIT] > 0.5:
+            e_sum += out[k, O_E]
+            r_sum += out[k, O_R_OHM]
+    return rectifier_step(rect, rpar, ln, e_sum, r_sum, dt)
 
 
-@njit(cache=True)
-def _advance_serial(n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng):
+@njit(**_KERNEL)
+def _advance_serial(n_sub, dt, state, params, out, line_ptr, line_cells, cell_line, rect, rpar, rng, decay):
+    """All lines one after the other, each for all ``n_sub`` sub-steps (its cells stay in cache)."""
     for ln in range(rect.shape[0]):
-        advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng)
+        advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng, decay)
+
+
+@njit(**_KERNEL, parallel=True)
+def _advance_lines_parallel(n_sub, dt, state, params, out, line_ptr, line_cells, cell_line, rect, rpar, rng, decay):
+    """Whole lines shared out over the threads, each for all ``n_sub`` sub-steps: no
+    synchronisation per sub-step and each line's cells stay in its core's cache. For plants
+    whose lines balance over the threads (``Potline`` decides); run with a chunk size of one
+    line so a thread that finishes early takes the next."""
+    for ln in prange(rect.shape[0]):
+        advance_line(ln, n_sub, dt, state, params, out, line_ptr, line_cells, rect, rpar, rng, decay)
+
+
+@njit(**_KERNEL, parallel=True)
+def _advance_cells_parallel(n_sub, dt, state, params, out, line_ptr, line_cells, cell_line, rect, rpar, rng, decay):
+    """The cells of all lines split over the threads, the lines' circuits solved in between.
+
+    Cells rather than lines are shared out, so one line (or lines of unequal size,
+    264/264/132 on the reference plant) keeps every core busy. One parallel pass per
+    sub-step: each cell's balances at the new current, then its back-EMF for the next
+    sub-step, which needs nothing but that current. Each cell owns its random stream, so
+    the result is the serial kernel's bit for bit.
+    """
+    n = state.shape[0]
+    for s in range(n_sub + 1):  # pass 0: back-EMF only; pass n_sub: balances only
+        if s > 0:
+            for ln in range(rect.shape[0]):
+                _solve_line(ln, dt, state, out, line_ptr, line_cells, rect, rpar)
+        for k in prange(n):
+            current = rect[cell_line[k], R_I]
+            if s > 0:
+                cell_integrate(k, state, params, out, current, rng, dt, decay)
+            if s < n_sub:
+                cell_emf(k, state, params, out, current, rng, decay)
 
 
 @njit(cache=True)
@@ -161,8 +207,9 @@ class Potline:
     Args:
         config: validated plant config.
         seed: overrides ``config.seed`` for the per-cell parameter spread and noise.
-        parallel: run the series lines in parallel (``prange`` over lines: each line is
-            its own circuit, so one parallel region serves a whole ``advance`` call).
+        parallel: share each sub-step's cells out over Numba's threads (``prange`` over cells,
+            the lines' circuits solved in between); the result is the serial kernel's
+            bit for bit.
     """
 
     def __init__(self, config: PlantConfig, seed: int | None = None, parallel: bool = True) -> None:
@@ -188,6 +235,9 @@ class Potline:
         self._state0 = self.state.copy()
         self._zero_feed = np.zeros(n, dtype=np.int64)
         self._zero_f = np.zeros(n)
+        self._decay = step_decays(self.dt_s)
+        self._balance_key: tuple[int, bytes] | None = None
+        self._balance = 0.0
 
     # --- construction ----------------------------------------------------------------------
     @staticmethod
@@ -338,23 +388,37 @@ class Potline:
             self.rpar[ln, RP_KI] = self.config.lines[ln].rectifier.bandwidth_per_s * r_sum
 
     # --- running ----------------------------------------------------------------------------
+    def lines_balance(self, threads: int) -> float:
+        """Share of ``threads`` cores kept busy when whole lines are handed out one at a time,
+        largest first (the dynamic schedule): Σ cells / (threads × the busiest thread's cells).
+        1.0 when the lines spread evenly; 660/(2·396) = 0.83 for 264/264/132 on 2 threads."""
+        key = (threads, self.line_ptr.tobytes())
+        if self._balance_key != key:
+            sizes = sorted(np.diff(self.line_ptr).tolist(), reverse=True)
+            load = [0] * max(threads, 1)
+            for size in sizes:
+                load[load.index(min(load))] += size
+            self._balance = sum(sizes) / (len(load) * max(max(load), 1))
+            self._balance_key = key
+        return self._balance
+
     def advance(self, seconds: float) -> None:
         """Run the plant for ``seconds`` [s] (rounded to whole sub-steps of ``dt_s``)."""
         n_sub = int(round(seconds / self.dt_s))
         if n_sub <= 0:
             return
-        args = (n_sub, self.dt_s, self.state, self.params, self.out, self.line_ptr, self.line_cells, self.rect,
-                self.rpar, self.rng)
-        if self.parallel and self.rect.shape[0] > 1:
-            # lines differ in size (264/264/132 on the reference plant): hand them out one at a
-            # time so a thread that finishes early takes the next line (dynamic schedule)
-            previous = numba.set_parallel_chunksize(1)
+        args = (n_sub, self.dt_s, self.state, self.params, self.out, self.line_ptr, self.line_cells,
+                self.cell_line, self.rect, self.rpar, self.rng, self._decay)
+        if not self.parallel:
+            _advance_serial(*args)
+        elif self.lines_balance(numba.get_num_threads()) >= LINES_BALANCE_MIN:
+            previous = numba.set_parallel_chunksize(1)  # dynamic: one line at a time
             try:
-                _advance_parallel(*args)
+                _advance_lines_parallel(*args)
             finally:
                 numba.set_parallel_chunksize(previous)
         else:
-            _advance_serial(*args)
+            _advance_cells_parallel(*args)
         self.t_s += n_sub * self.dt_s
 
     def apply(

@@ -48,7 +48,7 @@ RP_I_MAX = 10  # [A]
 RP_N = 11
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tap_voltage(rpar, line, tap):
     """Open-circuit DC voltage [V] at tap position ``tap``."""
     n = rpar[line, RP_N_TAPS]
@@ -56,7 +56,7 @@ def tap_voltage(rpar, line, tap):
     return rpar[line, RP_V_LIMIT] * f
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rectifier_step(rect, rpar, line, e_sum, r_sum, dt):
     """Advance line ``line``'s regulator by ``dt`` [s]; returns the new line current [A]."""
     target = min(max(rect[line, R_I_TARGET], rpar[line, RP_I_MIN]), rpar[line, RP_I_MAX])

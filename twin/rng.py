@@ -21,7 +21,7 @@ def seed_states(seed: int, n: int) -> np.ndarray:
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def uniform(states, k):
     """Uniform draw in (0, 1) from stream ``k`` (advances it)."""
     x = states[k]
@@ -33,7 +33,7 @@ def uniform(states, k):
     return (float(r) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def normal(states, k):
     """Standard normal draw from stream ``k`` (Box–Muller)."""
     u1 = uniform(states, k)
@@ -41,7 +41,7 @@ def normal(states, k):
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def normal_pair(states, k):
     """Two independent standard normal draws from stream ``k`` (one Box–Muller pair)."""
     r = math.sqrt(-2.0 * math.log(uniform(states, k)))
