@@ -15,9 +15,10 @@ stamped by the rig on its own clock (= wall clock at speed 1); p50/p99 over the 
 started under remote control.
 
 Targets (issue #5): p99 <= 1.5 s at a 1 s scan, p99 <= 0.5 s at a 200 ms scan. The
-controller confirms an AE on ``confirm_samples`` consecutive samples above 8 V; the cases
-run with 1 (the scan is the only wait) unless ``--confirm`` says otherwise: with the
-default of 2, one more scan is added to every latency.
+controller runs with its defaults: an AE is confirmed on ``confirm_samples`` = 2
+consecutive samples above 8 V, and the quench's AE feed already goes out on the first
+(``quench.feed_on_first_sample``), so the scan is the only wait; ``--confirm`` overrides
+``confirm_samples``.
 
 Run: ``python -m benchmarks.bench_hil_latency [--quick] [--out PATH]``; JSON to
 ``benchmarks/results/hil_latency.json``. ``--quick`` (a smoke run, figures not meaningful)
@@ -46,8 +47,9 @@ CASES = (
 )
 
 
-def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: int, quick: bool = False) -> Any:
-    """The benchmark scenario: the 660-cell reference plant (``quick``: one 132-cell potroom)."""
+def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: int | None, quick: bool = False) -> Any:
+    """The benchmark scenario: the 660-cell reference plant (``quick``: one 132-cell potroom);
+    ``confirm`` overrides the controller's ``confirm_samples`` (None: its default)."""
     from hil_rigs.scenarios import load_scenario
 
     start = 25.0 if not quick else 10.0
@@ -66,7 +68,7 @@ def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: i
             "protocols.potroom": potroom,
             "protocols.rectifier": "modbus",
             "controller.scan_s": scan_s,
-            "controller.control": {"detection": {"confirm_samples": confirm}},
+            **({"controller.control": {"detection": {"confirm_samples": confirm}}} if confirm else {}),
             "ae_storm.start_s": start,
             "ae_storm.end_s": end,
             "ae_storm.every_s": every_s,
@@ -76,7 +78,7 @@ def scenario(scan_s: float, potroom: str, n_aes: int, every_s: float, confirm: i
 
 
 async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_aes: int, every_s: float,
-                   confirm: int, quick: bool = False) -> dict[str, Any]:  # fmt: skip
+                   confirm: int | None, quick: bool = False) -> dict[str, Any]:  # fmt: skip
     from hil_rigs.process import RigProcess
     from hil_rigs.session import ControllerSession
 
@@ -97,6 +99,7 @@ async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_a
     lat = rep.quench_latencies_s()
     remote = rep.remote_aes()
     ctl = session.summary() if session is not None else {}
+    ccfg = session.controller.cfg if session is not None else None
     p50 = float(np.percentile(lat, 50)) if lat.size else math.nan
     p99 = float(np.percentile(lat, 99)) if lat.size else math.nan
     return {
@@ -104,7 +107,8 @@ async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_a
         "scan_s": scan_s,
         "potroom_protocol": potroom,
         "rectifier_protocol": "modbus",
-        "confirm_samples": confirm,
+        "confirm_samples": ccfg.detection.confirm_samples if ccfg else None,
+        "feed_on_first_sample": ccfg.quench.feed_on_first_sample if ccfg else None,
         "cells": rep.n_cells,
         "plant": "one 132-cell potroom (quick)" if quick else "reference plant: 3 lines, 5 potrooms x 132 cells",
         "aes_induced": n_aes,
@@ -130,7 +134,7 @@ async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_a
     }
 
 
-async def main_async(quick: bool, n_aes: int | None, every_s: float, confirm: int, only: str | None) -> dict[str, Any]:
+async def main_async(quick: bool, n_aes: int | None, every_s: float, confirm: int | None, only: str | None) -> dict[str, Any]:
     n = n_aes or (8 if quick else 110)
     results = []
     for label, scan_s, potroom, target in CASES:
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], NAME)
     p.add_argument("--aes", type=int, default=None, help="AEs induced per case (default 110, --quick 8)")
     p.add_argument("--every", type=float, default=0.8, help="seconds between induced AEs (default: %(default)s)")
-    p.add_argument("--confirm", type=int, default=1, help="controller confirm_samples (default: %(default)s)")
+    p.add_argument("--confirm", type=int, default=None,
+                   help="override the controller's confirm_samples (default: the controller's own, 2)")
     p.add_argument("--only", default=None, help="run only the case whose label contains this text")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -175,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{c['case']}: p50 {c['latency_s']['p50']:.2f} s, p99 {c['latency_s']['p99']:.2f} s over "
         f"{c['latency_s']['n']} AEs (target p99 <= {c['target_p99_s']:g} s, {'met' if c['meets_target'] else 'missed'})"
         for c in cases
-    ) + (f" — {cases[0]['cells'] if cases else 0} cells, confirm_samples = {args.confirm}, rig in its own process, "
-         "real time.")
+    ) + (f" — {cases[0]['cells'] if cases else 0} cells, confirm_samples = "
+         f"{cases[0]['confirm_samples'] if cases else '-'} (AE feed on the first sample above 8 V: "
+         f"{'on' if cases and cases[0]['feed_on_first_sample'] else 'off'}), rig in its own process, real time.")
     out = write_result(doc, Path(args.out))
     print(f"wrote {out}")
     ok = all(c["meets_target"] and c["controller"].get("errors", 1) == 0 for c in cases)

@@ -3,7 +3,9 @@
 High-voltage AE (IPCC/IAI definition, DOMAIN_BRIEF §2): the cell voltage rises above
 ``hv_threshold_v`` (8 V) for ``confirm_samples`` consecutive samples (robust to one
 noisy sample; at a 1 s scan an AE is confirmed on its 2nd sample). Its start is
-back-dated to the first sample above the threshold. It ends when the voltage stays
+back-dated to the first sample above the threshold. The first sample above the threshold
+is reported as ``suspected``, so that the quench can dump its feed at once (harmless if
+the sample was noise) while beam action waits for the confirmation. It ends when the voltage stays
 below ``end_threshold_v`` (hysteresis, < 8 V) for ``end_hold_s``; the end is back-dated
 to the first sample of that quiet stretch, so the duration counts the time spent at
 AE voltage (the IPCC AE-minutes).
@@ -21,7 +23,7 @@ method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -80,6 +82,9 @@ class DetectionStep:
     ended: np.ndarray
     lv_started: np.ndarray
     lv_ended: np.ndarray
+    #: cells whose voltage went above the HV threshold at this sample, not yet confirmed
+    #: (``confirm_samples`` > 1): the quench may feed on this, beam action waits
+    suspected: np.ndarray = field(default_factory=lambda: _EMPTY)
 
 
 class AEDetector:
@@ -132,6 +137,11 @@ class AEDetector:
         """Expected normal cell voltage at ``i_ka`` from the learned baseline [V]."""
         return self.e0 + self.r_base * 1e-3 * i_ka
 
+    @property
+    def pending(self) -> np.ndarray:
+        """Cells above the HV threshold whose AE is not confirmed yet."""
+        return (self._count > 0) & ~self.active
+
     def below_end_threshold(self) -> np.ndarray:
         """Active HV AEs whose voltage already went back below the end threshold."""
         return self.active & ~np.isnan(self._below_since)
@@ -171,6 +181,7 @@ class AEDetector:
         first = hv & (self._count == 1)
         if first.any():
             self._first_above[first] = t
+        suspected = np.flatnonzero(first & ~self.active) if cfg.confirm_samples > 1 else _EMPTY
         start = hv & ~self.active & (self._count >= cfg.confirm_samples)
 
         started = _EMPTY
@@ -242,7 +253,7 @@ class AEDetector:
         if dt > 0.0:
             alpha = min(dt / cfg.baseline_tau_s, 1.0)
             self.r_base = np.where(normal, self.r_base + alpha * (r - self.r_base), self.r_base)
-        return DetectionStep(started, ended, lv_started, lv_ended)
+        return DetectionStep(started, ended, lv_started, lv_ended, suspected)
 
     def _update_lv(
         self,

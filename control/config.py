@@ -125,6 +125,11 @@ class QuenchConfig(_Strict):
 
     enabled: bool = True
     feed_shots: int = Field(6, ge=0, le=50, description="shots dumped at once when an AE is detected")
+    feed_on_first_sample: bool = Field(
+        True,
+        description="dump feed_shots on the first sample above the AE threshold, before the AE is confirmed "
+        "(saves one scan of AE time; a noise sample costs feed_shots of overfeed); beam action waits",
+    )
     refeed_after_s: float = Field(60.0, ge=1.0, le=3600.0, description="second dose if the AE persists")
     refeed_shots: int = Field(4, ge=0, le=50)
     lower_delay_s: float = Field(3.0, ge=0.0, le=600.0, description="wait before the first beam move")

@@ -197,6 +197,8 @@ class PotController:
         quiet = ops | self.quench.busy | holdoff | moved
         det = self.detector.update(now, u, i_cell, valid, quiet, lost)
         q_shots = np.zeros(n, dtype=np.int64)
+        if det.suspected.size:  # first sample above the threshold: AE feed now, beam on confirmation
+            q_shots += self.quench.pre_feed(det.suspected, now)
         if det.started.size:
             st = det.started
             mask = np.zeros(n, dtype=bool)
@@ -209,6 +211,8 @@ class PotController:
             self.feeding.force_overfeed(mask, now, cfg.feeding.post_ae_overfeed_s)
             self.predictor.reset(mask)
             self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
+        for k in self.quench.lapse(self.detector.pending | self.detector.active):
+            events.append(("ae_unconfirmed", int(k), f"back to U={u[k]:.1f} V before confirmation; the AE feed was dumped"))
         if det.ended.size:
             self.quench.ended(det.ended, now)
             self._hv_end_t[det.ended] = now

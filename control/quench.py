@@ -2,7 +2,10 @@
 
 Sequence per cell (DOMAIN_BRIEF §2 "Quench"), started when the detector confirms an AE:
 
-1. dump ``feed_shots`` at once (alumina is what the AE lacks);
+1. dump ``feed_shots`` at once (alumina is what the AE lacks) — with
+   ``feed_on_first_sample`` already on the first sample above the threshold, one scan
+   before the AE is confirmed (``pre_feed``); if the next samples do not confirm it, the
+   dose stays a one-off (``lapse``) and no beam moves;
 2. after ``lower_delay_s`` lower the beam ``lower_mm`` (local shorts sweep the gas
    film away), then pump: strokes of ``pump_amplitude_mm`` up and down every
    ``pump_period_s``, at most ``max_pumps`` strokes, never deeper than
@@ -47,14 +50,39 @@ class QuenchController:
         self.refed = np.zeros(n, dtype=bool)
         self.restore_t = np.full(n, np.inf)
         self.lowered = np.zeros(n, dtype=bool)
+        #: time of a first-sample AE feed awaiting confirmation (NaN: none)
+        self.prefed_t = np.full(n, np.nan)
         self.quenches = 0
         self.escalations = 0
+        self.pre_feeds = 0
+        self.pre_feeds_unconfirmed = 0
         self.moves_mm_total = np.zeros(n)
 
     @property
     def busy(self) -> np.ndarray:
         """Cells whose quench is not finished (ACD control and LVAE judging keep off)."""
         return self.state != IDLE
+
+    def pre_feed(self, cells: np.ndarray, t: float) -> np.ndarray:
+        """First sample above the AE threshold on ``cells`` (not confirmed yet): returns the
+        AE feed to dump now on the idle ones; ``start`` does not dose them again."""
+        shots = np.zeros(self.n, dtype=np.int64)
+        if not (self.cfg.enabled and self.cfg.feed_on_first_sample) or len(cells) == 0:
+            return shots
+        c = np.asarray(cells, dtype=np.int64)
+        c = c[(self.state[c] == IDLE) & np.isnan(self.prefed_t[c])]
+        self.prefed_t[c] = t
+        shots[c] = self.cfg.feed_shots
+        self.pre_feeds += c.size
+        return shots
+
+    def lapse(self, pending: np.ndarray) -> np.ndarray:
+        """Cells fed on a first sample whose AE was not confirmed (``pending`` [n]: still
+        above the threshold, unconfirmed): forget the dose; returns those cells."""
+        gone = np.flatnonzero(~np.isnan(self.prefed_t) & ~pending & (self.state == IDLE))
+        self.prefed_t[gone] = np.nan
+        self.pre_feeds_unconfirmed += gone.size
+        return gone
 
     def start(self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray) -> np.ndarray:
         """Begin the sequence on ``cells`` (detected AEs); returns the shots to dump now."""
@@ -75,7 +103,8 @@ class QuenchController:
             self.refed[arr] = False
             self.next_t[arr] = t + self.cfg.lower_delay_s
             self.restore_t[arr] = np.inf
-        shots[c] = self.cfg.feed_shots
+        shots[c] = np.where(np.isnan(self.prefed_t[c]), self.cfg.feed_shots, 0)  # dosed already
+        self.prefed_t[c] = np.nan
         self.quenches += c.size
         return shots
 

@@ -171,6 +171,44 @@ def test_default_config_matches_reference_plant():
     assert ControlConfig().feeding.default_shot_mass_kg == pcfg.local_control.shot_mass_kg
 
 
+def test_ae_feed_goes_out_on_the_first_sample_and_the_beam_waits_for_confirmation():
+    """The first sample above 8 V already carries the AE feed (one scan earlier than the
+    2-sample confirmation: the HIL 1 s-scan latency target); the beam only moves once the
+    AE is confirmed; a single glitch sample costs one dose, no beam move, no AE record,
+    and is journalled as ``ae_unconfirmed``."""
+    pl, ctl, plant = make()
+    scan(pl, ctl, plant, 600)
+    k, g = 5, 9
+    shots = ctl.cfg.quench.feed_shots
+    pl.force_alumina(np.array([k]), 1.7)  # the twin starts an AE on cell k
+    cmds, volts = [], []
+    glitch_t = None
+    for j in range(120):
+        m = plant.read_sync()
+        if j == 30:  # one bad sample on cell g (a spike the PLC passed on)
+            m.cell_voltage_v[g] = 25.0
+            glitch_t = m.t_s
+        c = ctl.step(m, m.t_s)
+        plant.write_sync(c)
+        cmds.append((m.t_s, c.feed_shots.copy(), c.beam_move_mm.copy()))
+        volts.append(m.cell_voltage_v[k])
+        pl.advance(1.0)
+    first = next(j for j, u in enumerate(volts) if u > 8.0)
+    (rec,) = [r for r in ctl.ae_records if r.cell == k and r.kind == "HV"]
+    assert rec.start_s == cmds[first][0] and rec.detect_s == cmds[first + 1][0]
+    assert cmds[first][1][k] >= shots, "AE feed on the first sample above 8 V"
+    assert cmds[first + 1][1][k] < shots, "not dosed twice at the confirmation"
+    assert all(c[2][k] == 0.0 for c in cmds[: first + 2]), "no beam move before the AE is confirmed"
+    assert any(c[2][k] < 0.0 for c in cmds[first + 2 :]), "beam lowered after confirmation"
+    # the glitch: one dose, no AE, no beam move, an event says so
+    jg = next(j for j, c in enumerate(cmds) if c[0] == glitch_t)
+    assert cmds[jg][1][g] >= shots
+    assert not [r for r in ctl.ae_records if r.cell == g]
+    assert all(c[2][g] == 0.0 for c in cmds[jg:])
+    assert [e[1] for e in ctl.event_log if e[2] == g] == ["ae_unconfirmed"]
+    assert ctl.quench.pre_feeds_unconfirmed == 1 and ctl.quench.quenches == 1
+
+
 def test_quench_sequence_limits_escalation_and_restore():
     """Quench state machine on its own: shots at once, lowering after the delay, pumping
     strokes that never go deeper than the limit nor above the pre-AE position, a second
