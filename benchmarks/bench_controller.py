@@ -10,7 +10,13 @@ Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
 2. **open-loop baseline** — the same plant and seed under the potroom PLCs' own
    fixed-rate feeding and resistance band, no quench; the controller only observes
    (detection and prediction scored the same way);
-3. **amperage scenario** — 660 cells, 8 h: a cell cut-out (current lowered, permit,
+3. **feeder faults** — closed loop on 660 cells with the usual cause of AEs in a plant:
+   every hour one more cell's feeders start to deliver only a fraction of each shot (a
+   feeder hole crusting over, a hopper running low) while the PLC keeps acknowledging
+   the strokes; the crew clears it after a few hours. Per fault: did an AE follow, was
+   it predicted ≥ 60 s ahead, lead time, time from the fault to the first alarm; false
+   alarms per pot-day on the healthy cells;
+4. **amperage scenario** — 660 cells, 8 h: a cell cut-out (current lowered, permit,
    restored) and cut-in, a −10 % power-modulation step on line 1 followed within the
    ramp limit, ACD hunting counted against an unmodulated line; controller cycle time
    per scan (mean, p99) at 660 cells.
@@ -372,6 +378,83 @@ def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h:
     return out
 
 
+def run_feeder_faults(
+    plant_cfg: Any, seed: int, hours: float, every_h: float, duration_h: float, fraction: float, warmup_h: float
+) -> dict[str, Any]:
+    """Closed loop with feeder faults (module docstring, part 3): one fault starts every
+    ``every_h`` for ``hours`` on a cell not faulted before, delivering ``fraction`` of each
+    shot for ``duration_h``; ``warmup_h`` of normal operation first."""
+    from control.offline import run_closed_loop
+
+    pl, ctl, plant = build(plant_cfg, seed, observe=False)
+    sc = Scorer(pl, ctl, pl.layout.n_lines)
+    rs = np.random.default_rng(seed + 101)
+    w0 = time.perf_counter()
+    run_closed_loop(pl, ctl, warmup_h, 1.0, plant=plant, on_scan=sc)
+    t_start = pl.t_s
+    n = pl.layout.n_cells
+    faults: list[dict[str, Any]] = []
+    n_faults = int(round(hours / every_h))
+    cells = rs.choice(n, size=min(n_faults, n), replace=False)
+    for j in range(n_faults + int(np.ceil(duration_h / every_h))):
+        for f in faults:  # the crew cleared it
+            if not f["cleared"] and pl.t_s >= f["t_end"] - 1e-6:
+                pl.set_feeder_efficiency(f["cell"], 1.0)
+                f["cleared"] = True
+        if j < len(cells):
+            k = int(cells[j])
+            pl.set_feeder_efficiency(k, fraction)
+            faults.append({"cell": k, "t_start": pl.t_s, "t_end": pl.t_s + duration_h * 3600.0, "cleared": False})
+        run_closed_loop(pl, ctl, every_h, 1.0, plant=plant, on_scan=sc)
+    for f in faults:
+        pl.set_feeder_efficiency(f["cell"], 1.0)
+    faulty = {f["cell"] for f in faults}
+    alarms: dict[int, list[float]] = {}
+    for a in ctl.alarm_log:
+        alarms.setdefault(a.cell, []).append(a.t_s)
+    rows = []
+    for f in faults:
+        k, t0, t1 = f["cell"], f["t_start"], f["t_end"]
+        aes = sorted(a.t_flag for a in sc.aes if a.cell == k and t0 <= a.t_flag <= t1 + 1800.0)
+        first_ae = aes[0] if aes else None
+        before = [t for t in alarms.get(k, []) if t0 <= t <= (first_ae if first_ae is not None else t1)]
+        first_alarm = before[0] if before else None
+        lead = first_ae - first_alarm if first_ae is not None and first_alarm is not None else None
+        rows.append({
+            "cell": k, "fault_start_s": t0, "first_alarm_after_fault_s": None if first_alarm is None else first_alarm - t0,
+            "first_ae_after_fault_s": None if first_ae is None else first_ae - t0, "aes": len(aes),
+            "alarm_lead_s": lead, "predicted_60s_ahead": bool(lead is not None and lead >= 60.0),
+        })  # fmt: skip
+    with_ae = [r for r in rows if r["first_ae_after_fault_s"] is not None]
+    leads = [r["alarm_lead_s"] for r in with_ae if r["alarm_lead_s"] is not None]
+    first_alarm = [r["first_alarm_after_fault_s"] for r in rows if r["first_alarm_after_fault_s"] is not None]
+    healthy_days = (len(set(range(n)) - faulty)) * (pl.t_s - t_start) / 86400.0
+    healthy_aes = [a for a in sc.aes if a.cell not in faulty and a.t_flag >= t_start]
+    false_healthy = sum(
+        1 for k, ts in alarms.items() if k not in faulty for t in ts
+        if t >= t_start and not any(a.cell == k and t <= a.t_flag <= t + 7200 for a in healthy_aes)
+    )  # fmt: skip
+    return {
+        "cells": n,
+        "faults": len(faults),
+        "fraction_delivered": fraction,
+        "every_h": every_h,
+        "duration_h": duration_h,
+        "faults_followed_by_ae": len(with_ae),
+        "aes_on_faulty_cells": int(sum(r["aes"] for r in rows)),
+        "first_aes_predicted_60s_ahead": int(sum(r["predicted_60s_ahead"] for r in with_ae)),
+        "share_predicted_60s_ahead": (sum(r["predicted_60s_ahead"] for r in with_ae) / len(with_ae)) if with_ae else None,
+        "alarm_lead_s_median": float(np.median(leads)) if leads else None,
+        "faults_alarmed": len(first_alarm),
+        "first_alarm_after_fault_s_median": float(np.median(first_alarm)) if first_alarm else None,
+        "healthy_cells_alarms_without_ae_within_2h": false_healthy,
+        "healthy_cells_false_alarms_per_pot_day": false_healthy / healthy_days if healthy_days else None,
+        "healthy_cells_aes": len(healthy_aes),
+        "per_fault": rows,
+        "wall_s": time.perf_counter() - w0,
+    }
+
+
 def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
     """Cut-out/in, a −10 % power step with the hunting check, and the cycle time at full size."""
     pl, ctl, plant = build(plant_cfg, seed, observe=False)
@@ -473,9 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument(
         "--parts",
-        default="amperage,closed,baseline",
-        help="comma list of amperage, closed, baseline; results merge into an existing output file",
+        default="amperage,closed,baseline,feeders",
+        help="comma list of amperage, closed, baseline, feeders; results merge into an existing output file",
     )
+    ap.add_argument("--feeder-hours", type=float, default=None, help="feeder-fault horizon [h] (24, quick 4)")
+    ap.add_argument("--feeder-fraction", type=float, default=0.3, help="share of each shot a faulty feeder delivers")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -510,9 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if args.skip_baseline:
         parts.discard("baseline")
-    bad = parts - {"amperage", "closed", "baseline"}
+    all_parts = {"amperage", "closed", "baseline", "feeders"}
+    bad = parts - all_parts
     if bad:
-        ap.error(f"--parts: unknown {sorted(bad)}; expected amperage, closed, baseline")
+        ap.error(f"--parts: unknown {sorted(bad)}; expected amperage, closed, baseline, feeders")
     out = args.out or RESULTS / ("bench_controller_quick.json" if args.quick else "bench_controller.json")
     n_long = sum(r.cells for ln in long_cfg.lines for r in ln.rooms if r.operating)
     if "amperage" in parts:
@@ -524,7 +610,13 @@ def main(argv: list[str] | None = None) -> int:
     if "baseline" in parts:
         print("open-loop baseline (fixed-rate feeding, resistance band, no quench; controller observing)", flush=True)
         result["baseline_open_loop"] = run_long(long_cfg, args.seed, days, observe=True)
-    if parts != {"amperage", "closed", "baseline"} and out.exists():  # merge (read at the end)
+    if "feeders" in parts:
+        fh = args.feeder_hours if args.feeder_hours is not None else (4.0 if args.quick else 24.0)
+        every, dur, warm = (0.5, 1.5, 2.0) if args.quick else (1.0, 3.0, 6.0)
+        print(f"feeder faults: {fh} h on {n_long if args.quick else 660} cells, one every {every} h", flush=True)
+        result["feeder_faults"] = run_feeder_faults(long_cfg if args.quick else ref, args.seed, fh, every, dur,
+                                                    args.feeder_fraction, warm)  # fmt: skip
+    if parts != all_parts and out.exists():  # merge (read at the end)
         prev = json.loads(out.read_text())
         result = {**prev, **result}
     cl = result.get("closed_loop", {})
@@ -538,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         "false_hv_detections": cl.get("detection", {}).get("false_hv_detections", 0)
         + bl.get("detection", {}).get("false_hv_detections", 0),
         "cycle_time_ms_p99_660_cells": result.get("amperage", {}).get("cycle_time_ms", {}).get("p99"),
+        "feeder_faults_followed_by_ae": result.get("feeder_faults", {}).get("faults_followed_by_ae"),
+        "feeder_fault_aes_predicted_60s_ahead_share": result.get("feeder_faults", {}).get("share_predicted_60s_ahead"),
+        "feeder_fault_alarm_lead_s_median": result.get("feeder_faults", {}).get("alarm_lead_s_median"),
     }
     result[f"wall_s_{'_'.join(sorted(parts))}"] = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -424,7 +424,7 @@ class NumpyPotline:
     def _dump_shot(self, idx: np.ndarray, shots: np.ndarray | int) -> None:
         """Feeder shots into cells ``idx`` (twin.cell.dump_shot)."""
         S, P = self.S, self.P
-        m = shots * P[P_SHOT_KG, idx]
+        m = shots * P[P_SHOT_KG, idx] * P[P_FEED_EFF, idx]
         tot = S[S_AL2O3, idx] + S[S_ALF3, idx] + S[S_CRYO, idx]
         c = 100.0 * S[S_AL2O3, idx] / tot
         alf3 = 100.0 * S[S_ALF3, idx] / tot

@@ -94,8 +94,8 @@ BENCHES: tuple[Bench, ...] = (
     # suite's budget: the suite takes a 2 h amperage scenario on 660 cells (cycle time) and a short closed loop
     Bench(
         "bench_controller", "benchmarks.bench_controller", "Loop: controller cycle time for 660 cells",
-        timeout_s=360.0, quick_timeout_s=240.0, full_args=("--days", "0.05", "--amp-hours", "2", "--skip-baseline"),
-        quick_args=("--days", "0.005", "--amp-hours", "0.25", "--skip-baseline"),
+        timeout_s=360.0, quick_timeout_s=240.0, full_args=("--days", "0.05", "--amp-hours", "2", "--skip-baseline", "--feeder-hours", "6"),
+        quick_args=("--days", "0.005", "--amp-hours", "0.25", "--skip-baseline", "--feeder-hours", "1"),
     ),  # fmt: skip
     # real time, 660 cells, rig in its own process: ~60 s per case before the first AE
     Bench(
@@ -389,6 +389,17 @@ def _controller_targets(ctl: dict[str, Any]) -> list[list[str]]:
         ])  # fmt: skip
     else:
         rows += _generic_target_rows(ctl)
+    ff = _get(ctl, "feeder_faults")
+    if ff and ff.get("faults_followed_by_ae"):
+        fa = ff.get("healthy_cells_false_alarms_per_pot_day")
+        lead = ff.get("alarm_lead_s_median")
+        rows.append([
+            f"AE prediction: feeder-fault AEs predicted >= 60 s ahead ({ff['cells']} cells, report)",
+            f"{ff['first_aes_predicted_60s_ahead']} of {ff['faults_followed_by_ae']}"
+            + (f", median lead {lead:.0f} s" if lead is not None else ""),
+            f"false alarms on healthy cells {fa:.3f} per pot-day" if fa is not None else "",
+            f"{100 * ff['share_predicted_60s_ahead']:.0f} %", "n/a",
+        ])  # fmt: skip
     return rows
 
 
@@ -643,6 +654,21 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
             + (f" Short closed loop: {cl.get('cell_days', 0):,.0f} cell-days, {cl.get('ae_count', 0)} AEs." if cl else ""),
             "",
         ]
+        ff = _get(ctl, "feeder_faults")
+        if ff:
+            share = ff.get("share_predicted_60s_ahead")
+            lead = ff.get("alarm_lead_s_median")
+            fa = ff.get("healthy_cells_false_alarms_per_pot_day")
+            lines += [
+                f"**AE prediction on feeder faults** (same benchmark): {ff['faults']} cells of {ff['cells']} had "
+                f"feeders deliver {100 * ff['fraction_delivered']:.0f} % of each shot for {ff['duration_h']:g} h "
+                f"(acknowledged by the PLC as usual); {ff['faults_followed_by_ae']} were followed by an AE, "
+                f"{ff['first_aes_predicted_60s_ahead']} of those predicted >= 60 s ahead"
+                + (f" ({100 * share:.0f} %)" if share is not None else "")
+                + (f", median lead {lead:.0f} s" if lead is not None else "")
+                + (f"; false alarms on the healthy cells {fa:.3f} per pot-day" if fa is not None else "") + ".",
+                "",
+            ]
     hil = docs.get("hil_latency")
     if hil and hil.get("cases"):
         rows = []

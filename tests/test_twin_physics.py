@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twin.cell_layout import A_CHARGE, A_E_ELEC, S_AL2O3, S_ALF3, S_CRYO, S_SLUDGE
+from twin.cell_layout import A_CHARGE, A_E_ELEC, P_SHOT_KG, S_AL2O3, S_ALF3, S_CRYO, S_SLUDGE
 from twin.config import PlantConfig
 from twin.potline import Potline
 
@@ -109,16 +109,22 @@ def _reference() -> dict:
     return load_toml(REFERENCE_PLANT)
 
 
-def test_feed_stop_leads_to_anode_effect() -> None:
+@pytest.mark.parametrize("how", ["plc_stops", "feeder_crusted"])
+def test_feed_stop_leads_to_anode_effect(how: str) -> None:
     """DESIGN.md / DOMAIN_BRIEF §2: with the feed stopped the cell reaches the AE when the
     alumina inventory above the critical level is consumed at the Faraday rate
     (1.673e-7·I kg/s at CE 0.95): onset time within 20 % of inventory/consumption; AE
-    voltage 20–50 V."""
-    pl = Potline(PlantConfig.single_room(8, seed=7), parallel=False)
+    voltage 20–50 V. Two ways to lose the feed: the PLC stops feeding, or its feeder hole
+    crusts over (it keeps stroking and acknowledging, nothing reaches the bath)."""
+    pl = Potline(PlantConfig.single_room(8, seed=7, local_control={"ae_quench": False}), parallel=False)
     pl.set_operations(slice(None), False)
     pl.advance(3600)
     k = 3
-    pl.set_local_control(k, False)
+    acks0 = pl.measurements()["feeder_ack"][k]
+    if how == "plc_stops":
+        pl.set_local_control(k, False)
+    else:
+        pl.set_feeder_efficiency(k, 0.0)
     s = pl.state
     bath = s[k, S_AL2O3] + s[k, S_ALF3] + s[k, S_CRYO]
     c_crit = pl.truth()["critical_alumina_wt_pct"][k]
@@ -137,6 +143,10 @@ def test_feed_stop_leads_to_anode_effect() -> None:
             volts.append(pl.measurements()["cell_voltage_v"][k])
     assert onset is not None, "no anode effect after twice the expected time"
     assert onset == pytest.approx(expected_s, rel=0.20)
+    if how == "feeder_crusted":  # the PLC fed on at its fixed rate and saw nothing wrong
+        nominal_shots = ALUMINA_KG_PER_AS_CE95 * current * onset / pl.params[k, P_SHOT_KG]
+        assert pl.measurements()["feeder_ack"][k] - acks0 >= 0.8 * nominal_shots
+        assert np.abs(pl.balances()["alumina_kg"]).max() < 1e-6 * pl.balances()["alumina_scale"].max()
     during = np.array(volts[3:])  # once the gas film has formed (seconds)
     assert len(during) >= 5
     assert 20.0 <= np.median(during) <= 50.0

@@ -172,10 +172,15 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
 
 @njit(cache=True, inline="always")
 def dump_shot(state, params, k, shots):
-    """Dump ``shots`` feeder shots into cell ``k`` (the slow share goes to sludge)."""
+    """Dump ``shots`` feeder shots into cell ``k`` (the slow share goes to sludge).
+
+    The PLC acknowledges every stroke; only ``P_FEED_EFF`` of the alumina reaches the bath
+    (a crusted-over feeder hole or an empty hopper delivers nothing, and nothing tells the
+    PLC). ``A_FED`` counts what reached the bath.
+    """
     if shots <= 0:
         return
-    m = shots * params[k, P_SHOT_KG]
+    m = shots * params[k, P_SHOT_KG] * params[k, P_FEED_EFF]
     r = params[k, P_SLUDGE_R]
     tot, c, alf3 = composition(state, k)
     c_sat = alumina_saturation_wt(state[k, S_TBATH], alf3, params[k, P_CAF2])

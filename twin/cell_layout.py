@@ -103,7 +103,8 @@ P_LOCAL_QUENCH = 43  # 1: the potroom PLC kills AEs itself (feed + beam pumping)
 P_NOISE_A = 44  # MHD noise AR(1) coefficient exp(-dt/τ) for the model step [-]
 P_KDISS_F = 45  # slow-pool share dissolving per step 1 - exp(-k·dt) [-]
 P_SIZE_F = 46  # one anode's area^-0.1 (critical current density) [cm^-0.2]
-N_PARAM = 47
+P_FEED_EFF = 47  # share of each shot that reaches the bath [-] (1; 0 = feeder hole crusted over)
+N_PARAM = 48
 
 # --- per-step decay factors shared by all cells (``step_decays(dt)``) ------------------------
 D_AE_OSC = 0  # AE oscillation AR(1) coefficient

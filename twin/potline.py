@@ -296,6 +296,7 @@ class Potline:
         p[:, P_OPS] = 1.0 if lc.operations else 0.0
         p[:, P_METAL0] = c.metal_mass_kg
         p[:, P_LOCAL_QUENCH] = 1.0 if lc.ae_quench else 0.0
+        p[:, P_FEED_EFF] = 1.0
         return p
 
     @staticmethod
@@ -445,6 +446,13 @@ class Potline:
     def set_local_control(self, cells: np.ndarray | slice | int, enabled: bool) -> None:
         """Hand feeding and beam control of ``cells`` to the potroom PLC (True) or take it."""
         self.params[cells, P_LOCAL] = 1.0 if enabled else 0.0
+
+    def set_feeder_efficiency(self, cells: np.ndarray | slice | int, fraction: float) -> None:
+        """Share [0, 1] of each feeder shot that reaches the bath of ``cells``: 1 healthy, 0 a
+        feeder hole crusted over or an empty hopper (the PLC still acknowledges the strokes)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"feeder efficiency must be within [0, 1], got {fraction}")
+        self.params[cells, P_FEED_EFF] = fraction
 
     def set_operations(self, cells: np.ndarray | slice | int, enabled: bool) -> None:
         """Enable/disable the scheduled tapping and anode changes of ``cells``."""
