@@ -62,6 +62,7 @@ _KIND_CATEGORY = {
     "lvae_start": "ae",
     "lvae_end": "ae",
     "ae_predicted": "ae",
+    "ae_unconfirmed": "ae",
     "quench": "ae",
     "quench_escalated": "ae",
     "ae_escalation": "alarm",
