@@ -616,8 +616,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"feeder faults: {fh} h on {n_long if args.quick else 660} cells, one every {every} h", flush=True)
         result["feeder_faults"] = run_feeder_faults(long_cfg if args.quick else ref, args.seed, fh, every, dur,
                                                     args.feeder_fraction, warm)  # fmt: skip
+    part_keys = {"amperage": "amperage", "closed": "closed_loop", "baseline": "baseline_open_loop",
+                 "feeders": "feeder_faults"}  # fmt: skip
+    for p in parts:  # each part says when and from which source it was measured
+        if part_keys[p] in result:
+            result[part_keys[p]]["measured"] = {"when": result["when"], "source": result["source"]}
     if parts != all_parts and out.exists():  # merge (read at the end)
         prev = json.loads(out.read_text())
+        for key in part_keys.values():
+            if key in prev and key not in result and "measured" not in prev[key]:
+                prev[key]["measured"] = {"when": prev.get("when"), "source": prev.get("source")}
         result = {**prev, **result}
     cl = result.get("closed_loop", {})
     bl = result.get("baseline_open_loop", {})
