@@ -41,8 +41,16 @@ class Measurements:
         tapping: [n_cells] metal tapping in progress.
         anode_change: [n_cells] anode change in progress.
         cut_out: [n_cells] cell shorted out of the circuit.
-        cell_ok: [n_cells] quality of the cell's tags (False: stale/bad, do not act).
+        cell_ok: [n_cells] data quality of the cell's tags: link up, voltage, status and
+            acknowledgement tags GOOD and fresh (False: stale/bad, do not judge nor act).
+            It says nothing about who is in charge of the cell.
         line_ok: [n_lines] quality of the rectifier tags.
+        cell_remote: [n_cells] the cell's potroom PLC is in *remote*: the controller's feed
+            and beam commands reach the cell. False: the PLC's own automation (feeding,
+            ACD, local AE kill) is in charge; the controller still detects, predicts and
+            accounts (on ``cell_ok`` data) but commands nothing there. None (the default,
+            for plants without local/remote switching): every cell is in remote; see
+            ``remote_mask``.
     """
 
     t_s: float
@@ -60,6 +68,21 @@ class Measurements:
     cut_out: np.ndarray
     cell_ok: np.ndarray
     line_ok: np.ndarray
+    cell_remote: np.ndarray | None = field(default=None)
+
+    def remote_mask(self) -> np.ndarray:
+        """``cell_remote`` as an [n_cells] bool array (all True when None).
+
+        Raises:
+            ValueError: ``cell_remote`` does not have one entry per cell.
+        """
+        n = np.shape(self.cell_ok)[0]
+        if self.cell_remote is None:
+            return np.ones(n, dtype=bool)
+        r = np.asarray(self.cell_remote, dtype=bool)
+        if r.shape != (n,):
+            raise ValueError(f"cell_remote has shape {r.shape}, expected ({n},) like cell_ok")
+        return r
 
 
 @dataclass(slots=True)
