@@ -162,6 +162,10 @@ class FeedingConfig(_Strict):
         18000.0, ge=0.0, le=172800.0, description="then nominal feeding, no tracking, for this long"
     )
     post_ae_overfeed_s: float = Field(1800.0, ge=0.0, le=86400.0, description="overfeed after an AE")
+    takeover_nominal_s: float = Field(
+        3600.0, ge=0.0, le=86400.0,
+        description="after a cell is taken back from local control: nominal feeding, no tracking, for this long",
+    )
     preventive_shots: int = Field(2, ge=0, le=50, description="shots dumped at once on a prediction alarm")
     adapt_gain: float = Field(0.15, ge=0.0, le=1.0, description="per-cycle gain of the nominal-rate adaptation")
     adapt_min: float = Field(0.85, gt=0.0, le=1.0)

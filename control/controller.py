@@ -20,6 +20,22 @@ internals. Per scan (all cells at once):
 
 ``observe_only`` runs 1–3 and 8 and commands nothing (used to score detection and
 prediction against a plant under its own local control).
+
+Data quality and command authority are separate (``Measurements.cell_ok`` /
+``cell_remote``). Everything that *judges* the plant — AE detection (HV and LV), the
+slope tracker and prediction, the alumina observer, PFC accounting — runs on every cell
+whose data is good, whoever is in charge of it, so an AE in a potroom under local control
+gets its ``ae_start``/``ae_end`` events and its record and counts in the Tier 2 PFC
+figures. Everything that *commands*, or assumes its commands happened, is limited to
+cells whose potroom PLC is in remote: feeding, the AE quench (first-sample feed, beam
+pumping, restore), post-AE and preventive overfeed, ACD moves, the feeder-acknowledgement
+check and the controller's own mass balance; ``Commands`` carry zero shots and moves for
+the other cells. While a cell is in local the feed controller holds it parked
+(``FeedController.hold_local``); taken back, it resumes with nominal feeding. An AE that
+started under local control and still burns when the cell is taken back is adopted by
+the quench (feed only, no beam pumping: the PLC's local AE kill already acted; see
+``control.quench``). ``observe_only`` commands nothing anywhere, so there ``cell_remote``
+plays no part.
 """
 
 from __future__ import annotations
@@ -35,7 +51,7 @@ from control.config import ControlConfig
 from control.feeding import OVERFEED, UNDERFEED, FeedController
 from control.pfc import PfcAccountant, PfcReport
 from control.plant import Commands, Measurements
-from control.quench import QuenchController
+from control.quench import IDLE, QuenchController
 from control.resistance import ResistanceController
 from twin.layout import PlantLayout
 
@@ -101,6 +117,12 @@ class PotController:
         self._cmd_shots = np.zeros(n, dtype=np.int64)
         self._ack_shots = np.zeros(n, dtype=np.int64)
         self._feeder_alarm = np.zeros(n, dtype=bool)
+        self._remote_prev: np.ndarray | None = None
+        #: when each cell was last taken back into remote control [s] (-inf: from the start,
+        #: +inf: in local now); an AE that started before it is not the controller's to pump
+        self._remote_since = np.full(n, -np.inf)
+        #: acknowledged beam position before the cell's current/last AE onset [mm]
+        self._beam_calm = np.full(n, np.nan)
         #: prediction alarms raised, in order
         self.alarm_log: list[AlarmRecord] = []
         #: every event emitted, in order (kind, cell or line, detail, time)
@@ -167,6 +189,24 @@ class PotController:
         plausible = (u > cfg.e0_v) & (u < 200.0)
         valid = np.asarray(meas.cell_ok, dtype=bool) & line_ok & energised & plausible
         lost = cut | tripped | (line_ok & (i_cell <= cfg.detection.min_current_ka))
+        # command authority: the cell's potroom PLC is in remote (observe_only: moot)
+        remote = np.ones(n, dtype=bool) if cfg.observe_only else meas.remote_mask()
+        if self._remote_prev is None:
+            self._remote_prev = remote.copy()
+            self._remote_since[~remote] = np.inf
+        took = remote & ~self._remote_prev
+        gave = ~remote & self._remote_prev
+        self._remote_prev = remote.copy()
+        if gave.any():  # handed to local: the PLC's automation owns feeding and the beam now
+            self.quench.release(gave)
+            self.predictor.reset_reference(gave)
+            self._remote_since[gave] = np.inf
+        if took.any():
+            self.predictor.reset_reference(took)
+            self._remote_since[took] = now
+        local = ~remote
+        if local.any():
+            self.feeding.hold_local(local, now)
 
         beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
         feed = np.asarray(meas.feeder_ack, dtype=np.int64)
@@ -198,21 +238,49 @@ class PotController:
         det = self.detector.update(now, u, i_cell, valid, quiet, lost)
         q_shots = np.zeros(n, dtype=np.int64)
         if det.suspected.size:  # first sample above the threshold: AE feed now, beam on confirmation
-            q_shots += self.quench.pre_feed(det.suspected, now)
+            sus = det.suspected[remote[det.suspected]]
+            q_shots += self.quench.pre_feed(sus, now)
         if det.started.size:
             st = det.started
             mask = np.zeros(n, dtype=bool)
             mask[st] = True
+            own = np.zeros(n, dtype=bool)  # the controller was in charge from the AE's first sample
             for k in st:
                 rec = self.detector.open_record(int(k))
+                own[k] = bool(remote[k]) and rec.start_s >= self._remote_since[k]
                 lead = now - self.predictor.alarm_since[k] if self.predictor.alarm[k] else float("nan")
-                events.append(("ae_start", int(k), f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s"))
-            q_shots += self.quench.start(st, now, beam)
-            self.feeding.force_overfeed(mask, now, cfg.feeding.post_ae_overfeed_s)
+                where = "" if remote[k] else ", room in local control: the PLC's AE kill acts"
+                events.append(("ae_start", int(k),
+                               f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s{where}"))  # fmt: skip
+            q_shots += self.quench.start(np.flatnonzero(own), now, beam)
+            self.feeding.force_overfeed(mask & remote, now, cfg.feeding.post_ae_overfeed_s)
             self.predictor.reset(mask)
             self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
+        # an AE burning on a cell in remote that the quench does not hold: it started under
+        # local control (taken back mid-AE, or confirmed just after): feed only, no pumping
+        orphan = remote & self.detector.active & (self.quench.state == IDLE)
+        if orphan.any() and cfg.quench.enabled:
+            oc = np.flatnonzero(orphan)
+            t0 = np.array([self.detector.open_record(int(k)).start_s for k in oc])
+            burning_now = self.detector.active & ~self.detector.below_end_threshold()
+            pre = np.where(np.isfinite(self._beam_calm), self._beam_calm, beam)
+            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now)
+            q_shots += a_shots
+            if adopted.size:
+                amask = np.zeros(n, dtype=bool)
+                amask[adopted] = True
+                self.feeding.force_overfeed(amask, now, cfg.feeding.post_ae_overfeed_s)
+                self.resistance.lock(amask, now + cfg.resistance.lock_after_ae_s)
+                for k in adopted:
+                    age = now - self.detector.open_record(int(k)).start_s
+                    events.append(("quench_adopted", int(k),
+                                   f"AE {age:.0f} s old taken over from local control: AE feed {int(a_shots[k])} "
+                                   "shots, no beam pumping (the PLC's AE kill acted), beam back to its pre-AE "
+                                   "position after the AE"))  # fmt: skip
         for k in self.quench.lapse(self.detector.pending | self.detector.active):
-            events.append(("ae_unconfirmed", int(k), f"back to U={u[k]:.1f} V before confirmation; the AE feed was dumped"))
+            events.append(("ae_unconfirmed", int(k), f"one sample above the AE threshold, back to U={u[k]:.1f} V before confirmation"))
+        calm = ~(self.detector.pending | self.detector.active)
+        self._beam_calm[calm] = beam[calm]
         if det.ended.size:
             self.quench.ended(det.ended, now)
             self._hv_end_t[det.ended] = now
@@ -230,7 +298,7 @@ class PotController:
         if det.lv_started.size:
             mask = np.zeros(n, dtype=bool)
             mask[det.lv_started] = True
-            self.feeding.force_overfeed(mask, now, cfg.feeding.post_ae_overfeed_s)
+            self.feeding.force_overfeed(mask & remote, now, cfg.feeding.post_ae_overfeed_s)
             self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
             for k in det.lv_started:
                 events.append(("lvae_start", int(k), f"U={u[k]:.2f} V"))
@@ -272,8 +340,9 @@ class PotController:
                 self._obs_beam[:] = 0.0
                 if cfg.observe_only:
                     plan = self._feed_rate_ema  # what the plant's own automation feeds
-                else:
-                    plan = self.feeding.nominal_kg_s(i_cell) * self.feeding.rate_factor()
+                else:  # local rooms: what their PLCs feed
+                    plan = np.where(remote, self.feeding.nominal_kg_s(i_cell) * self.feeding.rate_factor(),
+                                    self._feed_rate_ema)  # fmt: skip
                 if np.all(np.isfinite(plan)):
                     # trust the estimate only once the filter has converged on the cell
                     std = getattr(self.observer, "alumina_std_wt_pct", None)
@@ -291,10 +360,11 @@ class PotController:
             for k, so in zip(new_alarm, src_obs):
                 tta = float(self.predictor.time_to_ae_s[k])
                 self.alarm_log.append(AlarmRecord(now, int(k), tta, "observer" if so else "slope"))
-                events.append(("ae_predicted", int(k), f"time to AE {tta:.0f} s"))
+                where = "" if remote[k] else " (room in local control: no preventive feed)"
+                events.append(("ae_predicted", int(k), f"time to AE {tta:.0f} s{where}"))
             mask = np.zeros(n, dtype=bool)
             mask[new_alarm] = True
-            mask &= valid & ~in_ae
+            mask &= valid & ~in_ae & remote
             switched = self.feeding.force_overfeed(mask, now)
             self.predictor.reset_reference(switched)
             pre_shots[mask] = cfg.feeding.preventive_shots
@@ -303,7 +373,7 @@ class PotController:
         if ac_start.any():
             self.feeding.anode_change(ac_start, now)
             self.resistance.lock(ac_start, now + cfg.resistance.lock_after_feed_change_s)
-        can_feed = valid
+        can_feed = valid & remote
         slope_high = self.predictor.significant(cfg.feeding.slope_switch_nohm_per_min)
         f_shots, changed = self.feeding.step(now, dt, i_cell, can_feed, slope_high)
         if changed.any():
@@ -313,7 +383,7 @@ class PotController:
 
         # ---- 5. quench
         burning = self.detector.active & ~self.detector.below_end_threshold()
-        qs, q_moves, q_ev = self.quench.step(now, burning, ops, beam)
+        qs, q_moves, q_ev = self.quench.step(now, burning, ops | ~remote, beam)
         q_shots += qs
         events += q_ev
 
@@ -342,7 +412,8 @@ class PotController:
                 np.abs(r_rich - self.resistance.effective_target(now)) > 3.0 * rc.deadband_uohm
             )
         r_ctl = r_rich
-        eligible = valid & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean & (window | post_op)
+        eligible = (valid & remote & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean
+                    & (window | post_op))  # fmt: skip
         r_moves = np.zeros(n)
         if rc.enabled:
             r_moves = self.resistance.step(now, r_ctl, eligible)
@@ -376,28 +447,37 @@ class PotController:
         # ---- compose, interlock, book
         cmds = Commands.idle(n, self.layout.n_lines)
         if not cfg.observe_only:
-            shots = np.where(valid | self.detector.active, f_shots + q_shots + pre_shots, 0)
+            # nothing goes to a cell whose potroom is in local control (its PLC would refuse)
+            fed_ok = (valid | self.detector.active) & remote
+            shots = np.where(fed_ok, f_shots + q_shots + pre_shots, 0)
             if not cfg.feeding.enabled:
-                shots = np.where(valid | self.detector.active, q_shots, 0)
+                shots = np.where(fed_ok, q_shots, 0)
             if not cfg.quench.enabled:
-                shots = np.where(valid, f_shots + pre_shots, 0) if cfg.feeding.enabled else np.zeros(n, np.int64)
+                shots = np.where(valid & remote, f_shots + pre_shots, 0) if cfg.feeding.enabled else np.zeros(n, np.int64)
             moves = q_moves + r_moves
-            # interlock: never a beam move on a cell in tapping/anode change or out of circuit
-            moves = np.where(ops | cut | ~np.asarray(meas.cell_ok, dtype=bool), 0.0, moves)
+            # interlock: never a beam move on a cell in tapping/anode change, out of circuit,
+            # with bad data or in local control
+            moves = np.where(ops | cut | ~np.asarray(meas.cell_ok, dtype=bool) | ~remote, 0.0, moves)
             cmds.feed_shots = shots.astype(np.int64)
             cmds.beam_move_mm = moves
             if cfg.amperage.enabled:
                 cmds.line_setpoint_ka = sp
-            self.feeding.add_fed(np.where(valid | self.detector.active, q_shots + pre_shots, 0))
-            self._check_feeders(cmds.feed_shots, d_feed, events)
+            self.feeding.add_fed(np.where(fed_ok, q_shots + pre_shots, 0))
+            self._check_feeders(cmds.feed_shots, d_feed, remote, events)
         cmds.events = events
         if events:
             self.event_log.extend((now, kind, idx, detail) for kind, idx, detail in events)
         return cmds
 
-    def _check_feeders(self, shots: np.ndarray, d_ack: np.ndarray, events: list[tuple[str, int, str]]) -> None:
-        """Alarm once when a cell's acknowledged shots lag the commanded ones."""
-        self._ack_shots += d_ack
+    def _check_feeders(self, shots: np.ndarray, d_ack: np.ndarray, remote: np.ndarray,
+                       events: list[tuple[str, int, str]]) -> None:  # fmt: skip
+        """Alarm once when a cell's acknowledged shots lag the commanded ones (cells in
+        local control are not compared: their PLC feeds on its own, nothing is commanded)."""
+        local = ~remote
+        self._cmd_shots[local] = 0
+        self._ack_shots[local] = 0
+        self._feeder_alarm[local] = False
+        self._ack_shots += np.where(remote, d_ack, 0)
         lag = self._cmd_shots - self._ack_shots
         bad = (lag >= self.cfg.feeding.feeder_fault_shots) & ~self._feeder_alarm
         for k in np.flatnonzero(bad):

@@ -21,6 +21,12 @@ for hours, so tracking is blind just when the margin is thin: the cell gets
 ``anode_change_overfeed_s`` of overfeed, then NOMINAL feeding (1.0 × nominal) until
 ``anode_change_nominal_s`` later, then tracking resumes.
 
+While a cell's potroom PLC is in *local* control its own automation feeds it:
+``hold_local`` parks the cell (NOMINAL, no tracking, no mass-balance cycle) every scan,
+so that no phase switch or adaptation is judged on feeding the controller did not do;
+when the cell is taken back it resumes with ``takeover_nominal_s`` of nominal feeding
+(its alumina state is unknown to the tracker), then tracking.
+
 Shots are dispensed from a per-cell fractional accumulator, so the mean rate is exact
 at any scan period.
 """
@@ -119,6 +125,22 @@ class FeedController:
         self.phase_end = np.where(running, np.maximum(self.phase_end, t + dur), self.phase_end)
         return switched
 
+    def hold_local(self, mask: np.ndarray, t: float) -> None:
+        """``mask`` cells are under local control at time ``t`` [s] (call every scan):
+        park them in NOMINAL until ``takeover_nominal_s`` after ``t`` (or a later
+        anode-change hold), with their mass-balance cycle broken."""
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        end = np.maximum(t + self.cfg.takeover_nominal_s, self.nominal_until)
+        self.phase[mask] = NOMINAL
+        self.phase_since[mask] = t
+        self.phase_end[mask] = end[mask]
+        self.nominal_until[mask] = end[mask]
+        self._cycle_start[mask] = np.nan
+        self._cycle_fed[mask] = 0.0
+        self._cycle_nom[mask] = 0.0
+
     def _enter_overfeed(self, mask: np.ndarray, t: float, reason: int) -> None:
         self.phase[mask] = OVERFEED
         self.phase_since[mask] = t
@@ -142,7 +164,8 @@ class FeedController:
             t: time [s].
             dt: time since the previous scan [s].
             i_ka: [n] current through each cell [kA].
-            can_feed: [n] the cell is in circuit with current and good tags.
+            can_feed: [n] the cell is in circuit with current and good tags, and its
+                potroom PLC is in remote (the shots reach it).
             slope_high: [n] the filtered R slope is significantly above
                 ``slope_switch_nohm_per_min`` (from the slope tracker).
 

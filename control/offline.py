@@ -3,7 +3,9 @@ closed-loop runner (no event loop, no sockets).
 
 ``TwinPlant`` wraps a ``twin.potline.Potline`` and turns its ``measurements()`` into a
 ``control.plant.Measurements``; commands go to ``Potline.apply`` and
-``set_line_setpoint``. Cut-out/in permits issued by the controller (events
+``set_line_setpoint``. A cell whose potroom automation is in charge
+(``Potline.set_local_control``, ``take_control=False``) reads ``cell_remote=False`` and,
+like a PLC in local, ignores the controller's feed and beam commands. Cut-out/in permits issued by the controller (events
 ``cut_out_permit`` / ``cut_in_permit``) are carried out as the floor crew would.
 Nothing of ``Potline.truth()`` ever reaches the controller.
 
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from control.plant import Commands, Measurements
+from twin.cell_layout import P_LOCAL
 from twin.layout import PlantLayout
 
 __all__ = ["LoopResult", "TwinPlant", "run_closed_loop", "scaled_plant_config"]
@@ -56,6 +59,8 @@ class TwinPlant:
         take_control: hand feeding and beam control of every cell from the potroom
             PLC's local automation to the controller (False: the local automation keeps
             running, e.g. for an open-loop baseline with the controller observing).
+            Cells can be handed back later with ``potline.set_local_control(cells, True)``
+            (a potroom switched to local); ``cell_remote`` follows.
     """
 
     def __init__(self, potline: Any, take_control: bool = True) -> None:
@@ -68,6 +73,8 @@ class TwinPlant:
         potline.set_local_control(slice(None), not self.take_control)
         self.writes = 0
         self.setpoint_writes = 0
+        #: feed/beam commands dropped because their cell was under local control
+        self.refused = 0
 
     def read_sync(self) -> Measurements:
         """One scan of PLC-visible measurements."""
@@ -88,7 +95,12 @@ class TwinPlant:
             cut_out=m["cut_out"],
             cell_ok=self._cell_ok,
             line_ok=self._line_ok,
+            cell_remote=self.cell_remote(),
         )
+
+    def cell_remote(self) -> np.ndarray:
+        """[n_cells] True where the controller is in charge (the twin's local automation is off)."""
+        return self.potline.params[:, P_LOCAL] <= 0.5
 
     def write_sync(self, commands: Commands) -> None:
         """Carry out one cycle's commands on the twin."""
@@ -96,6 +108,14 @@ class TwinPlant:
         shots = commands.feed_shots
         moves = commands.beam_move_mm
         alf3 = commands.alf3_kg
+        local = ~self.cell_remote()
+        if local.any():  # a potroom PLC in local ignores remote commands
+            bad = local & ((shots != 0) | (moves != 0) | (alf3 != 0))
+            if bad.any():
+                self.refused += int(bad.sum())
+                shots = np.where(local, 0, shots)
+                moves = np.where(local, 0.0, moves)
+                alf3 = np.where(local, 0.0, alf3)
         if shots.any() or moves.any() or alf3.any():
             pl.apply(shots, moves, alf3)
             self.writes += 1

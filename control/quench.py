@@ -18,6 +18,21 @@ Sequence per cell (DOMAIN_BRIEF §2 "Quench"), started when the detector confirm
 
 The beam is never moved on a cell in tapping or anode change (``blocked``): strokes
 are skipped and the restore waits until the operation is over. Feeding continues.
+
+Local control (the potroom PLC's own automation in charge, ``cell_remote`` False):
+
+* a cell handed to local mid-sequence is ``release``d: the PLC's local AE kill and ACD
+  control own its beam from then on (a restore that had not happened yet is dropped;
+  the PLC's resistance control corrects the ACD);
+* an AE that started while the cell was in local (the PLC's kill already fed and
+  pumped) and still burns when the controller takes the cell back is ``adopt``ed: one
+  AE dose at once (alumina is what the AE lacks; an extra dose is harmless), the
+  second dose and the escalation alarm timed from the AE's start, but **no beam
+  pumping** — the controller does not know what the PLC's kill did to the anodes in
+  the meantime, and stacking a second pumping sequence on it could short the anodes to
+  the metal. After the AE ends the beam is restored to where it was before the AE (the
+  acknowledged position at its onset), as the controller does after its own quench; a
+  PLC that already put the beam back leaves nothing to restore.
 """
 
 from __future__ import annotations
@@ -52,10 +67,14 @@ class QuenchController:
         self.lowered = np.zeros(n, dtype=bool)
         #: time of a first-sample AE feed awaiting confirmation (NaN: none)
         self.prefed_t = np.full(n, np.nan)
+        #: AEs taken over from local control mid-AE: feed only, no pumping (see module docstring)
+        self.adopted = np.zeros(n, dtype=bool)
         self.quenches = 0
         self.escalations = 0
         self.pre_feeds = 0
         self.pre_feeds_unconfirmed = 0
+        self.adoptions = 0
+        self.releases = 0
         self.moves_mm_total = np.zeros(n)
 
     @property
@@ -97,6 +116,7 @@ class QuenchController:
         self.offset_mm[fresh] = 0.0
         for arr in (fresh, again):
             self.state[arr] = ACTIVE
+            self.adopted[arr] = False
             self.t_start[arr] = t
             self.pumps[arr] = 0
             self.lowered[arr] = False
@@ -107,6 +127,70 @@ class QuenchController:
         self.prefed_t[c] = np.nan
         self.quenches += c.size
         return shots
+
+    def adopt(
+        self,
+        cells: np.ndarray,
+        t: float,
+        ae_start_s: np.ndarray,
+        pre_pos_mm: np.ndarray,
+        beam_pos_mm: np.ndarray,
+        burning: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Take over the AEs on ``cells`` that started under local control (see the module
+        docstring): feed only, no pumping, restore to ``pre_pos_mm`` after the AE.
+
+        Args:
+            cells: cell indices (idle ones are adopted; others are left alone).
+            t: time [s].
+            ae_start_s: [len(cells)] start of each cell's AE [s] (refeed and escalation
+                are timed from it).
+            pre_pos_mm: [n] acknowledged beam position at each AE's onset [mm].
+            beam_pos_mm: [n] acknowledged beam position now [mm] (what the PLC's kill
+                left: the offset from the pre-AE position that depth limits count from).
+            burning: [n] the voltage is still at AE level (the dose is dumped only then).
+
+        Returns:
+            (shots [n] to dump now, the adopted cell indices).
+        """
+        shots = np.zeros(self.n, dtype=np.int64)
+        c = np.asarray(cells, dtype=np.int64)
+        if not self.cfg.enabled or c.size == 0:
+            return shots, c[:0]
+        t0 = np.asarray(ae_start_s, dtype=np.float64)
+        keep = self.state[c] == IDLE
+        c, t0 = c[keep], t0[keep]
+        self.state[c] = ACTIVE
+        self.adopted[c] = True
+        self.t_start[c] = t0
+        self.pre_pos_mm[c] = np.asarray(pre_pos_mm, dtype=np.float64)[c]
+        self.offset_mm[c] = np.asarray(beam_pos_mm, dtype=np.float64)[c] - self.pre_pos_mm[c]
+        self.pumps[c] = 0
+        self.lowered[c] = True
+        self.next_t[c] = np.inf
+        self.restore_t[c] = np.inf
+        # the adoption dose stands in for the second dose when the AE is already that old
+        self.refed[c] = (t - t0) >= self.cfg.refeed_after_s
+        self.prefed_t[c] = np.nan
+        shots[c] = np.where(np.asarray(burning, dtype=bool)[c], self.cfg.feed_shots, 0)
+        self.adoptions += c.size
+        return shots, c
+
+    def release(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` cells were handed to local control: forget their sequences (the PLC's
+        automation owns the beam now). Returns the cells that had one running."""
+        mask = np.asarray(mask, dtype=bool)
+        gone = np.flatnonzero(mask & ((self.state != IDLE) | ~np.isnan(self.prefed_t)))
+        if gone.size:
+            self.state[gone] = IDLE
+            self.adopted[gone] = False
+            self.t_start[gone] = np.nan
+            self.offset_mm[gone] = 0.0
+            self.next_t[gone] = np.inf
+            self.restore_t[gone] = np.inf
+            self.prefed_t[gone] = np.nan
+            self.releases += gone.size
+        return gone
 
     def ended(self, cells: np.ndarray, t: float) -> None:
         """The detector closed the AE on ``cells``: schedule the beam restore."""
@@ -128,7 +212,7 @@ class QuenchController:
         Args:
             t: time [s].
             ae_burning: [n] voltage still at AE level (not yet back below the end threshold).
-            blocked: [n] tapping or anode change: no beam moves.
+            blocked: [n] tapping or anode change (or the room in local control): no beam moves.
             beam_pos_mm: [n] acknowledged beam position [mm].
 
         Returns:
@@ -150,10 +234,11 @@ class QuenchController:
                 if age >= cfg.escalate_after_s:
                     self.state[k] = ESCALATED
                     self.escalations += 1
-                    events.append(
-                        ("ae_escalation", int(k), f"AE persists {age:.0f} s after quench start: manual action")
-                    )
+                    why = "since it started (taken over from local control)" if self.adopted[k] else "after quench start"
+                    events.append(("ae_escalation", int(k), f"AE persists {age:.0f} s {why}: manual action"))
                     continue
+                if self.adopted[k]:
+                    continue  # no pumping on an AE the PLC's local kill already worked on
                 if t < self.next_t[k] or blocked[k] or not ae_burning[k]:
                     continue
                 if not self.lowered[k]:
@@ -184,6 +269,7 @@ class QuenchController:
                     self.moves_mm_total[k] += abs(back)
                 self.offset_mm[k] = 0.0
                 self.state[k] = IDLE
+                self.adopted[k] = False
                 self.t_start[k] = np.nan
             # ESCALATED: hold, feeding only; operators take over until the AE ends
         return shots, moves, events

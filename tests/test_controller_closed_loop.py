@@ -285,3 +285,134 @@ def test_rectifier_trip_parks_setpoint_and_restart_ramps_back():
     assert minute[-1] == pytest.approx(120.0, rel=0.005)
     assert not [r for r in ctl.ae_records if r.kind == "HV"]
     assert any(e[1] == "rectifier_restart" for e in ctl.event_log)
+
+
+def _local_room_setup():
+    """Two lines of one 12-cell room each, 10 min under control, then Potroom2 handed to
+    its PLC's local automation (the operator's selector); returns (pl, ctl, plant, room2 cells)."""
+    pl, ctl, plant = make(cells=12, n_lines=2)
+    scan(pl, ctl, plant, 600)
+    room = pl.layout.room_cells(1)
+    pl.set_local_control(room, True)
+    return pl, ctl, plant, room
+
+
+def test_ae_in_a_room_under_local_control_is_recorded_and_accounted_but_not_commanded():
+    """A potroom in local control: its PLC feeds and kills AEs itself. An AE there is still
+    detected and journalled (start, end, duration) and counts in the Tier 2 PFC figures; the
+    controller sends that room nothing (no shots, no beam moves, no quench) and books no
+    feeding of its own there, while the room in remote is fed as usual. Taken back, the
+    room is fed by the controller again."""
+    pl, ctl, plant, room = _local_room_setup()
+    other = pl.layout.room_cells(0)
+    k = int(room[3])
+    scan_cmds = []
+
+    def run(seconds: int) -> None:
+        for _ in range(seconds):
+            m = plant.read_sync()
+            c = ctl.step(m, m.t_s)
+            plant.write_sync(c)
+            scan_cmds.append((m.cell_remote.copy(), c.feed_shots.copy(), c.beam_move_mm.copy()))
+            pl.advance(1.0)
+
+    run(30)
+    fed_k0 = int(ctl.feeding.shots_total[k])
+    quenches0 = ctl.quench.quenches
+    pfc0 = ctl.pfc_report(pl.t_s).ae_count
+    pl.force_alumina(np.array([k]), 1.7)  # the twin starts an AE; the PLC's local AE kill acts
+    run(150)
+    assert all(not r[room].any() and r[other].all() for r, _, _ in scan_cmds)
+    assert all(not s[room].any() and not mv[room].any() for _, s, mv in scan_cmds), "nothing commanded to the local room"
+    assert sum(int(s[other].sum()) for _, s, _ in scan_cmds) > 0, "the room in remote is still fed"
+    assert plant.refused == 0
+    tr = pl.truth()
+    assert tr["ae_count"][k] == 1 and not tr["ae_active"][k], "the PLC's kill ended the AE"
+    (rec,) = [r for r in ctl.ae_records if r.cell == k and r.kind == "HV"]
+    assert np.isfinite(rec.start_s) and np.isfinite(rec.end_s) and 0.0 < rec.duration_s < 150.0
+    assert rec.peak_v > 8.0 and not rec.forced_end
+    ev = [(kind, detail) for _, kind, idx, detail in ctl.event_log if idx == k]
+    assert [kind for kind, _ in ev] == ["ae_start", "ae_end"]
+    assert "local control" in ev[0][1]
+    rep = ctl.pfc_report(pl.t_s)
+    assert rep.ae_count == pfc0 + 1
+    assert rep.ae_minutes == pytest.approx(rec.duration_s / 60.0)
+    assert rep.cf4_kg > 0.0
+    # the controller neither quenched nor booked feeding on the local cell
+    assert ctl.quench.quenches == quenches0 and ctl.quench.state[k] == 0
+    assert int(ctl.feeding.shots_total[k]) == fed_k0
+    # the operator hands the room back: the controller feeds it again (nominal at first)
+    pl.set_local_control(room, False)
+    scan_cmds.clear()
+    run(300)
+    assert sum(int(s[room].sum()) for _, s, _ in scan_cmds) > 0
+    assert not [e for e in ctl.event_log if e[1] == "quench_adopted"]
+
+
+def test_room_taken_back_mid_ae_adopts_it_without_beam_pumping():
+    """The room returns to remote while an AE that started under local control still burns
+    (the PLC's kill already fed and lowered the beam 15 mm, and stops at the handover):
+    the controller doses the AE feed at once but never pumps the beam on it; after the AE it
+    puts the beam back where it was before the AE."""
+    pl, ctl, plant, room = _local_room_setup()
+    k = int(room[3])
+    scan(pl, ctl, plant, 30)
+    beam_pre = pl.measurements()["beam_ack_mm"][k]
+    pl.force_alumina(np.array([k]), 1.7)
+    cmds = []
+    for _ in range(240):
+        m = plant.read_sync()
+        c = ctl.step(m, m.t_s)
+        plant.write_sync(c)
+        cmds.append((m.t_s, bool(m.cell_remote[k]), int(c.feed_shots[k]), float(c.beam_move_mm[k]), [e[0] for e in c.events if e[1] == k]))
+        if "ae_start" in cmds[-1][4]:
+            pl.set_local_control(room, False)  # the operator switches back to remote mid-AE
+        pl.advance(1.0)
+    (rec,) = [r for r in ctl.ae_records if r.cell == k and r.kind == "HV"]
+    assert np.isfinite(rec.end_s)
+    j_take = next(j for j, c in enumerate(cmds) if c[1])
+    assert "quench_adopted" in cmds[j_take][4]
+    assert cmds[j_take][2] >= ctl.cfg.quench.feed_shots, "AE feed at the takeover"
+    assert all(c[2] == 0 and c[3] == 0.0 for c in cmds[:j_take]), "nothing while the room was local"
+    during = [c for c in cmds if c[0] < rec.end_s + ctl.cfg.quench.restore_delay_s]
+    assert all(c[3] == 0.0 for c in during), "no beam pumping on an adopted AE"
+    moves = [c[3] for c in cmds if c[3] != 0.0]
+    assert len(moves) == 1 and moves[0] > 0.0, "one move: the restore"
+    assert pl.measurements()["beam_ack_mm"][k] == pytest.approx(beam_pre, abs=0.5)
+    assert ctl.quench.state[k] == 0 and ctl.quench.adoptions == 1
+
+
+def test_quench_adopts_a_local_ae_feed_only_and_releases_on_handback():
+    """Quench state machine: an adopted AE (started under local control) gets one dose, the
+    second dose and the escalation timed from the AE's start, never a beam stroke, and a
+    restore to the pre-AE position; a cell handed to local mid-quench is forgotten."""
+    from control.config import QuenchConfig
+    from control.quench import ACTIVE, ESCALATED, IDLE, QuenchController
+
+    cfg = QuenchConfig(escalate_after_s=120.0, refeed_after_s=60.0)
+    q = QuenchController(2, cfg)
+    pre = np.array([100.0, 50.0])
+    pos = np.array([85.0, 50.0])  # the PLC's kill left cell 0 15 mm low
+    burning = np.array([True, False])
+    shots, adopted = q.adopt(np.array([0]), 70.0, np.array([0.0]), pre, pos, burning)
+    assert adopted.tolist() == [0] and shots.tolist() == [cfg.feed_shots, 0]
+    assert q.state[0] == ACTIVE and q.refed[0]  # 70 s old: the adoption dose is the second dose
+    assert q.offset_mm[0] == pytest.approx(-15.0)
+    events = []
+    for t in range(71, 200):
+        s, mv, ev = q.step(float(t), burning, np.zeros(2, dtype=bool), pos)
+        assert not mv.any() and not s.any()
+        events += ev
+    assert q.state[0] == ESCALATED and [e[0] for e in events] == ["ae_escalation"]
+    assert "local control" in events[0][2]
+    q.ended(np.array([0]), 200.0)
+    for t in range(201, 201 + int(cfg.restore_delay_s) + 2):
+        _, mv, _ = q.step(float(t), np.zeros(2, dtype=bool), np.zeros(2, dtype=bool), pos)
+        pos += mv
+    assert pos[0] == pytest.approx(pre[0]) and q.state[0] == IDLE and not q.adopted[0]
+    # a running quench handed to local control: released, no further action
+    q.start(np.array([1]), 300.0, pos)
+    assert q.release(np.array([False, True])).tolist() == [1]
+    assert q.state[1] == IDLE
+    _, mv, _ = q.step(400.0, np.array([False, True]), np.zeros(2, dtype=bool), pos)
+    assert not mv.any()

@@ -203,3 +203,32 @@ def test_anode_change_overfeeds_then_holds_nominal_then_tracks():
     assert phases[1810] == NOMINAL and phases[19790] == NOMINAL
     assert fc.rate_factor()[0] in (cfg.underfeed_factor, cfg.overfeed_factor)
     assert phases[19810] in (UNDERFEED, OVERFEED)
+
+
+def test_cell_in_local_control_is_parked_then_resumes_with_nominal_feeding():
+    """While the potroom PLC feeds a cell (local control) the tracker is parked: no phase
+    switch however steep the slope, no adaptation from feeding it did not do, no shots.
+    Taken back, the cell feeds at the nominal rate for ``takeover_nominal_s``, then tracks."""
+    from control.feeding import NOMINAL
+
+    cfg = FeedingConfig(takeover_nominal_s=3600.0, max_underfeed_s=7200.0)
+    fc = FeedController(2, SHOT_KG, cfg)
+    steep = np.ones(2, dtype=bool)
+    local = np.array([True, False])
+    shots_local = 0
+    for j in range(0, 6 * 3600, 10):  # six hours in local, longer than any underfeed
+        fc.hold_local(local, float(j))
+        s, _ = fc.step(float(j), 10.0, np.full(2, I_KA), ~local, steep)
+        shots_local += int(s[0])
+    assert shots_local == 0 and fc.phase[0] == NOMINAL
+    assert fc.adapt[0] == 1.0 and fc.switch_reason[0] == 0
+    assert fc.switch_reason[1] != 0  # the remote cell tracked meanwhile
+    t_last_local = 6 * 3600.0 - 10.0
+    fed = 0
+    for j in range(10, 3600, 10):  # taken back: nominal, whatever the slope says
+        s, _ = fc.step(t_last_local + j, 10.0, np.full(2, I_KA), np.ones(2, dtype=bool), steep)
+        fed += int(s[0])
+        assert fc.phase[0] == NOMINAL
+    assert fed * SHOT_KG == pytest.approx(faraday_alumina_kg_s(I_KA) * 3590.0, abs=2 * SHOT_KG)
+    fc.step(t_last_local + 3600.0, 10.0, np.full(2, I_KA), np.ones(2, dtype=bool), steep)
+    assert fc.phase[0] == UNDERFEED
