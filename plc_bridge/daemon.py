@@ -573,27 +573,15 @@ class Daemon:
             log.exception("mirror.observer_failed")
 
     def _as_if_remote(self, meas: Any) -> Any:
-        """Measurements with quality judged on the data alone, not on *remote*.
+        """Measurements as if every PLC were in remote (observe and shadow modes).
 
-        The bridge marks cells and lines not ok while their PLC is in local control (the
-        controller must not act there). In observe and shadow the controller acts on
-        nothing, and it must still detect AEs and compute what it would do; so the
-        quality is recomputed from the scans without the remote condition.
+        In observe and shadow nothing is sent, so the PLCs stay in local; the controller
+        must still compute what it would do. ``cell_ok`` is data quality alone already
+        (the bridge judges it regardless of local/remote), so only the authority flags
+        change: every cell counts as ``cell_remote`` and a rectifier as remote whenever
+        its data is good (its setpoint decisions are then computed, and shown in shadow).
         """
-        br = self.bridge
-        now = float(meas.t_s)
-        stale = br.settings.stale_after_s
-        cell_ok = np.array(meas.cell_ok, dtype=bool, copy=True)
-        for room in br.rooms:
-            sc = room.dev.last
-            if sc is None or not sc.link_ok or now - sc.t > stale:
-                continue
-            f = sc.fields
-            ok = f["voltage"][1] & f["feed_ack"][1] & f["beam_ack"][1]
-            for name in ("tapping", "anode_change", "cut_out"):
-                ok = ok & f[name][1]
-            cell_ok[room.cells] = ok
-        meas.cell_ok = cell_ok
+        meas.cell_remote = np.ones(np.shape(meas.cell_ok), dtype=bool)
         meas.rectifier_remote = np.asarray(meas.line_ok, dtype=bool).copy()
         return meas
 

@@ -7,9 +7,12 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 
 ``read()`` scans every PLC concurrently and assembles ``Measurements``:
 
-* quality: a cell is ``cell_ok`` only when its voltage, status and acknowledgement tags
-  are GOOD, its room's link is up, the room PLC is in *remote* (in local the PLC's own
-  automation is in charge: the controller must not act) and the data is fresh; a line
+* quality: a cell is ``cell_ok`` when its voltage, status and acknowledgement tags are
+  GOOD, its room's link is up and the data is fresh — data quality only, whoever is in
+  charge; ``cell_remote`` says whether the room PLC is in *remote* (its ``remote`` tag
+  GOOD and set, link up, fresh): in local the PLC's own automation is in charge, the
+  controller still judges the cells (AE detection, PFC accounting) but commands nothing
+  there (and the ``room_remote`` interlock would refuse it); a line
   is ``line_ok`` when its current, trip and remote tags are GOOD and its voltage and
   active setpoint are at least UNCERTAIN (a value beyond the tag's engineering range is
   still a measurement: an AE can push a long line past the map's voltage range);
@@ -158,10 +161,6 @@ class BridgeSettings:
         setpoint_min_ka, setpoint_max_ka: tighter setpoint bounds than the tag map (None: map).
         ack_timeout_s: a command not acknowledged within this is given up (alarm event).
         verify_commands: read back command fields (the ack counter verifies them anyway).
-        local_cells_ok: cells of a room in *local* control still count as ``cell_ok`` when
-            their data is good (the controller then sees, detects and journals their AEs;
-            its commands to them are refused by the ``room_remote`` interlock). Default
-            False: the controller does not act on, nor judge, what it does not control.
         modbus_timeout_s, opcua_timeout_s: per-request timeouts [wall s].
         rectifier_map, potroom_map: tag map files.
     """
@@ -174,7 +173,6 @@ class BridgeSettings:
     setpoint_max_ka: float | None = None
     ack_timeout_s: float = 30.0
     verify_commands: bool = False
-    local_cells_ok: bool = False
     modbus_timeout_s: float = 0.5
     opcua_timeout_s: float = 2.0
     rectifier_map: str | None = None
@@ -637,8 +635,10 @@ class BridgePlant:
             line_ok[li] = ok
             self._feed_writer(d, sc)
         cell_ok = np.zeros(lay.n_cells, dtype=bool)
+        cell_remote = np.zeros(lay.n_cells, dtype=bool)
         for room, sc in zip(self.rooms, scans[n_l:]):
             cell_ok[room.cells] = self._room_scan(room, sc, now)
+            cell_remote[room.cells] = room.remote
         self.stats["scans"] += 1
         self.stats["scan_s"] += loop.time() - w0
         feed = np.zeros(lay.n_cells, dtype=np.int64)
@@ -662,6 +662,7 @@ class BridgePlant:
             cut_out=self._cut.copy(),
             cell_ok=cell_ok,
             line_ok=line_ok,
+            cell_remote=cell_remote,
         )
 
     def _feed_writer(self, d: _Device, sc: _Scan, cell_samples: dict[str, Sample] | None = None) -> None:
@@ -674,6 +675,8 @@ class BridgePlant:
         d.writer.update(samples)
 
     def _room_scan(self, room: _Room, sc: _Scan, now: float) -> np.ndarray:
+        """Unpack one potroom scan into the plant arrays; sets ``room.remote`` and returns
+        the cells' data quality (``cell_ok``: GOOD tags, link up, fresh; remote or not)."""
         c = room.cells
         f = sc.fields
         fresh = now - sc.t <= self.settings.stale_after_s
@@ -720,8 +723,7 @@ class BridgePlant:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
-        in_charge = room.remote or (self.settings.local_cells_ok and sc.good("remote"))
-        ok = u_ok & status_ok & fa_ok & ba_ok & in_charge & sc.link_ok & fresh
+        ok = u_ok & status_ok & fa_ok & ba_ok & sc.link_ok & fresh
         # per-cell interlock signals for the safety layer
         cell_samples: dict[str, Sample] = {}
         t = sc.t

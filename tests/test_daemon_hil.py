@@ -3,7 +3,8 @@
 Mode switching (operator OPC UA call, mode file, signals) with every switch journalled,
 the PLCs going remote only in ``control``, SIGTERM handing control back to local before
 the process exits, ``kill -9`` at a random moment and a restart with the journal intact,
-a PLC that is down at start and one that drops and comes back.
+a PLC that is down at start and one that drops and comes back, an AE in a potroom an
+operator switched to local still journalled in ``control``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 from asyncua import ua
+
+from hil_rigs.faults import Fault
 
 from plc_bridge.opcua_security import hash_password
 from tests.test_daemon_support import (
@@ -262,3 +266,48 @@ async def test_plc_down_at_start_daemon_waits_then_connects_and_survives_a_drop(
             await dp.kill()
         if rig is not None:
             await rig.stop()
+
+
+async def test_ae_in_a_potroom_switched_to_local_is_journalled_in_control_mode(tmp_path) -> None:
+    """control mode; the operator turns the potroom's selector to local (its PLC's own
+    automation and AE kill take over): an AE on one of its cells is still detected and
+    journalled with start, end and duration, and nothing is written to that room meanwhile."""
+    rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
+    dp = None
+    try:
+        cfg, _ = daemon_config(tmp_path, rig, mode="control")
+        journal = tmp_path / "state" / "journal.db"
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_event("daemon.first_cycle", timeout=30)
+        await _until(lambda: _remote(rig, "potroom:Potroom1"), 20, "potroom remote under control")
+        await rig.inject(Fault(kind="local_switch", target="potroom"))
+        await _until(lambda: not _remote(rig, "potroom:Potroom1"), 10, "potroom in local")
+        t_local = rig.now()
+        k = 2  # cell index; floor number 3 of the one room
+        crit = float(rig.potline.truth()["critical_alumina_wt_pct"][k])
+        rig.potline.force_alumina(np.array([k]), crit - 0.05)  # the rig's AE induction
+        start = await dp.wait_event("event.ae_start", timeout=20, pred=lambda e: e.get("cell") == k + 1)
+        assert "local control" in start["detail"]
+        await dp.wait_event("event.ae_end", timeout=30, pred=lambda e: e.get("cell") == k + 1)
+        t_end = rig.now()
+        assert _remote(rig, "rectifier:Line1") and not _remote(rig, "potroom:Potroom1")
+        assert await dp.stop() == 0
+
+        ev = journal_events(journal)
+        starts = [e for e in ev if e.kind == "ae_start" and e.cell == k + 1]
+        ends = [e for e in ev if e.kind == "ae_end" and e.cell == k + 1]
+        assert len(starts) == 1 and len(ends) == 1
+        assert starts[0].mode == ends[0].mode == "control"
+        assert starts[0].room == "Potroom1" and t_local <= starts[0].t_plant_s <= t_end
+        d = ends[0].data
+        assert d["end_s"] > d["start_s"] >= t_local - 5.0 and d["duration_s"] == d["end_s"] - d["start_s"] > 0.0
+        # the controller commanded nothing there: no command written, none refused
+        assert not [e for e in ev if e.kind == "command_write" and t_local <= e.t_plant_s <= t_end]
+        assert rig.refusals == {} or not any("Potroom1" in key for key in rig.refusals)
+        # the rig's truth: an AE on that cell, in a room under local control, killed by its PLC
+        aes = [a for a in rig.report().aes if a["cell"] == k]
+        assert aes and not aes[0]["room_remote"] and aes[0]["commands"] == 0
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()

@@ -1,5 +1,6 @@
-"""``BridgePlant`` against a HIL rig over real sockets: measurements and their quality,
-writes only through the safety layer, the command handshake, counters across a PLC restart."""
+"""``BridgePlant`` against a HIL rig over real sockets: measurements, their quality and the
+rooms' local/remote state, writes only through the safety layer, the command handshake,
+counters across a PLC restart."""
 
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ async def cycle(plant: BridgePlant, rig: Rig, cmds: Commands | None = None):
 async def until_remote(plant: BridgePlant, rig: Rig, n: int = 40):
     for _ in range(n):
         meas = await cycle(plant, rig)
-        if meas.cell_ok.all() and meas.rectifier_remote.all():
+        if meas.cell_ok.all() and meas.cell_remote.all() and meas.rectifier_remote.all():
             return meas
-    raise AssertionError(f"PLCs did not go remote: cell_ok={meas.cell_ok}, remote={meas.rectifier_remote}")
+    raise AssertionError(f"PLCs did not go remote: cell_ok={meas.cell_ok}, cell_remote={meas.cell_remote}, "
+                         f"remote={meas.rectifier_remote}")  # fmt: skip
 
 
 @pytest.fixture
@@ -67,7 +69,8 @@ async def setup(request):
 async def test_measurements_match_the_twin_and_carry_quality(setup) -> None:
     rig, plant, _ = setup
     first = await plant.read()
-    assert not first.cell_ok.any()  # the potroom is still in local: the controller must not act
+    # the potroom is still in local: its data is good (to be judged), its cells not to be commanded
+    assert first.cell_ok.all() and not first.cell_remote.any()
     meas = await until_remote(plant, rig)
     truth = rig.potline.measurements()
     assert meas.line_ok.all()
@@ -75,11 +78,12 @@ async def test_measurements_match_the_twin_and_carry_quality(setup) -> None:
     assert meas.line_setpoint_ka[0] == pytest.approx(120.0, abs=0.01)
     assert np.allclose(meas.cell_voltage_v, truth["cell_voltage_v"], atol=0.25)
     assert (meas.cell_voltage_v > 3.8).all() and (meas.cell_voltage_v < 5.0).all()
-    # the operator turns the potroom to local: its automation is in charge, the controller keeps off
+    # the operator turns the potroom to local: its automation is in charge, the controller
+    # commands nothing there but still sees good data
     await rig.inject(Fault(kind="local_switch", target="potroom", duration_s=3.0))
     meas = await cycle(plant, rig)
     meas = await cycle(plant, rig)
-    assert not meas.cell_ok.any() and meas.line_ok.all()
+    assert not meas.cell_remote.any() and meas.cell_ok.all() and meas.line_ok.all()
     meas = await until_remote(plant, rig)
     # a broken transmitter: that cell only goes bad
     await rig.inject(Fault(kind="bad_sensor", cells=[3]))
@@ -90,7 +94,7 @@ async def test_measurements_match_the_twin_and_carry_quality(setup) -> None:
     # the potroom link goes dark: every cell bad, the line still good
     await rig.inject(Fault(kind="link_drop", target="potroom", mode="refuse"))
     meas = await cycle(plant, rig)
-    assert not meas.cell_ok.any() and meas.line_ok.all()
+    assert not meas.cell_ok.any() and not meas.cell_remote.any() and meas.line_ok.all()
     assert any(k == "alarm_comms_lost" for k, _, _ in plant.drain_events())
 
 
@@ -141,9 +145,9 @@ async def test_feed_handshake_and_counters_across_a_plc_restart(setup) -> None:
     await rig.inject(Fault(kind="plc_restart", target="potroom", downtime_s=3.0))
     for _ in range(60):
         meas = await cycle(plant, rig)
-        if meas.cell_ok.all() and plant.stats["restarts_seen"]:
+        if meas.cell_ok.all() and meas.cell_remote.all() and plant.stats["restarts_seen"]:
             break
-    assert meas.cell_ok.all(), "potroom did not come back to remote after its restart"
+    assert meas.cell_ok.all() and meas.cell_remote.all(), "potroom did not come back to remote after its restart"
     assert (meas.feeder_ack >= before).all()
     mid = meas.feeder_ack.copy()
     cmds = Commands.idle(N, 1)
