@@ -494,7 +494,7 @@ class NumpyPotline:
             S[S_AE, st] = 1.0
             S[S_AE_T, st] = 0.0
             S[S_AE_CCRIT, st] = O[O_C_CRIT, st]
-            S[S_KILL_T, st] = LOCAL_AE_REPEAT_S
+            S[S_KILL_T, st] = np.where(S[S_KILL_T, st] >= LOCAL_AE_RAISE_S, LOCAL_AE_REPEAT_S, S[S_KILL_T, st])
             S[A_AE_N, st] += 1.0
         S[S_FILM] = film
         S[S_SWEEP] *= self.k_sweep
@@ -579,11 +579,11 @@ class NumpyPotline:
 
         # --- potroom PLC local automation
         local = self.local & inc
-        q_idx = np.flatnonzero(self.quench & inc & (S[S_AE] > 0.5))
-        q_idx = q_idx[S[S_AE_T, q_idx] >= LOCAL_AE_DETECT_S]
+        q_idx = np.flatnonzero(self.quench & inc & ((S[S_AE] > 0.5) | (S[S_KILL_T] < LOCAL_AE_REPEAT_S)))
         if q_idx.size:
             kill_t = S[S_KILL_T, q_idx]
-            kill = kill_t >= LOCAL_AE_REPEAT_S
+            burning = (S[S_AE, q_idx] > 0.5) & (S[S_AE_T, q_idx] >= LOCAL_AE_DETECT_S)
+            kill = burning & (kill_t >= LOCAL_AE_REPEAT_S)
             pump = ~kill & (kill_t < LOCAL_AE_RAISE_S) & (LOCAL_AE_RAISE_S <= kill_t + dt)
             if kill.any():
                 k_idx = q_idx[kill]
@@ -591,7 +591,8 @@ class NumpyPotline:
                 self._move_beam(k_idx, -LOCAL_AE_PUMP_MM)
             if pump.any():
                 self._move_beam(q_idx[pump], LOCAL_AE_PUMP_MM)
-            S[S_KILL_T, q_idx] = np.where(kill, 0.0, kill_t) + dt
+            kill_t = np.where(kill, 0.0, kill_t)
+            S[S_KILL_T, q_idx] = np.where(kill_t < LOCAL_AE_REPEAT_S, kill_t + dt, kill_t)
         credit = S[S_FEED_CREDIT]
         np.add(credit, self.feed_k * charge, out=credit, where=local)
         f_idx = np.flatnonzero(local & (credit >= P[P_SHOT_KG]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twin.cell_layout import A_CHARGE, A_E_ELEC, P_SHOT_KG, S_AL2O3, S_ALF3, S_CRYO, S_SLUDGE
+from twin.cell_layout import A_CHARGE, A_E_ELEC, P_SHOT_KG, S_AL2O3, S_ALF3, S_BEAM_TIMER, S_CRYO, S_KILL_T, S_SLUDGE
 from twin.config import PlantConfig
 from twin.potline import Potline
 
@@ -151,6 +151,31 @@ def test_feed_stop_leads_to_anode_effect(how: str) -> None:
     assert len(during) >= 5
     assert 20.0 <= np.median(during) <= 50.0
     assert during.max() <= 60.0
+
+
+def test_local_ae_kill_leaves_the_beam_where_it_was() -> None:
+    """The potroom PLC's own AE kill (local control): AE feed plus a 15 mm pumping stroke,
+    the beam back up 20 s later — also when the AE is already over by then (a stroke that
+    quenches it at once is the usual case). Once the AEs are over, the strokes have left
+    every beam where it was (the resistance band's next check is a day away)."""
+    lc = {"beam_check_interval_s": 86400.0, "operations": False}
+    pl = Potline(PlantConfig.single_room(64, seed=13, local_control=lc), parallel=False)
+    pl.state[:, S_BEAM_TIMER] = 86400.0  # no resistance-band check during the test
+    pl.advance(600)
+    beam0 = pl.measurements()["beam_ack_mm"].copy()
+    forced = np.arange(0, 64, 4)
+    ended_early = 0
+    for t in range(4000):
+        if t % 120 == 0 and t // 120 < forced.size:  # one cell at a time: the line keeps its current
+            pl.force_alumina(forced[t // 120], 1.7)  # just below the critical ≈ 1.76 wt %: an AE
+        was = pl.truth()["ae_active"].copy()
+        pl.advance(1)
+        ended_early += int(np.count_nonzero(was & ~pl.truth()["ae_active"] & (pl.state[:, S_KILL_T] < 20.0)))
+        if t > 120 * forced.size and not pl.truth()["ae_active"].any() and (pl.state[:, S_KILL_T] >= 20.0).all():
+            break
+    assert (pl.truth()["ae_count"][forced] >= 1).all() and not pl.truth()["ae_active"].any()
+    assert ended_early > 0, "no AE ended before its stroke was raised: the case is not exercised"
+    np.testing.assert_allclose(pl.measurements()["beam_ack_mm"], beam0, atol=1e-9)
 
 
 def test_anode_effect_dips_line_current_and_rectifier_restores() -> None:

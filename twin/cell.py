@@ -270,7 +270,8 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
             state[k, S_AE] = 1.0
             state[k, S_AE_T] = 0.0
             state[k, S_AE_CCRIT] = out[k, O_C_CRIT]
-            state[k, S_KILL_T] = LOCAL_AE_REPEAT_S  # a local kill may dose at once
+            if state[k, S_KILL_T] >= LOCAL_AE_RAISE_S:  # a local kill may dose at once (unless its
+                state[k, S_KILL_T] = LOCAL_AE_REPEAT_S  # last stroke is still to be raised)
             state[k, A_AE_N] += 1.0
     state[k, S_FILM] = film
     state[k, S_SWEEP] *= decay[D_SWEEP]
@@ -354,18 +355,19 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
             start_anode_change(state, params, k)
 
     # --- potroom PLC local automation -----------------------------------------------------------
-    if params[k, P_LOCAL] > 0.5 and in_circ and params[k, P_LOCAL_QUENCH] > 0.5 and state[k, S_AE] > 0.5:
+    if params[k, P_LOCAL] > 0.5 and in_circ and params[k, P_LOCAL_QUENCH] > 0.5:
         # AE kill: once the AE is 2 s old (8 V confirmed), dump AE feed and pump the beam down,
-        # raise it back 20 s later, repeat every minute while the AE lasts; this also holds
-        # when the PLC takes over in the middle of an AE (controller gone silent)
+        # raise it back 20 s later (also when the AE is over by then), repeat every minute
+        # while the AE lasts; this also holds when the PLC takes over in the middle of an AE
+        # (controller gone silent). S_KILL_T counts from the last dose up to the repeat time.
         kill_t = state[k, S_KILL_T]
-        if state[k, S_AE_T] >= LOCAL_AE_DETECT_S:
-            if kill_t >= LOCAL_AE_REPEAT_S:
-                dump_shot(state, params, k, LOCAL_AE_SHOTS)
-                move_beam(state, k, -LOCAL_AE_PUMP_MM)
-                kill_t = 0.0
-            elif kill_t < LOCAL_AE_RAISE_S <= kill_t + dt:
-                move_beam(state, k, LOCAL_AE_PUMP_MM)
+        if state[k, S_AE] > 0.5 and state[k, S_AE_T] >= LOCAL_AE_DETECT_S and kill_t >= LOCAL_AE_REPEAT_S:
+            dump_shot(state, params, k, LOCAL_AE_SHOTS)
+            move_beam(state, k, -LOCAL_AE_PUMP_MM)
+            kill_t = 0.0
+        elif kill_t < LOCAL_AE_RAISE_S <= kill_t + dt:
+            move_beam(state, k, LOCAL_AE_PUMP_MM)
+        if kill_t < LOCAL_AE_REPEAT_S:
             state[k, S_KILL_T] = kill_t + dt
     if params[k, P_LOCAL] > 0.5 and in_circ:
         state[k, S_FEED_CREDIT] += params[k, P_FEED_RATIO] * params[k, P_CE_NOM] * AL2O3_KG_PER_AS * charge

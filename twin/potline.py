@@ -28,6 +28,7 @@ from twin.cell import (
     step_decays,
     ANODE_CP_J_PER_KGK,
     ANODE_HEAT_FROM_BATH,
+    LOCAL_AE_REPEAT_S,
     cell_emf,
     cell_integrate,
     composition,
@@ -317,6 +318,7 @@ class Potline:
         s[:, S_AC_TIMER] = rs.uniform(0.0, 1.0, n) * p[:, P_AC_INTERVAL]
         s[:, S_BEAM_TIMER] = rs.uniform(0.0, 1.0, n) * p[:, P_BEAM_INTERVAL]
         s[:, S_FEED_CREDIT] = rs.uniform(0.0, 1.0, n) * p[:, P_SHOT_KG]
+        s[:, S_KILL_T] = LOCAL_AE_REPEAT_S  # no local AE-kill stroke pending
         return s
 
     @staticmethod
