@@ -14,8 +14,9 @@ Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
    every hour one more cell's feeders start to deliver only a fraction of each shot (a
    feeder hole crusting over, a hopper running low) while the PLC keeps acknowledging
    the strokes; the crew clears it after a few hours. Per fault: did an AE follow, was
-   it predicted ≥ 60 s ahead, lead time, time from the fault to the first alarm; false
-   alarms per pot-day on the healthy cells;
+   it predicted ≥ 60 s ahead, lead time, time from the fault to the first alarm, when the
+   controller called the crew (``ae_repeating``: the AEs keep coming back); false alarms
+   per pot-day on the healthy cells;
 4. **amperage scenario** — 660 cells, 8 h: a cell cut-out (current lowered, permit,
    restored) and cut-in, a −10 % power-modulation step on line 1 followed within the
    ramp limit, ACD hunting counted against an unmodulated line; controller cycle time
@@ -409,6 +410,10 @@ def run_feeder_faults(
     for f in faults:
         pl.set_feeder_efficiency(f["cell"], 1.0)
     faulty = {f["cell"] for f in faults}
+    repeats: dict[int, list[float]] = {}
+    for t, kind, k, _ in ctl.event_log:
+        if kind == "ae_repeating" and t >= t_start:
+            repeats.setdefault(k, []).append(t)
     alarms: dict[int, list[float]] = {}
     for a in ctl.alarm_log:
         alarms.setdefault(a.cell, []).append(a.t_s)
@@ -420,10 +425,13 @@ def run_feeder_faults(
         before = [t for t in alarms.get(k, []) if t0 <= t <= (first_ae if first_ae is not None else t1)]
         first_alarm = before[0] if before else None
         lead = first_ae - first_alarm if first_ae is not None and first_alarm is not None else None
+        crew = [t for t in repeats.get(k, []) if t0 <= t <= t1 + 1800.0]
+        aes_before_crew = sum(1 for t in aes if crew and t <= crew[0])
         rows.append({
             "cell": k, "fault_start_s": t0, "first_alarm_after_fault_s": None if first_alarm is None else first_alarm - t0,
             "first_ae_after_fault_s": None if first_ae is None else first_ae - t0, "aes": len(aes),
             "alarm_lead_s": lead, "predicted_60s_ahead": bool(lead is not None and lead >= 60.0),
+            "crew_called_after_fault_s": crew[0] - t0 if crew else None, "aes_before_crew_called": aes_before_crew,
         })  # fmt: skip
     with_ae = [r for r in rows if r["first_ae_after_fault_s"] is not None]
     leads = [r["alarm_lead_s"] for r in with_ae if r["alarm_lead_s"] is not None]
@@ -450,6 +458,12 @@ def run_feeder_faults(
         "healthy_cells_alarms_without_ae_within_2h": false_healthy,
         "healthy_cells_false_alarms_per_pot_day": false_healthy / healthy_days if healthy_days else None,
         "healthy_cells_aes": len(healthy_aes),
+        "faults_crew_called": sum(1 for r in rows if r["crew_called_after_fault_s"] is not None),
+        "crew_called_after_first_ae_s_median": float(np.median(
+            [r["crew_called_after_fault_s"] - r["first_ae_after_fault_s"] for r in rows
+             if r["crew_called_after_fault_s"] is not None and r["first_ae_after_fault_s"] is not None]
+        )) if any(r["crew_called_after_fault_s"] is not None for r in rows) else None,
+        "healthy_cells_repeat_alarms": sum(len(v) for k, v in repeats.items() if k not in faulty),
         "per_fault": rows,
         "wall_s": time.perf_counter() - w0,
     }

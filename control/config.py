@@ -63,6 +63,14 @@ class DetectionConfig(_Strict):
     )
     baseline_tau_s: float = Field(1800.0, ge=10.0, le=86400.0, description="slow baseline of R per cell")
     min_current_ka: float = Field(5.0, ge=0.0, le=1000.0, description="no detection below this line current")
+    repeat_alarm_count: int = Field(
+        3, ge=2, le=100, description="this many HV AEs on one cell within repeat_alarm_window_s raise ae_repeating"
+    )
+    repeat_alarm_window_s: float = Field(
+        3600.0, ge=60.0, le=86400.0,
+        description="AEs that keep coming back mean the feed is not reaching the bath (feeder hole crusted, "
+        "hopper empty): the crew has to look",
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> "DetectionConfig":

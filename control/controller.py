@@ -123,6 +123,8 @@ class PotController:
         self._remote_since = np.full(n, -np.inf)
         #: acknowledged beam position before the cell's current/last AE onset [mm]
         self._beam_calm = np.full(n, np.nan)
+        self._ae_starts: dict[int, list[float]] = {}  # recent HV AE starts per cell [s]
+        self._repeat_alarm_t: dict[int, float] = {}
         #: prediction alarms raised, in order
         self.alarm_log: list[AlarmRecord] = []
         #: every event emitted, in order (kind, cell or line, detail, time)
@@ -253,6 +255,7 @@ class PotController:
                 events.append(("ae_start", int(k),
                                f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s{where}"))  # fmt: skip
             q_shots += self.quench.start(np.flatnonzero(own), now, beam)
+            self._check_repeats(st, now, events)
             self.feeding.force_overfeed(mask & remote, now, cfg.feeding.post_ae_overfeed_s)
             self.predictor.reset(mask)
             self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
@@ -468,6 +471,23 @@ class PotController:
         if events:
             self.event_log.extend((now, kind, idx, detail) for kind, idx, detail in events)
         return cmds
+
+    def _check_repeats(self, started: np.ndarray, now: float, events: list[tuple[str, int, str]]) -> None:
+        """Alarm ``ae_repeating`` when a cell has ``repeat_alarm_count`` HV AEs within
+        ``repeat_alarm_window_s`` (at most once per window per cell): the quench's alumina is
+        not reaching the bath, which no control action fixes."""
+        dc = self.cfg.detection
+        for k in started:
+            k = int(k)
+            times = [t for t in self._ae_starts.get(k, []) if now - t < dc.repeat_alarm_window_s] + [now]
+            self._ae_starts[k] = times
+            if len(times) >= dc.repeat_alarm_count and now - self._repeat_alarm_t.get(k, -np.inf) >= dc.repeat_alarm_window_s:
+                self._repeat_alarm_t[k] = now
+                events.append((
+                    "ae_repeating", k,
+                    f"{len(times)} AEs in {(now - times[0]) / 60:.0f} min: the feed is not reaching the bath? "
+                    "check the feeder holes and the hopper",
+                ))  # fmt: skip
 
     def _check_feeders(self, shots: np.ndarray, d_ack: np.ndarray, remote: np.ndarray,
                        events: list[tuple[str, int, str]]) -> None:  # fmt: skip

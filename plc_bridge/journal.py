@@ -66,6 +66,7 @@ _KIND_CATEGORY = {
     "quench": "ae",
     "quench_escalated": "ae",
     "ae_escalation": "alarm",
+    "ae_repeating": "alarm",
     "rectifier_trip": "alarm",
     "rectifier_restart": "control",
     "daemon_error": "alarm",

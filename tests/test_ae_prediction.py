@@ -5,7 +5,8 @@ acknowledges every shot; only the bath shows it. With 30 % of each shot delivere
 alumina falls at ≈ 0.6 of the consumption rate (1.673e-7·I kg/s at CE 0.95, DESIGN.md),
 even at the controller's overfeed, so an AE follows in tens of minutes. The controller
 must announce it from the pseudo-resistance and the observer at least 60 s before
-(issue #3 scores predictions at 60 s), and raise nothing on the healthy cells.
+(issue #3 scores predictions at 60 s), raise nothing on the healthy cells, and, as the
+AEs keep coming back (the quench's alumina does not get in either), call the crew.
 Plant-wide figures (660 cells, many faults) are in benchmarks/bench_controller.py.
 """
 
@@ -46,3 +47,12 @@ def test_crusted_feeder_ae_is_predicted_a_minute_ahead_and_healthy_cells_stay_qu
     others = [a for a in ctl.alarm_log if a.cell != k]
     assert others == [], f"alarms on healthy cells: {others[:3]}"
     assert np.count_nonzero(pl.truth()["ae_count"]) == 1  # only the faulty cell
+    # the quench's alumina does not reach the bath either: the AEs keep coming back, and the
+    # controller calls the crew (repeat_alarm_count AEs within the window; again at most once
+    # per window while it lasts)
+    rep = [e for e in ctl.event_log if e[1] == "ae_repeating"]
+    assert rep and {e[2] for e in rep} == {k}
+    window = ctl.cfg.detection.repeat_alarm_window_s
+    assert all(b[0] - a[0] >= window for a, b in zip(rep, rep[1:]))
+    n_rep = ctl.cfg.detection.repeat_alarm_count
+    assert pl.truth()["ae_count"][k] >= n_rep and rep[0][0] > t_ae
