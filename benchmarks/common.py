@@ -80,13 +80,15 @@ def _mem_total_gb() -> float | None:
 
 
 def git_commit() -> dict[str, Any]:
-    """Commit of the tree the figures were measured on (``dirty`` if it has local edits)."""
+    """Commit of the tree the figures were measured on (``dirty`` if it has local edits; the
+    benchmark outputs themselves, results and PERFORMANCE.md, do not count)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
+             ":!PERFORMANCE.md"], cwd=REPO, capture_output=True, text=True,
             timeout=10,
         ).stdout.strip()  # fmt: skip
         return {"commit": sha or None, "dirty": bool(dirty)}
