@@ -346,6 +346,7 @@ class Daemon:
                 log.error("journal.commit_failed", error=f"{type(exc).__name__}: {exc}", pending=j.pending,
                           path=str(j.path))  # fmt: skip
             self._journal_failing = True
+            self.health.detail["journal"] = f"not writable ({type(exc).__name__}: {exc}); {j.pending} entries held"
             if self.mode == "control" and self.stop_event is not None:
                 # writes without an audit trail are not allowed: stop commanding
                 asyncio.get_running_loop().create_task(
@@ -354,6 +355,7 @@ class Daemon:
         if self._journal_failing:
             log.info("journal.commit_recovered", committed=len(batch))
             self._journal_failing = False
+            self.health.detail.pop("journal", None)
         self.metrics.journal_commit.labels(self.name).observe(time.perf_counter() - t0)
         for e in batch:
             self.metrics.journal_entries.labels(self.name, e.category).inc()
@@ -980,7 +982,9 @@ class Daemon:
         self._mode_lock = asyncio.Lock()
         cfg = self.cfg
         try:
-            self.journal = Journal(self.loaded.journal_path, synchronous=cfg.journal.synchronous)
+            max_mb = cfg.journal.max_mb
+            self.journal = Journal(self.loaded.journal_path, synchronous=cfg.journal.synchronous,
+                                   max_bytes=None if max_mb is None else int(max_mb * 1e6))  # fmt: skip
         except (JournalError, OSError, Exception) as exc:  # noqa: BLE001
             log.error("daemon.journal_unavailable", path=str(self.loaded.journal_path), error=str(exc))
             return 1
@@ -1109,6 +1113,9 @@ class Daemon:
                           data={"pid": os.getpid(), "reason": self.stop_reason, "exit_code": self.exit_code})  # fmt: skip
             self._commit()
             j = self.journal
+            if j.pending:  # the journal cannot take them (disk full, size cap): the log keeps them
+                for ev in j.pending_events():
+                    log.error("journal.unwritten", **{k: v for k, v in ev.as_dict().items() if k != "id"})
             log.info("journal.closed", committed=j.committed, last_id=j.last_id, pending=j.pending, path=str(j.path))
             with contextlib.suppress(Exception):
                 j.close()

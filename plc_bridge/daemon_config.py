@@ -195,6 +195,11 @@ class MirrorSection(_Strict):
 class JournalSection(_Strict):
     path: Path = Field(Path("journal.db"), description="SQLite file (relative to state_dir)")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    max_mb: float | None = Field(
+        None, gt=0.0, le=1_000_000.0,
+        description="cap on the journal file [MB] so it cannot fill a disk the OS shares; reaching it is handled "
+        "like a full disk (entries kept in memory, commands stopped, /readyz not ready); None: the disk is the limit",
+    )
 
 
 class MetricsSection(_Strict):

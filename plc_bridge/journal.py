@@ -195,12 +195,21 @@ class Journal:
         synchronous: "FULL" (default; survives power loss) or "NORMAL" (survives a
             process crash; see the module docstring).
         readonly: open for queries only (``potline events``); never creates the file.
+        max_bytes: cap on the database file [bytes] (SQLite ``max_page_count``); a commit
+            that would pass it fails like on a full disk (``set_max_bytes`` changes it).
 
     Writers ``append`` events (kept in memory) and ``commit`` them in one transaction;
     ``record`` does both. Thread-safe (one lock around the connection).
     """
 
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL", readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        readonly: bool = False,
+        max_bytes: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.readonly = readonly
         if synchronous not in ("FULL", "NORMAL"):
@@ -227,6 +236,8 @@ class Journal:
                     os.chmod(self.path, 0o640)
         try:
             self._setup()
+            if max_bytes is not None and not readonly:
+                self.set_max_bytes(max_bytes)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             self._unlock()
@@ -275,10 +286,25 @@ class Journal:
             self._pending.append(ev)
         return ev
 
+    def set_max_bytes(self, max_bytes: int | None) -> None:
+        """Cap the database file at ``max_bytes`` [bytes] (None: no cap but the disk's).
+
+        Never below what the file holds already: SQLite keeps the larger of the two.
+        """
+        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        pages = 1_073_741_823 if max_bytes is None else max(int(max_bytes) // page, 1)
+        with self._lock:
+            self._db.execute(f"PRAGMA max_page_count = {pages}")
+
     @property
     def pending(self) -> int:
         """Events appended but not committed yet."""
         return len(self._pending)
+
+    def pending_events(self) -> list[Event]:
+        """The events appended but not committed yet, oldest first (a copy)."""
+        with self._lock:
+            return list(self._pending)
 
     def commit(self) -> list[Event]:
         """Write every pending event in one transaction; returns them with their ids.

@@ -75,6 +75,8 @@ class HealthState:
             reasons.append("OPC UA mirror not up")
         if self.stopping:
             reasons.append("stopping")
+        if "journal" in self.detail:
+            reasons.append("journal " + str(self.detail["journal"]))
         ok = not reasons
         return ok, {"status": "ready" if ok else "not ready", "reasons": reasons, "mode": self.mode,
                     "plc_up": dict(self.plc_up), **self.detail}  # fmt: skip

@@ -159,3 +159,39 @@ def dp_cmd(cfg) -> list[str]:
 
     return [sys.executable, "-m", "plc_bridge.cli", "run", "--config", str(cfg)]
 
+
+
+async def test_journal_full_stops_commanding_keeps_running_and_loses_nothing(tmp_path) -> None:
+    """The journal cannot grow (``journal.max_mb`` reached; a full disk behaves the same):
+    the daemon keeps cycling, holds the entries in memory, leaves ``control`` for
+    ``shadow`` (no writes without an audit trail), ``/readyz`` says why; at the stop every
+    entry the journal could not take is in the log as ``journal.unwritten``."""
+    rig = await start_rig(rig_scenario(speed=10.0))
+    dp = None
+    try:
+        # 1 kB: below what the new file holds already, so the first growth fails
+        cfg, data = daemon_config(tmp_path, rig, mode="control", journal={"max_mb": 0.001})
+        mport = data["_ports"]["metrics"]
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_event("daemon.first_cycle", timeout=30)
+        await dp.wait_event("journal.commit_failed", timeout=20)
+        await dp.wait_event("mode.changed", timeout=20, pred=lambda e: e.get("mode") == "shadow")
+        c0 = await _cycles(mport)
+        await asyncio.sleep(2.0)
+        assert await _cycles(mport) > c0, "the loop keeps cycling"
+        status, body = await aget(f"http://127.0.0.1:{mport}/readyz")
+        assert status == 503 and "journal not writable" in body
+        assert dp.returncode is None
+        assert await dp.stop() == 0
+        unwritten = [e for e in dp.events if e.get("event") == "journal.unwritten"]
+        kinds = [e["kind"] for e in unwritten]
+        assert "mode_change" in kinds and kinds[-1] == "daemon_stop"
+        # what the file did take is intact: contiguous ids, the start first
+        ev = journal_events(tmp_path / "state" / "journal.db")
+        assert ev and ev[0].kind in ("unclean_shutdown", "daemon_start")
+        assert [e.id for e in ev] == list(range(ev[0].id, ev[0].id + len(ev)))
+        assert "daemon_stop" not in [e.kind for e in ev]
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()

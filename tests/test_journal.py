@@ -151,3 +151,29 @@ def test_events_cli_reads_a_live_journal(tmp_path) -> None:
     missing = subprocess.run([PY, "-m", "plc_bridge.cli", "events", "--journal", str(tmp_path / "none.db")],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 1 and "no journal file" in missing.stderr
+
+
+def test_full_disk_keeps_the_batch_pending_and_commits_it_when_space_returns(tmp_path) -> None:
+    """SQLITE_FULL (a full disk; provoked for real by capping the file with
+    ``PRAGMA max_page_count``): the commit raises, the whole batch stays pending and nothing
+    of it is in the file; once there is room again, one commit writes all of it, ids
+    contiguous after the entries already there. (The daemon keeps running meanwhile and
+    stops commanding: ``Daemon._commit``.)"""
+    j = Journal(tmp_path / "j.db")
+    j.record(kind="daemon_start", detail="before the disk filled up")
+    pages = j._db.execute("PRAGMA page_count").fetchone()[0]  # noqa: SLF001 - the test plays the disk
+    j._db.execute(f"PRAGMA max_page_count = {pages}")  # noqa: SLF001
+    for n in range(500):
+        j.append(kind="setpoint_write", line="Line1", tag="line_current_sp", value=100.0 + n, detail="x" * 200)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        j.commit()
+    assert j.pending == 500 and j.count() == 1
+    with pytest.raises(sqlite3.OperationalError, match="full"):  # still full: still nothing lost
+        j.commit()
+    assert j.pending == 500
+    j._db.execute("PRAGMA max_page_count = 1073741823")  # noqa: SLF001 - space again
+    batch = j.commit()
+    assert len(batch) == 500 and j.pending == 0
+    assert j.ids() == list(range(1, 502))
+    assert [e.value for e in j.query(kinds=["setpoint_write"])] == [100.0 + n for n in range(500)]
+    assert j.integrity_check() == "ok"
