@@ -908,7 +908,8 @@ class Daemon:
             setpoint_rate_ka_per_s=s.line_current_ramp_ka_per_s, setpoint_max_interval_s=s.setpoint_max_interval_s,
             setpoint_min_ka=s.line_current_min_ka, setpoint_max_ka=s.line_current_max_ka,
             ack_timeout_s=s.ack_timeout_s, verify_commands=s.verify_commands, modbus_timeout_s=s.modbus_timeout_s,
-            opcua_timeout_s=s.opcua_timeout_s, rectifier_map=str(self.loaded.tagmap_paths["rectifier"]),
+            opcua_timeout_s=s.opcua_timeout_s, frozen_after_s=s.frozen_voltage_after_s,
+            rectifier_map=str(self.loaded.tagmap_paths["rectifier"]),
             potroom_map=str(self.loaded.tagmap_paths["potroom"]),
         )  # fmt: skip
         bridge = BridgePlant(lay, [ep(f"rectifier:{n}") for n in lay.line_names],

@@ -170,6 +170,11 @@ class SafetySection(_Strict):
     modbus_timeout_s: float = Field(0.5, gt=0.0, le=30.0, description="per request [wall s]")
     opcua_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="per request [wall s]")
     control_needs_all_links: bool = Field(True, description="refuse 'control' while any PLC link is down")
+    frozen_voltage_after_s: float | None = Field(
+        120.0, gt=0.0, le=86400.0,
+        description="a cell voltage unchanged this long while carrying current is a frozen transmitter "
+        "(not acted on, sensor_frozen alarm); null: not checked",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "SafetySection":

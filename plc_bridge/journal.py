@@ -77,6 +77,8 @@ _KIND_CATEGORY = {
     "alarm": "alarm",
     "alarm_cleared": "alarm",
     "feeder_fault": "alarm",
+    "sensor_frozen": "alarm",
+    "sensor_recovered": "alarm",
     "comms_lost": "comms",
     "comms_restored": "comms",
     "daemon_start": "daemon",

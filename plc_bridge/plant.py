@@ -161,6 +161,10 @@ class BridgeSettings:
         setpoint_min_ka, setpoint_max_ka: tighter setpoint bounds than the tag map (None: map).
         ack_timeout_s: a command not acknowledged within this is given up (alarm event).
         verify_commands: read back command fields (the ack counter verifies them anyway).
+        frozen_after_s: a cell voltage that has not changed for this long [plant s] while the
+            cell carries current (> 2 V) is a frozen transmitter: the cell goes not ok
+            (``sensor_frozen`` event) until the value moves again (``sensor_recovered``); a
+            live voltage carries tens of mV of MHD noise on every scan. None: not checked.
         modbus_timeout_s, opcua_timeout_s: per-request timeouts [wall s].
         rectifier_map, potroom_map: tag map files.
     """
@@ -173,6 +177,7 @@ class BridgeSettings:
     setpoint_max_ka: float | None = None
     ack_timeout_s: float = 30.0
     verify_commands: bool = False
+    frozen_after_s: float | None = 120.0
     modbus_timeout_s: float = 0.5
     opcua_timeout_s: float = 2.0
     rectifier_map: str | None = None
@@ -447,6 +452,9 @@ class _Room:
         self.link_was_down = False
         self.remote = False
         self.ae = np.zeros(n, dtype=bool)
+        self.u_last = np.full(n, math.nan)  # last voltage read [V]
+        self.u_since = np.full(n, math.nan)  # plant time it took that value [s]
+        self.frozen = np.zeros(n, dtype=bool)
 
 
 class BridgePlant:
@@ -700,6 +708,7 @@ class BridgePlant:
             room.pending_mm[:] = 0.0
         u, u_ok = f["voltage"]
         self._u[c] = np.where(u_ok, u, math.nan)
+        frozen = self._frozen_voltages(room, u, u_ok, sc.t)
         status_ok = np.ones(c.size, dtype=bool)
         for name, target in (("tapping", self._tapping), ("anode_change", self._ac), ("cut_out", self._cut)):
             v, g = f[name]
@@ -723,7 +732,7 @@ class BridgePlant:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
-        ok = u_ok & status_ok & fa_ok & ba_ok & sc.link_ok & fresh
+        ok = u_ok & ~frozen & status_ok & fa_ok & ba_ok & sc.link_ok & fresh
         # per-cell interlock signals for the safety layer
         cell_samples: dict[str, Sample] = {}
         t = sc.t
@@ -734,6 +743,26 @@ class BridgePlant:
                                                      "" if g[i] else "bad quality")  # fmt: skip
         self._feed_writer(room.dev, sc, cell_samples)
         return ok
+
+    def _frozen_voltages(self, room: _Room, u: np.ndarray, u_ok: np.ndarray, t: float) -> np.ndarray:
+        """Cells of ``room`` whose voltage [V] has stood still for ``frozen_after_s`` at scan
+        time ``t`` [plant s] while carrying current; events when that starts and ends."""
+        limit = self.settings.frozen_after_s
+        if limit is None:
+            return np.zeros(u.size, dtype=bool)
+        moved = u_ok & (u != room.u_last)
+        room.u_since[moved | ~u_ok] = t
+        room.u_last = np.where(u_ok, u, math.nan)
+        frozen = u_ok & (u > 2.0) & (t - room.u_since >= limit)
+        for i in np.flatnonzero(frozen != room.frozen):
+            cell = int(room.cells[i])
+            if frozen[i]:
+                self.events.append(("sensor_frozen", cell, f"{room.prefix[i]}.voltage stuck at {u[i]:.3f} V for "
+                                                            f"{t - room.u_since[i]:.0f} s: not acted on"))  # fmt: skip
+            else:
+                self.events.append(("sensor_recovered", cell, f"{room.prefix[i]}.voltage moves again"))
+        room.frozen = frozen
+        return frozen
 
     # ------------------------------------------------------------------ write
 

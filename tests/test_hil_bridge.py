@@ -156,3 +156,37 @@ async def test_feed_handshake_and_counters_across_a_plc_restart(setup) -> None:
     for _ in range(4):
         meas = await cycle(plant, rig)
     assert meas.feeder_ack[2] - mid[2] == 2
+
+
+async def test_frozen_cell_voltage_is_flagged_and_recovers() -> None:
+    """A transmitter that stops updating (the rig's ``frozen_sensor`` fault) shows a
+    plausible value, so only its standing still gives it away: a live cell voltage moves
+    by tens of mV on every scan (MHD noise). After ``frozen_after_s`` the cell is not ok
+    (the controller neither acts on nor judges it) and a ``sensor_frozen`` event names
+    it; when the value moves again the cell is ok and ``sensor_recovered`` follows."""
+    rig = await Rig(bench("modbus")).start()
+    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, bridge_settings_for(SCAN, SPEED, frozen_after_s=8.0))
+    await plant.start()
+    try:
+        meas = await until_remote(plant, rig)
+        assert meas.cell_ok.all()
+        plant.drain_events()
+        await rig.inject(Fault(kind="frozen_sensor", cells=[5], duration_s=25.0))
+        t0 = rig.now()
+        seen_bad_at = None
+        while rig.now() - t0 < 20.0:
+            meas = await cycle(plant, rig)
+            if not meas.cell_ok[5] and seen_bad_at is None:
+                seen_bad_at = rig.now() - t0
+            others = np.delete(meas.cell_ok, 5)
+            assert others.all(), "only the frozen cell goes bad"
+        assert seen_bad_at is not None and 8.0 <= seen_bad_at <= 8.0 + 3 * SCAN + 2.0
+        events = plant.drain_events()
+        assert [(k, c) for k, c, _ in events if k.startswith("sensor_")] == [("sensor_frozen", 5)]
+        while rig.now() - t0 < 35.0:  # the fault ends at 25 s: the value moves again
+            meas = await cycle(plant, rig)
+        assert meas.cell_ok.all()
+        assert [(k, c) for k, c, _ in plant.drain_events() if k.startswith("sensor_")] == [("sensor_recovered", 5)]
+    finally:
+        await plant.stop()
+        await rig.stop()
