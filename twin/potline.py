@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange
 
 from twin.bath import (
@@ -208,9 +208,9 @@ class Potline:
     Args:
         config: validated plant config.
         seed: overrides ``config.seed`` for the per-cell parameter spread and noise.
-        parallel: share each sub-step's cells out over Numba's threads (``prange`` over cells,
-            the lines' circuits solved in between); the result is the serial kernel's
-            bit for bit.
+        parallel: share the work over Numba's threads: whole lines when they keep the
+            cores busy (``lines_balance``), else each sub-step's cells (the lines' circuits
+            solved in between); either way the result is the serial kernel's bit for bit.
     """
 
     def __init__(self, config: PlantConfig, seed: int | None = None, parallel: bool = True) -> None:
@@ -237,8 +237,7 @@ class Potline:
         self._zero_feed = np.zeros(n, dtype=np.int64)
         self._zero_f = np.zeros(n)
         self._decay = step_decays(self.dt_s)
-        self._balance_key: tuple[int, bytes] | None = None
-        self._balance = 0.0
+        self._balance: dict[int, float] = {}  # lines_balance by thread count
 
     # --- construction ----------------------------------------------------------------------
     @staticmethod
@@ -395,15 +394,13 @@ class Potline:
         """Share of ``threads`` cores kept busy when whole lines are handed out one at a time,
         largest first (the dynamic schedule): Σ cells / (threads × the busiest thread's cells).
         1.0 when the lines spread evenly; 660/(2·396) = 0.83 for 264/264/132 on 2 threads."""
-        key = (threads, self.line_ptr.tobytes())
-        if self._balance_key != key:
+        if threads not in self._balance:
             sizes = sorted(np.diff(self.line_ptr).tolist(), reverse=True)
             load = [0] * max(threads, 1)
             for size in sizes:
                 load[load.index(min(load))] += size
-            self._balance = sum(sizes) / (len(load) * max(max(load), 1))
-            self._balance_key = key
-        return self._balance
+            self._balance[threads] = sum(sizes) / (len(load) * max(max(load), 1))
+        return self._balance[threads]
 
     def advance(self, seconds: float) -> None:
         """Run the plant for ``seconds`` [s] (rounded to whole sub-steps of ``dt_s``)."""
