@@ -138,6 +138,11 @@ class QuenchConfig(_Strict):
         description="dump feed_shots on the first sample above the AE threshold, before the AE is confirmed "
         "(saves one scan of AE time; a noise sample costs feed_shots of overfeed); beam action waits",
     )
+    first_sample_holdoff_s: float = Field(
+        1800.0, ge=0.0, le=86400.0,
+        description="after a first-sample feed that was not confirmed, that cell waits for confirmation for this "
+        "long: a spiky transmitter costs at most one dose per hold-off",
+    )
     refeed_after_s: float = Field(60.0, ge=1.0, le=3600.0, description="second dose if the AE persists")
     refeed_shots: int = Field(4, ge=0, le=50)
     lower_delay_s: float = Field(3.0, ge=0.0, le=600.0, description="wait before the first beam move")

@@ -281,7 +281,9 @@ class PotController:
                                    "shots, no beam pumping (the PLC's AE kill acted), beam back to its pre-AE "
                                    "position after the AE"))  # fmt: skip
         for k in self.quench.lapse(self.detector.pending | self.detector.active):
-            events.append(("ae_unconfirmed", int(k), f"one sample above the AE threshold, back to U={u[k]:.1f} V before confirmation"))
+            hold = cfg.quench.first_sample_holdoff_s / 60.0
+            events.append(("ae_unconfirmed", int(k), f"one sample above the AE threshold, back to U={u[k]:.1f} V before "
+                                                     f"confirmation; the next AE feed waits for confirmation for {hold:.0f} min"))  # fmt: skip
         calm = ~(self.detector.pending | self.detector.active)
         self._beam_calm[calm] = beam[calm]
         if det.ended.size:

@@ -67,6 +67,8 @@ class QuenchController:
         self.lowered = np.zeros(n, dtype=bool)
         #: time of a first-sample AE feed awaiting confirmation (NaN: none)
         self.prefed_t = np.full(n, np.nan)
+        #: time of the cell's last first-sample feed that was not confirmed [s]
+        self.unconfirmed_t = np.full(n, -np.inf)
         #: AEs taken over from local control mid-AE: feed only, no pumping (see module docstring)
         self.adopted = np.zeros(n, dtype=bool)
         self.quenches = 0
@@ -84,12 +86,15 @@ class QuenchController:
 
     def pre_feed(self, cells: np.ndarray, t: float) -> np.ndarray:
         """First sample above the AE threshold on ``cells`` (not confirmed yet): returns the
-        AE feed to dump now on the idle ones; ``start`` does not dose them again."""
+        AE feed to dump now on the idle ones; ``start`` does not dose them again. A cell whose
+        last such dose was not confirmed less than ``first_sample_holdoff_s`` ago waits for
+        the confirmation instead (a spiky transmitter must not turn into a stream of doses)."""
         shots = np.zeros(self.n, dtype=np.int64)
         if not (self.cfg.enabled and self.cfg.feed_on_first_sample) or len(cells) == 0:
             return shots
         c = np.asarray(cells, dtype=np.int64)
-        c = c[(self.state[c] == IDLE) & np.isnan(self.prefed_t[c])]
+        held = t - self.unconfirmed_t[c] < self.cfg.first_sample_holdoff_s
+        c = c[(self.state[c] == IDLE) & np.isnan(self.prefed_t[c]) & ~held]
         self.prefed_t[c] = t
         shots[c] = self.cfg.feed_shots
         self.pre_feeds += c.size
@@ -99,6 +104,7 @@ class QuenchController:
         """Cells fed on a first sample whose AE was not confirmed (``pending`` [n]: still
         above the threshold, unconfirmed): forget the dose; returns those cells."""
         gone = np.flatnonzero(~np.isnan(self.prefed_t) & ~pending & (self.state == IDLE))
+        self.unconfirmed_t[gone] = self.prefed_t[gone]
         self.prefed_t[gone] = np.nan
         self.pre_feeds_unconfirmed += gone.size
         return gone
