@@ -359,7 +359,23 @@ class Daemon:
         self.metrics.journal_commit.labels(self.name).observe(time.perf_counter() - t0)
         for e in batch:
             self.metrics.journal_entries.labels(self.name, e.category).inc()
+        rotate_mb = self.cfg.journal.rotate_mb
+        if rotate_mb is not None and j.size_bytes() > rotate_mb * 1e6:
+            self._rotate_journal()
         return True
+
+    def _rotate_journal(self) -> None:
+        """Archive the journal file and go on in a fresh one (``journal.rotate_mb``)."""
+        j = self.journal
+        assert j is not None
+        try:
+            archive = j.rotate()
+        except Exception as exc:  # noqa: BLE001 - keep the current file, try again at the next commit
+            log.error("journal.rotate_failed", error=f"{type(exc).__name__}: {exc}", path=str(j.path))
+            return
+        log.info("journal.rotated", archive=str(archive), last_id=j.last_id)
+        self._journal("journal_rotated", source="daemon", detail=f"entries up to id {j.last_id} are in {archive.name}",
+                      data={"archive": archive.name, "last_id": j.last_id})  # fmt: skip
 
     # ------------------------------------------------------------------ modes
 

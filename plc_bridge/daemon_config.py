@@ -200,6 +200,11 @@ class MirrorSection(_Strict):
 class JournalSection(_Strict):
     path: Path = Field(Path("journal.db"), description="SQLite file (relative to state_dir)")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    rotate_mb: float | None = Field(
+        None, gt=0.0, le=1_000_000.0,
+        description="once the journal file passes this [MB] it is archived beside it (journal-<first id>-<last id>-"
+        "<UTC time>.db, read-only) and a fresh file continues the ids; None: one file",
+    )
     max_mb: float | None = Field(
         None, gt=0.0, le=1_000_000.0,
         description="cap on the journal file [MB] so it cannot fill a disk the OS shares; reaching it is handled "

@@ -84,6 +84,7 @@ _KIND_CATEGORY = {
     "daemon_start": "daemon",
     "daemon_stop": "daemon",
     "unclean_shutdown": "daemon",
+    "journal_rotated": "daemon",
     "handback": "daemon",
 }
 
@@ -236,6 +237,7 @@ class Journal:
             if fresh:
                 with _suppress_os():
                     os.chmod(self.path, 0o640)
+        self._max_bytes = max_bytes
         try:
             self._setup()
             if max_bytes is not None and not readonly:
@@ -297,6 +299,46 @@ class Journal:
         pages = 1_073_741_823 if max_bytes is None else max(int(max_bytes) // page, 1)
         with self._lock:
             self._db.execute(f"PRAGMA max_page_count = {pages}")
+        self._max_bytes = max_bytes
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its write-ahead log."""
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists())
+
+    def rotate(self) -> Path:
+        """Close the current file as an archive and go on in a fresh one at the same path.
+
+        Pending events are committed first (on an SQLite error nothing is rotated and the
+        error is raised). The archive is renamed to ``<stem>-<first id>-<last id>-<UTC
+        time><suffix>`` beside the journal, complete and checkpointed; ids in the new file
+        continue after the archive's last one, so the files together have no gap and no
+        duplicate. Readers that hold the old file open keep reading it. Returns the
+        archive's path.
+        """
+        if self.readonly:
+            raise JournalError(f"{self.path}: opened read-only")
+        self.commit()
+        with self._lock:
+            db = self._db
+            row = db.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+            first, last = (int(row[0]), int(row[1])) if row and row[0] is not None else (0, 0)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.close()
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            archive = self.path.with_name(f"{self.path.stem}-{first}-{last}-{stamp}{self.path.suffix}")
+            os.replace(self.path, archive)
+            with _suppress_os():
+                os.chmod(archive, 0o440)
+            self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
+            with _suppress_os():
+                os.chmod(self.path, 0o640)
+            self._setup()
+            if last:
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last,))
+            self.last_id = last or None
+        if self._max_bytes is not None:
+            self.set_max_bytes(self._max_bytes)
+        return archive
 
     @property
     def pending(self) -> int:

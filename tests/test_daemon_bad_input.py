@@ -195,3 +195,46 @@ async def test_journal_full_stops_commanding_keeps_running_and_loses_nothing(tmp
         if dp is not None and dp.returncode is None:
             await dp.kill()
         await rig.stop()
+
+
+async def test_journal_rotation_keeps_every_entry_once_across_the_files(tmp_path) -> None:
+    """``journal.rotate_mb``: the daemon archives the journal file when it passes the size and
+    goes on in a fresh one, while it runs in control mode; the archives and the live file
+    together hold contiguous ids from 1 (nothing lost, nothing twice), each archive is
+    intact and read-only, each new file starts with ``journal_rotated`` naming its archive."""
+    from plc_bridge.journal import Journal
+
+    rig = await start_rig(rig_scenario(speed=10.0))
+    dp = None
+    try:
+        cfg, _ = daemon_config(tmp_path, rig, mode="control", journal={"rotate_mb": 0.05})
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_event("daemon.first_cycle", timeout=30)
+        await dp.wait_event("journal.rotated", timeout=60)
+        assert await dp.stop() == 0
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+    state = tmp_path / "state"
+    archives = sorted(state.glob("journal-*-*-*.db"), key=lambda p: int(p.name.split("-")[1]))
+    assert archives
+    ids: list[int] = []
+    for a in archives:
+        assert not os.access(a, os.W_OK) or os.geteuid() == 0  # read-only (root may write anyway)
+        assert a.stat().st_mode & 0o222 == 0
+        with Journal(a, readonly=True) as old:
+            assert old.integrity_check() == "ok"
+            got = old.ids()
+            first, last = (int(x) for x in a.name.split("-")[1:3])
+            assert got == list(range(first, last + 1))
+            ids += got
+    with Journal(state / "journal.db", readonly=True) as live:
+        got = live.ids()
+        head = live.query(limit=1)[0]
+        assert head.kind == "journal_rotated" and head.data["archive"] == archives[-1].name
+        ids += got
+    assert ids == list(range(1, len(ids) + 1))
+    kinds = [e.kind for f in [*archives, state / "journal.db"] for e in journal_events(f)]
+    assert [k for k in kinds if k != "journal_rotated"][-1] == "daemon_stop"
+    assert kinds.count("journal_rotated") == len(archives)

@@ -177,3 +177,34 @@ def test_full_disk_keeps_the_batch_pending_and_commits_it_when_space_returns(tmp
     assert j.ids() == list(range(1, 502))
     assert [e.value for e in j.query(kinds=["setpoint_write"])] == [100.0 + n for n in range(500)]
     assert j.integrity_check() == "ok"
+
+
+def test_rotation_archives_the_file_and_ids_continue_without_gap(tmp_path) -> None:
+    """``rotate``: the current file becomes a read-only archive named after its id range,
+    complete and intact; the journal goes on at the same path with the next id, so the
+    archive and the new file together hold every entry exactly once; a size cap carries
+    over to the new file."""
+    path = tmp_path / "journal.db"
+    j = Journal(path, max_bytes=50_000_000)
+    for n in range(120):
+        j.append(kind="setpoint_write", line="Line1", tag="line_current_sp", value=float(n), detail=f"n={n}")
+    j.commit()
+    j.append(kind="setpoint_write", line="Line1", tag="line_current_sp", value=120.0, detail="n=120")  # pending
+    archive = j.rotate()
+    assert archive.parent == tmp_path and archive.name.startswith("journal-1-121-") and archive.suffix == ".db"
+    j.record(kind="journal_rotated", detail=f"previous entries in {archive.name}")
+    for n in range(121, 130):
+        j.append(kind="setpoint_write", line="Line1", tag="line_current_sp", value=float(n))
+    j.commit()
+    new_ids = j.ids()
+    assert new_ids == list(range(122, 132))
+    assert j.integrity_check() == "ok" and j.query(limit=1)[0].kind == "journal_rotated"
+    assert int(j._db.execute("PRAGMA max_page_count").fetchone()[0]) < 1_073_741_823  # noqa: SLF001
+    j.close()
+    old = Journal(archive, readonly=True)
+    assert old.ids() == list(range(1, 122)) and old.integrity_check() == "ok"
+    assert [e.value for e in old.query(kinds=["setpoint_write"])] == [float(n) for n in range(121)]
+    old.close()
+    reopened = Journal(path)  # the writer side opens the new file as usual
+    assert reopened.last_id == 131
+    reopened.close()
