@@ -208,3 +208,15 @@ def test_rotation_archives_the_file_and_ids_continue_without_gap(tmp_path) -> No
     reopened = Journal(path)  # the writer side opens the new file as usual
     assert reopened.last_id == 131
     reopened.close()
+    # `potline events --with-archives` reads the archive and the live file as one journal
+    run = lambda *a: subprocess.run([PY, "-m", "plc_bridge.cli", "events", "--journal", str(path), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = run("--with-archives", "--summary", "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert (s["events"], s["first_id"], s["last_id"], s["id_gaps"], s["integrity"]) == (131, 1, 131, 0, "ok")
+    assert s["files"] == [str(archive), str(path)]
+    out = run("--with-archives", "--kind", "setpoint_write", "--json", "--newest", "--limit", "12")
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [131, 130, 129, 128, 127, 126, 125, 124, 123, 121, 120, 119]
+    assert json.loads(run("--summary", "--json").stdout)["events"] == 10  # the live file alone

@@ -5,10 +5,14 @@
     potline events --journal j.db --kind mode_change --json
     potline events --journal j.db --room Potroom2 --cell 17 --limit 50 --newest
     potline events --journal j.db --summary
+    potline events --journal j.db --with-archives --category ae --since 365d
 
 Times: ``--since``/``--until`` take ISO-8601 (``2026-11-23T10:00``, UTC when no zone)
 or a relative age (``90s``, ``15m``, ``2h``, ``3d``). Output: one aligned line per event,
 or one JSON object per line with ``--json`` (for scripts and log shippers).
+``--with-archives`` reads the files the daemon rotated out (``journal.rotate_mb``:
+``<stem>-<first id>-<last id>-<time><suffix>`` beside the journal) before the live one, as
+one journal: ids continue from file to file.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--newest", action="store_true", help="newest first")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--summary", action="store_true", help="counts per category and kind, id range, integrity")
+    parser.add_argument("--with-archives", action="store_true",
+                        help="also the rotated-out files beside the journal (oldest first), as one journal")
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -53,6 +59,15 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"expected an ISO-8601 time or an age like 90s/15m/2h/3d, got {text!r}") from None
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def journal_files(path: Path, with_archives: bool) -> list[Path]:
+    """The journal at ``path``, preceded by its rotated-out archives in id order when asked."""
+    if not with_archives:
+        return [path]
+    pat = re.compile(re.escape(path.stem) + r"-(\d+)-(\d+)-[0-9TZ]+" + re.escape(path.suffix) + "$")
+    found = [(int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}-*{path.suffix}") if (m := pat.match(p.name))]
+    return [p for _, p in sorted(found)] + [path]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,19 +93,26 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"potline events: {exc}", file=sys.stderr)
         return 2
+    files = journal_files(path, args.with_archives)
     try:
-        j = Journal(path, readonly=True)
+        journals = [Journal(f, readonly=True) for f in files]
     except JournalError as exc:
         print(f"potline events: {exc}", file=sys.stderr)
         return 1
     try:
         if args.summary:
-            return _summary(j, args.json)
-        events = j.query(kinds=args.kind or None, categories=args.category or None, since=since, until=until,
-                         room=args.room, cell=args.cell, after_id=args.after_id, limit=args.limit,
-                         newest_first=args.newest)  # fmt: skip
+            return _summary(journals, args.json)
+        events = []
+        for j in reversed(journals) if args.newest else journals:
+            if args.limit is not None and len(events) >= args.limit:
+                break
+            left = None if args.limit is None else args.limit - len(events)
+            events += j.query(kinds=args.kind or None, categories=args.category or None, since=since, until=until,
+                              room=args.room, cell=args.cell, after_id=args.after_id, limit=left,
+                              newest_first=args.newest)  # fmt: skip
     finally:
-        j.close()
+        for j in journals:
+            j.close()
     out = sys.stdout
     try:
         for e in events:
@@ -118,20 +140,30 @@ def _line(e) -> str:
     return f"{e.id:>7} {e.ts_utc[:23]} {e.category:<8} {e.kind:<16} {where or '-':<20} {what} {' '.join(extra)}".rstrip()
 
 
-def _summary(j, as_json: bool) -> int:
-    rows = j._db.execute(  # noqa: SLF001 - read-only aggregate
-        "SELECT category, kind, COUNT(*), MIN(ts_utc), MAX(ts_utc) FROM events GROUP BY category, kind "
-        "ORDER BY category, kind").fetchall()
-    ids = j.ids()
+def _summary(journals: list, as_json: bool) -> int:
+    """Counts per category and kind, id range and gaps, integrity, over ``journals`` as one."""
+    merged: dict[tuple[str, str], list] = {}
+    ids: list[int] = []
+    for j in journals:
+        for c, k, n, a, b in j._db.execute(  # noqa: SLF001 - read-only aggregate
+            "SELECT category, kind, COUNT(*), MIN(ts_utc), MAX(ts_utc) FROM events GROUP BY category, kind"
+        ).fetchall():
+            r = merged.setdefault((c, k), [0, a, b])
+            r[0] += n
+            r[1], r[2] = min(r[1], a), max(r[2], b)
+        ids += j.ids()
     gaps = sum(1 for a, b in zip(ids, ids[1:]) if b != a + 1)
+    checks = [j.integrity_check() for j in journals]
     doc = {
+        "files": [str(j.path) for j in journals],
         "events": len(ids),
         "first_id": ids[0] if ids else None,
         "last_id": ids[-1] if ids else None,
         "id_gaps": gaps,
-        "integrity": j.integrity_check(),
-        "schema_version": j.schema_version,
-        "by_kind": [{"category": c, "kind": k, "count": n, "first": a, "last": b} for c, k, n, a, b in rows],
+        "integrity": "ok" if all(c == "ok" for c in checks) else "; ".join(checks),
+        "schema_version": max(j.schema_version for j in journals),
+        "by_kind": [{"category": c, "kind": k, "count": n, "first": a, "last": b}
+                    for (c, k), (n, a, b) in sorted(merged.items())],
     }
     if as_json:
         print(json.dumps(doc, indent=1))
