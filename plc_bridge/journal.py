@@ -232,11 +232,7 @@ class Journal:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lockfile = _lock_writer(self.path)
-            fresh = not self.path.exists()
-            self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
-            if fresh:
-                with _suppress_os():
-                    os.chmod(self.path, 0o640)
+            self._db = self._connect_writer()
         self._max_bytes = max_bytes
         try:
             self._setup()
@@ -248,6 +244,16 @@ class Journal:
             raise JournalError(f"{self.path}: not a usable journal ({exc})") from None
 
     # ------------------------------------------------------------------ setup
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The writer's connection (autocommit: transactions are explicit); a file it
+        creates is readable by owner and group only (0640)."""
+        fresh = not self.path.exists()
+        db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
+        if fresh:
+            with _suppress_os():
+                os.chmod(self.path, 0o640)
+        return db
 
     def _setup(self) -> None:
         db = self._db
@@ -329,9 +335,7 @@ class Journal:
             os.replace(self.path, archive)
             with _suppress_os():
                 os.chmod(archive, 0o440)
-            self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
-            with _suppress_os():
-                os.chmod(self.path, 0o640)
+            self._db = self._connect_writer()
             self._setup()
             if last:
                 self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last,))
