@@ -150,6 +150,14 @@ class Scorer:
             )
 
 
+def alarms_without_ae(alarms: list[tuple[float, int]], aes: list[TruthAE], horizon_s: float = 7200.0) -> int:
+    """Prediction alarms ``(t [s], cell)`` that no AE on their cell followed within ``horizon_s``."""
+    starts: dict[int, list[float]] = {}
+    for a in aes:
+        starts.setdefault(a.cell, []).append(a.t_flag)
+    return sum(1 for t, k in alarms if not any(t <= ta <= t + horizon_s for ta in starts.get(k, ())))
+
+
 def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str, Any]:
     """AE, detection and prediction figures of one run (cells scored until they leave the
     model's physical range, see ``Scorer.lost_t``)."""
@@ -217,10 +225,7 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
         if early:
             predicted_60 += 1
         leads.append(a.t_flag - min(prior) if prior else float("nan"))
-    false_alarms = 0
-    for t, k in alarms:
-        if not any(t <= a.t_flag <= t + 7200 for a in truth if a.cell == k):
-            false_alarms += 1
+    false_alarms = alarms_without_ae(alarms, truth)
     margins = np.array([m for t, k, m in scorer.alarm_margin if t < lost[k]])
     n = len(truth)
     fin = [x for x in leads if np.isfinite(x)]
@@ -438,10 +443,9 @@ def run_feeder_faults(
     first_alarm = [r["first_alarm_after_fault_s"] for r in rows if r["first_alarm_after_fault_s"] is not None]
     healthy_days = (len(set(range(n)) - faulty)) * (pl.t_s - t_start) / 86400.0
     healthy_aes = [a for a in sc.aes if a.cell not in faulty and a.t_flag >= t_start]
-    false_healthy = sum(
-        1 for k, ts in alarms.items() if k not in faulty for t in ts
-        if t >= t_start and not any(a.cell == k and t <= a.t_flag <= t + 7200 for a in healthy_aes)
-    )  # fmt: skip
+    false_healthy = alarms_without_ae(
+        [(t, k) for k, ts in alarms.items() if k not in faulty for t in ts if t >= t_start], healthy_aes
+    )
     return {
         "cells": n,
         "faults": len(faults),
