@@ -393,8 +393,14 @@ def quantize_within(tag: TagLike, x: float, lo: float, hi: float) -> float | Non
         a, b = (lo - o) / s, (hi - o) / s
         if a > b:
             a, b = b, a
-        r_min = max(rlo, math.ceil(a))
-        r_max = min(rhi, math.floor(b))
+        r_min, r_max = math.ceil(a), math.floor(b)
+        # (lo - o)/s rounds too: a raw value just outside [a, b] can still decode inside
+        # [lo, hi] (4.3/0.1 = 42.99999999999999, but 43*0.1 = 4.3); take it in
+        while lo <= (r_min - 1) * s + o <= hi:
+            r_min -= 1
+        while lo <= (r_max + 1) * s + o <= hi:
+            r_max += 1
+        r_min, r_max = max(rlo, r_min), min(rhi, r_max)
         if r_min > r_max:
             return None
         r = min(max(int(round((x - o) / s)), r_min), r_max)
