@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +145,12 @@ class Scorer:
         if self.record_power_line is not None:
             li = self.record_power_line
             self.power.append(
-                (t, float(sp[li]), float(meas.line_current_ka[li]), float(meas.line_voltage_v[li] * meas.line_current_ka[li] / 1e3))
+                (
+                    t,
+                    float(sp[li]),
+                    float(meas.line_current_ka[li]),
+                    float(meas.line_voltage_v[li] * meas.line_current_ka[li] / 1e3),
+                )
             )
 
 
@@ -194,7 +198,10 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
         if id(r) in used:
             continue
         end = r.end_s if np.isfinite(r.end_s) else np.inf
-        if any(a.cell == r.cell and a.t_flag - 5 <= end and r.start_s <= (a.t_end if np.isfinite(a.t_end) else np.inf) + 15 for a in truth):
+        if any(
+            a.cell == r.cell and a.t_flag - 5 <= end and r.start_s <= (a.t_end if np.isfinite(a.t_end) else np.inf) + 15
+            for a in truth
+        ):
             split += 1
         else:
             false_det.append(r)
@@ -231,10 +238,14 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
     fin = [x for x in leads if np.isfinite(x)]
     i_err = np.concatenate([np.abs(np.asarray(e)) for e in scorer.i_err if e]) if any(scorer.i_err) else np.zeros(0)
     n_lost = int(np.isfinite(lost).sum())
-    from control.pfc import tier2_emissions_per_t
+    from potctl.pfc import tier2_emissions_per_t
 
     aem_truth = float(np.sum(durations)) / 60.0 / cell_days if cell_days else 0.0
-    aem_det = float(np.sum([max(r.duration_s, 0.0) for r in dets if np.isfinite(r.end_s)])) / 60.0 / cell_days if cell_days else 0.0
+    aem_det = (
+        float(np.sum([max(r.duration_s, 0.0) for r in dets if np.isfinite(r.end_s)])) / 60.0 / cell_days
+        if cell_days
+        else 0.0
+    )
     pfc = {}
     for name, aem in (("truth", aem_truth), ("detections", aem_det)):
         cf4, c2f6, co2e = tier2_emissions_per_t(aem, ctl.cfg.pfc)
@@ -285,7 +296,9 @@ def score(scorer: Scorer, ctl: Any, cell_days: float, scan_s: float) -> dict[str
     }
 
 
-def hunting(moves: list[tuple[float, int, float]], cells: np.ndarray, t0: float, t1: float, window_s: float = 6 * 3600) -> dict[str, Any]:
+def hunting(
+    moves: list[tuple[float, int, float]], cells: np.ndarray, t0: float, t1: float, window_s: float = 6 * 3600
+) -> dict[str, Any]:
     """Hunting = up/down/up (two reversals in a row) within ``window_s`` on one cell."""
     sel = set(int(c) for c in cells)
     per: dict[int, list[tuple[float, float]]] = {}
@@ -300,16 +313,21 @@ def hunting(moves: list[tuple[float, int, float]], cells: np.ndarray, t0: float,
         if any(rev_t[i + 1] - rev_t[i] <= window_s for i in range(len(rev_t) - 1)):
             # two reversals: check the three moves fit in the window
             hunting_cells += 1
-    return {"cells": len(sel), "moves": sum(len(v) for v in per.values()), "reversals": reversals, "hunting_cells": hunting_cells}
+    return {
+        "cells": len(sel),
+        "moves": sum(len(v) for v in per.values()),
+        "reversals": reversals,
+        "hunting_cells": hunting_cells,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------------------------
 def build(plant_cfg: Any, seed: int, observe: bool):
-    from control.config import control_config_for_plant
-    from control.controller import PotController
-    from control.offline import TwinPlant
+    from potctl.config import control_config_for_plant
+    from potctl.controller import PotController
+    from potctl.offline import TwinPlant
     from twin.potline import Potline
 
     if observe:
@@ -327,7 +345,7 @@ def build(plant_cfg: Any, seed: int, observe: bool):
 
 
 def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h: float = 24.0) -> dict[str, Any]:
-    from control.offline import run_closed_loop
+    from potctl.offline import run_closed_loop
 
     pl, ctl, plant = build(plant_cfg, seed, observe)
     sc = Scorer(pl, ctl, pl.layout.n_lines)
@@ -355,7 +373,10 @@ def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h:
     tot = pl.totals()
     tr = pl.truth()
     out["pfc_tier2_from_detections"] = ctl.pfc_report(pl.t_s).as_dict()
-    out["twin_totals"] = {k: tot[k] for k in ("metal_kg", "specific_energy_kwh_per_kg", "current_efficiency", "ae_count", "ae_minutes", "cf4_kg")}
+    out["twin_totals"] = {
+        k: tot[k]
+        for k in ("metal_kg", "specific_energy_kwh_per_kg", "current_efficiency", "ae_count", "ae_minutes", "cf4_kg")
+    }
     out["final_state"] = {
         "alumina_wt_pct_p5_p50_p95": np.percentile(tr["alumina_wt_pct"], [5, 50, 95]).round(3).tolist(),
         "acd_cm_p5_p50_p95": np.percentile(tr["acd_cm"], [5, 50, 95]).round(3).tolist(),
@@ -390,7 +411,7 @@ def run_feeder_faults(
     """Closed loop with feeder faults (module docstring, part 3): one fault starts every
     ``every_h`` for ``hours`` on a cell not faulted before, delivering ``fraction`` of each
     shot for ``duration_h``; ``warmup_h`` of normal operation first."""
-    from control.offline import run_closed_loop
+    from potctl.offline import run_closed_loop
 
     pl, ctl, plant = build(plant_cfg, seed, observe=False)
     sc = Scorer(pl, ctl, pl.layout.n_lines)
@@ -455,7 +476,9 @@ def run_feeder_faults(
         "faults_followed_by_ae": len(with_ae),
         "aes_on_faulty_cells": int(sum(r["aes"] for r in rows)),
         "first_aes_predicted_60s_ahead": int(sum(r["predicted_60s_ahead"] for r in with_ae)),
-        "share_predicted_60s_ahead": (sum(r["predicted_60s_ahead"] for r in with_ae) / len(with_ae)) if with_ae else None,
+        "share_predicted_60s_ahead": (sum(r["predicted_60s_ahead"] for r in with_ae) / len(with_ae))
+        if with_ae
+        else None,
         "alarm_lead_s_median": float(np.median(leads)) if leads else None,
         "faults_alarmed": len(first_alarm),
         "first_alarm_after_fault_s_median": float(np.median(first_alarm)) if first_alarm else None,
@@ -463,10 +486,17 @@ def run_feeder_faults(
         "healthy_cells_false_alarms_per_pot_day": false_healthy / healthy_days if healthy_days else None,
         "healthy_cells_aes": len(healthy_aes),
         "faults_crew_called": sum(1 for r in rows if r["crew_called_after_fault_s"] is not None),
-        "crew_called_after_first_ae_s_median": float(np.median(
-            [r["crew_called_after_fault_s"] - r["first_ae_after_fault_s"] for r in rows
-             if r["crew_called_after_fault_s"] is not None and r["first_ae_after_fault_s"] is not None]
-        )) if any(r["crew_called_after_fault_s"] is not None for r in rows) else None,
+        "crew_called_after_first_ae_s_median": float(
+            np.median(
+                [
+                    r["crew_called_after_fault_s"] - r["first_ae_after_fault_s"]
+                    for r in rows
+                    if r["crew_called_after_fault_s"] is not None and r["first_ae_after_fault_s"] is not None
+                ]
+            )
+        )
+        if any(r["crew_called_after_fault_s"] is not None for r in rows)
+        else None,
         "healthy_cells_repeat_alarms": sum(len(v) for k, v in repeats.items() if k not in faulty),
         "per_fault": rows,
         "wall_s": time.perf_counter() - w0,
@@ -521,7 +551,11 @@ def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
     ev_t = {k: t for t, k, i in events if i == cut_cell and k.startswith("cut_")}
     late = late if p_target else after[:0]
     out_idx = np.flatnonzero(il[:, 2])
-    i_at_permit = float(il[np.searchsorted(il[:, 0], ev_t.get("cut_out_permit", np.nan)), 1]) if "cut_out_permit" in ev_t else None
+    i_at_permit = (
+        float(il[np.searchsorted(il[:, 0], ev_t.get("cut_out_permit", np.nan)), 1])
+        if "cut_out_permit" in ev_t
+        else None
+    )
     restored = il[(il[:, 0] > ev_t.get("cut_out_done", np.inf)) & (il[:, 0] < t_cut_in)]
     t_restore = None
     if restored.size:
@@ -547,7 +581,9 @@ def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
             "current_after_ka": float(late[:, 2].mean()) if late.size else None,
             "time_to_power_within_0.5pct_s": t_settle,
             "power_error_after_max_pct": float(100 * np.max(np.abs(late[:, 3] / p_target - 1))) if late.size else None,
-            "current_vs_setpoint_after_max_pct": float(100 * np.max(np.abs(late[:, 2] / late[:, 1] - 1))) if late.size else None,
+            "current_vs_setpoint_after_max_pct": float(100 * np.max(np.abs(late[:, 2] / late[:, 1] - 1)))
+            if late.size
+            else None,
             "hunting_modulated_line": hunting(sc.moves, line0, t_step, hours * 3600),
             "hunting_reference_line": hunting(sc.moves, line2, t_step, hours * 3600),
         },
@@ -582,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from control.offline import scaled_plant_config
+    from potctl.offline import scaled_plant_config
     from twin.config import load_plant_config
 
     ref = load_plant_config()

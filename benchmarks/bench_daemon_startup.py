@@ -101,7 +101,7 @@ async def one_start(cfg: Path, env: dict[str, str], timeout_s: float = 120.0) ->
     t_spawn_wall = time.time()
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "plc_bridge.cli", "run", "--config", str(cfg), stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "potline.cli", "run", "--config", str(cfg), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(REPO),
     )  # fmt: skip
     events: list[dict[str, Any]] = []
@@ -110,7 +110,9 @@ async def one_start(cfg: Path, env: dict[str, str], timeout_s: float = 120.0) ->
         while first is None:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout_s - (time.monotonic() - t0))
             if not line:
-                raise RuntimeError("daemon exited before its first cycle:\n" + "\n".join(json.dumps(e) for e in events[-10:]))
+                raise RuntimeError(
+                    "daemon exited before its first cycle:\n" + "\n".join(json.dumps(e) for e in events[-10:])
+                )
             try:
                 e = json.loads(line)
             except ValueError:
@@ -126,7 +128,7 @@ async def one_start(cfg: Path, env: dict[str, str], timeout_s: float = 120.0) ->
         while t_mirror is None and time.monotonic() - t0 < timeout_s:
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), 60.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if not line:
                 break
@@ -143,7 +145,7 @@ async def one_start(cfg: Path, env: dict[str, str], timeout_s: float = 120.0) ->
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.communicate(), 60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 
@@ -171,7 +173,7 @@ async def run_case(label: str, scenario: dict[str, Any], runs: int, work: Path, 
                    cold: bool = False) -> dict[str, Any]:  # fmt: skip
     from hil_rigs.rig import Rig
     from hil_rigs.scenarios import scenario_from_dict
-    from plc_bridge.opcua_server import free_port
+    from plc_bridge.ports import free_port
 
     rig = await Rig(scenario_from_dict(scenario, source=f"<{label}>"), proxies=False).start()
     try:
@@ -222,8 +224,13 @@ def _scenario(cells: int, rooms: int = 1, potroom: str = "modbus", config: str |
             "protocols": {"rectifier": "modbus", "potroom": potroom}}  # fmt: skip
 
 
-CASES = ("bench_8_cells", "potroom_132_cells", "reference_660_cells", "reference_660_cells_modbus",
-         "bench_8_cells_cold_cache")
+CASES = (
+    "bench_8_cells",
+    "potroom_132_cells",
+    "reference_660_cells",
+    "reference_660_cells_modbus",
+    "bench_8_cells_cold_cache",
+)
 
 
 async def main_async(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
@@ -271,9 +278,11 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"{c['numba_cache']} | {s['median']:.2f} / {s['max']:.2f} s | {m.get('model_warm', math.nan):.2f} s"
                     f" | {c['spawn_to_mirror_up_s']['median']:.2f} s |")  # fmt: skip
     verdict = "meets" if doc["meets_target"] else "MISSES"
-    return (f"# Daemon startup\n\nWorst warm start {doc['worst_warm_s']:.2f} s: {verdict} the {doc['target_s']:g} s "
-            f"target (spawn of `potline run` to its first control cycle). The OPC UA mirror builds its address "
-            f"space in its own thread after that (last column).\n\n" + "\n".join(rows))
+    return (
+        f"# Daemon startup\n\nWorst warm start {doc['worst_warm_s']:.2f} s: {verdict} the {doc['target_s']:g} s "
+        f"target (spawn of `potline run` to its first control cycle). The OPC UA mirror builds its address "
+        f"space in its own thread after that (last column).\n\n" + "\n".join(rows)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,5 +298,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

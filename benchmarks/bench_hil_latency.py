@@ -125,16 +125,34 @@ async def run_case(label: str, scan_s: float, potroom: str, target_s: float, n_a
         },
         "target_p99_s": target_s,
         "meets_target": bool(lat.size >= 1 and p99 <= target_s),
-        "controller": {k: ctl.get(k) for k in ("cycles", "overruns", "read_ms_p50", "read_ms_p99", "write_ms_p50",
-                                                "write_ms_p99", "step_ms_p50", "aes_detected", "errors")},  # fmt: skip
-        "rig": {"max_twin_lag_s": rep.max_lag_s, "errors": len(rep.errors), "exit_code": rep.process.get("returncode"),
-                "wall_s": round(rep.wall_s, 1)},  # fmt: skip
+        "controller": {
+            k: ctl.get(k)
+            for k in (
+                "cycles",
+                "overruns",
+                "read_ms_p50",
+                "read_ms_p99",
+                "write_ms_p50",
+                "write_ms_p99",
+                "step_ms_p50",
+                "aes_detected",
+                "errors",
+            )
+        },
+        "rig": {
+            "max_twin_lag_s": rep.max_lag_s,
+            "errors": len(rep.errors),
+            "exit_code": rep.process.get("returncode"),
+            "wall_s": round(rep.wall_s, 1),
+        },
         "startup_s": {"rig": round(t_rig, 2), "controller": round(t_ctl - t_rig, 2)},
         "wall_s": round(time.perf_counter() - w0, 1),
     }
 
 
-async def main_async(quick: bool, n_aes: int | None, every_s: float, confirm: int | None, only: str | None) -> dict[str, Any]:
+async def main_async(
+    quick: bool, n_aes: int | None, every_s: float, confirm: int | None, only: str | None
+) -> dict[str, Any]:
     n = n_aes or (8 if quick else 110)
     results = []
     for label, scan_s, potroom, target in CASES:
@@ -153,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0], NAME)
     p.add_argument("--aes", type=int, default=None, help="AEs induced per case (default 110, --quick 8)")
     p.add_argument("--every", type=float, default=0.8, help="seconds between induced AEs (default: %(default)s)")
-    p.add_argument("--confirm", type=int, default=None,
-                   help="override the controller's confirm_samples (default: the controller's own, 2)")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=None,
+        help="override the controller's confirm_samples (default: the controller's own, 2)",
+    )
     p.add_argument("--only", default=None, help="run only the case whose label contains this text")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -180,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{c['case']}: p50 {c['latency_s']['p50']:.2f} s, p99 {c['latency_s']['p99']:.2f} s over "
         f"{c['latency_s']['n']} AEs (target p99 <= {c['target_p99_s']:g} s, {'met' if c['meets_target'] else 'missed'})"
         for c in cases
-    ) + (f" — {cases[0]['cells'] if cases else 0} cells, confirm_samples = "
-         f"{cases[0]['confirm_samples'] if cases else '-'} (AE feed on the first sample above 8 V: "
-         f"{'on' if cases and cases[0]['feed_on_first_sample'] else 'off'}), rig in its own process, real time.")
+    ) + (
+        f" — {cases[0]['cells'] if cases else 0} cells, confirm_samples = "
+        f"{cases[0]['confirm_samples'] if cases else '-'} (AE feed on the first sample above 8 V: "
+        f"{'on' if cases and cases[0]['feed_on_first_sample'] else 'off'}), rig in its own process, real time."
+    )
     out = write_result(doc, Path(args.out))
     print(f"wrote {out}")
     ok = all(c["meets_target"] and c["controller"].get("errors", 1) == 0 for c in cases)

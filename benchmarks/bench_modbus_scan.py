@@ -55,7 +55,7 @@ async def bench_scan(rooms: int, repeats: int) -> dict:
         srv.set_array("feed_ack", rng.integers(0, 65535, m.cells.count))
         srv.set("remote", True)
         servers.append(srv)
-    clients = [ModbusTagClient(m, port=s.port, timeout_s=2.0) for m, s in zip(maps, servers)]
+    clients = [ModbusTagClient(m, port=s.port, timeout_s=2.0) for m, s in zip(maps, servers, strict=False)]
     try:
         for c in clients:
             if not await c.connect():
@@ -207,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Target <= {TARGET_MS:.0f} ms per full scan: {'met' if doc['meets_target'] else 'NOT met'}.",
     ])  # fmt: skip
     out = write_result(doc, args.out, md)
-    print(f"full scan of {scan['cells']} cells ({scan['tags']} tags, {scan['requests_per_scan']} requests): "
-          f"median {full['median']:.1f} ms (min {full['min']:.1f}, max {full['max']:.1f}); target {TARGET_MS:.0f} ms")
+    print(
+        f"full scan of {scan['cells']} cells ({scan['tags']} tags, {scan['requests_per_scan']} requests): "
+        f"median {full['median']:.1f} ms (min {full['min']:.1f}, max {full['max']:.1f}); target {TARGET_MS:.0f} ms"
+    )
     print(f"decode 5,280 float32: NumPy {d['numpy_ms']['median']:.2f} ms vs convert_from_registers "
           f"{d['convert_from_registers_ms']['median']:.2f} ms ({d['speedup']}x)")  # fmt: skip
     print(f"wrote {out}")

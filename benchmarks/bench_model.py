@@ -138,10 +138,12 @@ def throughput(n_cells: int, repeats: int, target_s: float) -> dict[str, Any]:
             name = names[(r + j) % len(names)]
             rates[name].append(_rate_of(engines[name], n, steps[name], cores[name], per_cpu[name]))
     ratio = {
-        "numba_serial_over_numpy": [s / p for s, p in zip(rates["numba_serial"], rates["numpy"])],
-        "numba_parallel_over_numpy": [s / p for s, p in zip(rates["numba_parallel"], rates["numpy"])],
-        "parallel_over_serial": [s / p for s, p in zip(rates["numba_parallel"], rates["numba_serial"])],
-        "numba_serial_over_numpy_per_cpu_s": [s / p for s, p in zip(per_cpu["numba_serial"], per_cpu["numpy"])],
+        "numba_serial_over_numpy": [s / p for s, p in zip(rates["numba_serial"], rates["numpy"], strict=False)],
+        "numba_parallel_over_numpy": [s / p for s, p in zip(rates["numba_parallel"], rates["numpy"], strict=False)],
+        "parallel_over_serial": [s / p for s, p in zip(rates["numba_parallel"], rates["numba_serial"], strict=False)],
+        "numba_serial_over_numpy_per_cpu_s": [
+            s / p for s, p in zip(per_cpu["numba_serial"], per_cpu["numpy"], strict=False)
+        ],
     }
     return {
         "cells": n,
@@ -373,10 +375,20 @@ def markdown(doc: dict[str, Any]) -> str:
         "Cell-steps/s (median of round-robin repeats; ratios per round):",
         "",
         md_table(
-            ["cells", "lines", "Numba serial", "Numba parallel", "NumPy", "serial/NumPy", "parallel/NumPy",
-             "parallel/serial", "parallel/pure Python", "cores busy (parallel)"],
+            [
+                "cells",
+                "lines",
+                "Numba serial",
+                "Numba parallel",
+                "NumPy",
+                "serial/NumPy",
+                "parallel/NumPy",
+                "parallel/serial",
+                "parallel/pure Python",
+                "cores busy (parallel)",
+            ],
             rows,
-        ),  # fmt: skip
+        ),
         "",
         f"Pure Python (NUMBA_DISABLE_JIT=1, {doc['pure_python']['cells']} cells): {fmt_rate(py)} cell-steps/s.",
         f"Compile (660-cell plant, all kernels): cold {c['cold']['compile_total_s']['median']:.2f} s, "
@@ -421,7 +433,9 @@ def run(quick: bool) -> dict[str, Any]:
     print(f"pure Python: {fmt_rate(doc['pure_python']['cell_steps_per_s']['median'])} cell-steps/s", flush=True)
     doc["compile"] = compile_cost(quick)
     c = doc["compile"]
-    print(f"compile: cold {c['cold']['compile_total_s']['median']:.2f} s, warm {c['warm']['compile_total_s']['median']:.3f} s")
+    print(
+        f"compile: cold {c['cold']['compile_total_s']['median']:.2f} s, warm {c['warm']['compile_total_s']['median']:.3f} s"
+    )
     doc["targets"] = targets(doc)
     doc["growth"] = growth(doc)
     doc["elapsed_s"] = round(time.perf_counter() - t0, 1)

@@ -26,7 +26,7 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -132,16 +132,14 @@ async def finish(proc: asyncio.subprocess.Process) -> None:
     await proc.stdin.drain()
     try:
         await asyncio.wait_for(proc.wait(), 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
 
 
 def node_paths(layout, quantities, layout_kind: str) -> list[tuple[str, str]]:
     if layout_kind == "array":
-        return [
-            (f"{room}.{q.name}", f"Objects/Alro/{room}/{q.name}") for room in layout.room_names for q in quantities
-        ]
+        return [(f"{room}.{q.name}", f"Objects/Alro/{room}/{q.name}") for room in layout.room_names for q in quantities]
     return [
         (f"{layout.cell_name(k)}.{q.name}", f"Objects/Alro/{layout.cell_name(k)}/{q.name}")
         for k in range(layout.n_cells)
@@ -233,7 +231,7 @@ async def bench_latency(kind: str, publishes: int, free_port) -> dict:
                 if ev is None:
                     break
                 if isinstance(ev, DataChangeEvent):
-                    now = datetime.now(timezone.utc)
+                    now = datetime.now(UTC)
                     ts = ev.data.monitored_item.Value.ServerTimestamp
                     received += 1
                     lat.append((now - ts).total_seconds())
@@ -265,13 +263,13 @@ async def bench_latency(kind: str, publishes: int, free_port) -> dict:
 
 
 async def run(quick: bool) -> dict:
-    from plc_bridge.opcua_server import free_port
+    from plc_bridge.ports import free_port
 
     publishes = 6 if quick else 30
     scans = 5 if quick else 20
     result = {
         "benchmark": "opcua",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "machine": {
             "python": platform.python_version(),

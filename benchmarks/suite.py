@@ -8,10 +8,10 @@ Each benchmark runs as ``python -m benchmarks.<module> [--quick] --out <results>
 reported as failed, and the suite carries on with the rest. ``--only NAME`` runs some
 benchmarks and rebuilds the report from the fresh results plus the latest stored ones.
 
-Full run (about 10 min on 2 cores): ``potline bench`` -> ``benchmarks/results/suite/`` (every
+Full run (about 10 min on 2 cores): ``python -m benchmarks`` -> ``benchmarks/results/suite/`` (every
 benchmark's JSON from this one run, logs, ``growth.json``, ``growth.png``) + ``PERFORMANCE.md`` at
 the repository root. Standalone runs (``python -m benchmarks.bench_x``) keep writing
-``benchmarks/results/<name>.json``. Quick run (CI smoke, no timing claims): ``potline bench
+``benchmarks/results/<name>.json``. Quick run (CI smoke, no timing claims): ``python -m benchmarks
 --quick`` -> ``benchmarks/results/quick/`` (its ``PERFORMANCE.md`` stays there).
 """
 
@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,27 +85,43 @@ _MODBUS_ROOMS = (1, 2, 10, 20, 40, 76)  # x 132 cells; 5 rooms (660) is the main
 BENCHES: tuple[Bench, ...] = (
     Bench("model", "benchmarks.bench_model", "Model: cell-steps/s, NumPy and pure-Python ratios, compile"),
     Bench(
-        "modbus_scan", "benchmarks.bench_modbus_scan", "I/O: full Modbus scan of 660 cells",
-        timeout_s=180.0, growth=tuple((132 * r, ("--rooms", str(r), "--repeats", "10")) for r in _MODBUS_ROOMS),
+        "modbus_scan",
+        "benchmarks.bench_modbus_scan",
+        "I/O: full Modbus scan of 660 cells",
+        timeout_s=180.0,
+        growth=tuple((132 * r, ("--rooms", str(r), "--repeats", "10")) for r in _MODBUS_ROOMS),
         growth_points=_modbus_growth,
-    ),  # fmt: skip
+    ),
     Bench("opcua", "benchmarks.bench_opcua", "I/O: OPC UA scan and 1 Hz publish latency, arrays vs per-node"),
     # the controller benchmark's default horizon (30 days + baseline) is a scoring run, far beyond the
     # suite's budget: the suite takes a 2 h amperage scenario on 660 cells (cycle time) and a short closed loop
     Bench(
-        "bench_controller", "benchmarks.bench_controller", "Loop: controller cycle time for 660 cells",
-        timeout_s=360.0, quick_timeout_s=240.0, full_args=("--days", "0.05", "--amp-hours", "2", "--skip-baseline", "--feeder-hours", "6"),
+        "bench_controller",
+        "benchmarks.bench_controller",
+        "Loop: controller cycle time for 660 cells",
+        timeout_s=360.0,
+        quick_timeout_s=240.0,
+        full_args=("--days", "0.05", "--amp-hours", "2", "--skip-baseline", "--feeder-hours", "6"),
         quick_args=("--days", "0.005", "--amp-hours", "0.25", "--skip-baseline", "--feeder-hours", "1"),
-    ),  # fmt: skip
+    ),
     # real time, 660 cells, rig in its own process: ~60 s per case before the first AE
     Bench(
-        "hil_latency", "benchmarks.bench_hil_latency", "Loop: HIL end-to-end AE-to-quench latency",
-        timeout_s=600.0, quick_timeout_s=420.0, full_args=("--aes", "30"), quick_args=("--aes", "4"),
-    ),  # fmt: skip
+        "hil_latency",
+        "benchmarks.bench_hil_latency",
+        "Loop: HIL end-to-end AE-to-quench latency",
+        timeout_s=600.0,
+        quick_timeout_s=420.0,
+        full_args=("--aes", "30"),
+        quick_args=("--aes", "4"),
+    ),
     Bench(
-        "daemon_startup", "benchmarks.bench_daemon_startup", "Start-up: `potline run` spawn to first control cycle",
-        timeout_s=420.0, quick_timeout_s=180.0, growth_points=_startup_growth,
-    ),  # fmt: skip
+        "daemon_startup",
+        "benchmarks.bench_daemon_startup",
+        "Start-up: `potline run` spawn to first control cycle",
+        timeout_s=420.0,
+        quick_timeout_s=180.0,
+        growth_points=_startup_growth,
+    ),
 )
 
 
@@ -190,7 +206,7 @@ def load_results(results: Path) -> dict[str, dict[str, Any]]:
             continue
         if isinstance(doc, dict):
             if "when" not in doc:  # older benchmark without the common header: the file's time
-                stamp = datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+                stamp = datetime.fromtimestamp(p.stat().st_mtime, UTC).isoformat(timespec="seconds")
                 doc["when"] = f"{stamp} (file time)"
             docs[p.stem] = doc
     return docs
@@ -270,7 +286,7 @@ def plot_growth(series: dict[str, dict[str, Any]], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, group, ylabel in ((axes[0], rates, "throughput"), (axes[1], times, "time")):
         for name, s in group.items():
-            xs, ys = zip(*s["points"]) if s["points"] else ((), ())
+            xs, ys = zip(*s["points"], strict=False) if s["points"] else ((), ())
             style = "--" if s.get("note") else "-"  # a series carried over from another size
             ax.loglog(xs, ys, style, marker="o", label=f"{name} [{s['unit']}]")
         ax.set_xlabel("cells")
@@ -296,7 +312,7 @@ def _fmt(x: Any, unit: str = "", digits: int = 3) -> str:
     if unit == "cell-steps/s":
         return fmt_rate(x) + " cell-steps/s"
     if isinstance(x, (int, float)):
-        s = f"{x:,.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+        s = f"{x:,.{digits}g}" if abs(x) < 10**digits else f"{x:,.0f}"
         return f"{s} {unit}".strip()
     return str(x)
 
@@ -502,11 +518,21 @@ def model_section(m: dict[str, Any]) -> list[str]:
         "two single-threaded engines, which time slices lost to other jobs do not distort.",
         "",
         md_table(
-            ["cells", "lines", "Numba serial", "Numba parallel", "NumPy", "serial / NumPy", "parallel / NumPy",
-             "serial / NumPy per CPU-s", "parallel / serial", "serial / parallel vs pure Python",
-             "cores busy (parallel)"],
+            [
+                "cells",
+                "lines",
+                "Numba serial",
+                "Numba parallel",
+                "NumPy",
+                "serial / NumPy",
+                "parallel / NumPy",
+                "serial / NumPy per CPU-s",
+                "parallel / serial",
+                "serial / parallel vs pure Python",
+                "cores busy (parallel)",
+            ],
             rows,
-        ),  # fmt: skip
+        ),
         "",
         f"- Pure Python (the twin source with `NUMBA_DISABLE_JIT=1`, {m['pure_python']['cells']} cells, "
         f"subprocess): {fmt_rate(py)} cell-steps/s (min {fmt_rate(m['pure_python']['cell_steps_per_s']['min'])}, "
@@ -552,8 +578,11 @@ def model_notes(m: dict[str, Any]) -> list[str]:
             f"{ratio[-1][1]:.1f}x at {ratio[-1][0]:,}. NumPy pays a fixed cost per array operation, which "
             f"large plants amortise, and NumPy {m['versions']['numpy']} evaluates exp/log/pow over whole arrays "
             f"with SIMD (this CPU: {flags}); the kernel evaluates them cell by cell with scalar libm calls. "
-            + (f"So the serial kernel keeps 3x per CPU-second up to {max(ok):,} cells here and not beyond."
-               if ok else "The serial kernel does not reach 3x per CPU-second here.")
+            + (
+                f"So the serial kernel keeps 3x per CPU-second up to {max(ok):,} cells here and not beyond."
+                if ok
+                else "The serial kernel does not reach 3x per CPU-second here."
+            )
         )
     busy = [t["cores_busy"]["numba_parallel"]["median"] for t in tp if "cores_busy" in t]
     busy_s = [t["cores_busy"]["numba_serial"]["median"] for t in tp if "cores_busy" in t]
@@ -569,15 +598,19 @@ def model_notes(m: dict[str, Any]) -> list[str]:
             continue
         pc = per_cpu.get(t["cells"]) or {}
         par_cpu, ser_cpu = _get(pc, "numba_parallel", "median"), _get(pc, "numba_serial", "median")
-        eff = f"; per CPU-second {fmt_rate(par_cpu)} parallel vs {fmt_rate(ser_cpu)} serial (the difference: " \
-            "threads waiting at the sub-step's synchronisation or for the slowest line)" if par_cpu and ser_cpu else ""
+        eff = (
+            f"; per CPU-second {fmt_rate(par_cpu)} parallel vs {fmt_rate(ser_cpu)} serial (the difference: "
+            "threads waiting at the sub-step's synchronisation or for the slowest line)"
+            if par_cpu and ser_cpu
+            else ""
+        )
         lines.append(
             f"- {t['cells']:,} cells, {t['lines']} lines: the parallel kernel handed out {t['parallel_kernel']} "
             f"(lines keep {t['lines_balance']:.2f} of {threads} cores busy; whole lines from "
             f"{t['lines_balance_min']:.2f}); parallel/serial {t['ratio']['parallel_over_serial']['median']:.2f}x with "
             f"{t['cores_busy']['numba_parallel']['median']:.2f} cores busy{eff}."
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def io_section(docs: dict[str, dict[str, Any]]) -> list[str]:
@@ -607,8 +640,13 @@ def io_section(docs: dict[str, dict[str, Any]]) -> list[str]:
             f"{op['quantities_per_cell']} quantities, server in its own process.",
             "",
             md_table(
-                ["layout", "scan (batched Read) p50 / max", "publish latency p50 / p99 / max",
-                 "server publish p50", "notifications"],
+                [
+                    "layout",
+                    "scan (batched Read) p50 / max",
+                    "publish latency p50 / p99 / max",
+                    "server publish p50",
+                    "notifications",
+                ],
                 [
                     [
                         f"arrays ({sc['array']['nodes']} nodes)",
@@ -627,7 +665,7 @@ def io_section(docs: dict[str, dict[str, Any]]) -> list[str]:
                         f"{la['naive']['notifications_received']:,}/{la['naive']['notifications_expected']:,}",
                     ],
                 ],
-            ),  # fmt: skip
+            ),
             "",
             f"Latency is from the server's write timestamp to the client's receipt with a "
             f"{la['array']['publishing_interval_ms']:.0f} ms publishing interval (which bounds the array p50 "
@@ -651,7 +689,11 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
             f"{amp['cells']}-cell reference plant over a {amp['hours']:g} h amperage scenario (cut-out/cut-in, "
             f"power step) at a 1 s scan: mean {c['mean']:.2f} ms, p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms, "
             f"max {c['max']:.2f} ms per cycle."
-            + (f" Short closed loop: {cl.get('cell_days', 0):,.0f} cell-days, {cl.get('ae_count', 0)} AEs." if cl else ""),
+            + (
+                f" Short closed loop: {cl.get('cell_days', 0):,.0f} cell-days, {cl.get('ae_count', 0)} AEs."
+                if cl
+                else ""
+            ),
             "",
         ]
         ff = _get(ctl, "feeder_faults")
@@ -666,7 +708,8 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
                 f"{ff['first_aes_predicted_60s_ahead']} of those predicted >= 60 s ahead"
                 + (f" ({100 * share:.0f} %)" if share is not None else "")
                 + (f", median lead {lead:.0f} s" if lead is not None else "")
-                + (f"; false alarms on the healthy cells {fa:.3f} per pot-day" if fa is not None else "") + ".",
+                + (f"; false alarms on the healthy cells {fa:.3f} per pot-day" if fa is not None else "")
+                + ".",
                 "",
             ]
     hil = docs.get("hil_latency")
@@ -724,7 +767,7 @@ def _summary_md(doc: dict[str, Any]) -> str:
 def growth_section(series: dict[str, dict[str, Any]], plot: Path | None, report: Path) -> list[str]:
     lines = ["## Growth with plant size", ""]
     if not series:
-        return lines + ["No growth series yet.", ""]
+        return [*lines, "No growth series yet.", ""]
     sizes = sorted({_column(c) for s in series.values() for c, _ in s["points"]})
     rows = []
     odd = []
@@ -732,7 +775,9 @@ def growth_section(series: dict[str, dict[str, Any]], plot: Path | None, report:
         pts = {_column(c): v for c, v in s["points"]}
         odd += [f"{name} at {c:,} cells (column {_column(c):,})" for c, _ in s["points"] if _column(c) != c]
         unit = s["unit"]
-        cells = [(_fmt(pts[c], unit) if unit != "cell-steps/s" else fmt_rate(pts[c])) if c in pts else "" for c in sizes]
+        cells = [
+            (_fmt(pts[c], unit) if unit != "cell-steps/s" else fmt_rate(pts[c])) if c in pts else "" for c in sizes
+        ]
         rows.append([f"{name} [{unit}]", *cells, "n/a" if s["exponent"] is None else f"{s['exponent']:+.2f}"])
     lines += [
         "Medians; the exponent is the least-squares slope of log(figure) on log(cells) "
@@ -786,7 +831,7 @@ def write_report(
     lines = [
         "# Performance",
         "",
-        "Regenerated by `potline bench` (`benchmarks/suite.py`); do not edit by hand."
+        "Regenerated by `python -m benchmarks` (`benchmarks/suite.py`); do not edit by hand."
         + (" **Quick smoke run: the figures prove the benchmarks work, they are not measurements.**" if quick else ""),
         "",
         f"Machine: {mach['cpu']}, {mach['cpus_usable']} cores usable, {mach['mem_gb']} GB, "
@@ -807,7 +852,7 @@ def write_report(
         "",
     ]
     if "model" in docs:
-        lines += _safe_section(lambda: model_section(docs["model"]) + [""] + model_notes(docs["model"]), "Model")
+        lines += _safe_section(lambda: [*model_section(docs["model"]), "", *model_notes(docs["model"])], "Model")
     lines += _safe_section(lambda: io_section(docs), "I/O")
     lines += _safe_section(lambda: loop_section(docs), "Loop")
     lines += growth_section(series, plot, report)
@@ -835,9 +880,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     names = ", ".join(b.name for b in BENCHES)
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run of every benchmark (CI)")
     p.add_argument("--only", action="append", default=None, metavar="NAME", help=f"run only NAME (repeatable): {names}")
-    p.add_argument("--results", type=Path, default=None,
-                   help="results directory (default benchmarks/results/suite, quick: benchmarks/results/quick)")
-    p.add_argument("--report", type=Path, default=None, help="PERFORMANCE.md path (default: repo root; quick: results dir)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results directory (default benchmarks/results/suite, quick: benchmarks/results/quick)",
+    )
+    p.add_argument(
+        "--report", type=Path, default=None, help="PERFORMANCE.md path (default: repo root; quick: results dir)"
+    )
     p.add_argument("--no-growth", action="store_true", help="skip the extra plant-size runs of the I/O benchmarks")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from stored results, run nothing")
 

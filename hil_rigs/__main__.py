@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 try:
                     req = json.loads(line)
                     answer = await _dispatch(rig, req, stop)
-                except Exception as exc:  # noqa: BLE001 - a bad request is answered, never fatal
+                except Exception as exc:
                     answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write((json.dumps(answer) + "\n").encode())
                 await writer.drain()
@@ -103,10 +104,8 @@ async def _serve(args: argparse.Namespace) -> int:
         if deadline is not None and time.monotonic() > deadline:
             print("hil_rigs: --max-wall-s reached, stopping", file=sys.stderr)
             break
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
-        except asyncio.TimeoutError:
-            pass
     await asyncio.sleep(0.05)  # let a pending "stop" answer go out
     server.close()
     await rig.stop()
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.log_level)
     try:
         return asyncio.run(_serve(args))
-    except Exception:  # noqa: BLE001 - report and fail visibly
+    except Exception:
         traceback.print_exc()
         return 1
 

@@ -29,7 +29,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -38,7 +38,7 @@ from hil_rigs.plc_image import PlcImage
 from plc_bridge.codec import DataType
 from plc_bridge.tagmap import Tag
 
-__all__ = ["ModbusEdge", "OpcUaEdge", "CommandHook", "opcua_namespace", "make_edge"]
+__all__ = ["CommandHook", "ModbusEdge", "OpcUaEdge", "make_edge", "opcua_namespace"]
 
 log = structlog.get_logger(__name__)
 
@@ -141,7 +141,7 @@ class OpcUaEdge:
         #: when set (a ``ua.StatusCodes`` value), every Read of a tag returns this Bad status
         self.bad_status: int | None = None
         self._server: Any = None
-        self._stamp = datetime.now(timezone.utc)
+        self._stamp = datetime.now(UTC)
 
     @property
     def port(self) -> int:
@@ -161,7 +161,7 @@ class OpcUaEdge:
 
     def publish(self) -> None:
         """Nothing to copy (reads are served from the image); stamps the source time."""
-        self._stamp = datetime.now(timezone.utc)
+        self._stamp = datetime.now(UTC)
         self.image.take_dirty()
 
     async def start(self) -> None:
@@ -170,7 +170,7 @@ class OpcUaEdge:
         if self._server is not None:
             return
         if self._port == 0:
-            from plc_bridge.opcua_server import free_port
+            from plc_bridge.ports import free_port
 
             self._port = free_port(self.host)
         server = Server()
@@ -184,7 +184,9 @@ class OpcUaEdge:
         await self._build(server, idx)
         await server.start()
         self._server = server
-        log.info("opcua_plc_started", plc=self.image.tagmap.instance, url=self.endpoint_url, tags=len(self.image.tagmap))
+        log.info(
+            "opcua_plc_started", plc=self.image.tagmap.instance, url=self.endpoint_url, tags=len(self.image.tagmap)
+        )
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -227,8 +229,14 @@ class OpcUaEdge:
                 if nid is None:
                     nid = ua.NodeId(key, idx)
                     objects[key] = nid
-                    items.append(object_node_item(nid, ua.QualifiedName(parts[depth], idx), parent,
-                                                  ua.ObjectIds.Organizes if depth == 0 else ua.ObjectIds.HasComponent))
+                    items.append(
+                        object_node_item(
+                            nid,
+                            ua.QualifiedName(parts[depth], idx),
+                            parent,
+                            ua.ObjectIds.Organizes if depth == 0 else ua.ObjectIds.HasComponent,
+                        )
+                    )
                 parent = nid
             vt = variant_type(tag)
             nid = ua.NodeId.from_string(tag.node_id) if tag.node_id else ua.NodeId(".".join(parts), idx)
@@ -236,7 +244,7 @@ class OpcUaEdge:
             items.append(_variable_item(ua, nid, ua.QualifiedName(parts[-1], idx), parent, value, tag))
             leaves.append((tag, nid, vt))
         results = await server.iserver.isession.add_nodes(items)
-        for item, res in zip(items, results):
+        for item, res in zip(items, results, strict=False):
             if not res.StatusCode.is_good():
                 raise RuntimeError(f"OPC UA node {item.RequestedNewNodeId.to_string()}: {res.StatusCode.name}")
         aspace = server.iserver.aspace
@@ -340,4 +348,3 @@ def make_edge(protocol: str, image: PlcImage, host: str = "127.0.0.1", port: int
     if protocol == "opcua":
         return OpcUaEdge(image, host, port, on_command=on_command)
     raise ValueError(f"unknown PLC protocol {protocol!r}; expected 'modbus' or 'opcua'")
-

@@ -93,7 +93,7 @@ class Fault(BaseModel):
     probability: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _fields_for_kind(self) -> "Fault":
+    def _fields_for_kind(self) -> Fault:
         k = self.kind
         if k == "latency" and self.delay_s <= 0:
             raise ValueError("latency fault needs delay_s > 0")
@@ -104,10 +104,10 @@ class Fault(BaseModel):
         if k == "feeder_fault" and not self.cells:
             raise ValueError("feeder_fault needs cells = [...]")
         t = self.target
-        if t not in ("all", "rectifier", "potroom") and not (
-            t.startswith("rectifier:") or t.startswith("potroom:")
-        ):
-            raise ValueError(f"target {t!r}: expected 'all', 'rectifier', 'potroom', 'rectifier:<Line>' or 'potroom:<Room>'")
+        if t not in ("all", "rectifier", "potroom") and not (t.startswith("rectifier:") or t.startswith("potroom:")):
+            raise ValueError(
+                f"target {t!r}: expected 'all', 'rectifier', 'potroom', 'rectifier:<Line>' or 'potroom:<Room>'"
+            )
         return self
 
     def label(self) -> str:

@@ -57,7 +57,7 @@ class LinkProxy:
     def port(self) -> int:
         return self._port
 
-    async def start(self) -> "LinkProxy":
+    async def start(self) -> LinkProxy:
         self._server = await asyncio.start_server(self._handle, self.host, self._port)
         self._port = int(self._server.sockets[0].getsockname()[1])
         return self
@@ -111,7 +111,7 @@ class LinkProxy:
             t_reader, t_writer = await asyncio.wait_for(
                 asyncio.open_connection(self.target_host, self.target_port), 2.0
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             writer.close()
             return
         self.connections += 1

@@ -42,19 +42,19 @@ import numpy as np
 from hil_rigs.plc_image import PlcImage
 
 __all__ = [
-    "Watchdog",
+    "RECT_RUNNING",
+    "RECT_TRIPPED",
+    "RECT_VOLTAGE_LIMIT",
+    "STATUS_AE",
+    "STATUS_ANODE_CHANGE",
+    "STATUS_CUT_OUT",
+    "STATUS_FEEDER_FAULT",
+    "STATUS_TAPPING",
     "PotroomLogic",
     "PotroomScan",
     "RectifierLogic",
     "RectifierScan",
-    "STATUS_AE",
-    "STATUS_TAPPING",
-    "STATUS_ANODE_CHANGE",
-    "STATUS_CUT_OUT",
-    "STATUS_FEEDER_FAULT",
-    "RECT_RUNNING",
-    "RECT_TRIPPED",
-    "RECT_VOLTAGE_LIMIT",
+    "Watchdog",
 ]
 
 # potroom per-cell status bits (config/tagmaps/potroom.toml)
@@ -442,7 +442,7 @@ class RectifierLogic:
         self.energy_mwh += max(current_ka * voltage_v, 0.0) * 1e-3 * max(dt_s, 0.0) / 3600.0
         img.scalars["energy_total"] = self.energy_mwh
         running = (not self.tripped) and current_ka > 1.0
-        word = (int(running) << RECT_RUNNING) | (int(self.tripped) << RECT_TRIPPED) | (
-            int(at_limit) << RECT_VOLTAGE_LIMIT
+        word = (
+            (int(running) << RECT_RUNNING) | (int(self.tripped) << RECT_TRIPPED) | (int(at_limit) << RECT_VOLTAGE_LIMIT)
         )
         img.scalars["status_word"] = float(word)

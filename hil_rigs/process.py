@@ -107,7 +107,7 @@ class RigProcess:
                 raise RigProcessError(f"rig did not start within {timeout_s:g} s\n{self.stderr_tail()}")
             try:
                 line = await asyncio.wait_for(self.proc.stdout.readline(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if not line:
                 await self.proc.wait()
@@ -115,7 +115,7 @@ class RigProcess:
                 raise RigProcessError(f"rig exited with code {self.returncode} before serving\n{self.stderr_tail()}")
             text = line.decode(errors="replace").strip()
             if text.startswith(READY_PREFIX):
-                self.info = json.loads(text[len(READY_PREFIX):])
+                self.info = json.loads(text[len(READY_PREFIX) :])
                 break
         self._reader, self._writer = await asyncio.open_connection("127.0.0.1", int(self.info["control_port"]))
         return self.endpoints()
@@ -162,7 +162,7 @@ class RigProcess:
             self._writer = None
         try:
             await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._kill()
         self.returncode = self.proc.returncode
         if self._stderr_file is not None:

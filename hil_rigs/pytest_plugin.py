@@ -52,7 +52,7 @@ class HilRig:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, scenario: Scenario | str, *, process: bool = True, speed: float | None = None,
-                    **overrides: Any) -> "HilRig":  # fmt: skip
+                    **overrides: Any) -> HilRig:  # fmt: skip
         """Start a rig for ``scenario`` (name, path or ``Scenario``) with dotted ``overrides``."""
         sc = load_scenario(scenario, **overrides)
         self.scenario = sc
@@ -152,7 +152,7 @@ class HilRig:
         try:
             if self.session is not None:
                 await self.session.stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         try:
             if self.proc is not None:
@@ -161,7 +161,7 @@ class HilRig:
                 await self.proc.close()
             elif self.rig is not None and self.rig.running:
                 await self.rig.stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     # ------------------------------------------------------------------ assertions (final report)
@@ -223,7 +223,7 @@ class HilRig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Any):  # noqa: ANN201
+async def rig(tmp_path: Any):
     """A ``HilRig``; whatever it started is torn down after the test."""
     h = HilRig(tmp_path)
     try:
@@ -233,11 +233,10 @@ async def rig(tmp_path: Any):  # noqa: ANN201
 
 
 @pytest.fixture
-def hil_scenario():  # noqa: ANN201
+def hil_scenario():
     """``load_scenario`` as a fixture: ``hil_scenario("ae_storm", **{"plant.cells": 16})``."""
     return load_scenario
 
 
 def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "hil: hardware-in-the-loop scenario over real sockets")
-

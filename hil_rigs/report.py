@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RigReport", "RigAssertionError"]
+__all__ = ["RigAssertionError", "RigReport"]
 
 
 class RigAssertionError(AssertionError):
@@ -66,7 +66,7 @@ class RigReport:
         return p
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RigReport":
+    def from_dict(cls, d: dict[str, Any]) -> RigReport:
         d = dict(d)
         for key in ("mode_log", "fault_log", "event_log", "setpoint_log"):
             d[key] = [tuple(x) for x in d.get(key, [])]
@@ -146,7 +146,9 @@ class RigReport:
         judged = [a for a in self.remote_aes(min_visible_s)
                   if not (math.isnan(a["end_s"]) and self.twin_s - a["start_s"] < margin)]  # fmt: skip
         if len(judged) < min_aes:
-            raise RigAssertionError(f"{self.scenario}: only {len(judged)} AE(s) under controller, expected >= {min_aes}")
+            raise RigAssertionError(
+                f"{self.scenario}: only {len(judged)} AE(s) under controller, expected >= {min_aes}"
+            )
         bad = []
         for a in judged:
             dur = (a["end_s"] if not math.isnan(a["end_s"]) else self.twin_s) - a["start_s"]
@@ -155,7 +157,9 @@ class RigReport:
             elif dur > limit:
                 bad.append(f"cell {a['cell']} AE at {a['start_s']:.0f} s lasted {dur:.0f} s > {limit:g} s")
         if bad:
-            raise RigAssertionError(f"{self.scenario}: {len(bad)} of {len(judged)} AEs not quenched:\n  " + "\n  ".join(bad[:20]))
+            raise RigAssertionError(
+                f"{self.scenario}: {len(bad)} of {len(judged)} AEs not quenched:\n  " + "\n  ".join(bad[:20])
+            )
 
     def assert_all_aes_detected(self, detected: list[tuple[int, float]], tolerance_s: float,
                                 min_visible_s: float = 0.0) -> None:  # fmt: skip
@@ -173,7 +177,9 @@ class RigReport:
             if not any(abs(t - a["visible_s"]) <= tolerance_s for t in ts):
                 missed.append(f"cell {a['cell']} AE visible at {a['visible_s']:.1f} s (controller saw {ts[:5]})")
         if missed:
-            raise RigAssertionError(f"{self.scenario}: {len(missed)} AE(s) not detected:\n  " + "\n  ".join(missed[:20]))
+            raise RigAssertionError(
+                f"{self.scenario}: {len(missed)} AE(s) not detected:\n  " + "\n  ".join(missed[:20])
+            )
 
     def assert_amperage_held(self, band_ka: float, after_s: float = 0.0, line: int = 0,
                              skip_ae: bool = True) -> float:  # fmt: skip

@@ -43,7 +43,7 @@ from hil_rigs.scenarios import Scenario, ScenarioEvent, load_scenario
 from plc_bridge.plant import potroom_tagmap, rectifier_tagmap
 from twin.clock import AcceleratedClock, Clock
 
-__all__ = ["Rig", "PlcHandle", "QUENCH_MIN_SHOTS", "QUENCH_MIN_LOWER_MM"]
+__all__ = ["QUENCH_MIN_LOWER_MM", "QUENCH_MIN_SHOTS", "PlcHandle", "Rig"]
 
 #: what the rig counts as a quench command for a cell in AE: a feed command of at least
 #: this many shots (regular feeding sends one) ...
@@ -153,7 +153,7 @@ class Rig:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> "Rig":
+    async def start(self) -> Rig:
         """Build the twin and the PLCs, listen, start the clock and the scan task."""
         from twin.cell_layout import S_AE
         from twin.potline import Potline
@@ -225,7 +225,7 @@ class Rig:
                 await self._task
             except asyncio.CancelledError:
                 pass
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.errors.append(traceback.format_exc())
             self._task = None
         self.wall_s = time.monotonic() - self.wall_start
@@ -235,12 +235,12 @@ class Rig:
                 await h.proxy.stop()
             try:
                 await h.edge.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("rig_edge_stop_failed", device=h.device)
         self.running = False
         log.info("rig_stopped", scenario=self.scenario.name, plant_s=self.now(), wall_s=round(self.wall_s, 2))
 
-    async def __aenter__(self) -> "Rig":
+    async def __aenter__(self) -> Rig:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -497,11 +497,11 @@ class Rig:
 
     # ------------------------------------------------------------------ the scan
 
-    def _command_hook(self, device: str):  # noqa: ANN202
+    def _command_hook(self, device: str):
         def hook(name: str, value: Any) -> None:
             try:
                 self._on_command(device, name, value)
-            except Exception:  # noqa: BLE001 - a hook never takes a server down
+            except Exception:
                 self.errors.append(traceback.format_exc())
 
         return hook
@@ -548,7 +548,7 @@ class Rig:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - record and keep the plant running
+            except Exception:
                 tb = traceback.format_exc()
                 self.errors.append(tb)
                 log.error("rig_tick_failed", error=tb.splitlines()[-1])

@@ -25,7 +25,7 @@ Times are plant seconds from the start of the run. Layout::
 
     [controller]
     scan_s = 2.0
-    [controller.control]       # overrides of control.config.ControlConfig
+    [controller.control]       # overrides of potctl.config.ControlConfig
     detection = { confirm_samples = 2 }
 
     [ae_storm]                 # induce an AE on a random cell every `every_s`
@@ -71,11 +71,11 @@ from twin.config import CONFIG_DIR, ConfigError, PlantConfig, load_plant_config,
 
 __all__ = [
     "SCENARIO_DIR",
+    "OperatorRequest",
     "Scenario",
     "ScenarioEvent",
-    "OperatorRequest",
-    "load_scenario",
     "list_scenarios",
+    "load_scenario",
 ]
 
 SCENARIO_DIR = CONFIG_DIR / "scenarios"
@@ -183,8 +183,11 @@ class ScenarioEvent(_Strict):
     timeout_s: float = Field(3600.0, gt=0.0, description="... for at most this long")
 
     @model_validator(mode="after")
-    def _cells(self) -> "ScenarioEvent":
-        if self.action in ("ae", "force_alumina", "cut_out", "cut_in", "start_tapping", "start_anode_change") and not self.cells:
+    def _cells(self) -> ScenarioEvent:
+        if (
+            self.action in ("ae", "force_alumina", "cut_out", "cut_in", "start_tapping", "start_anode_change")
+            and not self.cells
+        ):
             raise ValueError(f"action {self.action!r} needs cells = [...]")
         if self.action == "force_alumina" and self.wt_pct is None:
             raise ValueError("force_alumina needs wt_pct")

@@ -91,14 +91,16 @@ class ControllerSession:
         self._task: asyncio.Task[None] | None = None
         self.on_cycle_user: Any = None
 
-    async def start(self) -> "ControllerSession":
+    async def start(self) -> ControllerSession:
         """Connect to the rig's PLCs and build the controller."""
-        from control.config import control_config_from_dict
-        from control.controller import PotController
+        from potctl.config import control_config_from_dict
+        from potctl.controller import PotController
 
         self.plant = BridgePlant.from_endpoints(self.endpoints, self.clock, self.settings)
         await self.plant.start()
-        cfg = control_config_from_dict(self._control_data(), source=f"scenario {self.scenario.name} [controller.control]")
+        cfg = control_config_from_dict(
+            self._control_data(), source=f"scenario {self.scenario.name} [controller.control]"
+        )
         self.controller = PotController(self.plant.layout, cfg)
         sched = self.scenario.controller.power_schedule_mw
         if sched:
@@ -163,7 +165,7 @@ class ControllerSession:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 30.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
             self._task = None
         if self.runtime is not None:

@@ -21,37 +21,38 @@ etc.), about 40x faster than pymodbus ``convert_from_registers`` per value.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from plc_bridge.quality import Sample
 
 __all__ = [
+    "MAX_READ_BITS",
+    "MAX_READ_REGISTERS",
+    "RAW_RANGE",
+    "REGISTER_COUNT",
     "CodecError",
     "DataType",
-    "WordOrder",
-    "Table",
-    "REGISTER_COUNT",
-    "RAW_RANGE",
     "ReadBlock",
-    "registers_to_raw",
-    "raw_to_registers",
-    "eng_to_raw",
-    "raw_to_eng",
-    "encode",
+    "Table",
+    "WordOrder",
     "decode",
-    "words_to_raw_array",
-    "raw_array_to_words",
-    "encode_array",
     "decode_array",
+    "encode",
+    "encode_array",
+    "eng_to_raw",
+    "plan_blocks",
     "quantize",
     "quantize_within",
-    "plan_blocks",
-    "MAX_READ_REGISTERS",
-    "MAX_READ_BITS",
+    "raw_array_to_words",
+    "raw_to_eng",
+    "raw_to_registers",
+    "registers_to_raw",
+    "words_to_raw_array",
 ]
 
 
@@ -174,9 +175,8 @@ def raw_to_registers(raw: int | float, dtype: DataType, word_order: WordOrder = 
     if dtype is DataType.BOOL:
         return [1 if raw else 0]
     if dtype.is_int:
-        if isinstance(raw, float):
-            if not math.isfinite(raw) or raw != int(raw):
-                raise CodecError(f"{dtype.value} raw value must be an integer, got {raw!r}")
+        if isinstance(raw, float) and (not math.isfinite(raw) or raw != int(raw)):
+            raise CodecError(f"{dtype.value} raw value must be an integer, got {raw!r}")
         lo, hi = RAW_RANGE[dtype]
         r = int(raw)
         if not lo <= r <= hi:
@@ -332,7 +332,9 @@ def encode_array(
         out = (r < lo) | (r > hi)
         if out.any():
             bad = int(np.flatnonzero(out)[0])
-            raise CodecError(f"value {v[bad]!r} at index {bad} -> raw {r[bad]:.0f} outside {dtype.value} range [{lo}, {hi}]")
+            raise CodecError(
+                f"value {v[bad]!r} at index {bad} -> raw {r[bad]:.0f} outside {dtype.value} range [{lo}, {hi}]"
+            )
         raw = r.astype(np.int64)
     elif dtype is DataType.FLOAT32:
         with np.errstate(invalid="ignore"):

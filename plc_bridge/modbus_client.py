@@ -26,6 +26,7 @@ addresses is split into gap-free requests for good.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ from plc_bridge.codec import DataType, ReadBlock, Table, plan_blocks
 from plc_bridge.quality import Quality, Sample, WriteResult, modbus_exception_reason
 from plc_bridge.tagmap import Tag, TagMap
 
-__all__ = ["ModbusTagClient", "Scan", "WriteResult", "ClientStats", "reason_text"]
+__all__ = ["ClientStats", "ModbusTagClient", "Scan", "WriteResult", "reason_text"]
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +96,7 @@ class ClientStats:
 
 
 class _Result:
-    __slots__ = ("ok", "code", "data")
+    __slots__ = ("code", "data", "ok")
 
     def __init__(self, ok: bool, code: int = 0, data: Any = None) -> None:
         self.ok, self.code, self.data = ok, code, data
@@ -129,7 +130,7 @@ class Scan:
         duration_s: wall time the sweep took [s].
     """
 
-    __slots__ = ("tagmap", "t", "values", "quality", "codes", "duration_s", "_names")
+    __slots__ = ("_names", "codes", "duration_s", "quality", "t", "tagmap", "values")
 
     def __init__(self, tagmap: TagMap, names: Sequence[str], t: float, values: np.ndarray,
                  quality: np.ndarray, codes: np.ndarray, duration_s: float) -> None:  # fmt: skip
@@ -183,7 +184,7 @@ class Scan:
         vals, codes, t = self.values.tolist(), self.codes.tolist(), self.t
         good = Quality.GOOD
         out: dict[str, Sample] = {}
-        for (n, i), v, c in zip(self._names.items(), vals, codes):
+        for (n, i), v, c in zip(self._names.items(), vals, codes, strict=False):
             if c:
                 out[n] = self._sample(tags[n], i)
                 continue
@@ -300,7 +301,7 @@ class ModbusTagClient:
         loop = asyncio.get_running_loop()
         try:
             ok = await asyncio.wait_for(client.connect(), timeout=self.timeout_s + 0.5)
-        except (asyncio.TimeoutError, OSError, Exception):  # noqa: BLE001 - any failure = not connected
+        except (TimeoutError, OSError, Exception):
             ok = False
         if ok and client.connected:
             self._client = client
@@ -324,10 +325,8 @@ class ModbusTagClient:
         """Close the current connection (the next call reconnects)."""
         c, self._client = self._client, None
         if c is not None:
-            try:
+            with contextlib.suppress(Exception):
                 c.close()
-            except Exception:  # noqa: BLE001
-                pass
         if notify and self._up:
             self._up = False
             log.warning("modbus_link_down", plc=self.name)
@@ -337,7 +336,7 @@ class ModbusTagClient:
         if self.on_link_change is not None:
             try:
                 self.on_link_change(up)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_link_change_failed", plc=self.name)
 
     async def _ensure(self) -> bool:
@@ -362,7 +361,7 @@ class ModbusTagClient:
         self._drop()
         await asyncio.sleep(0)  # let the transport actually close the socket
 
-    async def __aenter__(self) -> "ModbusTagClient":
+    async def __aenter__(self) -> ModbusTagClient:
         await self.connect()
         return self
 
@@ -387,7 +386,7 @@ class ModbusTagClient:
             self.stats.requests += 1
             try:
                 rr = await asyncio.wait_for(getattr(client, fn_name)(*args, **kw), timeout=self.timeout_s * 2 + 0.1)
-            except (ModbusIOException, asyncio.TimeoutError):
+            except (TimeoutError, ModbusIOException):
                 self.stats.timeouts += 1
                 code = TIMEOUT
                 self._drop()
@@ -510,7 +509,9 @@ class ModbusTagClient:
                 with np.errstate(invalid="ignore"):
                     out = (eng < g.lo) | (eng > g.hi)
                 code = np.where((code == GOOD) & out, RANGE_EXCEEDED, code)
-                q = np.where(code == GOOD, Quality.GOOD, np.where(code == RANGE_EXCEEDED, Quality.UNCERTAIN, Quality.BAD))
+                q = np.where(
+                    code == GOOD, Quality.GOOD, np.where(code == RANGE_EXCEEDED, Quality.UNCERTAIN, Quality.BAD)
+                )
                 values[g.tag_idx] = np.where(np.isin(code, (GOOD, RANGE_EXCEEDED)), eng, np.nan)
             else:
                 code = status[g.addr].astype(np.int16)

@@ -42,7 +42,7 @@ from plc_bridge import codec
 from plc_bridge.codec import RAW_RANGE, DataType, Table
 from plc_bridge.tagmap import Tag, TagMap
 
-__all__ = ["ModbusTagServer", "ClientWrite", "RequestInfo", "ExceptionCode"]
+__all__ = ["ClientWrite", "ExceptionCode", "ModbusTagServer", "RequestInfo"]
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +197,7 @@ class ModbusTagServer:
     def running(self) -> bool:
         return self._server is not None
 
-    async def start(self) -> "ModbusTagServer":
+    async def start(self) -> ModbusTagServer:
         """Build the datastore and listen. After a ``stop()``, register contents are restored."""
         from pymodbus.server import ModbusTcpServer
 
@@ -230,7 +230,7 @@ class ModbusTagServer:
             sp.regs = None
         log.info("modbus_server_stopped", device=self.tagmap.device, port=self._port)
 
-    async def __aenter__(self) -> "ModbusTagServer":
+    async def __aenter__(self) -> ModbusTagServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -278,9 +278,7 @@ class ModbusTagServer:
                     raise TypeError("register block is not a list")
                 sp.start, sp.regs = int(start), regs
         except (AttributeError, KeyError, TypeError, ValueError) as exc:  # pragma: no cover - pymodbus layout changed
-            raise RuntimeError(
-                f"pymodbus datastore layout not as expected (pymodbus 3.16.x needed): {exc}"
-            ) from exc
+            raise RuntimeError(f"pymodbus datastore layout not as expected (pymodbus 3.16.x needed): {exc}") from exc
 
     # ------------------------------------------------------------------ request path
 
@@ -334,7 +332,11 @@ class ModbusTagServer:
                 v = decoded[t.name]
                 if t.type is DataType.BOOL:
                     continue
-                if not math.isfinite(float(v)) or (t.min is not None and v < t.min) or (t.max is not None and v > t.max):
+                if (
+                    not math.isfinite(float(v))
+                    or (t.min is not None and v < t.min)
+                    or (t.max is not None and v > t.max)
+                ):
                     self._write_span(sp, address, old)
                     self.rejected_writes += 1
                     log.warning("modbus_server_write_rejected", tag=t.name, value=v, min=t.min, max=t.max)
@@ -394,7 +396,9 @@ class ModbusTagServer:
         o = address - sp.start
         regs[o : o + len(words)] = [int(w) & 0xFFFF for w in words]
 
-    def set_registers(self, table: Table | str, address: int, words: Sequence[int], device_id: int | None = None) -> None:
+    def set_registers(
+        self, table: Table | str, address: int, words: Sequence[int], device_id: int | None = None
+    ) -> None:
         """Write raw registers (or bits) from the model side, e.g. to inject garbage."""
         tb = Table(table)
         dev = device_id if device_id is not None else next(iter(self._spaces))[0]
@@ -506,7 +510,7 @@ class ModbusTagServer:
         if v.shape[0] != len(names):
             raise ValueError(f"{field_name}: expected {len(names)} values (one per cell), got {v.shape[0]}")
         if t0.type is DataType.BOOL:
-            for (i, mask), x in zip(self._bit_slots(field_name, names), v.tolist()):
+            for (i, mask), x in zip(self._bit_slots(field_name, names), v.tolist(), strict=False):
                 regs[i] = (regs[i] | mask) if x else (regs[i] & ~mask & 0xFFFF)
             return
         if t0.wraps:
@@ -556,5 +560,4 @@ def _spans(mask: bytearray) -> list[tuple[int, int]]:
     d = np.diff(np.concatenate(([0], arr.astype(np.int8), [0])))
     starts = np.flatnonzero(d == 1)
     ends = np.flatnonzero(d == -1) - 1
-    return list(zip(starts.tolist(), ends.tolist()))
-
+    return list(zip(starts.tolist(), ends.tolist(), strict=False))

@@ -40,7 +40,7 @@ from plc_bridge.opcua_security import ClientSecurity
 from plc_bridge.quality import Quality, Sample
 from twin.clock import Clock, RealClock
 
-__all__ = ["NodeRef", "OpcUaClient", "OpcUaWriteError", "parse_browse_path", "VTYPE_BY_DATATYPE"]
+__all__ = ["VTYPE_BY_DATATYPE", "NodeRef", "OpcUaClient", "OpcUaWriteError", "parse_browse_path"]
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ class NodeRef:
             raise ValueError(f"node {self.name!r}: needs a browse path or a NodeId")
 
     @classmethod
-    def from_tag(cls, tag: Any) -> "NodeRef":
+    def from_tag(cls, tag: Any) -> NodeRef:
         """From a ``plc_bridge.tagmap.Tag`` (browse_path / node_id / type)."""
         dtype = getattr(tag.type, "value", tag.type)
         return cls(tag.name, tag.browse_path, tag.node_id, VTYPE_BY_DATATYPE.get(str(dtype)))
@@ -198,7 +198,7 @@ class OpcUaClient:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "OpcUaClient":
+    async def __aenter__(self) -> OpcUaClient:
         await self.start()
         return self
 
@@ -237,7 +237,7 @@ class OpcUaClient:
         """Wait until a session is up (True) or ``timeout_s`` passes (False)."""
         try:
             await asyncio.wait_for(self._connected.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -281,7 +281,7 @@ class OpcUaClient:
     async def _connect_once(self) -> None:
         self._lost.clear()
         client = Client(self.url, timeout=self.timeout_s, watchdog_intervall=self.watchdog_s)
-        client.application_uri = (self.security.application_uri if self.security else client.application_uri)
+        client.application_uri = self.security.application_uri if self.security else client.application_uri
         self._client = client
         if self.security is not None:
             await self.security.apply(client)
@@ -321,7 +321,7 @@ class OpcUaClient:
             for i in range(0, len(bpaths), self.max_nodes_per_read):
                 chunk = bpaths[i : i + self.max_nodes_per_read]
                 results += await client.uaclient.translate_browsepaths_to_nodeids(chunk)
-            for ref, res in zip(by_path, results):
+            for ref, res in zip(by_path, results, strict=False):
                 if res.StatusCode.is_good() and res.Targets:
                     tid = res.Targets[0].TargetId
                     nodeids[ref.name] = ua.NodeId(tid.Identifier, tid.NamespaceIndex, tid.NodeIdType)
@@ -346,7 +346,7 @@ class OpcUaClient:
         names = list(nodeids)
         dts = await self._read_attr(client, [nodeids[n] for n in names], ua.AttributeIds.DataType)
         vtypes: dict[str, ua.VariantType] = {}
-        for n, dv in zip(names, dts):
+        for n, dv in zip(names, dts, strict=False):
             if dv.StatusCode is not None and not dv.StatusCode.is_good():
                 unresolved[n] = f"{nodeids.pop(n).to_string()}: {dv.StatusCode.name}"
                 continue
@@ -354,8 +354,11 @@ class OpcUaClient:
             dt = dv.Value.Value if dv.Value is not None else None
             if explicit is not None:
                 vtypes[n] = explicit
-            elif isinstance(dt, ua.NodeId) and dt.NamespaceIndex == 0 and isinstance(dt.Identifier, int) and (
-                1 <= dt.Identifier <= 25
+            elif (
+                isinstance(dt, ua.NodeId)
+                and dt.NamespaceIndex == 0
+                and isinstance(dt.Identifier, int)
+                and (1 <= dt.Identifier <= 25)
             ):
                 vtypes[n] = ua.VariantType(dt.Identifier)
         self._nodeids, self._unresolved, self._vtypes = nodeids, unresolved, vtypes
@@ -433,7 +436,7 @@ class OpcUaClient:
             reason = f"read failed: {type(exc).__name__}"
             return {n: Sample.bad(reason, t) for n in wanted}
         t = self.clock.now()
-        for (n, _), dv in zip(ids, dvs):
+        for (n, _), dv in zip(ids, dvs, strict=False):
             out[n] = self._sample(dv, t)
             self._source_times[n] = dv.SourceTimestamp or dv.ServerTimestamp
         return {n: out[n] for n in wanted}
@@ -491,7 +494,7 @@ class OpcUaClient:
             if isinstance(exc, _CONNECTION_ERRORS):
                 raise ConnectionError(f"{self.url}: write failed: {exc}") from exc
             raise
-        return dict(zip(names, results))
+        return dict(zip(names, results, strict=False))
 
     async def write(self, name: str, value: Any, vtype: ua.VariantType | None = None) -> None:
         """Typed write of one node; raises ``OpcUaWriteError`` when the server refuses."""
@@ -535,7 +538,7 @@ class OpcUaClient:
                 self._updates.put_nowait((n, Sample.bad(self._unresolved.get(n, "unresolved"), t)))
         if names:
             handles = await sub.subscribe_data_change([Node(client.uaclient, self._nodeids[n]) for n in names])
-            for n, h in zip(names, handles):
+            for n, h in zip(names, handles, strict=False):
                 if isinstance(h, ua.StatusCode):
                     self._updates.put_nowait((n, Sample.bad(f"monitor: {h.name}", t)))
         self._pump = asyncio.create_task(self._pump_events(sub, by_id), name=f"opcua-pump {self.url}")

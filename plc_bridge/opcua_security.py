@@ -94,9 +94,7 @@ def verify_password(password: str, stored: str) -> bool:
         n, r, p, salt, digest = _parse_hash(stored)
     except ValueError:
         return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=_SCRYPT_MAXMEM
-    )
+    candidate = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=_SCRYPT_MAXMEM)
     return hmac.compare_digest(candidate, digest)
 
 
@@ -306,7 +304,7 @@ class RolePermissions:
         return action_type_id in self._read
 
 
-async def configure_server_security(server: "Server", cfg: OpcUaSecurityConfig) -> RolePermissions:
+async def configure_server_security(server: Server, cfg: OpcUaSecurityConfig) -> RolePermissions:
     """Apply ``cfg`` to an initialised (``await server.init()``) asyncua server.
 
     Generates or reuses the certificate, loads it, selects endpoints, identity tokens,
@@ -362,7 +360,7 @@ class ClientSecurity:
     application_uri: str = "urn:potline-twin:client"
     server_cert: Path | None = None
 
-    async def apply(self, client: "Client") -> None:
+    async def apply(self, client: Client) -> None:
         """Configure an asyncua ``Client`` (before ``connect()``)."""
         if self.username is not None:
             client.set_user(self.username)

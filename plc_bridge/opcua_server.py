@@ -26,7 +26,7 @@ potline); browsing and single-cell clients use the per-cell scalars. ``publish``
 writes arrays on every call through the internal address space (typed, StatusCodes
 checked) and refreshes the scalars at ``scalar_period_s`` of plant time, only where a
 value moved by more than its deadband, since writes to subscribed nodes are ~10x
-dearer (DESIGN.md, "Library facts").
+dearer (docs/domain.md, "Library facts").
 
 Anode-effect starts and ends are OPC UA events of type ``AnodeEffectEventType``
 (fields Cell, PeakVoltage [V], Duration [s], Active) emitted by the Server object.
@@ -38,10 +38,9 @@ import asyncio
 import contextlib
 import math
 import re
-import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +49,7 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
 from plc_bridge.opcua_security import OpcUaSecurityConfig, configure_server_security, current_user
+from plc_bridge.ports import free_port
 from twin.layout import PlantLayout
 
 __all__ = [
@@ -161,13 +161,6 @@ class PublishReport:
 
 ModeHandler = Callable[[str, "str | None"], Awaitable[None]]
 WriteHandler = Callable[[str, int, Any, "str | None"], Awaitable[None]]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class MirrorServer:
@@ -302,7 +295,7 @@ class MirrorServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> "MirrorServer":
+    async def __aenter__(self) -> MirrorServer:
         await self.start()
         return self
 
@@ -363,11 +356,27 @@ class MirrorServer:
         items.append(_variable_item(self._nid("Twin", "Mode"), "Mode", idx, twin,
                                     ua.Variant(self._mode, ua.VariantType.String),
                                     "Operating mode: observe, shadow or control"))  # fmt: skip
-        items.append(_variable_item(self._nid("Twin", "ModelTime"), "ModelTime", idx, twin,
-                                    ua.Variant(0.0, ua.VariantType.Double), "Plant time of the last publish [s]"))
-        items.append(_variable_item(self._nid("Twin", "PublishCount"), "PublishCount", idx, twin,
-                                    ua.Variant(0, ua.VariantType.UInt64), "Number of publishes since start"))
-        for li, line in enumerate(lay.line_names):
+        items.append(
+            _variable_item(
+                self._nid("Twin", "ModelTime"),
+                "ModelTime",
+                idx,
+                twin,
+                ua.Variant(0.0, ua.VariantType.Double),
+                "Plant time of the last publish [s]",
+            )
+        )
+        items.append(
+            _variable_item(
+                self._nid("Twin", "PublishCount"),
+                "PublishCount",
+                idx,
+                twin,
+                ua.Variant(0, ua.VariantType.UInt64),
+                "Number of publishes since start",
+            )
+        )
+        for _li, line in enumerate(lay.line_names):
             lnode = self._nid(line)
             items.append(object_node_item(lnode, ua.QualifiedName(line, idx), plant))
             for q in self.line_quantities:
@@ -377,8 +386,17 @@ class MirrorServer:
             cells = self._rooms_cells[r]
             items.append(object_node_item(rnode, ua.QualifiedName(room, idx), plant))
             numbers = ua.Variant(lay.cell_number[cells].astype(np.uint16).tolist(), ua.VariantType.UInt16)
-            items.append(_variable_item(self._nid(room, "CellNumbers"), "CellNumbers", idx, rnode, numbers,
-                                        "Floor number of the cell at each array index", array_len=len(cells)))
+            items.append(
+                _variable_item(
+                    self._nid(room, "CellNumbers"),
+                    "CellNumbers",
+                    idx,
+                    rnode,
+                    numbers,
+                    "Floor number of the cell at each array index",
+                    array_len=len(cells),
+                )
+            )
             for q in self.cell_quantities:
                 zeros = ua.Variant(self._cell_values[q.name][cells].tolist(), q.vtype)
                 items += _analog_items(self._nid(room, q.name), q, idx, rnode, zeros, array_len=len(cells))
@@ -392,7 +410,7 @@ class MirrorServer:
                     items += _analog_items(nid, q, idx, cnode, init)
                     self._scalar_index[nid] = (q, int(k))
         results = await server.iserver.isession.add_nodes(items)
-        for item, res in zip(items, results):
+        for item, res in zip(items, results, strict=False):
             if not res.StatusCode.is_good():
                 raise RuntimeError(f"OPC UA node {item.RequestedNewNodeId.to_string()}: {res.StatusCode.name}")
         await self._build_methods_and_events(twin)
@@ -478,7 +496,7 @@ class MirrorServer:
         if not event.is_external:
             return
         user = getattr(event.user, "name", None)
-        for wv, status in zip(event.request_params.NodesToWrite, event.response_params):
+        for wv, status in zip(event.request_params.NodesToWrite, event.response_params, strict=False):
             hit = self._scalar_index.get(wv.NodeId)
             if hit is None or not status.is_good() or wv.AttributeId != ua.AttributeIds.Value:
                 continue
@@ -490,7 +508,7 @@ class MirrorServer:
                 self._cell_values[q.name][k] = value
                 self._scalar_last[q.name][k] = value
                 room = int(self.layout.cell_room[k])
-                await self._write_room_array(q, room, datetime.now(timezone.utc), None)
+                await self._write_room_array(q, room, datetime.now(UTC), None)
             except Exception:
                 log.exception("opcua.write_mirror_failed", quantity=q.name, cell=k)
             log.info("opcua.client_write", quantity=q.name, cell=self.layout.cell_name(k), value=value, user=user)
@@ -503,7 +521,7 @@ class MirrorServer:
     # ------------------------------------------------------------------ publishing
 
     async def _write_internal(self, nid: ua.NodeId, variant: ua.Variant, now: datetime | None = None) -> ua.StatusCode:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         dv = ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now)
         return await self.server.iserver.aspace.write_attribute_value(nid, ua.AttributeIds.Value, dv)
 
@@ -552,7 +570,7 @@ class MirrorServer:
         """
         report = PublishReport()
         async with self._lock:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             lay = self.layout
             for key in snapshot:
                 if key not in self._deadband and key not in self._warned_keys:
@@ -606,7 +624,7 @@ class MirrorServer:
         async with self._lock:
             for q in self.cell_quantities:
                 self._scalar_last[q.name][:] = np.nan
-            await self._write_scalars(list(self.cell_quantities), datetime.now(timezone.utc), None, report)
+            await self._write_scalars(list(self.cell_quantities), datetime.now(UTC), None, report)
         return report
 
     async def _write_scalars(
@@ -628,7 +646,7 @@ class MirrorServer:
             if cells.size == 0:
                 continue
             values = new[cells].tolist()
-            for k, v in zip(cells.tolist(), values):
+            for k, v in zip(cells.tolist(), values, strict=False):
                 dv = ua.DataValue(ua.Variant(v, q.vtype), SourceTimestamp=src, ServerTimestamp=now)
                 status = await write(self.cell_node_id(q.name, k), value_attr, dv)
                 if status.is_good():
@@ -680,9 +698,7 @@ class MirrorServer:
 # ---------------------------------------------------------------------- node builders
 
 
-def object_node_item(
-    nid: ua.NodeId, qname: ua.QualifiedName, parent: ua.NodeId, ref: int = ua.ObjectIds.HasComponent
-):
+def object_node_item(nid: ua.NodeId, qname: ua.QualifiedName, parent: ua.NodeId, ref: int = ua.ObjectIds.HasComponent):
     """An AddNodesItem for a plain object (BaseObjectType) under ``parent`` (batched add_nodes)."""
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nid

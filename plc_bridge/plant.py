@@ -1,4 +1,4 @@
-"""``BridgePlant``: the controller's ``control.plant.Plant`` over real PLC protocols.
+"""``BridgePlant``: the controller's ``potctl.plant.Plant`` over real PLC protocols.
 
 One rectifier PLC per line (Modbus TCP by default) and one potroom PLC per room (OPC UA
 by default, Modbus as an option), each described by its tag map
@@ -57,21 +57,21 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from control.plant import Commands, Measurements
 from plc_bridge.codec import DataType
 from plc_bridge.quality import Quality, Sample, WriteResult
 from plc_bridge.safe_write import Alarm, HeartbeatConfig, SafeWriter, WritePolicy, WriteRecord
 from plc_bridge.tagmap import TagMap, load_tagmap, parse_tagmap
+from potctl.plant import Commands, Measurements
 from twin.config import CONFIG_DIR
 from twin.layout import PlantLayout
 
 __all__ = [
+    "POTROOM_MAP",
+    "RECTIFIER_MAP",
     "BridgePlant",
     "BridgeSettings",
     "DeviceEndpoint",
     "OpcUaTagIO",
-    "RECTIFIER_MAP",
-    "POTROOM_MAP",
     "layout_from_dict",
     "potroom_tagmap",
     "rectifier_tagmap",
@@ -144,7 +144,7 @@ class DeviceEndpoint:
         return f"opc.tcp://{self.host}:{self.port}{self.path}"
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DeviceEndpoint":
+    def from_dict(cls, d: Mapping[str, Any]) -> DeviceEndpoint:
         return cls(d["protocol"], d.get("host", "127.0.0.1"), int(d["port"]), d.get("path", "/plc/"),
                    d.get("namespace"))  # fmt: skip
 
@@ -475,7 +475,9 @@ class BridgePlant:
                  on_alarm: Callable[[Alarm], None] | None = None,
                  on_record: Callable[[WriteRecord], None] | None = None, shadow: bool = False) -> None:  # fmt: skip
         if len(rectifiers) != layout.n_lines:
-            raise ValueError(f"{layout.n_lines} line(s) need {layout.n_lines} rectifier endpoint(s), got {len(rectifiers)}")
+            raise ValueError(
+                f"{layout.n_lines} line(s) need {layout.n_lines} rectifier endpoint(s), got {len(rectifiers)}"
+            )
         if len(potrooms) != layout.n_rooms:
             raise ValueError(f"{layout.n_rooms} room(s) need {layout.n_rooms} potroom endpoint(s), got {len(potrooms)}")
         self.layout = layout
@@ -489,13 +491,13 @@ class BridgePlant:
         self.stats = {"scans": 0, "writes": 0, "commands": 0, "refused": 0, "ack_timeouts": 0, "restarts_seen": 0,
                       "scan_s": 0.0, "write_s": 0.0}  # fmt: skip
         self.rects: list[_Device] = []
-        for li, (name, ep) in enumerate(zip(layout.line_names, rectifiers)):
+        for li, (name, ep) in enumerate(zip(layout.line_names, rectifiers, strict=False)):
             tm = rectifier_tagmap(name, st.rectifier_map)
             scal = ["line_current", "line_voltage", "setpoint_active", "tap_position", "tripped", "remote",
                     "heartbeat_in"]  # fmt: skip
             self.rects.append(_Device("rectifier", name, li, tm, ep, clock, st, scal, []))
         self.rooms: list[_Room] = []
-        for ri, (name, ep) in enumerate(zip(layout.room_names, potrooms)):
+        for ri, (name, ep) in enumerate(zip(layout.room_names, potrooms, strict=False)):
             cells = layout.room_cells(ri)
             tm = potroom_tagmap(name, cells.size, st.potroom_map)
             fields = ["voltage", "ae", "tapping", "anode_change", "cut_out", "feed_ack", "beam_ack",
@@ -517,7 +519,7 @@ class BridgePlant:
 
     @classmethod
     def from_endpoints(cls, info: Mapping[str, Any], clock: Any, settings: BridgeSettings | None = None,
-                       **kw: Any) -> "BridgePlant":  # fmt: skip
+                       **kw: Any) -> BridgePlant:  # fmt: skip
         """From a rig's ``endpoints()`` dict (layout + one endpoint per PLC)."""
         layout = layout_from_dict(info["layout"])
         rects = [DeviceEndpoint.from_dict(d) for d in info["rectifiers"]]
@@ -535,7 +537,9 @@ class BridgePlant:
         st = self.settings
         rect_pol = {"line_current_sp": WritePolicy(max_rate_per_s=st.setpoint_rate_ka_per_s, min=st.setpoint_min_ka,
                                                    max=st.setpoint_max_ka, max_interval_s=st.setpoint_max_interval_s)}  # fmt: skip
-        cmd_pol = {f: WritePolicy(verify=st.verify_commands) for f in ("feed_shots", "feed_cmd", "beam_move", "beam_cmd")}
+        cmd_pol = {
+            f: WritePolicy(verify=st.verify_commands) for f in ("feed_shots", "feed_cmd", "beam_move", "beam_cmd")
+        }
         tasks = []
         for d in self.rects:
             tasks.append(d.start(self._on_alarm(d), self._on_record, rect_pol))
@@ -576,7 +580,7 @@ class BridgePlant:
         await asyncio.gather(*(d.stop() for d in self.devices), return_exceptions=True)
         self.started = False
 
-    async def __aenter__(self) -> "BridgePlant":
+    async def __aenter__(self) -> BridgePlant:
         await self.start()
         return self
 
@@ -618,18 +622,21 @@ class BridgePlant:
             {"feed_cmd_ack": np.flatnonzero(~np.isnan(r.wait_feed_since)),
              "beam_cmd_ack": np.flatnonzero(~np.isnan(r.wait_beam_since))} for r in self.rooms
         ]  # fmt: skip
-        scans = await asyncio.gather(*(d.scan(w) for d, w in zip(self.devices, wanted)))
+        scans = await asyncio.gather(*(d.scan(w) for d, w in zip(self.devices, wanted, strict=False)))
         n_l = len(self.rects)
         lay = self.layout
         line_ok = np.zeros(lay.n_lines, dtype=bool)
-        for d, sc in zip(self.rects, scans[:n_l]):
+        for d, sc in zip(self.rects, scans[:n_l], strict=False):
             li = d.index
             # the current, trip and mode must be GOOD; voltage and setpoint may be UNCERTAIN
             # (beyond their tag's engineering range: still a measurement)
             names = ("line_current", "tripped", "remote")
-            ok = sc.link_ok and all(sc.good(n) for n in names) and all(
-                sc.usable(n) for n in ("line_voltage", "setpoint_active")
-            ) and now - sc.t <= self.settings.stale_after_s
+            ok = (
+                sc.link_ok
+                and all(sc.good(n) for n in names)
+                and all(sc.usable(n) for n in ("line_voltage", "setpoint_active"))
+                and now - sc.t <= self.settings.stale_after_s
+            )
             if ok:
                 self._line_i[li] = sc.value("line_current")
                 self._line_u[li] = sc.number("line_voltage")
@@ -644,7 +651,7 @@ class BridgePlant:
             self._feed_writer(d, sc)
         cell_ok = np.zeros(lay.n_cells, dtype=bool)
         cell_remote = np.zeros(lay.n_cells, dtype=bool)
-        for room, sc in zip(self.rooms, scans[n_l:]):
+        for room, sc in zip(self.rooms, scans[n_l:], strict=False):
             cell_ok[room.cells] = self._room_scan(room, sc, now)
             cell_remote[room.cells] = room.remote
         self.stats["scans"] += 1

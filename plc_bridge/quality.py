@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 __all__ = [
+    "COMMS_CODES",
+    "MODBUS_EXCEPTION_NAMES",
     "Quality",
     "Sample",
-    "MODBUS_EXCEPTION_NAMES",
-    "modbus_exception_reason",
     "WriteResult",
-    "COMMS_CODES",
+    "modbus_exception_reason",
 ]
 
 #: WriteResult codes that mean the link failed (not the PLC's judgement)
@@ -82,17 +82,17 @@ class Sample:
         return now - self.t
 
     @classmethod
-    def good_value(cls, value: float | int | bool, t: float) -> "Sample":
+    def good_value(cls, value: float | int | bool, t: float) -> Sample:
         """A GOOD sample."""
         return cls(value, Quality.GOOD, t, "")
 
     @classmethod
-    def bad(cls, reason: str, t: float, value: float | int | bool | None = None) -> "Sample":
+    def bad(cls, reason: str, t: float, value: float | int | bool | None = None) -> Sample:
         """A BAD sample with ``reason`` (the value, if any, must not be acted on)."""
         return cls(value, Quality.BAD, t, reason)
 
     @classmethod
-    def uncertain(cls, value: float | int | bool | None, reason: str, t: float) -> "Sample":
+    def uncertain(cls, value: float | int | bool | None, reason: str, t: float) -> Sample:
         """An UNCERTAIN sample (e.g. engineering range exceeded)."""
         return cls(value, Quality.UNCERTAIN, t, reason)
 

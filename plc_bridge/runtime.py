@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from control.plant import Commands, Measurements, Plant
+from potctl.plant import Commands, Measurements, Plant
 
 __all__ = ["ControlRuntime", "CycleInfo"]
 
@@ -64,7 +64,7 @@ class ControlRuntime:
 
     Args:
         plant: anything with ``async read() -> Measurements`` / ``async write(Commands)``.
-        controller: ``step(measurements, now) -> Commands`` (``control.controller.PotController``).
+        controller: ``step(measurements, now) -> Commands`` (``potctl.controller.PotController``).
         clock: ``twin.clock`` clock (``now()``, ``async sleep()``).
         scan_s: cycle period [clock s].
     """
@@ -143,7 +143,7 @@ class ControlRuntime:
                 await self.cycle(slot)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one bad cycle must not end the loop
+            except Exception as exc:
                 tb = traceback.format_exc()
                 self.errors.append(tb)
                 log.error("control_cycle_failed", error=f"{type(exc).__name__}: {exc}")

@@ -39,17 +39,17 @@ from plc_bridge.quality import Sample, WriteResult
 from plc_bridge.tagmap import Tag, TagMap
 
 __all__ = [
-    "SetpointLimits",
-    "WritePolicy",
-    "InterlockResult",
-    "WriteDecision",
-    "WriteRecord",
     "Alarm",
-    "Interlock",
     "HeartbeatConfig",
+    "Interlock",
+    "InterlockResult",
     "LinkState",
-    "TagIO",
     "SafeWriter",
+    "SetpointLimits",
+    "TagIO",
+    "WriteDecision",
+    "WritePolicy",
+    "WriteRecord",
     "decide",
     "evaluate_condition",
 ]
@@ -200,7 +200,7 @@ def evaluate_condition(
         return InterlockResult(name, False, f"stale data (age {age:.1f} s > {max_age_s:g} s)")
     try:
         ok = bool(predicate(sample.value))
-    except Exception as exc:  # noqa: BLE001 - a broken predicate refuses, never crashes
+    except Exception as exc:
         return InterlockResult(name, False, f"condition failed: {exc}")
     return InterlockResult(name, ok, "" if ok else (describe or "condition false"))
 
@@ -480,7 +480,7 @@ class SafeWriter:
         if self.on_alarm is not None:
             try:
                 self.on_alarm(a)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_alarm_failed")
 
     def _emit(self, rec: WriteRecord) -> WriteRecord:
@@ -494,7 +494,7 @@ class SafeWriter:
         if self.on_record is not None:
             try:
                 self.on_record(rec)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_record_failed")
         return rec
 
@@ -548,7 +548,7 @@ class SafeWriter:
                 continue
             try:
                 r = il.check(now, tag)
-            except Exception as exc:  # noqa: BLE001 - broken interlock => refuse
+            except Exception as exc:
                 r = InterlockResult(il.name, False, f"check failed: {exc}")
             if isinstance(r, bool):
                 r = InterlockResult(il.name, r, "" if r else "condition false")
@@ -654,7 +654,7 @@ class SafeWriter:
             now = self.clock.now()
             rec = self._emit(WriteRecord(now, counter, None, None, self._last(counter), False, False, True,
                                          "command fields not written: counter not incremented"))  # fmt: skip
-            return records + [rec]
+            return [*records, rec]
         last = self._last(counter)
         if last is None:
             got = (await self.io.read([counter])).get(counter)
@@ -665,7 +665,7 @@ class SafeWriter:
         if last is None:
             rec = self._emit(WriteRecord(self.clock.now(), counter, None, None, None, False, False, True,
                                          "counter value unknown"))  # fmt: skip
-            return records + [rec]
+            return [*records, rec]
         tag = self.tagmap[counter]
         lo, hi = codec.RAW_RANGE.get(tag.type, (0, 65535))
         nxt = int(last) + 1
@@ -697,9 +697,8 @@ class SafeWriter:
             now = self.clock.now()
             if hb.in_tag is not None:
                 self._check_plc_heartbeat(now)
-            if self.state is LinkState.COMMS_LOST or self._hb_value is None:
-                if not await self.resync([hb.out_tag]):
-                    return False
+            if (self.state is LinkState.COMMS_LOST or self._hb_value is None) and not await self.resync([hb.out_tag]):
+                return False
             nxt = ((self._hb_value if self._hb_value is not None else 0) + 1) % 65536
             tag = self.tagmap[hb.out_tag]
             if nxt > tag.hi or nxt < tag.lo:
@@ -747,7 +746,7 @@ class SafeWriter:
                 self.update(await self.io.read([hb.in_tag]))
             try:
                 await self.heartbeat_tick()
-            except Exception:  # noqa: BLE001 - the heartbeat must keep going
+            except Exception:
                 log.exception("heartbeat_tick_failed")
             await self.clock.sleep(hb.period_s)
 
@@ -782,7 +781,7 @@ async def _io_write(io: TagIO, name: str, value: Any) -> WriteResult:
     """
     try:
         res = await io.write(name, value)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         status = getattr(exc, "status", None)
         if status is not None:
             why = getattr(status, "name", str(status))

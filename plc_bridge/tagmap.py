@@ -56,16 +56,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from plc_bridge.codec import REGISTER_COUNT, RAW_RANGE, DataType, Table, WordOrder
+from plc_bridge.codec import RAW_RANGE, REGISTER_COUNT, DataType, Table, WordOrder
 
 __all__ = [
+    "EXPORT_COLUMNS",
+    "CellBlock",
     "Tag",
     "TagMap",
     "TagMapError",
-    "CellBlock",
     "load_tagmap",
     "parse_tagmap",
-    "EXPORT_COLUMNS",
 ]
 
 Access = Literal["read", "read-write"]
@@ -113,7 +113,7 @@ class OpcUaSpec(BaseModel):
     node_id: str | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "OpcUaSpec":
+    def _one_of(self) -> OpcUaSpec:
         if not self.browse_path and not self.node_id:
             raise ValueError("opcua needs browse_path and/or node_id")
         return self
@@ -582,7 +582,9 @@ def _expand_cells(
     try:
         cs.name.format(cell=cs.first)
     except (KeyError, IndexError, ValueError) as exc:
-        problems.append(f"{source}: [cells]: name template {cs.name!r} is invalid ({exc}); expected e.g. 'cell{{cell:03d}}'")
+        problems.append(
+            f"{source}: [cells]: name template {cs.name!r} is invalid ({exc}); expected e.g. 'cell{{cell:03d}}'"
+        )
         return CellBlock(cs.count, cs.first, cs.stride, cs.base_address, cs.name, tuple(per_field), {})
     n_problems = len(problems)
     for k in range(cs.count):
@@ -633,7 +635,9 @@ def _check(tags: list[Tag], source: str, problems: list[str]) -> None:
             problems.append(f"{source}: {where}: wraps = true needs an integer type; got {t.type.value}")
         if t.min is not None or t.max is not None:
             lo, hi = _raw_limit_eng(t)
-            if (t.min is not None and t.min < lo - 1e-9 * abs(lo)) or (t.max is not None and t.max > hi + 1e-9 * abs(hi)):
+            if (t.min is not None and t.min < lo - 1e-9 * abs(lo)) or (
+                t.max is not None and t.max > hi + 1e-9 * abs(hi)
+            ):
                 problems.append(
                     f"{source}: {where}: bounds [{t.min}, {t.max}] exceed what {t.type.value}"
                     f" (scale {t.scale:g}, offset {t.offset:g}) can hold; expected within [{lo:g}, {hi:g}]"
@@ -648,7 +652,9 @@ def _check(tags: list[Tag], source: str, problems: list[str]) -> None:
             )
         if t.table.is_bits:
             if t.type is not DataType.BOOL:
-                problems.append(f"{source}: {where}: {t.table.value} table holds bits; expected type 'bool', got {t.type.value!r}")
+                problems.append(
+                    f"{source}: {where}: {t.table.value} table holds bits; expected type 'bool', got {t.type.value!r}"
+                )
             if t.bit is not None:
                 problems.append(f"{source}: {where}: 'bit' is only for bools in holding/input registers")
         else:
@@ -659,7 +665,9 @@ def _check(tags: list[Tag], source: str, problems: list[str]) -> None:
             if t.bit is not None and t.writable:
                 problems.append(f"{source}: {where}: bits inside registers are read-only here; expected access 'read'")
         if t.table in (Table.INPUT, Table.DISCRETE) and t.writable:
-            problems.append(f"{source}: {where}: the {t.table.value} table is read-only in Modbus; expected access 'read'")
+            problems.append(
+                f"{source}: {where}: the {t.table.value} table is read-only in Modbus; expected access 'read'"
+            )
     _check_overlaps([t for t in tags if t.has_modbus], source, problems)
 
 

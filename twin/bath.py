@@ -1,6 +1,6 @@
 """Bath chemistry and electrochemistry of a Hall-Héroult cell (scalar Numba functions).
 
-Equations (DOMAIN_BRIEF §1.2–1.4), with units:
+Equations (docs/domain.md §1.2–1.4), with units:
 - liquidus: Solheim et al. (1996) [°C] from wt % AlF3, CaF2, Al2O3;
 - alumina saturation: Skybakmoen (1997) [wt %];
 - alumina activity: RTA/Haupin polynomial in C/C_sat;

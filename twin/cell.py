@@ -37,7 +37,128 @@ from twin.bath import (
     liquidus_c,
     voltage_components,
 )
-from twin.cell_layout import *  # noqa: F403  (index constants)
+from twin.cell_layout import (
+    A_AE_N,
+    A_AE_S,
+    A_ALF3_ADD,
+    A_ALF3_USED,
+    A_CARBON,
+    A_CF4,
+    A_CHARGE,
+    A_CONSUMED,
+    A_CRYO_MADE,
+    A_E_ELEC,
+    A_E_RXN,
+    A_FED,
+    A_METAL,
+    A_Q_ANODE,
+    A_Q_LOSS,
+    A_TAPPED,
+    D_AE_OSC,
+    D_ANODE_AREA,
+    D_ANODE_HEAT,
+    D_FILM,
+    D_SWEEP,
+    N_DECAY,
+    N_OUT,
+    O_ALF3,
+    O_C,
+    O_C_CRIT,
+    O_CE,
+    O_CSAT,
+    O_E,
+    O_EREV,
+    O_ETA_CA,
+    O_ETA_CC,
+    O_ETA_SA,
+    O_I,
+    O_I_DENS,
+    O_KAPPA,
+    O_LEDGE_CM,
+    O_R_OHM,
+    O_SUPERHEAT,
+    O_TLIQ,
+    O_U,
+    O_U_AE,
+    O_U_BATH,
+    O_U_BUB,
+    O_U_COND,
+    O_U_NOISE,
+    P_AC_DURATION,
+    P_AC_INTERVAL,
+    P_AE_DELTA,
+    P_AE_REFR_S,
+    P_AE_SELF_S,
+    P_ALF3_NEUT,
+    P_ALF3_RATE,
+    P_ANODE_CM2,
+    P_ANODE_H0,
+    P_ANODE_MASS,
+    P_AREA_F,
+    P_BEAM_INTERVAL,
+    P_BEAM_STEP,
+    P_CAF2,
+    P_CARBON,
+    P_CATH_CM2,
+    P_CE_C,
+    P_CE_NOM,
+    P_CTH,
+    P_FEED_EFF,
+    P_FEED_RATIO,
+    P_FILM_V,
+    P_HBL,
+    P_KAPPA_F,
+    P_KDISS_F,
+    P_KLEDGE,
+    P_KTOP,
+    P_LEDGE_M2,
+    P_LOCAL,
+    P_LOCAL_QUENCH,
+    P_METAL0,
+    P_N_ANODES,
+    P_NOISE_A,
+    P_NOISE_V,
+    P_OPS,
+    P_R_BAND,
+    P_R_COND,
+    P_R_TARGET,
+    P_RWALL,
+    P_SHOT_KG,
+    P_SIZE_F,
+    P_SLUDGE_R,
+    P_TAMB,
+    P_TAP_DURATION,
+    P_TAP_INTERVAL,
+    S_AC_AREA,
+    S_AC_BUSY,
+    S_AC_HEAT,
+    S_AC_TIMER,
+    S_ACD,
+    S_AE,
+    S_AE_CCRIT,
+    S_AE_OSC,
+    S_AE_T,
+    S_AL2O3,
+    S_ALF3,
+    S_ANODE_H,
+    S_BEAM_ACK,
+    S_BEAM_TIMER,
+    S_CRYO,
+    S_FEED_ACK,
+    S_FEED_CREDIT,
+    S_FILM,
+    S_IN_CIRCUIT,
+    S_KILL_T,
+    S_LEDGE,
+    S_METAL,
+    S_NOISE,
+    S_REFRACT,
+    S_SLUDGE,
+    S_SWEEP,
+    S_TAP_LEFT,
+    S_TAP_TIMER,
+    S_TBATH,
+)
 from twin.rng import normal, normal_pair, uniform
 
 #: CF4 per A·s during a full AE [kg/(A·s)], calibrated to the IPCC Tier 2 CWPB slope
@@ -116,9 +237,7 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
     state[k, S_NOISE] = a_noise * state[k, S_NOISE] + sigma * math.sqrt(1.0 - a_noise * a_noise) * z_mhd
     a_osc = decay[D_AE_OSC]
     if state[k, S_AE] > 0.5 or state[k, S_FILM] > 1e-3:
-        state[k, S_AE_OSC] = a_osc * state[k, S_AE_OSC] + AE_OSC_STD_V * math.sqrt(1.0 - a_osc * a_osc) * normal(
-            rng, k
-        )
+        state[k, S_AE_OSC] = a_osc * state[k, S_AE_OSC] + AE_OSC_STD_V * math.sqrt(1.0 - a_osc * a_osc) * normal(rng, k)
     else:
         state[k, S_AE_OSC] *= a_osc
 
@@ -127,7 +246,7 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
             out[k, j] = 0.0
         out[k, O_R_OHM] = 0.0
         return
-    tot, c, alf3 = composition(state, k)
+    _tot, c, alf3 = composition(state, k)
     caf2 = params[k, P_CAF2]
     t_c = state[k, S_TBATH]
     area = params[k, P_ANODE_CM2] * (1.0 - state[k, S_AC_AREA])
@@ -182,7 +301,7 @@ def dump_shot(state, params, k, shots):
         return
     m = shots * params[k, P_SHOT_KG] * params[k, P_FEED_EFF]
     r = params[k, P_SLUDGE_R]
-    tot, c, alf3 = composition(state, k)
+    _tot, c, alf3 = composition(state, k)
     c_sat = alumina_saturation_wt(state[k, S_TBATH], alf3, params[k, P_CAF2])
     fast = (1.0 - r) * m if c < c_sat else 0.0
     state[k, S_AL2O3] += fast
@@ -242,7 +361,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
     if in_circ:
         c, alf3, t_liq, c_sat = out[k, O_C], out[k, O_ALF3], out[k, O_TLIQ], out[k, O_CSAT]
     else:
-        tot, c, alf3 = composition(state, k)
+        _tot, c, alf3 = composition(state, k)
         t_liq = liquidus_c(alf3, caf2, c)
         c_sat = alumina_saturation_wt(t_c, alf3, caf2)
 
@@ -316,9 +435,9 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
     dm_ledge = min(dm_ledge, 0.5 * state[k, S_CRYO])
     state[k, S_LEDGE] += dm_ledge
     state[k, S_CRYO] -= dm_ledge
-    state[k, S_TBATH] += (
-        (p_elec - p_rxn - q_top - q_out - q_anode) * dt + LEDGE_FUSION_J_PER_KG * dm_ledge
-    ) / params[k, P_CTH]
+    state[k, S_TBATH] += ((p_elec - p_rxn - q_top - q_out - q_anode) * dt + LEDGE_FUSION_J_PER_KG * dm_ledge) / params[
+        k, P_CTH
+    ]
     state[k, A_E_ELEC] += p_elec * dt
     state[k, A_E_RXN] += p_rxn * dt
     state[k, A_Q_LOSS] += (q_top + q_out) * dt

@@ -1,4 +1,4 @@
-"""Clocks: every timed thing in the project takes one (DESIGN.md, "Clock" contract).
+"""Clocks: every timed thing in the project takes one (docs/architecture.md, "Clock" contract).
 
 ``RealClock`` follows the monotonic wall clock; ``VirtualClock`` is advanced by the
 simulation itself (offline runs) and ``AcceleratedClock`` runs a fixed factor faster

@@ -15,8 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from twin.resources import config_dir
+
 #: repository config directory (embedded defaults)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = config_dir()
 REFERENCE_PLANT = CONFIG_DIR / "plant_reference.toml"
 
 
@@ -38,7 +40,7 @@ class _Strict(BaseModel):
 class CellParams(_Strict):
     """Nominal parameters of one point-fed prebake cell (120 kA class by default).
 
-    Sources: DESIGN.md physics facts, DOMAIN_BRIEF §1 (Haupin voltage, Solheim
+    Sources: docs/domain.md physics facts, docs/domain.md §1 (Haupin voltage, Solheim
     liquidus, Dewing CE, Stefan ledge after Lundby et al.).
     """
 
@@ -58,7 +60,9 @@ class CellParams(_Strict):
     r_cathode_uohm: float = Field(2.5, ge=0.0, le=20.0, description="cathode block + bars")
     r_external_uohm: float = Field(1.67, ge=0.0, le=20.0, description="cell-to-cell busbar share")
     kappa_factor: float = Field(1.0, ge=0.5, le=1.5, description="multiplier on Wang bath conductivity")
-    sludge_fraction: float = Field(0.6, ge=0.0, le=1.0, description="share of a shot that goes to the slow pool (Yao 2017)")
+    sludge_fraction: float = Field(
+        0.6, ge=0.0, le=1.0, description="share of a shot that goes to the slow pool (Yao 2017)"
+    )
     dissolution_rate_per_s: float = Field(0.002, gt=0.0, le=0.1)
     ae_local_depletion_wt_pct_per_a_cm2: float = Field(
         1.05, ge=0.0, le=3.0, description="bulk minus under-anode Al2O3 per unit current density"
@@ -130,7 +134,7 @@ class RectifierParams(_Strict):
     busbar_uohm: float = Field(300.0, ge=0.0, le=5000.0, description="line busbar resistance")
 
     @model_validator(mode="after")
-    def _limits(self) -> "RectifierParams":
+    def _limits(self) -> RectifierParams:
         if not self.min_ka <= self.setpoint_ka <= self.max_ka:
             raise ValueError(
                 f"setpoint_ka={self.setpoint_ka} must lie within min_ka={self.min_ka} .. max_ka={self.max_ka}"
@@ -160,10 +164,10 @@ class PlantConfig(_Strict):
     spread: CellSpread = CellSpread()
     local_control: LocalControl = LocalControl()
     lines: list[Line] = Field(min_length=1)
-    control: dict[str, Any] = Field(default_factory=dict, description="controller section (control.config)")
+    control: dict[str, Any] = Field(default_factory=dict, description="controller section (potctl.config)")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "PlantConfig":
+    def _unique_names(self) -> PlantConfig:
         names = [r.name for ln in self.lines for r in ln.rooms]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -173,7 +177,7 @@ class PlantConfig(_Strict):
     @classmethod
     def single_room(
         cls, n_cells: int, current_ka: float = 120.0, name: str = "Bench", seed: int = 1, **sections: Any
-    ) -> "PlantConfig":
+    ) -> PlantConfig:
         """A one-line, one-room plant of ``n_cells`` cells with a rectifier sized for it.
 
         ``sections`` override top-level keys (e.g. ``cell={...}``, ``local_control={...}``).

@@ -58,8 +58,18 @@ DISTURBANCE_TAU_S = 6.0 * 3600.0
 @njit(cache=True)
 def _h(ob, c, d, current):
     comps = voltage_components(
-        current, ob[OB_T], c, ob[OB_ALF3], ob[OB_CAF2], d, ob[OB_ANODE], ob[OB_SINGLE] ** -0.1, ob[OB_AREA_F],
-        ob[OB_CATH], 1.0, ob[OB_R_COND],
+        current,
+        ob[OB_T],
+        c,
+        ob[OB_ALF3],
+        ob[OB_CAF2],
+        d,
+        ob[OB_ANODE],
+        ob[OB_SINGLE] ** -0.1,
+        ob[OB_AREA_F],
+        ob[OB_CATH],
+        1.0,
+        ob[OB_R_COND],
     )
     return comps[0] + comps[1] + comps[2] + comps[3] + comps[4] + comps[5] + comps[6]
 
@@ -239,8 +249,17 @@ class AluminaObserver:
         and beam moves [mm] since the last update; ``valid`` False skips a cell's update;
         ``disturbed`` marks cells being tapped or having an anode changed."""
         ekf_step(
-            self.x, self.p, self.sludge, self.agitation, self.acc, self.ob, np.asarray(current_a, float), np.asarray(voltage_v, float),
-            np.asarray(feed_kg, float), np.asarray(beam_mm, float), float(dt_s),
+            self.x,
+            self.p,
+            self.sludge,
+            self.agitation,
+            self.acc,
+            self.ob,
+            np.asarray(current_a, float),
+            np.asarray(voltage_v, float),
+            np.asarray(feed_kg, float),
+            np.asarray(beam_mm, float),
+            float(dt_s),
             self._valid if valid is None else np.asarray(valid, dtype=np.bool_),
             self._calm if disturbed is None else np.asarray(disturbed, dtype=np.bool_),
         )

@@ -4,9 +4,9 @@ saturable reactors (fast trim), regulating line current to a ramped setpoint.
 Per line, state ``rect[n_lines, R_N]`` and parameters ``rpar[n_lines, RP_N]``
 (float64, named indices). The DC output is ``U_dc = U_tap(tap) − U_reactor`` limited
 to the DC voltage limit; the line current follows from the series circuit
-``I = (U_dc − Σ E_k) / (Σ R_k + R_bus)`` (DOMAIN_BRIEF §4), never negative (diodes).
+``I = (U_dc − Σ E_k) / (Σ R_k + R_bus)`` (docs/domain.md §4), never negative (diodes).
 
-Regulation [EST dynamics, DOMAIN_BRIEF §4]: integral action on the current error through
+Regulation [EST dynamics, docs/domain.md §4]: integral action on the current error through
 the reactors (first-order lag ``reactor_tau_s``), the tap changer re-centres the
 reactor in its range one step at a time (``tap_time_s`` per step). An AE (+≈30 V on
 one cell) therefore dips the line current for a few seconds until the reactors take

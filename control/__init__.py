@@ -1,4 +1,0 @@
-"""Pot controller: AE detection/prediction/quench, feeding, ACD and amperage control.
-
-Pure, synchronous logic on what a PLC exposes (see ``control.plant``).
-"""

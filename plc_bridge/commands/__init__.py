@@ -1,1 +1,0 @@
-"""One module per ``potline`` subcommand (see plc_bridge.cli)."""

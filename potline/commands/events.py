@@ -1,0 +1,189 @@
+"""``potline events``: query the daemon's event journal (read-only, safe while it runs).
+
+    potline events --journal /var/lib/potline-twin/journal.db
+    potline events --config plant.toml --category ae --since 2h
+    potline events --journal j.db --kind mode_change --json
+    potline events --journal j.db --room Potroom2 --cell 17 --limit 50 --newest
+    potline events --journal j.db --summary
+    potline events --journal j.db --with-archives --category ae --since 365d
+
+Times: ``--since``/``--until`` take ISO-8601 (``2026-11-23T10:00``, UTC when no zone)
+or a relative age (``90s``, ``15m``, ``2h``, ``3d``). Output: one aligned line per event,
+or one JSON object per line with ``--json`` (for scripts and log shippers).
+``--with-archives`` reads the files the daemon rotated out (``journal.rotate_mb``:
+``<stem>-<first id>-<last id>-<time><suffix>`` beside the journal) before the live one, as
+one journal: ids continue from file to file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--journal", "-j", type=Path, help="journal SQLite file")
+    src.add_argument("--config", "-c", type=Path, help="daemon config (uses its journal path)")
+    parser.add_argument("--kind", action="append", default=[], help="event kind (repeatable), e.g. ae_start")
+    parser.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        help="ae | setpoint | mode | alarm | comms | control | daemon (repeatable)",
+    )
+    parser.add_argument("--since", help="ISO time or age (90s, 15m, 2h, 3d)")
+    parser.add_argument("--until", help="ISO time or age")
+    parser.add_argument("--room", help="room name")
+    parser.add_argument("--cell", type=int, help="cell floor number (with --room)")
+    parser.add_argument("--after-id", type=int, help="only events with a larger id (follow-up queries)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many events")
+    parser.add_argument("--newest", action="store_true", help="newest first")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--summary", action="store_true", help="counts per category and kind, id range, integrity")
+    parser.add_argument(
+        "--with-archives",
+        action="store_true",
+        help="also the rotated-out files beside the journal (oldest first), as one journal",
+    )
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """ISO-8601 (naive = UTC) or a relative age like ``15m`` before ``now``."""
+    now = now or datetime.now(UTC)
+    m = _REL.match(text)
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected an ISO-8601 time or an age like 90s/15m/2h/3d, got {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def journal_files(path: Path, with_archives: bool) -> list[Path]:
+    """The journal at ``path``, preceded by its rotated-out archives in id order when asked."""
+    if not with_archives:
+        return [path]
+    pat = re.compile(re.escape(path.stem) + r"-(\d+)-(\d+)-[0-9TZ]+" + re.escape(path.suffix) + "$")
+    found = [(int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}-*{path.suffix}") if (m := pat.match(p.name))]
+    return [p for _, p in sorted(found)] + [path]
+
+
+def main(args: argparse.Namespace) -> int:
+    from potline.journal import CATEGORIES, Journal, JournalError
+
+    path = args.journal
+    if path is None:
+        from potline.daemon_config import DaemonConfigError, load_daemon_config
+
+        try:
+            path = load_daemon_config(args.config).journal_path
+        except DaemonConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    bad = [c for c in args.category if c not in CATEGORIES]
+    if bad:
+        print(f"potline events: --category expects one of {', '.join(CATEGORIES)}, got {', '.join(bad)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"potline events: {exc}", file=sys.stderr)
+        return 2
+    files = journal_files(path, args.with_archives)
+    try:
+        journals = [Journal(f, readonly=True) for f in files]
+    except JournalError as exc:
+        print(f"potline events: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.summary:
+            return _summary(journals, args.json)
+        events = []
+        for j in reversed(journals) if args.newest else journals:
+            if args.limit is not None and len(events) >= args.limit:
+                break
+            left = None if args.limit is None else args.limit - len(events)
+            events += j.query(kinds=args.kind or None, categories=args.category or None, since=since, until=until,
+                              room=args.room, cell=args.cell, after_id=args.after_id, limit=left,
+                              newest_first=args.newest)  # fmt: skip
+    finally:
+        for j in journals:
+            j.close()
+    out = sys.stdout
+    try:
+        for e in events:
+            if args.json:
+                out.write(json.dumps(e.as_dict(), ensure_ascii=False) + "\n")
+            else:
+                out.write(_line(e) + "\n")
+    except BrokenPipeError:  # `potline events | head`
+        return 0
+    return 0
+
+
+def _line(e) -> str:
+    where = "/".join(str(x) for x in (e.line or e.room, f"Cell{e.cell:03d}" if e.cell is not None else None) if x)
+    what = e.detail
+    if e.tag:
+        what = f"{e.tag}={e.value:g} {what}".strip() if e.value is not None else f"{e.tag} {what}".strip()
+    extra = []
+    if e.mode:
+        extra.append(f"mode={e.mode}")
+    if e.user:
+        extra.append(f"user={e.user}")
+    if e.source:
+        extra.append(f"src={e.source}")
+    return (
+        f"{e.id:>7} {e.ts_utc[:23]} {e.category:<8} {e.kind:<16} {where or '-':<20} {what} {' '.join(extra)}".rstrip()
+    )
+
+
+def _summary(journals: list, as_json: bool) -> int:
+    """Counts per category and kind, id range and gaps, integrity, over ``journals`` as one."""
+    merged: dict[tuple[str, str], list] = {}
+    ids: list[int] = []
+    for j in journals:
+        for c, k, n, a, b in j._db.execute(
+            "SELECT category, kind, COUNT(*), MIN(ts_utc), MAX(ts_utc) FROM events GROUP BY category, kind"
+        ).fetchall():
+            r = merged.setdefault((c, k), [0, a, b])
+            r[0] += n
+            r[1], r[2] = min(r[1], a), max(r[2], b)
+        ids += j.ids()
+    gaps = sum(1 for a, b in itertools.pairwise(ids) if b != a + 1)
+    checks = [j.integrity_check() for j in journals]
+    doc = {
+        "files": [str(j.path) for j in journals],
+        "events": len(ids),
+        "first_id": ids[0] if ids else None,
+        "last_id": ids[-1] if ids else None,
+        "id_gaps": gaps,
+        "integrity": "ok" if all(c == "ok" for c in checks) else "; ".join(checks),
+        "schema_version": max(j.schema_version for j in journals),
+        "by_kind": [
+            {"category": c, "kind": k, "count": n, "first": a, "last": b}
+            for (c, k), (n, a, b) in sorted(merged.items())
+        ],
+    }
+    if as_json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(
+            f"{doc['events']} events, ids {doc['first_id']}..{doc['last_id']}, {gaps} gap(s), "
+            f"integrity {doc['integrity']}, schema v{doc['schema_version']}"
+        )
+        for r in doc["by_kind"]:
+            print(f"  {r['category']:<8} {r['kind']:<18} {r['count']:>8}  {r['first'][:19]} .. {r['last'][:19]}")
+    return 0

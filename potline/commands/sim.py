@@ -1,0 +1,153 @@
+"""``potline sim``: run a plant offline on the twin (PLC local automation: fixed-rate
+feeding, resistance band, AE kill, tapping and anode changes) and write a summary
+(JSON + Markdown + HTML) and PNG plots of a few cells."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: IPCC 2006 Tier 2 slope method for CWPB and AR5 GWP-100 (docs/domain.md)
+GWP_CF4, GWP_C2F6 = 6630.0, 11100.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="plant TOML (default: the embedded reference plant)")
+    p.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--out", type=Path, default=Path("out/sim"), help="output directory")
+    p.add_argument("--plot-cells", type=int, default=4, help="cells to plot (spread over the plant)")
+    p.add_argument("--serial", action="store_true", help="one core (no prange)")
+    p.add_argument("--no-ae-kill", action="store_true", help="PLC local control without AE quench (open loop)")
+
+
+def summarise(potline, hours: float) -> dict:
+    """Production, energy, CE, AEs and PFC (IPCC Tier 2, AR5) of a finished run."""
+    tot = potline.totals()
+    n = potline.layout.n_cells
+    days = hours / 24.0
+    metal_t = tot["metal_kg"] / 1000.0
+    ae_min_per_cell_day = tot["ae_minutes"] / (n * days) if days > 0 else 0.0
+    co2e_t = (tot["cf4_kg"] * GWP_CF4 + tot["c2f6_kg"] * GWP_C2F6) / 1000.0
+    return {
+        "plant": potline.layout.plant,
+        "cells": n,
+        "hours": hours,
+        "production_t_per_day": metal_t / days if days > 0 else 0.0,
+        "production_t_per_year": metal_t / days * 365.0 if days > 0 else 0.0,
+        "specific_energy_kwh_per_kg": tot["specific_energy_kwh_per_kg"],
+        "current_efficiency": tot["current_efficiency"],
+        "mean_cell_voltage_v": float(potline.measurements()["cell_voltage_v"].mean()),
+        "line_current_ka": [float(x) for x in potline.measurements()["line_current_ka"]],
+        "anode_effects": tot["ae_count"],
+        "ae_per_pot_day": tot["ae_count"] / (n * days) if days > 0 else 0.0,
+        "ae_minutes_per_cell_day": ae_min_per_cell_day,
+        "cf4_kg": tot["cf4_kg"],
+        "c2f6_kg": tot["c2f6_kg"],
+        "pfc_co2e_t": co2e_t,
+        "pfc_co2e_kg_per_t_al": co2e_t * 1000.0 / metal_t if metal_t > 0 else 0.0,
+    }
+
+
+def _plots(arrays, names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = arrays["t_h"]
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    panels = [
+        ("cell_voltage_v", "cell voltage [V]"),
+        ("alumina_wt_pct", "dissolved Al2O3 [wt %]"),
+        ("bath_temp_c", "bath temperature [°C]"),
+        ("acd_cm", "ACD [cm]"),
+    ]
+    for ax, (key, label) in zip(axes, panels, strict=False):
+        for j, name in enumerate(names):
+            ax.plot(t, arrays[key][:, j], lw=0.8, label=name)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, ncol=4)
+    axes[-1].set_xlabel("time [h]")
+    fig.tight_layout()
+    fig2, ax = plt.subplots(figsize=(10, 3.5))
+    for j in range(arrays["line_current_ka"].shape[1]):
+        ax.plot(t, arrays["line_current_ka"][:, j], lw=0.8, label=f"line {j + 1}")
+    ax.set_ylabel("line current [kA]")
+    ax.set_xlabel("time [h]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig2.tight_layout()
+    return fig, fig2
+
+
+def main(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from potline.report import Report, write_json
+    from twin.config import ConfigError, load_plant_config
+    from twin.potline import Potline
+    from twin.recorder import Recorder
+
+    console = Console(stderr=True)
+    try:
+        cfg = load_plant_config(args.config)
+    except ConfigError as exc:
+        console.print(f"[red]config error[/red]\n{exc}")
+        return 2
+    if args.no_ae_kill:
+        cfg = cfg.model_copy(update={"local_control": cfg.local_control.model_copy(update={"ae_quench": False})})
+    pl = Potline(cfg, seed=args.seed, parallel=not args.serial)
+    n = pl.layout.n_cells
+    cells = np.unique(np.linspace(0, n - 1, max(1, min(args.plot_cells, n))).astype(int))
+    rec = Recorder(pl, cells, every_s=60.0)
+    chunk = 600.0
+    total = args.hours * 3600.0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[sim_h]:.1f} h"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"{cfg.name}: {n} cells", total=total, sim_h=0.0)
+        rec.sample()
+        while pl.t_s < total - 1e-9:
+            step = min(chunk, total - pl.t_s)
+            for _ in range(int(round(step / 60.0)) or 1):
+                pl.advance(min(60.0, step))
+                rec.sample()
+            progress.update(task, completed=pl.t_s, sim_h=pl.t_s / 3600.0)
+    summary = summarise(pl, pl.t_s / 3600.0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", summary)
+    names = [pl.layout.cell_name(int(k)) for k in cells]
+    fig_cells, fig_lines = _plots(rec.arrays(), names)
+    rep = Report(f"Offline run: {cfg.name}", subtitle=f"{n} cells, {summary['hours']:.1f} h, seed {pl.seed}")
+    sec = rep.section("Summary")
+    sec.kv({k: v for k, v in summary.items() if not isinstance(v, list)})
+    rep.section("Cells").figure(fig_cells, name="cells", caption="voltage, alumina, temperature and ACD")
+    rep.section("Lines").figure(fig_lines, name="lines", caption="line current per rectifier")
+    html = rep.write(out)
+    md = ["| quantity | value |", "|---|---|"] + [
+        f"| {k} | {v:.4g} |" for k, v in summary.items() if isinstance(v, float)
+    ]
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    console.print(
+        f"{summary['production_t_per_day']:.1f} t/day ({summary['production_t_per_year'] / 1000:.1f} kt/a), "
+        f"{summary['specific_energy_kwh_per_kg']:.2f} kWh/kg, CE {summary['current_efficiency']:.3f}, "
+        f"{summary['anode_effects']} AEs, PFC {summary['pfc_co2e_t']:.2f} t CO2e"
+    )
+    console.print(f"report: {html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(argparse.ArgumentParser().parse_args()))

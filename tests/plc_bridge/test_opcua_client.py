@@ -1,0 +1,234 @@
+"""OpcUaClient against real servers: resolution, batched reads, typed writes, recovery.
+
+The recovery test runs the server in a separate process and kills it with SIGKILL,
+as a PLC power cut would, then starts a new one on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from asyncua import Client, ua
+from asyncua.common.callback import CallbackType
+
+from plc_bridge.opcua_client import NodeRef, OpcUaClient, OpcUaWriteError
+from plc_bridge.opcua_security import ClientSecurity, OpcUaSecurityConfig, UserEntry, hash_password
+from plc_bridge.opcua_server import DEFAULT_QUANTITIES, NAMESPACE_URI, MirrorServer, QuantitySpec
+from plc_bridge.ports import free_port
+from plc_bridge.quality import Quality
+from tests.plc_bridge.mirror_support import make_layout, make_snapshot
+
+REPO = Path(__file__).resolve().parents[2]
+CELL_Q = [q for q in DEFAULT_QUANTITIES if q.level == "cell"]
+
+
+async def test_browse_paths_resolve_in_one_batch_and_failures_name_the_path() -> None:
+    async with MirrorServer(make_layout((3, 2)), port=0) as mirror:
+        refs = [
+            NodeRef("u_room1", "Objects/Alro/Room1/CellVoltage"),
+            NodeRef("u_102", "Objects/Alro/Room2/Cell102/CellVoltage"),
+            NodeRef("i_line2", f"Objects/{mirror.idx}:Alro/{mirror.idx}:Line2/{mirror.idx}:LineCurrent"),
+            NodeRef("mode", node_id=f"nsu={NAMESPACE_URI};s=Alro.Twin.Mode"),
+            NodeRef("typo", "Objects/Alro/Room3/CellVoltage"),
+            NodeRef("gone", node_id="ns=2;s=Alro.Nothing"),
+        ]
+        async with OpcUaClient(mirror.endpoint_url, refs, namespace=NAMESPACE_URI) as client:
+            assert client.connected
+            ids = client.node_ids
+            assert ids["u_room1"] == ua.NodeId("Alro.Room1.CellVoltage", mirror.idx)
+            assert ids["u_102"] == ua.NodeId("Alro.Room2.Cell102.CellVoltage", mirror.idx)
+            assert ids["i_line2"] == ua.NodeId("Alro.Line2.LineCurrent", mirror.idx)
+            assert ids["mode"] == ua.NodeId("Alro.Twin.Mode", mirror.idx)
+            assert set(client.unresolved) == {"typo", "gone"}
+            assert "Objects/Alro/Room3/CellVoltage" in client.unresolved["typo"]
+            samples = await client.read()
+            assert samples["mode"].value == "observe" and samples["mode"].good
+            assert samples["typo"].quality is Quality.BAD and "BadNoMatch" in samples["typo"].reason
+            assert samples["gone"].quality is Quality.BAD
+            with pytest.raises(KeyError):
+                await client.read(["no_such_tag"])
+
+
+async def test_batched_read_is_one_request_and_matches_the_published_snapshot() -> None:
+    layout = make_layout((6, 6))
+    snap = make_snapshot(layout, np.random.default_rng(7))
+    refs, want = [], {}
+    for r, room in enumerate(layout.room_names):
+        for q in CELL_Q:
+            refs.append(NodeRef(f"{room}.{q.name}", f"Objects/Alro/{room}/{q.name}"))
+            want[f"{room}.{q.name}"] = snap[q.name][layout.room_cells(r)].astype(q.dtype)
+    for k in range(layout.n_cells):
+        cell = layout.cell_name(k)
+        for q in CELL_Q:
+            refs.append(NodeRef(f"{cell}.{q.name}", f"Objects/Alro/{cell}/{q.name}"))
+            want[f"{cell}.{q.name}"] = snap[q.name][k].astype(q.dtype)
+    async with MirrorServer(layout, port=0, deadbands={q.name: 0.0 for q in CELL_Q}) as mirror:
+        await mirror.publish(snap, t=3.0)
+        reads: list[int] = []
+
+        async def count_reads(event, _dispatcher) -> None:
+            if event.is_external:
+                reads.append(len(event.request_params.NodesToRead))
+
+        async with OpcUaClient(mirror.endpoint_url, refs, namespace=NAMESPACE_URI) as client:
+            mirror.server.subscribe_server_callback(CallbackType.PreRead, count_reads)
+            samples = await client.read()
+            mirror.server.unsubscribe_server_callback(CallbackType.PreRead, count_reads)
+        assert reads == [len(refs)]  # one Read service call for all 2x7 arrays + 12x7 scalars
+        for name, value in want.items():
+            s = samples[name]
+            assert s.good, (name, s)
+            np.testing.assert_array_equal(s.value, value, err_msg=name)
+
+
+async def test_typed_write_lands_where_an_untyped_one_is_refused(tmp_path) -> None:
+    target = QuantitySpec("ResistanceTarget", "µΩ", "target", (10.0, 40.0), ua.VariantType.Float, "B94", writable=True)
+    cfg = OpcUaSecurityConfig(
+        state_dir=tmp_path, sign=False, sign_and_encrypt=False, allow_no_security=True,
+        users={"op": UserEntry(role="operator", password_hash=hash_password("pw"))},
+    )  # fmt: skip
+    async with MirrorServer(make_layout((2,)), (*DEFAULT_QUANTITIES, target), port=0, security=cfg) as mirror:
+        path = "Objects/Alro/Room1/Cell102/ResistanceTarget"
+        refs = [NodeRef("target", path), NodeRef("u", "Objects/Alro/Room1/Cell102/CellVoltage")]
+        sec = ClientSecurity(mode="None", username="op", password="pw")
+        # the trap: a Python float written without a type into a Float node
+        raw = Client(mirror.endpoint_url, timeout=5)
+        await sec.apply(raw)
+        async with raw:
+            idx = await raw.get_namespace_index(NAMESPACE_URI)
+            with pytest.raises(ua.UaStatusCodeError) as err:
+                await raw.get_node(ua.NodeId("Alro.Room1.Cell102.ResistanceTarget", idx)).write_value(22.5)
+            assert err.value.code == ua.StatusCodes.BadTypeMismatch
+        async with OpcUaClient(mirror.endpoint_url, refs, namespace=NAMESPACE_URI, security=sec) as client:
+            await client.write("target", 22.5)  # typed from the node's DataType
+            await client.write("target", np.float64(23.25))
+            with pytest.raises(OpcUaWriteError) as werr:
+                await client.write("u", 1.0)  # measured values are read-only
+            assert werr.value.status.value == ua.StatusCodes.BadUserAccessDenied
+        async with Client(mirror.endpoint_url.replace("tcp://", "tcp://op:pw@"), timeout=5) as reader:
+            idx = await reader.get_namespace_index(NAMESPACE_URI)
+            assert await reader.get_node(ua.NodeId("Alro.Room1.Cell102.ResistanceTarget", idx)).read_value() == 23.25
+
+
+SERVER_SCRIPT = """
+import asyncio, sys
+import numpy as np
+from plc_bridge.opcua_server import MirrorServer
+from tests.plc_bridge.mirror_support import make_layout
+
+async def main(port):
+    layout = make_layout((3, 3))
+    async with MirrorServer(layout, port=port) as mirror:
+        print("READY", flush=True)
+        k = 0
+        while True:
+            k += 1
+            await mirror.publish({"CellVoltage": np.full(6, 4.0 + 0.001 * k)}, t=0.1 * k)
+            await asyncio.sleep(0.1)
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+async def _spawn_server(port: int) -> tuple[asyncio.subprocess.Process, float]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVER_SCRIPT, str(port),
+        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if not line:
+            raise RuntimeError("server process exited before READY")
+        if line.strip() == b"READY":
+            return proc, time.monotonic()
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+
+async def _until(predicate, timeout_s: float, step_s: float = 0.05, msg=lambda: "") -> float:
+    """Poll async ``predicate`` until true; returns the time it took (fails after timeout)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if await predicate():
+            return time.monotonic() - t0
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"condition not met within {timeout_s} s {msg()}")
+
+
+async def test_server_killed_then_restarted_quality_goes_bad_then_recovers_within_5s() -> None:
+    loop_errors: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}/potline-twin/"
+    refs = [
+        NodeRef("count", "Objects/Alro/Twin/PublishCount"),
+        NodeRef("u_room2", "Objects/Alro/Room2/CellVoltage"),
+        NodeRef("u_201", "Objects/Alro/Room2/Cell102/CellVoltage"),
+    ]
+    client = OpcUaClient(url, refs, namespace=NAMESPACE_URI, retry_delay_s=0.5)
+    # the client may start before its server exists
+    assert await client.start(wait_s=0.3) is False
+    assert all(s.quality is Quality.BAD for s in (await client.read()).values())
+    updates: list[tuple[float, str, Quality]] = []
+
+    async def collect() -> None:
+        async for name, s in client.updates():
+            updates.append((time.monotonic(), name, s.quality))
+
+    collector = asyncio.create_task(collect())
+    procs = []
+    try:
+        proc, _ = await _spawn_server(port)
+        procs.append(proc)
+        assert await client.wait_connected(5)
+        await client.subscribe(["count"], period_ms=50)
+
+        async def all_good() -> bool:
+            return all(s.good for s in (await client.read()).values())
+
+        await _until(all_good, 5)
+        await _until(lambda: _has_update(updates, Quality.GOOD, 0.0), 5)
+
+        t_kill = time.monotonic()
+        await _kill(proc)
+
+        async def all_bad() -> bool:
+            return all(s.quality is Quality.BAD for s in (await client.read()).values())
+
+        await _until(all_bad, 5)
+        await _until(lambda: _has_update(updates, Quality.BAD, t_kill), 5, msg=lambda: f"{updates[-5:]} {t_kill}")
+        assert not client.connected
+
+        proc, t_ready = await _spawn_server(port)
+        procs.append(proc)
+        recovered = await _until(all_good, 5)
+        assert time.monotonic() - t_ready < 5.0, f"recovery took {time.monotonic() - t_ready:.2f} s"
+        await _until(lambda: _has_update(updates, Quality.GOOD, t_ready), 5)  # re-subscribed by itself
+        samples = await client.read()
+        assert samples["u_room2"].value.shape == (3,)
+        assert samples["u_201"].value == pytest.approx(samples["u_room2"].value[1], abs=0.01)
+        assert client.connects == 2 and recovered < 5.0
+    finally:
+        collector.cancel()
+        await client.stop()
+        for p in procs:
+            await _kill(p)
+    assert loop_errors == [], loop_errors
+
+
+async def _has_update(updates, quality: Quality, since: float) -> bool:
+    return any(q is quality and t >= since for t, _n, q in updates)

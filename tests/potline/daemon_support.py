@@ -1,0 +1,352 @@
+"""Helpers for the daemon tests (no tests here): a HIL rig on loopback, a daemon config
+written from ``config/daemon_example.toml`` with the rig's ports, and the daemon as a
+real process (``python -m potline.cli run``) whose JSON log lines are collected.
+
+Everything is real: the rig's Modbus/OPC UA servers on 127.0.0.1, the daemon in its
+own process, SQLite files in ``tmp_path``, HTTP and OPC UA clients against the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from plc_bridge.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "daemon_example.toml"
+PY = sys.executable
+
+
+# ---------------------------------------------------------------------- rig
+
+
+def rig_scenario(*, cells: int = 8, speed: float = 20.0, potroom: str = "modbus", rectifier: str = "modbus",
+                 storm_every_s: float | None = None, storm_start_s: float = 60.0, watchdog_s: float = 20.0,
+                 seed: int = 3, faults: list[dict[str, Any]] | None = None, duration_s: float = 30 * 86400.0,
+                 name: str = "daemon_test") -> Any:  # fmt: skip
+    """A one-room bench scenario for the daemon tests."""
+    from hil_rigs.scenarios import scenario_from_dict
+
+    data: dict[str, Any] = {
+        "scenario": {"name": name, "duration_s": duration_s, "speed": speed, "seed": seed},
+        "plant": {"cells": cells, "rooms": 1},
+        "protocols": {"rectifier": rectifier, "potroom": potroom},
+        "rig": {"watchdog_s": watchdog_s},
+        "faults": faults or [],
+    }
+    if storm_every_s is not None:
+        data["ae_storm"] = {"start_s": storm_start_s, "end_s": duration_s, "every_s": storm_every_s}
+    return scenario_from_dict(data, source=f"<{name}>")
+
+
+async def start_rig(scenario: Any) -> Any:
+    from hil_rigs.rig import Rig
+
+    return await Rig(scenario, proxies=True).start()
+
+
+# ---------------------------------------------------------------------- config
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("no NaN/inf in test configs")
+        return repr(v)
+    if isinstance(v, (str, Path)):
+        return json.dumps(str(v))
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML text for nested dicts, lists of tables and scalars (enough for daemon configs)."""
+    lines: list[str] = []
+
+    def table(d: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_aot(v)}
+        for k, v in scalars.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in d.items():
+            name = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                lines.append(f"\n[{name}]")
+                table(v, name)
+            elif _is_aot(v):
+                for item in v:
+                    lines.append(f"\n[[{name}]]")
+                    table(item, name)
+
+    table(data, "")
+    return "\n".join(lines) + "\n"
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def daemon_config(tmp_path: Path, rig: Any | None, *, mode: str = "observe", cells: int = 8,
+                  ports: dict[str, int] | None = None, **sections: dict[str, Any]) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Write a daemon config from the example, pointed at ``rig`` (or at ``ports`` when
+    the rig is not up yet). ``sections`` update top-level tables, e.g. ``daemon={...}``.
+
+    Returns (path, data) with ``data["_ports"]`` = the metrics and mirror ports.
+    """
+    data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    d = data["daemon"]
+    d["mode"] = mode
+    d["state_dir"] = str(tmp_path / "state")
+    d["handback_timeout_s"] = 15.0
+    d["mode_file_poll_s"] = 0.2
+    data["plant"]["lines"][0]["rooms"][0]["cells"] = cells
+    data["tagmaps"] = {"rectifier": str(ROOT / "config/tagmaps/rectifier.toml"),
+                       "potroom": str(ROOT / "config/tagmaps/potroom.toml")}  # fmt: skip
+    if rig is not None:
+        ep = rig.endpoints()
+        d["clock_speed"] = float(ep["speed"])
+        d["clock_epoch_monotonic"] = float(ep["epoch_monotonic"])
+        rect, room = ep["rectifiers"][0], ep["potrooms"][0]
+        ports = {"rectifier": int(rect["port"]), "potroom": int(room["port"])}
+        protos = {"rectifier": rect["protocol"], "potroom": room["protocol"]}
+    else:
+        assert ports is not None
+        protos = {"rectifier": "modbus", "potroom": "modbus"}
+    for plc in data["plc"]:
+        plc["port"] = ports[plc["kind"]]
+        plc["protocol"] = protos[plc["kind"]]
+    data["metrics"]["port"] = free_port()
+    data["opcua"]["port"] = free_port()
+    data["logging"] = {"format": "json", "level": "INFO"}
+    for key, upd in sections.items():
+        data.setdefault(key, {})
+        data[key].update(upd)
+    path = tmp_path / "daemon.toml"
+    path.write_text(dump_toml(data), encoding="utf-8")
+    data["_ports"] = {"metrics": data["metrics"]["port"], "opcua": data["opcua"]["port"]}
+    return path, data
+
+
+# ---------------------------------------------------------------------- the daemon process
+
+
+class DaemonProcess:
+    """``potline run`` as a child process; its JSON log lines are parsed as they come."""
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.extra = extra
+        self.env = {**os.environ, **(env or {})}
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.stderr: list[str] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._new = asyncio.Event()
+        self.t_start = 0.0
+
+    async def start(self) -> DaemonProcess:
+        self.t_start = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            PY, "-m", "potline.cli", "run", "--config", str(self.config), *self.extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd=str(ROOT),
+        )  # fmt: skip
+        self._readers = [asyncio.create_task(self._read(self.proc.stdout, True)),
+                         asyncio.create_task(self._read(self.proc.stderr, False))]  # fmt: skip
+        return self
+
+    async def _read(self, stream: Any, is_stdout: bool) -> None:
+        while True:
+            line = await stream.readline()
+            if not line:
+                break
+            text = line.decode(errors="replace").rstrip("\n")
+            if is_stdout:
+                self.raw.append(text)
+                with contextlib.suppress(ValueError):
+                    ev = json.loads(text)
+                    if isinstance(ev, dict):
+                        ev["_mono"] = time.monotonic()
+                        self.events.append(ev)
+            else:
+                self.stderr.append(text)
+            self._new.set()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    def find(self, event: str, pred: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event and (pred is None or pred(e))]
+
+    async def wait_event(self, event: str, timeout: float = 20.0,
+                         pred: Callable[[dict[str, Any]], bool] | None = None, after: int = 0) -> dict[str, Any]:  # fmt: skip
+        """Wait for a log event named ``event`` (among lines with index >= ``after``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for e in self.events[after:]:
+                if e.get("event") == event and (pred is None or pred(e)):
+                    return e
+            if self.proc is not None and self.proc.returncode is not None:
+                await asyncio.sleep(0.1)
+                for e in self.events[after:]:
+                    if e.get("event") == event and (pred is None or pred(e)):
+                        return e
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {event!r}:\n" + self.tail())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {event!r} within {timeout} s:\n" + self.tail())
+            self._new.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._new.wait(), min(left, 0.5))
+
+    async def wait_ready(self, timeout: float = 40.0) -> dict[str, Any]:
+        """Wait for the first control cycle and the OPC UA mirror; returns the first-cycle event."""
+        first = await self.wait_event("daemon.first_cycle", timeout=timeout)
+        await self.wait_event("opcua.mirror_started", timeout=timeout)
+        return first
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join([*self.raw[-n:], "--- stderr ---", *self.stderr[-n:]])
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        for t in self._readers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(t, 5.0)
+        return rc
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (kill -9 if it does not end)."""
+        if self.proc is None or self.proc.returncode is not None:
+            return self.returncode if self.returncode is not None else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError("daemon did not stop on SIGTERM:\n" + self.tail()) from None
+
+    async def kill(self) -> int:
+        """``kill -9``."""
+        assert self.proc is not None
+        self.proc.kill()
+        return await self.wait(10.0)
+
+
+# ---------------------------------------------------------------------- HTTP and OPC UA clients
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def aget(url: str) -> tuple[int, str]:
+    return await asyncio.to_thread(http_get, url)
+
+
+async def wait_status(url: str, status: int = 200, timeout: float = 10.0) -> str:
+    """Poll ``url`` until it answers ``status``; returns the body."""
+    t0 = time.monotonic()
+    while True:
+        code, body = await aget(url)
+        if code == status:
+            return body
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{url} answered {code}, not {status}, for {timeout} s: {body}")
+        await asyncio.sleep(0.1)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """Value of one Prometheus sample in exposition ``text`` (labels must all match)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{", 1)[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+async def call_set_mode(port: int, mode: str, user: str | None = None, password: str | None = None,
+                        plant: str = "Bench") -> Any:  # fmt: skip
+    """Call Twin/SetMode on the daemon's mirror; returns the previous mode (or raises UaStatusCodeError)."""
+    from asyncua import Client, ua
+
+    from plc_bridge.opcua_server import NAMESPACE_URI
+
+    cred = f"{user}:{password}@" if user else ""
+    async with Client(f"opc.tcp://{cred}127.0.0.1:{port}/potline-twin/", timeout=10) as client:
+        idx = await client.get_namespace_index(NAMESPACE_URI)
+        twin = client.get_node(ua.NodeId(f"{plant}.Twin", idx))
+        return await twin.call_method(ua.NodeId(f"{plant}.Twin.SetMode", idx), ua.Variant(mode, ua.VariantType.String))
+
+
+async def read_mirror(port: int, *names: str, plant: str = "Bench") -> list[Any]:
+    from asyncua import Client, ua
+
+    from plc_bridge.opcua_server import NAMESPACE_URI
+
+    async with Client(f"opc.tcp://127.0.0.1:{port}/potline-twin/", timeout=10) as client:
+        idx = await client.get_namespace_index(NAMESPACE_URI)
+        return [await client.get_node(ua.NodeId(f"{plant}.{n}", idx)).read_value() for n in names]
+
+
+def journal_events(path: Path, **query: Any) -> list[Any]:
+    """Events of a journal file, read-only (works while the daemon writes)."""
+    from potline.journal import Journal
+
+    j = Journal(path, readonly=True)
+    try:
+        return j.query(**query)
+    finally:
+        j.close()
+
+
+def listener(tmp_path, abstract: bool = False) -> tuple[socket.socket, str]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"potline-test-{time.monotonic_ns()}"
+        s.bind("\0" + name)
+        addr = "@" + name
+    else:
+        addr = str(tmp_path / "notify.sock")
+        s.bind(addr)
+    s.setblocking(False)
+    return s, addr

@@ -1,0 +1,246 @@
+"""Bad input to a running daemon (a real process against a HIL rig): what it does with
+bad tag values, refusing PLCs, garbage on its listening ports, bad mode requests, a
+second daemon on the same journal. It never exits on any of them (README, "Bad input").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import socket
+
+import numpy as np
+import pytest
+from asyncua import ua
+
+from plc_bridge.opcua_security import hash_password
+from tests.potline.daemon_support import (
+    DaemonProcess,
+    aget,
+    call_set_mode,
+    daemon_config,
+    journal_events,
+    metric,
+    rig_scenario,
+    start_rig,
+)
+
+pytestmark = [pytest.mark.hil, pytest.mark.timeout(180)]
+
+
+def _raw(port: int, payload: bytes) -> bytes:
+    """Send raw bytes to a loopback port, return what comes back before the peer closes."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(4096):
+                out += chunk
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass
+    return out
+
+
+async def _cycles(mport: int) -> float:
+    _, text = await aget(f"http://127.0.0.1:{mport}/metrics")
+    return metric(text, "potline_cycles_total") or 0.0
+
+
+async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_daemon(tmp_path) -> None:
+    rig = await start_rig(rig_scenario(speed=20.0))
+    sec = {
+        "state_dir": str(tmp_path / "opcua"),
+        "sign": False,
+        "sign_and_encrypt": False,
+        "allow_no_security": True,
+        "anonymous": "read_only",
+        "users": {"op": {"role": "operator", "password_hash": hash_password("pw")}},
+    }
+    dp = None
+    try:
+        cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": sec})
+        mport, oport = data["_ports"]["metrics"], data["_ports"]["opcua"]
+        journal = tmp_path / "state" / "journal.db"
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_ready()
+
+        # ---- garbage on the listening ports: answered or dropped, the loop goes on
+        c0 = await _cycles(mport)
+        junk = os.urandom(4096)
+        await asyncio.to_thread(_raw, oport, b"HEL" + junk)  # not OPC UA: the server drops the connection
+        await asyncio.to_thread(_raw, oport, b"HELF\xff\xff\xff\x7f" + junk)  # absurd message size
+        reply = await asyncio.to_thread(_raw, mport, b"\x16\x03\x01 not http at all\r\n\r\n")
+        assert b"400 - Bad request" in reply  # an error page, no metrics
+        reply = await asyncio.to_thread(_raw, mport, b"POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc")
+        assert b" 405 " in reply.split(b"\r\n", 1)[0]
+        assert (await aget(f"http://127.0.0.1:{mport}/../../etc/passwd"))[0] == 404
+        await asyncio.sleep(0.5)
+        assert await _cycles(mport) > c0 and (await aget(f"http://127.0.0.1:{mport}/healthz"))[0] == 200
+
+        # ---- bad mode requests: unknown mode, mode file garbage, a mode file others may write, SIGHUP
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await call_set_mode(oport, "turbo", "op", "pw")
+        assert err.value.code == ua.StatusCodes.BadInvalidArgument
+        mode_file = tmp_path / "state" / "mode"
+        mode_file.write_text("warp9\n")
+        os.chmod(mode_file, 0o600)
+        await dp.wait_event("mode_file.refused", timeout=10, pred=lambda e: "warp9" in e["reason"])
+        mode_file.write_text("control\n")
+        os.chmod(mode_file, 0o666)
+        await dp.wait_event("mode_file.refused", timeout=10, pred=lambda e: "writable by group/others" in e["reason"])
+        mode_file.write_bytes(b"x" * 5000)
+        os.chmod(mode_file, 0o600)
+        await dp.wait_event("mode_file.refused", timeout=10, pred=lambda e: "5000 bytes" in e["reason"])
+        mode_file.unlink()
+        dp.signal(signal.SIGHUP)
+        await dp.wait_event("signal.ignored", timeout=10)
+
+        # ---- control is refused while a PLC link is down (interlock), journalled
+        h = rig.plc("potroom:Potroom1")
+        n = len(dp.events)
+        h.proxy.drop("refuse")
+        await dp.wait_event("plc.comms_lost", timeout=20, after=n)
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await call_set_mode(oport, "control", "op", "pw")
+        assert err.value.code == ua.StatusCodes.BadInvalidState
+        h.proxy.restore()
+        await dp.wait_event("plc.comms_restored", timeout=20, after=n)
+        assert await call_set_mode(oport, "control", "op", "pw") == "observe"
+
+        # ---- a NaN cell voltage (broken transmitter) during an AE: not acted on, detected once good
+        await asyncio.sleep(1.0)
+        cell = 2  # index; floor number 3
+        await rig.inject({"kind": "bad_sensor", "cells": [cell], "duration_s": 30.0})
+        t_bad = rig.now()
+        crit = rig.potline.truth()["critical_alumina_wt_pct"][cell]
+        rig.potline.force_alumina(np.array([cell]), float(crit) - 0.1)
+        await rig.wait_until(t_bad + 30.0 + 12.0, timeout_wall_s=20)
+        t_clear = t_bad + 30.0
+
+        # ---- the potroom PLC answers every request with exception 6 (device busy): a comms fault
+        n = len(dp.events)
+        await rig.inject({"kind": "exception", "target": "potroom", "code": 6, "duration_s": 20.0})
+        lost = await dp.wait_event("plc.comms_lost", timeout=20, after=n, pred=lambda e: e["plc"] == "potroom1")
+        assert "exception 6" in lost["reason"]
+        await dp.wait_event("plc.comms_restored", timeout=20, after=n, pred=lambda e: e["plc"] == "potroom1")
+
+        # ---- a second daemon on the same journal is refused; the first one is untouched
+        out = await asyncio.create_subprocess_exec(
+            *dp_cmd(cfg), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        so, se = await asyncio.wait_for(out.communicate(), 60)
+        assert out.returncode == 1 and b"in use by another writer" in so + se
+        assert dp.returncode is None and (await aget(f"http://127.0.0.1:{mport}/healthz"))[0] == 200
+
+        assert await dp.stop() == 0
+        rep = rig.report()
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+
+    ev = journal_events(journal)
+    refused = [e for e in ev if e.kind == "mode_refused"]
+    reasons = " | ".join(e.detail for e in refused)
+    assert "warp9" in reasons and "writable by group/others" in reasons and "5000 bytes" in reasons
+    assert any("PLC link(s) down: potroom1" in e.detail and e.source == "opcua" and e.user == "op" for e in refused)
+    assert [e.mode for e in ev if e.kind == "mode_change"] == ["control"]
+    # the NaN cell: no detection while its voltage was bad; detected after, if the AE outlived the fault
+    ae3 = [e for e in ev if e.kind == "ae_start" and e.cell == cell + 1 and e.t_plant_s >= t_bad - 2.0]
+    assert all(e.t_plant_s >= t_clear for e in ae3), [(e.t_plant_s, t_bad, t_clear) for e in ae3]
+    truth = [a for a in rep.aes if a["cell"] == cell and a["start_s"] >= t_bad - 5.0]
+    assert truth, "the forced AE happened"
+    lasting = [a for a in truth if math.isnan(a["end_s"]) or a["end_s"] > t_clear + 8.0]
+    if lasting:
+        assert ae3 and ae3[0].t_plant_s <= t_clear + 8.0
+    comms = [e for e in ev if e.category == "comms" and e.source == "potroom1"]
+    assert any("exception 6" in e.detail for e in comms if e.kind == "comms_lost")
+    assert ev[-1].kind == "daemon_stop"
+
+
+def dp_cmd(cfg) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "potline.cli", "run", "--config", str(cfg)]
+
+
+async def test_journal_full_stops_commanding_keeps_running_and_loses_nothing(tmp_path) -> None:
+    """The journal cannot grow (``journal.max_mb`` reached; a full disk behaves the same):
+    the daemon keeps cycling, holds the entries in memory, leaves ``control`` for
+    ``shadow`` (no writes without an audit trail), ``/readyz`` says why; at the stop every
+    entry the journal could not take is in the log as ``journal.unwritten``."""
+    rig = await start_rig(rig_scenario(speed=10.0))
+    dp = None
+    try:
+        # 1 kB: below what the new file holds already, so the first growth fails
+        cfg, data = daemon_config(tmp_path, rig, mode="control", journal={"max_mb": 0.001})
+        mport = data["_ports"]["metrics"]
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_event("daemon.first_cycle", timeout=30)
+        await dp.wait_event("journal.commit_failed", timeout=20)
+        await dp.wait_event("mode.changed", timeout=20, pred=lambda e: e.get("mode") == "shadow")
+        c0 = await _cycles(mport)
+        await asyncio.sleep(2.0)
+        assert await _cycles(mport) > c0, "the loop keeps cycling"
+        status, body = await aget(f"http://127.0.0.1:{mport}/readyz")
+        assert status == 503 and "journal not writable" in body
+        assert dp.returncode is None
+        assert await dp.stop() == 0
+        unwritten = [e for e in dp.events if e.get("event") == "journal.unwritten"]
+        kinds = [e["kind"] for e in unwritten]
+        assert "mode_change" in kinds and kinds[-1] == "daemon_stop"
+        # what the file did take is intact: contiguous ids, the start first
+        ev = journal_events(tmp_path / "state" / "journal.db")
+        assert ev and ev[0].kind in ("unclean_shutdown", "daemon_start")
+        assert [e.id for e in ev] == list(range(ev[0].id, ev[0].id + len(ev)))
+        assert "daemon_stop" not in [e.kind for e in ev]
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+
+
+async def test_journal_rotation_keeps_every_entry_once_across_the_files(tmp_path) -> None:
+    """``journal.rotate_mb``: the daemon archives the journal file when it passes the size and
+    goes on in a fresh one, while it runs in control mode; the archives and the live file
+    together hold contiguous ids from 1 (nothing lost, nothing twice), each archive is
+    intact and read-only, each new file starts with ``journal_rotated`` naming its archive."""
+    from potline.journal import Journal
+
+    rig = await start_rig(rig_scenario(speed=10.0))
+    dp = None
+    try:
+        cfg, _ = daemon_config(tmp_path, rig, mode="control", journal={"rotate_mb": 0.05})
+        dp = await DaemonProcess(cfg).start()
+        await dp.wait_event("daemon.first_cycle", timeout=30)
+        await dp.wait_event("journal.rotated", timeout=60)
+        assert await dp.stop() == 0
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+    state = tmp_path / "state"
+    archives = sorted(state.glob("journal-*-*-*.db"), key=lambda p: int(p.name.split("-")[1]))
+    assert archives
+    ids: list[int] = []
+    for a in archives:
+        assert not os.access(a, os.W_OK) or os.geteuid() == 0  # read-only (root may write anyway)
+        assert a.stat().st_mode & 0o222 == 0
+        with Journal(a, readonly=True) as old:
+            assert old.integrity_check() == "ok"
+            got = old.ids()
+            first, last = (int(x) for x in a.name.split("-")[1:3])
+            assert got == list(range(first, last + 1))
+            ids += got
+    with Journal(state / "journal.db", readonly=True) as live:
+        got = live.ids()
+        head = live.query(limit=1)[0]
+        assert head.kind == "journal_rotated" and head.data["archive"] == archives[-1].name
+        ids += got
+    assert ids == list(range(1, len(ids) + 1))
+    kinds = [e.kind for f in [*archives, state / "journal.db"] for e in journal_events(f)]
+    assert [k for k in kinds if k != "journal_rotated"][-1] == "daemon_stop"
+    assert kinds.count("journal_rotated") == len(archives)
