@@ -213,7 +213,7 @@ class OpcUaEdge:
         items: list[Any] = []
         objects: dict[str, ua.NodeId] = {}
         leaves: list[tuple[Tag, ua.NodeId, ua.VariantType]] = []
-        root = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        root = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
         for tag in self.image.tagmap:
             if not tag.browse_path:
                 continue
@@ -227,7 +227,7 @@ class OpcUaEdge:
                 key = ".".join(parts[: depth + 1])
                 nid = objects.get(key)
                 if nid is None:
-                    nid = ua.NodeId(key, idx)
+                    nid = ua.NodeId(ua.String(key), ua.Int16(idx))
                     objects[key] = nid
                     items.append(
                         object_node_item(
@@ -239,7 +239,11 @@ class OpcUaEdge:
                     )
                 parent = nid
             vt = variant_type(tag)
-            nid = ua.NodeId.from_string(tag.node_id) if tag.node_id else ua.NodeId(".".join(parts), idx)
+            nid = (
+                ua.NodeId.from_string(tag.node_id)
+                if tag.node_id
+                else ua.NodeId(ua.String(".".join(parts)), ua.Int16(idx))
+            )
             value = ua.Variant(_coerce(vt, self.image.get(tag.name)), vt)
             items.append(_variable_item(ua, nid, ua.QualifiedName(parts[-1], idx), parent, value, tag))
             leaves.append((tag, nid, vt))
@@ -256,13 +260,16 @@ class OpcUaEdge:
     def _reader(self, tag: Tag, vt: Any) -> Callable[[Any, Any], Any]:
         from asyncua import ua
 
+        from plc_bridge.opcua_server import ua_datetime
+
         name, image = tag.name, self.image
 
         def read(_nid: Any, _attr: Any) -> Any:
+            stamp = ua_datetime(self._stamp)
             if self.bad_status is not None:
-                return ua.DataValue(StatusCode=ua.StatusCode(self.bad_status), ServerTimestamp=self._stamp)
-            return ua.DataValue(ua.Variant(_coerce(vt, image.get(name)), vt), SourceTimestamp=self._stamp,
-                                ServerTimestamp=self._stamp)  # fmt: skip
+                return ua.DataValue(StatusCode=ua.StatusCode(ua.UInt32(self.bad_status)), ServerTimestamp=stamp)
+            return ua.DataValue(ua.Variant(_coerce(vt, image.get(name)), vt), SourceTimestamp=stamp,
+                                ServerTimestamp=stamp)  # fmt: skip
 
         return read
 

@@ -135,16 +135,27 @@ MAX_READ_BITS = 2000
 
 
 class TagLike(Protocol):
-    """What the codec needs of a tag (``plc_bridge.tagmap.Tag`` satisfies it)."""
+    """What the codec needs of a tag (``plc_bridge.tagmap.Tag`` satisfies it).
 
-    name: str
-    type: DataType
-    word_order: WordOrder
-    scale: float
-    offset: float
-    min: float | None
-    max: float | None
-    bit: int | None
+    Read-only members, so a frozen dataclass (``Tag``) satisfies it.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> DataType: ...
+    @property
+    def word_order(self) -> WordOrder: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def offset(self) -> float: ...
+    @property
+    def min(self) -> float | None: ...
+    @property
+    def max(self) -> float | None: ...
+    @property
+    def bit(self) -> int | None: ...
 
 
 # ---------------------------------------------------------------- scalar raw <-> words
@@ -420,13 +431,13 @@ def quantize_within(tag: TagLike, x: float, lo: float, hi: float) -> float | Non
     if tag.type is DataType.FLOAT32:
         f32max = float(np.finfo(np.float32).max)
         raw = min(max(raw, -f32max), f32max)
-        r = np.float32(raw)
+        r32 = np.float32(raw)
         for _ in range(8):
-            v = float(r) * s + o
+            v = float(r32) * s + o
             if v > hi:
-                r = np.nextafter(r, np.float32(-np.inf) if s > 0 else np.float32(np.inf))
+                r32 = np.nextafter(r32, np.float32(-np.inf) if s > 0 else np.float32(np.inf))
             elif v < lo:
-                r = np.nextafter(r, np.float32(np.inf) if s > 0 else np.float32(-np.inf))
+                r32 = np.nextafter(r32, np.float32(np.inf) if s > 0 else np.float32(-np.inf))
             else:
                 return v
         return None
@@ -446,11 +457,18 @@ def quantize_within(tag: TagLike, x: float, lo: float, hi: float) -> float | Non
 
 
 class Locatable(Protocol):
-    name: str
-    table: Table
-    address: int
-    device_id: int
-    n_registers: int
+    """What read planning needs of a tag (read-only; ``Tag`` satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def table(self) -> Table: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def device_id(self) -> int: ...
+    @property
+    def n_registers(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 import structlog
-from asyncua import Client, Node, ua
+from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent
 
 from plc_bridge.opcua_security import ClientSecurity
-from plc_bridge.quality import Quality, Sample
+from plc_bridge.quality import Quality, Sample, SampleValue
 from twin.clock import Clock, RealClock
 
 __all__ = ["VTYPE_BY_DATATYPE", "NodeRef", "OpcUaClient", "OpcUaWriteError", "parse_browse_path"]
@@ -112,11 +112,11 @@ def parse_browse_path(path: str, default_ns: int) -> tuple[ua.NodeId, ua.Relativ
         raise ValueError(f"empty browse path {path!r}")
     first = parts[0].split(":", 1)[-1]
     if first == "Objects":
-        start, parts = ua.NodeId(ua.ObjectIds.ObjectsFolder), parts[1:]
+        start, parts = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder)), parts[1:]
     elif first == "Root":
-        start, parts = ua.NodeId(ua.ObjectIds.RootFolder), parts[1:]
+        start, parts = ua.NodeId(ua.Int32(ua.ObjectIds.RootFolder)), parts[1:]
     else:
-        start = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        start = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
     elements = []
     for seg in parts:
         ns, sep, name = seg.partition(":")
@@ -125,9 +125,11 @@ def parse_browse_path(path: str, default_ns: int) -> tuple[ua.NodeId, ua.Relativ
         else:
             qn = ua.QualifiedName(seg, default_ns)
         el = ua.RelativePathElement()
-        el.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HierarchicalReferences)
-        el.IsInverse = False
-        el.IncludeSubtypes = True
+        el.ReferenceTypeId = ua.NodeId(ua.Int32(ua.ObjectIds.HierarchicalReferences))
+        # asyncua declares Boolean fields as its marker class ua.Boolean (no instances);
+        # it encodes plain bools, as its own code assigns them
+        el.IsInverse = False  # type: ignore[assignment]
+        el.IncludeSubtypes = True  # type: ignore[assignment]
         el.TargetName = qn
         elements.append(el)
     rp = ua.RelativePath()
@@ -402,9 +404,8 @@ class OpcUaClient:
 
     def _sample(self, dv: ua.DataValue, t: float) -> Sample:
         status = dv.StatusCode or ua.StatusCode()
-        value = dv.Value.Value if dv.Value is not None else None
-        if isinstance(value, list):
-            value = np.asarray(value)  # type: ignore[assignment]
+        raw = dv.Value.Value if dv.Value is not None else None
+        value: SampleValue = np.asarray(raw) if isinstance(raw, list) else raw
         if status.is_good():
             return Sample(value, Quality.GOOD, t, "")
         if status.is_uncertain():
@@ -537,7 +538,7 @@ class OpcUaClient:
             if n not in self._nodeids:
                 self._updates.put_nowait((n, Sample.bad(self._unresolved.get(n, "unresolved"), t)))
         if names:
-            handles = await sub.subscribe_data_change([Node(client.uaclient, self._nodeids[n]) for n in names])
+            handles = await sub.subscribe_data_change([client.get_node(self._nodeids[n]) for n in names])
             for n, h in zip(names, handles, strict=False):
                 if isinstance(h, ua.StatusCode):
                     self._updates.put_nowait((n, Sample.bad(f"monitor: {h.name}", t)))

@@ -41,6 +41,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -60,6 +61,7 @@ __all__ = [
     "PublishReport",
     "QuantitySpec",
     "free_port",
+    "ua_datetime",
     "unece_unit_id",
 ]
 
@@ -258,8 +260,12 @@ class MirrorServer:
             if len(np.unique(nums)) != len(nums):
                 raise ValueError(f"room {lay.room_names[r]}: duplicate cell numbers")
 
+    def _path(self, *parts: str) -> str:
+        """String identifier ``<Plant>.<part>...`` of a node (see the module docstring)."""
+        return ".".join((self.layout.plant, *parts))
+
     def _nid(self, *parts: str) -> ua.NodeId:
-        return ua.NodeId(".".join((self.layout.plant, *parts)), self.idx)
+        return ua.NodeId(ua.String(self._path(*parts)), ua.Int16(self.idx))
 
     def cell_object_name(self, k: int) -> str:
         """Browse name of cell ``k``'s object, e.g. ``Cell017``."""
@@ -309,7 +315,7 @@ class MirrorServer:
         server.set_endpoint(self.endpoint_url)
         server.set_server_name(self.server_name)
         cfg = self.security or OpcUaSecurityConfig(
-            state_dir=".", sign=False, sign_and_encrypt=False, allow_no_security=True, anonymous="read_only"
+            state_dir=Path("."), sign=False, sign_and_encrypt=False, allow_no_security=True, anonymous="read_only"
         )
         ruleset = await configure_server_security(server, cfg)
         self.idx = await server.register_namespace(self.namespace_uri)
@@ -348,7 +354,7 @@ class MirrorServer:
         lay, idx = self.layout, self.idx
         server = self.server
         items: list[ua.AddNodesItem] = []
-        objects = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+        objects = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
         plant = self._nid()
         items.append(object_node_item(plant, ua.QualifiedName(lay.plant, idx), objects, ua.ObjectIds.Organizes))
         twin = self._nid("Twin")
@@ -422,13 +428,14 @@ class MirrorServer:
             self._nid("Twin", "SetMode"),
             ua.QualifiedName("SetMode", idx),
             self._set_mode_method,
-            [ua.Argument(Name="Mode", DataType=ua.NodeId(ua.ObjectIds.String), ValueRank=-1,
+            [ua.Argument(Name="Mode", DataType=ua.NodeId(ua.Int32(ua.ObjectIds.String)), ValueRank=-1,
                          Description=ua.LocalizedText("observe, shadow or control"))],
-            [ua.Argument(Name="PreviousMode", DataType=ua.NodeId(ua.ObjectIds.String), ValueRank=-1)],
+            [ua.Argument(Name="PreviousMode", DataType=ua.NodeId(ua.Int32(ua.ObjectIds.String)), ValueRank=-1)],
         )  # fmt: skip
-        base = server.get_node(ua.NodeId(ua.ObjectIds.BaseEventType))
+        base = server.get_node(ua.NodeId(ua.Int32(ua.ObjectIds.BaseEventType)))
         etype = await base.add_object_type(
-            ua.NodeId("AnodeEffectEventType", idx), ua.QualifiedName("AnodeEffectEventType", idx)
+            ua.NodeId(ua.String("AnodeEffectEventType"), ua.Int16(idx)),
+            ua.QualifiedName("AnodeEffectEventType", idx),
         )
         for name, default, vt in (
             ("Cell", "", ua.VariantType.String),
@@ -437,7 +444,10 @@ class MirrorServer:
             ("Active", False, ua.VariantType.Boolean),
         ):
             await etype.add_property(
-                ua.NodeId(f"AnodeEffectEventType.{name}", idx), ua.QualifiedName(name, idx), default, varianttype=vt
+                ua.NodeId(ua.String(f"AnodeEffectEventType.{name}"), ua.Int16(idx)),
+                ua.QualifiedName(name, idx),
+                default,
+                varianttype=vt,
             )
         self.anode_effect_event_type = etype.nodeid
         self._ae_event = await server.get_event_generator(etype, ua.ObjectIds.Server)
@@ -470,24 +480,24 @@ class MirrorServer:
         if not 0 <= level <= 255:
             raise ValueError(f"service level must be 0..255, got {level}")
         await self._write_internal(
-            ua.NodeId(ua.ObjectIds.Server_ServiceLevel), ua.Variant(int(level), ua.VariantType.Byte)
+            ua.NodeId(ua.Int32(ua.ObjectIds.Server_ServiceLevel)), ua.Variant(int(level), ua.VariantType.Byte)
         )
 
     async def _set_mode_method(self, parent: ua.NodeId, mode_var: ua.Variant) -> Any:
         mode = mode_var.Value if isinstance(mode_var, ua.Variant) else mode_var
         user = current_user()
         if mode not in MODES:
-            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+            return ua.StatusCode(ua.UInt32(ua.StatusCodes.BadInvalidArgument))
         previous = self._mode
         if self._mode_handler is not None:
             try:
                 await self._mode_handler(mode, user)
             except ValueError as exc:
                 log.warning("opcua.mode_refused", mode=mode, user=user, reason=str(exc))
-                return ua.StatusCode(ua.StatusCodes.BadInvalidState)
+                return ua.StatusCode(ua.UInt32(ua.StatusCodes.BadInvalidState))
             except Exception:
                 log.exception("opcua.mode_handler_failed", mode=mode, user=user)
-                return ua.StatusCode(ua.StatusCodes.BadInternalError)
+                return ua.StatusCode(ua.UInt32(ua.StatusCodes.BadInternalError))
         await self.set_mode(mode)
         log.info("opcua.mode_changed", mode=mode, previous=previous, user=user)
         return [ua.Variant(previous, ua.VariantType.String)]
@@ -508,7 +518,7 @@ class MirrorServer:
                 self._cell_values[q.name][k] = value
                 self._scalar_last[q.name][k] = value
                 room = int(self.layout.cell_room[k])
-                await self._write_room_array(q, room, datetime.now(UTC), None)
+                await self._write_room_array(q, room, ua.DateTime.now(UTC), None)
             except Exception:
                 log.exception("opcua.write_mirror_failed", quantity=q.name, cell=k)
             log.info("opcua.client_write", quantity=q.name, cell=self.layout.cell_name(k), value=value, user=user)
@@ -520,24 +530,31 @@ class MirrorServer:
 
     # ------------------------------------------------------------------ publishing
 
-    async def _write_internal(self, nid: ua.NodeId, variant: ua.Variant, now: datetime | None = None) -> ua.StatusCode:
-        now = now or datetime.now(UTC)
+    async def _write_internal(
+        self, nid: ua.NodeId, variant: ua.Variant, now: ua.DateTime | None = None
+    ) -> ua.StatusCode:
+        now = now or ua.DateTime.now(UTC)
         dv = ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now)
         return await self.server.iserver.aspace.write_attribute_value(nid, ua.AttributeIds.Value, dv)
 
     async def _write_room_array(
-        self, q: QuantitySpec, room: int, now: datetime, source: datetime | None, report: PublishReport | None = None
+        self,
+        q: QuantitySpec,
+        room: int,
+        now: ua.DateTime,
+        source: ua.DateTime | None,
+        report: PublishReport | None = None,
     ) -> None:
         cells = self._rooms_cells[room]
         variant = ua.Variant(self._cell_values[q.name][cells].tolist(), q.vtype)
         dv = ua.DataValue(variant, SourceTimestamp=source or now, ServerTimestamp=now)
-        nid = self._nid(self.layout.room_names[room], q.name)
-        status = await self.server.iserver.aspace.write_attribute_value(nid, ua.AttributeIds.Value, dv)
+        parts = (self.layout.room_names[room], q.name)
+        status = await self.server.iserver.aspace.write_attribute_value(self._nid(*parts), ua.AttributeIds.Value, dv)
         if report is not None:
             if status.is_good():
                 report.arrays_written += 1
             else:
-                report.errors.append(f"{nid.Identifier}: {status.name}")
+                report.errors.append(f"{self._path(*parts)}: {status.name}")
 
     def _take(self, snapshot: Mapping[str, Any], q: QuantitySpec, n: int, report: PublishReport) -> np.ndarray | None:
         if q.name not in snapshot:
@@ -569,8 +586,9 @@ class MirrorServer:
         logged and returned in ``PublishReport.errors``.
         """
         report = PublishReport()
+        source = ua_datetime(source_time) if source_time is not None else None
         async with self._lock:
-            now = datetime.now(UTC)
+            now = ua.DateTime.now(UTC)
             lay = self.layout
             for key in snapshot:
                 if key not in self._deadband and key not in self._warned_keys:
@@ -584,13 +602,13 @@ class MirrorServer:
                 self._cell_values[q.name][:] = arr
                 fresh.append(q)
                 for r in range(lay.n_rooms):
-                    await self._write_room_array(q, r, now, source_time, report)
+                    await self._write_room_array(q, r, now, source, report)
             for q in self.line_quantities:
                 arr = self._take(snapshot, q, lay.n_lines, report)
                 if arr is None:
                     continue
                 for li in range(lay.n_lines):
-                    dv = ua.DataValue(ua.Variant(arr[li].item(), q.vtype), SourceTimestamp=source_time or now,
+                    dv = ua.DataValue(ua.Variant(arr[li].item(), q.vtype), SourceTimestamp=source or now,
                                       ServerTimestamp=now)  # fmt: skip
                     status = await self.server.iserver.aspace.write_attribute_value(
                         self.line_node_id(q.name, li), ua.AttributeIds.Value, dv
@@ -601,7 +619,7 @@ class MirrorServer:
                         report.errors.append(f"{q.name}[{lay.line_names[li]}]: {status.name}")
             if self._scalars_due(t):
                 self._last_scalar_t = t
-                await self._write_scalars(fresh, now, source_time, report)
+                await self._write_scalars(fresh, now, source, report)
             self._publish_count += 1
             await self._write_internal(self._nid("Twin", "ModelTime"), ua.Variant(float(t), ua.VariantType.Double), now)
             await self._write_internal(
@@ -624,11 +642,15 @@ class MirrorServer:
         async with self._lock:
             for q in self.cell_quantities:
                 self._scalar_last[q.name][:] = np.nan
-            await self._write_scalars(list(self.cell_quantities), datetime.now(UTC), None, report)
+            await self._write_scalars(list(self.cell_quantities), ua.DateTime.now(UTC), None, report)
         return report
 
     async def _write_scalars(
-        self, quantities: Sequence[QuantitySpec], now: datetime, source: datetime | None, report: PublishReport
+        self,
+        quantities: Sequence[QuantitySpec],
+        now: ua.DateTime,
+        source: ua.DateTime | None,
+        report: PublishReport,
     ) -> None:
         write = self.server.iserver.aspace.write_attribute_value
         value_attr = ua.AttributeIds.Value
@@ -698,15 +720,32 @@ class MirrorServer:
 # ---------------------------------------------------------------------- node builders
 
 
-def object_node_item(nid: ua.NodeId, qname: ua.QualifiedName, parent: ua.NodeId, ref: int = ua.ObjectIds.HasComponent):
+def ua_datetime(dt: datetime) -> ua.DateTime:
+    """``dt`` as asyncua's ``ua.DateTime``, the type its DataValue timestamps are declared
+    with: the same instant and tzinfo (``dt`` itself when it already is one)."""
+    if isinstance(dt, ua.DateTime):
+        return dt
+    return ua.DateTime.combine(dt.date(), dt.timetz())
+
+
+def _child_nid(parent: ua.NodeId, name: str) -> ua.NodeId:
+    """String NodeId ``<parent>.<name>`` in the parent's namespace (``parent`` has a string id)."""
+    if not isinstance(parent.Identifier, str):
+        raise TypeError(f"{parent.to_string()}: expected a string NodeId to derive {name!r} from")
+    return ua.NodeId(ua.String(f"{parent.Identifier}.{name}"), parent.NamespaceIndex)
+
+
+def object_node_item(
+    nid: ua.NodeId, qname: ua.QualifiedName, parent: ua.NodeId, ref: int = ua.ObjectIds.HasComponent
+) -> ua.AddNodesItem:
     """An AddNodesItem for a plain object (BaseObjectType) under ``parent`` (batched add_nodes)."""
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nid
     item.BrowseName = qname
     item.NodeClass = ua.NodeClass.Object
     item.ParentNodeId = parent
-    item.ReferenceTypeId = ua.NodeId(ref)
-    item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseObjectType)
+    item.ReferenceTypeId = ua.NodeId(ua.Int32(ref))
+    item.TypeDefinition = ua.NodeId(ua.Int32(ua.ObjectIds.BaseObjectType))
     attrs = ua.ObjectAttributes()
     attrs.DisplayName = ua.LocalizedText(qname.Name)
     attrs.Description = ua.LocalizedText(qname.Name)
@@ -734,12 +773,12 @@ def _variable_item(
     item.BrowseName = ua.QualifiedName(name, 0 if is_property else idx)
     item.NodeClass = ua.NodeClass.Variable
     item.ParentNodeId = parent
-    item.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasProperty if is_property else ua.ObjectIds.HasComponent)
-    item.TypeDefinition = ua.NodeId(ua.ObjectIds.PropertyType if is_property else type_def)
+    item.ReferenceTypeId = ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty if is_property else ua.ObjectIds.HasComponent))
+    item.TypeDefinition = ua.NodeId(ua.Int32(ua.ObjectIds.PropertyType if is_property else type_def))
     attrs = ua.VariableAttributes()
     attrs.DisplayName = ua.LocalizedText(name)
     attrs.Description = ua.LocalizedText(description)
-    attrs.DataType = datatype or ua.NodeId(value.VariantType.value)
+    attrs.DataType = datatype or ua.NodeId(ua.Int32(value.VariantType.value))
     attrs.Value = value
     if array_len is None:
         attrs.ValueRank = ua.ValueRank.Scalar
@@ -772,9 +811,9 @@ def _analog_items(
         rng = ua.Range(Low=float(q.eu_range[0]), High=float(q.eu_range[1]))
         items.append(
             _variable_item(
-                ua.NodeId(f"{nid.Identifier}.EURange", idx), "EURange", idx, nid,
+                _child_nid(nid, "EURange"), "EURange", idx, nid,
                 ua.Variant(rng, ua.VariantType.ExtensionObject), "Engineering range",
-                is_property=True, datatype=ua.NodeId(ua.ObjectIds.Range),
+                is_property=True, datatype=ua.NodeId(ua.Int32(ua.ObjectIds.Range)),
             )
         )  # fmt: skip
     if q.unit:
@@ -786,9 +825,9 @@ def _analog_items(
         )
         items.append(
             _variable_item(
-                ua.NodeId(f"{nid.Identifier}.EngineeringUnits", idx), "EngineeringUnits", idx, nid,
+                _child_nid(nid, "EngineeringUnits"), "EngineeringUnits", idx, nid,
                 ua.Variant(eu, ua.VariantType.ExtensionObject), "Engineering units",
-                is_property=True, datatype=ua.NodeId(ua.ObjectIds.EUInformation),
+                is_property=True, datatype=ua.NodeId(ua.Int32(ua.ObjectIds.EUInformation)),
             )
         )  # fmt: skip
     return items

@@ -13,15 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeAlias
+
+import numpy as np
 
 __all__ = [
     "COMMS_CODES",
     "MODBUS_EXCEPTION_NAMES",
     "Quality",
     "Sample",
+    "SampleValue",
     "WriteResult",
     "modbus_exception_reason",
 ]
+
+#: What a read can yield: float/int/bool from Modbus and OPC UA scalars, str from OPC UA
+#: String nodes, ``np.ndarray`` from OPC UA array nodes; None when nothing usable was read.
+SampleValue: TypeAlias = float | int | bool | str | np.ndarray | None
 
 #: WriteResult codes that mean the link failed (not the PLC's judgement)
 COMMS_CODES = frozenset({-1, -2, -3, -4})
@@ -61,13 +69,14 @@ class Sample:
 
     Attributes:
         value: engineering value (float for scaled/real tags, int for unscaled
-            integer tags, bool for bits); ``None`` when nothing usable was read.
+            integer tags, bool for bits; over OPC UA also str for String nodes and
+            ``np.ndarray`` for array nodes); ``None`` when nothing usable was read.
         quality: GOOD, UNCERTAIN or BAD.
         t: time of the read on the reader's clock [s].
         reason: why the quality is not GOOD ("" when GOOD).
     """
 
-    value: float | int | bool | None
+    value: SampleValue
     quality: Quality
     t: float
     reason: str = ""
