@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("check_config", "validate a config file and list every error"),
     "events": ("events", "query the event journal"),
     "tags": ("tags", "tag maps: export as CSV/JSON, validate"),
+    "config": ("config", "the shipped reference configs: list, show, copy to edit"),
     "shadow": ("shadow", "shadow-test a refining pot against recorded data"),
     "campaign": ("campaign", "run many refining cycles in parallel (local or Dask)"),
 }
