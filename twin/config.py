@@ -4,40 +4,42 @@ A plant has series lines (one rectifier each), each with potrooms of cells. Cell
 parameters are given once (nominal, with units in the key names) plus a relative
 spread that the model draws per cell from a seeded generator.
 
-Errors name the file, the key and what was expected (``ConfigError``).
+Errors name the file, the key, what was expected and what was found (``ConfigError``,
+from the config core ``twin.configcore``).
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from twin.configcore import ConfigError, StrictModel, load_config, load_toml, validation_issues
 from twin.resources import config_dir
+
+__all__ = [
+    "CONFIG_DIR",
+    "REFERENCE_PLANT",
+    "CellParams",
+    "CellSpread",
+    "ConfigError",
+    "Line",
+    "LocalControl",
+    "PlantConfig",
+    "RectifierParams",
+    "Room",
+    "load_plant_config",
+    "load_toml",
+    "validation_errors",
+]
 
 #: repository config directory (embedded defaults)
 CONFIG_DIR = config_dir()
 REFERENCE_PLANT = CONFIG_DIR / "plant_reference.toml"
 
 
-class ConfigError(ValueError):
-    """A config file failed validation. ``errors`` lists (key, message) pairs."""
-
-    def __init__(self, path: str | Path, errors: list[tuple[str, str]]) -> None:
-        self.path = str(path)
-        self.errors = errors
-        lines = [f"{self.path}: {len(errors)} error(s)"]
-        lines += [f"  {key}: {msg}" for key, msg in errors]
-        super().__init__("\n".join(lines))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CellParams(_Strict):
+class CellParams(StrictModel):
     """Nominal parameters of one point-fed prebake cell (120 kA class by default).
 
     Sources: docs/domain.md physics facts, docs/domain.md §1 (Haupin voltage, Solheim
@@ -86,7 +88,7 @@ class CellParams(_Strict):
     anode_mass_kg: float = Field(900.0, gt=50.0, le=3000.0)
 
 
-class CellSpread(_Strict):
+class CellSpread(StrictModel):
     """Relative (1-sigma) per-cell spread drawn around the nominal parameters."""
 
     acd: float = Field(0.03, ge=0.0, le=0.3)
@@ -99,7 +101,7 @@ class CellSpread(_Strict):
     k_top: float = Field(0.03, ge=0.0, le=0.3)
 
 
-class LocalControl(_Strict):
+class LocalControl(StrictModel):
     """The potroom PLC's own automation (runs when the controller is not in charge)."""
 
     shot_mass_kg: float = Field(1.8, gt=0.1, le=10.0, description="alumina per feeder shot")
@@ -117,7 +119,7 @@ class LocalControl(_Strict):
     ae_quench: bool = Field(True, description="the PLC kills AEs itself (feed + beam pumping) in local control")
 
 
-class RectifierParams(_Strict):
+class RectifierParams(StrictModel):
     """One rectifier (diode + on-load tap changer + saturable reactors) feeding a series line."""
 
     setpoint_ka: float = Field(120.0, gt=0.0, le=700.0)
@@ -142,19 +144,19 @@ class RectifierParams(_Strict):
         return self
 
 
-class Room(_Strict):
+class Room(StrictModel):
     name: str = Field(min_length=1)
     cells: int = Field(ge=1, le=400)
     operating: bool = True
 
 
-class Line(_Strict):
+class Line(StrictModel):
     name: str = Field(min_length=1)
     rectifier: RectifierParams = RectifierParams()
     rooms: list[Room] = Field(min_length=1)
 
 
-class PlantConfig(_Strict):
+class PlantConfig(StrictModel):
     """A whole plant: lines of potrooms of cells, one cell parameter set with spread."""
 
     name: str = "ReferencePlant"
@@ -204,41 +206,16 @@ class PlantConfig(_Strict):
         return sum(r.cells for ln in self.lines for r in ln.rooms if r.operating)
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
-
-
-def validation_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    """(dotted key, message with the received value) for each pydantic error."""
-    errs = []
-    for e in exc.errors():
-        msg = e["msg"]
-        if "input" in e and e["type"] not in ("missing",):
-            msg += f" (got {e['input']!r})"
-        errs.append((_format_loc(tuple(e["loc"])), msg))
-    return errs
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; syntax errors become ``ConfigError`` naming the file and line."""
-    p = Path(path)
-    try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(p, [("<file>", "file not found")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(p, [("<syntax>", str(exc))]) from None
+def validation_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """(dotted key, message) for each pydantic error, in the config core's wording (``model``:
+    the validated class, so unknown keys list the valid ones)."""
+    return [(i.key, i.message) for i in validation_issues(exc, "", model)]
 
 
 def load_plant_config(path: str | Path | None = None) -> PlantConfig:
-    """Load and validate a plant config (``None``: the embedded reference plant)."""
-    p = Path(path) if path is not None else REFERENCE_PLANT
-    data = load_toml(p)
-    try:
-        return PlantConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(p, validation_errors(exc)) from None
+    """Load and validate a plant config (``None``: the embedded reference plant).
+
+    Raises:
+        ConfigError: every problem of the file (file, key, expected, got).
+    """
+    return load_config(PlantConfig, REFERENCE_PLANT if path is None else path)
