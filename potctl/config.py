@@ -10,7 +10,8 @@ the key names. Defaults are engineering values for a 120 kA point-fed prebake li
     [control.feeding]
     underfeed_factor = 0.7
 
-Errors name the file, the dotted key and what was expected (``ConfigError``).
+Errors name the file, the dotted key, what was expected and what was found
+(``ConfigError``, from the config core ``twin.configcore``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from twin.config import ConfigError, load_toml, validation_errors
+from twin.configcore import ConfigError, ConfigIssue, StrictModel, load_toml, validate_config
 
 __all__ = [
     "AmperageConfig",
@@ -40,11 +41,7 @@ __all__ = [
 E0_V = 1.65
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DetectionConfig(_Strict):
+class DetectionConfig(StrictModel):
     """Anode-effect detection on every cell-voltage sample (docs/domain.md §2 "Detection")."""
 
     hv_threshold_v: float = Field(8.0, gt=4.0, le=60.0, description="IPCC/IAI HV-AE definition: U > 8 V")
@@ -85,7 +82,7 @@ class DetectionConfig(_Strict):
         return self
 
 
-class PredictionConfig(_Strict):
+class PredictionConfig(StrictModel):
     """AE prediction from the pseudo-resistance slope and an alumina estimate (docs/domain.md §2)."""
 
     sample_period_s: float = Field(60.0, ge=1.0, le=3600.0, description="R is averaged over this period")
@@ -130,7 +127,7 @@ class PredictionConfig(_Strict):
         return self
 
 
-class QuenchConfig(_Strict):
+class QuenchConfig(StrictModel):
     """Automatic AE quench: feed + anode-beam pumping, with move limits and escalation."""
 
     enabled: bool = True
@@ -159,7 +156,7 @@ class QuenchConfig(_Strict):
     escalate_after_s: float = Field(180.0, ge=10.0, le=7200.0, description="alarm for manual action after")
 
 
-class FeedingConfig(_Strict):
+class FeedingConfig(StrictModel):
     """Alumina feed control by underfeed/overfeed tracking on the resistance slope."""
 
     enabled: bool = True
@@ -193,7 +190,7 @@ class FeedingConfig(_Strict):
     min_current_ka: float = Field(5.0, ge=0.0, le=1000.0, description="no feeding below this line current")
 
 
-class ResistanceConfig(_Strict):
+class ResistanceConfig(StrictModel):
     """ACD control: beam moves when the filtered pseudo-resistance leaves its deadband."""
 
     enabled: bool = True
@@ -236,7 +233,7 @@ class ResistanceConfig(_Strict):
     anode_change_increment_s: float = Field(28800.0, ge=0.0, le=172800.0, description="... fading over this")
 
 
-class AmperageConfig(_Strict):
+class AmperageConfig(StrictModel):
     """Line-current setpoint to the rectifier (docs/domain.md §4)."""
 
     enabled: bool = True
@@ -270,7 +267,7 @@ class AmperageConfig(_Strict):
         return self
 
 
-class PfcConfig(_Strict):
+class PfcConfig(StrictModel):
     """PFC accounting, IPCC 2006 Tier 2 slope method for CWPB (docs/domain.md), AR5 GWP."""
 
     sef_cf4: float = Field(0.143, gt=0.0, le=10.0, description="kg CF4/t Al per AE-min/cell-day")
@@ -280,7 +277,7 @@ class PfcConfig(_Strict):
     ce_assumed: float = Field(0.95, gt=0.5, le=1.0, description="CE used to estimate the metal produced")
 
 
-class ControlConfig(_Strict):
+class ControlConfig(StrictModel):
     """The whole pot-controller configuration (the ``[control]`` TOML table)."""
 
     e0_v: float = Field(E0_V, ge=0.0, le=3.0, description="back-EMF of the pseudo-resistance")
@@ -296,11 +293,7 @@ class ControlConfig(_Strict):
 
 def control_config_from_dict(data: dict[str, Any], source: str | Path = "<control>") -> ControlConfig:
     """Validate a ``[control]`` table; errors become ``ConfigError`` naming ``source`` and keys."""
-    try:
-        return ControlConfig.model_validate(data)
-    except ValidationError as exc:
-        errs = [(f"control.{k}" if k != "<root>" else "control", m) for k, m in validation_errors(exc)]
-        raise ConfigError(source, errs) from None
+    return validate_config(ControlConfig, data, source, prefix="control")
 
 
 def control_config_for_plant(plant_config: Any, source: str | Path = "<plant config>") -> ControlConfig:
@@ -325,5 +318,5 @@ def load_control_config(path: str | Path | None = None) -> ControlConfig:
     data = load_toml(path)
     section = data.get("control", {})
     if not isinstance(section, dict):
-        raise ConfigError(path, [("control", f"expected a table, got {type(section).__name__}")])
+        raise ConfigError([ConfigIssue(str(path), "control", f"expected a table, got {section!r}")])
     return control_config_from_dict(section, path)
