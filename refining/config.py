@@ -1,10 +1,10 @@
 """Refining-pot configuration: TOML validated with pydantic, turned into kernel arrays.
 
 Units are in the key names. Every bound is stated on the field; a bad file raises
-``RefiningConfigError`` whose message names the file, the key (``section.key``), the
-value given and the allowed range, e.g.::
+``RefiningConfigError`` (the config core's ``ConfigError``) whose message names the file,
+the key (``section.key``), the allowed range and the value given, e.g.::
 
-    config/refining_3ka.toml: electrolyte.conductivity_s_cm = 7.0: allowed range 0.3 … 3.0 S/cm
+    config/refining_3ka.toml: electrolyte.conductivity_s_cm: expected a number in [0.3, 3] S/cm, got 7.0
 
 Sources for the defaults: docs/domain.md "Scrap-refining prototype pots" (RUSAL, Oct 2025)
 and docs/domain.md §5b; [EST] marks engineering estimates to calibrate on the pots.
@@ -13,14 +13,14 @@ and docs/domain.md §5b; [EST] marks engineering estimates to calibrate on the p
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from refining import model as rf
+from twin.configcore import ConfigError, StrictModel, load_toml, validate_config
 from twin.resources import config_dir
 
 #: repository config directory
@@ -29,31 +29,19 @@ CONFIG_500A = CONFIG_DIR / "refining_500a.toml"
 CONFIG_3KA = CONFIG_DIR / "refining_3ka.toml"
 
 
-class RefiningConfigError(ValueError):
-    """A refining config failed validation. ``errors`` lists (key, message) pairs."""
-
-    def __init__(self, path: str | Path, errors: list[tuple[str, str]]) -> None:
-        self.path = str(path)
-        self.errors = errors
-        if len(errors) == 1:
-            msg = f"{self.path}: {errors[0][0]}: {errors[0][1]}"
-        else:
-            msg = "\n".join([f"{self.path}: {len(errors)} errors"] + [f"  {k}: {m}" for k, m in errors])
-        super().__init__(msg)
+#: a refining config failed validation (the config core's error: ``issues``, ``errors``)
+RefiningConfigError = ConfigError
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _f(default: float, lo: float, hi: float, unit: str = "", doc: str = "", strict_lo: bool = False):
-    """A float field with an inclusive range [lo, hi] (or (lo, hi] with strict_lo)."""
+def _f(default: float, lo: float, hi: float, unit: str = "", doc: str = "", strict_lo: bool = False) -> Any:
+    """A float field with an inclusive range [lo, hi] (or (lo, hi] with strict_lo), its unit
+    in ``json_schema_extra`` (the config core shows it in range errors)."""
     kw: dict[str, Any] = {"le": hi, "description": doc, "json_schema_extra": {"unit": unit}}
     kw["gt" if strict_lo else "ge"] = lo
     return Field(default, **kw)
 
 
-class PotSection(_Section):
+class PotSection(StrictModel):
     """The pot and its rectifier."""
 
     name: str = "scrap-refining prototype"
@@ -62,7 +50,7 @@ class PotSection(_Section):
     rectifier_max_a: float = _f(3600.0, 50.0, 25000.0, "A", "rectifier hardware limit")
 
 
-class AnodeSection(_Section):
+class AnodeSection(StrictModel):
     """Initial anode alloy (Al + Cu densifier + residual impurities)."""
 
     mass_kg: float = _f(180.0, 1.0, 20000.0, "kg")
@@ -75,7 +63,7 @@ class AnodeSection(_Section):
     activity_coeff_al: float = _f(0.4, 0.05, 1.0, "-", "γ_Al in Al–Cu [EST]")
 
 
-class ElectrolyteSection(_Section):
+class ElectrolyteSection(StrictModel):
     """Fluoride (± chloride) refining electrolyte between anode alloy and cathode."""
 
     thickness_cm: float = _f(5.0, 1.0, 20.0, "cm")
@@ -86,7 +74,7 @@ class ElectrolyteSection(_Section):
     loss_pct_per_day: float = _f(0.02, 0.0, 2.0, "%/d", "volatilisation")
 
 
-class CathodeSection(_Section):
+class CathodeSection(StrictModel):
     """Refined-metal pool."""
 
     initial_kg: float = _f(45.0, 0.1, 10000.0, "kg")
@@ -94,7 +82,7 @@ class CathodeSection(_Section):
     initial_purity_pct: float = _f(99.95, 99.0, 100.0, "%")
 
 
-class ElectrodesSection(_Section):
+class ElectrodesSection(StrictModel):
     """Contacts and interface kinetics."""
 
     contact_resistance_mohm: float = _f(0.1, 0.0, 100.0, "mΩ", "collectors, leads, contacts")
@@ -104,7 +92,7 @@ class ElectrodesSection(_Section):
     limiting_current_a_cm2: float = _f(5.0, 0.5, 100.0, "A/cm²", "anode Al supply at pure Al")
 
 
-class CurrentEfficiencySection(_Section):
+class CurrentEfficiencySection(StrictModel):
     """CE = 1 − i_loss·exp(k·(T − T_ref))/i."""
 
     loss_current_a_cm2: float = _f(0.025, 0.0, 0.5, "A/cm²")
@@ -112,7 +100,7 @@ class CurrentEfficiencySection(_Section):
     ref_c: float = _f(800.0, 600.0, 1100.0, "°C")
 
 
-class SeparationSection(_Section):
+class SeparationSection(StrictModel):
     """Impurity transfer anode → cathode."""
 
     beta_fe: float = _f(300.0, 1.0, 1e6, "-", "Ueda 1998: Fe > 100–300")
@@ -122,7 +110,7 @@ class SeparationSection(_Section):
     sludge_entrainment_per_day: float = _f(0.03, 0.0, 5.0, "1/d", "of the excess (sludge) impurity [EST]")
 
 
-class SolubilitySection(_Section):
+class SolubilitySection(StrictModel):
     """Solubility in the liquid anode alloy (mass %) and the sludge phases [EST]."""
 
     ref_c: float = _f(800.0, 600.0, 1100.0, "°C")
@@ -137,7 +125,7 @@ class SolubilitySection(_Section):
     sludge_si_frac: float = _f(1.0, 0.05, 1.0, "-", "primary Si")
 
 
-class ThermalSection(_Section):
+class ThermalSection(StrictModel):
     """Lumped energy balance and the auxiliary heater."""
 
     initial_c: float = _f(800.0, 600.0, 1100.0, "°C")
@@ -152,7 +140,7 @@ class ThermalSection(_Section):
     max_c: float = _f(900.0, 600.0, 1300.0, "°C", "pot stops above")
 
 
-class LimitsSection(_Section):
+class LimitsSection(StrictModel):
     """Cycle-end criteria (P1020: Al ≥ 99.7 %, Fe ≤ 0.20 %, Si ≤ 0.10 %)."""
 
     cathode_fe_pct: float = _f(0.20, 0.001, 5.0, "%")
@@ -164,7 +152,7 @@ class LimitsSection(_Section):
     max_days: float = _f(90.0, 1.0, 1000.0, "d", "timer fallback only")
 
 
-class ScrapGrade(_Section):
+class ScrapGrade(StrictModel):
     """Impurity content of a scrap grade (rest Al)."""
 
     fe_pct: float = _f(0.8, 0.0, 10.0, "%")
@@ -173,7 +161,7 @@ class ScrapGrade(_Section):
     note: str = ""
 
 
-class ScrapSection(_Section):
+class ScrapSection(StrictModel):
     """The scrap charged and the grades a campaign can choose from."""
 
     grade: str = "offgrade_fe_cu"
@@ -186,7 +174,7 @@ class ScrapSection(_Section):
         return self
 
 
-class NoiseSection(_Section):
+class NoiseSection(StrictModel):
     """Seedable noise (per-pot streams)."""
 
     seed: int = Field(1, ge=0, le=2**32 - 1)
@@ -198,7 +186,7 @@ class NoiseSection(_Section):
     assay_rel: float = _f(0.02, 0.0, 1.0, "-", "lab assay")
 
 
-class OperationSection(_Section):
+class OperationSection(StrictModel):
     """Nominal operation (the default policy's setpoints) and integration."""
 
     current_a: float = _f(3000.0, 0.0, 20000.0, "A")
@@ -210,7 +198,7 @@ class OperationSection(_Section):
     dt_s: float = _f(60.0, 0.1, 3600.0, "s")
 
 
-class SafetySection(_Section):
+class SafetySection(StrictModel):
     """Limits a controller's commands must respect (checked in shadow mode)."""
 
     current_min_a: float = _f(0.0, 0.0, 20000.0, "A")
@@ -224,7 +212,7 @@ class SafetySection(_Section):
     temperature_max_c: float = _f(860.0, 600.0, 1300.0, "°C")
 
 
-class VerdictSection(_Section):
+class VerdictSection(StrictModel):
     """Deployment criteria for a candidate controller (shadow mode)."""
 
     purity_min_pct: float = _f(99.7, 90.0, 100.0, "%", "every batch, P1020")
@@ -234,7 +222,7 @@ class VerdictSection(_Section):
     mismatch_flag_pct: float = _f(5.0, 0.1, 100.0, "%", "flag parameters off config by more")
 
 
-class RefiningConfig(_Section):
+class RefiningConfig(StrictModel):
     """A scrap-refining pot (one TOML file)."""
 
     pot: PotSection = PotSection()
@@ -400,76 +388,9 @@ class RefiningConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _field_range(model: type[BaseModel], loc: tuple) -> str | None:
-    """'allowed range lo … hi unit' for the field at ``loc`` in ``model``, if bounded."""
-    cur: Any = model
-    info = None
-    for part in loc:
-        if isinstance(part, int) or cur is None:
-            return None
-        fields = getattr(cur, "model_fields", None)
-        if fields is None or part not in fields:
-            # dict[str, Model] value: the key is a user name, step into the value type
-            if info is not None:
-                args = getattr(info.annotation, "__args__", ())
-                if len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
-                    cur = args[1]
-                    info = None
-                    continue
-            return None
-        info = fields[part]
-        ann = info.annotation
-        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if info is None:
-        return None
-    lo = hi = None
-    lo_s = "…"
-    for m in info.metadata:
-        for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-            v = getattr(m, attr, None)
-            if v is not None:
-                if attr in ("ge", "gt"):
-                    lo, lo_s = v, sym
-                else:
-                    hi, _hi_s = v, sym
-    if lo is None and hi is None:
-        return None
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    unit = extra.get("unit", "")
-    lo_txt = f"{lo:g}" if lo is not None else "-inf"
-    hi_txt = f"{hi:g}" if hi is not None else "inf"
-    open_lo = " (exclusive)" if lo_s == ">" else ""
-    return f"allowed range {lo_txt}{open_lo} … {hi_txt} {unit}".rstrip()
-
-
-def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
-    out = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        key = ".".join(str(x) for x in loc) or "(top level)"
-        typ = err["type"]
-        given = err.get("input")
-        if typ == "extra_forbidden":
-            out.append((key, "unknown key (check spelling; see the shipped config for the keys)"))
-            continue
-        rng = _field_range(RefiningConfig, loc)
-        msg = err["msg"].removeprefix("Value error, ")
-        if rng and typ in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-            msg = f"= {given!r}: {rng}"
-        elif rng:
-            msg = f"= {given!r}: {msg}; {rng}"
-        elif typ not in ("value_error", "assertion_error") and given is not None and not isinstance(given, dict):
-            msg = f"= {given!r}: {msg}"
-        out.append((key, msg))
-    return out
-
-
 def config_from_dict(data: dict[str, Any], source: str | Path = "<dict>") -> RefiningConfig:
     """Validate a parsed TOML document; raise ``RefiningConfigError`` naming ``source``."""
-    try:
-        return RefiningConfig.model_validate(data)
-    except ValidationError as exc:
-        raise RefiningConfigError(source, _format_errors(exc)) from None
+    return validate_config(RefiningConfig, data, source)
 
 
 def load_refining_config(path: str | Path) -> RefiningConfig:
@@ -477,18 +398,9 @@ def load_refining_config(path: str | Path) -> RefiningConfig:
 
     Raises:
         RefiningConfigError: unreadable file, TOML syntax error or invalid values; the
-            message names the file, the key and the allowed range.
+            message names the file, the key, the allowed range and the value given.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RefiningConfigError(path, [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RefiningConfigError(path, [("(syntax)", str(exc))]) from None
-    return config_from_dict(data, path)
+    return config_from_dict(load_toml(path), path)
 
 
 def scaled_params(base: np.ndarray, **factors: float) -> np.ndarray:

@@ -72,11 +72,8 @@ def test_out_of_range_value_names_file_key_and_range(tmp_path):
     bad = _write(tmp_path, CONFIG_3KA, lambda d: d["electrolyte"].__setitem__("conductivity_s_cm", 7.0))
     with pytest.raises(RefiningConfigError) as ei:
         load_refining_config(bad)
-    msg = str(ei.value)
-    assert str(bad) in msg
-    assert "electrolyte.conductivity_s_cm" in msg
-    assert "7.0" in msg
-    assert "0.3" in msg and "3" in msg and "S/cm" in msg
+    # the whole allowed range with the unit the field declares
+    assert str(ei.value) == f"{bad}: electrolyte.conductivity_s_cm: expected a number in [0.3, 3] S/cm, got 7.0"
 
 
 def test_every_error_is_listed(tmp_path):
@@ -87,12 +84,17 @@ def test_every_error_is_listed(tmp_path):
 
     with pytest.raises(RefiningConfigError) as ei:
         load_refining_config(_write(tmp_path, CONFIG_500A, edit))
-    keys = [k for k, _ in ei.value.errors]
-    assert keys == ["pot.nominal_current_a", "separation.beta_fe", "thermal.heater_max_kw"]
+    assert ei.value.errors == [
+        ("pot.nominal_current_a", "expected a number in [50, 20000] A, got -5.0"),
+        ("separation.beta_fe", "expected a number in [1, 1000000], got 0.0"),
+        ("thermal.heater_max_kw", "expected a number, got 'lots'"),
+    ]
 
 
 def test_unknown_key_and_unknown_grade(tmp_path):
-    with pytest.raises(RefiningConfigError, match=r"anode\.cu_percent: unknown key"):
+    with pytest.raises(
+        RefiningConfigError, match=r"anode\.cu_percent: unknown key \(expected one of: activity_coeff_al, "
+    ):
         load_refining_config(_write(tmp_path, CONFIG_3KA, lambda d: d["anode"].__setitem__("cu_percent", 30.0)))
     with pytest.raises(RefiningConfigError, match=r"scrap: .*'nope' is not one of the grades"):
         load_refining_config(_write(tmp_path, CONFIG_3KA, lambda d: d["scrap"].__setitem__("grade", "nope")))
@@ -109,9 +111,9 @@ def test_cross_field_rules(tmp_path):
 def test_syntax_error_and_missing_file(tmp_path):
     p = tmp_path / "broken.toml"
     p.write_text("[pot\nname = 1\n")
-    with pytest.raises(RefiningConfigError, match=r"broken\.toml: \(syntax\)"):
+    with pytest.raises(RefiningConfigError, match=r"broken\.toml: <syntax>: not valid TOML at line 1, column"):
         load_refining_config(p)
-    with pytest.raises(RefiningConfigError, match=r"nothere\.toml: \(file\): cannot read"):
+    with pytest.raises(RefiningConfigError, match=r"nothere\.toml: <file>: file not found"):
         load_refining_config(tmp_path / "nothere.toml")
 
 
