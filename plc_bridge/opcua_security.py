@@ -32,13 +32,16 @@ import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from twin.configcore import StrictModel
 
 if TYPE_CHECKING:  # asyncua is imported lazily: the CLI imports this module cheaply
     from asyncua import Client, Server
+    from asyncua.server.user_managers import UserManager
 
 __all__ = [
     "ClientSecurity",
@@ -101,10 +104,8 @@ def verify_password(password: str, stored: str) -> bool:
 # --------------------------------------------------------------------------- config
 
 
-class UserEntry(BaseModel):
+class UserEntry(StrictModel):
     """One OPC UA login: a role and the scrypt hash of the password (never plaintext)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Role = "viewer"
     password_hash: str
@@ -116,7 +117,7 @@ class UserEntry(BaseModel):
         return value
 
 
-class OpcUaSecurityConfig(BaseModel):
+class OpcUaSecurityConfig(StrictModel):
     """Security settings of one OPC UA server (a ``[opcua.security]`` TOML table).
 
     Attributes:
@@ -131,8 +132,6 @@ class OpcUaSecurityConfig(BaseModel):
         users: user name -> role and password hash.
         trusted_client_certs_dir: when set, only client certificates found there are accepted.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     state_dir: Path
     host: str = "127.0.0.1"
@@ -276,9 +275,9 @@ class RolePermissions:
             "CreateMonitoredItemsRequest", "ModifyMonitoredItemsRequest", "DeleteMonitoredItemsRequest",
             "SetMonitoringModeRequest", "HistoryReadRequest", "CallRequest",
         ]  # fmt: skip
-        self._read = {ua.NodeId(getattr(ids, f"{n}_Encoding_DefaultBinary")) for n in names}
-        self._write = ua.NodeId(ids.WriteRequest_Encoding_DefaultBinary)
-        self._call = ua.NodeId(ids.CallRequest_Encoding_DefaultBinary)
+        self._read = {ua.NodeId(ua.Int32(getattr(ids, f"{n}_Encoding_DefaultBinary"))) for n in names}
+        self._write = ua.NodeId(ua.Int32(ids.WriteRequest_Encoding_DefaultBinary))
+        self._call = ua.NodeId(ua.Int32(ids.CallRequest_Encoding_DefaultBinary))
         self.protected_methods: set[Any] = set(protected_methods or ())
 
     def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
@@ -326,7 +325,8 @@ async def configure_server_security(server: Server, cfg: OpcUaSecurityConfig) ->
     if cfg.anonymous == "read_only":
         tokens.insert(0, ua.AnonymousIdentityToken)
     server.set_identity_tokens(tokens)
-    server.iserver.set_user_manager(HashedPasswordUserManager(cfg.users, cfg.anonymous == "read_only"))
+    users = HashedPasswordUserManager(cfg.users, cfg.anonymous == "read_only")
+    server.iserver.set_user_manager(cast("UserManager", users))  # duck-typed: asyncua stays a lazy import
     if cfg.trusted_client_certs_dir is not None:
         from asyncua.crypto.truststore import TrustStore
         from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions

@@ -38,25 +38,24 @@ File layout::
     modbus = { table = "input", offset = 0 }
     opcua = { browse_path = "Objects/{instance}/Cell{cell:03d}/Voltage" }
 
-Errors name the file, the tag and what was expected (``TagMapError``); all
-problems of a file are reported at once.
+Errors name the file, the key or tag and what was expected (``TagMapError``, the
+config core's ``ConfigError``); all problems of a file are reported at once.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from plc_bridge.codec import RAW_RANGE, REGISTER_COUNT, DataType, Table, WordOrder
+from twin.configcore import ConfigError, ConfigIssue, StrictModel, load_toml, validate_config
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -71,44 +70,35 @@ __all__ = [
 Access = Literal["read", "read-write"]
 
 
-class TagMapError(ValueError):
-    """A tag map is invalid. ``problems`` lists every message (each names file and tag)."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: {len(problems)} problem(s) in tag map\n  " + "\n  ".join(problems))
+#: a tag map is invalid (the config core's error: ``issues``; ``problems`` as lines naming file and tag)
+TagMapError = ConfigError
 
 
 # ---------------------------------------------------------------- TOML schema (pydantic)
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-class ModbusSpec(BaseModel):
+class ModbusSpec(StrictModel):
     """Modbus location of a plain tag."""
 
-    model_config = _STRICT
     table: Table = Table.HOLDING
     address: int = Field(ge=0, le=65535, description="0-based protocol address")
     device_id: int | None = Field(default=None, ge=0, le=255)
     bit: int | None = Field(default=None, ge=0, le=15, description="bit of a register (bool tags)")
 
 
-class CellModbusSpec(BaseModel):
+class CellModbusSpec(StrictModel):
     """Modbus location of a per-cell tag: offset inside the cell's stride."""
 
-    model_config = _STRICT
     table: Table = Table.HOLDING
     offset: int = Field(ge=0, description="registers (or bits) from the cell's base address")
     bit: int | None = Field(default=None, ge=0, le=15)
 
 
-class OpcUaSpec(BaseModel):
+class OpcUaSpec(StrictModel):
     """OPC UA node: browse path (``Objects/Rectifier1/LineCurrent``) and/or NodeId string."""
 
-    model_config = _STRICT
     browse_path: str | None = None
     node_id: str | None = None
 
@@ -119,8 +109,7 @@ class OpcUaSpec(BaseModel):
         return self
 
 
-class _TagBase(BaseModel):
-    model_config = _STRICT
+class _TagBase(StrictModel):
     name: str = Field(pattern=_NAME_PATTERN)
     type: DataType
     word_order: WordOrder | None = None
@@ -137,15 +126,8 @@ class _TagBase(BaseModel):
     @field_validator("scale")
     @classmethod
     def _scale_ok(cls, v: float) -> float:
-        if v == 0 or not math.isfinite(v):
-            raise ValueError("scale must be finite and non-zero")
-        return v
-
-    @field_validator("offset", "min", "max")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("must be finite")
+        if v == 0:
+            raise ValueError("expected a non-zero number")
         return v
 
 
@@ -157,8 +139,7 @@ class CellTagSpec(_TagBase):
     modbus: CellModbusSpec | None = None
 
 
-class CellsSpec(BaseModel):
-    model_config = _STRICT
+class CellsSpec(StrictModel):
     count: int = Field(ge=1, le=10000)
     first: int = Field(default=1, ge=0)
     stride: int = Field(ge=1)
@@ -168,8 +149,7 @@ class CellsSpec(BaseModel):
     tags: list[CellTagSpec] = Field(min_length=1)
 
 
-class DeviceSpec(BaseModel):
-    model_config = _STRICT
+class DeviceSpec(StrictModel):
     name: str = Field(pattern=_NAME_PATTERN)
     instance: str = ""
     description: str = ""
@@ -177,8 +157,7 @@ class DeviceSpec(BaseModel):
     word_order: WordOrder = WordOrder.BIG
 
 
-class TagMapFile(BaseModel):
-    model_config = _STRICT
+class TagMapFile(StrictModel):
     device: DeviceSpec
     tags: list[TagSpec] = Field(default_factory=list)
     cells: CellsSpec | None = None
@@ -429,33 +408,23 @@ def load_tagmap(path: str | Path, *, instance: str | None = None) -> TagMap:
     Raises:
         TagMapError: unreadable/invalid file; every message names the file and tag.
     """
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TagMapError(str(p), [f"{p}: cannot read: {exc.strerror or exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TagMapError(str(p), [f"{p}: not valid TOML: {exc}"]) from None
-    return parse_tagmap(data, source=str(p), instance=instance)
+    return parse_tagmap(load_toml(path), source=str(path), instance=instance)
 
 
 def parse_tagmap(data: dict[str, Any], *, source: str = "<tagmap>", instance: str | None = None) -> TagMap:
     """Validate and expand an already-parsed tag map (see ``load_tagmap``)."""
-    try:
-        spec = TagMapFile.model_validate(data)
-    except ValidationError as exc:
-        raise TagMapError(source, [_describe(source, data, e) for e in exc.errors()]) from None
+    spec = validate_config(TagMapFile, data, source)
     inst = instance or spec.device.instance or spec.device.name
-    problems: list[str] = []
+    problems = _Issues(source)
     tags: list[Tag] = []
     for ts in spec.tags:
-        tags.append(_concrete(ts, spec.device, inst, source, problems))
+        tags.append(_concrete(ts, spec.device, inst, problems))
     cells = None
     if spec.cells is not None:
-        cells = _expand_cells(spec.cells, spec.device, inst, source, tags, problems)
-    _check(tags, source, problems)
+        cells = _expand_cells(spec.cells, spec.device, inst, tags, problems)
+    _check(tags, problems)
     if problems:
-        raise TagMapError(source, problems)
+        raise TagMapError(problems)
     return TagMap(
         source=source,
         device=spec.device.name,
@@ -466,48 +435,24 @@ def parse_tagmap(data: dict[str, Any], *, source: str = "<tagmap>", instance: st
     )
 
 
-def _describe(source: str, data: dict[str, Any], err: dict[str, Any]) -> str:
-    """Turn a pydantic error into ``file: tag 'x' (key): expected ..., got ...``."""
-    loc = list(err.get("loc", ()))
-    where = "top level"
-    key_path = loc
-    if len(loc) >= 2 and loc[0] == "tags" and isinstance(loc[1], int):
-        name = _raw_name(data.get("tags"), loc[1])
-        where = f"tag {name!r}" if name else f"tags[{loc[1]}]"
-        key_path = loc[2:]
-    elif len(loc) >= 3 and loc[:2] == ["cells", "tags"] and isinstance(loc[2], int):
-        name = _raw_name((data.get("cells") or {}).get("tags"), loc[2])
-        where = f"cell tag {name!r}" if name else f"cells.tags[{loc[2]}]"
-        key_path = loc[3:]
-    elif loc:
-        where = f"[{loc[0]}]"
-        key_path = loc[1:]
-    key = ".".join(str(k) for k in key_path) or "(entry)"
-    msg = err.get("msg", "invalid")
-    if err.get("type") == "extra_forbidden":
-        msg = "unknown key (not allowed)"
-    got = err.get("input")
-    got_txt = "" if err.get("type") == "missing" else f"; got {got!r}"
-    if isinstance(got, dict) and err.get("type") != "extra_forbidden":
-        got_txt = ""
-    return f"{source}: {where}: {key}: {msg}{got_txt}"
+class _Issues(list[ConfigIssue]):
+    """The problems found in one tag map after validation (each names the tag or block)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def add(self, where: str, message: str) -> None:
+        self.append(ConfigIssue(self.source, where, message))
 
 
-def _raw_name(items: Any, i: int) -> str | None:
-    try:
-        n = items[i].get("name")
-        return str(n) if n is not None else None
-    except (AttributeError, IndexError, KeyError, TypeError):
-        return None
-
-
-def _fmt(template: str | None, source: str, where: str, problems: list[str], **kw: Any) -> str | None:
+def _fmt(template: str | None, where: str, problems: _Issues, **kw: Any) -> str | None:
     if template is None:
         return None
     try:
         return template.format(**kw)
     except (KeyError, IndexError, ValueError) as exc:
-        problems.append(f"{source}: {where}: bad placeholder in {template!r} ({exc}); allowed: {{instance}}, {{cell}}")
+        problems.add(where, f"bad placeholder in {template!r} ({exc}); allowed: {{instance}}, {{cell}}")
         return template
 
 
@@ -515,8 +460,7 @@ def _concrete(
     ts: TagSpec | CellTagSpec,
     dev: DeviceSpec,
     inst: str,
-    source: str,
-    problems: list[str],
+    problems: _Issues,
     *,
     name: str | None = None,
     table: Table | None = None,
@@ -531,8 +475,8 @@ def _concrete(
     fmt_kw: dict[str, Any] = {"instance": inst}
     if cell is not None:
         fmt_kw["cell"] = cell
-    bp = _fmt(ts.opcua.browse_path if ts.opcua else None, source, where, problems, **fmt_kw)
-    nid = _fmt(ts.opcua.node_id if ts.opcua else None, source, where, problems, **fmt_kw)
+    bp = _fmt(ts.opcua.browse_path if ts.opcua else None, where, problems, **fmt_kw)
+    nid = _fmt(ts.opcua.node_id if ts.opcua else None, where, problems, **fmt_kw)
     return Tag(
         name=name or ts.name,
         type=ts.type,
@@ -556,35 +500,33 @@ def _concrete(
     )
 
 
-def _expand_cells(
-    cs: CellsSpec, dev: DeviceSpec, inst: str, source: str, tags: list[Tag], problems: list[str]
-) -> CellBlock:
+def _expand_cells(cs: CellsSpec, dev: DeviceSpec, inst: str, tags: list[Tag], problems: _Issues) -> CellBlock:
     per_field: dict[str, list[str]] = {t.name: [] for t in cs.tags}
     seen: set[str] = set()
     for ct in cs.tags:
         where = f"cell tag {ct.name!r}"
         if ct.name in seen:
-            problems.append(f"{source}: {where}: duplicate name in [cells]; expected unique names")
+            problems.add(where, "duplicate name in [cells]; expected unique names")
         seen.add(ct.name)
         if ct.modbus is not None:
             n = 1 if ct.type is DataType.BOOL else REGISTER_COUNT[ct.type]
             if ct.modbus.offset + n > cs.stride:
-                problems.append(
-                    f"{source}: {where}: offset {ct.modbus.offset} + {n} register(s) exceeds stride {cs.stride};"
-                    f" expected offset <= {cs.stride - n}"
+                problems.add(
+                    where,
+                    f"offset {ct.modbus.offset} + {n} register(s) exceeds stride {cs.stride};"
+                    f" expected offset <= {cs.stride - n}",
                 )
     last_base = cs.base_address + (cs.count - 1) * cs.stride
     if last_base + cs.stride - 1 > 65535:
-        problems.append(
-            f"{source}: [cells]: last cell ends at address {last_base + cs.stride - 1} > 65535;"
-            f" expected base_address + count*stride <= 65536"
+        problems.add(
+            "cells",
+            f"last cell ends at address {last_base + cs.stride - 1} > 65535;"
+            f" expected base_address + count*stride <= 65536",
         )
     try:
         cs.name.format(cell=cs.first)
     except (KeyError, IndexError, ValueError) as exc:
-        problems.append(
-            f"{source}: [cells]: name template {cs.name!r} is invalid ({exc}); expected e.g. 'cell{{cell:03d}}'"
-        )
+        problems.add("cells.name", f"template {cs.name!r} is invalid ({exc}); expected e.g. 'cell{{cell:03d}}'")
         return CellBlock(cs.count, cs.first, cs.stride, cs.base_address, cs.name, tuple(per_field), {})
     n_problems = len(problems)
     for k in range(cs.count):
@@ -596,11 +538,11 @@ def _expand_cells(
             if ct.modbus is not None:
                 addr = base + ct.modbus.offset
                 tag = _concrete(
-                    ct, dev, inst, source, problems, name=name, table=ct.modbus.table, address=addr,
+                    ct, dev, inst, problems, name=name, table=ct.modbus.table, address=addr,
                     device_id=cs.device_id, cell=number,
                 )  # fmt: skip
             else:
-                tag = _concrete(ct, dev, inst, source, problems, name=name, device_id=cs.device_id, cell=number)
+                tag = _concrete(ct, dev, inst, problems, name=name, device_id=cs.device_id, cell=number)
             tags.append(tag)
             per_field[ct.name].append(name)
         if k == 0 and len(problems) > n_problems:
@@ -617,61 +559,59 @@ def _expand_cells(
     )
 
 
-def _check(tags: list[Tag], source: str, problems: list[str]) -> None:
+def _check(tags: list[Tag], problems: _Issues) -> None:
     """Semantic checks on concrete tags: names, bounds, addresses, overlaps, bits."""
     names: dict[str, int] = {}
     for t in tags:
         where = f"tag {t.name!r}"
         if t.name in names:
-            problems.append(f"{source}: {where}: duplicate tag name; expected every name once")
+            problems.add(where, "duplicate tag name; expected every name once")
         names[t.name] = names.get(t.name, 0) + 1
         if t.min is not None and t.max is not None and t.min > t.max:
-            problems.append(f"{source}: {where}: bounds min {t.min:g} > max {t.max:g}; expected min <= max")
+            problems.add(where, f"bounds min {t.min:g} > max {t.max:g}; expected min <= max")
         if t.writable and t.type is not DataType.BOOL and (t.min is None or t.max is None):
-            problems.append(f"{source}: {where}: read-write tag needs engineering bounds; expected min and max")
+            problems.add(where, "read-write tag needs engineering bounds; expected min and max")
         if t.type is DataType.BOOL and (t.scale != 1.0 or t.offset != 0.0):
-            problems.append(f"{source}: {where}: bool tags take no scale/offset; expected scale = 1, offset = 0")
+            problems.add(where, "bool tags take no scale/offset; expected scale = 1, offset = 0")
         if t.wraps and not t.type.is_int:
-            problems.append(f"{source}: {where}: wraps = true needs an integer type; got {t.type.value}")
+            problems.add(where, f"wraps = true needs an integer type; got {t.type.value}")
         if t.min is not None or t.max is not None:
             lo, hi = _raw_limit_eng(t)
             if (t.min is not None and t.min < lo - 1e-9 * abs(lo)) or (
                 t.max is not None and t.max > hi + 1e-9 * abs(hi)
             ):
-                problems.append(
-                    f"{source}: {where}: bounds [{t.min}, {t.max}] exceed what {t.type.value}"
-                    f" (scale {t.scale:g}, offset {t.offset:g}) can hold; expected within [{lo:g}, {hi:g}]"
+                problems.add(
+                    where,
+                    f"bounds [{t.min}, {t.max}] exceed what {t.type.value}"
+                    f" (scale {t.scale:g}, offset {t.offset:g}) can hold; expected within [{lo:g}, {hi:g}]",
                 )
         if not t.has_modbus:
             continue
         end = t.address + t.n_registers - 1
         if end > 65535:
-            problems.append(
-                f"{source}: {where}: {t.type.value} at address {t.address} needs {t.n_registers} registers and"
-                f" ends at {end}; expected address <= {65536 - t.n_registers}"
+            problems.add(
+                where,
+                f"{t.type.value} at address {t.address} needs {t.n_registers} registers and"
+                f" ends at {end}; expected address <= {65536 - t.n_registers}",
             )
         if t.table.is_bits:
             if t.type is not DataType.BOOL:
-                problems.append(
-                    f"{source}: {where}: {t.table.value} table holds bits; expected type 'bool', got {t.type.value!r}"
-                )
+                problems.add(where, f"{t.table.value} table holds bits; expected type 'bool', got {t.type.value!r}")
             if t.bit is not None:
-                problems.append(f"{source}: {where}: 'bit' is only for bools in holding/input registers")
+                problems.add(where, "'bit' is only for bools in holding/input registers")
         else:
             if t.type is DataType.BOOL and t.bit is None:
-                problems.append(f"{source}: {where}: bool in the {t.table.value} table needs 'bit' (0..15)")
+                problems.add(where, f"bool in the {t.table.value} table needs 'bit' (0..15)")
             if t.bit is not None and t.type is not DataType.BOOL:
-                problems.append(f"{source}: {where}: 'bit' given for a {t.type.value} tag; expected type 'bool'")
+                problems.add(where, f"'bit' given for a {t.type.value} tag; expected type 'bool'")
             if t.bit is not None and t.writable:
-                problems.append(f"{source}: {where}: bits inside registers are read-only here; expected access 'read'")
+                problems.add(where, "bits inside registers are read-only here; expected access 'read'")
         if t.table in (Table.INPUT, Table.DISCRETE) and t.writable:
-            problems.append(
-                f"{source}: {where}: the {t.table.value} table is read-only in Modbus; expected access 'read'"
-            )
-    _check_overlaps([t for t in tags if t.has_modbus], source, problems)
+            problems.add(where, f"the {t.table.value} table is read-only in Modbus; expected access 'read'")
+    _check_overlaps([t for t in tags if t.has_modbus], problems)
 
 
-def _check_overlaps(tags: list[Tag], source: str, problems: list[str]) -> None:
+def _check_overlaps(tags: list[Tag], problems: _Issues) -> None:
     """Registers may be shared only by one 16-bit word tag and bit tags with distinct bits."""
     by_space: dict[tuple[int, Table], list[Tag]] = {}
     for t in tags:
@@ -684,32 +624,36 @@ def _check_overlaps(tags: list[Tag], source: str, problems: list[str]) -> None:
             if t.bit is not None:
                 key = (t.address, t.bit)
                 if key in bits:
-                    problems.append(
-                        f"{source}: tag {t.name!r}: bit {t.bit} of {table.value} register {t.address} (device {dev})"
-                        f" is already tag {bits[key].name!r}; expected distinct bits"
+                    problems.add(
+                        f"tag {t.name!r}",
+                        f"bit {t.bit} of {table.value} register {t.address} (device {dev})"
+                        f" is already tag {bits[key].name!r}; expected distinct bits",
                     )
                 bits[key] = t
                 o = owner.get(t.address)
                 if o is not None and o.n_registers > 1:
-                    problems.append(
-                        f"{source}: tag {t.name!r}: bit in {table.value} register {t.address} (device {dev}) overlaps"
-                        f" {o.type.value} tag {o.name!r}; expected a bit of a 16-bit word or of a free register"
+                    problems.add(
+                        f"tag {t.name!r}",
+                        f"bit in {table.value} register {t.address} (device {dev}) overlaps"
+                        f" {o.type.value} tag {o.name!r}; expected a bit of a 16-bit word or of a free register",
                     )
                 bit_regs.setdefault(t.address, t)
                 continue
             for a in range(t.address, t.address + t.n_registers):
                 o = owner.get(a)
                 if o is not None:
-                    problems.append(
-                        f"{source}: tag {t.name!r}: {table.value} address {a} (device {dev}) overlaps tag {o.name!r};"
-                        f" expected {t.name!r} to start at >= {o.address + o.n_registers}"
+                    problems.add(
+                        f"tag {t.name!r}",
+                        f"{table.value} address {a} (device {dev}) overlaps tag {o.name!r};"
+                        f" expected {t.name!r} to start at >= {o.address + o.n_registers}",
                     )
                     break
                 b = bit_regs.get(a)
                 if b is not None and t.n_registers > 1:
-                    problems.append(
-                        f"{source}: tag {t.name!r}: {table.value} address {a} (device {dev}) holds bit tag {b.name!r};"
-                        f" expected only a 16-bit word to share a register with bits"
+                    problems.add(
+                        f"tag {t.name!r}",
+                        f"{table.value} address {a} (device {dev}) holds bit tag {b.name!r};"
+                        f" expected only a 16-bit word to share a register with bits",
                     )
                     break
                 owner[a] = t
