@@ -34,7 +34,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from twin.configcore import StrictModel
 
 __all__ = ["FAULT_KINDS", "Fault", "SensorOverride"]
 
@@ -57,7 +59,7 @@ FaultKind = Literal[
 ]  # fmt: skip
 
 
-class Fault(BaseModel):
+class Fault(StrictModel):
     """One fault to inject (see module docstring for the kinds and their fields).
 
     Attributes:
@@ -75,8 +77,6 @@ class Fault(BaseModel):
         code: ``exception`` Modbus exception code (4 device failure, 6 busy, ...).
         probability: ``exception`` share of requests refused.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: FaultKind
     at_s: float = Field(0.0, ge=0.0)
@@ -103,16 +103,18 @@ class Fault(BaseModel):
             raise ValueError(f"{k} on cell voltages needs cells = [...]")
         if k == "feeder_fault" and not self.cells:
             raise ValueError("feeder_fault needs cells = [...]")
-        t = self.target
-        if t not in ("all", "rectifier", "potroom") and not (t.startswith("rectifier:") or t.startswith("potroom:")):
-            raise ValueError(
-                f"target {t!r}: expected 'all', 'rectifier', 'potroom', 'rectifier:<Line>' or 'potroom:<Room>'"
-            )
         return self
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, t: str) -> str:
+        if t not in ("all", "rectifier", "potroom") and not t.startswith(("rectifier:", "potroom:")):
+            raise ValueError("expected 'all', 'rectifier', 'potroom', 'rectifier:<Line>' or 'potroom:<Room>'")
+        return t
 
     def label(self) -> str:
         """Short human description for logs and reports."""
-        parts = [self.kind]
+        parts: list[str] = [self.kind]
         if self.kind in ("link_drop", "latency", "plc_restart", "exception", "local_switch"):
             parts.append(self.target)
         if self.kind == "link_drop":

@@ -55,7 +55,8 @@ Times are plant seconds from the start of the run. Layout::
 
 ``load_scenario(name_or_path, **overrides)`` takes a file path or a name under
 ``config/scenarios``; overrides are dotted keys (``{"scenario.duration_s": 600}``) used by
-the CI versions of the scenarios. Errors name the file, the key and what was expected.
+the CI versions of the scenarios. Errors name the file, the key, what was expected and
+what was found (``ConfigError`` from the config core ``twin.configcore``).
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from hil_rigs.faults import Fault
-from twin.config import CONFIG_DIR, ConfigError, PlantConfig, load_plant_config, load_toml, validation_errors
+from twin.config import CONFIG_DIR, PlantConfig, load_plant_config
+from twin.configcore import FILE_KEY, ConfigError, ConfigIssue, StrictModel, load_toml, validate_config
 
 __all__ = [
     "SCENARIO_DIR",
@@ -81,11 +83,7 @@ __all__ = [
 SCENARIO_DIR = CONFIG_DIR / "scenarios"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScenarioInfo(_Strict):
+class ScenarioInfo(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
     duration_s: float = Field(3600.0, gt=0.0, le=30 * 86400.0, description="plant seconds")
@@ -93,7 +91,7 @@ class ScenarioInfo(_Strict):
     seed: int = Field(1, ge=0)
 
 
-class PlantSpec(_Strict):
+class PlantSpec(StrictModel):
     """The simulated plant: ``rooms`` potrooms of ``cells`` on one line, or a plant TOML."""
 
     cells: int = Field(132, ge=2, le=400)
@@ -127,12 +125,12 @@ class PlantSpec(_Strict):
         return PlantConfig.model_validate(data)
 
 
-class Protocols(_Strict):
+class Protocols(StrictModel):
     rectifier: Literal["modbus", "opcua"] = "modbus"
     potroom: Literal["modbus", "opcua"] = "opcua"
 
 
-class RigSpec(_Strict):
+class RigSpec(StrictModel):
     """PLC behaviour and rig timing."""
 
     watchdog_s: float = Field(20.0, gt=0.0, le=3600.0, description="heartbeat timeout [plant s]")
@@ -144,7 +142,7 @@ class RigSpec(_Strict):
     ae_quench_local: bool = Field(True, description="the potroom PLC kills AEs itself in local control")
 
 
-class ControllerSpec(_Strict):
+class ControllerSpec(StrictModel):
     """What the controller side runs with (the rig ignores it)."""
 
     scan_s: float = Field(2.0, gt=0.0, le=60.0, description="controller scan [plant s]")
@@ -154,7 +152,7 @@ class ControllerSpec(_Strict):
     )
 
 
-class AeStorm(_Strict):
+class AeStorm(StrictModel):
     """Induce an AE on a random cell every ``every_s`` between ``start_s`` and ``end_s``."""
 
     start_s: float = Field(60.0, ge=0.0)
@@ -164,7 +162,7 @@ class AeStorm(_Strict):
     burst: int = Field(1, ge=1, le=50, description="cells per induction")
 
 
-class ScenarioEvent(_Strict):
+class ScenarioEvent(StrictModel):
     """Something that happens on the plant floor (carried out by the rig)."""
 
     at_s: float = Field(ge=0.0)
@@ -194,7 +192,7 @@ class ScenarioEvent(_Strict):
         return self
 
 
-class OperatorRequest(_Strict):
+class OperatorRequest(StrictModel):
     """Something the operator asks of the controller (carried out by the controller side)."""
 
     at_s: float = Field(ge=0.0)
@@ -204,7 +202,7 @@ class OperatorRequest(_Strict):
     ka: float | None = Field(None, gt=0.0)
 
 
-class Expectations(_Strict):
+class Expectations(StrictModel):
     """What a passing run shows (checked by the rig's asserts and the demo report)."""
 
     all_aes_detected: bool = False
@@ -219,7 +217,7 @@ class Expectations(_Strict):
     no_exceptions: bool = True
 
 
-class Scenario(_Strict):
+class Scenario(StrictModel):
     """A validated scenario (see module docstring)."""
 
     scenario: ScenarioInfo
@@ -265,7 +263,10 @@ def _resolve(name_or_path: str | Path) -> Path:
         return p
     cand = SCENARIO_DIR / f"{name_or_path}.toml"
     if not cand.exists():
-        raise ConfigError(cand, [("<file>", f"no scenario {name_or_path!r}; known: {', '.join(list_scenarios())}")])
+        known = ", ".join(list_scenarios())
+        raise ConfigError(
+            [ConfigIssue(str(cand), FILE_KEY, f"expected a scenario name ({known}), got {name_or_path!r}")]
+        )
     return cand
 
 
@@ -285,10 +286,7 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
     """Validate scenario data; errors become ``ConfigError`` naming ``source`` and the keys."""
     data = dict(data)
     data.setdefault("source", source)
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, validation_errors(exc)) from None
+    return validate_config(Scenario, data, source)
 
 
 def load_scenario(name_or_path: str | Path | Scenario, **overrides: Any) -> Scenario:
