@@ -53,20 +53,21 @@ certificates)::
 network: the daemon file, the plant config, every tag map, the controller section,
 cross-references (each operating room has one potroom PLC, each line one rectifier
 PLC, no endpoint or port used twice) and collects *every*
-problem into one ``DaemonConfigError`` (file, key, what was expected, what was found).
+problem into one ``DaemonConfigError`` (file, key, what was expected, what was found) --
+the config core's ``ConfigError``, worded as for every other config file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from twin.config import CONFIG_DIR
+from twin.configcore import TOP_LEVEL, ConfigError, ConfigIssue, StrictModel, load_toml, validation_issues
 
 __all__ = [
     "DaemonConfig",
@@ -88,11 +89,7 @@ DEFAULT_TAGMAPS = {"rectifier": CONFIG_DIR / "tagmaps" / "rectifier.toml",
                    "potroom": CONFIG_DIR / "tagmaps" / "potroom.toml"}  # fmt: skip
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DaemonSection(_Strict):
+class DaemonSection(StrictModel):
     """``[daemon]``: what to run and how."""
 
     name: str | None = Field(None, description="instance name for logs/metrics (default: the plant name)")
@@ -119,7 +116,7 @@ class DaemonSection(_Strict):
     stall_s: float = Field(10.0, gt=0.0, le=600.0, description="/healthz fails when no cycle for this long [wall s]")
 
 
-class PlcSection(_Strict):
+class PlcSection(StrictModel):
     """``[[plc]]``: one PLC endpoint (its tag map comes from ``[tagmaps]`` by kind)."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$", description="label in logs, metrics, journal")
@@ -150,14 +147,14 @@ class PlcSection(_Strict):
         return f"{self.kind}:{self.where}"
 
 
-class TagmapSection(_Strict):
+class TagmapSection(StrictModel):
     """``[tagmaps]``: tag map files per device type (relative to this file)."""
 
     rectifier: Path | None = Field(None, description="default: config/tagmaps/rectifier.toml")
     potroom: Path | None = Field(None, description="default: config/tagmaps/potroom.toml (cells resized per room)")
 
 
-class SafetySection(_Strict):
+class SafetySection(StrictModel):
     """``[safety]``: the bridge's safety-layer settings (plant seconds unless noted)."""
 
     line_current_ramp_ka_per_s: float = Field(0.1, gt=0.0, le=10.0, description="setpoint ramp limit")
@@ -187,7 +184,7 @@ class SafetySection(_Strict):
         return self
 
 
-class MirrorSection(_Strict):
+class MirrorSection(StrictModel):
     """``[opcua]``: the mirror server (the twin's estimates, SetMode)."""
 
     enabled: bool = True
@@ -200,7 +197,7 @@ class MirrorSection(_Strict):
     )
 
 
-class JournalSection(_Strict):
+class JournalSection(StrictModel):
     path: Path = Field(Path("journal.db"), description="SQLite file (relative to state_dir)")
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     rotate_mb: float | None = Field(
@@ -219,18 +216,18 @@ class JournalSection(_Strict):
     )
 
 
-class MetricsSection(_Strict):
+class MetricsSection(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
 
 
-class LoggingSection(_Strict):
+class LoggingSection(StrictModel):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(StrictModel):
     """The whole daemon file (see the module docstring)."""
 
     daemon: DaemonSection = DaemonSection()
@@ -256,26 +253,10 @@ class DaemonConfig(_Strict):
 # ---------------------------------------------------------------------- errors
 
 
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One configuration problem: which file, which key, what is wrong/expected."""
-
-    file: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.message}"
-
-
-class DaemonConfigError(ValueError):
-    """The daemon config (or a file it names) is invalid; ``issues`` lists every problem."""
-
-    def __init__(self, issues: list[Issue]) -> None:
-        self.issues = issues
-        files = sorted({i.file for i in issues})
-        head = f"{len(issues)} configuration error(s) in {', '.join(files)}"
-        super().__init__("\n".join([head, *(f"  {i}" for i in issues)]))
+#: one configuration problem: file, key, message (the config core's ``ConfigIssue``)
+Issue = ConfigIssue
+#: the daemon config (or a file it names) is invalid; ``issues`` lists every problem
+DaemonConfigError = ConfigError
 
 
 # ---------------------------------------------------------------------- loaded result
@@ -317,93 +298,6 @@ class LoadedConfig:
 # ---------------------------------------------------------------------- loading
 
 
-def _expected(msg: str) -> str:
-    """Turn pydantic's 'Input should be X' into 'expected X'."""
-    for pre in ("Input should be ", "Value error, "):
-        if msg.startswith(pre):
-            msg = ("expected " + msg[len(pre) :]) if pre.startswith("Input") else msg[len(pre) :]
-    return msg
-
-
-def _loc(loc: tuple[Any, ...], data: Any) -> str:
-    """Dotted key; list items named by their ``name`` when they have one (``plc[rectifier1]``)."""
-    out, node = "", data
-    for part in loc:
-        if isinstance(part, int):
-            label = str(part)
-            try:
-                nm = node[part].get("name") if isinstance(node[part], dict) else None
-                if nm:
-                    label = f"{part}:{nm}"
-            except (IndexError, KeyError, TypeError, AttributeError):
-                pass
-            out += f"[{label}]"
-            try:
-                node = node[part]
-            except (IndexError, KeyError, TypeError):
-                node = None
-        else:
-            out += f".{part}" if out else str(part)
-            node = node.get(part) if isinstance(node, dict) else None
-    return out or "<top level>"
-
-
-def _pydantic_issues(file: str, exc: ValidationError, data: Any, model: type[BaseModel] | None = None,
-                     prefix: str = "") -> list[Issue]:  # fmt: skip
-    issues = []
-    for e in exc.errors():
-        loc = tuple(e["loc"])
-        key = _loc(loc, data)
-        if prefix:
-            key = f"{prefix}.{key}" if key != "<top level>" else prefix
-        typ = e["type"]
-        if typ == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1], data) if model is not None else []
-            msg = "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
-        elif typ == "missing":
-            msg = "required key missing"
-        else:
-            msg = _expected(e["msg"])
-            if "input" in e and not isinstance(e["input"], dict):
-                msg += f", got {e['input']!r}"
-        issues.append(Issue(file, key, msg))
-    return issues
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> list[str]:
-    """Field names of the sub-model at ``loc`` (for 'unknown key' hints)."""
-    m: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        f = getattr(m, "model_fields", {}).get(part)
-        if f is None:
-            return []
-        ann = f.annotation
-        inner = getattr(ann, "__args__", None)
-        if inner:
-            ann = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-        m = ann
-    fields = getattr(m, "model_fields", None)
-    return sorted(fields) if fields else []
-
-
-def _read_toml(path: Path) -> tuple[dict[str, Any] | None, list[Issue]]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f), []
-    except FileNotFoundError:
-        return None, [Issue(str(path), "<file>", "file not found")]
-    except IsADirectoryError:
-        return None, [Issue(str(path), "<file>", "expected a TOML file, got a directory")]
-    except PermissionError:
-        return None, [Issue(str(path), "<file>", "not readable (permission denied)")]
-    except tomllib.TOMLDecodeError as exc:
-        return None, [Issue(str(path), "<syntax>", f"not valid TOML: {exc}")]
-    except UnicodeDecodeError:
-        return None, [Issue(str(path), "<syntax>", "not valid TOML: expected UTF-8 text")]
-
-
 def load_daemon_config(path: str | Path) -> LoadedConfig:
     """Read and validate a daemon config file and everything it refers to.
 
@@ -411,17 +305,15 @@ def load_daemon_config(path: str | Path) -> LoadedConfig:
         DaemonConfigError: with every problem found (file, key, expected/got).
     """
     p = Path(path)
-    data, issues = _read_toml(p)
-    if data is None:
-        raise DaemonConfigError(issues)
-    return parse_daemon_config(data, source=p)
+    return parse_daemon_config(load_toml(p), source=p)
 
 
 def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon config>") -> LoadedConfig:
     """Validate an already-parsed daemon config (see ``load_daemon_config``)."""
-    from plc_bridge.tagmap import TagMapError, load_tagmap
-    from potctl.config import ConfigError, ControlConfig, control_config_from_dict
-    from twin.config import PlantConfig, load_plant_config, validation_errors
+    from plc_bridge.tagmap import load_tagmap
+    from potctl.config import ControlConfig, control_config_from_dict
+    from twin.config import PlantConfig, load_plant_config
+    from twin.configcore import validate_config
 
     src = Path(source)
     file = str(src)
@@ -430,14 +322,14 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
     try:
         cfg = DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        issues += _pydantic_issues(file, exc, data, DaemonConfig)
+        issues += validation_issues(exc, file, DaemonConfig, data)
         # keep checking what can be checked: the plant file and the tag maps of valid PLC entries
         cfg = None
 
     # ---- plant
     plant = None
     plant_file = file
-    raw_daemon = data.get("daemon") if isinstance(data.get("daemon"), dict) else {}
+    raw_daemon = _table(data, "daemon")
     plant_ref = cfg.daemon.plant_config if cfg is not None else raw_daemon.get("plant_config")
     inline = cfg.plant if cfg is not None else data.get("plant")
     try:
@@ -449,13 +341,9 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
             else:
                 plant = load_plant_config(pp)
         elif isinstance(inline, dict):
-            try:
-                plant = PlantConfig.model_validate(inline)
-            except ValidationError as exc:
-                issues += [Issue(file, f"plant.{k}" if k != "<root>" else "plant", _expected(m))
-                           for k, m in validation_errors(exc)]  # fmt: skip
+            plant = validate_config(PlantConfig, inline, file, prefix="plant")
     except ConfigError as exc:
-        issues += [Issue(exc.path, k, _expected(m)) for k, m in exc.errors]
+        issues += exc.issues
 
     # ---- controller
     control = None
@@ -466,7 +354,7 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
     try:
         control = control_config_from_dict(ctrl_data or {}, ctrl_file) if isinstance(ctrl_data or {}, dict) else None
     except ConfigError as exc:
-        issues += [Issue(exc.path, k, _expected(m)) for k, m in exc.errors]
+        issues += exc.issues
     if control is None and not any(i.key.startswith("control") for i in issues):
         control = ControlConfig()
 
@@ -477,7 +365,7 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
 
     # ---- tag maps and cross references
     tagmaps: dict[str, Any] = {}
-    raw_tm = data.get("tagmaps") if isinstance(data.get("tagmaps"), dict) else {}
+    raw_tm = _table(data, "tagmaps")
     tm_paths: dict[str, Path] = {}
     for kind in ("rectifier", "potroom"):
         ref = getattr(cfg.tagmaps, kind) if cfg is not None else raw_tm.get(kind)
@@ -496,12 +384,8 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
             continue
         try:
             tm = load_tagmap(path)
-        except TagMapError as exc:
-            for prob in exc.problems:
-                # tag map problems read "<file>: <where>: <key>: <message>"
-                f, _, rest = prob.partition(": ")
-                where, _, msg = rest.partition(": ")
-                issues.append(Issue(f or str(path), where or "<tagmap>", msg or rest))
+        except ConfigError as exc:
+            issues += exc.issues
             continue
         if tm.device != kind:
             issues.append(
@@ -522,9 +406,11 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                 if pc.kind == "rectifier":
                     tagmaps[pc.name] = rectifier_tagmap(pc.where, tm_paths["rectifier"])
                 elif pc.room in layout.room_names:
-                    n = int((layout.cell_room == list(layout.room_names).index(pc.room)).sum())
-                    tagmaps[pc.name] = potroom_tagmap(pc.where, n, tm_paths["potroom"])
-            except (TagMapError, ValueError) as exc:
+                    n_cells = int((layout.cell_room == list(layout.room_names).index(pc.room)).sum())
+                    tagmaps[pc.name] = potroom_tagmap(pc.where, n_cells, tm_paths["potroom"])
+            except ConfigError as exc:
+                issues += exc.issues
+            except ValueError as exc:
                 issues.append(Issue(str(tm_paths[pc.kind]), f"{pc.kind} map for {pc.where}", str(exc)))
 
     if cfg is not None:
@@ -571,12 +457,12 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                 security = OpcUaSecurityConfig.model_validate(sec)
                 security.policy_types()
         except ValidationError as exc:
-            issues += _pydantic_issues(file, exc, sec, OpcUaSecurityConfig, prefix="opcua.security")
+            issues += validation_issues(exc, file, OpcUaSecurityConfig, sec, prefix="opcua.security")
         except ValueError as exc:
             issues.append(Issue(file, "opcua.security", str(exc)))
 
     if issues or cfg is None:
-        raise DaemonConfigError(issues or [Issue(file, "<top level>", "invalid")])
+        raise DaemonConfigError(issues or [Issue(file, TOP_LEVEL, "invalid")])
     mode_file = None
     if cfg.daemon.mode_file is not None:
         mode_file = _resolve(state_dir, cfg.daemon.mode_file)
@@ -626,6 +512,12 @@ def _cross_check(file: str, cfg: DaemonConfig, layout: Any, tagmaps: dict[str, A
             issues.append(Issue(file, "plc", f"expected exactly one rectifier PLC for line {ln!r}, got {len(got)}"
                                 + (f" ({', '.join(got)})" if got else "")))  # fmt: skip
     return issues
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` when it is a table, else an empty one (checking goes on past a bad file)."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _resolve(base: Path, p: Path) -> Path:
