@@ -95,6 +95,9 @@ class ConfigError(ValueError):
             text = "\n  ".join([f"{len(self.issues)} configuration errors in {files}", *map(str, self.issues)])
         super().__init__(text)
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ConfigIssue]]]:
+        return (type(self), (self.issues,))  # survives pickling (a rig or worker process)
+
     @property
     def path(self) -> str:
         """The file of the first problem."""
