@@ -64,14 +64,14 @@ class PlcImage:
             if t.cell is not None:
                 continue
             src = words.get((t.device_id, t.table.value, t.address)) if t.bit is not None else None
-            if src is not None:
-                self.bit_of[t.name] = (src.name, int(t.bit))  # type: ignore[arg-type]
+            if src is not None and t.bit is not None:
+                self.bit_of[t.name] = (src.name, int(t.bit))
             else:
                 self.scalars[t.name] = 0.0
         for f, t0 in fields.items():
             src = words.get((t0.device_id, t0.table.value, t0.address)) if t0.bit is not None else None
-            if src is not None and src.cell is not None and src.field is not None:
-                self.cell_bit_of[f] = (src.field, int(t0.bit))  # type: ignore[arg-type]
+            if src is not None and src.cell is not None and src.field is not None and t0.bit is not None:
+                self.cell_bit_of[f] = (src.field, int(t0.bit))
             else:
                 self.cells[f] = np.zeros(self.n_cells)
 

@@ -81,7 +81,10 @@ class HilRig:
     async def run(self, until_s: float | None = None) -> None:
         """Run the controller until plant time ``until_s`` (default: scenario end); without a
         controller, just wait for the rig's clock."""
-        end = self.scenario.duration_s if until_s is None else until_s  # type: ignore[union-attr]
+        if until_s is None:
+            assert self.scenario is not None, "start() the rig first"
+            until_s = self.scenario.duration_s
+        end = until_s
         if self.session is not None:
             await self.session.run(end)
         else:

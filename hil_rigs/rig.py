@@ -28,7 +28,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import numpy as np
 import structlog
@@ -43,7 +43,7 @@ from hil_rigs.scenarios import Scenario, ScenarioEvent, load_scenario
 from plc_bridge.plant import potroom_tagmap, rectifier_tagmap
 from twin.clock import AcceleratedClock, Clock
 
-__all__ = ["QUENCH_MIN_LOWER_MM", "QUENCH_MIN_SHOTS", "PlcHandle", "Rig"]
+__all__ = ["QUENCH_MIN_LOWER_MM", "QUENCH_MIN_SHOTS", "AnyPlc", "PlcHandle", "Rig"]
 
 #: what the rig counts as a quench command for a cell in AE: a feed command of at least
 #: this many shots (regular feeding sends one) ...
@@ -54,15 +54,18 @@ QUENCH_MIN_LOWER_MM = 10.0
 log = structlog.get_logger(__name__)
 
 
+LogicT = TypeVar("LogicT", PotroomLogic, RectifierLogic)
+
+
 @dataclass
-class PlcHandle:
-    """One simulated PLC of the rig."""
+class PlcHandle(Generic[LogicT]):
+    """One simulated PLC of the rig (``PlcHandle[RectifierLogic]`` or ``PlcHandle[PotroomLogic]``)."""
 
     device: str  # "rectifier:Line1" | "potroom:Potroom1"
     kind: str  # "rectifier" | "potroom"
     index: int  # line or room index
     image: PlcImage
-    logic: Any  # PotroomLogic | RectifierLogic
+    logic: LogicT
     edge: ModbusEdge | OpcUaEdge
     proxy: LinkProxy | None = None
     cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -83,6 +86,10 @@ class PlcHandle:
         if self.kind == "potroom":
             ep["cells"] = int(self.cells.size)
         return ep
+
+
+#: a PLC of either kind
+AnyPlc: TypeAlias = "PlcHandle[RectifierLogic] | PlcHandle[PotroomLogic]"
 
 
 @dataclass
@@ -118,9 +125,9 @@ class Rig:
         self.use_proxies = proxies
         self.potline: Any = None
         self.layout: Any = None
-        self.plcs: list[PlcHandle] = []
-        self.rectifiers: list[PlcHandle] = []
-        self.potrooms: list[PlcHandle] = []
+        self.plcs: list[AnyPlc] = []
+        self.rectifiers: list[PlcHandle[RectifierLogic]] = []
+        self.potrooms: list[PlcHandle[PotroomLogic]] = []
         self.epoch_monotonic = 0.0
         self.running = False
         self.errors: list[str] = []
@@ -177,24 +184,24 @@ class Rig:
             img = PlcImage(tm)
             r = line.rectifier
             vmax = tm["voltage_limit_sp"].hi
-            logic = RectifierLogic(img, r.setpoint_ka, r.min_ka, r.max_ka, r.ramp_ka_per_min,
-                                   min(r.voltage_limit_v, vmax), watchdog)  # fmt: skip
+            rect_logic = RectifierLogic(img, r.setpoint_ka, r.min_ka, r.max_ka, r.ramp_ka_per_min,
+                                        min(r.voltage_limit_v, vmax), watchdog)  # fmt: skip
             dev = f"rectifier:{lay.line_names[li]}"
             edge = make_edge(sc.protocols.rectifier, img, self.host, 0, self._command_hook(dev))
-            h = PlcHandle(dev, "rectifier", li, img, logic, edge, sensors=SensorOverride(1, seed=li + 3))
-            self.rectifiers.append(h)
+            rect = PlcHandle(dev, "rectifier", li, img, rect_logic, edge, sensors=SensorOverride(1, seed=li + 3))
+            self.rectifiers.append(rect)
         for ri, room in enumerate(lay.room_names):
             cells = lay.room_cells(ri)
             self._cell_pos[cells] = np.arange(cells.size)
             tm = potroom_tagmap(room, cells.size)
             img = PlcImage(tm)
-            logic = PotroomLogic(img, watchdog, local_ae_kill=sc.rig.ae_quench_local)
+            room_logic = PotroomLogic(img, watchdog, local_ae_kill=sc.rig.ae_quench_local)
             dev = f"potroom:{room}"
             edge = make_edge(sc.protocols.potroom, img, self.host, 0, self._command_hook(dev))
-            h = PlcHandle(dev, "potroom", ri, img, logic, edge, cells=cells,
+            pot = PlcHandle(dev, "potroom", ri, img, room_logic, edge, cells=cells,
                           sensors=SensorOverride(cells.size, seed=ri + 17))  # fmt: skip
-            self.potrooms.append(h)
-        self.plcs = self.rectifiers + self.potrooms
+            self.potrooms.append(pot)
+        self.plcs = [*self.rectifiers, *self.potrooms]
         # the PLCs power up in local: the potroom automation runs until a controller shows up
         pl.set_local_control(slice(None), True)
         self._publish(0.0, first=True)
@@ -274,7 +281,7 @@ class Rig:
             "voltage_limit_v": [ln.rectifier.voltage_limit_v for ln in self.scenario.plant_config().lines],
         }
 
-    def plc(self, device: str) -> PlcHandle:
+    def plc(self, device: str) -> AnyPlc:
         for h in self.plcs:
             if h.device == device or h.name == device:
                 return h
@@ -344,13 +351,13 @@ class Rig:
         elif k in ("frozen_sensor", "noisy_sensor", "bad_sensor"):
             self._sensor_fault(f, on)
 
-    def _targets(self, f: Fault) -> list[PlcHandle]:
+    def _targets(self, f: Fault) -> list[AnyPlc]:
         hs = [h for h in self.plcs if f.matches(h.device)]
         if not hs:
             raise ValueError(f"fault target {f.target!r} matches no PLC; have {[h.device for h in self.plcs]}")
         return hs
 
-    def _local_idx(self, h: PlcHandle, cells: list[int]) -> np.ndarray:
+    def _local_idx(self, h: AnyPlc, cells: list[int]) -> np.ndarray:
         cs = np.asarray(cells, dtype=np.int64)
         assert self._cell_room is not None and self._cell_pos is not None
         cs = cs[(cs >= 0) & (cs < self._cell_room.size)]
@@ -362,9 +369,9 @@ class Rig:
         if f.quantity == "line_current":
             lines = [f.line] if f.target in ("all", "rectifier") else [self.plc(f.target).index]
             for li in lines:
-                h = self.rectifiers[li]
-                assert h.sensors is not None
-                h.sensors.set(f, np.array([0]), np.array([m["line_current_ka"][li]]), on)
+                rect = self.rectifiers[li]
+                assert rect.sensors is not None
+                rect.sensors.set(f, np.array([0]), np.array([m["line_current_ka"][li]]), on)
             return
         for h in self.potrooms:
             idx = self._local_idx(h, f.cells)
@@ -380,7 +387,7 @@ class Rig:
             self.potline.reset_rectifier(line)
             h.logic.clear_trip()
 
-    async def _plc_down(self, h: PlcHandle, now: float, downtime_s: float) -> None:
+    async def _plc_down(self, h: AnyPlc, now: float, downtime_s: float) -> None:
         """PLC reboot: server down, memory zeroed; back after the downtime (>= 0.3 wall s)."""
         await h.edge.stop()
         h.logic.restart()
@@ -390,7 +397,7 @@ class Rig:
         self._record_mode(h, now, False, force=True)
         self._pending.append((h.down_until, "plc_up", h))
 
-    async def _plc_up(self, h: PlcHandle) -> None:
+    async def _plc_up(self, h: AnyPlc) -> None:
         await h.edge.start()
         h.down_until = None
         if h.kind == "potroom":
@@ -455,7 +462,8 @@ class Rig:
         if a == "ae":
             self._induce_ae(cells, ev.below_critical_wt_pct)
         elif a == "force_alumina":
-            pl.force_alumina(cells, float(ev.wt_pct))  # type: ignore[arg-type]
+            assert ev.wt_pct is not None  # the scenario model requires it for this action
+            pl.force_alumina(cells, float(ev.wt_pct))
         elif a in ("cut_out", "cut_in"):
             if ev.wait_current_below_ka is not None:
                 self._crew.append((ev, now))
@@ -511,9 +519,9 @@ class Rig:
         if device.startswith("rectifier"):
             if name == "line_current_sp":
                 self.commands["setpoint_writes"] += 1
-                h = self.plc(device)
-                if h.logic.remote:
-                    self.setpoint_log.append((now, h.index, float(value), float(h.logic.active_ka)))
+                rect = self.plc(device)
+                if isinstance(rect.logic, RectifierLogic) and rect.logic.remote:
+                    self.setpoint_log.append((now, rect.index, float(value), float(rect.logic.active_ka)))
             return
         h = self.plc(device)
         hit = h.image.cell_index.get(name)
@@ -592,21 +600,21 @@ class Rig:
                 self.refusals[key] = self.refusals.get(key, 0) + 1
         if shots.any() or moves.any():
             pl.apply(shots, moves)
-        for h in self.rectifiers:
-            if h.down_until is not None:
+        for rect in self.rectifiers:
+            if rect.down_until is not None:
                 continue
-            res = h.logic.scan(t_plc, dt_scan)
-            if res.mode_changed:
-                self._record_mode(h, now, res.remote)
-            if res.reset_requested:
-                if h.index in self._trip_cause:
-                    self.event_log.append((now, f"{h.name}: alarm reset refused (trip cause still present)"))
+            rres = rect.logic.scan(t_plc, dt_scan)
+            if rres.mode_changed:
+                self._record_mode(rect, now, rres.remote)
+            if rres.reset_requested:
+                if rect.index in self._trip_cause:
+                    self.event_log.append((now, f"{rect.name}: alarm reset refused (trip cause still present)"))
                 else:
-                    self._trip(h.index, False)
-                    self.event_log.append((now, f"{h.name}: alarm reset accepted"))
-            pl.set_line_setpoint(h.index, res.setpoint_ka)
-            for why in res.refused:
-                key = f"{h.name}: {why.split(':')[0]}"
+                    self._trip(rect.index, False)
+                    self.event_log.append((now, f"{rect.name}: alarm reset accepted"))
+            pl.set_line_setpoint(rect.index, rres.setpoint_ka)
+            for reason in rres.refused:
+                key = f"{rect.name}: {reason.split(':')[0]}"
                 self.refusals[key] = self.refusals.get(key, 0) + 1
         # --- the plant moves to the clock
         lag = now - pl.t_s
@@ -618,7 +626,7 @@ class Rig:
         # --- measurements out
         self._publish(now)
 
-    def _record_mode(self, h: PlcHandle, now: float, remote: bool, force: bool = False) -> None:
+    def _record_mode(self, h: AnyPlc, now: float, remote: bool, force: bool = False) -> None:
         self.mode_log.append((now, h.device, remote))
         log.info("plc_mode", device=h.device, remote=remote, t=round(now, 1))
 
@@ -639,14 +647,14 @@ class Rig:
             if h.down_until is None:
                 h.edge.publish()
         i_ka = m["line_current_ka"]
-        for h in self.rectifiers:
-            li = h.index
-            i_pub = float(h.sensors.apply(np.array([i_ka[li]]))[0]) if h.sensors is not None else float(i_ka[li])
-            h.logic.publish(i_pub, float(m["line_voltage_v"][li]), int(m["tap_position"][li]),
-                            bool(m["rectifier_at_limit"][li]), dt_pub)  # fmt: skip
-            h.image.t_s = now
-            if h.down_until is None:
-                h.edge.publish()
+        for rect in self.rectifiers:
+            li = rect.index
+            i_pub = float(rect.sensors.apply(np.array([i_ka[li]]))[0]) if rect.sensors is not None else float(i_ka[li])
+            rect.logic.publish(i_pub, float(m["line_voltage_v"][li]), int(m["tap_position"][li]),
+                               bool(m["rectifier_at_limit"][li]), dt_pub)  # fmt: skip
+            rect.image.t_s = now
+            if rect.down_until is None:
+                rect.edge.publish()
         if first:
             return
         self._track_aes(now, truth_ae, u)
@@ -661,7 +669,8 @@ class Rig:
         for k in started.tolist():
             ae = open_.get(k)
             if ae is None:
-                room = self.potrooms[int(self._cell_room[k])]  # type: ignore[index]
+                assert self._cell_room is not None  # set by start()
+                room = self.potrooms[int(self._cell_room[k])]
                 ae = _AE(cell=k, start_s=self.potline.t_s, room_remote=bool(room.logic.remote))
                 open_[k] = ae
                 self.aes.append(ae)

@@ -103,20 +103,28 @@ class _Result:
 
 
 @dataclass(slots=True)
-class _Group:
-    """Tags decoded together (same space and type): indices and per-tag constants."""
+class _WordGroup:
+    """Register-valued tags decoded together (same space, type and word order)."""
 
     key: tuple[int, Table]
-    kind: str  # "words" | "regbit" | "bit"
     dtype: DataType
     word_order: codec.WordOrder
     tag_idx: np.ndarray
-    addr: np.ndarray  # [n, words] for "words", [n] otherwise
-    bit: np.ndarray | None = None
-    scale: np.ndarray | None = None
-    offset: np.ndarray | None = None
-    lo: np.ndarray | None = None
-    hi: np.ndarray | None = None
+    addr: np.ndarray  # [n, words]
+    scale: np.ndarray
+    offset: np.ndarray
+    lo: np.ndarray  # engineering range; -inf/+inf where the tag has none
+    hi: np.ndarray
+
+
+@dataclass(slots=True)
+class _BitGroup:
+    """Bool tags decoded together: a bit table (``bit`` None) or bits of registers."""
+
+    key: tuple[int, Table]
+    tag_idx: np.ndarray
+    addr: np.ndarray  # [n]
+    bit: np.ndarray | None  # [n] bit index in the register; None for coils / discrete inputs
 
 
 class Scan:
@@ -462,7 +470,7 @@ class ModbusTagClient:
 
     # ------------------------------------------------------------------ decode
 
-    def _build_groups(self, names: list[str]) -> list[_Group]:
+    def _build_groups(self, names: list[str]) -> list[_WordGroup | _BitGroup]:
         buckets: dict[tuple, list[tuple[int, Tag]]] = {}
         for i, n in enumerate(names):
             t = self.tagmap[n]
@@ -473,22 +481,23 @@ class ModbusTagClient:
             else:
                 kind = "words"
             buckets.setdefault((t.device_id, t.table, kind, t.type, t.word_order), []).append((i, t))
-        groups = []
+        groups: list[_WordGroup | _BitGroup] = []
         for (dev, table, kind, dtype, wo), items in buckets.items():
             idx = np.array([i for i, _ in items], dtype=np.int64)
             tags = [t for _, t in items]
             if kind == "words":
                 nw = codec.REGISTER_COUNT[dtype]
                 addr = np.array([[t.address + k for k in range(nw)] for t in tags], dtype=np.int64)
-                g = _Group((dev, table), kind, dtype, wo, idx, addr,
-                           scale=np.array([t.scale for t in tags]), offset=np.array([t.offset for t in tags]),
-                           lo=np.array([t.min if t.min is not None else -np.inf for t in tags]),
-                           hi=np.array([t.max if t.max is not None else np.inf for t in tags]))  # fmt: skip
+                groups.append(
+                    _WordGroup((dev, table), dtype, wo, idx, addr,
+                               scale=np.array([t.scale for t in tags]), offset=np.array([t.offset for t in tags]),
+                               lo=np.array([t.min if t.min is not None else -np.inf for t in tags]),
+                               hi=np.array([t.max if t.max is not None else np.inf for t in tags]))
+                )  # fmt: skip
             else:
                 addr = np.array([t.address for t in tags], dtype=np.int64)
                 bit = np.array([t.bit or 0 for t in tags], dtype=np.uint16) if kind == "regbit" else None
-                g = _Group((dev, table), kind, dtype, wo, idx, addr, bit=bit)
-            groups.append(g)
+                groups.append(_BitGroup((dev, table), idx, addr, bit))
         return groups
 
     def _decode(self, t: float, duration: float) -> Scan:
@@ -498,13 +507,13 @@ class ModbusTagClient:
         codes = np.full(n, NOT_READ, dtype=np.int16)
         for g in self._groups:
             words, status = self._image(g.key)
-            if g.kind == "words":
+            if isinstance(g, _WordGroup):
                 w = words[g.addr]
                 st = status[g.addr]
                 err = st != GOOD
                 any_err = err.any(axis=1)
                 code = np.where(any_err, st[np.arange(len(st)), err.argmax(axis=1)], GOOD).astype(np.int16)
-                eng, finite = codec.decode_array(w, g.dtype, g.word_order, g.scale, g.offset)  # type: ignore[arg-type]
+                eng, finite = codec.decode_array(w, g.dtype, g.word_order, g.scale, g.offset)
                 code = np.where((code == GOOD) & ~finite, NON_FINITE, code)
                 with np.errstate(invalid="ignore"):
                     out = (eng < g.lo) | (eng > g.hi)
@@ -516,7 +525,7 @@ class ModbusTagClient:
             else:
                 code = status[g.addr].astype(np.int16)
                 raw = words[g.addr]
-                v = ((raw >> g.bit) & 1) if g.kind == "regbit" else (raw != 0)
+                v = ((raw >> g.bit) & 1) if g.bit is not None else (raw != 0)
                 q = np.where(code == GOOD, Quality.GOOD, Quality.BAD)
                 values[g.tag_idx] = np.where(code == GOOD, v.astype(np.float64), np.nan)
             quality[g.tag_idx] = q

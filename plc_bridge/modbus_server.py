@@ -33,7 +33,7 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import structlog
@@ -113,6 +113,13 @@ class _Space:
     tags_at: dict[int, list[Tag]] = field(default_factory=dict)
     start: int = 0  # address (registers) / register index (bits) of regs[0]
     regs: list[int] | None = None
+
+
+def _memory(sp: _Space) -> list[int]:
+    """The registers of ``sp`` (they exist while the server runs)."""
+    if sp.regs is None:
+        raise RuntimeError("ModbusTagServer: call `await start()` before reading or writing values")
+    return sp.regs
 
 
 class ModbusTagServer:
@@ -213,7 +220,7 @@ class ModbusTagServer:
         self._attach_memory(server)
         if self._snapshot is not None:
             for key, regs in self._snapshot.items():
-                self._spaces[key].regs[:] = regs  # type: ignore[index]
+                _memory(self._spaces[key])[:] = regs
         else:
             self.set_many(self._initial)
         log.info("modbus_server_started", device=self.tagmap.device, host=self.host, port=self._port)
@@ -313,12 +320,12 @@ class ModbusTagServer:
         sp = self._spaces.get((device_id, table))
         if sp is None or sp.regs is None:
             return ExcCodes.ILLEGAL_ADDRESS
-        if not is_write:
+        if set_values is None:  # a read
             n = 1 if table.is_bits else count
             if address + n > 65536 or 0 in sp.readable[address : address + n]:
                 return ExcCodes.ILLEGAL_ADDRESS
             return None
-        values = list(set_values)  # type: ignore[arg-type]
+        values = list(set_values)
         n = len(values)
         if address + n > 65536 or 0 in sp.writable[address : address + n]:
             self.rejected_writes += 1
@@ -352,7 +359,11 @@ class ModbusTagServer:
             # pymodbus stores set_values after this returns: hand it what the registers hold
             # now, so that a hook's own changes (a PLC clamping a setpoint) stick
             cur = self._read_span(sp, address, n)
-            set_values[:] = [bool(v) for v in cur] if table.is_bits else cur  # type: ignore[index]
+            # (pymodbus hands bit tables a list[bool], register tables a list[int])
+            if table.is_bits:
+                cast("list[bool]", set_values)[:] = [bool(v) for v in cur]
+            else:
+                cast("list[int]", set_values)[:] = cur
         return None
 
     @staticmethod
@@ -369,8 +380,7 @@ class ModbusTagServer:
         if not tag.has_modbus:
             raise ValueError(f"{self.tagmap.source}: tag {tag.name!r} has no Modbus location")
         sp = self._spaces[(tag.device_id, tag.table)]
-        if sp.regs is None:
-            raise RuntimeError("ModbusTagServer: call `await start()` before reading or writing values")
+        _memory(sp)  # raises before start()
         return sp
 
     def _read_span(self, sp: _Space, address: int, n: int) -> list[int]:
@@ -431,7 +441,8 @@ class ModbusTagServer:
         if tag.type is DataType.BOOL:
             if tag.bit is not None:
                 o = tag.address - sp.start
-                sp.regs[o] = codec.set_bit(sp.regs[o], tag.bit, bool(value))  # type: ignore[index]
+                regs = _memory(sp)
+                regs[o] = codec.set_bit(regs[o], tag.bit, bool(value))
             else:
                 self._write_span(sp, tag.address, [1 if value else 0])
             return

@@ -60,7 +60,7 @@ import structlog
 from plc_bridge.codec import DataType
 from plc_bridge.quality import Quality, Sample, WriteResult
 from plc_bridge.safe_write import Alarm, HeartbeatConfig, SafeWriter, WritePolicy, WriteRecord
-from plc_bridge.tagmap import TagMap, load_tagmap, parse_tagmap
+from plc_bridge.tagmap import Tag, TagMap, load_tagmap, parse_tagmap
 from potctl.plant import Commands, Measurements
 from twin.config import CONFIG_DIR
 from twin.layout import PlantLayout
@@ -272,7 +272,10 @@ class _Scan:
 
     def number(self, name: str, default: float = math.nan) -> float:
         """The value if usable (see ``usable``), else ``default``."""
-        return float(self.scalars[name].value) if self.usable(name) else default  # type: ignore[arg-type]
+        s = self.scalars.get(name)
+        if s is None or s.value is None or s.quality is Quality.BAD:
+            return default
+        return float(s.value)
 
 
 class _Device:
@@ -317,9 +320,9 @@ class _Device:
             for f in self.read_fields:
                 t0 = tm[tm.cell_tags(f)[0]]
                 src = words.get((t0.table, t0.address)) if t0.bit is not None else None
-                if self.endpoint.protocol == "opcua" and src is not None:
+                if self.endpoint.protocol == "opcua" and src is not None and t0.bit is not None:
                     # read the status word once and take the bits from it
-                    self.bit_fields[f] = (src, int(t0.bit))  # type: ignore[arg-type]
+                    self.bit_fields[f] = (src, int(t0.bit))
                     if src not in read:
                         read.append(src)
                 elif self.endpoint.protocol == "opcua" and f in _ON_DEMAND:
@@ -428,6 +431,25 @@ def _as_float(v: Any) -> float:
 
 
 # ====================================================================== the plant
+
+
+def _is_cell_tag(t: Tag) -> bool:
+    """Interlock scope: per-cell tags."""
+    return t.cell is not None
+
+
+def _is_beam_tag(t: Tag) -> bool:
+    """Interlock scope: anode-beam commands."""
+    return t.field in ("beam_move", "beam_cmd")
+
+
+def _cell_signal(name_template: str, field: str) -> Callable[[Tag], str]:
+    """Interlock source: tag ``field`` of the target tag's own cell."""
+
+    def signal(t: Tag) -> str:
+        return f"{name_template.format(cell=t.cell)}.{field}"
+
+    return signal
 
 
 class _Room:
@@ -544,8 +566,9 @@ class BridgePlant:
         for d in self.rects:
             tasks.append(d.start(self._on_alarm(d), self._on_record, rect_pol))
         for r in self.rooms:
-            pol = {n: cmd_pol[r.dev.tagmap[n].field] for n in (t.name for t in r.dev.tagmap.writable())
-                   if r.dev.tagmap[n].field in cmd_pol}  # fmt: skip
+            pol = {
+                t.name: cmd_pol[t.field] for t in r.dev.tagmap.writable() if t.field is not None and t.field in cmd_pol
+            }
             tasks.append(r.dev.start(self._on_alarm(r.dev), self._on_record, pol))
         await asyncio.gather(*tasks)
         for d in self.rects:
@@ -561,17 +584,18 @@ class BridgePlant:
             w = r.dev.writer
             assert w is not None
             w.enabled = not self.shadow
-            tmpl = r.dev.tagmap.cells.name_template  # type: ignore[union-attr]
-            is_cell = lambda t: t.cell is not None  # noqa: E731
-            is_beam = lambda t: t.field in ("beam_move", "beam_cmd")  # noqa: E731
+            cells = r.dev.tagmap.cells
+            if cells is None:
+                raise ValueError(f"{r.dev.tagmap.source}: a potroom tag map needs a [cells] table")
+            tmpl = cells.name_template
             w.require("room_remote", "remote", bool, describe="potroom in local control",
-                      max_age_s=st.stale_after_s, applies=is_cell)  # fmt: skip
-            w.require("in_circuit", lambda t, tm=tmpl: f"{tm.format(cell=t.cell)}.cut_out", lambda v: not v,
-                      describe="cell cut out", max_age_s=st.stale_after_s, applies=is_cell)  # fmt: skip
-            w.require("not_tapping", lambda t, tm=tmpl: f"{tm.format(cell=t.cell)}.tapping", lambda v: not v,
-                      describe="tapping in progress", max_age_s=st.stale_after_s, applies=is_beam)  # fmt: skip
-            w.require("no_anode_change", lambda t, tm=tmpl: f"{tm.format(cell=t.cell)}.anode_change", lambda v: not v,
-                      describe="anode change in progress", max_age_s=st.stale_after_s, applies=is_beam)  # fmt: skip
+                      max_age_s=st.stale_after_s, applies=_is_cell_tag)  # fmt: skip
+            w.require("in_circuit", _cell_signal(tmpl, "cut_out"), lambda v: not v,
+                      describe="cell cut out", max_age_s=st.stale_after_s, applies=_is_cell_tag)  # fmt: skip
+            w.require("not_tapping", _cell_signal(tmpl, "tapping"), lambda v: not v,
+                      describe="tapping in progress", max_age_s=st.stale_after_s, applies=_is_beam_tag)  # fmt: skip
+            w.require("no_anode_change", _cell_signal(tmpl, "anode_change"), lambda v: not v,
+                      describe="anode change in progress", max_age_s=st.stale_after_s, applies=_is_beam_tag)  # fmt: skip
         self.started = True
         log.info("bridge_started", lines=len(self.rects), rooms=len(self.rooms), shadow=self.shadow)
 
@@ -618,7 +642,7 @@ class BridgePlant:
         loop = asyncio.get_running_loop()
         w0 = loop.time()
         now = self.clock.now()
-        wanted = [{} for _ in self.rects] + [
+        wanted: list[dict[str, np.ndarray]] = [{} for _ in self.rects] + [
             {"feed_cmd_ack": np.flatnonzero(~np.isnan(r.wait_feed_since)),
              "beam_cmd_ack": np.flatnonzero(~np.isnan(r.wait_beam_since))} for r in self.rooms
         ]  # fmt: skip
