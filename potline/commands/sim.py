@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_plant_config(args.config)
     except ConfigError as exc:
-        console.print(f"[red]config error[/red]\n{exc}")
+        print(f"potline sim: config error\n{exc}", file=sys.stderr)  # unwrapped: one greppable line per problem
         return 2
     if args.no_ae_kill:
         cfg = cfg.model_copy(update={"local_control": cfg.local_control.model_copy(update={"ae_quench": False})})
