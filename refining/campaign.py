@@ -32,12 +32,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from refining import model as rf
 from refining.config import RefiningConfig, scaled_params
+from refining.recording import write_table
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 #: parameter factors drawn per scenario (log-normal, relative std = spread × weight)
 SPREAD_FACTORS: dict[str, float] = {
@@ -142,46 +147,6 @@ def record_cycle(
         "assay_si_pct": assay[:, rf.SI] * 100.0,
         "end_reason": end,
     }
-
-
-def write_table(cols: dict[str, np.ndarray] | Any, path: str | Path) -> Path:
-    """Write columns (or a DataFrame) as CSV or Parquet, by the file suffix.
-
-    Columns given as a dict go to CSV with the standard library (no pandas needed);
-    Parquet and DataFrames need the ``[campaign]`` extra (pandas, pyarrow).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(cols, dict) and path.suffix.lower() == ".csv":
-        import csv
-
-        names = list(cols)
-        arrays = [np.asarray(cols[n]) for n in names]
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(names)
-            for row in zip(*arrays, strict=False):
-                w.writerow(
-                    [
-                        ""
-                        if (isinstance(v, float) and v != v)
-                        else repr(float(v))
-                        if isinstance(v, (float, np.floating))
-                        else v
-                        for v in row
-                    ]
-                )
-        return path
-    import pandas as pd
-
-    df = cols if isinstance(cols, pd.DataFrame) else pd.DataFrame(cols)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        df.to_parquet(path, index=False)
-    elif path.suffix.lower() == ".csv":
-        df.to_csv(path, index=False)
-    else:
-        raise ValueError(f"{path}: use a .csv or .parquet file name")
-    return path
 
 
 # --------------------------------------------------------------------------- campaigns
@@ -412,8 +377,8 @@ class _Progress:
         self.enabled = enabled
         self.total = total
         self.where = where
-        self._p = None
-        self._task = None
+        self._p: Progress | None = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -426,24 +391,26 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
-            self._p = Progress(
+            p = Progress(
                 TextColumn(f"refining cycles ({self.where})"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
             )
-            self._p.__enter__()
-            self._task = self._p.add_task("cycles", total=self.total)
+            p.__enter__()
+            self._p, self._task = p, p.add_task("cycles", total=self.total)
         return self
 
     def advance(self, n: int) -> None:
-        if self._p is not None:
+        if self._p is not None and self._task is not None:
             self._p.advance(self._task, n)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._p is not None:
-            self._p.__exit__(*exc)
+            self._p.__exit__(exc_type, exc, tb)
 
 
 def summarize(df) -> Any:

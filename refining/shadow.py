@@ -15,17 +15,16 @@ anything anywhere:
    noise seeds) and judges it against the stated criteria: purity, energy, cycle
    length ended by impurity breakthrough, no unsafe command, a credible twin.
 
-Everything here is pure computation on arrays; loading files and writing the report
-live in ``potline.commands.shadow``.
+Everything here is pure computation on arrays: recording files are read and written
+by ``refining.recording``, the report by ``potline.commands.shadow``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -93,9 +92,12 @@ class Recording:
 
     @classmethod
     def from_columns(
-        cls, cols: dict[str, Any], source: str = "<memory>", heater_sp_default: float = 800.0
+        cls, cols: Mapping[str, Sequence[Any] | np.ndarray], source: str = "<memory>", heater_sp_default: float = 800.0
     ) -> Recording:
-        """Validate columns (name → 1-D sequence); errors name source, column and row."""
+        """Validate columns (name → 1-D sequence); errors name source, column and row.
+
+        Rows are numbered as in a file with a header line (the first data row is row 2).
+        """
         missing = [c for c in REQUIRED_COLUMNS if c not in cols]
         if missing:
             raise RecordingError(
@@ -112,9 +114,9 @@ class Recording:
             try:
                 a = np.asarray(cols[name], dtype=np.float64)
             except (TypeError, ValueError):
-                bad = _first_non_numeric(cols[name])
+                row = _first_non_numeric(cols[name])
                 raise RecordingError(
-                    f"{source}: column {name}, row {bad}: not a number ({COLUMN_UNITS[name]})"
+                    f"{source}: column {name}, row {row}: not a number ({COLUMN_UNITS[name]})"
                 ) from None
             if a.shape != (n,):
                 raise RecordingError(f"{source}: column {name} has {a.shape[0]} rows, t_s has {n}")
@@ -199,7 +201,12 @@ class Recording:
         charged = np.concatenate([[0.0], np.cumsum(self.charge_kg)[:-1]])
         return e_dc, e_aux, tapped, charged
 
-    def readings_at(self, j: int, last_assay: np.ndarray, meters=None) -> rf.PotReadings:
+    def readings_at(
+        self,
+        j: int,
+        last_assay: np.ndarray,
+        meters: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> rf.PotReadings:
         """What the pot's PLC/lab showed at scan ``j`` (one pot); ``meters`` from ``meters()``."""
         tap_prev = self.tap_kg[j - 1] if j > 0 else 0.0
         e_dc, e_aux, tapped, charged = meters if meters is not None else self.meters()
@@ -226,7 +233,8 @@ class Recording:
         )
 
 
-def _first_non_numeric(seq) -> int:
+def _first_non_numeric(seq: Iterable[Any]) -> int:
+    """File row (header = row 1) of the first value that is not a number."""
     for i, v in enumerate(seq):
         try:
             float(v)
@@ -235,56 +243,25 @@ def _first_non_numeric(seq) -> int:
     return 2
 
 
-def _read_csv(path: Path) -> dict[str, list]:
-    """Columns of a CSV file with a header row (standard library only)."""
-    import csv
-
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise RecordingError(f"{path}: empty file") from None
-        cols: dict[str, list] = {h: [] for h in header}
-        for i, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise RecordingError(f"{path}: row {i} has {len(row)} fields, the header has {len(header)}")
-            for h, v in zip(header, row, strict=False):
-                v = v.strip()
-                cols[h].append("nan" if v == "" else v)
-    return cols
-
-
-def load_recording(path: str | Path, heater_sp_default: float = 800.0) -> Recording:
-    """Read a CSV (standard library) or Parquet (needs pyarrow) recording."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv", ".txt"):
-        raise RecordingError(f"{path}: unknown recording format {suffix!r} (use .csv or .parquet)")
-    if not path.is_file():
-        raise RecordingError(f"{path}: no such file")
-    try:
-        if suffix in (".parquet", ".pq"):
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise RecordingError(
-                    f"{path}: reading Parquet needs pyarrow (pip install 'potline-twin[campaign]')"
-                ) from None
-            table = pq.read_table(path)
-            cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-        else:
-            cols = _read_csv(path)
-    except RecordingError:
-        raise
-    except Exception as exc:  # parse errors of either format
-        raise RecordingError(f"{path}: cannot read: {exc}") from None
-    return Recording.from_columns(cols, source=str(path), heater_sp_default=heater_sp_default)
-
-
 # --------------------------------------------------------------------------- results
+
+
+class PredictedCycle(TypedDict):
+    """The candidate's predicted cycle, worst case over the ensemble members."""
+
+    days_min: float
+    days_max: float
+    purity_min_pct: float
+    purity_avg_pct: float  # mean over members
+    dc_kwh_per_kg_max: float
+    total_kwh_per_kg_max: float
+    kg_per_day_mean: float
+    ce_avg_mean: float
+    u_avg_v_mean: float
+    t_high_c_max: float  # [°C]
+    t_low_c_min: float  # [°C]
+    end_reasons: str  # comma-separated, sorted
+    breakthrough_end: bool  # every member ended by impurity breakthrough (or a stop request)
 
 
 @dataclass(slots=True)
@@ -313,8 +290,8 @@ class ShadowResult:
     candidate_commands: np.ndarray  # [m, 5] as refining.model.INPUT_COLUMNS
     differences: list[dict[str, Any]]
     violations: list[Violation]
-    predicted: dict[str, float]  # candidate's predicted cycle (ensemble worst case)
-    predicted_members: list[dict[str, float]]
+    predicted: PredictedCycle  # candidate's predicted cycle (ensemble worst case)
+    predicted_members: list[dict[str, float | str]]  # pots.summary() per member, end_reason a name
     predicted_series: dict[str, np.ndarray]  # one ensemble member over time
     recorded: dict[str, float]  # what the pot actually did
     calibrated_params: np.ndarray
@@ -546,7 +523,7 @@ def predict_cycle(
     n_members: int = 6,
     seed: int = 12345,
     max_days: float | None = None,
-) -> tuple[dict[str, float], list[dict[str, float]], dict[str, np.ndarray]]:
+) -> tuple[PredictedCycle, list[dict[str, float | str]], dict[str, np.ndarray]]:
     """The candidate's whole cycle on the calibrated twin (an ensemble of noise seeds).
 
     Returns:
@@ -558,13 +535,13 @@ def predict_cycle(
     pots = rf.RefiningPots(p, s, rf.seed_streams(seed, n), dt_s=cfg.operation.dt_s)
     rec = rf.run_closed_loop(pots, candidate_factory(n), cfg.operation.control_period_s, max_days=max_days, record=True)
     summ = pots.summary()
-    members = []
+    members: list[dict[str, float | str]] = []
     for k in range(n):
-        d = {key: float(v[k]) for key, v in summ.items()}
+        d: dict[str, float | str] = {key: float(v[k]) for key, v in summ.items()}
         d["end_reason"] = rf.END_REASONS[int(summ["end_reason"][k])]
         members.append(d)
     reasons = [int(r) for r in summ["end_reason"]]
-    worst = {
+    worst: PredictedCycle = {
         "days_min": float(summ["days"].min()),
         "days_max": float(summ["days"].max()),
         "purity_min_pct": float(summ["purity_min_pct"].min()),

@@ -97,7 +97,8 @@ def main(args: argparse.Namespace) -> int:
     from potline.report import write_json
     from refining.config import RefiningConfigError, load_refining_config
     from refining.controller import RefiningPolicy, policy_presets
-    from refining.shadow import RecordingError, load_recording, run_shadow
+    from refining.recording import load_recording, write_table
+    from refining.shadow import RecordingError, run_shadow
 
     try:
         cfg = load_refining_config(args.config)
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     data = args.data
     try:
         if args.make_recording:
-            from refining.campaign import record_cycle, write_table
+            from refining.campaign import record_cycle
 
             factors = _parse_factors(args.hidden)
             presets = policy_presets(cfg)

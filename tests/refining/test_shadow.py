@@ -18,10 +18,11 @@ import pytest
 from potline import cli
 from potline.report import Report, write_json
 from refining import model as rf
-from refining.campaign import record_cycle, write_table
+from refining.campaign import record_cycle
 from refining.config import CONFIG_3KA, load_refining_config
 from refining.controller import RefiningPolicy, SafeCommandFilter, SafetyLimits, policy_presets
-from refining.shadow import Recording, RecordingError, load_recording, run_shadow
+from refining.recording import load_recording, write_table
+from refining.shadow import Recording, RecordingError, run_shadow
 
 HIDDEN = {"kappa": 0.92, "ua": 1.2, "scrap_fe": 1.1}
 
