@@ -41,6 +41,7 @@ plays no part.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -55,7 +56,7 @@ from potctl.quench import IDLE, QuenchController
 from potctl.resistance import ResistanceController
 from twin.layout import PlantLayout
 
-__all__ = ["AlarmRecord", "PotController"]
+__all__ = ["AlarmRecord", "AluminaObserverLike", "PotController"]
 
 
 @dataclass(slots=True)
@@ -66,6 +67,32 @@ class AlarmRecord:
     cell: int
     time_to_ae_s: float
     source: str  # "slope" | "observer"
+
+
+class AluminaObserverLike(Protocol):
+    """What the controller needs of an alumina observer (``twin.observer.AluminaObserver``
+    fits). An observer that also has ``alumina_std_wt_pct`` [wt %] is trusted per cell only
+    once that is below ``prediction.observer_max_std_wt_pct``."""
+
+    def update(
+        self,
+        current_a: np.ndarray,
+        voltage_v: np.ndarray,
+        feed_kg: np.ndarray,
+        beam_mm: np.ndarray,
+        dt_s: float,
+        valid: np.ndarray | None = None,
+    ) -> None:
+        """Advance by ``dt_s`` [s]: current [A], voltage [V], alumina fed [kg] and beam moves
+        [mm] per cell since the last update; ``valid`` False skips a cell."""
+
+    @property
+    def alumina_wt_pct(self) -> np.ndarray:
+        """Estimated dissolved alumina per cell [wt %]."""
+
+    def time_to_ae_s(self, current_a: np.ndarray, feed_rate_kg_s: np.ndarray) -> np.ndarray:
+        """Time until the estimate reaches the critical level at this current [A] and feed
+        rate [kg/s] [s] (inf: never)."""
 
 
 class PotController:
@@ -80,7 +107,7 @@ class PotController:
     """
 
     def __init__(
-        self, layout: PlantLayout, config: ControlConfig | None = None, observer: object | None = None
+        self, layout: PlantLayout, config: ControlConfig | None = None, observer: AluminaObserverLike | None = None
     ) -> None:
         self.layout = layout
         self.cfg = cfg = config or ControlConfig()
@@ -93,8 +120,10 @@ class PotController:
         self.feeding = FeedController(n, layout.shot_mass_kg, cfg.feeding)
         nom = np.asarray(layout.nominal_current_ka, dtype=np.float64)
         rc = cfg.resistance
-        target = rc.target_uohm
-        if target is None:
+        target: float | np.ndarray
+        if rc.target_uohm is not None:
+            target = rc.target_uohm
+        else:
             target = (rc.target_voltage_v - cfg.e0_v) / nom[self.cell_line] * 1e3
         self.resistance = ResistanceController(n, target, rc)
         self.amperage = AmperageController(nom, self.cell_line, cfg.amperage, cfg.e0_v)
@@ -220,8 +249,10 @@ class PotController:
             self._ops_prev = ops.copy()
             self._ac_prev = anode_change.copy()
             self._tap_prev = tapping.copy()
-        d_beam = beam - self._beam_prev
-        d_feed = np.maximum(feed - self._feed_prev, 0)
+        beam_prev = beam if self._beam_prev is None else self._beam_prev  # (set on the first step)
+        feed_prev = feed if self._feed_prev is None else self._feed_prev
+        d_beam = beam - beam_prev
+        d_feed = np.maximum(feed - feed_prev, 0)
         self._beam_prev = beam.copy()
         self._feed_prev = feed.copy()
         moved = np.abs(d_beam) > 0.05

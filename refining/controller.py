@@ -141,12 +141,26 @@ class RefiningPolicy:
         self.names = [p.name for p in plist]
         self.period_s = float(period_s)
         self.n = len(plist)
-        for name in _NUMERIC:
-            setattr(self, "_" + name, np.array([getattr(p, name) for p in plist], dtype=float))
+        # one array per numeric ``PolicyParams`` field, one element per pot
+        col = {name: np.array([getattr(p, name) for p in plist], dtype=float) for name in _NUMERIC}
+        self._current_a = col["current_a"]
+        self._ramp_a_per_h = col["ramp_a_per_h"]
+        self._heater_c = col["heater_c"]
+        self._tap_every_h = col["tap_every_h"]
+        self._charge_every_h = col["charge_every_h"]
+        self._ce_guess = col["ce_guess"]
+        self._impurity_guess = col["impurity_guess"]
+        self._fe_trim_k_per_0p01pct = col["fe_trim_k_per_0p01pct"]
+        self._fe_trim_from_pct = col["fe_trim_from_pct"]
+        self._heater_trim_max_k = col["heater_trim_max_k"]
+        self._stop_fe_pct = col["stop_fe_pct"]
+        self._stop_si_pct = col["stop_si_pct"]
+        self._step_at_h = col["step_at_h"]
         # derived constants (hot loop)
         self._has_step = bool(np.isfinite(self._step_at_h).any())
         self._step_s = np.where(np.isfinite(self._step_at_h), self._step_at_h * 3600.0, np.inf)
-        self._step_current_a = np.where(np.isfinite(self._step_current_a), self._step_current_a, 0.0)
+        step_a = col["step_current_a"]
+        self._step_current_a = np.where(np.isfinite(step_a), step_a, 0.0)
         self._has_trim = bool((self._fe_trim_k_per_0p01pct != 0).any())
         self._has_stop = bool(np.isfinite(self._stop_fe_pct).any() or np.isfinite(self._stop_si_pct).any())
         self._no_stop = np.zeros(self.n, dtype=bool)

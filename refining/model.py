@@ -36,8 +36,9 @@ loop over pots and sub-steps in compiled code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, overload
 
 import numpy as np
 from numba import njit
@@ -230,7 +231,7 @@ def seed_streams(seed: int, pot_ids: np.ndarray | int) -> np.ndarray:
         uint64 array, one non-zero state per pot. A pot gets the same stream whatever
         batch it runs in, which is what makes local and distributed runs identical.
     """
-    ids = np.arange(pot_ids) if np.isscalar(pot_ids) else np.asarray(pot_ids)
+    ids = np.arange(pot_ids) if isinstance(pot_ids, (int, np.integer)) else np.asarray(pot_ids)
     out = np.empty(ids.shape[0], dtype=np.uint64)
     for j, pid in enumerate(ids.tolist()):
         st = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(pid)]).generate_state(1, np.uint64)
@@ -865,13 +866,41 @@ class ClosedLoopRecord:
 INPUT_COLUMNS = ("current_sp_a", "heater_sp_c", "charge_kg", "tap_kg", "stop")
 
 
+@overload
+def run_closed_loop(
+    pots: RefiningPots,
+    policy: PotPolicy,
+    control_period_s: float,
+    max_days: float | None = None,
+    *,
+    record: Literal[True],
+    on_period: Callable[[float, RefiningPots], object] | None = None,
+) -> ClosedLoopRecord: ...
+@overload
+def run_closed_loop(
+    pots: RefiningPots,
+    policy: PotPolicy,
+    control_period_s: float,
+    max_days: float | None = None,
+    record: Literal[False] = False,
+    on_period: Callable[[float, RefiningPots], object] | None = None,
+) -> None: ...
+@overload
 def run_closed_loop(
     pots: RefiningPots,
     policy: PotPolicy,
     control_period_s: float,
     max_days: float | None = None,
     record: bool = False,
-    on_period=None,
+    on_period: Callable[[float, RefiningPots], object] | None = None,
+) -> ClosedLoopRecord | None: ...
+def run_closed_loop(
+    pots: RefiningPots,
+    policy: PotPolicy,
+    control_period_s: float,
+    max_days: float | None = None,
+    record: bool = False,
+    on_period: Callable[[float, RefiningPots], object] | None = None,
 ) -> ClosedLoopRecord | None:
     """Run pots under a controller until every cycle has ended.
 
