@@ -104,10 +104,21 @@ class HilRig:
 
         return aligned_clock(float(self.endpoints["speed"]), float(self.endpoints["epoch_monotonic"])).now()
 
-    async def wait_until(self, t_s: float) -> None:
-        """Sleep until plant time ``t_s``."""
+    async def wait_until(self, t_s: float, timeout_wall_s: float | None = None) -> None:
+        """Wait until plant time ``t_s`` [s]; fail after ``timeout_wall_s`` wall seconds
+        (default: ten times the wall time it should take, at least a minute) or as soon as
+        the rig process has exited."""
         speed = float(self.endpoints.get("speed", 1.0))
+        if timeout_wall_s is None:
+            timeout_wall_s = max(60.0, 10.0 * (t_s - self.now()) / speed)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_wall_s
         while self.now() < t_s:
+            proc = getattr(self.proc, "proc", None)
+            if proc is not None and proc.returncode is not None:
+                raise RigAssertionError(f"the rig process exited ({proc.returncode}) before plant time {t_s:g} s")
+            if loop.time() > deadline:
+                raise TimeoutError(f"plant time {t_s:g} s not reached within {timeout_wall_s:g} wall s")
             await asyncio.sleep(min(0.05, max((t_s - self.now()) / speed, 0.001)))
 
     async def inject(self, fault: Fault | dict[str, Any]) -> float:
