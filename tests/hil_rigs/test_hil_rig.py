@@ -1,11 +1,16 @@
 """The HIL rig over real sockets: independent Modbus/OPC UA peers read the twin through the
-simulated PLCs, and every fault kind shows up on the wire as a client would meet it."""
+simulated PLCs, and every fault kind shows up on the wire as a client would meet it.
+
+The rigs here run on a ``VirtualClock`` that the test moves (``tests.waits.step_rig``):
+plant time, and so the PLCs' watchdogs and the faults' durations, depend on the test
+only, not on how fast a busy machine gets to the next scan. The sockets are real.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
@@ -17,7 +22,9 @@ from hil_rigs.rig import Rig
 from hil_rigs.scenarios import load_scenario
 from plc_bridge.modbus_client import ModbusTagClient
 from plc_bridge.plant import potroom_tagmap, rectifier_tagmap
+from tests.waits import rig_scans, step_rig, wait_until
 from twin.cell_layout import P_LOCAL, S_FEED_ACK
+from twin.clock import VirtualClock
 from twin.config import ConfigError
 
 pytestmark = pytest.mark.hil
@@ -34,23 +41,31 @@ def bench(potroom: str = "opcua", **kw: object):
     )  # fmt: skip
 
 
-async def wall(seconds: float) -> None:
-    await asyncio.sleep(seconds)
-
-
 def ep(rig: Rig, device: str) -> dict:
     return rig.plc(device).endpoint()
 
 
-async def modbus_heartbeat(client: ModbusTagClient, n: int, period_s: float = 0.05) -> None:
-    for i in range(n):
-        await client.write("heartbeat_out", (i + 1) % 65536)
-        await asyncio.sleep(period_s)
+class Heartbeat:
+    """The controller's heartbeat: a new counter value through ``write``, then ``period_s``
+    of plant time during which the PLCs scan (and so see it)."""
+
+    def __init__(self, rig: Rig, write: Callable[[int], Awaitable[object]]) -> None:
+        self.rig, self.write, self.count = rig, write, 0
+
+    async def __call__(self, n: int = 1, period_s: float = 0.5) -> None:
+        for _ in range(n):
+            self.count = (self.count + 1) % 65536
+            await self.write(self.count)
+            await step_rig(self.rig, self.rig.clock, period_s)
+
+
+def modbus_heartbeat(rig: Rig, client: ModbusTagClient) -> Heartbeat:
+    return Heartbeat(rig, lambda k: client.write("heartbeat_out", k))
 
 
 @pytest.fixture
 async def rig_opcua():
-    r = await Rig(bench("opcua")).start()
+    r = await Rig(bench("opcua"), clock=VirtualClock()).start()
     try:
         yield r
     finally:
@@ -60,7 +75,7 @@ async def rig_opcua():
 @pytest.fixture
 async def rig_modbus():
     """All-Modbus rig (starts faster: no OPC UA address space to build)."""
-    r = await Rig(bench("modbus")).start()
+    r = await Rig(bench("modbus"), clock=VirtualClock()).start()
     try:
         yield r
     finally:
@@ -69,7 +84,7 @@ async def rig_modbus():
 
 async def test_independent_peers_read_the_twin_through_both_protocols(rig_opcua: Rig) -> None:
     rig = rig_opcua
-    await wall(0.3)
+    await step_rig(rig, rig.clock, 1.0)  # a few PLC scans have published the twin
     truth = rig.potline.measurements()
     # rectifier over Modbus, decoded by pymodbus itself (not our codec)
     e = ep(rig, "rectifier:Line1")
@@ -99,13 +114,16 @@ async def test_watchdog_takes_remote_and_drops_to_local(rig_modbus: Rig) -> None
     e = ep(rig, "rectifier:Line1")
     cl = ModbusTagClient(rectifier_tagmap("Line1"), e["host"], e["port"])
     assert (await cl.read(["remote"]))["remote"].value is False  # powers up in local
-    await modbus_heartbeat(cl, 8)
+    await modbus_heartbeat(rig, cl)(2)
     assert (await cl.read(["remote"]))["remote"].value is True
-    await wall(5.0 / SPEED + 0.4)  # watchdog 5 plant s
+    # the controller falls silent: remote up to the 5 s watchdog, local at the first scan after it
+    t_last_beat = rig.plc("rectifier:Line1").logic.watchdog.last_change_t
+    await step_rig(rig, rig.clock, t_last_beat + 4.75 - rig.now(), step_s=0.25)
+    assert (await cl.read(["remote"]))["remote"].value is True
+    await step_rig(rig, rig.clock, 0.5, step_s=0.25)
     assert (await cl.read(["remote"]))["remote"].value is False
     t_local = next(t for t, d, r in rig.mode_log if d == "rectifier:Line1" and not r)
-    t_last_beat = rig.plc("rectifier:Line1").logic.watchdog.last_change_t
-    assert 4.5 <= t_local - t_last_beat <= 5.0 + 0.1 * SPEED  # within a PLC scan or so of the timeout
+    assert 5.0 < t_local - t_last_beat <= 5.25  # the first PLC scan (every 0.25 s here) after the timeout
     await cl.close()
 
 
@@ -119,9 +137,8 @@ async def test_feed_command_handshake_and_acknowledgement_over_opcua(rig_opcua: 
             return await c.nodes.objects.get_child([f"{ns}:{p}" for p in ("Potroom1", *path)])
 
         hb = await node("HeartbeatOut")
-        for i in range(6):
-            await hb.write_value(i + 1, ua.VariantType.UInt16)
-            await asyncio.sleep(0.05)
+        beat = Heartbeat(rig, lambda k: hb.write_value(k, ua.VariantType.UInt16))
+        await beat(2)
         assert await (await node("Remote")).read_value() is True
         cells = rig.plc("potroom:Potroom1").cells
         assert not rig.potline.params[cells, P_LOCAL].any()  # the controller is in charge now
@@ -129,11 +146,7 @@ async def test_feed_command_handshake_and_acknowledgement_over_opcua(rig_opcua: 
         ack0 = await (await node("Cell005", "FeedAck")).read_value()
         await (await node("Cell005", "FeedShots")).write_value(3, ua.VariantType.UInt16)
         await (await node("Cell005", "FeedCommand")).write_value(77, ua.VariantType.UInt16)
-        for _ in range(40):
-            await hb.write_value(50 + _, ua.VariantType.UInt16)
-            if await (await node("Cell005", "FeedCommandAck")).read_value() == 77:
-                break
-            await asyncio.sleep(0.02)
+        await beat(1)  # the PLC scans the command while the controller keeps beating
         assert await (await node("Cell005", "FeedCommandAck")).read_value() == 77
         assert await (await node("Cell005", "FeedAck")).read_value() == ack0 + 3
         assert float(rig.potline.state[cells[4], S_FEED_ACK]) - before == pytest.approx(3.0)  # the twin got it
@@ -170,12 +183,13 @@ async def test_link_drop_latency_and_exception_faults_as_a_client_sees_them(rig_
     s = (await cl.read(["line_current"]))["line_current"]
     assert not s.good and s.reason in ("connection lost", "not connected", "timeout")
     await rig.clear(Fault(kind="link_drop", target="rectifier:Line1"))
-    for _ in range(30):
-        if (await cl.read(["line_current"]))["line_current"].good:
-            break
-        await asyncio.sleep(0.05)
-    assert (await cl.read(["line_current"]))["line_current"].good
-    # added latency: a request takes at least the round trip of the delay
+
+    async def good() -> bool:
+        return (await cl.read(["line_current"]))["line_current"].good
+
+    await wait_until(good, 30.0, "the client to read good data once the link is restored")
+    # added latency: a request takes at least the round trip of the delay (a lower bound: a
+    # busy machine only makes it longer)
     await rig.inject(Fault(kind="latency", target="rectifier", delay_s=0.1))
     t0 = time.perf_counter()
     assert (await cl.read(["line_current"]))["line_current"].good
@@ -195,19 +209,22 @@ async def test_plc_restart_resets_registers_and_comes_back_local(rig_modbus: Rig
     e = ep(rig, "rectifier:Line1")
     cl = ModbusTagClient(rectifier_tagmap("Line1"), e["host"], e["port"], timeout_s=0.3, reconnect_min_s=0.05,
                          reconnect_max_s=0.2)  # fmt: skip
-    await modbus_heartbeat(cl, 6)
+    beat = modbus_heartbeat(rig, cl)
+    await beat(2)
     assert (await cl.read(["remote"]))["remote"].value is True
     await cl.write("ramp_rate_sp", 2.5)
-    await modbus_heartbeat(cl, 30)  # the PLC counter runs up meanwhile (one per PLC scan)
+    await rig_scans(rig, 100)  # the PLC counter runs up meanwhile (one per PLC scan; plant time stands)
     hb_before = (await cl.read(["heartbeat_in"]))["heartbeat_in"].value
+    assert hb_before >= 100
     await rig.inject(Fault(kind="plc_restart", target="rectifier:Line1", downtime_s=5.0))
     assert not (await cl.read(["heartbeat_in"]))["heartbeat_in"].good  # server down
-    await wall(5.0 / SPEED)
-    for _ in range(100):
+    await step_rig(rig, rig.clock, 5.0)
+
+    async def back() -> dict | None:
         got = await cl.read(["heartbeat_in", "remote", "ramp_rate_sp", "line_current"])
-        if got["heartbeat_in"].good:
-            break
-        await asyncio.sleep(0.01)
+        return got if got["heartbeat_in"].good else None
+
+    got = await wait_until(back, 30.0, "the rectifier PLC to serve again after its restart")
     assert got["heartbeat_in"].value < hb_before  # counters restarted
     assert got["remote"].value is False  # local until the heartbeat returns
     assert got["ramp_rate_sp"].value == pytest.approx(6.0)  # power-up default, the written 2.5 is gone
@@ -217,7 +234,7 @@ async def test_plc_restart_resets_registers_and_comes_back_local(rig_modbus: Rig
 
 async def test_sensor_faults_frozen_noisy_bad() -> None:
     sc = bench("modbus")
-    async with Rig(sc) as rig:
+    async with Rig(sc, clock=VirtualClock()) as rig:
         e = ep(rig, "potroom:Potroom1")
         cl = ModbusTagClient(potroom_tagmap("Potroom1", N_CELLS), e["host"], e["port"])
         await rig.inject(Fault(kind="frozen_sensor", cells=[1]))
@@ -231,7 +248,7 @@ async def test_sensor_faults_frozen_noisy_bad() -> None:
             frozen.append(u[1])
             noisy.append(u[2])
             truth2.append(float(rig.potline.measurements()["cell_voltage_v"][2]))
-            await asyncio.sleep(0.06)
+            await step_rig(rig, rig.clock, 0.5)  # new samples published meanwhile
         assert len(set(frozen)) == 1
         assert np.std(np.array(noisy) - np.array(truth2)) > 0.2
         await cl.close()
@@ -242,11 +259,11 @@ async def test_rectifier_trip_is_latched_and_cleared_by_the_operator(rig_modbus:
     e = ep(rig, "rectifier:Line1")
     cl = ModbusTagClient(rectifier_tagmap("Line1"), e["host"], e["port"])
     await rig.inject(Fault(kind="rectifier_trip", line=0, duration_s=8.0))
-    await wall(2.0 / SPEED + 0.2)
+    await step_rig(rig, rig.clock, 2.0)
     got = await cl.read(["tripped", "running", "line_current"])
     assert got["tripped"].value is True and got["running"].value is False
     assert got["line_current"].value < 5.0
-    await wall(8.0 / SPEED + 0.3)
+    await step_rig(rig, rig.clock, 6.5)  # the fault clears at 8 s (the operator resets the trip)
     got = await cl.read(["tripped"])
     assert got["tripped"].value is False
     assert any("rectifier_trip" in f and not on for _, f, on in rig.fault_log)
