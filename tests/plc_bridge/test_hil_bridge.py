@@ -1,10 +1,13 @@
 """``BridgePlant`` against a HIL rig over real sockets: measurements, their quality and the
 rooms' local/remote state, writes only through the safety layer, the command handshake,
-counters across a PLC restart."""
+counters across a PLC restart.
+
+The rig and the bridge share a ``VirtualClock`` that the test moves one controller scan
+at a time (``cycle``): plant time — watchdogs, data ages, fault durations — depends on
+the test only, not on how busy the machine is. The sockets are real.
+"""
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 import pytest
@@ -15,13 +18,17 @@ from hil_rigs.scenarios import load_scenario
 from hil_rigs.session import bridge_settings_for
 from plc_bridge.plant import BridgePlant
 from potctl.plant import Commands
+from tests.waits import step_rig
 from twin.cell_layout import S_FEED_ACK
+from twin.clock import VirtualClock
 
 pytestmark = pytest.mark.hil
 
 N = 8
 SPEED = 10.0
 SCAN = 1.0
+#: per-request timeouts [wall s]: generous, a busy machine answers late but answers
+IO_TIMEOUTS = {"modbus_timeout_s": 5.0, "opcua_timeout_s": 5.0}
 
 
 def bench(potroom: str, rectifier: str = "modbus"):
@@ -32,14 +39,24 @@ def bench(potroom: str, rectifier: str = "modbus"):
     )  # fmt: skip
 
 
+def start_rig(scenario) -> Rig:
+    return Rig(scenario, clock=VirtualClock())
+
+
+def settings(**overrides):
+    return bridge_settings_for(SCAN, SPEED, **IO_TIMEOUTS, **overrides)
+
+
 async def cycle(plant: BridgePlant, rig: Rig, cmds: Commands | None = None):
+    """One controller scan: read, write, then ``SCAN`` s of plant time (the PLCs scan meanwhile)."""
     meas = await plant.read()
     await plant.write(cmds if cmds is not None else Commands.idle(N, 1))
-    await asyncio.sleep(SCAN / SPEED)
+    await step_rig(rig, rig.clock, SCAN)
     return meas
 
 
 async def until_remote(plant: BridgePlant, rig: Rig, n: int = 40):
+    """Scan until every PLC is remote (at most ``n`` scans of plant time)."""
     for _ in range(n):
         meas = await cycle(plant, rig)
         if meas.cell_ok.all() and meas.cell_remote.all() and meas.rectifier_remote.all():
@@ -53,10 +70,9 @@ async def setup(request):
     """A rig (potroom over ``request.param``, default OPC UA; ``rect-opcua``: the rectifier over
     OPC UA, the potroom over Modbus) and a started BridgePlant."""
     param = getattr(request, "param", "opcua")
-    rig = await Rig(bench("modbus", "opcua") if param == "rect-opcua" else bench(param)).start()
+    rig = await start_rig(bench("modbus", "opcua") if param == "rect-opcua" else bench(param)).start()
     records = []
-    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, bridge_settings_for(SCAN, SPEED),
-                                       on_record=records.append)  # fmt: skip
+    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, settings(), on_record=records.append)
     await plant.start()
     try:
         yield rig, plant, records
@@ -164,8 +180,8 @@ async def test_frozen_cell_voltage_is_flagged_and_recovers() -> None:
     by tens of mV on every scan (MHD noise). After ``frozen_after_s`` the cell is not ok
     (the controller neither acts on nor judges it) and a ``sensor_frozen`` event names
     it; when the value moves again the cell is ok and ``sensor_recovered`` follows."""
-    rig = await Rig(bench("modbus")).start()
-    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, bridge_settings_for(SCAN, SPEED, frozen_after_s=8.0))
+    rig = await start_rig(bench("modbus")).start()
+    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, settings(frozen_after_s=8.0))
     await plant.start()
     try:
         meas = await until_remote(plant, rig)
