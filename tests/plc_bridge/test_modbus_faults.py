@@ -1,10 +1,12 @@
 """Comms faults over real loopback sockets: the client reports them as tag
-quality, never raises, and recovers by itself within 5 s of the PLC coming back."""
+quality, never raises, and recovers by itself at its first reconnect attempt once the PLC
+is back (attempts at most ``reconnect_max_s`` apart, so within a second or two here; how
+long that takes in wall time is a benchmark's business, not a test's)."""
 
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import struct
 from pathlib import Path
 
@@ -17,13 +19,15 @@ from plc_bridge.modbus_server import ExceptionCode, ModbusTagServer, RequestInfo
 from plc_bridge.ports import free_port
 from plc_bridge.quality import Quality
 from plc_bridge.tagmap import load_tagmap, parse_tagmap
+from tests.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 POTROOM = load_tagmap(ROOT / "config" / "tagmaps" / "potroom.toml")
 RECTIFIER = load_tagmap(ROOT / "config" / "tagmaps" / "rectifier.toml")
 #: a fresh simulated PLC holds zeros; tap position and ramp rate have a minimum above 0
 RECT_INIT = {"tap_position": 1, "ramp_rate_sp": 1.0}
-RECOVERY_LIMIT_S = 5.0
+#: deadline for things that take a second on a quiet machine [wall s]
+DEADLINE_S = 30.0
 
 
 def f32(x: float) -> list[int]:
@@ -31,16 +35,23 @@ def f32(x: float) -> list[int]:
     return [int.from_bytes(b[:2], "big"), int.from_bytes(b[2:], "big")]
 
 
-async def scan_until_good(cli: ModbusTagClient, limit_s: float, period_s: float = 0.1) -> float:
-    """Scan every ``period_s`` until one scan is all GOOD; returns the elapsed seconds."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while loop.time() - t0 < limit_s + 1.0:
-        scan = await cli.scan()
-        if scan.all_good:
-            return loop.time() - t0
-        await asyncio.sleep(period_s)
-    return math.inf
+async def scan_until_good(cli: ModbusTagClient) -> None:
+    """Scan (as a bridge does, every 50 ms) until one scan is all GOOD."""
+
+    async def all_good() -> bool:
+        return (await cli.scan()).all_good
+
+    await wait_until(all_good, DEADLINE_S, f"an all-GOOD scan of {cli.name}", poll_s=0.05)
+
+
+async def scan_until_failed_connects(cli: ModbusTagClient, n: int) -> None:
+    """Scan until the client has failed to connect ``n`` times (its backoff doubles each time)."""
+
+    async def failed() -> bool:
+        await cli.scan()
+        return cli.stats.failed_connects >= n
+
+    await wait_until(failed, DEADLINE_S, f"{n} failed connects of {cli.name}", poll_s=0.05)
 
 
 async def test_server_killed_mid_run_then_back():
@@ -55,17 +66,15 @@ async def test_server_killed_mid_run_then_back():
             scan = await cli.scan()
             assert not (scan.quality == Quality.GOOD).any()
             reasons.add(scan.sample("cell001.voltage").reason)
-            await asyncio.sleep(0.1)
         assert reasons <= {"timeout", "not connected", "connection lost"}
         w = await cli.write("cell001.feed_shots", 2)
         assert not w.ok and w.comms_failure
-        # let the reconnect backoff grow to its maximum before the PLC returns
-        await asyncio.sleep(1.5)
-        for _ in range(3):
-            await cli.scan()
+        # the reconnect backoff grows to its maximum (0.1 s doubled 4x, capped at 1 s) before the PLC returns
+        await scan_until_failed_connects(cli, 5)
+        failed = cli.stats.failed_connects
         await srv.start()  # same port, registers kept
-        waited = await scan_until_good(cli, RECOVERY_LIMIT_S)
-        assert waited <= RECOVERY_LIMIT_S
+        await scan_until_good(cli)
+        assert cli.stats.failed_connects == failed  # back at the first attempt once the PLC listens
         scan = await cli.scan()
         assert scan.sample("cell001.voltage").value == pytest.approx(4.2)
         assert cli.stats.connects >= 2
@@ -76,21 +85,22 @@ async def test_server_killed_mid_run_then_back():
 
 async def test_client_started_before_the_plc():
     port = free_port()
-    cli = ModbusTagClient(RECTIFIER, port=port, timeout_s=0.3, reconnect_max_s=1.0)
+    # a long request timeout: a refused connection must not wait for it
+    cli = ModbusTagClient(RECTIFIER, port=port, timeout_s=20.0, reconnect_max_s=1.0)
     srv = ModbusTagServer(RECTIFIER, port=port, initial=RECT_INIT)
     try:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         scan = await cli.scan()
-        assert loop.time() - t0 < 1.0  # refused connection is reported at once
+        assert loop.time() - t0 < 10.0  # refused connection is reported at once, not after the timeout
         assert scan.sample("line_current").reason == "not connected"
         assert scan.sample("line_current").value is None
-        for _ in range(4):
-            await cli.scan()
-            await asyncio.sleep(0.2)
+        await scan_until_failed_connects(cli, 3)  # the client keeps trying meanwhile
+        failed = cli.stats.failed_connects
         await srv.start()
         srv.set("line_current", 118.0)
-        assert await scan_until_good(cli, RECOVERY_LIMIT_S) <= RECOVERY_LIMIT_S
+        await scan_until_good(cli)
+        assert cli.stats.failed_connects == failed
     finally:
         await cli.close()
         await srv.stop()
@@ -98,31 +108,35 @@ async def test_client_started_before_the_plc():
 
 async def test_responses_delayed_past_the_timeout():
     delay = {"s": 0.0}
+    answered = asyncio.Event()
 
     async def slow(req: RequestInfo):
         if delay["s"]:
-            await asyncio.sleep(delay["s"])
+            # a PLC that answers far too late: the client has given up by then
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), delay["s"])
         return None
 
     srv = await ModbusTagServer(RECTIFIER, on_request=slow, initial=RECT_INIT).start()
     srv.set("line_current", 120.0)
-    cli = ModbusTagClient(RECTIFIER, port=srv.port, timeout_s=0.2, retries=1, backoff_s=0.02)
+    cli = ModbusTagClient(RECTIFIER, port=srv.port, timeout_s=0.5, retries=1, backoff_s=0.02)
     try:
         assert (await cli.scan()).all_good
-        delay["s"] = 1.0
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        assert len(cli.plan) > 1  # several requests per scan
+        delay["s"] = 10.0
+        requests, timeouts = cli.stats.requests, cli.stats.timeouts
         scan = await cli.scan()
-        took = loop.time() - t0
         s = scan.sample("line_current")
         assert s.quality is Quality.BAD and s.reason == "timeout" and s.value is None
+        assert all(not scan.sample(n).good for n in ("line_voltage", "remote", "line_current_sp"))
         # bounded: (1 + retries) timeouts, the rest of the scan is not waited for
-        assert took < 1.5
-        assert cli.stats.timeouts >= 2
+        assert cli.stats.requests - requests == 1 + cli.retries
+        assert cli.stats.timeouts - timeouts == 1 + cli.retries
         w = await cli.write("line_current_sp", 100.0)
         assert not w.ok and w.comms_failure and w.reason == "timeout"
         delay["s"] = 0.0
-        assert await scan_until_good(cli, RECOVERY_LIMIT_S) <= RECOVERY_LIMIT_S
+        answered.set()  # the late answers go out to connections the client has dropped
+        await scan_until_good(cli)
         assert (await cli.scan()).sample("line_current").value == 120.0
     finally:
         await cli.close()
