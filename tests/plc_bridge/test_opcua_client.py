@@ -1,7 +1,9 @@
 """OpcUaClient against real servers: resolution, batched reads, typed writes, recovery.
 
 The recovery test runs the server in a separate process and kills it with SIGKILL,
-as a PLC power cut would, then starts a new one on the same port.
+as a PLC power cut would, then starts a new one on the same port. It waits on conditions
+with generous deadlines: how fast the client recovers in wall time is a benchmark's
+business; here it must recover by itself (reconnect, re-subscribe) and say BAD meanwhile.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,12 @@ from plc_bridge.opcua_server import DEFAULT_QUANTITIES, NAMESPACE_URI, MirrorSer
 from plc_bridge.ports import free_port
 from plc_bridge.quality import Quality
 from tests.plc_bridge.mirror_support import make_layout, make_snapshot
+from tests.waits import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CELL_Q = [q for q in DEFAULT_QUANTITIES if q.level == "cell"]
+#: deadline for what takes a second or two on a quiet machine [wall s]
+DEADLINE_S = 30.0
 
 
 async def test_browse_paths_resolve_in_one_batch_and_failures_name_the_path() -> None:
@@ -137,7 +141,7 @@ asyncio.run(main(int(sys.argv[1])))
 """
 
 
-async def _spawn_server(port: int) -> tuple[asyncio.subprocess.Process, float]:
+async def _spawn_server(port: int) -> asyncio.subprocess.Process:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SERVER_SCRIPT, str(port),
@@ -145,11 +149,11 @@ async def _spawn_server(port: int) -> tuple[asyncio.subprocess.Process, float]:
     )  # fmt: skip
     assert proc.stdout is not None
     while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
         if not line:
             raise RuntimeError("server process exited before READY")
         if line.strip() == b"READY":
-            return proc, time.monotonic()
+            return proc
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -158,17 +162,7 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-async def _until(predicate, timeout_s: float, step_s: float = 0.05, msg=lambda: "") -> float:
-    """Poll async ``predicate`` until true; returns the time it took (fails after timeout)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if await predicate():
-            return time.monotonic() - t0
-        await asyncio.sleep(step_s)
-    raise AssertionError(f"condition not met within {timeout_s} s {msg()}")
-
-
-async def test_server_killed_then_restarted_quality_goes_bad_then_recovers_within_5s() -> None:
+async def test_server_killed_then_restarted_quality_goes_bad_then_recovers() -> None:
     loop_errors: list[dict] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
@@ -183,45 +177,48 @@ async def test_server_killed_then_restarted_quality_goes_bad_then_recovers_withi
     # the client may start before its server exists
     assert await client.start(wait_s=0.3) is False
     assert all(s.quality is Quality.BAD for s in (await client.read()).values())
-    updates: list[tuple[float, str, Quality]] = []
+    updates: list[tuple[str, Quality]] = []
 
     async def collect() -> None:
         async for name, s in client.updates():
-            updates.append((time.monotonic(), name, s.quality))
+            updates.append((name, s.quality))
 
     collector = asyncio.create_task(collect())
     procs = []
     try:
-        proc, _ = await _spawn_server(port)
+        proc = await _spawn_server(port)
         procs.append(proc)
-        assert await client.wait_connected(5)
+        assert await client.wait_connected(DEADLINE_S)
         await client.subscribe(["count"], period_ms=50)
 
         async def all_good() -> bool:
             return all(s.good for s in (await client.read()).values())
 
-        await _until(all_good, 5)
-        await _until(lambda: _has_update(updates, Quality.GOOD, 0.0), 5)
+        await wait_until(all_good, DEADLINE_S, "all tags GOOD")
+        await wait_until(lambda: _has_update(updates, Quality.GOOD, 0), DEADLINE_S, "a GOOD subscription update")
 
-        t_kill = time.monotonic()
+        n_kill = len(updates)
         await _kill(proc)
 
         async def all_bad() -> bool:
             return all(s.quality is Quality.BAD for s in (await client.read()).values())
 
-        await _until(all_bad, 5)
-        await _until(lambda: _has_update(updates, Quality.BAD, t_kill), 5, msg=lambda: f"{updates[-5:]} {t_kill}")
+        await wait_until(all_bad, DEADLINE_S, "all tags BAD after the server was killed")
+        await wait_until(lambda: _has_update(updates, Quality.BAD, n_kill), DEADLINE_S,
+                         "a BAD subscription update after the kill", detail=lambda: updates[-5:])  # fmt: skip
         assert not client.connected
 
-        proc, t_ready = await _spawn_server(port)
+        proc = await _spawn_server(port)
         procs.append(proc)
-        recovered = await _until(all_good, 5)
-        assert time.monotonic() - t_ready < 5.0, f"recovery took {time.monotonic() - t_ready:.2f} s"
-        await _until(lambda: _has_update(updates, Quality.GOOD, t_ready), 5)  # re-subscribed by itself
+        n_ready = len(updates)
+        await wait_until(all_good, DEADLINE_S, "all tags GOOD again after the server came back")
+        # re-subscribed by itself
+        await wait_until(lambda: _has_update(updates, Quality.GOOD, n_ready), DEADLINE_S,
+                         "a GOOD subscription update from the new server")  # fmt: skip
         samples = await client.read()
         assert samples["u_room2"].value.shape == (3,)
         assert samples["u_201"].value == pytest.approx(samples["u_room2"].value[1], abs=0.01)
-        assert client.connects == 2 and recovered < 5.0
+        assert client.connects == 2
     finally:
         collector.cancel()
         await client.stop()
@@ -230,5 +227,6 @@ async def test_server_killed_then_restarted_quality_goes_bad_then_recovers_withi
     assert loop_errors == [], loop_errors
 
 
-async def _has_update(updates, quality: Quality, since: float) -> bool:
-    return any(q is quality and t >= since for t, _n, q in updates)
+def _has_update(updates: list[tuple[str, Quality]], quality: Quality, since: int) -> bool:
+    """An update of ``quality`` among those that came after the first ``since``."""
+    return any(q is quality for _n, q in updates[since:])
