@@ -27,6 +27,7 @@ from plc_bridge.safe_write import (
     decide,
 )
 from plc_bridge.tagmap import load_tagmap
+from tests.waits import wait_until
 from twin.clock import VirtualClock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,8 @@ ROOM = load_tagmap(ROOT / "config" / "tagmaps" / "potroom.toml")
 SP = "line_current_sp"
 RATE = 3.0 / 60.0  # 3 kA/min in kA/s
 REL = 1e-9
+#: deadline for what takes well under a second on a quiet machine [wall s]
+DEADLINE_S = 30.0
 
 garbage = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
@@ -132,8 +135,9 @@ class Rig:
     """Rectifier PLC (our server) + client + safe writer on a virtual clock, with the PLC's view."""
 
     def __init__(self, tagmap=RECT, *, initial=None, policies=None, heartbeat=None, enabled=True,
-                 on_request=None, plc_clamp=None) -> None:  # fmt: skip
+                 on_request=None, plc_clamp=None, timeout_s=5.0) -> None:  # fmt: skip
         self.clock = VirtualClock()
+        self.timeout_s = timeout_s
         self.tagmap = tagmap
         self.plc_writes: list[tuple[float, dict]] = []
         self.alarms: list[Alarm] = []
@@ -151,7 +155,8 @@ class Rig:
 
     async def __aenter__(self) -> Rig:
         await self.server.start()
-        self.client = ModbusTagClient(self.tagmap, port=self.server.port, clock=self.clock, timeout_s=0.3,
+        # request timeout: generous (a busy machine answers late) unless the test waits for one
+        self.client = ModbusTagClient(self.tagmap, port=self.server.port, clock=self.clock, timeout_s=self.timeout_s,
                                       reconnect_min_s=0.05, reconnect_max_s=0.2)  # fmt: skip
         self.writer = self.new_writer()
         return self
@@ -277,7 +282,8 @@ async def test_plc_refusal_is_not_a_comms_loss():
 
 
 async def test_comms_loss_stops_writes_and_never_replays_them():
-    async with Rig(policies={SP: WritePolicy(max_rate_per_s=RATE)}) as rig:
+    # a stopped PLC leaves the open connection hanging: the client finds out by a timeout
+    async with Rig(policies={SP: WritePolicy(max_rate_per_s=RATE)}, timeout_s=1.0) as rig:
         w = rig.writer
         rig.clock.advance(1.0)
         assert not (await w.write(SP, 120.0)).rejected
@@ -291,7 +297,7 @@ async def test_comms_loss_stops_writes_and_never_replays_them():
         n_before = len(rig.plc_writes)
         await rig.server.start()
         rig.server.set(SP, 90.0)  # meanwhile an operator lowered the setpoint locally
-        await asyncio.sleep(0.3)  # past the client's reconnect backoff
+        await wait_until(rig.client.connect, DEADLINE_S, "the client to reconnect to the PLC")
         rig.clock.advance(1.0)
         rec = await w.write(SP, 130.0)
         assert not rec.rejected and rec.previous == 90.0  # state re-read, not assumed
@@ -333,10 +339,9 @@ async def test_heartbeat_task_runs_on_the_clock():
     async with Rig(heartbeat=hb) as rig:
         stop = asyncio.Event()
         task = asyncio.create_task(rig.writer.run_heartbeat(stop))
-        while rig.server.get("heartbeat_out") < 10:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: rig.server.get("heartbeat_out") >= 10, DEADLINE_S, "10 heartbeats at the PLC")
         stop.set()
-        await asyncio.wait_for(task, 2.0)
+        await asyncio.wait_for(task, DEADLINE_S)
         seen = rig.plc_values("heartbeat_out")
         assert [v for _, v in seen][:10] == list(range(1, 11))
         assert all(t1 - t0 == pytest.approx(0.5) for (t0, _), (t1, _) in itertools.pairwise(seen))
@@ -414,7 +419,7 @@ async def test_writer_accepts_io_that_raises_instead_of_returning_results():
     def hook(req: RequestInfo):
         return ExceptionCode.ILLEGAL_VALUE if (refuse["on"] and req.write) else None
 
-    async with Rig(on_request=hook) as rig:
+    async with Rig(on_request=hook, timeout_s=1.0) as rig:
         w = SafeWriter(RaisingIO(rig.client), RECT, rig.clock, on_alarm=rig.alarms.append)
         rec = await w.write(SP, 104.0)
         assert not rec.rejected and rec.verified and rig.server.get(SP) == 104.0
