@@ -11,12 +11,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from potline.journal import SCHEMA_VERSION, Event, Journal, JournalError
+from tests.waits import readline
 
 PY = sys.executable
 
@@ -39,12 +39,13 @@ def test_kill_9_mid_stream_loses_no_committed_entry(tmp_path, sync) -> None:
     path = tmp_path / "j.db"
     proc = subprocess.Popen([PY, "-c", WRITER, str(path), sync], stdout=subprocess.PIPE, text=True)
     acked = []
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 1.5 or len(acked) < 20:
-        line = proc.stdout.readline()
-        assert line, "writer died"
-        acked.append(int(line))
-    proc.send_signal(signal.SIGKILL)
+    try:
+        while len(acked) < 50:  # mid-stream: the writer keeps committing while it is killed
+            line = readline(proc.stdout, 60.0, "the writer to report a commit")
+            assert line, "writer died"
+            acked.append(int(line))
+    finally:
+        proc.send_signal(signal.SIGKILL)
     proc.wait()
     j = Journal(path)  # a new writer opens it: the lock died with the process, the WAL is replayed
     ids = j.ids()
