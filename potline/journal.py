@@ -140,7 +140,7 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready), ``None`` fields dropped."""
-        d = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        d = {k: getattr(self, k) for k in self.__slots__}
         return {k: v for k, v in d.items() if v is not None and v != {} and v != ""}
 
 
@@ -182,8 +182,9 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _to_iso(t: datetime | str | None) -> str | None:
-    if t is None or isinstance(t, str):
+def _to_iso(t: datetime | str) -> str:
+    """UTC ISO 8601 with microseconds and "Z" (naive datetimes are taken as UTC); str as given."""
+    if isinstance(t, str):
         return t
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
@@ -375,19 +376,17 @@ class Journal:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                first = None
+                last: int | None = None
                 for r in rows:
-                    cur = db.execute(
+                    last = db.execute(
                         f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", r
-                    )
-                    if first is None:
-                        first = cur.lastrowid
+                    ).lastrowid
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            last = int(cur.lastrowid)  # type: ignore[possibly-undefined]
+            assert last is not None  # sqlite3 sets lastrowid on every INSERT; the batch is not empty
             for i, e in enumerate(batch):
                 e.id = last - len(batch) + 1 + i
             self._pending = []
@@ -420,7 +419,8 @@ class Journal:
 
         ``since``/``until`` compare wall-clock UTC times (inclusive / exclusive).
         """
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if kinds:
             where.append(f"kind IN ({','.join('?' * len(kinds))})")
             args += list(kinds)
@@ -461,7 +461,9 @@ class Journal:
             if not chunk:
                 return
             yield from chunk
-            after = int(chunk[-1].id)  # type: ignore[arg-type]
+            last_id = chunk[-1].id
+            assert last_id is not None  # events read from the file carry their ids
+            after = last_id
 
     def count(self, *, kinds: Sequence[str] | None = None, categories: Sequence[str] | None = None) -> int:
         """Number of committed events (optionally of some kinds / categories)."""

@@ -173,7 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self) -> None:
-        srv: MetricsServer = self.server.owner  # type: ignore[attr-defined]
+        assert isinstance(self.server, _Server)  # handlers are only served by _Server
+        srv = self.server.owner
         path = self.path.split("?", 1)[0]
         try:
             if path == "/metrics":
@@ -206,6 +207,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 16
+
+    def __init__(self, address: tuple[str, int], owner: MetricsServer) -> None:
+        self.owner = owner  # what the handlers serve
+        super().__init__(address, _Handler)
 
 
 class MetricsServer:
@@ -245,8 +250,7 @@ class MetricsServer:
 
     def start(self) -> None:
         """Bind and serve (raises OSError when the port is taken)."""
-        httpd = _Server((self.host, self.port), _Handler)
-        httpd.owner = self  # type: ignore[attr-defined]
+        httpd = _Server((self.host, self.port), self)
         httpd.timeout = 5
         self.port = int(httpd.server_address[1])
         self._httpd = httpd

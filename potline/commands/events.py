@@ -79,7 +79,7 @@ def journal_files(path: Path, with_archives: bool) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from potline.journal import CATEGORIES, Journal, JournalError
+    from potline.journal import CATEGORIES, Event, Journal, JournalError
 
     path = args.journal
     if path is None:
@@ -110,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.summary:
             return _summary(journals, args.json)
-        events = []
+        events: list[Event] = []
         for j in reversed(journals) if args.newest else journals:
             if args.limit is not None and len(events) >= args.limit:
                 break
