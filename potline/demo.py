@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,7 @@ def _checks(rep: Any, session: Any) -> dict[str, tuple[bool, str]]:
     scan = session.scan_s
     win = (session.controller.cfg.detection.confirm_samples + 1) * scan + 0.5 * rep.speed
 
-    def run(name: str, fn: Any) -> None:
+    def run(name: str, fn: Callable[[], object]) -> None:
         try:
             fn()
             out[name] = (True, "")
@@ -184,7 +185,12 @@ def _checks(rep: Any, session: Any) -> dict[str, tuple[bool, str]]:
 
     run("every AE detected", lambda: rep.assert_all_aes_detected(session.detected(), win, min_visible_s=win))
     run("every AE quenched", lambda: rep.assert_all_aes_quenched(min_aes=1, min_visible_s=win))
-    run("no exception in rig or controller", lambda: (rep.assert_no_errors(), _assert_clean(rep, session)))
+
+    def clean() -> None:
+        rep.assert_no_errors()
+        _assert_clean(rep, session)
+
+    run("no exception in rig or controller", clean)
     return out
 
 
@@ -290,7 +296,7 @@ def write_demo_report(res: DemoResult, out: str | Path) -> Path:
     s.figure(fig, name="anode_effects", caption="Each AE from onset to end; gray: the room was in local control.")
     plt.close(fig)
     rows = []
-    det = {}
+    det: dict[int, list[float]] = {}
     for c, t0 in res.detected:
         det.setdefault(c, []).append(t0)
     for a in rep.aes:
