@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import numpy as np
 import structlog
 
-from hil_rigs.edges import ModbusEdge, OpcUaEdge, make_edge
+from hil_rigs.edges import CommandHook, ModbusEdge, OpcUaEdge, make_edge
 from hil_rigs.faults import Fault, SensorOverride
 from hil_rigs.netem import LinkProxy
 from hil_rigs.plc_image import PlcImage
@@ -505,7 +505,7 @@ class Rig:
 
     # ------------------------------------------------------------------ the scan
 
-    def _command_hook(self, device: str):
+    def _command_hook(self, device: str) -> CommandHook:
         def hook(name: str, value: Any) -> None:
             try:
                 self._on_command(device, name, value)

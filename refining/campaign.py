@@ -87,7 +87,7 @@ RESULT_KEYS = (
 
 def record_cycle(
     cfg: RefiningConfig,
-    policy,
+    policy: rf.PotPolicy,
     *,
     factors: dict[str, float] | None = None,
     grade: str | None = None,
@@ -330,7 +330,7 @@ def run_campaign(
     return df
 
 
-def _where(scheduler, workers) -> str:
+def _where(scheduler: str | Any | None, workers: int | None) -> str:
     if scheduler is None:
         return f"local x{workers or os.cpu_count() or 1}"
     return f"dask {scheduler if isinstance(scheduler, str) else 'client'}"
@@ -351,11 +351,11 @@ def _run_pool(batches: Sequence[Batch], n_workers: int, bar: _Progress) -> list[
     return out
 
 
-def _run_dask(batches: Sequence[Batch], scheduler, bar: _Progress) -> list[dict[str, list]]:
+def _run_dask(batches: Sequence[Batch], scheduler: str | Any, bar: _Progress) -> list[dict[str, list]]:
     from distributed import Client, as_completed
 
     own = isinstance(scheduler, str)
-    client = Client(scheduler) if own else scheduler
+    client = Client(scheduler) if isinstance(scheduler, str) else scheduler
     try:
         futs = client.map(run_batch, list(batches), pure=False)
         sizes = {f.key: len(b.ids) for f, b in zip(futs, batches, strict=False)}

@@ -18,10 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from refining.model import FARADAY_KG_PER_KAH, PotInputs, PotReadings
+
+if TYPE_CHECKING:
+    from refining.config import RefiningConfig
 
 __all__ = [
     "Criterion",
@@ -73,7 +77,7 @@ class PolicyParams:
     step_at_h: float = math.nan
     step_current_a: float = math.nan
 
-    def with_(self, **changes) -> PolicyParams:
+    def with_(self, **changes: Any) -> PolicyParams:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
@@ -81,7 +85,7 @@ class PolicyParams:
 _NUMERIC = [f.name for f in fields(PolicyParams) if f.name != "name"]
 
 
-def policy_presets(cfg) -> dict[str, PolicyParams]:
+def policy_presets(cfg: RefiningConfig) -> dict[str, PolicyParams]:
     """Named policies for a refining config (``refining.config.RefiningConfig``).
 
     nominal (the config's operation section), high_current (+10 %), low_current
@@ -180,10 +184,10 @@ class RefiningPolicy:
         self._last_charge = np.zeros(n)
         self._t_prev = math.nan
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return self.__dict__
 
-    def __setstate__(self, d):
+    def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update(d)
 
     def step(self, readings: PotReadings, now_s: float) -> PotInputs:
@@ -246,7 +250,7 @@ class SafetyLimits:
     temperature_max_c: float
 
     @classmethod
-    def from_config(cls, cfg) -> SafetyLimits:
+    def from_config(cls, cfg: RefiningConfig) -> SafetyLimits:
         return cls(**cfg.safety.model_dump())
 
 
@@ -403,7 +407,7 @@ class VerdictCriteria:
     mismatch_flag_pct: float = 5.0
 
     @classmethod
-    def from_config(cls, cfg) -> VerdictCriteria:
+    def from_config(cls, cfg: RefiningConfig) -> VerdictCriteria:
         return cls(**cfg.verdict.model_dump())
 
 

@@ -408,7 +408,7 @@ def run_open_loop(cfg: RefiningConfig, rec: Recording, grade: str | None = None)
     return {"u_v": u, "t_c": t, "heater_kw": q, "pool_x": pool, "e_dc_kwh": e_dc, "e_aux_kwh": e_aux}
 
 
-def step_candidate(rec: Recording, candidate, limits: SafetyLimits) -> tuple[np.ndarray, list[Violation]]:
+def step_candidate(rec: Recording, candidate: rf.PotPolicy, limits: SafetyLimits) -> tuple[np.ndarray, list[Violation]]:
     """The candidate's command at every logged scan, and the unsafe ones among them.
 
     The candidate sees what the pot's PLC showed (never the twin); nothing is written.
@@ -612,7 +612,7 @@ def prediction_errors(rec: Recording, out: np.ndarray, open_loop: dict[str, np.n
     half[m // 2 :] = True
     u_mean = float(np.mean(rec.voltage_v[on])) if on.any() else 1.0
 
-    def rms(x):
+    def rms(x: np.ndarray) -> float:
         return float(np.sqrt(np.mean(x**2))) if x.size else math.nan
 
     ol_u = open_loop["u_v"]

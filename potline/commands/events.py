@@ -24,6 +24,10 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from potline.journal import Event
 
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,7 +83,7 @@ def journal_files(path: Path, with_archives: bool) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from potline.journal import CATEGORIES, Event, Journal, JournalError
+    from potline.journal import CATEGORIES, Journal, JournalError
 
     path = args.journal
     if path is None:
@@ -133,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _line(e) -> str:
+def _line(e: Event) -> str:
     where = "/".join(str(x) for x in (e.line or e.room, f"Cell{e.cell:03d}" if e.cell is not None else None) if x)
     what = e.detail
     if e.tag:

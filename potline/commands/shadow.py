@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twin.resources import config_dir
+
+if TYPE_CHECKING:
+    from potline.report import Report
+    from refining.config import RefiningConfig
+    from refining.model import PotPolicy
+    from refining.shadow import ShadowResult
 
 DEFAULT_CONFIG = config_dir() / "refining_3ka.toml"
 
@@ -64,7 +72,7 @@ def _parse_factors(text: str) -> dict[str, float]:
     return out
 
 
-def resolve_candidate(spec: str, cfg):
+def resolve_candidate(spec: str, cfg: RefiningConfig) -> tuple[str, Callable[[int], PotPolicy]]:
     """(name, factory f(n) -> policy) for a preset name or ``module:attr``."""
     import importlib
 
@@ -163,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- report
 
 
-def build_report(res, cfg):
+def build_report(res: ShadowResult, cfg: RefiningConfig) -> Report:
     """The shadow report (``potline.report.Report``) with its plots."""
     import matplotlib.pyplot as plt
     import numpy as np
