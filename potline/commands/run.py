@@ -8,9 +8,17 @@ that hands control back to the PLCs).
     potline run --config /etc/potline-twin/plant.toml
     potline run --config config/daemon_example.toml --mode shadow --log-format console
 
+Start mode: ``daemon.mode`` (or ``--mode``). ``control`` needs the control interlock
+(every PLC link up, journal writable) at start as at run time: until it clears the
+daemon runs ``shadow`` and then enters ``control`` on its own, journalled. After an
+unclean stop (``kill -9``, power loss) it starts in ``observe`` instead, and only an
+operator's request (the mode file, ``SIGUSR1``, OPC UA ``SetMode``) takes it back to
+``control`` (journalled as re-armed).
+
 Runtime mode switches: OPC UA ``Twin/SetMode`` (operators), ``echo control > <state_dir>/mode``
-(applied within ``mode_file_poll_s``), ``kill -USR1`` (apply the mode file now),
-``kill -USR2`` (observe now).
+(applied within ``mode_file_poll_s``; the file always shows the running mode, and every
+write is a new request), ``kill -USR1`` (apply the mode file now), ``kill -USR2``
+(observe now).
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, type=Path, help="daemon TOML file")
     parser.add_argument(
-        "--mode", choices=("observe", "shadow", "control"), default=None, help="start mode (overrides daemon.mode)"
+        "--mode",
+        choices=("observe", "shadow", "control"),
+        default=None,
+        help="start mode (overrides daemon.mode; control waits for the interlock, and after an unclean stop "
+        "the daemon starts in observe until an operator re-arms)",
     )
     parser.add_argument(
         "--log-format",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -29,6 +30,9 @@ from plc_bridge.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "daemon_example.toml"
 PY = sys.executable
+#: how long a test waits for something that takes a fraction of it on a quiet machine [wall s]:
+#: generous, because 2 busy processes on 2 cores make the daemon's start alone take 10-20 s
+DEADLINE_S = 90.0
 
 
 # ---------------------------------------------------------------------- rig
@@ -203,7 +207,7 @@ class DaemonProcess:
     def find(self, event: str, pred: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event and (pred is None or pred(e))]
 
-    async def wait_event(self, event: str, timeout: float = 20.0,
+    async def wait_event(self, event: str, timeout: float = DEADLINE_S,
                          pred: Callable[[dict[str, Any]], bool] | None = None, after: int = 0) -> dict[str, Any]:  # fmt: skip
         """Wait for a log event named ``event`` (among lines with index >= ``after``)."""
         deadline = time.monotonic() + timeout
@@ -224,7 +228,7 @@ class DaemonProcess:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._new.wait(), min(left, 0.5))
 
-    async def wait_ready(self, timeout: float = 40.0) -> dict[str, Any]:
+    async def wait_ready(self, timeout: float = DEADLINE_S) -> dict[str, Any]:
         """Wait for the first control cycle and the OPC UA mirror; returns the first-cycle event."""
         first = await self.wait_event("daemon.first_cycle", timeout=timeout)
         await self.wait_event("opcua.mirror_started", timeout=timeout)
@@ -237,7 +241,7 @@ class DaemonProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    async def wait(self, timeout: float = 30.0) -> int:
+    async def wait(self, timeout: float = DEADLINE_S) -> int:
         assert self.proc is not None
         rc = await asyncio.wait_for(self.proc.wait(), timeout)
         for t in self._readers:
@@ -245,7 +249,7 @@ class DaemonProcess:
                 await asyncio.wait_for(t, 5.0)
         return rc
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, timeout: float = DEADLINE_S) -> int:
         """SIGTERM and wait (kill -9 if it does not end)."""
         if self.proc is None or self.proc.returncode is not None:
             return self.returncode if self.returncode is not None else 0
@@ -261,7 +265,7 @@ class DaemonProcess:
         """``kill -9``."""
         assert self.proc is not None
         self.proc.kill()
-        return await self.wait(10.0)
+        return await self.wait(30.0)
 
 
 # ---------------------------------------------------------------------- HTTP and OPC UA clients
@@ -279,7 +283,7 @@ async def aget(url: str) -> tuple[int, str]:
     return await asyncio.to_thread(http_get, url)
 
 
-async def wait_status(url: str, status: int = 200, timeout: float = 10.0) -> str:
+async def wait_status(url: str, status: int = 200, timeout: float = DEADLINE_S) -> str:
     """Poll ``url`` until it answers ``status``; returns the body."""
     t0 = time.monotonic()
     while True:
@@ -289,6 +293,60 @@ async def wait_status(url: str, status: int = 200, timeout: float = 10.0) -> str
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"{url} answered {code}, not {status}, for {timeout} s: {body}")
         await asyncio.sleep(0.1)
+
+
+async def until(pred: Callable[[], object], what: str, timeout: float = DEADLINE_S,
+                step: float = 0.05) -> None:  # fmt: skip
+    """Wait until ``pred()`` (or the awaitable it returns) is truthy; fail naming ``what`` after ``timeout`` wall s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({timeout} s) waiting for {what}")
+        await asyncio.sleep(step)
+
+
+async def read_metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample from the daemon's ``/metrics`` (None when absent)."""
+    _status, text = await aget(f"http://127.0.0.1:{port}/metrics")
+    return metric(text, name, **labels)
+
+
+async def wait_cycles(port: int, n: int = 3, timeout: float = DEADLINE_S) -> float:
+    """Wait until the daemon ran ``n`` more control cycles (from its ``/metrics``); returns the count."""
+    c0 = await read_metric(port, "potline_cycles_total") or 0.0
+    got = c0
+
+    async def done() -> bool:
+        nonlocal got
+        got = await read_metric(port, "potline_cycles_total") or 0.0
+        return got >= c0 + n
+
+    await until(done, f"{n} more control cycles (from {c0:g})", timeout, step=0.1)
+    return got
+
+
+async def wait_journal(path: Path, pred: Callable[[list[Any]], bool], what: str,
+                       timeout: float = DEADLINE_S) -> list[Any]:  # fmt: skip
+    """Wait until the journal's committed entries satisfy ``pred``; returns them."""
+    from potline.journal import JournalError
+
+    got: list[Any] = []
+
+    def done() -> bool:
+        nonlocal got
+        try:
+            got = journal_events(path)
+        except JournalError:  # not created yet
+            return False
+        return pred(got)
+
+    await until(done, f"journal: {what}", timeout, step=0.1)
+    return got
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -312,10 +370,11 @@ async def call_set_mode(port: int, mode: str, user: str | None = None, password:
     from plc_bridge.opcua_server import NAMESPACE_URI
 
     cred = f"{user}:{password}@" if user else ""
-    async with Client(f"opc.tcp://{cred}127.0.0.1:{port}/potline-twin/", timeout=10) as client:
+    async with Client(f"opc.tcp://{cred}127.0.0.1:{port}/potline-twin/", timeout=30) as client:
         idx = await client.get_namespace_index(NAMESPACE_URI)
-        twin = client.get_node(ua.NodeId(f"{plant}.Twin", idx))
-        return await twin.call_method(ua.NodeId(f"{plant}.Twin.SetMode", idx), ua.Variant(mode, ua.VariantType.String))
+        twin = client.get_node(ua.NodeId(ua.String(f"{plant}.Twin"), ua.Int16(idx)))
+        method = ua.NodeId(ua.String(f"{plant}.Twin.SetMode"), ua.Int16(idx))
+        return await twin.call_method(method, ua.Variant(mode, ua.VariantType.String))
 
 
 async def read_mirror(port: int, *names: str, plant: str = "Bench") -> list[Any]:
@@ -323,9 +382,9 @@ async def read_mirror(port: int, *names: str, plant: str = "Bench") -> list[Any]
 
     from plc_bridge.opcua_server import NAMESPACE_URI
 
-    async with Client(f"opc.tcp://127.0.0.1:{port}/potline-twin/", timeout=10) as client:
+    async with Client(f"opc.tcp://127.0.0.1:{port}/potline-twin/", timeout=30) as client:
         idx = await client.get_namespace_index(NAMESPACE_URI)
-        return [await client.get_node(ua.NodeId(f"{plant}.{n}", idx)).read_value() for n in names]
+        return [await client.get_node(ua.NodeId(ua.String(f"{plant}.{n}"), ua.Int16(idx))).read_value() for n in names]
 
 
 def journal_events(path: Path, **query: Any) -> list[Any]:
@@ -339,7 +398,7 @@ def journal_events(path: Path, **query: Any) -> list[Any]:
         j.close()
 
 
-def listener(tmp_path, abstract: bool = False) -> tuple[socket.socket, str]:
+def listener(tmp_path: Path, abstract: bool = False) -> tuple[socket.socket, str]:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     if abstract:
         name = f"potline-test-{time.monotonic_ns()}"
@@ -350,3 +409,19 @@ def listener(tmp_path, abstract: bool = False) -> tuple[socket.socket, str]:
         s.bind(addr)
     s.setblocking(False)
     return s, addr
+
+
+def plc_remote(rig: Any, device: str) -> bool:
+    """Is the rig's PLC in remote (the controller in charge)? Read from the PLC's own memory."""
+    return bool(rig.plc(device).image.get("remote"))
+
+
+async def plant_seconds(rig: Any, seconds: float, timeout: float = DEADLINE_S) -> None:
+    """Let ``seconds`` of the rig's plant time pass (whatever the machine's load makes of wall time)."""
+    await rig.wait_until(rig.now() + seconds, timeout_wall_s=timeout)
+
+
+def write_mode_file(path: Path, word: str) -> None:
+    """An operator's request through the mode file (one word, owner-only permissions)."""
+    path.write_text(word + "\n")
+    os.chmod(path, 0o600)

@@ -2,16 +2,21 @@
 
 Mode switching (operator OPC UA call, mode file, signals) with every switch journalled,
 the PLCs going remote only in ``control``, SIGTERM handing control back to local before
-the process exits, ``kill -9`` at a random moment and a restart with the journal intact,
-a PLC that is down at start and one that drops and comes back, an AE in a potroom an
-operator switched to local still journalled in ``control``.
+the process exits, ``kill -9`` at a (seeded) random moment and a restart with the
+journal intact, re-arming (after ``kill -9`` the daemon comes back in ``observe`` until
+an operator asks for ``control``; a config asking for ``control`` with the PLCs down
+starts in ``shadow`` and enters ``control`` once they are up), a PLC that is down at
+start and one that drops and comes back, an AE in a potroom an operator switched to
+local still journalled in ``control``.
+
+Every wait is on a condition (a log line, a journal entry, a metric, ``/readyz``, the
+rig's PLC memory or plant time) with a generous deadline, so the tests hold on a busy
+machine; "nothing happens for a while" is judged over plant time, not wall time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import os
 import random
 import signal
 import threading
@@ -30,14 +35,24 @@ from tests.potline.daemon_support import (
     daemon_config,
     journal_events,
     listener,
-    metric,
+    plant_seconds,
+    plc_remote,
+    read_metric,
     read_mirror,
     rig_scenario,
     start_rig,
+    until,
+    wait_cycles,
+    wait_journal,
     wait_status,
+    write_mode_file,
 )
 
-pytestmark = [pytest.mark.hil, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.hil, pytest.mark.timeout(420)]
+
+ROOM, RECT = "potroom:Potroom1", "rectifier:Line1"
+#: the seed of every random choice in this file
+SEED = 20_241_204
 
 
 def _security(tmp_path) -> dict:
@@ -47,22 +62,9 @@ def _security(tmp_path) -> dict:
                       "view": {"role": "viewer", "password_hash": hash_password("view-pass")}}}  # fmt: skip
 
 
-def _remote(rig, device: str) -> bool:
-    """Is the rig's PLC in remote (the controller in charge)? Read from the PLC's own memory."""
-    return bool(rig.plc(device).image.get("remote"))
-
-
-async def _until(pred, timeout: float, what: str, step: float = 0.05) -> None:
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out ({timeout} s) waiting for {what}")
-        await asyncio.sleep(step)
-
-
 async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path) -> None:
     rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
-    sock, addr = listener(tmp_path)  # systemd's NOTIFY_SOCKET, watchdog 2 s
+    sock, addr = listener(tmp_path)  # systemd's NOTIFY_SOCKET, watchdog 4 s
     notes: list[tuple[float, str]] = []
 
     def collect() -> None:  # a thread: receipt times do not depend on this test's event loop
@@ -79,16 +81,20 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
     collector.start()
     dp = None
     try:
-        cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": _security(tmp_path)})
+        # the mode file is applied on SIGUSR1 only here (its poll is slower than this test)
+        cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": _security(tmp_path)},
+                                  daemon={"mode_file_poll_s": 60.0})  # fmt: skip
         ports = data["_ports"]
         journal = tmp_path / "state" / "journal.db"
-        dp = await DaemonProcess(cfg, env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "2000000"}).start()
+        mode_file = tmp_path / "state" / "mode"
+        dp = await DaemonProcess(cfg, env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "4000000"}).start()
         first = await dp.wait_ready()
-        assert first["startup_s"] < 10.0
+        assert 0.0 < first["startup_s"] < 60.0  # its speed is a benchmark's business (PERFORMANCE.md)
         await wait_status(f"http://127.0.0.1:{ports['metrics']}/readyz", 200)
-        # observe: nothing written, the PLCs stay in local
-        await asyncio.sleep(1.0)
-        assert not _remote(rig, "potroom:Potroom1") and not _remote(rig, "rectifier:Line1")
+        assert mode_file.read_text() == "observe\n"  # the file shows the running mode
+        # observe: nothing written, the PLCs stay in local (3 of their watchdog periods)
+        await plant_seconds(rig, 60.0)
+        assert not plc_remote(rig, ROOM) and not plc_remote(rig, RECT)
 
         # an anonymous or viewer client may not switch modes; an operator may
         with pytest.raises(ua.UaStatusCodeError) as err:
@@ -99,35 +105,37 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         assert err.value.code == ua.StatusCodes.BadUserAccessDenied
         assert await call_set_mode(ports["opcua"], "shadow", "op", "op-pass") == "observe"
         assert (await read_mirror(ports["opcua"], "Twin.Mode"))[0] == "shadow"
-        await dp.wait_event("shadow.would_write", timeout=30)
-        assert not _remote(rig, "potroom:Potroom1")  # shadow sends nothing, not even the heartbeat
+        await dp.wait_event("shadow.would_write")
+        assert not plc_remote(rig, ROOM)  # shadow sends nothing, not even the heartbeat
+        await until(lambda: mode_file.read_text() == "shadow\n", "the mode file to show shadow")
 
-        # the mode file (written by the service user) -> control: heartbeat runs, PLCs go remote
-        mode_file = tmp_path / "state" / "mode"
-        mode_file.write_text("control\n")
-        os.chmod(mode_file, 0o600)
-        await dp.wait_event("mode.changed", timeout=10, pred=lambda e: e["mode"] == "control")
-        await _until(lambda: _remote(rig, "potroom:Potroom1") and _remote(rig, "rectifier:Line1"), 20,
-                     "PLCs in remote under control")  # fmt: skip
-        _status, text = await aget(f"http://127.0.0.1:{ports['metrics']}/metrics")
-        assert metric(text, "potline_mode", mode="control") == 1.0
+        # the mode file (written by the service user) + SIGUSR1 -> control: heartbeat runs, PLCs go remote
+        n = len(dp.events)
+        write_mode_file(mode_file, "control")
+        dp.signal(signal.SIGUSR1)
+        await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "control", after=n)
+        await until(lambda: plc_remote(rig, ROOM) and plc_remote(rig, RECT), "PLCs in remote under control")
+        assert await read_metric(ports["metrics"], "potline_mode", mode="control") == 1.0
 
         # SIGUSR2: hands off (observe) at once; the PLCs fall back to local on their watchdog
         n = len(dp.events)
         dp.signal(signal.SIGUSR2)
-        await dp.wait_event("mode.changed", timeout=10, pred=lambda e: e["mode"] == "observe", after=n)
-        await _until(lambda: not _remote(rig, "potroom:Potroom1"), 20 / 20 * 3 + 5, "potroom back in local")
-        # SIGUSR1 re-applies the mode file ("control") on demand
+        await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "observe", after=n)
+        await until(lambda: not plc_remote(rig, ROOM), "potroom back in local")
+        # the mode file never disagrees with the running mode: it says observe now, and
+        # asking for control again (file + SIGUSR1) is acted upon
+        assert mode_file.read_text() == "observe\n"
         n = len(dp.events)
+        write_mode_file(mode_file, "control")
         dp.signal(signal.SIGUSR1)
-        await dp.wait_event("mode.changed", timeout=10, pred=lambda e: e["mode"] == "control", after=n)
-        await _until(lambda: _remote(rig, "potroom:Potroom1"), 20, "potroom remote again")
+        await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "control", after=n)
+        await until(lambda: plc_remote(rig, ROOM), "potroom remote again")
 
         # SIGTERM: stop commanding, wait until the PLCs report local, then exit 0
         dp.signal(signal.SIGTERM)
-        rc = await dp.wait(60)
+        rc = await dp.wait()
         assert rc == 0, dp.tail()
-        assert not _remote(rig, "potroom:Potroom1") and not _remote(rig, "rectifier:Line1")
+        assert not plc_remote(rig, ROOM) and not plc_remote(rig, RECT)
         done = dp.find("daemon.handback_done")
         assert done, dp.tail()
         stopped = dp.find("daemon.stopped")[0]
@@ -137,10 +145,11 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         changes = [(e.data["from"], e.data["to"], e.source, e.user) for e in ev if e.kind == "mode_change"]
         assert changes == [
             ("observe", "shadow", "opcua", "op"),
-            ("shadow", "control", "mode_file", changes[1][3]),
+            ("shadow", "control", "SIGUSR1", changes[1][3]),
             ("control", "observe", "SIGUSR2", None),
             ("observe", "control", "SIGUSR1", changes[3][3]),
         ]
+        assert changes[1][3] is not None  # the mode file's owner
         refused = [e for e in ev if e.kind == "mode_refused"]
         assert refused == []  # access-denied calls never reach the daemon's handler
         kinds = [e.kind for e in ev]
@@ -149,15 +158,15 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         assert hb and hb[-1].data["ok"] is True
         assert [e.id for e in ev] == list(range(1, len(ev) + 1))
 
-        # systemd: READY=1 once, after the first cycle; WATCHDOG=1 every ~1 s from the loop; STOPPING=1
+        # systemd: READY=1 once, after the first cycle; WATCHDOG=1 every ~2 s from the loop; STOPPING=1
         texts = [m for _, m in notes]
         ready = [i for i, m in enumerate(texts) if "READY=1" in m]
         assert len(ready) == 1 and f"MAINPID={dp.pid}" in texts[ready[0]]
         assert notes[ready[0]][0] >= first["_mono"] - 0.5
         pets = [t for t, m in notes if m == "WATCHDOG=1"]
         gaps = [b - a for a, b in itertools.pairwise(pets)]
-        # never later than half of WatchdogSec (2 s), never a flood (scheduling jitter under load allowed)
-        assert len(pets) >= 3 and all(0.4 <= g <= 2.0 for g in gaps), gaps
+        # never later than WatchdogSec (4 s), never a flood (about half of it; receipt jitter allowed)
+        assert len(pets) >= 3 and all(1.0 <= g <= 4.0 for g in gaps), gaps
         stopping = [i for i, m in enumerate(texts) if m.startswith("STOPPING=1")]
         assert stopping and stopping[0] > ready[0]
         assert any(m.startswith("STATUS=mode control") for m in texts)
@@ -171,16 +180,19 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
 
 
 async def test_kill_9_loses_no_committed_entry_and_restarts_cleanly(tmp_path) -> None:
+    rng = random.Random(SEED)
     rig = await start_rig(rig_scenario(speed=40.0, storm_every_s=120.0, storm_start_s=30.0))
     try:
         cfg, _data = daemon_config(tmp_path, rig, mode="control")
         journal = tmp_path / "state" / "journal.db"
         dp = await DaemonProcess(cfg).start()
-        await dp.wait_event("daemon.first_cycle", timeout=30)
-        # let it journal (AEs, setpoint and beam writes), then SIGKILL at a random moment
-        await asyncio.sleep(random.uniform(3.0, 6.0))
-        seen = journal_events(journal)  # committed entries, read by another process meanwhile
-        await asyncio.sleep(random.uniform(0.0, 1.0))
+        await dp.wait_event("daemon.first_cycle")
+        # let it journal (AEs, setpoint and beam writes) ...
+        seen = await wait_journal(journal, lambda ev: any(e.kind == "ae_start" for e in ev) and len(ev) > 10,
+                                  "an AE and more than 10 entries")  # fmt: skip
+        # ... then SIGKILL at a random moment: after a (seeded) random number of further commits
+        more = rng.randint(1, 30)
+        await wait_journal(journal, lambda ev: len(ev) >= len(seen) + more, f"{more} more entries")
         assert await dp.kill() == -signal.SIGKILL
         after_kill = journal_events(journal)
         ids = [e.id for e in after_kill]
@@ -188,7 +200,7 @@ async def test_kill_9_loses_no_committed_entry_and_restarts_cleanly(tmp_path) ->
         by_id = {e.id: e for e in after_kill}
         for e in seen:  # every entry committed before the kill is still there, unchanged
             assert by_id[e.id].kind == e.kind and by_id[e.id].ts_utc == e.ts_utc and by_id[e.id].detail == e.detail
-        assert len(after_kill) >= len(seen) > 2
+        assert len(after_kill) >= len(seen) + more
         assert any(e.kind == "ae_start" for e in after_kill), "the storm's AEs are journalled"
         assert not any(e.kind == "daemon_stop" for e in after_kill)
         # its log: one JSON object per line; AE events carry plant, line, room and cell
@@ -196,9 +208,11 @@ async def test_kill_9_loses_no_committed_entry_and_restarts_cleanly(tmp_path) ->
         ae_logs = dp.find("event.ae_start")
         assert ae_logs and all({"plant", "line", "room", "cell"} <= set(e) for e in ae_logs)
 
-        # restart: same journal, clean start, the crash is recorded, numbering continues
+        # restart: same journal, clean start (in observe: see the re-arming test), the crash
+        # is recorded, numbering continues
         dp2 = await DaemonProcess(cfg).start()
-        await dp2.wait_event("daemon.first_cycle", timeout=30)
+        first = await dp2.wait_event("daemon.first_cycle")
+        assert first["mode"] == "observe"
         assert await dp2.stop() == 0
         final = journal_events(journal)
         ids = [e.id for e in final]
@@ -216,6 +230,126 @@ async def test_kill_9_loses_no_committed_entry_and_restarts_cleanly(tmp_path) ->
         await rig.stop()
 
 
+async def test_restart_after_kill_9_is_in_observe_until_an_operator_re_arms(tmp_path) -> None:
+    """Issue 15 ("re-arming"): a daemon that ran in control and was killed comes back in
+    observe and stays there (the PLCs stay in local) until an operator asks for control;
+    the mode file shows the running mode, a refused request is written over with it, and
+    writing ``control`` again is acted upon."""
+    rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
+    dp = None
+    try:
+        cfg, data = daemon_config(tmp_path, rig, mode="control")
+        mport = data["_ports"]["metrics"]
+        journal = tmp_path / "state" / "journal.db"
+        mode_file = tmp_path / "state" / "mode"
+        dp = await DaemonProcess(cfg).start()
+        went = await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "control")
+        assert went["source"] == "config"  # the configured start mode, once the interlock was clear
+        await until(lambda: plc_remote(rig, ROOM) and plc_remote(rig, RECT), "PLCs in remote under control")
+        assert mode_file.read_text() == "control\n"
+        assert await dp.kill() == -signal.SIGKILL
+        # the PLCs fall back to local on their own watchdogs
+        await until(lambda: not plc_remote(rig, ROOM) and not plc_remote(rig, RECT), "PLCs back in local")
+
+        dp = await DaemonProcess(cfg).start()
+        first = await dp.wait_ready()
+        assert first["mode"] == "observe"
+        body = await wait_status(f"http://127.0.0.1:{mport}/readyz", 200)  # every link up: ready, yet observe
+        assert "re-arming" in body
+        assert mode_file.read_text() == "observe\n"  # the file no longer says control
+        await plant_seconds(rig, 60.0)  # 3 PLC watchdog periods with every link up: nothing goes remote
+        assert not plc_remote(rig, ROOM) and not plc_remote(rig, RECT)
+        assert await read_metric(mport, "potline_mode", mode="observe") == 1.0
+
+        # an operator asks for control while a PLC link is down: refused, and the file says observe again
+        h = rig.plc(ROOM)
+        n = len(dp.events)
+        h.proxy.drop("refuse")
+        await dp.wait_event("plc.comms_lost", after=n, pred=lambda e: e["plc"] == "potroom1")
+        write_mode_file(mode_file, "control")
+        await dp.wait_event("mode.refused", after=n, pred=lambda e: "PLC link(s) down" in e["reason"])
+        assert mode_file.read_text() == "observe\n"
+        h.proxy.restore()
+        await dp.wait_event("plc.comms_restored", after=n, pred=lambda e: e["plc"] == "potroom1")
+        # writing the same word again is a new request: re-armed, control
+        n = len(dp.events)
+        write_mode_file(mode_file, "control")
+        ch = await dp.wait_event("mode.changed", after=n, pred=lambda e: e["mode"] == "control")
+        assert ch["source"] == "mode_file" and ch["rearmed"] is True
+        await until(lambda: plc_remote(rig, ROOM) and plc_remote(rig, RECT), "PLCs in remote after re-arming")
+        assert (await aget(f"http://127.0.0.1:{mport}/readyz"))[1].count("re-arming") == 0
+        assert await dp.stop() == 0
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+
+    ev = journal_events(journal)
+    k = next(i for i, e in enumerate(ev) if e.kind == "unclean_shutdown")
+    run1, run2 = ev[:k], ev[k:]
+    assert [(e.data["to"], e.source) for e in run1 if e.kind == "mode_change"] == [("control", "config")]
+    assert [e.kind for e in run2[:3]] == ["unclean_shutdown", "daemon_start", "mode_refused"]
+    assert run2[1].mode == "observe"
+    start = run2[2]
+    assert start.data["start"] is True and start.data["requested"] == "control"
+    assert "without a clean stop" in start.detail and start.mode == "observe"
+    changes = [(e.data["from"], e.data["to"], e.source, e.data.get("rearmed")) for e in run2 if e.kind == "mode_change"]
+    assert changes == [("observe", "control", "mode_file", True)]
+    refused = [e for e in run2 if e.kind == "mode_refused" and e.source == "mode_file"]
+    assert len(refused) == 1 and "PLC link(s) down: potroom1" in refused[0].detail
+    # nothing was written to a PLC from the restart until the re-arming
+    t_rearm = next(e.t_plant_s for e in run2 if e.kind == "mode_change")
+    assert not [e for e in run2 if e.kind in ("setpoint_write", "command_write") and e.t_plant_s < t_rearm]
+
+
+async def test_config_control_with_plcs_down_starts_in_shadow_and_enters_control_once_they_are_up(tmp_path) -> None:
+    """The control interlock applies at start: ``mode = "control"`` with both PLC links
+    down starts in shadow (journalled, with the reason), and enters control (journalled,
+    from the config) only once every link is up, because the previous stop was clean."""
+    rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
+    dp = None
+    try:
+        for dev in (ROOM, RECT):
+            rig.plc(dev).proxy.drop("refuse")
+        cfg, data = daemon_config(tmp_path, rig, mode="control")
+        mport = data["_ports"]["metrics"]
+        journal = tmp_path / "state" / "journal.db"
+        dp = await DaemonProcess(cfg).start()
+        first = await dp.wait_event("daemon.first_cycle")
+        assert first["mode"] == "shadow" and first["plc_up"] == {"rectifier1": False, "potroom1": False}
+        await dp.wait_event("mode.pending", pred=lambda e: e["reason"] == "PLC link(s) down: potroom1, rectifier1")
+        assert await read_metric(mport, "potline_mode", mode="control") == 0.0
+        assert await read_metric(mport, "potline_mode", mode="shadow") == 1.0
+        status, body = await aget(f"http://127.0.0.1:{mport}/readyz")
+        assert status == 503 and "control pending" in body
+        assert (tmp_path / "state" / "mode").read_text() == "shadow\n"
+        # one link up: still held, the new reason journalled
+        rig.plc(RECT).proxy.restore()
+        await dp.wait_event("mode.pending", pred=lambda e: e["reason"] == "PLC link(s) down: potroom1")
+        assert not plc_remote(rig, RECT)
+        # every link up: control
+        rig.plc(ROOM).proxy.restore()
+        went = await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "control")
+        assert went["source"] == "config" and went["previous"] == "shadow"
+        await until(lambda: plc_remote(rig, ROOM) and plc_remote(rig, RECT), "PLCs in remote under control")
+        assert await dp.stop() == 0
+    finally:
+        if dp is not None and dp.returncode is None:
+            await dp.kill()
+        await rig.stop()
+
+    ev = journal_events(journal)
+    assert ev[0].kind == "daemon_start" and ev[0].mode == "shadow"
+    modes = [(e.kind, e.source, e.data.get("reason"), e.data.get("pending")) for e in ev if e.category == "mode"]
+    assert modes == [
+        ("mode_refused", "config", "PLC link(s) down: potroom1, rectifier1", True),
+        ("mode_refused", "config", "PLC link(s) down: potroom1", True),
+        ("mode_change", "config", "the configured start mode; control interlock clear", None),
+    ]
+    t_control = next(e.t_plant_s for e in ev if e.kind == "mode_change")
+    assert not [e for e in ev if e.kind in ("setpoint_write", "command_write") and e.t_plant_s < t_control]
+
+
 async def test_plc_down_at_start_daemon_waits_then_connects_and_survives_a_drop(tmp_path) -> None:
     from plc_bridge.ports import free_port
 
@@ -226,45 +360,51 @@ async def test_plc_down_at_start_daemon_waits_then_connects_and_survives_a_drop(
     rig = None
     try:
         # nobody listens: the daemon starts anyway, runs cycles, and says it is not ready
-        first = await dp.wait_event("daemon.first_cycle", timeout=30)
+        first = await dp.wait_event("daemon.first_cycle")
         assert first["plc_up"] == {"rectifier1": False, "potroom1": False}
         m = data["_ports"]["metrics"]
         status, body = await aget(f"http://127.0.0.1:{m}/readyz")
         assert status == 503 and "PLC links down" in body
         assert (await aget(f"http://127.0.0.1:{m}/healthz"))[0] == 200
-        await asyncio.sleep(2.0)
+        await wait_cycles(m, 5)  # it keeps cycling
         assert dp.returncode is None
         await dp.stop()
 
         # the rig comes up on the configured... ports are the rig's own: restart the daemon at them
         rig = await start_rig(rig_scenario(speed=20.0))
         cfg, data = daemon_config(tmp_path, rig, mode="observe")
-        h = rig.plc("potroom:Potroom1")
+        m = data["_ports"]["metrics"]
+        h = rig.plc(ROOM)
         h.proxy.drop("refuse")  # the potroom PLC is unreachable when the daemon starts
         dp = await DaemonProcess(cfg).start()
-        first = await dp.wait_event("daemon.first_cycle", timeout=30)
-        assert first["plc_up"] == {"rectifier1": True, "potroom1": False}
-        await asyncio.sleep(1.0)
+        first = await dp.wait_event("daemon.first_cycle")
+        assert first["plc_up"]["potroom1"] is False
+        await wait_cycles(m, 3)
         h.proxy.restore()
-        await dp.wait_event("plc.comms_restored", timeout=20, pred=lambda e: e["plc"] == "potroom1")
-        m = data["_ports"]["metrics"]
+        await dp.wait_event("plc.comms_restored", pred=lambda e: e["plc"] == "potroom1")
         await wait_status(f"http://127.0.0.1:{m}/readyz", 200)
         # it drops again mid-run and comes back: journalled both ways, the process never exits
         n = len(dp.events)
         h.proxy.drop("blackhole")
-        await dp.wait_event("plc.comms_lost", timeout=20, pred=lambda e: e["plc"] == "potroom1", after=n)
+        await dp.wait_event("plc.comms_lost", pred=lambda e: e["plc"] == "potroom1", after=n)
         status, body = await aget(f"http://127.0.0.1:{m}/readyz")
         assert status == 503 and "potroom1" in body
         h.proxy.restore()
-        await dp.wait_event("plc.comms_restored", timeout=20, pred=lambda e: e["plc"] == "potroom1", after=n)
-        _, text = await aget(f"http://127.0.0.1:{m}/metrics")
-        assert metric(text, "potline_plc_up", plc="potroom1") == 1.0
-        assert metric(text, "potline_plc_comms_faults_total", plc="potroom1") >= 2
+        await dp.wait_event("plc.comms_restored", pred=lambda e: e["plc"] == "potroom1", after=n)
+        await until(lambda: read_metric(m, "potline_plc_up", plc="potroom1"), "potroom1 up in the metrics")
+        assert (await read_metric(m, "potline_plc_comms_faults_total", plc="potroom1") or 0) >= 2
         assert await dp.stop() == 0
-        ev = journal_events(journal, categories=["comms"])
-        kinds = [e.kind for e in ev if e.source == "potroom1"]
-        # first run: down from the start; second run: down at start, up, down, up
-        assert kinds == ["comms_lost", "comms_lost", "comms_restored", "comms_lost", "comms_restored"]
+        ev = journal_events(journal)
+        starts = [e.id for e in ev if e.kind == "daemon_start"]
+        assert len(starts) == 2
+        runs = [[e.kind for e in ev if e.category == "comms" and e.source == "potroom1" and lo <= e.id < hi]
+                for lo, hi in ((starts[0], starts[1]), (starts[1], ev[-1].id + 1))]  # fmt: skip
+        # first run: down from the start; second run: down at start, up, down, up (a busy machine may
+        # add a lost/restored pair when a scan times out: they alternate, and it ends up)
+        assert runs[0] == ["comms_lost"]
+        second = runs[1]
+        assert second[0] == "comms_lost" and second[-1] == "comms_restored" and len(second) >= 4
+        assert all(a != b for a, b in itertools.pairwise(second)), second
     finally:
         if dp.returncode is None:
             await dp.kill()
@@ -282,19 +422,19 @@ async def test_ae_in_a_potroom_switched_to_local_is_journalled_in_control_mode(t
         cfg, _ = daemon_config(tmp_path, rig, mode="control")
         journal = tmp_path / "state" / "journal.db"
         dp = await DaemonProcess(cfg).start()
-        await dp.wait_event("daemon.first_cycle", timeout=30)
-        await _until(lambda: _remote(rig, "potroom:Potroom1"), 20, "potroom remote under control")
+        await dp.wait_event("daemon.first_cycle")
+        await until(lambda: plc_remote(rig, ROOM), "potroom remote under control")
         await rig.inject(Fault(kind="local_switch", target="potroom"))
-        await _until(lambda: not _remote(rig, "potroom:Potroom1"), 10, "potroom in local")
+        await until(lambda: not plc_remote(rig, ROOM), "potroom in local")
         t_local = rig.now()
         k = 2  # cell index; floor number 3 of the one room
         crit = float(rig.potline.truth()["critical_alumina_wt_pct"][k])
         rig.potline.force_alumina(np.array([k]), crit - 0.05)  # the rig's AE induction
-        start = await dp.wait_event("event.ae_start", timeout=20, pred=lambda e: e.get("cell") == k + 1)
+        start = await dp.wait_event("event.ae_start", pred=lambda e: e.get("cell") == k + 1)
         assert "local control" in start["detail"]
-        await dp.wait_event("event.ae_end", timeout=30, pred=lambda e: e.get("cell") == k + 1)
+        await dp.wait_event("event.ae_end", pred=lambda e: e.get("cell") == k + 1)
         t_end = rig.now()
-        assert _remote(rig, "rectifier:Line1") and not _remote(rig, "potroom:Potroom1")
+        assert plc_remote(rig, RECT) and not plc_remote(rig, ROOM)
         assert await dp.stop() == 0
 
         ev = journal_events(journal)

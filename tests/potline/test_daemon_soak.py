@@ -1,7 +1,7 @@
 """Soak: the daemon (a real process, control mode) against an accelerated HIL rig with a
 fault injected every 5 plant minutes and an anode effect induced every 5 plant minutes.
 
-Full run: ``POTLINE_SOAK_HOURS=24 pytest -m soak tests/test_daemon_soak.py`` (24 simulated
+Full run: ``POTLINE_SOAK_HOURS=24 pytest -m soak tests/potline/test_daemon_soak.py`` (24 simulated
 hours; at the default speed of 60x about 25 wall minutes). CI runs the short default
 (``POTLINE_SOAK_HOURS`` unset: 0.3 simulated hours, ~25 s). ``POTLINE_SOAK_OUT=<file>``
 writes the figures as JSON (``benchmarks/results/daemon_soak.json`` for the record).
@@ -24,7 +24,6 @@ What it shows:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.potline.daemon_support import (
+    DEADLINE_S,
     DaemonProcess,
     aget,
     daemon_config,
@@ -117,17 +117,19 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
         cfg, data = daemon_config(tmp_path, rig, mode="control", daemon={"scan_period_s": SCAN_S})
         journal = tmp_path / "state" / "journal.db"
         dp = await DaemonProcess(cfg).start()
-        await dp.wait_ready(timeout=60)  # first cycle and the OPC UA mirror up: start-up is not the subject
+        await dp.wait_ready()  # first cycle and the OPC UA mirror up: start-up is not the subject
+        # the configured control is entered at the first cycle with every link up (clean start)
+        await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "control")
         t_start = rig.now()
         end_t = t_start + duration
         rss: list[tuple[float, int]] = []
-        while rig.now() < end_t:
+        while rig.now() < end_t:  # one memory sample every simulated minute
             assert dp.returncode is None, "daemon exited during the soak:\n" + dp.tail()
             rss.append((rig.now() - t_start, _vm_rss(dp.pid)))
-            await asyncio.sleep(min(1.0, max(0.05, (end_t - rig.now()) / SPEED)))
+            await rig.wait_until(min(end_t, rig.now() + 60.0), timeout_wall_s=DEADLINE_S)
         rss.append((rig.now() - t_start, _vm_rss(dp.pid)))
         _, text = await aget(f"http://127.0.0.1:{data['_ports']['metrics']}/metrics")
-        rc = await dp.stop(60)
+        rc = await dp.stop()
         assert rc == 0, dp.tail()
         rep = rig.report()
     finally:
@@ -153,7 +155,7 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
     # ---- anode effects: rig truth vs the journal (shared plant clock)
     blind = _blind_windows(rep.fault_log, faults, end_t)
     min_visible = 2 * SCAN_S + 1.0
-    detected, missed, excluded = [], [], Counter()
+    detected, missed, excluded = [], [], Counter[str]()
     starts = [(e.cell - 1, e.t_plant_s) for e in journ_ae]  # floor number -> cell index (one room)
     used = set()
     for a in rep.aes:

@@ -1,0 +1,288 @@
+"""Controller and bridge events, write records and shadow decisions -> journal, metrics, log.
+
+* ``EventRouter.on_events``: every cycle's events from the controller (AE start/end,
+  predictions, quench, feeder faults, rectifier trips, ...) and the bridge (PLC
+  restarts, missing acknowledgements, safety-layer alarms) become journal entries with
+  their ISA-95 location (line, room, cell) and a log line; AEs carry voltage, start,
+  detection and duration.
+* ``EventRouter.record_callback``: the safety layer's write records per device:
+  setpoint and beam writes journalled; refused writes journalled the first time per
+  reason, then at most one summary a minute per device.
+* ``ShadowRecorder``: in shadow, what the controller would send (and what the safety
+  layer would make of a setpoint: clamp, ramp) is logged and journalled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+
+from potline.links import DeviceView, Link, LinkTracker, where_of
+
+if TYPE_CHECKING:
+    from plc_bridge.plant import BridgePlant
+    from plc_bridge.safe_write import WriteRecord
+    from potctl.ae_detection import AEDetector, AERecord
+    from potctl.plant import Commands, Measurements
+    from potline.metrics import DaemonMetrics
+    from potline.recorder import JournalRecorder
+    from twin.layout import PlantLayout
+
+__all__ = ["EventRouter", "ShadowRecorder", "ae_record", "cell_number"]
+
+log = structlog.get_logger("potline.daemon")
+
+#: controller events indexed by line (all others are indexed by cell)
+LINE_EVENTS = frozenset({"rectifier_trip", "rectifier_restart", "ramp_done"})
+#: controller events about feeders: meaningless while the controller's commands are not sent
+COMMAND_DEPENDENT_EVENTS = frozenset({"feeder_fault"})
+#: events logged as warnings (the rest at info)
+WARNING_EVENTS = frozenset({"ae_start", "ae_escalation", "feeder_fault", "rectifier_trip", "plc_restart_seen"})
+#: events the bridge raises (journalled with source "bridge")
+BRIDGE_EVENTS = frozenset({"plc_restart_seen", "command_not_acknowledged"})
+#: how often a refused-writes summary may repeat per device with an unchanged reason [wall s]
+REFUSAL_JOURNAL_EVERY_S = 60.0
+#: beam moves smaller than this are no move [mm]
+BEAM_MOVE_MIN_MM = 0.05
+#: beam moves listed in one shadow entry
+SHADOW_BEAM_LIST = 50
+
+
+def ae_record(detector: AEDetector, cell: int) -> AERecord | None:
+    """The HV AE in progress on ``cell``, else its last finished one (None: none)."""
+    try:
+        return detector.open_record(int(cell))
+    except KeyError:
+        pass
+    for r in reversed(detector.records):
+        if r.cell == int(cell) and r.kind == "HV":
+            return r
+    return None
+
+
+def cell_number(tag: str) -> int | None:
+    """Floor number from a per-cell tag name like ``cell007.beam_move``."""
+    head = tag.split(".", 1)[0]
+    digits = "".join(ch for ch in head if ch.isdigit())
+    return int(digits) if digits else None
+
+
+class EventRouter:
+    """Events and write records of a running daemon into its journal (see the module docstring).
+
+    Args:
+        layout: the plant.
+        name: instance name (metric label).
+        metrics: the daemon's metrics.
+        recorder: the journal.
+        links: the PLC links (names for sources, refusal summaries).
+        mode: the running mode.
+        last_meas: the last measurements read (None before the first).
+        detector: the controller's AE detector (None before it exists).
+    """
+
+    def __init__(self, layout: PlantLayout, name: str, metrics: DaemonMetrics, recorder: JournalRecorder,
+                 links: LinkTracker, *, mode: Callable[[], str], last_meas: Callable[[], Measurements | None],
+                 detector: Callable[[], AEDetector | None]) -> None:  # fmt: skip
+        self.layout = layout
+        self.name = name
+        self.metrics = metrics
+        self.recorder = recorder
+        self.links = links
+        self.mode = mode
+        self.last_meas = last_meas
+        self.detector = detector
+        self._cell_line = np.asarray(layout.cell_line, dtype=np.int64)
+        self._cell_room = np.asarray(layout.cell_room, dtype=np.int64)
+
+    # ------------------------------------------------------------------ locations
+
+    def where(self, kind: str, idx: int) -> dict[str, Any]:
+        """Journal/log location fields of a controller event index."""
+        lay = self.layout
+        if kind == "plc_restart_seen":
+            return {"room": lay.room_names[idx] if 0 <= idx < lay.n_rooms else None}
+        if kind in LINE_EVENTS:
+            return {"line": lay.line_names[idx]} if 0 <= idx < lay.n_lines else {}
+        if 0 <= idx < lay.n_cells:
+            return {"line": lay.line_names[int(self._cell_line[idx])], "room": lay.room_names[int(self._cell_room[idx])],
+                    "cell": int(lay.cell_number[idx])}  # fmt: skip
+        return {}
+
+    # ------------------------------------------------------------------ controller and bridge events
+
+    def on_events(self, events: list[tuple[str, int, str]], now: float) -> None:
+        """Controller and bridge events -> journal, metrics, log."""
+        meas = self.last_meas()
+        mode = self.mode()
+        for kind, idx, detail in events:
+            if kind in COMMAND_DEPENDENT_EVENTS and mode != "control":
+                continue  # its commands are not sent: a missing acknowledgement means nothing
+            if kind.startswith("alarm_"):
+                self.bridge_alarm(kind, detail, now)
+                continue
+            where = self.where(kind, idx)
+            fields: dict[str, Any] = {"t_plant_s": now, "detail": detail, "source": "controller", **where}
+            if kind in ("ae_start", "ae_end") and 0 <= idx < self.layout.n_cells:
+                fields.update(self._ae_fields(kind, idx, meas))
+                if kind == "ae_start":
+                    self.metrics.anode_effects.labels(self.name, where.get("room", "")).inc()
+            if kind == "ae_predicted":
+                self.metrics.ae_predicted.labels(self.name).inc()
+            if kind in BRIDGE_EVENTS:
+                fields["source"] = "bridge"
+            emit = log.warning if kind in WARNING_EVENTS else log.info
+            emit(f"event.{kind}", detail=detail, t_plant_s=round(now, 3), **where)
+            self.recorder.append(kind, **fields)
+
+    def _ae_fields(self, kind: str, idx: int, meas: Measurements | None) -> dict[str, Any]:
+        det = self.detector()
+        rec = ae_record(det, idx) if det is not None else None
+        if kind == "ae_start":
+            u = float(meas.cell_voltage_v[idx]) if meas is not None else float("nan")
+            return {"value": u, "data": {"start_s": rec.start_s if rec else None,
+                                         "detect_s": rec.detect_s if rec else None}}  # fmt: skip
+        if rec is None:
+            return {"value": None, "data": {"start_s": None, "end_s": None, "duration_s": None, "forced_end": None}}
+        return {"value": rec.peak_v, "data": {"start_s": rec.start_s, "end_s": rec.end_s,
+                                              "duration_s": rec.duration_s, "forced_end": rec.forced_end}}  # fmt: skip
+
+    def bridge_alarm(self, kind: str, detail: str, now: float) -> None:
+        """A safety-layer alarm (``alarm_<kind>`` / ``alarm_<kind>_cleared``) -> journal, log."""
+        cleared = kind.endswith("_cleared")
+        akind = kind[len("alarm_") :]
+        if cleared:
+            akind = akind[: -len("_cleared")]
+        device, _, msg = detail.partition(": ")
+        lk = self.links.get(device)
+        where: dict[str, Any] = {}
+        if device.startswith("rectifier:"):
+            where = {"line": device.split(":", 1)[1]}
+        elif device.startswith("potroom:"):
+            where = {"room": device.split(":", 1)[1]}
+        (log.info if cleared else log.warning)("alarm.cleared" if cleared else "alarm.raised", alarm=akind,
+                                               device=device, message=msg, **where)  # fmt: skip
+        self.recorder.append("alarm_cleared" if cleared else "alarm", t_plant_s=now, source=lk.name if lk else device,
+                             detail=f"{akind}: {msg}", data={"alarm": akind, "device": device}, **where)  # fmt: skip
+
+    # ------------------------------------------------------------------ write records
+
+    def record_callback(self, device: DeviceView) -> Callable[[WriteRecord], None]:
+        """A per-device ``WriteRecord`` callback (records carry no device of their own)."""
+        lk = self.links.get(device.device)
+        plc = lk.name if lk else device.device
+        where = where_of(device)
+
+        def cb(rec: WriteRecord) -> None:
+            self.metrics.setpoint_writes.labels(self.name, plc, rec.action).inc()
+            tag = rec.tag
+            fld = tag.split(".", 1)[1] if "." in tag else tag
+            if rec.rejected:
+                self._refused(lk, plc, rec, where)
+                return
+            if fld == "line_current_sp":
+                self.recorder.append("setpoint_write", t_plant_s=rec.t, source=plc, tag=tag, value=rec.written,
+                                     detail=(rec.reason or rec.action), data=rec.as_dict(), **where)  # fmt: skip
+            elif fld == "beam_move":
+                mm = f"{rec.written:+.1f} mm" if rec.written is not None else "nothing"
+                self.recorder.append("command_write", t_plant_s=rec.t, source=plc, tag=tag, value=rec.written,
+                                     cell=cell_number(tag), detail=f"beam {mm} ({rec.action})",
+                                     data=rec.as_dict(), **where)  # fmt: skip
+
+        return cb
+
+    def _refused(self, lk: Link | None, plc: str, rec: WriteRecord, where: dict[str, Any]) -> None:
+        """Refused writes: journal the first of a kind, then at most one summary a minute."""
+        if lk is None:
+            return
+        now = time.monotonic()
+        reason = rec.reason or "refused"
+        key = reason.split(":", 1)[0]
+        lk.refused_count += 1
+        if key != lk.refused_reason or now - lk.refused_journal_mono >= REFUSAL_JOURNAL_EVERY_S:
+            n = lk.refused_count
+            lk.refused_reason, lk.refused_journal_mono, lk.refused_count = key, now, 0
+            fld = rec.tag.split(".", 1)[-1]
+            self.recorder.append("write_refused", t_plant_s=rec.t, source=plc, tag=rec.tag, value=rec.requested,
+                                 cell=cell_number(rec.tag) if "." in rec.tag else None,
+                                 detail=f"{fld}: {reason}" + (f" ({n} refused since the last entry)" if n > 1 else ""),
+                                 data={"refused": n, **rec.as_dict()}, **where)  # fmt: skip
+
+
+class ShadowRecorder:
+    """Shadow mode: what would be written, logged and journalled (``shadow_commands``).
+
+    Args:
+        layout: the plant.
+        recorder: the journal.
+        scan_period_s: the control cycle [plant s] (the ramp's first step is credited one).
+    """
+
+    def __init__(self, layout: PlantLayout, recorder: JournalRecorder, scan_period_s: float) -> None:
+        self.layout = layout
+        self.recorder = recorder
+        self.scan_period_s = scan_period_s
+        self._cell_room = np.asarray(layout.cell_room, dtype=np.int64)
+        #: last setpoint decided per line: (value [kA], plant time [s])
+        self._last_sp: dict[int, tuple[float, float]] = {}
+
+    def reset(self) -> None:
+        """Forget the setpoint ramp (at every mode change)."""
+        self._last_sp.clear()
+
+    def record(self, cmds: Commands, bridge: BridgePlant | None, meas: Measurements | None, now: float) -> None:
+        """Journal one cycle's would-be writes (nothing when there are none)."""
+        shots = np.asarray(cmds.feed_shots)
+        moves = np.asarray(cmds.beam_move_mm, dtype=float)
+        sp = np.asarray(cmds.line_setpoint_ka, dtype=float)
+        fed = np.flatnonzero(shots > 0)
+        moved = np.flatnonzero(np.abs(moves) >= BEAM_MOVE_MIN_MM)
+        sps = np.flatnonzero(np.isfinite(sp))
+        if not (fed.size or moved.size or sps.size):
+            return
+        lay = self.layout
+        decided = {lay.line_names[i]: self.setpoint(int(i), float(sp[i]), bridge, meas, now) for i in sps}
+        beam = [{"room": lay.room_names[int(self._cell_room[k])], "cell": int(lay.cell_number[k]),
+                 "mm": round(float(moves[k]), 2)} for k in moved[:SHADOW_BEAM_LIST]]  # fmt: skip
+        data = {"feed_cells": int(fed.size), "feed_shots": int(shots[fed].sum()), "beam_moves": beam,
+                "setpoints_ka": {k: v["value"] for k, v in decided.items()}, "setpoint_decisions": decided}  # fmt: skip
+        detail = f"would feed {data['feed_shots']} shot(s) on {fed.size} cell(s), move {moved.size} beam(s)"
+        if sps.size:
+            detail += ", setpoints " + ", ".join(
+                f"{k} {v['value']:g} kA" + (f" ({v['reason']})" if v["reason"] else "")
+                for k, v in decided.items()
+                if v["value"] is not None
+            )
+        log.info("shadow.would_write", feed_cells=int(fed.size), feed_shots=data["feed_shots"],
+                 beam_moves=int(moved.size), setpoints=data["setpoints_ka"])  # fmt: skip
+        self.recorder.append("shadow_commands", source="controller", detail=detail, data=data)
+
+    def setpoint(self, line: int, requested: float, bridge: BridgePlant | None, meas: Measurements | None,
+                 now: float) -> dict[str, Any]:  # fmt: skip
+        """What the safety layer would make of a setpoint (clamp, ramp from the last decision)."""
+        from plc_bridge.safe_write import decide
+
+        if meas is not None:
+            now = float(meas.t_s)
+        dev = bridge.rects[line] if bridge is not None and line < len(bridge.rects) else None
+        if dev is None or dev.writer is None:
+            return {"requested": requested, "value": None, "reason": "no rectifier writer"}
+        last = self._last_sp.get(line)
+        if last is None and meas is not None and bool(meas.line_ok[line]):
+            last = (float(meas.line_setpoint_ka[line]), now - self.scan_period_s)
+        d = decide(dev.writer.limits("line_current_sp"), requested, last[0] if last else None,
+                   last[1] if last else None, now)  # fmt: skip
+        if d.value is not None:
+            self._last_sp[line] = (float(d.value), now)
+        return {
+            "requested": round(requested, 4),
+            "value": None if d.value is None else round(float(d.value), 4),
+            "clamped": d.clamped,
+            "ramped": d.ramped,
+            "rejected": d.rejected,
+            "reason": d.reason,
+        }
