@@ -1,7 +1,7 @@
 """``python -m hil_rigs``: run a HIL rig in its own process.
 
     python -m hil_rigs serve --scenario ae_storm [--set scenario.duration_s=600] [--speed 50]
-    python -m hil_rigs serve --scenario ae_storm --speed 1 --base-port 15020 --write-daemon-config run/daemon.toml
+    python -m hil_rigs serve --scenario ae_storm --speed 1 --base-port 15020 --write-daemon-config runs/rig/daemon.toml
     python -m hil_rigs list
 
 ``serve`` starts the rig, then prints one line on stdout::
