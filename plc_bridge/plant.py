@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +62,7 @@ from plc_bridge.safe_write import Alarm, HeartbeatConfig, SafeWriter, WritePolic
 from plc_bridge.tagmap import Tag, TagMap, load_tagmap, parse_tagmap
 from potctl.plant import Commands, Measurements
 from twin.config import CONFIG_DIR
+from twin.configcore import ConfigError, load_toml
 from twin.layout import PlantLayout
 
 __all__ = [
@@ -96,10 +96,10 @@ def rectifier_tagmap(instance: str, path: str | Path | None = None) -> TagMap:
 def potroom_tagmap(instance: str, n_cells: int, path: str | Path | None = None) -> TagMap:
     """The potroom tag map for room ``instance`` with its cell block resized to ``n_cells``."""
     p = Path(path or POTROOM_MAP)
-    data = tomllib.loads(p.read_text(encoding="utf-8"))
+    data = load_toml(p)  # missing file, bad TOML or a non-finite number: the one ConfigError
     cells = data.get("cells")
     if not isinstance(cells, dict):
-        raise ValueError(f"{p}: potroom tag map needs a [cells] block")
+        raise ConfigError(str(p), [("cells", "expected a [cells] table (the potroom's cell block), got none")])
     cells["count"] = int(n_cells)
     return parse_tagmap(data, source=str(p), instance=instance)
 

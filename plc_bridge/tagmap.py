@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -307,7 +308,7 @@ class TagMap:
     def __len__(self) -> int:
         return len(self.tags)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tag]:
         return iter(self.tags.values())
 
     def index(self, name: str) -> int:
