@@ -9,6 +9,8 @@
   names a page and a section heading that exist (``§1.2–1.4`` and ``§2–§4`` ranges: both
   ends), and a quoted section name (``docs/domain.md §2 "Quench"``,
   ``docs/architecture.md, "Clock"``) names a heading of that page (under §N when given);
+* every repository file named in code, tests and configs (``twin/cell.py`` in a comment)
+  exists;
 * nothing points outside the repository at the original design brief.
 """
 
@@ -48,6 +50,11 @@ CITE_BARE = re.compile(r"docs/(?P<page>[\w-]+)\.md,?\s+(?P<label>S\d+|\d+[a-z]?(
 HEADING = re.compile(r"^(?P<hashes>#{1,6})\s+(?P<text>.+?)\s*#*\s*$")
 SECTION_ID = re.compile(rf"^§(?P<id>{_SEC})\b")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)|!\[[^\]]*\]\((?P<img>[^)\s]+)\)")
+#: a repository file named in code (no templates: a brace, angle bracket or star stops the match)
+CODE_FILE = re.compile(
+    r"(?<![\w/.{<*-])((?:twin|potctl|refining|plc_bridge|hil_rigs|potline|config|tests|benchmarks|deploy|docs)"
+    r"/[\w./-]+\.(?:py|toml|md|service|json|csv))(?![\w{<*])"
+)
 CODE_PATH = re.compile(r"`(?P<path>\.?[\w][\w.\-]*(?:/[\w.\-]+)+/?)(?:::(?P<test>\w+))?`")
 #: what would point outside the repository at the design brief it was built from
 FORBIDDEN = [
@@ -239,6 +246,23 @@ def test_named_citations_and_page_mentions_resolve() -> None:
             if page.is_file() and not _name_matches(m["name"], headings(page)):
                 bad.append(f"{_rel(f)}:{_line_of(text, m.start())}: no heading {' '.join(m['name'].split())!r} "
                            f"in docs/{m['page']}.md")  # fmt: skip
+    assert not bad, "\n".join(bad)
+
+
+def test_repository_paths_named_in_code_exist() -> None:
+    """A file of the repository named in a comment, docstring or config (``twin/cell.py``,
+    ``tests/twin/test_twin_physics.py``) exists; outputs (``benchmarks/results/``) and
+    templates (``{name}``, ``<kind>``, ``*``) aside. README.md and docs/ are checked above."""
+    bad = []
+    for f in scanned_files():
+        if f.suffix == ".md" and (f.parent == DOCS or f.parent == ROOT):
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        for m in CODE_FILE.finditer(text):
+            path = m[1]
+            if path.startswith("benchmarks/results/") or (ROOT / path).exists():
+                continue
+            bad.append(f"{_rel(f)}:{_line_of(text, m.start())}: {path}: no such file")
     assert not bad, "\n".join(bad)
 
 
