@@ -26,7 +26,7 @@ potline); browsing and single-cell clients use the per-cell scalars. ``publish``
 writes arrays on every call through the internal address space (typed, StatusCodes
 checked) and refreshes the scalars at ``scalar_period_s`` of plant time, only where a
 value moved by more than its deadband, since writes to subscribed nodes are ~10x
-dearer (docs/domain.md, "Library facts").
+dearer (docs/architecture.md, "Library facts").
 
 Anode-effect starts and ends are OPC UA events of type ``AnodeEffectEventType``
 (fields Cell, PeakVoltage [V], Duration [s], Active) emitted by the Server object.

@@ -26,7 +26,7 @@ docs/domain.md ("Scrap-refining prototype pots", seed: RUSAL, Oct 2025):
   anode alloy no longer denser than the electrolyte; temperature out of range; a
   stop request; or, as a last resort, the timer ``max_days``.
 
-Layout (docs/domain.md "State layout"): state ``[n_pots, N_STATE]``, parameters
+Layout (docs/architecture.md "State layout"): state ``[n_pots, N_STATE]``, parameters
 ``[n_pots, N_PARAM]``, readings ``[n_pots, N_READ]``, all float64 with the named index
 constants below; per-pot xorshift64* random streams ``rng[n_pots]`` (uint64), so results
 do not depend on how many pots run together. Kernels are ``@njit(cache=True)`` and

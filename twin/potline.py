@@ -6,12 +6,20 @@ change anodes, cut cells out/in, trip rectifiers, set setpoints). ``advance`` ru
 sub-steps of ``dt_s`` entirely in Numba: per sub-step every cell's back-EMF and ohmic
 resistance at the present current, then each line's rectifier and circuit, then every
 cell's balances at the new current.
+
+Three kernels do the stepping, all with the same result bit for bit (each cell owns its
+random stream): serial; whole lines per thread; each sub-step's cells shared out over the
+threads. Which one runs is measured, not assumed (``kernel="auto"``, the default): on a
+machine shared with other jobs the parallel kernels can cost more wall time than the serial
+one, and the load comes and goes. ``twin/threads.py`` has the reasons and the numbers
+(the OpenMP wait policy, set to passive by ``twin/__init__.py``, and the measured choice).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -146,6 +154,7 @@ from twin.cell_layout import (
     S_TAP_TIMER,
     S_TBATH,
 )
+from twin.clock import Clock, RealClock
 from twin.config import PlantConfig
 from twin.layout import PlantLayout
 from twin.rectifier import (
@@ -176,6 +185,7 @@ from twin.rectifier import (
     rectifier_step,
 )
 from twin.rng import seed_states
+from twin.threads import KernelChooser
 
 
 @njit(cache=True)
@@ -190,11 +200,14 @@ def _emf_serial(state, params, out, cell_line, rect, rng, dt):
 # nothing) and inline every per-cell function that takes arrays (``inline="always"``).
 # Otherwise each per-cell call increfs and decrefs every array it is passed: atomic
 # operations that cost ~40 % of a cell-step, and contended cache lines between threads.
-# ``tests/test_twin_physics.py`` checks that the option is still honoured.
-_KERNEL = {"cache": True, "_nrt": False}
-#: whole lines go to the threads (no synchronisation per sub-step) when they keep at least
-#: this share of the cores busy (``Potline.lines_balance``); otherwise cells are shared out
+# ``tests/twin/test_twin_physics.py`` checks that the option is still honoured.
+_KERNEL: dict[str, Any] = {"cache": True, "_nrt": False}
+#: the measured choice (``kernel="auto"``) tries whole lines per thread first when they keep at
+#: least this share of the cores busy (``Potline.lines_balance``), else cells per sub-step first
 LINES_BALANCE_MIN = 0.9
+#: the stepping kernels: one thread; whole lines per thread; each sub-step's cells over the threads
+KERNELS = ("serial", "lines", "cells")
+KernelName = Literal["auto", "serial", "lines", "cells"]
 
 
 @njit(**_KERNEL)
@@ -282,9 +295,25 @@ def apply_kernel(state, params, feed_shots, beam_move_mm, alf3_kg):
             state[k, A_ALF3_ADD] += alf3_kg[k]
 
 
+_STEPPING = {"serial": _advance_serial, "lines": _advance_lines_parallel, "cells": _advance_cells_parallel}
+
+
+def kernels_cached() -> bool | None:
+    """Whether Numba's on-disk cache already holds every stepping kernel of this source
+    (False: the next run compiles them, ~15–40 s on 2 cores; None: cannot tell)."""
+    try:
+        return all(os.path.exists(fn._cache._cache_file._index_path) for fn in (*_STEPPING.values(), _emf_serial))
+    except AttributeError:  # Numba's cache internals moved
+        return None
+
+
 def plant_layout(cfg: PlantConfig) -> PlantLayout:
     """The layout of a plant config: operating rooms only (idle rooms are not in circuit)."""
-    line_idx, room_idx, number, rooms, nominal = [], [], [], [], []
+    line_idx: list[int] = []
+    room_idx: list[int] = []
+    number: list[int] = []
+    rooms: list[str] = []
+    nominal: list[float] = []
     for li, line in enumerate(cfg.lines):
         nominal.append(line.rectifier.setpoint_ka)
         for room in line.rooms:
@@ -314,15 +343,35 @@ class Potline:
     Args:
         config: validated plant config.
         seed: overrides ``config.seed`` for the per-cell parameter spread and noise.
-        parallel: share the work over Numba's threads: whole lines when they keep the
-            cores busy (``lines_balance``), else each sub-step's cells (the lines' circuits
-            solved in between); either way the result is the serial kernel's bit for bit.
+        parallel: False runs the serial kernel only (``kernel="serial"``).
+        kernel: ``"auto"`` (default): the kernel with the lowest measured wall time per
+            cell-step now, among serial, whole lines per thread and each sub-step's cells
+            over the threads (``twin/threads.py``); or one of them by name. Every kernel
+            gives the serial kernel's result bit for bit.
+        wall_clock: the wall clock that times the kernels for ``kernel="auto"`` (default
+            ``RealClock``); it has no effect on the simulation.
     """
 
-    def __init__(self, config: PlantConfig, seed: int | None = None, parallel: bool = True) -> None:
+    def __init__(
+        self,
+        config: PlantConfig,
+        seed: int | None = None,
+        parallel: bool = True,
+        *,
+        kernel: KernelName = "auto",
+        wall_clock: Clock | None = None,
+    ) -> None:
+        if kernel != "auto" and kernel not in KERNELS:
+            raise ValueError(f"kernel must be 'auto' or one of {', '.join(KERNELS)}; got {kernel!r}")
+        if not parallel and kernel not in ("auto", "serial"):
+            raise ValueError(f"parallel=False runs the serial kernel; kernel={kernel!r} contradicts it")
         self.config = config
         self.seed = config.seed if seed is None else seed
-        self.parallel = bool(parallel)
+        self.kernel: KernelName = kernel if parallel else "serial"
+        self.parallel = self.kernel != "serial"
+        self._wall = wall_clock if wall_clock is not None else RealClock()
+        self._chooser: KernelChooser | None = None
+        self._warm = False
         self.dt_s = config.dt_s
         self.t_s = 0.0
         self.layout = plant_layout(config)
@@ -513,31 +562,85 @@ class Potline:
         n_sub = int(round(seconds / self.dt_s))
         if n_sub <= 0:
             return
+        if self.kernel != "auto":
+            self._step(self.kernel, n_sub)
+        else:
+            self._advance_measured(n_sub)
+        self.t_s += n_sub * self.dt_s
+
+    def _advance_measured(self, n_sub: int) -> None:
+        """``n_sub`` sub-steps in slices, each with the kernel the ``KernelChooser`` picks."""
+        if not self._warm:
+            self.warm_up()
+        assert self._chooser is not None
+        self._chooser.run(n_sub, self.layout.n_cells, self._step)
+
+    def _candidates(self) -> tuple[str, ...]:
+        """Kernels the measured choice tries, in this order: the parallel one the lines'
+        balance suggests, the other parallel one, serial (only serial on one thread)."""
+        if self.kernel != "auto":
+            return (self.kernel,)
+        threads = numba.get_num_threads()
+        if threads < 2:
+            return ("serial",)
+        if self.layout.n_lines < 2:  # one line: whole lines per thread is the serial kernel
+            return ("cells", "serial")
+        if self.lines_balance(threads) >= LINES_BALANCE_MIN:
+            return ("lines", "cells", "serial")
+        return ("cells", "lines", "serial")
+
+    def warm_up(self) -> None:
+        """Load every kernel this plant may run from Numba's cache, or compile it (first run
+        after an install or an edit of ``twin/``: ~15–40 s on 2 cores), without advancing the
+        plant: each runs one sub-step on scratch copies of the arrays."""
+        kernels = self._candidates()
+        state, out, rect, rng = self.state.copy(), self.out.copy(), self.rect.copy(), self.rng.copy()
+        for kernel in kernels:
+            self._step(kernel, 1, state, out, rect, rng)
+        apply_kernel(state, self.params.copy(), self._zero_feed, self._zero_f, self._zero_f)
+        if self.kernel == "auto" and self._chooser is None:
+            self._chooser = KernelChooser(kernels, self._wall.now)
+        self._warm = True
+
+    def _step(
+        self,
+        kernel: str,
+        n_sub: int,
+        state: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+        rect: np.ndarray | None = None,
+        rng: np.ndarray | None = None,
+    ) -> None:
+        """Run ``kernel`` for ``n_sub`` sub-steps on the plant's arrays (or the ones given)."""
         args = (
             n_sub,
             self.dt_s,
-            self.state,
+            self.state if state is None else state,
             self.params,
-            self.out,
+            self.out if out is None else out,
             self.line_ptr,
             self.line_cells,
             self.cell_line,
-            self.rect,
+            self.rect if rect is None else rect,
             self.rpar,
-            self.rng,
+            self.rng if rng is None else rng,
             self._decay,
         )
-        if not self.parallel:
-            _advance_serial(*args)
-        elif self.lines_balance(numba.get_num_threads()) >= LINES_BALANCE_MIN:
+        if kernel == "lines":
             previous = numba.set_parallel_chunksize(1)  # dynamic: one line at a time
             try:
                 _advance_lines_parallel(*args)
             finally:
                 numba.set_parallel_chunksize(previous)
         else:
-            _advance_cells_parallel(*args)
-        self.t_s += n_sub * self.dt_s
+            _STEPPING[kernel](*args)
+
+    def kernel_stats(self) -> dict[str, Any]:
+        """The kernel in use and, for ``kernel="auto"``, the measured cost per kernel
+        [ns per cell-step] and the slices each ran (``KernelChooser.stats``)."""
+        if self._chooser is None:
+            return {"mode": self.kernel, "current": None if self.kernel == "auto" else self.kernel}
+        return {"mode": self.kernel, **self._chooser.stats()}
 
     def apply(
         self,

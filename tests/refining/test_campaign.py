@@ -1,8 +1,8 @@
 """Refining campaigns: 1,000 cycles, identical on a local process pool and on a Dask cluster.
 
-CI fast path: dt = 600 s with the controller scanning every 600 s (DESIGN: the model is
+CI fast path: dt = 600 s with the controller scanning every 600 s (docs/domain.md §5b: the model is
 cheap; the Python controller loop is the cost — see the profile notes in
-hil_rigs/campaign.py). Scenarios span 4 scrap grades × 4 setpoint policies with a 5 %
+refining/campaign.py). Scenarios span 4 scrap grades × 4 setpoint policies with a 5 %
 parameter spread.
 """
 
