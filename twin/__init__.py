@@ -6,6 +6,12 @@ Numba's on-disk cache only notices changes to the file that holds a jitted funct
 while our kernels inline functions from sibling modules. So the cache directory is
 keyed by a digest of every ``twin/*.py`` source: an upgrade or an edit never runs a
 stale kernel. ``NUMBA_CACHE_DIR``, when set (e.g. by the systemd unit), is the base.
+
+The OpenMP runtime behind Numba's parallel kernels reads its wait policy once, when
+Numba's threading layer first starts it; so importing ``twin`` sets
+``OMP_WAIT_POLICY=passive`` first (threads that wait sleep instead of spinning on cores
+other jobs need; ``twin/threads.py`` has the reasons and the numbers), unless the
+environment already sets a wait policy.
 """
 
 from __future__ import annotations
@@ -34,7 +40,11 @@ def _configure_numba_cache() -> None:
     if "numba" in sys.modules:  # imported before us: point its live config at the same place
         from numba.core import config
 
-        config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+        config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]  # type: ignore[attr-defined]
 
 
 _configure_numba_cache()
+
+from twin.threads import configure_wait_policy  # noqa: E402  (after the cache: both before numba starts)
+
+configure_wait_policy()

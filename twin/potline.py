@@ -635,6 +635,12 @@ class Potline:
         else:
             _STEPPING[kernel](*args)
 
+    @property
+    def chooser(self) -> KernelChooser | None:
+        """The measured kernel choice of ``kernel="auto"`` (None before ``warm_up`` or the first
+        ``advance``, and for a kernel chosen by name)."""
+        return self._chooser
+
     def kernel_stats(self) -> dict[str, Any]:
         """The kernel in use and, for ``kernel="auto"``, the measured cost per kernel
         [ns per cell-step] and the slices each ran (``KernelChooser.stats``)."""
