@@ -18,7 +18,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.add_argument("--out", type=Path, default=Path("out/sim"), help="output directory")
     p.add_argument("--plot-cells", type=int, default=4, help="cells to plot (spread over the plant)")
-    p.add_argument("--serial", action="store_true", help="one core (no prange)")
+    p.add_argument("--serial", action="store_true", help="one core (the serial kernel; same as --kernel serial)")
+    p.add_argument(
+        "--kernel",
+        choices=("auto", "serial", "lines", "cells"),
+        default="auto",
+        help="stepping kernel: auto (default) measures them as it runs and uses the fastest; serial; "
+        "lines (whole lines per thread); cells (each sub-step's cells over the threads). Same results.",
+    )
     p.add_argument("--no-ae-kill", action="store_true", help="PLC local control without AE quench (open loop)")
 
 
@@ -83,14 +90,24 @@ def _plots(arrays, names):
     return fig, fig2
 
 
+def _kernel_message(cached: bool | None) -> str:
+    """What the wait before the first step is for (``twin.potline.kernels_cached``)."""
+    if cached is False:
+        return "compiling kernels (first run after an install or an edit of twin/: ~20–70 s; cached afterwards)…"
+    return "loading kernels…"
+
+
 def main(args: argparse.Namespace) -> int:
+    import time
+    from contextlib import nullcontext
+
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from potline.report import Report, write_json
     from twin.config import ConfigError, load_plant_config
-    from twin.potline import Potline
+    from twin.potline import Potline, kernels_cached
     from twin.recorder import Recorder
 
     console = Console(stderr=True)
@@ -101,7 +118,16 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.no_ae_kill:
         cfg = cfg.model_copy(update={"local_control": cfg.local_control.model_copy(update={"ae_quench": False})})
-    pl = Potline(cfg, seed=args.seed, parallel=not args.serial)
+    cached = kernels_cached()
+    message = _kernel_message(cached)
+    if not console.is_terminal:  # a log or a pipe: no spinner, say it once
+        console.print(message)
+    t0 = time.perf_counter()
+    with console.status(message) if console.is_terminal else nullcontext():
+        pl = Potline(cfg, seed=args.seed, kernel="serial" if args.serial else args.kernel)
+        pl.warm_up()
+    if cached is False:
+        console.print(f"kernels compiled in {time.perf_counter() - t0:.0f} s (cached for the next runs)")
     n = pl.layout.n_cells
     cells = np.unique(np.linspace(0, n - 1, max(1, min(args.plot_cells, n))).astype(int))
     rec = Recorder(pl, cells, every_s=60.0)
