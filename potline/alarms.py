@@ -233,8 +233,9 @@ class AlarmRecord:
 
     @property
     def journal_kind(self) -> str:
-        """Journal event kind: ``alarm_<event>`` (category ``alarm``)."""
-        return f"alarm_{self.event}"
+        """Journal event kind: ``alarm_<event>`` (category ``alarm``); a clear is ``alarm_returned``
+        (``alarm_cleared`` is the safety layer's own kind)."""
+        return "alarm_returned" if self.event == "cleared" else f"alarm_{self.event}"
 
     def journal_fields(self) -> dict[str, Any]:
         """Fields for ``Journal.append(kind=..., **fields)`` / ``JournalRecorder.append(kind, **fields)``
