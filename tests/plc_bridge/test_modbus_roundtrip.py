@@ -191,12 +191,12 @@ async def test_every_type_and_word_order_against_umodbus_server():
 
 
 def _uread(port: int, fn, start: int, count: int) -> list[int]:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # a deadline
         return utcp.send_message(fn(slave_id=1, starting_address=start, quantity=count), sock)
 
 
 def _uwrite(port: int, start: int, values: list[int]):
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # a deadline
         return utcp.send_message(utcp.write_multiple_registers(slave_id=1, starting_address=start, values=values), sock)
 
 
