@@ -158,9 +158,9 @@ class HmiServer:
     async def start(self) -> None:
         """Listen (raises OSError when the port is taken) and start pushing."""
         self._loop = asyncio.get_running_loop()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
             await site.start()
         except OSError:
@@ -270,8 +270,7 @@ class HmiServer:
     async def _security_mw(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        session = self.auth.session(request.cookies.get(COOKIE))
-        request["session"] = session
+        session = self._who(request)
         path = request.path
         if (path.startswith("/api/") and path not in ("/api/session", "/api/login") and session is None
                 and self.auth.anonymous == "refuse"):  # fmt: skip
@@ -297,8 +296,8 @@ class HmiServer:
     # ------------------------------------------------------------------ helpers
 
     def _who(self, request: web.Request) -> Session | None:
-        s: Session | None = request.get("session")
-        return s
+        """The request's live session (its cookie), or None."""
+        return self.auth.session(request.cookies.get(COOKIE))
 
     def _operator(self, request: web.Request) -> Session:
         """The operator's session of a change request (else an HTTP error)."""

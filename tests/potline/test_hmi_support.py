@@ -48,6 +48,7 @@ class PlantFeed:
     tmp: Path
     t0: float
     mode: str = "observe"
+    scan_s: float = SCAN_S
     seq: int = 0
     t: float = 0.0
     ae: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
@@ -85,7 +86,7 @@ class PlantFeed:
 
     def scan(self) -> Measurements:
         """One scan: history written, snapshot published (the HMI is told by ``Rig.scan``)."""
-        self.t += SCAN_S
+        self.t += self.scan_s
         self.seq += 1
         meas = self.measurements()
         snap = {"CellVoltage": meas.cell_voltage_v, "LineCurrent": meas.line_current_ka,
@@ -94,9 +95,9 @@ class PlantFeed:
         return meas
 
     def backfill(self, seconds: float) -> None:
-        """History for the ``seconds`` before ``t0`` (scans every SCAN_S)."""
+        """History for the ``seconds`` before ``t0`` (a scan every ``scan_s``)."""
         t_now, self.t = self.t, self.t0 - seconds
-        while self.t < t_now - SCAN_S:
+        while self.t < t_now - self.scan_s:
             self.scan()
         self.t = t_now
 
@@ -177,10 +178,10 @@ def users() -> dict[str, UserEntry]:
 
 
 async def start_rig(tmp: Path, *, rooms: Sequence[int] = (24, 20, 16), backfill_s: float = 7200.0,
-                    anonymous: str = "read_only", push_interval_s: float = 0.05) -> Rig:  # fmt: skip
+                    anonymous: str = "read_only", push_interval_s: float = 0.05, scan_s: float = SCAN_S) -> Rig:  # fmt: skip
     """A plant feed with ``backfill_s`` of history and one scan, served on a free loopback port."""
     layout = make_plant(rooms)
-    feed = PlantFeed(layout, tmp, t0=float(int(time.time())))
+    feed = PlantFeed(layout, tmp, t0=float(int(time.time())), scan_s=scan_s)
     feed.backfill(backfill_s)
     source = LocalSource(layout, feed.alarms, clock=lambda: feed.t - feed.t0, history_path=tmp / "history.db",
                          journal_path=tmp / "journal.db", alarm_writer=feed.write_alarm_records,

@@ -18,6 +18,9 @@
   };
   // exposed for tests and for the curious (read-only use)
   window.HMI = S;
+  // trends end at the plant timeline's "now" (the latest scan): they wait for the first one
+  let snapWaiters = [];
+  function withSnap(fn) { if (S.snap) fn(); else snapWaiters.push(fn); }
 
   // ------------------------------------------------------------------ helpers
 
@@ -124,6 +127,9 @@
     es.addEventListener("snapshot", (ev) => {
       S.snap = JSON.parse(ev.data);
       S.pushes += 1;
+      const waiting = snapWaiters;
+      snapWaiters = [];
+      for (const fn of waiting) fn();
       renderHeader();
       if (S.onSnap) S.onSnap();
     });
@@ -145,6 +151,7 @@
     S.timers = [];
     S.onSnap = S.onAlarms = null;
     S.tiles = [];
+    snapWaiters = [];
     banner("");
     const v = document.getElementById("view");
     v.replaceChildren();
@@ -352,7 +359,7 @@
         el("span", { text: "Feeding" }), el("span", { text: FEED_NAME[s.cells.feed[index]] || "–" }));
     };
     S.onSnap();
-    draw();
+    withSnap(draw);
     api(`/api/journal?room=${encodeURIComponent(where.room)}&cell=${where.number}&limit=50`).then((r) => {
       events.replaceChildren(...r.events.map((e) => el("tr", {}, el("td", { text: fmtIso(e.ts_utc) }), el("td", { text: e.kind }), el("td", { text: e.detail || "" }), el("td", { text: e.user || "" }))));
     }).catch((e) => banner(e.message, "error"));
@@ -375,7 +382,7 @@
     };
     let buttons = rangeButtons(draw);
     v.append(el("h2", { text: "Lines" }), buttons, charts);
-    draw();
+    withSnap(draw);
   }
 
   function roomPage(v, r) {
@@ -398,7 +405,7 @@
     };
     let buttons = rangeButtons(draw);
     v.append(el("h2", { text: room.name }), buttons, box);
-    draw();
+    withSnap(draw);
   }
 
   // ------------------------------------------------------------------ alarms
