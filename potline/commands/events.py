@@ -6,6 +6,7 @@
     potline events --journal j.db --room Potroom2 --cell 17 --limit 50 --newest
     potline events --journal j.db --summary
     potline events --journal j.db --with-archives --category ae --since 365d
+    potline events --journal j.db --with-archives --verify [--key-file /etc/potline-twin/journal.key]
 
 Times: ``--since``/``--until`` take ISO-8601 (``2026-11-23T10:00``, UTC when no zone)
 or a relative age (``90s``, ``15m``, ``2h``, ``3d``). Output: one aligned line per event,
@@ -13,6 +14,16 @@ or one JSON object per line with ``--json`` (for scripts and log shippers).
 ``--with-archives`` reads the files the daemon rotated out (``journal.rotate_mb``:
 ``<stem>-<first id>-<last id>-<time><suffix>`` beside the journal) before the live one, as
 one journal: ids continue from file to file.
+
+``--since``/``--until`` compare each entry's order time (its wall time made non-decreasing:
+after the wall clock jumped back, entries keep their real ``ts_utc`` but are found where
+they were written); a line shows ``[order time ...]`` when the two differ by over a second.
+
+``--verify`` checks the hash chain (``potline.journal``: every row linked to the one before,
+the head records, the append-only triggers; with ``--with-archives`` also the links between
+the files) and prints the first broken link and every other finding; exit status 0 when the
+journal is intact, 1 when not (or it cannot be checked, e.g. a keyed chain without
+``--key-file``). ``--summary`` includes the same check.
 """
 
 from __future__ import annotations
@@ -24,10 +35,10 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from potline.journal import Event
+    from potline.journal import Event, Journal
 
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -53,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--newest", action="store_true", help="newest first")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--summary", action="store_true", help="counts per category and kind, id range, integrity")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the hash chain, head records and triggers; exit 1 on a broken link")  # fmt: skip
+    parser.add_argument("--key-file", type=Path, help="HMAC key of a keyed journal (for --verify/--summary)")
     parser.add_argument(
         "--with-archives",
         action="store_true",
@@ -83,7 +97,7 @@ def journal_files(path: Path, with_archives: bool) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from potline.journal import CATEGORIES, Journal, JournalError
+    from potline.journal import CATEGORIES, Journal, JournalError, load_key
 
     path = args.journal
     if path is None:
@@ -106,14 +120,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"potline events: {exc}", file=sys.stderr)
         return 2
     files = journal_files(path, args.with_archives)
+    key = None
     try:
+        if args.key_file is not None:
+            key = load_key(args.key_file, strict=False)
+        if args.verify:
+            return _verify(files, key, args.json)
         journals = [Journal(f, readonly=True) for f in files]
     except JournalError as exc:
         print(f"potline events: {exc}", file=sys.stderr)
         return 1
     try:
         if args.summary:
-            return _summary(journals, args.json)
+            return _summary(journals, files, key, args.json)
         events: list[Event] = []
         for j in reversed(journals) if args.newest else journals:
             if args.limit is not None and len(events) >= args.limit:
@@ -149,45 +168,87 @@ def _line(e: Event) -> str:
         extra.append(f"user={e.user}")
     if e.source:
         extra.append(f"src={e.source}")
+    if e.ts_order and e.ts_order[:19] != e.ts_utc[:19] and _apart(e.ts_order, e.ts_utc, 1.0):
+        extra.append(f"[order time {e.ts_order[:23]}]")
     return (
         f"{e.id:>7} {e.ts_utc[:23]} {e.category:<8} {e.kind:<16} {where or '-':<20} {what} {' '.join(extra)}".rstrip()
     )
 
 
-def _summary(journals: list, as_json: bool) -> int:
-    """Counts per category and kind, id range and gaps, integrity, over ``journals`` as one."""
-    merged: dict[tuple[str, str], list] = {}
+def _apart(a: str, b: str, seconds: float) -> bool:
+    """Are ISO times ``a`` and ``b`` more than ``seconds`` apart (False when unreadable)?"""
+    try:
+        ta, tb = (datetime.fromisoformat(x.replace("Z", "+00:00")) for x in (a, b))
+    except ValueError:
+        return False
+    return abs((ta - tb).total_seconds()) > seconds
+
+
+def _verify(files: list[Path], key: bytes | None, as_json: bool) -> int:
+    """``--verify``: the chain over ``files`` (archives first), every finding; 0 intact, 1 not."""
+    from potline.journal import verify_files
+
+    reports = verify_files(files, key)
+    ok = all(r.ok for r in reports)
+    if as_json:
+        print(json.dumps({"ok": ok, "files": [r.as_dict() for r in reports]}, indent=1))
+        return 0 if ok else 1
+    for r in reports:
+        ids = f"ids {r.first_id}..{r.last_id}" if r.rows else "no entries"
+        chain = "HMAC-SHA-256" if r.keyed else "SHA-256"
+        print(f"{r.path}: {r.rows} entries, {ids}, {chain} chain from id {r.hashed_from} ({r.genesis_from}): "
+              f"{'intact' if r.ok else 'NOT INTACT'}")  # fmt: skip
+        fatal = [f for f in r.findings if f.fatal]
+        if fatal:
+            f = fatal[0]
+            print(f"  first broken link{f' at id {f.id}' if f.id is not None else ''}: {f.what}")
+        for f in r.findings:
+            if f is not (fatal[0] if fatal else None):
+                print(f"  {'BROKEN' if f.fatal else 'note'}: {f.what}")
+    print("journal intact" if ok else "journal NOT intact", file=sys.stdout)
+    return 0 if ok else 1
+
+
+def _summary(journals: list[Journal], files: list[Path], key: bytes | None, as_json: bool) -> int:
+    """Counts per category and kind, id range and gaps, integrity and the hash chain, over
+    ``journals`` as one; exit 1 when the chain is not intact."""
+    from potline.journal import verify_files
+
+    merged: dict[tuple[str, str], list[Any]] = {}
     ids: list[int] = []
     for j in journals:
-        for c, k, n, a, b in j._db.execute(
-            "SELECT category, kind, COUNT(*), MIN(ts_utc), MAX(ts_utc) FROM events GROUP BY category, kind"
-        ).fetchall():
-            r = merged.setdefault((c, k), [0, a, b])
-            r[0] += n
-            r[1], r[2] = min(r[1], a), max(r[2], b)
+        for c, k, n, a, b in j.kind_stats():
+            m = merged.setdefault((c, k), [0, a, b])
+            m[0] += n
+            m[1], m[2] = min(m[1], a), max(m[2], b)
         ids += j.ids()
     gaps = sum(1 for a, b in itertools.pairwise(ids) if b != a + 1)
     checks = [j.integrity_check() for j in journals]
-    doc = {
+    reports = verify_files(files, key)
+    broken = [f for r in reports for f in r.findings if f.fatal]
+    chain = "intact" if not broken else f"NOT intact: {broken[0].what}"
+    by_kind = [
+        {"category": c, "kind": k, "count": n, "first": a, "last": b} for (c, k), (n, a, b) in sorted(merged.items())
+    ]
+    doc: dict[str, Any] = {
         "files": [str(j.path) for j in journals],
         "events": len(ids),
         "first_id": ids[0] if ids else None,
         "last_id": ids[-1] if ids else None,
         "id_gaps": gaps,
         "integrity": "ok" if all(c == "ok" for c in checks) else "; ".join(checks),
+        "chain": chain,
+        "chain_findings": [f.what for r in reports for f in r.findings],
         "schema_version": max(j.schema_version for j in journals),
-        "by_kind": [
-            {"category": c, "kind": k, "count": n, "first": a, "last": b}
-            for (c, k), (n, a, b) in sorted(merged.items())
-        ],
+        "by_kind": by_kind,
     }
     if as_json:
         print(json.dumps(doc, indent=1))
     else:
         print(
             f"{doc['events']} events, ids {doc['first_id']}..{doc['last_id']}, {gaps} gap(s), "
-            f"integrity {doc['integrity']}, schema v{doc['schema_version']}"
+            f"integrity {doc['integrity']}, schema v{doc['schema_version']}, chain {chain}"
         )
-        for r in doc["by_kind"]:
+        for r in by_kind:
             print(f"  {r['category']:<8} {r['kind']:<18} {r['count']:>8}  {r['first'][:19]} .. {r['last'][:19]}")
-    return 0
+    return 0 if not broken else 1
