@@ -2,13 +2,25 @@
 
 No I/O here. Conventions:
 
-* A register is an unsigned 16-bit word, bytes big-endian inside the word (Modbus).
-* 32/64-bit values span 2/4 consecutive registers. ``word_order="big"`` puts the
-  most significant word at the lowest address (ABCD, the Modbus default);
-  ``"little"`` puts the least significant word first (CDAB, common on some PLCs).
+* A register is an unsigned 16-bit word sent big-endian on the wire (Modbus).
+* Byte and word order in the integrators' notation: the value's bytes, most
+  significant first, are A B C D (E F G H for 64 bits); the notation lists them in
+  register order. ``ABCD`` (also ``big``): most significant word first, the Modbus
+  default; ``CDAB`` (also ``little``): words swapped (least significant word first,
+  all four words reversed for 64 bits); ``BADC``: bytes swapped inside each word;
+  ``DCBA``: both (fully little-endian). 16-bit values follow the byte half of the
+  notation: ``AB`` for ABCD/CDAB, ``BA`` (byte-swapped) for BADC/DCBA.
 * ``engineering = raw * scale + offset``; raw is the integer or IEEE value in the
   registers. Integer tags round to the nearest raw step when encoding.
-* ``bool`` is a coil/discrete bit, or one bit (0 = LSB) of a holding/input register.
+* ``bool`` is a coil/discrete bit, or one bit of a holding/input register: bit 0 is
+  the least significant bit of the register's 16-bit value (after the byte order;
+  the Modicon reference ``300008.0`` is bit 0 of input register 8), bit 15 the most
+  significant. ``invert`` reads (and writes) the bit negated.
+* ``judge`` turns an engineering value into a ``Sample``: non-finite and implausible
+  values (outside the tag's plausibility range, or a subnormal float, the mark of a
+  wrong word order: 120.0 with its words swapped reads 2.4e-41) are BAD, values
+  outside ``[min, max]`` UNCERTAIN, an integer outside its enumeration BAD;
+  ``true_when`` turns an enumerated state into a bool.
 
 Scalar helpers serve single writes; the ``*_array`` helpers decode or encode
 thousands of values at once with NumPy (a ``'>u2'`` buffer viewed as ``'>f4'``
@@ -21,7 +33,7 @@ etc.), about 40x faster than pymodbus ``convert_from_registers`` per value.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -45,13 +57,19 @@ __all__ = [
     "encode",
     "encode_array",
     "eng_to_raw",
+    "enum_text",
+    "is_subnormal",
+    "judge",
     "plan_blocks",
     "quantize",
     "quantize_within",
     "raw_array_to_words",
     "raw_to_eng",
     "raw_to_registers",
+    "register_value",
     "registers_to_raw",
+    "set_bit",
+    "set_register_bit",
     "words_to_raw_array",
 ]
 
@@ -81,10 +99,45 @@ class DataType(str, Enum):
 
 
 class WordOrder(str, Enum):
-    """Order of 16-bit words in 32/64-bit values."""
+    """Byte and word order in the ABCD notation (see the module docstring).
+
+    ``big`` and ``little`` (the older spelling) are ABCD and CDAB; every spelling is
+    accepted case-insensitively (``WordOrder("cdab") is WordOrder.CDAB``).
+    """
 
     BIG = "big"
     LITTLE = "little"
+    BADC = "BADC"
+    DCBA = "DCBA"
+    ABCD = "big"  # alias of BIG
+    CDAB = "little"  # alias of LITTLE
+
+    @classmethod
+    def _missing_(cls, value: object) -> WordOrder | None:
+        if isinstance(value, str):
+            return _WORD_ORDER_NAMES.get(value.strip().upper())
+        return None
+
+    @property
+    def notation(self) -> str:
+        """``ABCD``, ``CDAB``, ``BADC`` or ``DCBA``."""
+        return {"big": "ABCD", "little": "CDAB"}.get(self.value, self.value)
+
+    @property
+    def word_swap(self) -> bool:
+        """Least significant word first (CDAB, DCBA)."""
+        return self in (WordOrder.LITTLE, WordOrder.DCBA)
+
+    @property
+    def byte_swap(self) -> bool:
+        """Bytes swapped inside each register (BADC, DCBA)."""
+        return self in (WordOrder.BADC, WordOrder.DCBA)
+
+
+_WORD_ORDER_NAMES = {
+    "ABCD": WordOrder.BIG, "BIG": WordOrder.BIG, "CDAB": WordOrder.LITTLE, "LITTLE": WordOrder.LITTLE,
+    "BADC": WordOrder.BADC, "DCBA": WordOrder.DCBA,
+}  # fmt: skip
 
 
 class Table(str, Enum):
@@ -156,6 +209,16 @@ class TagLike(Protocol):
     def max(self) -> float | None: ...
     @property
     def bit(self) -> int | None: ...
+    @property
+    def invert(self) -> bool: ...
+    @property
+    def enum_map(self) -> Mapping[int, str]: ...
+    @property
+    def true_when(self) -> frozenset[int] | None: ...
+    @property
+    def plausible_min(self) -> float | None: ...
+    @property
+    def plausible_max(self) -> float | None: ...
 
 
 # ---------------------------------------------------------------- scalar raw <-> words
@@ -171,9 +234,40 @@ def registers_to_raw(words: Sequence[int], dtype: DataType, word_order: WordOrde
         return bool(words[0])
     if len(words) != n:
         raise CodecError(f"{dtype.value} needs {n} registers, got {len(words)}")
-    ws = list(words) if word_order is WordOrder.BIG else list(words)[::-1]
-    buf = b"".join(int(w & 0xFFFF).to_bytes(2, "big") for w in ws)
+    ws = _to_big([int(w) & 0xFFFF for w in words], word_order)
+    buf = b"".join(w.to_bytes(2, "big") for w in ws)
     return np.frombuffer(buf, dtype=_NP_BIG[dtype])[0].item()
+
+
+def _swap16(w: int) -> int:
+    return ((w >> 8) | (w << 8)) & 0xFFFF
+
+
+def _to_big(words: list[int], word_order: WordOrder) -> list[int]:
+    """Registers in ``word_order`` as big-endian (ABCD) words; the inverse of ``_from_big``."""
+    wo = WordOrder(word_order)
+    if wo.byte_swap:
+        words = [_swap16(w) for w in words]
+    return words[::-1] if wo.word_swap else words
+
+
+def _from_big(words: list[int], word_order: WordOrder) -> list[int]:
+    wo = WordOrder(word_order)
+    if wo.word_swap:
+        words = words[::-1]
+    return [_swap16(w) for w in words] if wo.byte_swap else words
+
+
+def register_value(word: int, word_order: WordOrder = WordOrder.BIG) -> int:
+    """The 16-bit value of one register as the PLC means it (byte-swapped for BADC/DCBA);
+    bit ``k`` of a register is ``(register_value(w, order) >> k) & 1``."""
+    return _swap16(int(word)) if WordOrder(word_order).byte_swap else int(word) & 0xFFFF
+
+
+def set_register_bit(word: int, bit: int, value: bool, word_order: WordOrder = WordOrder.BIG) -> int:
+    """Register ``word`` (as on the wire) with bit ``bit`` of its value set to ``value``."""
+    v = set_bit(register_value(word, word_order), bit, value)
+    return _swap16(v) if WordOrder(word_order).byte_swap else v
 
 
 def raw_to_registers(raw: int | float, dtype: DataType, word_order: WordOrder = WordOrder.BIG) -> list[int]:
@@ -199,7 +293,7 @@ def raw_to_registers(raw: int | float, dtype: DataType, word_order: WordOrder = 
             raise CodecError(f"raw value {x!r} overflows float32")
         buf = np.array([x], dtype=_NP_BIG[dtype]).tobytes()
     words = [int.from_bytes(buf[i : i + 2], "big") for i in range(0, len(buf), 2)]
-    return words if word_order is WordOrder.BIG else words[::-1]
+    return _from_big(words, word_order)
 
 
 # ---------------------------------------------------------------- engineering <-> raw
@@ -244,10 +338,10 @@ def encode(tag: TagLike, eng: float | int | bool) -> list[int]:
 
     Raises CodecError when the value cannot be represented. Bounds are not
     checked here (that is the safety layer's job); bits inside registers need a
-    read-modify-write and are encoded with ``set_bit``.
+    read-modify-write and are encoded with ``set_bit``. An inverted bool is sent negated.
     """
     if tag.type is DataType.BOOL:
-        return [1 if eng else 0]
+        return [1 if bool(eng) != bool(tag.invert) else 0]
     raw = eng_to_raw(eng, tag.type, tag.scale, tag.offset)
     return raw_to_registers(raw, tag.type, tag.word_order)
 
@@ -257,35 +351,78 @@ def set_bit(word: int, bit: int, value: bool) -> int:
     return (word | (1 << bit)) if value else (word & ~(1 << bit) & 0xFFFF)
 
 
-def _range_check(tag: TagLike, eng: float, t: float, value: float | int | bool) -> Sample:
-    if tag.min is not None and eng < tag.min:
-        return Sample.uncertain(value, f"engineering range exceeded: {eng:g} < min {tag.min:g}", t)
-    if tag.max is not None and eng > tag.max:
-        return Sample.uncertain(value, f"engineering range exceeded: {eng:g} > max {tag.max:g}", t)
-    return Sample.good_value(value, t)
+#: smallest normal magnitude per float type: a non-zero value below it is subnormal
+TINY = {DataType.FLOAT32: float(np.finfo(np.float32).tiny), DataType.FLOAT64: float(np.finfo(np.float64).tiny)}
+
+
+def is_subnormal(raw: float, dtype: DataType) -> bool:
+    """True for a non-zero float smaller than the type's smallest normal number.
+
+    No transmitter produces one; a float read with the wrong word order often does
+    (120.0 as ABCD read as CDAB is 2.4e-41)."""
+    tiny = TINY.get(dtype)
+    return tiny is not None and raw != 0.0 and abs(raw) < tiny
+
+
+def enum_text(tag: TagLike) -> str:
+    """``0 LOCAL, 1 REMOTE`` for messages."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(tag.enum_map.items()))
+
+
+def judge(tag: TagLike, value: float | int | bool, t: float, *, raw: float | None = None) -> Sample:
+    """The ``Sample`` of an engineering ``value`` of ``tag`` read at ``t``.
+
+    ``raw`` (the register value before scaling, for floats) lets a subnormal float be
+    recognised. Order of the checks: non-finite (BAD), subnormal float (BAD
+    ``implausible``), not in the enumeration (BAD), outside the plausibility range (BAD
+    ``implausible``), ``true_when`` (a bool), outside ``[min, max]`` (UNCERTAIN
+    ``engineering range exceeded``). Bools are negated for ``invert``.
+    """
+    if tag.type is DataType.BOOL:
+        return Sample.good_value(bool(value) != bool(tag.invert), t)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return Sample.bad(f"not a number: {value!r}", t)
+    if not math.isfinite(x):
+        return Sample.bad("non-finite", t)
+    if tag.type.is_float and is_subnormal(x if raw is None else float(raw), tag.type):
+        return Sample.bad(f"implausible: {x:g} is a subnormal float (wrong word order?)", t)
+    if tag.enum_map and int(x) not in tag.enum_map:
+        return Sample.bad(f"implausible: {int(x)} is not in the enumeration ({enum_text(tag)})", t)
+    lo, hi = tag.plausible_min, tag.plausible_max
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        return Sample.bad(f"implausible: {x:g} outside the plausible range [{_g(lo, '-inf')}, {_g(hi, 'inf')}]", t)
+    if tag.true_when is not None:
+        return Sample.good_value((int(x) in tag.true_when) != bool(tag.invert), t)
+    typed: float | int = int(x) if (tag.type.is_int and _is_plain(tag)) else x
+    if tag.min is not None and x < tag.min:
+        return Sample.uncertain(typed, f"engineering range exceeded: {x:g} < min {tag.min:g}", t)
+    if tag.max is not None and x > tag.max:
+        return Sample.uncertain(typed, f"engineering range exceeded: {x:g} > max {tag.max:g}", t)
+    return Sample.good_value(typed, t)
+
+
+def _g(x: float | None, none: str) -> str:
+    return none if x is None else f"{x:g}"
 
 
 def decode(tag: TagLike, words: Sequence[int], t: float) -> Sample:
     """Sample for ``tag`` from its registers (or ``[bit]`` for coils/discretes).
 
-    Never raises on content: non-finite floats give BAD "non-finite", values
-    outside [min, max] give UNCERTAIN "engineering range exceeded".
+    Never raises on content (see ``judge``).
     """
     try:
         if tag.type is DataType.BOOL:
             w = int(words[0])
-            v = bool((w >> tag.bit) & 1) if tag.bit is not None else bool(w)
-            return Sample.good_value(v, t)
+            v = bool((register_value(w, tag.word_order) >> tag.bit) & 1) if tag.bit is not None else bool(w)
+            return judge(tag, v, t)
         raw = registers_to_raw(words, tag.type, tag.word_order)
     except (CodecError, IndexError, TypeError, ValueError) as exc:
         return Sample.bad(f"undecodable registers: {exc}", t)
     if tag.type.is_float and not math.isfinite(raw):
         return Sample.bad("non-finite", t)
-    eng = raw_to_eng(raw, tag.scale, tag.offset)
-    if not math.isfinite(eng):
-        return Sample.bad("non-finite", t)
-    value: float | int = int(raw) if (tag.type.is_int and _is_plain(tag)) else eng
-    return _range_check(tag, eng, t, value)
+    return judge(tag, raw_to_eng(raw, tag.scale, tag.offset), t, raw=float(raw))
 
 
 # ---------------------------------------------------------------- bulk (NumPy)
@@ -297,9 +434,12 @@ def words_to_raw_array(words: np.ndarray, dtype: DataType, word_order: WordOrder
     A 1-D array of length ``n * REGISTER_COUNT`` is accepted too.
     """
     n_words = REGISTER_COUNT[dtype]
+    wo = WordOrder(word_order)
     w = np.asarray(words).reshape(-1, n_words)
-    if word_order is WordOrder.LITTLE and n_words > 1:
+    if wo.word_swap and n_words > 1:
         w = w[:, ::-1]
+    if wo.byte_swap:
+        w = _swap16_array(w)
     big = np.ascontiguousarray(w, dtype=">u2")
     raw = big.view(_NP_BIG[dtype]).reshape(-1)
     return raw.astype(raw.dtype.newbyteorder("="))
@@ -309,10 +449,18 @@ def raw_array_to_words(raw: np.ndarray, dtype: DataType, word_order: WordOrder =
     """``[n, REGISTER_COUNT]`` uint16 registers for raw values (must already fit the type)."""
     n_words = REGISTER_COUNT[dtype]
     big = np.ascontiguousarray(np.asarray(raw), dtype=_NP_BIG[dtype])
-    w = big.view(">u2").reshape(-1, n_words)
-    if word_order is WordOrder.LITTLE and n_words > 1:
+    w = big.view(">u2").reshape(-1, n_words).astype(np.uint16)
+    wo = WordOrder(word_order)
+    if wo.word_swap and n_words > 1:
         w = w[:, ::-1]
-    return w.astype(np.uint16)
+    if wo.byte_swap:
+        w = _swap16_array(w)
+    return np.ascontiguousarray(w, dtype=np.uint16)
+
+
+def _swap16_array(w: np.ndarray) -> np.ndarray:
+    u = np.asarray(w).astype(np.uint32) & 0xFFFF
+    return (((u >> 8) | (u << 8)) & 0xFFFF).astype(np.uint16)
 
 
 def encode_array(
@@ -439,7 +587,7 @@ def quantize_within(tag: TagLike, x: float, lo: float, hi: float) -> float | Non
             elif v < lo:
                 r32 = np.nextafter(r32, np.float32(np.inf) if s > 0 else np.float32(-np.inf))
             else:
-                return v
+                return _normal(tag, float(r32), v, x, lo, hi)
         return None
     v = raw * s + o
     for _ in range(8):
@@ -448,9 +596,20 @@ def quantize_within(tag: TagLike, x: float, lo: float, hi: float) -> float | Non
         elif v < lo:
             raw = math.nextafter(raw, math.inf if s > 0 else -math.inf)
         else:
-            return v
+            return _normal(tag, raw, v, x, lo, hi)
         v = raw * s + o
     return None
+
+
+def _normal(tag: TagLike, raw: float, v: float, x: float, lo: float, hi: float) -> float | None:
+    """``v`` unless its raw value is subnormal (readers take those for a wrong word order):
+    then the nearest of raw 0 and the smallest normal numbers that stays in [lo, hi]."""
+    if not is_subnormal(raw, tag.type):
+        return v
+    tiny = TINY[tag.type]
+    vals = [c * tag.scale + tag.offset for c in (0.0, tiny, -tiny)]
+    ok = [w for w in vals if lo <= w <= hi]
+    return min(ok, key=lambda w: abs(w - x)) if ok else None
 
 
 # ---------------------------------------------------------------- read planning

@@ -52,6 +52,7 @@ PROTOCOL_ERROR = -4
 NON_FINITE = -5
 RANGE_EXCEEDED = -6
 NOT_READ = -7
+IMPLAUSIBLE = -8
 
 _REASONS = {
     TIMEOUT: "timeout",
@@ -61,6 +62,7 @@ _REASONS = {
     NON_FINITE: "non-finite",
     RANGE_EXCEEDED: "engineering range exceeded",
     NOT_READ: "not read",
+    IMPLAUSIBLE: "implausible",
 }
 
 
@@ -115,6 +117,9 @@ class _WordGroup:
     offset: np.ndarray
     lo: np.ndarray  # engineering range; -inf/+inf where the tag has none
     hi: np.ndarray
+    plo: np.ndarray  # plausibility range; -inf/+inf where the tag has none
+    phi: np.ndarray
+    special: list[tuple[int, Tag]]  # (position in the group, tag) of enumerated tags
 
 
 @dataclass(slots=True)
@@ -125,6 +130,8 @@ class _BitGroup:
     tag_idx: np.ndarray
     addr: np.ndarray  # [n]
     bit: np.ndarray | None  # [n] bit index in the register; None for coils / discrete inputs
+    invert: np.ndarray  # [n] bool: read negated
+    byte_swap: bool = False  # registers byte-swapped (BADC/DCBA): bits count on the swapped value
 
 
 class Scan:
@@ -138,10 +145,11 @@ class Scan:
         duration_s: wall time the sweep took [s].
     """
 
-    __slots__ = ("_names", "codes", "duration_s", "quality", "t", "tagmap", "values")
+    __slots__ = ("_names", "codes", "detail", "duration_s", "quality", "t", "tagmap", "values")
 
     def __init__(self, tagmap: TagMap, names: Sequence[str], t: float, values: np.ndarray,
-                 quality: np.ndarray, codes: np.ndarray, duration_s: float) -> None:  # fmt: skip
+                 quality: np.ndarray, codes: np.ndarray, duration_s: float,
+                 detail: dict[int, str] | None = None) -> None:  # fmt: skip
         self.tagmap = tagmap
         self._names = {n: i for i, n in enumerate(names)}
         self.t = t
@@ -149,6 +157,8 @@ class Scan:
         self.quality = quality
         self.codes = codes
         self.duration_s = duration_s
+        #: tag index -> reason of an IMPLAUSIBLE value (which value, which range)
+        self.detail: dict[int, str] = detail or {}
 
     @property
     def names(self) -> list[str]:
@@ -172,8 +182,8 @@ class Scan:
         v = float(self.values[i])
         value: float | int | bool | None
         if code not in (GOOD, RANGE_EXCEEDED):
-            return Sample.bad(reason_text(code), self.t)
-        if tag.type is DataType.BOOL:
+            return Sample.bad(self.detail.get(i) or reason_text(code), self.t)
+        if tag.reads_bool:
             value = bool(v)
         elif tag.type.is_int and tag.scale == 1.0 and tag.offset == 0.0:
             value = int(v)
@@ -197,7 +207,7 @@ class Scan:
                 out[n] = self._sample(tags[n], i)
                 continue
             tag = tags[n]
-            if tag.type is DataType.BOOL:
+            if tag.reads_bool:
                 out[n] = Sample(v != 0.0, good, t, "")
             elif tag.type.is_int and tag.scale == 1.0 and tag.offset == 0.0:
                 out[n] = Sample(int(v), good, t, "")
@@ -215,6 +225,10 @@ class Scan:
         """(values, good) of per-cell tag ``field_name`` in cell order (float64, bool)."""
         idx = np.fromiter((self._names[n] for n in self.tagmap.cell_tags(field_name)), dtype=np.int64)
         return self.values[idx], self.quality[idx] == Quality.GOOD
+
+
+def _raw_of(g: _WordGroup, words: np.ndarray) -> float:
+    return float(codec.words_to_raw_array(np.asarray(words).reshape(1, -1), g.dtype, g.word_order)[0])
 
 
 class ModbusTagClient:
@@ -482,22 +496,30 @@ class ModbusTagClient:
                 kind = "words"
             buckets.setdefault((t.device_id, t.table, kind, t.type, t.word_order), []).append((i, t))
         groups: list[_WordGroup | _BitGroup] = []
+        inf = np.inf
+
+        def arr(tags: list[Tag], attr: str, none: float) -> np.ndarray:
+            return np.array([getattr(t, attr) if getattr(t, attr) is not None else none for t in tags], dtype=float)
+
         for (dev, table, kind, dtype, wo), items in buckets.items():
             idx = np.array([i for i, _ in items], dtype=np.int64)
             tags = [t for _, t in items]
             if kind == "words":
                 nw = codec.REGISTER_COUNT[dtype]
                 addr = np.array([[t.address + k for k in range(nw)] for t in tags], dtype=np.int64)
+                special = [(k, t) for k, t in enumerate(tags) if t.enum or t.true_when is not None]
                 groups.append(
                     _WordGroup((dev, table), dtype, wo, idx, addr,
                                scale=np.array([t.scale for t in tags]), offset=np.array([t.offset for t in tags]),
-                               lo=np.array([t.min if t.min is not None else -np.inf for t in tags]),
-                               hi=np.array([t.max if t.max is not None else np.inf for t in tags]))
+                               lo=arr(tags, "min", -inf), hi=arr(tags, "max", inf),
+                               plo=arr(tags, "plausible_min", -inf), phi=arr(tags, "plausible_max", inf),
+                               special=special)
                 )  # fmt: skip
             else:
                 addr = np.array([t.address for t in tags], dtype=np.int64)
                 bit = np.array([t.bit or 0 for t in tags], dtype=np.uint16) if kind == "regbit" else None
-                groups.append(_BitGroup((dev, table), idx, addr, bit))
+                inv = np.array([t.invert for t in tags], dtype=bool)
+                groups.append(_BitGroup((dev, table), idx, addr, bit, inv, kind == "regbit" and wo.byte_swap))
         return groups
 
     def _decode(self, t: float, duration: float) -> Scan:
@@ -505,6 +527,7 @@ class ModbusTagClient:
         values = np.full(n, np.nan)
         quality = np.full(n, Quality.BAD, dtype=np.uint8)
         codes = np.full(n, NOT_READ, dtype=np.int16)
+        detail: dict[int, str] = {}
         for g in self._groups:
             words, status = self._image(g.key)
             if isinstance(g, _WordGroup):
@@ -516,8 +539,27 @@ class ModbusTagClient:
                 eng, finite = codec.decode_array(w, g.dtype, g.word_order, g.scale, g.offset)
                 code = np.where((code == GOOD) & ~finite, NON_FINITE, code)
                 with np.errstate(invalid="ignore"):
+                    implausible = (eng < g.plo) | (eng > g.phi)
+                    if g.dtype.is_float:
+                        raw = codec.words_to_raw_array(w, g.dtype, g.word_order).astype(np.float64)
+                        implausible |= (raw != 0.0) & (np.abs(raw) < codec.TINY[g.dtype])
                     out = (eng < g.lo) | (eng > g.hi)
+                bad_p = (code == GOOD) & implausible
+                code = np.where(bad_p, IMPLAUSIBLE, code)
+                for k in np.flatnonzero(bad_p).tolist():
+                    tag = self.tagmap.tags[self._scan_names[int(g.tag_idx[k])]]
+                    detail[int(g.tag_idx[k])] = codec.judge(tag, float(eng[k]), t, raw=_raw_of(g, w[k])).reason
                 code = np.where((code == GOOD) & out, RANGE_EXCEEDED, code)
+                for k, tag in g.special:
+                    if code[k] not in (GOOD, RANGE_EXCEEDED):
+                        continue
+                    s = codec.judge(tag, float(eng[k]), t)
+                    if s.quality is Quality.BAD:
+                        code[k] = IMPLAUSIBLE
+                        detail[int(g.tag_idx[k])] = s.reason
+                    else:
+                        code[k] = GOOD if s.quality is Quality.GOOD else RANGE_EXCEEDED
+                        eng[k] = float(s.value)  # type: ignore[arg-type]
                 q = np.where(
                     code == GOOD, Quality.GOOD, np.where(code == RANGE_EXCEEDED, Quality.UNCERTAIN, Quality.BAD)
                 )
@@ -525,12 +567,17 @@ class ModbusTagClient:
             else:
                 code = status[g.addr].astype(np.int16)
                 raw = words[g.addr]
-                v = ((raw >> g.bit) & 1) if g.bit is not None else (raw != 0)
+                if g.bit is not None:
+                    reg = codec._swap16_array(raw) if g.byte_swap else raw
+                    v = ((reg >> g.bit) & 1) != 0
+                else:
+                    v = raw != 0
+                v = v ^ g.invert
                 q = np.where(code == GOOD, Quality.GOOD, Quality.BAD)
                 values[g.tag_idx] = np.where(code == GOOD, v.astype(np.float64), np.nan)
             quality[g.tag_idx] = q
             codes[g.tag_idx] = code
-        return Scan(self.tagmap, self._scan_names, t, values, quality, codes, duration)
+        return Scan(self.tagmap, self._scan_names, t, values, quality, codes, duration, detail)
 
     # ------------------------------------------------------------------ public API
 
@@ -565,12 +612,14 @@ class ModbusTagClient:
             out[tag.name] = codec.decode(tag, words[tag.address : tag.address + tag.n_registers].tolist(), t)
         return out
 
-    async def write(self, name: str, value: float | int | bool) -> WriteResult:
+    async def write(self, name: str, value: float | int | bool, *, recovery: bool = False) -> WriteResult:
         """Write engineering ``value`` to tag ``name`` (one attempt, never queued).
 
         The value must lie within the tag's bounds (the safety layer clamps; this
-        is a second line of defence). Raises ValueError for an unknown or
-        read-only tag (a programming error, not a plant condition).
+        is a second line of defence) -- unless ``recovery``: the safety layer is
+        bringing a PLC that holds a value outside the bounds back toward them (the value
+        lies between the two). An inverted bool is sent negated. Raises ValueError for
+        an unknown or read-only tag (a programming error, not a plant condition).
         """
         tag = self.tagmap[name]
         if not tag.writable or tag.table not in (Table.HOLDING, Table.COIL) or tag.bit is not None:
@@ -582,7 +631,7 @@ class ModbusTagClient:
                 x = float(value)
             except (TypeError, ValueError):
                 return WriteResult(name, value, None, False, f"not a number: {value!r}", PROTOCOL_ERROR)
-            if not (tag.lo <= x <= tag.hi):
+            if not (tag.lo <= x <= tag.hi) and not recovery:
                 return WriteResult(name, value, None, False, f"outside bounds [{tag.lo:g}, {tag.hi:g}]", RANGE_EXCEEDED)
             try:
                 words = codec.encode(tag, x)
@@ -592,7 +641,8 @@ class ModbusTagClient:
             if tag.type.is_int and tag.scale == 1.0 and tag.offset == 0.0:
                 written = int(written)
         if tag.table is Table.COIL:
-            res = await self._call("write_coil", tag.address, bool(value), device_id=tag.device_id, retries=0)
+            on = bool(value) != tag.invert
+            res = await self._call("write_coil", tag.address, on, device_id=tag.device_id, retries=0)
         elif tag.n_registers == 1:
             res = await self._call("write_register", tag.address, words[0], device_id=tag.device_id, retries=0)
         else:

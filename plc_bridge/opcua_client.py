@@ -29,7 +29,8 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import structlog
@@ -40,7 +41,15 @@ from plc_bridge.opcua_security import ClientSecurity
 from plc_bridge.quality import Quality, Sample, SampleValue
 from twin.clock import Clock, RealClock
 
-__all__ = ["VTYPE_BY_DATATYPE", "NodeRef", "OpcUaClient", "OpcUaWriteError", "parse_browse_path"]
+__all__ = [
+    "PLC_SECURITY_KEYS",
+    "VTYPE_BY_DATATYPE",
+    "NodeRef",
+    "OpcUaClient",
+    "OpcUaWriteError",
+    "PlcSecurity",
+    "parse_browse_path",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +76,114 @@ _SESSION_LOST = {
     ua.StatusCodes.BadCommunicationError,
     ua.StatusCodes.BadNotConnected,
 }
+
+
+#: keys of a PLC section that configure ``PlcSecurity`` (``PlcSecurity.from_mapping``)
+PLC_SECURITY_KEYS = (
+    "security_mode", "security_policy", "certificate", "private_key", "certificate_dir", "server_certificate",
+    "username", "password", "password_file", "application_uri",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PlcSecurity:
+    """How the bridge's OPC UA client logs in to a PLC's server.
+
+    Attributes:
+        mode: ``None`` (no message security), ``Sign`` or ``SignAndEncrypt``.
+        policy: the security policy; ``Basic256Sha256`` (the one PLC servers offer today).
+        certificate, private_key: the client's application instance certificate (DER or
+            PEM) and key issued by the plant's PKI; when not given, a self-signed pair is
+            made once in ``certificate_dir`` (the PLC's administrator must then trust it).
+        certificate_dir: where a generated certificate and key live (key mode 0600).
+        server_certificate: the PLC server's certificate to pin (DER/PEM); None = the one
+            the server presents (trust on first use is the PLC's side of the bargain).
+        username, password: a user token (None = anonymous). ``password_file``: read the
+            password from this file's first line at start (keeps it out of the config).
+        application_uri: the client's ApplicationUri (in its certificate).
+    """
+
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    policy: Literal["Basic256Sha256"] = "Basic256Sha256"
+    certificate: Path | None = None
+    private_key: Path | None = None
+    certificate_dir: Path | None = None
+    server_certificate: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    application_uri: str = "urn:potline-twin:bridge"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("None", "Sign", "SignAndEncrypt"):
+            raise ValueError(f"security_mode: expected None, Sign or SignAndEncrypt, got {self.mode!r}")
+        if self.policy != "Basic256Sha256":
+            raise ValueError(f"security_policy: expected Basic256Sha256, got {self.policy!r}")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (or neither: a generated pair)")
+        if self.mode != "None" and self.certificate is None and self.certificate_dir is None:
+            raise ValueError(f"security_mode {self.mode}: give certificate + private_key, or certificate_dir")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any], base: Path | None = None) -> PlcSecurity | None:
+        """From a PLC section's keys (``PLC_SECURITY_KEYS``); None when it sets none of them.
+
+        Relative paths are resolved against ``base``. Raises ValueError naming the key.
+        """
+        if not any(k in d and d[k] is not None for k in PLC_SECURITY_KEYS):
+            return None
+
+        def path(key: str) -> Path | None:
+            v = d.get(key)
+            if v is None:
+                return None
+            p = Path(str(v)).expanduser()
+            return p if p.is_absolute() or base is None else base / p
+
+        return cls(
+            mode=d.get("security_mode") or "SignAndEncrypt",
+            policy=d.get("security_policy") or "Basic256Sha256",
+            certificate=path("certificate"),
+            private_key=path("private_key"),
+            certificate_dir=path("certificate_dir"),
+            server_certificate=path("server_certificate"),
+            username=d.get("username"),
+            password=d.get("password"),
+            password_file=path("password_file"),
+            application_uri=d.get("application_uri") or "urn:potline-twin:bridge",
+        )
+
+    def read_password(self) -> str | None:
+        if self.password_file is not None:
+            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+            return lines[0].strip() if lines else ""
+        return self.password
+
+    async def apply(self, client: Client) -> None:
+        """Configure an asyncua ``Client`` before ``connect()``."""
+        if self.username is not None:
+            client.set_user(self.username)
+            pw = self.read_password()
+            if pw is not None:
+                client.set_password(pw)
+        if self.mode == "None":
+            return
+        cert, key = self.certificate, self.private_key
+        if cert is None or key is None:
+            from plc_bridge.opcua_security import ensure_certificate
+
+            assert self.certificate_dir is not None  # checked in __post_init__
+            cert, key = self.certificate_dir / "client_cert.der", self.certificate_dir / "client_key.pem"
+            await ensure_certificate(cert, key, self.application_uri, server=False, common_name="potline-twin bridge")
+        client.application_uri = self.application_uri
+        parts = [self.policy, self.mode, str(cert), str(key)]
+        if self.server_certificate is not None:
+            parts.append(str(self.server_certificate))
+        await client.set_security_string(",".join(parts))
 
 
 class OpcUaWriteError(RuntimeError):
@@ -146,7 +263,7 @@ class OpcUaClient:
         nodes: Iterable[NodeRef],
         *,
         namespace: str | int | None = None,
-        security: ClientSecurity | None = None,
+        security: ClientSecurity | PlcSecurity | None = None,
         timeout_s: float = 2.0,
         watchdog_s: float = 1.0,
         retry_delay_s: float = 0.5,
@@ -159,7 +276,8 @@ class OpcUaClient:
             url: ``opc.tcp://host:port/path``.
             nodes: what to resolve at each connect (names must be unique).
             namespace: default namespace for unprefixed browse-path segments (URI or index).
-            security: policy, login and client certificate; None = NoSecurity, anonymous.
+            security: policy, login and client certificate (``ClientSecurity`` for our own
+                servers, ``PlcSecurity`` for a PLC's); None = NoSecurity, anonymous.
             timeout_s: per-request timeout [s].
             watchdog_s: keep-alive probe interval [s]; a dead link is noticed within ~2x.
             retry_delay_s: wait between reconnect attempts [s].

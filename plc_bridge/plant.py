@@ -27,7 +27,9 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 * the two-way heartbeat ticks once per cycle (the PLC drops to local control when it
   stops; a stale PLC counter refuses writes);
 * line-current setpoints: clamped, ramp-limited (``setpoint_rate_ka_per_s``), interlocked
-  on *remote* and *not tripped*, read back;
+  on *remote*, *not tripped* and plausible readings, deadbanded (``setpoint_deadband_ka``:
+  an unchanged setpoint is not rewritten), read back; a PLC holding a setpoint outside the
+  bounds is brought back along the ramp (alarm ``out_of_bounds``);
 * feeder shots / beam moves use the command handshake (``write_command``: fields, then
   the counter). Cells in AE go first. A cell's next command waits for the PLC's
   acknowledgement of the previous one (requests meanwhile are added up, and dropped if
@@ -40,6 +42,20 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 ``Commands.alf3_kg`` is not sent: the potroom tag map has no AlF3 command (the PLC's own
 AlF3 schedule keeps running).
 
+Roles, not names: each device's tag map must give the roles of its kind
+(``plc_bridge.roles``; checked when the map is loaded: a missing required role is a
+``TagMapError`` naming the role and the device); a missing optional role is a stated
+capability loss (``capability_losses``, logged at start). The bridge looks tags up by
+role. The rectifier's setpoint bounds are narrowed to the plant's own rectifier limits
+(``BridgeSettings.line_limits_ka``, from the plant config: one source for the map, the
+safety layer and the rig's PLC).
+
+Quality end to end: ``quality`` holds, per ``Measurements`` array, the quality, source
+time (plant time of the scan the value came from) and reason of every value as last
+read: a value held from an older scan (link down, bad tag) is UNCERTAIN "last usable
+value" until it is ``stale_after_s`` old, then BAD; ``links()`` gives each PLC's link
+state. ``quality.opcua_status_name`` turns them into OPC UA StatusCodes for a mirror.
+
 Bridge events (ack timeouts, PLC restarts seen, comms alarms) are collected for the
 journal: ``drain_events()``.
 """
@@ -47,6 +63,7 @@ journal: ``drain_events()``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +73,19 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from plc_bridge.codec import DataType
-from plc_bridge.quality import Quality, Sample, WriteResult
-from plc_bridge.safe_write import Alarm, HeartbeatConfig, SafeWriter, WritePolicy, WriteRecord
+from plc_bridge.codec import DataType, judge
+from plc_bridge.opcua_client import PlcSecurity
+from plc_bridge.quality import LinkStatus, Quality, Sample, ValueQuality, WriteResult
+from plc_bridge.roles import DEVICE_KINDS, read_roles, require_roles
+from plc_bridge.safe_write import (
+    Alarm,
+    HeartbeatConfig,
+    Interlock,
+    InterlockResult,
+    SafeWriter,
+    WritePolicy,
+    WriteRecord,
+)
 from plc_bridge.tagmap import Tag, TagMap, load_tagmap, parse_tagmap
 from potctl.plant import Commands, Measurements
 from twin.config import CONFIG_DIR
@@ -74,6 +101,7 @@ __all__ = [
     "OpcUaTagIO",
     "layout_from_dict",
     "potroom_tagmap",
+    "rectifier_limits",
     "rectifier_tagmap",
 ]
 
@@ -88,20 +116,44 @@ Protocol_ = Literal["modbus", "opcua"]
 # ====================================================================== tag maps
 
 
-def rectifier_tagmap(instance: str, path: str | Path | None = None) -> TagMap:
-    """The rectifier tag map for the PLC of line ``instance`` (e.g. ``"Line1"``)."""
-    return load_tagmap(path or RECTIFIER_MAP, instance=instance)
+def rectifier_tagmap(instance: str, path: str | Path | None = None, *,
+                     limits_ka: tuple[float, float] | None = None) -> TagMap:  # fmt: skip
+    """The rectifier tag map for the PLC of line ``instance`` (e.g. ``"Line1"``).
+
+    Its roles are checked (``TagMapError`` naming a missing required role and the
+    device); ``limits_ka`` (the plant's rectifier ``min_ka``, ``max_ka``) narrows the
+    setpoint's bounds.
+    """
+    tm = load_tagmap(path or RECTIFIER_MAP, instance=instance)
+    require_roles(tm, "rectifier")
+    if limits_ka is not None:
+        try:
+            tm = tm.with_bounds(
+                "line_current_sp", limits_ka[0], limits_ka[1], f"the plant's rectifier limits of {instance}"
+            )
+        except ValueError as exc:
+            raise ConfigError(tm.source, [("roles.line_current_sp", str(exc))]) from None
+    return tm
 
 
 def potroom_tagmap(instance: str, n_cells: int, path: str | Path | None = None) -> TagMap:
-    """The potroom tag map for room ``instance`` with its cell block resized to ``n_cells``."""
+    """The potroom tag map for room ``instance`` with its cell block resized to ``n_cells``
+    (roles checked as for ``rectifier_tagmap``)."""
     p = Path(path or POTROOM_MAP)
     data = load_toml(p)  # missing file, bad TOML or a non-finite number: the one ConfigError
     cells = data.get("cells")
     if not isinstance(cells, dict):
         raise ConfigError(str(p), [("cells", "expected a [cells] table (the potroom's cell block), got none")])
     cells["count"] = int(n_cells)
-    return parse_tagmap(data, source=str(p), instance=instance)
+    tm = parse_tagmap(data, source=str(p), instance=instance)
+    require_roles(tm, "potroom")
+    return tm
+
+
+def rectifier_limits(plant: Any) -> dict[str, tuple[float, float]]:
+    """``{line name: (min_ka, max_ka)}`` of a ``twin.config.PlantConfig``'s rectifiers (the one
+    source of the rectifiers' real limits: ``BridgeSettings.line_limits_ka``)."""
+    return {ln.name: (float(ln.rectifier.min_ka), float(ln.rectifier.max_ka)) for ln in plant.lines}
 
 
 def layout_from_dict(d: Mapping[str, Any]) -> PlantLayout:
@@ -130,7 +182,9 @@ class DeviceEndpoint:
         host, port: address.
         path: OPC UA endpoint path (``opc.tcp://host:port<path>``).
         namespace: OPC UA namespace URI for unprefixed browse-path segments (None: the
-            server's last namespace).
+            tag map's ``[device] namespace``, else the server's last namespace).
+        security: OPC UA message security and login (``PlcSecurity``; None: no security,
+            anonymous).
     """
 
     protocol: Protocol_
@@ -138,15 +192,18 @@ class DeviceEndpoint:
     port: int
     path: str = "/plc/"
     namespace: str | None = None
+    security: PlcSecurity | None = None
 
     @property
     def url(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}{self.path}"
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DeviceEndpoint:
+    def from_dict(cls, d: Mapping[str, Any], base: Path | None = None) -> DeviceEndpoint:
+        """From a rig endpoint or a PLC config section; the security keys are
+        ``plc_bridge.opcua_client.PLC_SECURITY_KEYS`` (paths relative to ``base``)."""
         return cls(d["protocol"], d.get("host", "127.0.0.1"), int(d["port"]), d.get("path", "/plc/"),
-                   d.get("namespace"))  # fmt: skip
+                   d.get("namespace"), PlcSecurity.from_mapping(d, base))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,11 +211,16 @@ class BridgeSettings:
     """Timing and safety settings of the bridge (times on the plant clock, seconds).
 
     Attributes:
-        stale_after_s: data older than this is not acted on (interlocks refuse).
+        stale_after_s: data older than this is not acted on (interlocks refuse); a held
+            value turns from UNCERTAIN to BAD at this age.
         plc_heartbeat_timeout_s: PLC counter unchanged this long => writes refused.
         setpoint_rate_ka_per_s: ramp limit of the line-current setpoint in the safety layer.
         setpoint_max_interval_s: elapsed time a ramp step may be credited with at most.
         setpoint_min_ka, setpoint_max_ka: tighter setpoint bounds than the tag map (None: map).
+        setpoint_deadband_ka: a setpoint within this of what the PLC holds is not rewritten
+            (nor journalled) [kA].
+        line_limits_ka: the rectifiers' own limits ``{line: (min_ka, max_ka)}`` from the
+            plant config (``rectifier_limits``); they narrow each map's setpoint bounds.
         ack_timeout_s: a command not acknowledged within this is given up (alarm event).
         verify_commands: read back command fields (the ack counter verifies them anyway).
         frozen_after_s: a cell voltage that has not changed for this long [plant s] while the
@@ -175,6 +237,8 @@ class BridgeSettings:
     setpoint_max_interval_s: float = 10.0
     setpoint_min_ka: float | None = None
     setpoint_max_ka: float | None = None
+    setpoint_deadband_ka: float = 0.01
+    line_limits_ka: Mapping[str, tuple[float, float]] | None = None
     ack_timeout_s: float = 30.0
     verify_commands: bool = False
     frozen_after_s: float | None = 120.0
@@ -190,10 +254,12 @@ class BridgeSettings:
 class OpcUaTagIO:
     """``plc_bridge.safe_write.TagIO`` over an ``OpcUaClient`` (tag names = node names).
 
-    Reads give ``Sample``s (engineering range checked against the tag map: UNCERTAIN
-    outside); writes give ``WriteResult`` with Modbus-like codes: link failures -3
-    ("connection lost") / -2 ("not connected"), server refusals 3 (BadOutOfRange,
-    BadTypeMismatch) or 4 (any other Bad status), unresolved nodes 2.
+    Reads give ``Sample``s judged like Modbus reads (``codec.judge``: the node value times
+    ``opcua.scale`` plus ``opcua.offset``, inverted bools, enumerations, plausibility,
+    UNCERTAIN outside the engineering range); writes give ``WriteResult`` with
+    Modbus-like codes: link failures -3 ("connection lost") / -2 ("not connected"),
+    server refusals 3 (BadOutOfRange, BadTypeMismatch) or 4 (any other Bad status),
+    unresolved nodes 2.
     """
 
     def __init__(self, client: Any, tagmap: TagMap) -> None:
@@ -213,23 +279,37 @@ class OpcUaTagIO:
             v = s.value
             if isinstance(v, np.generic):
                 v = v.item()
+            if v is None or isinstance(v, (str, np.ndarray)):
+                out[n] = Sample(v, s.quality, s.t, s.reason)
+                continue
             tag = self.tagmap[n]
-            if tag.type is not DataType.BOOL and v is not None:
-                fv = float(v)
-                if not math.isfinite(fv):
-                    out[n] = Sample.bad("non-finite", s.t)
+            if tag.type is DataType.BOOL:
+                judged = judge(tag, bool(v), s.t)
+            else:
+                try:
+                    fv = float(v)
+                except (TypeError, ValueError):
+                    out[n] = Sample.bad(f"not a number: {v!r}", s.t)
                     continue
-                if (tag.min is not None and fv < tag.min) or (tag.max is not None and fv > tag.max):
-                    out[n] = Sample.uncertain(v, f"engineering range exceeded: {fv:g}", s.t)
-                    continue
-            out[n] = Sample(v, s.quality, s.t, s.reason)
+                judged = judge(tag, fv * tag.opcua_scale + tag.opcua_offset, s.t, raw=fv)
+            if s.quality is Quality.UNCERTAIN and judged.quality is Quality.GOOD:
+                judged = Sample(judged.value, Quality.UNCERTAIN, s.t, s.reason)  # the server's own doubt stays
+            out[n] = judged
         return out
 
-    async def write(self, name: str, value: float | int | bool) -> WriteResult:
+    async def write(self, name: str, value: float | int | bool, *, recovery: bool = False) -> WriteResult:
+        """Write engineering ``value`` (negated for an inverted bool, unscaled per ``opcua.scale``)."""
         from plc_bridge.opcua_client import OpcUaWriteError
 
+        tag = self.tagmap[name]
+        node_value: float | int | bool = value
+        if tag.type is DataType.BOOL:
+            node_value = bool(value) != tag.invert
+        elif tag.opcua_scale != 1.0 or tag.opcua_offset != 0.0:
+            x = (float(value) - tag.opcua_offset) / tag.opcua_scale
+            node_value = int(round(x)) if tag.type.is_int else x
         try:
-            await self.client.write(name, value)
+            await self.client.write(name, node_value)
         except ConnectionError as exc:
             code = -2 if "not connected" in str(exc) else -3
             return WriteResult(name, value, None, False, "not connected" if code == -2 else "connection lost", code)
@@ -248,12 +328,20 @@ class OpcUaTagIO:
 
 @dataclass
 class _Scan:
-    """One device's scan: scalar samples and per-cell arrays with GOOD masks."""
+    """One device's scan: samples by role, per-cell arrays by role with GOOD masks.
+
+    ``scalars``: role -> Sample; ``tag_samples``: tag name -> Sample (the safety
+    layer's interlock and heartbeat signals); ``fields``: per-cell role -> (values,
+    GOOD mask); ``field_quality``: per-cell role -> ``Quality`` codes.
+    """
 
     t: float
     link_ok: bool
     scalars: dict[str, Sample] = field(default_factory=dict)
     fields: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    field_quality: dict[str, np.ndarray] = field(default_factory=dict)
+    tag_samples: dict[str, Sample] = field(default_factory=dict)
+    reason: str = ""
 
     def value(self, name: str, default: float = math.nan) -> float:
         s = self.scalars.get(name)
@@ -279,25 +367,36 @@ class _Scan:
 
 
 class _Device:
-    """One PLC: a reader for scans, a TagIO + SafeWriter for writes."""
+    """One PLC: a reader for scans, a TagIO + SafeWriter for writes; tags by role."""
 
     def __init__(self, kind: str, name: str, index: int, tagmap: TagMap, endpoint: DeviceEndpoint,
-                 clock: Any, settings: BridgeSettings, read_scalars: Sequence[str],
-                 read_fields: Sequence[str]) -> None:  # fmt: skip
+                 clock: Any, settings: BridgeSettings) -> None:  # fmt: skip
         self.kind, self.name, self.index = kind, name, index
         self.tagmap = tagmap
         self.endpoint = endpoint
         self.clock = clock
         self.settings = settings
-        self.read_scalars = [n for n in read_scalars if n in tagmap]
-        self.read_fields = list(read_fields)
-        self.bit_fields: dict[str, tuple[str, int]] = {}
+        self.roles = require_roles(tagmap, kind)
+        self.spec = DEVICE_KINDS[kind]
+        #: role -> tag name (plain roles) / cell field (per-cell roles) the map gives
+        self.tag_of = {r.name: self.roles.bound[r.name] for r in self.spec.roles
+                       if not r.per_cell and r.name in self.roles.bound}  # fmt: skip
+        self.field_of = {r.name: self.roles.bound[r.name] for r in self.spec.roles
+                         if r.per_cell and r.name in self.roles.bound}  # fmt: skip
+        self.capability_losses = self.roles.loss_lines()
+        reads = [r.name for r in read_roles(self.spec, per_cell=False) if r.name in self.tag_of]
+        if kind == "rectifier":
+            reads.append("line_current_sp")  # the register: what the PLC holds (deadband, bounds)
+        self.read_scalars = reads  # roles
+        self.read_fields = [r.name for r in read_roles(self.spec, per_cell=True) if r.name in self.field_of]
+        self.bit_fields: dict[str, tuple[str, int, bool]] = {}
         self.scan_client: Any = None
         self.io: Any = None
         self._write_client: Any = None
         self._opcua: Any = None
         self.writer: SafeWriter | None = None
         self.last: _Scan | None = None
+        self.last_good_t = math.nan
         self._scan_names: list[str] = []
         self._field_idx: dict[str, np.ndarray] = {}
         self._plan_reads()
@@ -306,34 +405,49 @@ class _Device:
     def device(self) -> str:
         return f"{self.kind}:{self.name}"
 
+    def tag(self, role: str) -> str:
+        """The tag name giving plain ``role`` (KeyError when the map does not give it)."""
+        return self.tag_of[role]
+
+    def cell_tag(self, prefix: str, role: str) -> str:
+        """The concrete tag of per-cell ``role`` for the cell with name prefix ``prefix``."""
+        return f"{prefix}.{self.field_of[role]}"
+
     def _plan_reads(self) -> None:
         tm = self.tagmap
-        names = list(self.read_scalars)
+        names = [self.tag_of[r] for r in self.read_scalars]
         self.optional: dict[str, tuple[str, ...]] = {}
         if tm.cells is not None:
             words = {}
             for f in tm.cells.fields:
                 t0 = tm[tm.cell_tags(f)[0]]
-                if t0.has_modbus and t0.bit is None and t0.type is not DataType.BOOL:
+                if t0.has_modbus and t0.bit is None and t0.type is not DataType.BOOL and t0.alias_of is None:
                     words[(t0.table, t0.address)] = f
-            read = []
-            for f in self.read_fields:
+            read: list[str] = []  # fields
+            role_src: dict[str, str] = {}
+            for role in self.read_fields:
+                f = self.field_of[role]
                 t0 = tm[tm.cell_tags(f)[0]]
                 src = words.get((t0.table, t0.address)) if t0.bit is not None else None
                 if self.endpoint.protocol == "opcua" and src is not None and t0.bit is not None:
                     # read the status word once and take the bits from it
-                    self.bit_fields[f] = (src, int(t0.bit))
+                    self.bit_fields[role] = (src, int(t0.bit), bool(t0.invert))
                     if src not in read:
                         read.append(src)
-                elif self.endpoint.protocol == "opcua" and f in _ON_DEMAND:
+                elif self.endpoint.protocol == "opcua" and role in _ON_DEMAND:
                     # command acks: read only for cells awaiting one (OPC UA reads cost per node)
-                    self.optional[f] = tm.cell_tags(f)
-                elif f not in read:
-                    read.append(f)
+                    self.optional[role] = tm.cell_tags(f)
+                else:
+                    if f not in read:
+                        read.append(f)
+                    role_src[role] = f
+            field_idx: dict[str, np.ndarray] = {}
             for f in read:
                 start = len(names)
                 names += list(tm.cell_tags(f))
-                self._field_idx[f] = np.arange(start, len(names))
+                field_idx[f] = np.arange(start, len(names))
+            self._word_idx = field_idx
+            self._field_idx = {role: field_idx[f] for role, f in role_src.items()}
         self._scan_names = names
 
     async def start(self, on_alarm: Callable[[Alarm], None] | None, on_record: Callable[[WriteRecord], None] | None,
@@ -357,15 +471,20 @@ class _Device:
                 t = self.tagmap[n]
                 if t.browse_path or t.node_id:
                     refs[n] = NodeRef(n, t.browse_path, t.node_id)
-            self._opcua = OpcUaClient(ep.url, refs.values(), namespace=ep.namespace, timeout_s=st.opcua_timeout_s,
-                                      retry_delay_s=0.25, clock=self.clock, name=self.device)  # fmt: skip
+            ns = ep.namespace or self.tagmap.namespace
+            self._opcua = OpcUaClient(ep.url, refs.values(), namespace=ns, security=ep.security,
+                                      timeout_s=st.opcua_timeout_s, retry_delay_s=0.25, clock=self.clock,
+                                      name=self.device)  # fmt: skip
             await self._opcua.start(wait_s=5.0)
             self.io = OpcUaTagIO(self._opcua, self.tagmap)
         else:  # pragma: no cover - validated by DeviceEndpoint users
             raise ValueError(f"{self.device}: unknown protocol {ep.protocol!r}")
-        hb = HeartbeatConfig("heartbeat_out", "heartbeat_in", period_s=1.0, in_timeout_s=st.plc_heartbeat_timeout_s)
+        hb = HeartbeatConfig(self.tag("heartbeat_out"), self.tag_of.get("heartbeat_in"), period_s=1.0,
+                             in_timeout_s=st.plc_heartbeat_timeout_s)  # fmt: skip
         self.writer = SafeWriter(self.io, self.tagmap, self.clock, policies=policies, heartbeat=hb,
                                  on_alarm=on_alarm, on_record=on_record, verify_retries=1)  # fmt: skip
+        for loss in self.capability_losses:
+            log.warning("plc_capability_lost", device=self.device, tagmap=self.tagmap.source, loss=loss)
 
     async def stop(self) -> None:
         for c in (self.scan_client, self._write_client):
@@ -382,43 +501,75 @@ class _Device:
         names = self._scan_names
         extra: list[tuple[str, np.ndarray, tuple[str, ...]]] = []
         if self.optional:
-            for f, all_names in self.optional.items():
-                idx = np.asarray((wanted or {}).get(f, ()), dtype=np.int64)
-                extra.append((f, idx, tuple(all_names[i] for i in idx.tolist())))
+            for role, all_names in self.optional.items():
+                idx = np.asarray((wanted or {}).get(role, ()), dtype=np.int64)
+                extra.append((role, idx, tuple(all_names[i] for i in idx.tolist())))
         if self.endpoint.protocol == "modbus":
             sc = await self.scan_client.scan()
             t = sc.t
-            values, good = sc.values, sc.quality == Quality.GOOD
+            values, quality = sc.values, sc.quality.astype(np.uint8)
             link = not bool(np.isin(sc.codes, (-1, -2, -3, -4)).all())
-            scalars = {n: sc.sample(n) for n in self.read_scalars}
+            tag_samples = {self.tag_of[r]: sc.sample(self.tag_of[r]) for r in self.read_scalars}
+            reason = "" if link else reason_of_codes(sc.codes)
         else:
             req = names + [n for _, _, ns in extra for n in ns]
             got = await self.io.read(req)
             t = self.clock.now()
             values = np.array([_as_float(got[n].value) for n in req], dtype=float)
-            good = np.array([got[n].quality is Quality.GOOD for n in req], dtype=bool)
-            link = bool(self._opcua.connected) and bool(good.any())
-            scalars = {n: got[n] for n in self.read_scalars}
-        out = _Scan(t, link, scalars)
-        for f, idx in self._field_idx.items():
-            out.fields[f] = (values[idx], good[idx])
+            quality = np.array([int(got[n].quality) for n in req], dtype=np.uint8)
+            link = bool(self._opcua.connected) and bool((quality == Quality.GOOD).any())
+            tag_samples = {self.tag_of[r]: got[self.tag_of[r]] for r in self.read_scalars}
+            reason = "" if link else next((s.reason for s in got.values() if s.reason), "no link")
+        good = quality == Quality.GOOD
+        out = _Scan(t, link, {r: tag_samples[self.tag_of[r]] for r in self.read_scalars}, tag_samples=tag_samples,
+                    reason=reason)  # fmt: skip
+        for role, idx in self._field_idx.items():
+            out.fields[role] = (values[idx], good[idx])
+            out.field_quality[role] = quality[idx]
         pos = len(names)
         n_cells = self.tagmap.cells.count if self.tagmap.cells is not None else 0
-        for f, idx, ns in extra:
+        for role, idx, ns in extra:
             v = np.full(n_cells, math.nan)
-            g = np.zeros(n_cells, dtype=bool)
+            q = np.full(n_cells, Quality.BAD, dtype=np.uint8)
             v[idx] = values[pos : pos + len(ns)]
-            g[idx] = good[pos : pos + len(ns)]
+            q[idx] = quality[pos : pos + len(ns)]
             pos += len(ns)
-            out.fields[f] = (v, g)
-        for f, (src, bit) in self.bit_fields.items():
-            w, g = out.fields[src]
-            out.fields[f] = (((np.nan_to_num(w).astype(np.int64) >> bit) & 1).astype(float), g)
+            out.fields[role] = (v, q == Quality.GOOD)
+            out.field_quality[role] = q
+        for role, (src, bit, invert) in self.bit_fields.items():
+            idx = self._word_idx[src]
+            w, q = values[idx], quality[idx]
+            bits = ((np.nan_to_num(w).astype(np.int64) >> bit) & 1).astype(bool) ^ invert
+            out.fields[role] = (bits.astype(float), q == Quality.GOOD)
+            out.field_quality[role] = q
+        if link:
+            self.last_good_t = t
         self.last = out
         return out
 
 
 _ON_DEMAND = frozenset({"feed_cmd_ack", "beam_cmd_ack"})
+
+#: line ``Measurements`` arrays: (quality key, role, BridgePlant attribute, must be GOOD to be taken)
+_LINE_MAP = (
+    ("line_current_ka", "line_current", "_line_i", True),
+    ("line_voltage_v", "line_voltage", "_line_u", False),
+    ("line_setpoint_ka", "setpoint_active", "_line_sp", False),
+    ("rectifier_tripped", "tripped", "_line_tripped", True),
+    ("rectifier_remote", "remote", "_line_remote", True),
+    ("tap_position", "tap_position", "_tap", False),
+)
+_LINE_SIGNALS = tuple(k for k, *_ in _LINE_MAP)
+#: per-cell ``Measurements`` arrays whose quality the bridge keeps
+_CELL_SIGNALS = ("cell_voltage_v", "feeder_ack", "beam_ack_mm", "tapping", "anode_change", "cut_out")
+
+
+def reason_of_codes(codes: np.ndarray) -> str:
+    """The first link reason of a Modbus scan's codes (``modbus_client.reason_text``)."""
+    from plc_bridge.modbus_client import reason_text
+
+    bad = codes[codes != 0]
+    return reason_text(int(bad[0])) if bad.size else "no link"
 
 
 def _as_float(v: Any) -> float:
@@ -440,7 +591,7 @@ def _is_cell_tag(t: Tag) -> bool:
 
 def _is_beam_tag(t: Tag) -> bool:
     """Interlock scope: anode-beam commands."""
-    return t.field in ("beam_move", "beam_cmd")
+    return t.role in ("beam_move", "beam_cmd")
 
 
 def _cell_signal(name_template: str, field: str) -> Callable[[Tag], str]:
@@ -450,6 +601,26 @@ def _cell_signal(name_template: str, field: str) -> Callable[[Tag], str]:
         return f"{name_template.format(cell=t.cell)}.{field}"
 
     return signal
+
+
+def _readings_plausible(dev: _Device, roles: Sequence[str], max_age_s: float) -> Interlock:
+    """Interlock: the PLC's readings of ``roles`` are not BAD (implausible, non-finite) and
+    fresh -- a setpoint is never ramped from readings a wrong word order produced."""
+    names = [dev.tag_of[r] for r in roles if r in dev.tag_of]
+
+    def check(now: float, _target: Tag) -> InterlockResult:
+        w = dev.writer
+        for n in names:
+            smp = w.samples.get(n) if w is not None else None
+            if smp is None:
+                return InterlockResult("plausible_readings", False, f"{n}: no data")
+            if smp.quality is Quality.BAD:
+                return InterlockResult("plausible_readings", False, f"{n} {smp.reason}")
+            if now - smp.t > max_age_s:
+                return InterlockResult("plausible_readings", False, f"{n}: stale data (age {now - smp.t:.1f} s)")
+        return InterlockResult("plausible_readings", True)
+
+    return Interlock("plausible_readings", check, lambda t: t.role == "line_current_sp")
 
 
 class _Room:
@@ -513,18 +684,15 @@ class BridgePlant:
         self.stats = {"scans": 0, "writes": 0, "commands": 0, "refused": 0, "ack_timeouts": 0, "restarts_seen": 0,
                       "scan_s": 0.0, "write_s": 0.0}  # fmt: skip
         self.rects: list[_Device] = []
+        limits = dict(st.line_limits_ka or {})
         for li, (name, ep) in enumerate(zip(layout.line_names, rectifiers, strict=False)):
-            tm = rectifier_tagmap(name, st.rectifier_map)
-            scal = ["line_current", "line_voltage", "setpoint_active", "tap_position", "tripped", "remote",
-                    "heartbeat_in"]  # fmt: skip
-            self.rects.append(_Device("rectifier", name, li, tm, ep, clock, st, scal, []))
+            tm = rectifier_tagmap(name, st.rectifier_map, limits_ka=limits.get(name))
+            self.rects.append(_Device("rectifier", name, li, tm, ep, clock, st))
         self.rooms: list[_Room] = []
         for ri, (name, ep) in enumerate(zip(layout.room_names, potrooms, strict=False)):
             cells = layout.room_cells(ri)
             tm = potroom_tagmap(name, cells.size, st.potroom_map)
-            fields = ["voltage", "ae", "tapping", "anode_change", "cut_out", "feed_ack", "beam_ack",
-                      "feed_cmd_ack", "beam_cmd_ack"]  # fmt: skip
-            dev = _Device("potroom", name, ri, tm, ep, clock, st, ["heartbeat_in", "remote"], fields)
+            dev = _Device("potroom", name, ri, tm, ep, clock, st)
             self.rooms.append(_Room(dev, cells))
         n, nl = layout.n_cells, layout.n_lines
         self._u = np.full(n, math.nan)
@@ -537,7 +705,25 @@ class BridgePlant:
         self._tapping = np.zeros(n, dtype=bool)
         self._ac = np.zeros(n, dtype=bool)
         self._cut = np.zeros(n, dtype=bool)
+        #: per ``Measurements`` array: quality, source time and reason of each value
+        self.quality: dict[str, ValueQuality] = {k: ValueQuality.never(nl) for k in _LINE_SIGNALS}
+        self.quality.update({k: ValueQuality.never(n) for k in _CELL_SIGNALS})
         self.started = False
+
+    @property
+    def capability_losses(self) -> dict[str, list[str]]:
+        """Per device (``rectifier:Line1``): what its map does not give and what that costs."""
+        return {d.device: list(d.capability_losses) for d in self.devices}
+
+    def links(self) -> list[LinkStatus]:
+        """Each PLC's link as of its last scan (a mirror's link-state node, /readyz)."""
+        out = []
+        for d in self.devices:
+            sc = d.last
+            out.append(LinkStatus(d.device, bool(sc is not None and sc.link_ok),
+                                  "not scanned yet" if sc is None else sc.reason, sc.t if sc is not None else math.nan,
+                                  d.last_good_t, list(d.capability_losses)))  # fmt: skip
+        return out
 
     @classmethod
     def from_endpoints(cls, info: Mapping[str, Any], clock: Any, settings: BridgeSettings | None = None,
@@ -546,6 +732,10 @@ class BridgePlant:
         layout = layout_from_dict(info["layout"])
         rects = [DeviceEndpoint.from_dict(d) for d in info["rectifiers"]]
         rooms = [DeviceEndpoint.from_dict(d) for d in info["potrooms"]]
+        lim = info.get("rectifier_limits_ka")
+        if lim and (settings is None or settings.line_limits_ka is None):
+            settings = dataclasses.replace(settings or BridgeSettings(),
+                                           line_limits_ka={k: (float(a), float(b)) for k, (a, b) in lim.items()})  # fmt: skip
         return cls(layout, rects, rooms, clock, settings, **kw)
 
     @property
@@ -557,29 +747,27 @@ class BridgePlant:
     async def start(self) -> None:
         """Connect to every PLC and set up the safety layer."""
         st = self.settings
-        rect_pol = {"line_current_sp": WritePolicy(max_rate_per_s=st.setpoint_rate_ka_per_s, min=st.setpoint_min_ka,
-                                                   max=st.setpoint_max_ka, max_interval_s=st.setpoint_max_interval_s)}  # fmt: skip
-        cmd_pol = {
-            f: WritePolicy(verify=st.verify_commands) for f in ("feed_shots", "feed_cmd", "beam_move", "beam_cmd")
-        }
+        sp_pol = WritePolicy(max_rate_per_s=st.setpoint_rate_ka_per_s, min=st.setpoint_min_ka, max=st.setpoint_max_ka,
+                             max_interval_s=st.setpoint_max_interval_s)  # fmt: skip
+        cmd_pol = WritePolicy(verify=st.verify_commands)
         tasks = []
         for d in self.rects:
-            tasks.append(d.start(self._on_alarm(d), self._on_record, rect_pol))
+            tasks.append(d.start(self._on_alarm(d), self._on_record, {d.tag("line_current_sp"): sp_pol}))
         for r in self.rooms:
-            pol = {
-                t.name: cmd_pol[t.field] for t in r.dev.tagmap.writable() if t.field is not None and t.field in cmd_pol
-            }
+            pol = {t.name: cmd_pol for t in r.dev.tagmap.writable()
+                   if t.cell is not None and t.role in ("feed_shots", "feed_cmd", "beam_move", "beam_cmd")}  # fmt: skip
             tasks.append(r.dev.start(self._on_alarm(r.dev), self._on_record, pol))
         await asyncio.gather(*tasks)
         for d in self.rects:
             w = d.writer
             assert w is not None
             w.enabled = not self.shadow
-            sp = ("line_current_sp", "ramp_rate_sp", "voltage_limit_sp")
-            w.require("remote", "remote", bool, describe="rectifier in local control", max_age_s=st.stale_after_s,
+            sp = (d.tag("line_current_sp"),)
+            w.require("remote", d.tag("remote"), bool, describe="rectifier in local control", max_age_s=st.stale_after_s,
                       applies=sp)  # fmt: skip
-            w.require("not_tripped", "tripped", lambda v: not v, describe="rectifier tripped",
+            w.require("not_tripped", d.tag("tripped"), lambda v: not v, describe="rectifier tripped",
                       max_age_s=st.stale_after_s, applies=sp)  # fmt: skip
+            w.add_interlock(_readings_plausible(d, ("line_current", "setpoint_active"), st.stale_after_s))
         for r in self.rooms:
             w = r.dev.writer
             assert w is not None
@@ -588,16 +776,19 @@ class BridgePlant:
             if cells is None:
                 raise ValueError(f"{r.dev.tagmap.source}: a potroom tag map needs a [cells] table")
             tmpl = cells.name_template
-            w.require("room_remote", "remote", bool, describe="potroom in local control",
+            fo = r.dev.field_of
+            w.require("room_remote", r.dev.tag("remote"), bool, describe="potroom in local control",
                       max_age_s=st.stale_after_s, applies=_is_cell_tag)  # fmt: skip
-            w.require("in_circuit", _cell_signal(tmpl, "cut_out"), lambda v: not v,
+            w.require("in_circuit", _cell_signal(tmpl, fo["cut_out"]), lambda v: not v,
                       describe="cell cut out", max_age_s=st.stale_after_s, applies=_is_cell_tag)  # fmt: skip
-            w.require("not_tapping", _cell_signal(tmpl, "tapping"), lambda v: not v,
+            w.require("not_tapping", _cell_signal(tmpl, fo["tapping"]), lambda v: not v,
                       describe="tapping in progress", max_age_s=st.stale_after_s, applies=_is_beam_tag)  # fmt: skip
-            w.require("no_anode_change", _cell_signal(tmpl, "anode_change"), lambda v: not v,
+            w.require("no_anode_change", _cell_signal(tmpl, fo["anode_change"]), lambda v: not v,
                       describe="anode change in progress", max_age_s=st.stale_after_s, applies=_is_beam_tag)  # fmt: skip
         self.started = True
-        log.info("bridge_started", lines=len(self.rects), rooms=len(self.rooms), shadow=self.shadow)
+        losses = {k: v for k, v in self.capability_losses.items() if v}
+        log.info("bridge_started", lines=len(self.rects), rooms=len(self.rooms), shadow=self.shadow,
+                 capability_losses=losses or None)  # fmt: skip
 
     async def stop(self) -> None:
         """Close every connection (the PLCs fall back to local on their watchdogs)."""
@@ -638,7 +829,7 @@ class BridgePlant:
     # ------------------------------------------------------------------ read
 
     async def read(self) -> Measurements:
-        """One scan of every PLC (concurrently) as ``Measurements``."""
+        """One scan of every PLC (concurrently) as ``Measurements`` (``quality`` updated too)."""
         loop = asyncio.get_running_loop()
         w0 = loop.time()
         now = self.clock.now()
@@ -651,27 +842,7 @@ class BridgePlant:
         lay = self.layout
         line_ok = np.zeros(lay.n_lines, dtype=bool)
         for d, sc in zip(self.rects, scans[:n_l], strict=False):
-            li = d.index
-            # the current, trip and mode must be GOOD; voltage and setpoint may be UNCERTAIN
-            # (beyond their tag's engineering range: still a measurement)
-            names = ("line_current", "tripped", "remote")
-            ok = (
-                sc.link_ok
-                and all(sc.good(n) for n in names)
-                and all(sc.usable(n) for n in ("line_voltage", "setpoint_active"))
-                and now - sc.t <= self.settings.stale_after_s
-            )
-            if ok:
-                self._line_i[li] = sc.value("line_current")
-                self._line_u[li] = sc.number("line_voltage")
-                self._line_sp[li] = sc.number("setpoint_active")
-                self._line_tripped[li] = bool(sc.value("tripped"))
-                self._line_remote[li] = bool(sc.value("remote"))
-                if sc.usable("tap_position"):
-                    self._tap[li] = int(sc.number("tap_position"))
-            else:
-                self._line_remote[li] = False
-            line_ok[li] = ok
+            line_ok[d.index] = self._rect_scan(d, sc, now)
             self._feed_writer(d, sc)
         cell_ok = np.zeros(lay.n_cells, dtype=bool)
         cell_remote = np.zeros(lay.n_cells, dtype=bool)
@@ -704,11 +875,80 @@ class BridgePlant:
             cell_remote=cell_remote,
         )
 
+    def _rect_scan(self, d: _Device, sc: _Scan, now: float) -> bool:
+        """One rectifier scan into the line arrays and their quality; returns ``line_ok``."""
+        li = d.index
+        fresh = now - sc.t <= self.settings.stale_after_s
+        # the current, trip and mode must be GOOD; voltage and setpoint may be UNCERTAIN
+        # (beyond their tag's engineering range: still a measurement)
+        ok = (
+            sc.link_ok
+            and all(sc.good(n) for n in ("line_current", "tripped", "remote"))
+            and all(sc.usable(n) for n in ("line_voltage", "setpoint_active"))
+            and fresh
+        )
+        for key, role, target, need_good in _LINE_MAP:
+            smp = sc.scalars.get(role)
+            usable = sc.good(role) if need_good else sc.usable(role)
+            if smp is not None and usable and sc.link_ok and fresh:
+                v = smp.value
+                target_arr = getattr(self, target)
+                target_arr[li] = int(float(v)) if target == "_tap" else float(v)  # type: ignore[arg-type]
+            self._mark(key, li, smp, sc, fresh, now, usable)
+        if not ok:
+            self._line_remote[li] = False
+        return ok
+
+    def _mark(self, key: str, i: int, smp: Sample | None, sc: _Scan, fresh: bool, now: float, usable: bool) -> None:
+        """Quality of value ``i`` of ``quality[key]`` after a scan: the sample's own, or for a
+        value held from an older scan UNCERTAIN "last usable value" until stale, then BAD."""
+        q = self.quality[key]
+        if smp is not None and usable and sc.link_ok and fresh:
+            q.set(i, smp.quality, smp.t, smp.reason)
+            return
+        why = (
+            ("link down: " + sc.reason if sc.reason else "link down")
+            if not sc.link_ok
+            else ("stale" if not fresh else (smp.reason or "bad quality") if smp is not None else "not in the tag map")
+        )
+        held = float(q.t_s[i])
+        if math.isfinite(held) and now - held <= self.settings.stale_after_s:
+            q.set(i, Quality.UNCERTAIN, held, f"last usable value ({why})")
+        else:
+            q.set(i, Quality.BAD, held, why)
+
+    def _mark_cells(self, key: str, c: np.ndarray, good: np.ndarray, quality: np.ndarray | None, sc: _Scan,
+                    fresh: bool, now: float, held: bool, bad_reason: str = "bad quality") -> None:  # fmt: skip
+        """``_mark`` for the cells ``c`` of one room (``held``: the value is kept when not good)."""
+        q = self.quality[key]
+        ok = good & sc.link_ok & fresh
+        q.quality[c[ok]] = Quality.GOOD
+        q.t_s[c[ok]] = sc.t
+        q.reason[c[ok]] = ""
+        nok = c[~ok]
+        if nok.size == 0:
+            return
+        why = (
+            ("link down: " + sc.reason if sc.reason else "link down")
+            if not sc.link_ok
+            else ("stale" if not fresh else bad_reason)
+        )
+        t_held = q.t_s[nok]
+        if held:
+            recent = np.isfinite(t_held) & (now - np.nan_to_num(t_held, nan=-np.inf) <= self.settings.stale_after_s)
+        else:
+            recent = np.zeros(nok.size, dtype=bool)
+        q.quality[nok] = np.where(recent, Quality.UNCERTAIN, Quality.BAD)
+        q.reason[nok] = np.where(recent, f"last usable value ({why})", why)
+        if quality is not None and sc.link_ok and fresh:
+            unc = (quality[~ok] == Quality.UNCERTAIN) & ~recent
+            q.reason[nok[unc]] = "engineering range exceeded"
+
     def _feed_writer(self, d: _Device, sc: _Scan, cell_samples: dict[str, Sample] | None = None) -> None:
-        """Interlock and heartbeat signals into the device's safety layer."""
+        """Interlock and heartbeat signals into the device's safety layer (by tag name)."""
         if d.writer is None:
             return
-        samples = {n: s for n, s in sc.scalars.items()}
+        samples = dict(sc.tag_samples)
         if cell_samples:
             samples.update(cell_samples)
         d.writer.update(samples)
@@ -718,6 +958,7 @@ class BridgePlant:
         the cells' data quality (``cell_ok``: GOOD tags, link up, fresh; remote or not)."""
         c = room.cells
         f = sc.fields
+        dev = room.dev
         fresh = now - sc.t <= self.settings.stale_after_s
         hb = sc.value("heartbeat_in")
         restarted = False
@@ -727,7 +968,7 @@ class BridgePlant:
             room.hb_prev = hb
         if restarted:
             self.stats["restarts_seen"] += 1
-            self.events.append(("plc_restart_seen", room.dev.index, f"{room.dev.device}: heartbeat jumped back"))
+            self.events.append(("plc_restart_seen", dev.index, f"{dev.device}: heartbeat jumped back"))
             room.pending_shots[:] = 0
             room.pending_mm[:] = 0.0
             room.wait_feed_since[:] = math.nan
@@ -740,13 +981,20 @@ class BridgePlant:
         u, u_ok = f["voltage"]
         self._u[c] = np.where(u_ok, u, math.nan)
         frozen = self._frozen_voltages(room, u, u_ok, sc.t)
+        self._mark_cells("cell_voltage_v", c, u_ok & ~frozen, sc.field_quality.get("voltage"), sc, fresh, now,
+                         held=False, bad_reason="bad quality")  # fmt: skip
+        if frozen.any():
+            self.quality["cell_voltage_v"].reason[c[frozen & u_ok]] = "frozen: unchanged while carrying current"
         status_ok = np.ones(c.size, dtype=bool)
-        for name, target in (("tapping", self._tapping), ("anode_change", self._ac), ("cut_out", self._cut)):
-            v, g = f[name]
+        for role, target, key in (("tapping", self._tapping, "tapping"), ("anode_change", self._ac, "anode_change"),
+                                  ("cut_out", self._cut, "cut_out")):  # fmt: skip
+            v, g = f[role]
             target[c] = np.where(g, v > 0.5, target[c])
             status_ok &= g
-        ae_v, ae_g = f["ae"]
-        room.ae = (ae_v > 0.5) & ae_g
+            self._mark_cells(key, c, g, sc.field_quality.get(role), sc, fresh, now, held=True)
+        if "ae" in f:
+            ae_v, ae_g = f["ae"]
+            room.ae = (ae_v > 0.5) & ae_g
         # unwrapped cumulative acknowledgements
         fa, fa_ok = f["feed_ack"]
         ba, ba_ok = f["beam_ack"]
@@ -763,16 +1011,19 @@ class BridgePlant:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
+        self._mark_cells("feeder_ack", c, fa_ok, sc.field_quality.get("feed_ack"), sc, fresh, now, held=True)
+        self._mark_cells("beam_ack_mm", c, ba_ok, sc.field_quality.get("beam_ack"), sc, fresh, now, held=True)
         ok = u_ok & ~frozen & status_ok & fa_ok & ba_ok & sc.link_ok & fresh
         # per-cell interlock signals for the safety layer
         cell_samples: dict[str, Sample] = {}
         t = sc.t
-        for name in ("cut_out", "tapping", "anode_change"):
-            v, g = f[name]
+        for role in ("cut_out", "tapping", "anode_change"):
+            v, g = f[role]
+            fld = dev.field_of[role]
             for i, p in enumerate(room.prefix):
-                cell_samples[f"{p}.{name}"] = Sample(bool(v[i] > 0.5), Quality.GOOD if g[i] else Quality.BAD, t,
-                                                     "" if g[i] else "bad quality")  # fmt: skip
-        self._feed_writer(room.dev, sc, cell_samples)
+                cell_samples[f"{p}.{fld}"] = Sample(bool(v[i] > 0.5), Quality.GOOD if g[i] else Quality.BAD, t,
+                                                    "" if g[i] else "bad quality")  # fmt: skip
+        self._feed_writer(dev, sc, cell_samples)
         return ok
 
     def _frozen_voltages(self, room: _Room, u: np.ndarray, u_ok: np.ndarray, t: float) -> np.ndarray:
@@ -817,10 +1068,7 @@ class BridgePlant:
         sp = float(cmds.line_setpoint_ka[d.index]) if cmds.line_setpoint_ka.size > d.index else math.nan
         if not math.isfinite(sp):
             return
-        last = w.last_value("line_current_sp")
-        if last is not None and abs(sp - last) < 5e-4:
-            return
-        await w.write("line_current_sp", sp)
+        await w.write(d.tag("line_current_sp"), sp, deadband=self.settings.setpoint_deadband_ka)
 
     async def _write_room(self, room: _Room, cmds: Commands) -> None:
         w = room.dev.writer
@@ -839,13 +1087,14 @@ class BridgePlant:
             return
         # cells in AE first, then the biggest requests
         order = todo[np.lexsort((-room.pending_shots[todo], ~room.ae[todo]))]
-        sh_max = int(room.dev.tagmap[f"{room.prefix[0]}.feed_shots"].hi)
-        mm_max = float(room.dev.tagmap[f"{room.prefix[0]}.beam_move"].hi)
+        dev = room.dev
+        sh_max = int(dev.tagmap[dev.cell_tag(room.prefix[0], "feed_shots")].hi)
+        mm_max = float(dev.tagmap[dev.cell_tag(room.prefix[0], "beam_move")].hi)
         for i in order.tolist():
             p = room.prefix[i]
             if room.pending_shots[i] > 0 and math.isnan(room.wait_feed_since[i]):
                 n = int(min(room.pending_shots[i], sh_max))
-                recs = await w.write_command({f"{p}.feed_shots": n}, f"{p}.feed_cmd")
+                recs = await w.write_command({dev.cell_tag(p, "feed_shots"): n}, dev.cell_tag(p, "feed_cmd"))
                 if recs and not recs[-1].rejected:
                     room.pending_shots[i] -= n
                     room.wait_feed_since[i] = now
@@ -854,7 +1103,7 @@ class BridgePlant:
                     room.pending_shots[i] = 0  # refused: not queued for later
             if abs(room.pending_mm[i]) >= 0.05 and math.isnan(room.wait_beam_since[i]):
                 mm = float(np.clip(room.pending_mm[i], -mm_max, mm_max))
-                recs = await w.write_command({f"{p}.beam_move": mm}, f"{p}.beam_cmd")
+                recs = await w.write_command({dev.cell_tag(p, "beam_move"): mm}, dev.cell_tag(p, "beam_cmd"))
                 if recs and not recs[-1].rejected:
                     sent = float(recs[0].written) if recs[0].written is not None else mm
                     room.pending_mm[i] -= sent
@@ -878,7 +1127,7 @@ class BridgePlant:
                 continue
             ack, good = sc.fields[fld]
             for i in waiting.tolist():
-                sent = w.last_value(f"{room.prefix[i]}.{cmd_field}")
+                sent = w.last_value(room.dev.cell_tag(room.prefix[i], cmd_field))
                 if sent is not None and good[i] and int(ack[i]) == int(sent):
                     wait[i] = math.nan
                 elif now - wait[i] > self.settings.ack_timeout_s or sent is None:
@@ -889,5 +1138,5 @@ class BridgePlant:
                         room.pending_mm[i] = 0.0
                     self.stats["ack_timeouts"] += 1
                     cell = int(room.cells[i])
-                    self.events.append(("command_not_acknowledged", cell,
-                                        f"{room.dev.device} {room.prefix[i]}.{cmd_field} not acknowledged"))  # fmt: skip
+                    self.events.append(("command_not_acknowledged", cell, f"{room.dev.device}"
+                                        f" {room.dev.cell_tag(room.prefix[i], cmd_field)} not acknowledged"))  # fmt: skip

@@ -11,7 +11,7 @@ Reasons are plain strings meant for operators and the journal, e.g.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeAlias
 
@@ -20,11 +20,14 @@ import numpy as np
 __all__ = [
     "COMMS_CODES",
     "MODBUS_EXCEPTION_NAMES",
+    "LinkStatus",
     "Quality",
     "Sample",
     "SampleValue",
+    "ValueQuality",
     "WriteResult",
     "modbus_exception_reason",
+    "opcua_status_name",
 ]
 
 #: What a read can yield: float/int/bool from Modbus and OPC UA scalars, str from OPC UA
@@ -137,3 +140,93 @@ class WriteResult:
     def comms_failure(self) -> bool:
         """True when the link (not the PLC's judgement) made the write fail."""
         return self.code in COMMS_CODES
+
+
+def opcua_status_name(quality: Quality | int, reason: str = "") -> str:
+    """The OPC UA StatusCode name (``ua.StatusCodes.<name>``) a mirror publishes for a value
+    of this quality and reason (OPC 10000-4 §7.39, 10000-8 for the EU ones).
+
+    GOOD -> ``Good``; UNCERTAIN: ``UncertainEngineeringUnitsExceeded`` (beyond the map's
+    range), ``UncertainLastUsableValue`` (held from an older scan); BAD:
+    ``BadNoCommunication`` (link down, stale, never read), ``BadOutOfRange`` (implausible,
+    not in the enumeration), ``BadSensorFailure`` (non-finite, frozen),
+    ``BadDeviceFailure`` (a Modbus exception or a Bad status from the PLC), else
+    ``BadConfigurationError`` (undecodable: the map does not fit the PLC).
+    """
+    q = Quality(int(quality))
+    r = reason.lower()
+    if q is Quality.GOOD:
+        return "Good"
+    if q is Quality.UNCERTAIN:
+        if r.startswith("last usable"):
+            return "UncertainLastUsableValue"
+        if "range exceeded" in r:
+            return "UncertainEngineeringUnitsExceeded"
+        return "Uncertain"
+    if any(k in r for k in ("link", "stale", "not read", "not connected", "connection", "timeout", "no data")):
+        return "BadNoCommunication"
+    if "implausible" in r or "enumeration" in r:
+        return "BadOutOfRange"
+    if "non-finite" in r or "frozen" in r:
+        return "BadSensorFailure"
+    if r.startswith("modbus exception") or r.startswith("bad"):
+        return "BadDeviceFailure"
+    return "BadConfigurationError"
+
+
+@dataclass(slots=True)
+class ValueQuality:
+    """Quality of one measured array (one value per line or per cell), as last read.
+
+    Attributes:
+        quality: [n] ``Quality`` codes (uint8).
+        t_s: [n] plant time of the PLC scan the value came from [s] (NaN: never read);
+            a value held from an older scan keeps that scan's time.
+        reason: [n] why it is not GOOD ("" when GOOD), object array of str.
+    """
+
+    quality: np.ndarray
+    t_s: np.ndarray
+    reason: np.ndarray
+
+    @classmethod
+    def never(cls, n: int, reason: str = "not read yet") -> ValueQuality:
+        """``n`` values never read: BAD, no source time."""
+        return cls(np.full(n, Quality.BAD, dtype=np.uint8), np.full(n, np.nan), np.full(n, reason, dtype=object))
+
+    def set(self, i: int | np.ndarray, quality: Quality | np.ndarray, t_s: float | np.ndarray,
+            reason: str | np.ndarray) -> None:  # fmt: skip
+        """Set element(s) ``i``."""
+        self.quality[i] = quality
+        self.t_s[i] = t_s
+        self.reason[i] = reason
+
+    def status_names(self) -> list[str]:
+        """The OPC UA StatusCode name of each value (``opcua_status_name``)."""
+        return [opcua_status_name(int(q), str(r)) for q, r in zip(self.quality, self.reason, strict=True)]
+
+    @property
+    def good(self) -> np.ndarray:
+        return self.quality == Quality.GOOD
+
+
+@dataclass(slots=True)
+class LinkStatus:
+    """One PLC link as the bridge saw it at its last scan (for a link-state node, /readyz).
+
+    Attributes:
+        device: ``rectifier:Line1`` / ``potroom:Potroom2``.
+        up: the last scan reached the PLC and read at least one tag.
+        reason: why not ("" when up).
+        scan_t: plant time of the last scan [s] (NaN: none yet).
+        last_good_t: plant time of the last scan with the link up [s] (NaN: never).
+        capability_losses: what the device's map does not give, and what that costs
+            (``no heartbeat_in: ...``).
+    """
+
+    device: str
+    up: bool
+    reason: str = ""
+    scan_t: float = float("nan")
+    last_good_t: float = float("nan")
+    capability_losses: list[str] = field(default_factory=list)

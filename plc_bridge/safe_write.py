@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+import numpy as np
 import structlog
 
 from plc_bridge import codec
-from plc_bridge.quality import Sample, WriteResult
+from plc_bridge.quality import Quality, Sample, WriteResult
 from plc_bridge.tagmap import Tag, TagMap
 
 __all__ = [
@@ -102,6 +103,7 @@ class WriteDecision:
     ramped: bool = False
     rejected: bool = False
     reason: str = ""
+    recovering: bool = False
 
 
 def _as_float(x: Any) -> float | None:
@@ -132,8 +134,11 @@ def decide(
         interlocks: evaluated interlocks; any not ok refuses the write.
 
     Returns:
-        a ``WriteDecision``; when not rejected, ``limits.min <= value <= limits.max``
-        and ``|value - last| <= max_rate_per_s * min(now - last_t, max_interval_s)``.
+        a ``WriteDecision``; when not rejected, ``|value - last| <= max_rate_per_s *
+        min(now - last_t, max_interval_s)`` and ``limits.min <= value <= limits.max`` --
+        except while the PLC holds a value outside the limits (``last``): then the value
+        lies between ``last`` and the limits, a ramp step closer (``recovering``), so an
+        out-of-bounds PLC is brought back along the ramp, never left there.
     """
     name = limits.tag.name
     req = _as_float(requested)
@@ -155,11 +160,10 @@ def decide(
         if last is None or last_t is None or not math.isfinite(last):
             return WriteDecision(name, req, None, clamped, rejected=True,
                                  reason="PLC value unknown: read back before a ramp-limited write")  # fmt: skip
-        if not lo <= last <= hi:
-            return WriteDecision(name, req, None, clamped, rejected=True,
-                                 reason=f"PLC holds {last:g}, outside [{lo:g}, {hi:g}]: cannot ramp from there")  # fmt: skip
         dt = min(max(0.0, now - last_t), limits.max_interval_s)
         step = max(0.0, rate) * dt
+        if not lo <= last <= hi:
+            return _recover(limits, req, x, clamped, last, step, rate)
         a, b = max(lo, last - step), min(hi, last + step)
         if x < a or x > b:
             ramped = True
@@ -176,6 +180,24 @@ def decide(
     if ramped:
         reasons.append(f"ramp limited to {rate:g}/s")
     return WriteDecision(name, req, v, clamped, ramped, False, "; ".join(reasons))
+
+
+def _recover(limits: SetpointLimits, req: float, x: float, clamped: bool, last: float, step: float,
+             rate: float) -> WriteDecision:  # fmt: skip
+    """The PLC holds ``last`` outside ``[min, max]``: one ramp step from it toward ``x`` (in bounds)."""
+    name, lo, hi = limits.tag.name, limits.min, limits.max
+    if last > hi:
+        a, b, target = max(x, last - step), last, last - step
+    else:
+        a, b, target = last, min(x, last + step), last + step
+    v = codec.quantize_within(limits.tag, target, a, b)
+    where = f"PLC holds {last:g}, outside [{lo:g}, {hi:g}]"
+    if v is None or v == last:
+        return WriteDecision(name, req, None, clamped, True, True,
+                             f"{where}: ramp step smaller than the tag resolution", recovering=True)  # fmt: skip
+    back = lo <= v <= hi
+    why = f"{where}: {'back within bounds' if back else f'ramping back at {rate:g}/s'}"
+    return WriteDecision(name, req, v, clamped, v != x, False, why, recovering=not back)
 
 
 def evaluate_condition(
@@ -219,6 +241,7 @@ class WriteRecord:
         clamped, ramped, rejected: what the safety layer did; reason: why;
         verified: read-back matched (None = not checked); attempts: writes sent;
         shadow: decided but not sent (shadow mode).
+        unchanged: within the deadband of what the PLC holds: not sent and not journalled.
     """
 
     t: float
@@ -233,12 +256,15 @@ class WriteRecord:
     verified: bool | None = None
     attempts: int = 0
     shadow: bool = False
+    unchanged: bool = False
 
     @property
     def action(self) -> str:
-        """One word for dashboards: rejected | clamped | ramped | clamped+ramped | written | shadow."""
+        """One word for dashboards: rejected | unchanged | clamped | ramped | clamped+ramped | written | shadow."""
         if self.rejected:
             return "rejected"
+        if self.unchanged:
+            return "unchanged"
         if self.shadow:
             return "shadow"
         parts = [p for p, f in (("clamped", self.clamped), ("ramped", self.ramped)) if f]
@@ -254,7 +280,10 @@ class WriteRecord:
 class Alarm:
     """An alarm raised (``active``) or cleared by the safety layer.
 
-    ``kind``: comms_lost | readback_mismatch | plc_refused | plc_heartbeat_stale.
+    ``kind``: comms_lost | readback_mismatch | plc_refused | plc_heartbeat_stale |
+    out_of_bounds (the PLC holds a value outside the write bounds: being brought back, or
+    refused, says which) | plc_value_unusable (the PLC's value of a ramp-limited tag is
+    BAD, e.g. implausible: nothing is written to it).
     """
 
     t: float
@@ -461,8 +490,42 @@ class SafeWriter:
         self.interlocks.append(Interlock(name, check, sel))
 
     def update(self, samples: Mapping[str, Sample]) -> None:
-        """Feed the latest PLC samples (e.g. ``scan.samples()``) used by interlocks and the heartbeat."""
+        """Feed the latest PLC samples (e.g. ``scan.samples()``) used by interlocks and the heartbeat.
+
+        A written tag's register read in a scan taken after the last write tells what the
+        PLC holds now (it may have changed it itself: setpoint tracking, a local
+        operator); that value replaces the remembered one (the ramp's time base stays).
+        """
         self.samples.update(samples)
+        if self.state is not LinkState.NORMAL:
+            return
+        for n, s in samples.items():
+            st = self._tags.get(n)
+            if st is None or st.last is None or st.last_t is None or s.t <= st.last_t or not _usable(s):
+                continue
+            v = float(s.value)  # type: ignore[arg-type]
+            if abs(v - st.last) > _default_tolerance(self.tagmap[n]):
+                st.last = v
+
+    def _bounds_alarm(self, lim: SetpointLimits, last: float | None, d: WriteDecision) -> None:
+        """``out_of_bounds`` (being brought back) / ``out_of_bounds_refused`` while the PLC's
+        value lies outside the write bounds; cleared once it is back within them."""
+        name, unit = lim.tag.name, (f" {lim.tag.unit}" if lim.tag.unit else "")
+        if last is None:
+            return
+        if lim.min <= last <= lim.max:
+            for kind in ("out_of_bounds", "out_of_bounds_refused"):
+                self._alarm(kind, f"{name} back within [{lim.min:g}, {lim.max:g}]{unit}", name, active=False)
+            return
+        where = f"{name}: PLC holds {last:g}{unit}, outside the write bounds [{lim.min:g}, {lim.max:g}]{unit}"
+        if d.rejected:
+            self._alarm("out_of_bounds", f"{where}: bringing back paused", name, active=False)
+            self._alarm("out_of_bounds_refused", f"{where}; not brought back: {d.reason}", name)
+        else:
+            self._alarm("out_of_bounds_refused", f"{where}: being brought back", name, active=False)
+            rate = lim.max_rate_per_s
+            how = f"along the ramp ({rate:g}{unit}/s)" if rate is not None else f"to {d.value:g}{unit}"
+            self._alarm("out_of_bounds", f"{where}: bringing it back {how}", name)
 
     # -------------------------------------------------------------- alarms
 
@@ -523,8 +586,8 @@ class SafeWriter:
         for n in wanted:
             s = samples.get(n)
             st = self._tags.setdefault(n, _TagState())
-            if s is not None and s.good and s.value is not None:
-                st.last, st.last_t = float(s.value), now
+            if s is not None and _usable(s):
+                st.last, st.last_t = float(s.value), now  # type: ignore[arg-type]
             else:
                 st.last = st.last_t = None
                 why = s.reason if s is not None else "no data"
@@ -557,17 +620,22 @@ class SafeWriter:
             out.append(InterlockResult("plc_heartbeat", False, "PLC heartbeat stale"))
         return out
 
-    async def write(self, name: str, requested: Any) -> WriteRecord:
+    async def write(self, name: str, requested: Any, *, deadband: float | None = None) -> WriteRecord:
         """Pass one setpoint/command through the safety layer and (maybe) to the PLC.
+
+        ``deadband`` [engineering units]: when the decided value is within it of what the
+        PLC holds (and no ramp is under way), nothing is sent and nothing journalled
+        (the record says ``unchanged``): an unchanged setpoint is not rewritten every
+        scan, a clamp is journalled when it changes, not while it lasts.
 
         Never raises for plant conditions; the returned record says what happened.
         Raises ValueError for a tag that is not writable (programming error).
         """
         lim = self.limits(name)
         async with self._lock:
-            return await self._write_locked(lim, requested)
+            return await self._write_locked(lim, requested, deadband)
 
-    async def _write_locked(self, lim: SetpointLimits, requested: Any) -> WriteRecord:
+    async def _write_locked(self, lim: SetpointLimits, requested: Any, deadband: float | None = None) -> WriteRecord:
         name = lim.tag.name
         st = self._tags.setdefault(name, _TagState())
         req_f = _as_float(requested)
@@ -582,19 +650,35 @@ class SafeWriter:
         if self.state is LinkState.COMMS_LOST and not await self.resync():
             return record(None, True, "comms lost: not writing (PLC holds its last value)")
         if st.last is None:
-            # know what the PLC holds before the first write (ramps hold across restarts)
+            # know what the PLC holds before the first write (ramps hold across restarts); a
+            # value beyond the map's bounds is known too (UNCERTAIN): it is brought back
             got = (await self.io.read([name])).get(name)
-            if got is not None and got.good and got.value is not None:
-                st.last, st.last_t = float(got.value), self.clock.now()
+            if got is not None and _usable(got):
+                st.last, st.last_t = float(got.value), self.clock.now()  # type: ignore[arg-type]
+                self._alarm("plc_value_unusable", f"{name}: PLC value usable again", name, active=False)
             elif got is None or _is_comms_reason(got.reason):
                 why = got.reason if got is not None else "no data"
                 self._comms_lost(why)
                 return record(None, True, f"comms lost: cannot read PLC value ({why})")
+            elif lim.max_rate_per_s is not None:
+                self._alarm("plc_value_unusable",
+                            f"{name}: the PLC's value is unusable ({got.reason}): no ramp-limited write to it", name)  # fmt: skip
+                return record(None, True, f"PLC value unusable ({got.reason}): cannot ramp from it")
         now = self.clock.now()
         previous = st.last
         d = decide(lim, requested, st.last, st.last_t, now, self._interlock_results(lim.tag, now))
+        self._bounds_alarm(lim, st.last, d)
         if d.rejected or d.value is None:
             return record(None, True, d.reason)
+        if (
+            deadband is not None
+            and st.last is not None
+            and not (d.ramped or d.recovering)
+            and abs(float(d.value) - st.last) <= deadband
+        ):
+            # unchanged: not sent, not journalled (not emitted)
+            return WriteRecord(now, name, d.requested, None, st.last, d.clamped, False, False,
+                               f"unchanged: PLC holds {st.last:g} (deadband {deadband:g})", unchanged=True)  # fmt: skip
         if not self.enabled:
             st.last, st.last_t = d.value, now
             return record(d.value, False, _join(d.reason, "shadow mode: not sent"), shadow=True)
@@ -609,7 +693,7 @@ class SafeWriter:
         verified: bool | None = None
         while True:
             attempts += 1
-            res = await _io_write(self.io, name, value)
+            res = await _io_write(self.io, name, value, recovery=not (lim.tag.lo <= float(d.value) <= lim.tag.hi))
             if not res.ok:
                 if res.comms_failure:
                     self._comms_lost(res.reason)
@@ -773,14 +857,28 @@ def _is_comms_reason(reason: str) -> bool:
     return reason in _COMMS_REASONS or reason.startswith(_COMMS_PREFIXES)
 
 
-async def _io_write(io: TagIO, name: str, value: Any) -> WriteResult:
+def _usable(s: Sample) -> bool:
+    """A value the PLC really holds: GOOD, or UNCERTAIN with a finite value (beyond the
+    map's engineering range: known, to be brought back); never BAD (implausible, link)."""
+    if s.value is None or s.quality is Quality.BAD or isinstance(s.value, (str, np.ndarray)):
+        return False
+    try:
+        return math.isfinite(float(s.value))
+    except (TypeError, ValueError):
+        return False
+
+
+async def _io_write(io: TagIO, name: str, value: Any, *, recovery: bool = False) -> WriteResult:
     """``io.write`` as a ``WriteResult``, also for I/O objects that return None and raise on failure.
 
     An exception carrying a ``status`` (e.g. an OPC UA refusal) counts as the PLC
     refusing; any other exception as a comms failure (stop, re-read, never guess).
+    ``recovery``: the value lies outside the tag map's bounds because it brings the PLC
+    back toward them (``io.write(..., recovery=True)``: the client's own bounds check
+    then allows it).
     """
     try:
-        res = await io.write(name, value)
+        res = await (io.write(name, value, recovery=True) if recovery else io.write(name, value))  # type: ignore[call-arg]
     except Exception as exc:
         status = getattr(exc, "status", None)
         if status is not None:

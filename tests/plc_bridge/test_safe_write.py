@@ -121,11 +121,51 @@ def test_ramp_takes_the_time_the_rate_implies():
     assert d.ramped and d.value == pytest.approx(120.0 - RATE * lim.max_interval_s, abs=1e-5)
 
 
-def test_unknown_or_out_of_bounds_plc_value_blocks_ramped_writes():
+def test_unknown_plc_value_blocks_ramped_writes():
     lim = SetpointLimits(RECT[SP], 0.0, 135.0, RATE)
-    assert decide(lim, 100.0, None, None, 0.0).rejected
-    d = decide(lim, 100.0, 150.0, 0.0, 1.0)  # PLC holds more than our bounds allow
-    assert d.rejected and "outside" in d.reason
+    d = decide(lim, 100.0, None, None, 0.0)
+    assert d.rejected and "unknown" in d.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    last=st.one_of(st.floats(117.6, 200.0), st.floats(-50.0, 59.9)),
+    rate=st.floats(0.01, 5.0),
+    steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(-500.0, 500.0)), min_size=1, max_size=60),
+)
+def test_a_plc_outside_the_bounds_is_brought_back_along_the_ramp(last, rate, steps):
+    """The PLC holds a value outside [60, 117.5] (set locally, or bounds tightened): every
+    write moves it toward the bounds by at most one ramp step, never further out, never
+    past the request; once inside, the ordinary rules hold. Never a stand-off."""
+    lo, hi = 60.0, 117.5
+    lim = SetpointLimits(RECT[SP], lo, hi, rate)
+    last_t = now = 0.0
+    for dt, req in steps:
+        now += dt
+        d = decide(lim, req, last, last_t, now)
+        if d.rejected:
+            assert d.value is None and ("resolution" in d.reason)
+            continue
+        dist = max(lo - last, last - hi, 0.0)
+        new_dist = max(lo - d.value, d.value - hi, 0.0)
+        assert step_ok(last, d.value, rate, min(now - last_t, lim.max_interval_s))
+        assert new_dist <= dist  # never further out
+        if dist > 0:
+            assert d.recovering == (new_dist > 0) and "outside" in d.reason
+        else:
+            assert lo <= d.value <= hi
+        last, last_t = d.value, now
+
+
+def test_recovery_from_above_reaches_the_bound_in_the_time_the_rate_implies():
+    lim = SetpointLimits(RECT[SP], 0.0, 117.5, 0.1)
+    last, t, k = 119.0, 0.0, 0
+    while last > 117.5:
+        k += 1
+        d = decide(lim, 119.0, last, t, float(k))  # the controller still asks for 119
+        assert not d.rejected and d.value < last
+        last, t = d.value, float(k)
+    assert k in (15, 16) and last == 117.5 and not d.recovering  # float32 steps round toward the slow side
 
 
 # ====================================================================== over the wire

@@ -163,7 +163,7 @@ def test_address_out_of_range_rejected(tmp_path):
     """,
     )
     (msg,) = problems_of(p)
-    assert msg == f"{p}: tags[0:far].modbus.address: expected an integer in [0, 65535], got 70000"
+    assert msg == f"{p}: tags[0:far].modbus.address: expected an integer in [0, 65536], got 70000"
 
 
 def test_32_bit_tag_at_last_address_rejected(tmp_path):
@@ -290,7 +290,7 @@ def test_unknown_key_rejected(tmp_path):
     """,
     )
     (msg,) = problems_of(p)
-    assert msg.startswith(f"{p}: tags[0:sp].units: unknown key (expected one of: access, description, max, ")
+    assert msg.startswith(f"{p}: tags[0:sp].units: unknown key (expected one of: access, alias_of, description, ")
     assert ", unit, " in msg
 
 
@@ -399,7 +399,8 @@ def test_cli_export_csv_and_json(tmp_path, capsys):
     assert len(rows) == 6 + 132 * 15
     by_name = {r["name"]: r for r in rows}
     v = by_name["cell132.voltage"]
-    assert v["table"] == "input" and v["address"] == str(100 + 131 * 8) and v["type"] == "float32"
+    assert v["table"] == "input" and v["address_0based"] == str(100 + 131 * 8) and v["type"] == "float32"
+    assert v["address_1based"] == str(101 + 131 * 8) and v["address_base"] == "0"
     assert v["opcua_browse_path"] == "Objects/Potroom3/Cell132/Voltage" and v["unit"] == "V"
     # Modicon convention: holding register at protocol address 0 is 400001, input 0 is 300001
     assert by_name["heartbeat_out"]["modbus_ref"] == "400001"
