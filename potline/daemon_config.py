@@ -60,6 +60,7 @@ the config core's ``ConfigError``, worded as for every other config file.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -163,6 +164,15 @@ class SafetySection(StrictModel):
     line_current_max_ka: float | None = Field(None, gt=0.0, description="tighter than the tag map")
     stale_after_s: float = Field(10.0, gt=0.0, le=600.0, description="no action on data older than this")
     plc_heartbeat_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="PLC counter stale after this")
+    plc_watchdog_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=3600.0,
+        description="the PLCs' own heartbeat watchdog [plant s] (their commissioning value): a PLC that has not "
+        "seen heartbeat_out move for this long hands itself to local control. stale_after_s and "
+        "plc_heartbeat_timeout_s may not exceed it; None: assumed the longer of 30 s and 10 scan periods (on a "
+        "HIL rig at least 2 wall seconds)",
+    )
     ack_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="command acknowledgement timeout")
     verify_commands: bool = Field(False, description="read back command fields (the ack verifies them anyway)")
     modbus_timeout_s: float = Field(0.5, gt=0.0, le=30.0, description="per request [wall s]")
@@ -437,6 +447,12 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                     issues.append(Issue(file, k, f"port {prt} is PLC {nm!r}'s endpoint"))
         if layout is not None:
             issues += _cross_check(file, cfg, layout, tagmaps)
+        issues += _timeout_issues(file, cfg)
+        if plant is not None and control is not None:
+            origin = _Sources(daemon=file, plant=plant_file, plant_prefix="" if plant_file != file else "plant.",
+                              control=str(ctrl_file), control_data=ctrl_data if isinstance(ctrl_data, dict) else {},
+                              tagmap_paths=tm_paths)  # fmt: skip
+            issues += _bounds_issues(origin, cfg, plant, control, checked)
 
     # ---- mirror security
     security = None
@@ -512,6 +528,242 @@ def _cross_check(file: str, cfg: DaemonConfig, layout: Any, tagmaps: dict[str, A
             issues.append(Issue(file, "plc", f"expected exactly one rectifier PLC for line {ln!r}, got {len(got)}"
                                 + (f" ({', '.join(got)})" if got else "")))  # fmt: skip
     return issues
+
+
+# ---------------------------------------------------------------------- bounds from the plant
+
+#: the PLCs' heartbeat watchdog assumed when ``safety.plc_watchdog_s`` is not given [plant s]
+DEFAULT_PLC_WATCHDOG_S = 30.0
+#: ... or this many scan periods when that is longer (a slow controller's PLCs wait longer)
+DEFAULT_WATCHDOG_SCANS = 10.0
+#: ... and, on a HIL rig, at least this many wall seconds (processes and sockets do not accelerate)
+HIL_MIN_WATCHDOG_WALL_S = 2.0
+#: a time the daemon waits on PLC data must span at least this many scans (one read per scan)
+MIN_SCANS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Sources:
+    """Where each value of a cross-check comes from (to name file and key)."""
+
+    daemon: str  # the daemon file ([safety], [daemon])
+    plant: str  # the plant file (or the daemon file with an inline [plant])
+    plant_prefix: str  # "" for a plant file, "plant." for an inline [plant]
+    control: str  # the file holding the [control] table (daemon file or plant file)
+    control_data: dict[str, Any]  # that table as written (to tell set keys from defaults)
+    tagmap_paths: dict[str, Path]
+
+
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    """A bound a value is checked against, with the words that say where it comes from."""
+
+    value: float
+    what: str
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _bounded(issues: list[Issue], file: str, key: str, got: float, unit: str, *, at_most: Sequence[_Limit] = (),
+             at_least: Sequence[_Limit] = (), below: Sequence[_Limit] = (), note: str = "") -> None:  # fmt: skip
+    """One issue for ``key`` when ``got`` breaks its limits: the tightest broken limit is named,
+    the others broken too are listed after it."""
+    eps = 1e-9
+    u = f" {unit}" if unit else ""
+    for word, limits, broken, tightest in (
+        ("at most", at_most, lambda lim: got > lim.value + eps, min),
+        ("at least", at_least, lambda lim: got < lim.value - eps, max),
+        ("less than", below, lambda lim: got >= lim.value - eps, min),
+    ):
+        bad = [lim for lim in limits if broken(lim)]
+        if not bad:
+            continue
+        first = tightest(bad, key=lambda lim: lim.value)
+        more = [lim for lim in bad if lim is not first]
+        also = "; also breaks " + "; ".join(f"{_num(lim.value)}{u} ({lim.what})" for lim in more) if more else ""
+        issues.append(
+            Issue(file, key, f"expected {word} {_num(first.value)}{u} ({first.what}), got {_num(got)}{note}{also}")
+        )
+        return
+
+
+def _timeout_issues(file: str, cfg: DaemonConfig) -> list[Issue]:
+    """The fail-safe times against the scan period and the PLCs' watchdog (plant seconds).
+
+    Rules: ``stale_after_s``, ``plc_heartbeat_timeout_s`` and ``ack_timeout_s`` span at
+    least two scans (data are read once per scan: a shorter time fails a healthy link);
+    ``stale_after_s`` and ``plc_heartbeat_timeout_s`` are at most the PLCs' watchdog (the
+    daemon stops acting on a silent PLC no later than that PLC gives up on a silent
+    daemon and goes local); the watchdog spans at least two scans (the daemon's
+    heartbeat moves once per scan).
+    """
+    issues: list[Issue] = []
+    d, s = cfg.daemon, cfg.safety
+    scan = d.scan_period_s
+    two_scans = _Limit(MIN_SCANS * scan, f"2 x daemon.scan_period_s = 2 x {_num(scan)} s: one read per scan")
+    if s.plc_watchdog_s is not None:
+        wd = _Limit(s.plc_watchdog_s, "safety.plc_watchdog_s, the PLCs' heartbeat watchdog: a silent PLC must "
+                    "be given up no later than it gives up on the daemon and goes local")  # fmt: skip
+        _bounded(issues, file, "safety.plc_watchdog_s", s.plc_watchdog_s, "s",
+                 at_least=[_Limit(MIN_SCANS * scan, f"2 x daemon.scan_period_s = 2 x {_num(scan)} s: the "
+                                  "daemon's heartbeat moves once per scan")])  # fmt: skip
+    else:
+        w, why = DEFAULT_PLC_WATCHDOG_S, f"{_num(DEFAULT_PLC_WATCHDOG_S)} s"
+        if DEFAULT_WATCHDOG_SCANS * scan > w:
+            w, why = DEFAULT_WATCHDOG_SCANS * scan, f"{_num(DEFAULT_WATCHDOG_SCANS)} scans of {_num(scan)} s"
+        if d.hil and HIL_MIN_WATCHDOG_WALL_S * d.clock_speed > w:
+            w = HIL_MIN_WATCHDOG_WALL_S * d.clock_speed
+            why = f"{_num(HIL_MIN_WATCHDOG_WALL_S)} wall s on a HIL rig at {_num(d.clock_speed)}x"
+        wd = _Limit(w, f"the PLCs' heartbeat watchdog as assumed without safety.plc_watchdog_s ({why}): a silent "
+                    "PLC must be given up no later than it gives up on the daemon and goes local")  # fmt: skip
+    for key in ("stale_after_s", "plc_heartbeat_timeout_s"):
+        _bounded(issues, file, f"safety.{key}", getattr(s, key), "s", at_least=[two_scans], at_most=[wd])
+    _bounded(issues, file, "safety.ack_timeout_s", s.ack_timeout_s, "s",
+             at_least=[_Limit(MIN_SCANS * scan, f"2 x daemon.scan_period_s = 2 x {_num(scan)} s: an "
+                              "acknowledgement is read one scan after the PLC gives it")])  # fmt: skip
+    return issues
+
+
+def _bounds_issues(src: _Sources, cfg: DaemonConfig, plant: Any, control: Any, maps: dict[str, Any]) -> list[Issue]:
+    """Every amperage, beam and feed bound and target against the plant and the tag maps.
+
+    Amperage: ``control.amperage`` ``max_ka``, ``target_ka``, ``restart_start_ka``,
+    ``cutout_current_ka`` at most every line's ``rectifier.max_ka`` and the rectifier map's
+    ``line_current_sp`` max, ``min_ka`` at least every ``rectifier.min_ka``; without a
+    ``target_ka`` each line's nominal current (``rectifier.setpoint_ka``) within
+    [``min_ka``, ``max_ka``]; ``safety.line_current_max_ka`` at most the rectifier and tag
+    limits and at least what the controller regulates to (``min_ka``, the target);
+    ``safety.line_current_min_ka`` at most the tag map's max and what the controller asks
+    for at its lowest (``min_ka``, ``restart_start_ka``, ``cutout_current_ka``); AE
+    detection and feeding ``min_current_ka`` below the nominal current. Beam and feed:
+    every single move or dose the controller commands fits one command of the potroom
+    map (``beam_move``, ``feed_shots``); the first quench lowering within
+    ``max_total_down_mm``; ``resistance.min_move_mm`` at most its ``max_move_mm``.
+    """
+    issues: list[Issue] = []
+    amp = control.amperage
+    cdata = src.control_data
+    amp_set = cdata.get("amperage") if isinstance(cdata.get("amperage"), dict) else {}
+
+    def ckey(sub: str) -> str:
+        return f"control.{sub}"
+
+    def note(section: dict[str, Any] | Any, name: str, sub: str) -> str:
+        given = isinstance(section, dict) and name in section
+        return "" if given else f" (the default: set {ckey(sub)})"
+
+    # ---- the plant's rectifiers and the rectifier tag map
+    rect_max: list[_Limit] = []
+    rect_min: list[_Limit] = []
+    nominal: list[tuple[str, float, str]] = []
+    for i, line in enumerate(plant.lines):
+        where = f"{src.plant_prefix}lines[{i}:{line.name}].rectifier"
+        r = line.rectifier
+        rect_max.append(_Limit(r.max_ka, f"{line.name}'s rectifier limit, {src.plant}: {where}.max_ka"))
+        rect_min.append(_Limit(r.min_ka, f"{line.name}'s rectifier minimum, {src.plant}: {where}.min_ka"))
+        nominal.append((line.name, r.setpoint_ka, f"{src.plant}: {where}.setpoint_ka"))
+    tag_max: list[_Limit] = []
+    tag_min: list[_Limit] = []
+    rmap = maps.get("rectifier")
+    if rmap is not None and "line_current_sp" in rmap.tags:
+        t = rmap["line_current_sp"]
+        k = f"tags[{list(rmap.tags).index('line_current_sp')}:line_current_sp]"
+        tag_max.append(
+            _Limit(t.hi, f"the rectifier tag map's setpoint limit, {src.tagmap_paths['rectifier']}: {k}.max")
+        )
+        tag_min.append(
+            _Limit(t.lo, f"the rectifier tag map's setpoint minimum, {src.tagmap_paths['rectifier']}: {k}.min")
+        )
+    top = rect_max + tag_max
+    f = src.control
+    if amp.enabled:
+        _bounded(issues, f, ckey("amperage.max_ka"), amp.max_ka, "kA", at_most=top,
+                 note=note(amp_set, "max_ka", "amperage.max_ka"))  # fmt: skip
+        _bounded(issues, f, ckey("amperage.min_ka"), amp.min_ka, "kA", at_least=rect_min + tag_min,
+                 note=note(amp_set, "min_ka", "amperage.min_ka"))  # fmt: skip
+        own = [_Limit(amp.max_ka, "control.amperage.max_ka")]
+        if amp.target_ka is not None:
+            _bounded(issues, f, ckey("amperage.target_ka"), amp.target_ka, "kA", at_most=top + own,
+                     at_least=[_Limit(amp.min_ka, "control.amperage.min_ka")])  # fmt: skip
+        else:
+            for name, ka, where in nominal:
+                why = f"{name}'s nominal current, {where}: with target_ka unset the controller regulates to it"
+                if ka > amp.max_ka + 1e-9:
+                    _bounded(issues, f, ckey("amperage.max_ka"), amp.max_ka, "kA", at_least=[_Limit(ka, why)],
+                             note=note(amp_set, "max_ka", "amperage.max_ka"))  # fmt: skip
+                elif ka < amp.min_ka - 1e-9:
+                    _bounded(issues, f, ckey("amperage.min_ka"), amp.min_ka, "kA", at_most=[_Limit(ka, why)],
+                             note=note(amp_set, "min_ka", "amperage.min_ka"))  # fmt: skip
+        for name in ("restart_start_ka", "cutout_current_ka"):
+            _bounded(issues, f, ckey(f"amperage.{name}"), getattr(amp, name), "kA", at_most=top + own,
+                     note=note(amp_set, name, f"amperage.{name}"))  # fmt: skip
+    targets = [amp.target_ka] if amp.target_ka is not None else [ka for _, ka, _ in nominal]
+    s = cfg.safety
+    if s.line_current_max_ka is not None:
+        floor = [_Limit(amp.min_ka, "control.amperage.min_ka: the safety layer would hold every setpoint the "
+                        "controller regulates to below it")]  # fmt: skip
+        if amp.target_ka is not None:
+            floor.append(_Limit(amp.target_ka, "control.amperage.target_ka: the line could never carry its target"))
+        else:
+            floor += [_Limit(ka, f"{name}'s nominal current, {where}: the line could never carry it")
+                      for name, ka, where in nominal]  # fmt: skip
+        _bounded(issues, src.daemon, "safety.line_current_max_ka", s.line_current_max_ka, "kA", at_most=top,
+                 at_least=floor if amp.enabled else [])  # fmt: skip
+    if s.line_current_min_ka is not None:
+        ceiling = list(top)
+        if amp.enabled:
+            ceiling += [
+                _Limit(amp.min_ka, "control.amperage.min_ka: the safety layer would raise the controller's lowest setpoint"),
+                _Limit(amp.restart_start_ka, "control.amperage.restart_start_ka: a tripped line would restart higher"),
+                _Limit(amp.cutout_current_ka, "control.amperage.cutout_current_ka: a cell cut-out could not ramp down"),
+            ]  # fmt: skip
+        _bounded(issues, src.daemon, "safety.line_current_min_ka", s.line_current_min_ka, "kA", at_most=ceiling)
+    lowest = min(targets, default=None)
+    if lowest is not None:
+        for sub in ("detection", "feeding"):
+            val = getattr(control, sub).min_current_ka
+            sect = cdata.get(sub)
+            _bounded(issues, f, ckey(f"{sub}.min_current_ka"), val, "kA",
+                     below=[_Limit(lowest, "the line current the controller regulates to: nothing would be "
+                                   + ("detected" if sub == "detection" else "fed") + " at it")],
+                     note=note(sect, "min_current_ka", f"{sub}.min_current_ka"))  # fmt: skip
+
+    # ---- beam moves and feed doses against the potroom tag map (one command each)
+    pmap = maps.get("potroom")
+    q, rc, fd = control.quench, control.resistance, control.feeding
+    if pmap is not None and pmap.cells is not None:
+        path = src.tagmap_paths["potroom"]
+        fields = list(pmap.cells.fields)
+
+        def cell_limit(fld: str) -> _Limit | None:
+            if fld not in fields:
+                return None
+            t = pmap[pmap.cell_tags(fld)[0]]
+            k = f"cells.tags[{fields.index(fld)}:{fld}]"
+            if fld == "beam_move":
+                return _Limit(min(t.hi, -t.lo), f"the largest move one command carries, {path}: {k}.max/min")
+            return _Limit(t.hi, f"the largest dose one command carries, {path}: {k}.max")
+
+        beam = cell_limit("beam_move")
+        if beam is not None:
+            for sub, obj, name in (("quench", q, "lower_mm"), ("quench", q, "pump_amplitude_mm"),
+                                   ("resistance", rc, "max_move_mm"), ("resistance", rc, "max_move_after_operation_mm")):  # fmt: skip
+                _bounded(issues, f, ckey(f"{sub}.{name}"), getattr(obj, name), "mm", at_most=[beam],
+                         note=note(cdata.get(sub), name, f"{sub}.{name}"))  # fmt: skip
+        dose = cell_limit("feed_shots")
+        if dose is not None:
+            for sub, obj, name in (("quench", q, "feed_shots"), ("quench", q, "refeed_shots"),
+                                   ("feeding", fd, "preventive_shots")):  # fmt: skip
+                _bounded(issues, f, ckey(f"{sub}.{name}"), getattr(obj, name), "shots", at_most=[dose],
+                         note=note(cdata.get(sub), name, f"{sub}.{name}"))  # fmt: skip
+    _bounded(issues, f, ckey("quench.lower_mm"), q.lower_mm, "mm",
+             at_most=[_Limit(q.max_total_down_mm, "control.quench.max_total_down_mm: the first lowering would be "
+                             "cut short")])  # fmt: skip
+    _bounded(issues, f, ckey("resistance.min_move_mm"), rc.min_move_mm, "mm",
+             at_most=[_Limit(rc.max_move_mm, "control.resistance.max_move_mm")])  # fmt: skip
+    return list(dict.fromkeys(issues))  # one issue per (key, message)
 
 
 def _table(data: dict[str, Any], key: str) -> dict[str, Any]:

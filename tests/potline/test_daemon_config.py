@@ -205,3 +205,122 @@ logging.getLogger("pymodbus.logging").warning("retrying %s", "request")
         and "event.ae_start" in t
         and "{" not in t.split("event.ae_start")[1].splitlines()[0]
     )
+
+
+# ---------------------------------------------------------------------- bounds from the plant (issue 15, item 4)
+
+#: the red team's values (and their kin): section updates -> (key, the limit's value and words, got)
+RED_TEAM = {
+    "target_and_max_above_the_rectifier": (
+        {"control": {"amperage": {"target_ka": 900.0, "max_ka": 1000.0}}},
+        [("control.amperage.max_ka", "at most 132 kA (Line1's rectifier limit", "got 1000"),
+         ("control.amperage.target_ka", "at most 132 kA (Line1's rectifier limit", "got 900")],
+    ),
+    "safety_min_above_the_tag_max": (
+        {"safety": {"line_current_min_ka": 200.0}},
+        [("safety.line_current_min_ka", "at most 60 kA (control.amperage.min_ka", "got 200")],
+    ),
+    "safety_max_below_the_min": (
+        {"safety": {"line_current_max_ka": 10.0}},
+        [("safety.line_current_max_ka", "at least 120 kA (Line1's nominal current", "got 10")],
+    ),
+    "stale_after_ten_minutes": (
+        {"safety": {"stale_after_s": 600.0}},
+        [("safety.stale_after_s", "at most 30 s (the PLCs' heartbeat watchdog", "got 600")],
+    ),
+    "heartbeat_timeout_ten_minutes": (
+        {"safety": {"plc_heartbeat_timeout_s": 600.0}},
+        [("safety.plc_heartbeat_timeout_s", "at most 30 s (the PLCs' heartbeat watchdog", "got 600")],
+    ),
+    "heartbeat_timeout_shorter_than_a_scan": (
+        {"safety": {"plc_heartbeat_timeout_s": 1.0}},
+        [("safety.plc_heartbeat_timeout_s", "at least 4 s (2 x daemon.scan_period_s", "got 1")],
+    ),
+    "timeouts_beyond_the_plcs_own_watchdog": (
+        {"safety": {"plc_watchdog_s": 8.0, "stale_after_s": 10.0}},
+        [("safety.stale_after_s", "at most 8 s (safety.plc_watchdog_s", "got 10"),
+         ("safety.plc_heartbeat_timeout_s", "at most 8 s (safety.plc_watchdog_s", "got 10")],
+    ),
+    "beam_and_feed_beyond_one_command": (
+        {"control": {"quench": {"lower_mm": 35.0, "max_total_down_mm": 60.0, "feed_shots": 12},
+                     "resistance": {"max_move_mm": 40.0}}},
+        [("control.quench.lower_mm", "at most 30 mm (the largest move one command carries", "got 35"),
+         ("control.quench.feed_shots", "at most 10 shots (the largest dose one command carries", "got 12"),
+         ("control.resistance.max_move_mm", "at most 30 mm (the largest move one command carries", "got 40")],
+    ),
+    "no_detection_at_the_nominal_current": (
+        {"control": {"detection": {"min_current_ka": 150.0}}},
+        [("control.detection.min_current_ka", "less than 120 kA (the line current the controller regulates to",
+          "got 150")],
+    ),
+}  # fmt: skip
+
+
+def _with(data: dict, updates: dict) -> dict:
+    for section, values in updates.items():
+        node = data.setdefault(section, {})
+        for k, v in values.items():
+            if isinstance(v, dict):
+                node.setdefault(k, {}).update(v)
+            else:
+                node[k] = v
+    return data
+
+
+@pytest.mark.parametrize("case", sorted(RED_TEAM))
+def test_bounds_and_timeouts_beyond_the_plant_are_refused_naming_file_key_and_limit(case: str, tmp_path) -> None:
+    updates, expected = RED_TEAM[case]
+    issues = _issues(_with(_example(), updates), tmp_path)
+    f = str(tmp_path / "d.toml")
+    by_key = {k: m for file, k, m in issues if file == f}
+    for key, limit, got in expected:
+        assert key in by_key, (key, issues)
+        assert by_key[key].startswith(f"expected {limit}") and got in by_key[key], by_key[key]
+
+
+def test_the_limit_named_is_the_file_it_comes_from(tmp_path) -> None:
+    """A plant file's rectifier limit is named in that file; the tag map's limit in the map; a default
+    the user never wrote is called the default."""
+    plant = tmp_path / "plant.toml"
+    plant.write_text('name = "Bench"\n[[lines]]\nname = "Line1"\nrectifier = { setpoint_ka = 100.0, max_ka = 110.0 }\n'
+                     '[[lines.rooms]]\nname = "Potroom1"\ncells = 8\n')  # fmt: skip
+    data = _example()
+    del data["plant"]
+    data["daemon"]["plant_config"] = str(plant)
+    issues = _issues(data, tmp_path)  # the controller's default max_ka (130) is above this rectifier (110)
+    f = str(tmp_path / "d.toml")
+    # no [control] in the daemon file: the controller's settings are the plant file's [control] (here: defaults)
+    assert (str(plant), "control.amperage.max_ka",
+            f"expected at most 110 kA (Line1's rectifier limit, {plant}: lines[0:Line1].rectifier.max_ka), got 130 "
+            "(the default: set control.amperage.max_ka)") in issues  # fmt: skip
+    # a rectifier that could carry more than the wire's setpoint tag: the tag map is the limit
+    plant.write_text(
+        plant.read_text().replace("setpoint_ka = 100.0, max_ka = 110.0", "setpoint_ka = 120.0, max_ka = 150.0")
+    )
+    data["control"] = {"amperage": {"max_ka": 140.0}}
+    issues = _issues(data, tmp_path)
+    tm = ROOT / "config/tagmaps/rectifier.toml"
+    assert (f, "control.amperage.max_ka",
+            f"expected at most 135 kA (the rectifier tag map's setpoint limit, {tm}: tags[0:line_current_sp].max), "
+            "got 140") in issues  # fmt: skip
+
+
+def test_check_config_refuses_the_red_team_file_and_accepts_what_rigs_write(tmp_path) -> None:
+    data = _with(_example(), {"control": {"amperage": {"target_ka": 900.0, "max_ka": 1000.0}},
+                              "safety": {"stale_after_s": 600.0}})  # fmt: skip
+    cfg = tmp_path / "red.toml"
+    cfg.write_text(dump_toml(data))
+    out = _cli("check-config", "--config", str(cfg))
+    assert out.returncode == 1
+    assert f"{cfg}: control.amperage.max_ka: expected at most 132 kA" in out.stderr
+    assert f"{cfg}: safety.stale_after_s: expected at most 30 s" in out.stderr
+    # what `python -m hil_rigs serve` writes for every shipped scenario, at any speed, stays valid
+    from hil_rigs.process import daemon_config_for_rig
+    from hil_rigs.scenarios import load_scenario
+
+    for name in ("ae_storm", "comms_loss_ae", "cell_cutout"):
+        for speed in (1.0, 50.0, 300.0):
+            info = {"speed": speed, "epoch_monotonic": 0.0, "voltage_limit_v": [1250.0],
+                    "rectifiers": [{"name": "Line1", "protocol": "modbus", "host": "127.0.0.1", "port": 15020}],
+                    "potrooms": [{"name": "Potroom1", "protocol": "opcua", "host": "127.0.0.1", "port": 15021}]}  # fmt: skip
+            parse_daemon_config(daemon_config_for_rig(info, load_scenario(name)), source=tmp_path / "rig.toml")
