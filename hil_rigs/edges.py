@@ -9,10 +9,14 @@ The PLC logic never sees a socket; an edge serves the image and reports client w
   ``refuse_with`` (answer every request with a Modbus exception code, optionally with a
   probability) for the "exception responses" fault.
 * ``OpcUaEdge`` builds an asyncua server from the tag map's browse paths (string
-  NodeIds from the path, ``urn:potline-twin:plc:<instance>`` namespace). Variables are
-  *data sources*: a Read returns the image's current value (no per-scan publishing
-  cost, like open62541's DataSource variables); subscriptions are therefore not
-  served (a polling client is what the bridge uses). Writable tags validate type and
+  NodeIds from the path, in the map's ``[device] namespace``, by default
+  ``urn:potline-twin:plc:<instance>``). Variables are *data sources*: a Read returns
+  the image's current value (no per-scan publishing cost, like open62541's DataSource
+  variables); subscriptions are served too: after every PLC scan ``publish()`` pushes
+  the changed values of the nodes someone monitors (only those: an unmonitored node
+  costs nothing). Numeric variables with a unit or bounds are AnalogItemType with
+  ``EngineeringUnits`` (UN/CEFACT codes where there is one) and ``EURange`` (the map's
+  min/max). Writable tags validate type and
   bounds (``BadTypeMismatch`` / ``BadOutOfRange``) and store into the image. Typing:
   bool -> Boolean, unscaled integers -> their integer type, floats -> Float/Double,
   *scaled* integers (``beam_move``, 0.1 mm raw) -> Double in engineering units, as PLC
@@ -137,11 +141,17 @@ class OpcUaEdge:
         self._port = int(port)
         self.path = path if path.startswith("/") else "/" + path
         self.on_command = on_command
-        self.namespace_uri = opcua_namespace(image.tagmap.instance)
+        self.namespace_uri = image.tagmap.namespace or opcua_namespace(image.tagmap.instance)
         #: when set (a ``ua.StatusCodes`` value), every Read of a tag returns this Bad status
         self.bad_status: int | None = None
         self._server: Any = None
         self._stamp = datetime.now(UTC)
+        #: (node id, reader) of every tag variable, for pushing monitored values
+        self._sources: list[tuple[Any, Callable[[Any, Any], Any]]] = []
+        self._sent: dict[Any, tuple[Any, Any]] = {}
+        self._push_task: asyncio.Task[None] | None = None
+        #: values pushed to subscriptions (monitored nodes whose value or status changed)
+        self.pushed = 0
 
     @property
     def port(self) -> int:
@@ -160,9 +170,39 @@ class OpcUaEdge:
                 "namespace": self.namespace_uri}  # fmt: skip
 
     def publish(self) -> None:
-        """Nothing to copy (reads are served from the image); stamps the source time."""
+        """Stamps the source time (reads are served from the image) and pushes the changed
+        values of monitored nodes to their subscriptions (in a task of the running loop)."""
         self._stamp = datetime.now(UTC)
         self.image.take_dirty()
+        if self._server is not None and (self._push_task is None or self._push_task.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to push to
+                self._push_task = asyncio.get_running_loop().create_task(self._push(), name="opcua-plc-push")
+
+    async def _push(self) -> None:
+        from asyncua import ua
+
+        server = self._server
+        if server is None:
+            return
+        aspace = server.iserver.aspace
+        for nid, reader in self._sources:
+            node = aspace.get(nid)
+            if node is None:
+                continue
+            callbacks = node.attributes[ua.AttributeIds.Value].datachange_callbacks
+            if not callbacks:
+                continue
+            dv = reader(nid, ua.AttributeIds.Value)
+            key = (dv.Value.Value if dv.Value is not None else None, dv.StatusCode)
+            if self._sent.get(nid) == key:
+                continue
+            self._sent[nid] = key
+            self.pushed += 1
+            for handle, cb in list(callbacks.items()):
+                try:
+                    await cb(handle, dv)
+                except Exception:
+                    log.exception("opcua_plc_push_failed", plc=self.image.tagmap.instance, node=nid.to_string())
 
     async def start(self) -> None:
         from asyncua import Server
@@ -192,6 +232,11 @@ class OpcUaEdge:
         server, self._server = self._server, None
         if server is None:
             return
+        task, self._push_task = self._push_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         task = getattr(server.iserver, "time_task", None)
         if task is not None:  # asyncua's 1 s clock task would delay stop()
             server.iserver._time_task_stop = True
@@ -246,14 +291,18 @@ class OpcUaEdge:
             )
             value = ua.Variant(_coerce(vt, self.image.get(tag.name)), vt)
             items.append(_variable_item(ua, nid, ua.QualifiedName(parts[-1], idx), parent, value, tag))
+            items += _eu_items(ua, nid, tag)
             leaves.append((tag, nid, vt))
         results = await server.iserver.isession.add_nodes(items)
         for item, res in zip(items, results, strict=False):
             if not res.StatusCode.is_good():
                 raise RuntimeError(f"OPC UA node {item.RequestedNewNodeId.to_string()}: {res.StatusCode.name}")
         aspace = server.iserver.aspace
+        self._sources = []
         for tag, nid, vt in leaves:
-            aspace.set_attribute_value_callback(nid, ua.AttributeIds.Value, self._reader(tag, vt))
+            reader = self._reader(tag, vt)
+            self._sources.append((nid, reader))
+            aspace.set_attribute_value_callback(nid, ua.AttributeIds.Value, reader)
             if tag.writable:
                 aspace.set_attribute_value_setter(nid, ua.AttributeIds.Value, self._writer(tag, vt))
 
@@ -324,6 +373,55 @@ def _coerce(vt: Any, value: Any) -> Any:
     return int(v) if math.isfinite(v) else 0
 
 
+#: UN/CEFACT Rec. 20 common codes of the units the tag maps use (EUInformation.UnitId)
+UNECE_BY_UNIT = {"kA": "B22", "A": "AMP", "V": "VLT", "mm": "MMT", "MWh": "MWH", "s": "SEC", "K": "KEL"}
+
+
+def _is_analog(tag: Tag) -> bool:
+    return tag.type is not DataType.BOOL and tag.true_when is None and bool(tag.unit or tag.min is not None)
+
+
+def _eu_items(ua: Any, nid: Any, tag: Tag) -> list[Any]:
+    """``EngineeringUnits`` and ``EURange`` properties of an analog variable (OPC 10000-8)."""
+    from plc_bridge.opcua_server import UNECE_NAMESPACE, unece_unit_id
+
+    if not _is_analog(tag) or not isinstance(nid.Identifier, str):
+        return []
+    out = []
+    if tag.unit:
+        code = UNECE_BY_UNIT.get(tag.unit)
+        eu = ua.EUInformation(NamespaceUri=UNECE_NAMESPACE, UnitId=unece_unit_id(code) if code else -1,
+                              DisplayName=ua.LocalizedText(tag.unit, ""), Description=ua.LocalizedText(tag.unit, ""))  # fmt: skip
+        out.append(_property_item(ua, nid, "EngineeringUnits", ua.Variant(eu, ua.VariantType.ExtensionObject),
+                                  ua.ObjectIds.EUInformation))  # fmt: skip
+    if tag.min is not None and tag.max is not None:
+        rng = ua.Range(Low=float(tag.min), High=float(tag.max))
+        out.append(
+            _property_item(ua, nid, "EURange", ua.Variant(rng, ua.VariantType.ExtensionObject), ua.ObjectIds.Range)
+        )
+    return out
+
+
+def _property_item(ua: Any, parent: Any, name: str, value: Any, datatype: int) -> Any:
+    item = ua.AddNodesItem()
+    item.RequestedNewNodeId = ua.NodeId(ua.String(f"{parent.Identifier}.{name}"), parent.NamespaceIndex)
+    item.BrowseName = ua.QualifiedName(name, 0)
+    item.NodeClass = ua.NodeClass.Variable
+    item.ParentNodeId = parent
+    item.ReferenceTypeId = ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty))
+    item.TypeDefinition = ua.NodeId(ua.Int32(ua.ObjectIds.PropertyType))
+    attrs = ua.VariableAttributes()
+    attrs.DisplayName = ua.LocalizedText(name)
+    attrs.Description = ua.LocalizedText(name)
+    attrs.DataType = ua.NodeId(ua.Int32(datatype))
+    attrs.Value = value
+    attrs.ValueRank = ua.ValueRank.Scalar
+    attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
+    attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
+    item.NodeAttributes = attrs
+    return item
+
+
 def _variable_item(ua: Any, nid: Any, qname: Any, parent: Any, value: Any, tag: Tag) -> Any:
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nid
@@ -331,7 +429,9 @@ def _variable_item(ua: Any, nid: Any, qname: Any, parent: Any, value: Any, tag: 
     item.NodeClass = ua.NodeClass.Variable
     item.ParentNodeId = parent
     item.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasComponent)
-    item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
+    item.TypeDefinition = ua.NodeId(
+        ua.ObjectIds.AnalogItemType if _is_analog(tag) else ua.ObjectIds.BaseDataVariableType
+    )
     attrs = ua.VariableAttributes()
     attrs.DisplayName = ua.LocalizedText(qname.Name)
     desc = f"{tag.description} [{tag.unit}]" if tag.unit else tag.description

@@ -279,6 +279,10 @@ class Rig:
                 "nominal_current_ka": lay.nominal_current_ka.tolist(),
             },
             "voltage_limit_v": [ln.rectifier.voltage_limit_v for ln in self.scenario.plant_config().lines],
+            # the rectifiers' own limits (the PLCs clamp to them): the bridge bounds its setpoints by them
+            "rectifier_limits_ka": {
+                ln.name: [ln.rectifier.min_ka, ln.rectifier.max_ka] for ln in self.scenario.plant_config().lines
+            },
         }
 
     def plc(self, device: str) -> AnyPlc:

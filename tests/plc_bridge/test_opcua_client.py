@@ -230,3 +230,127 @@ async def test_server_killed_then_restarted_quality_goes_bad_then_recovers() -> 
 def _has_update(updates: list[tuple[str, Quality]], quality: Quality, since: int) -> bool:
     """An update of ``quality`` among those that came after the first ``since``."""
     return any(q is quality for _n, q in updates[since:])
+
+
+# ---------------------------------------------------------------- the rig's OPC UA PLC: subscriptions, units
+
+
+async def test_rig_opcua_plc_serves_subscriptions_with_engineering_units() -> None:
+    """A 20-node subscription to the rig's potroom PLC gets every change after the initial
+    values (the rig pushes monitored nodes after each PLC scan), and analog nodes carry
+    EngineeringUnits (UN/CEFACT) and EURange, read with plain asyncua."""
+    from hil_rigs.rig import Rig
+    from hil_rigs.scenarios import load_scenario
+    from plc_bridge.opcua_server import UNECE_NAMESPACE, unece_unit_id
+    from tests.waits import step_rig
+    from twin.clock import VirtualClock
+
+    sc = load_scenario("ae_storm", **{"ae_storm": None, "plant.cells": 20, "protocols.potroom": "opcua",
+                                      "protocols.rectifier": "opcua", "scenario.speed": 10.0})  # fmt: skip
+    rig = await Rig(sc, clock=VirtualClock()).start()
+    try:
+        ep = rig.endpoints()["potrooms"][0]
+        url = f"opc.tcp://{ep['host']}:{ep['port']}{ep['path']}"
+        refs = [NodeRef(f"u{k}", f"Objects/Potroom1/Cell{k:03d}/Voltage") for k in range(1, 21)]
+        async with OpcUaClient(url, refs, namespace=ep["namespace"]) as client:
+            await client.subscribe([r.name for r in refs], period_ms=50)
+            seen: dict[str, list[float]] = {r.name: [] for r in refs}
+
+            async def pump() -> None:
+                async for name, sample in client.updates():
+                    if sample.good:
+                        seen[name].append(float(sample.value))
+
+            task = asyncio.create_task(pump())
+            try:
+                for _ in range(40):  # plant time moves on: the cell voltages change every PLC scan
+                    await step_rig(rig, rig.clock, 2.0)
+                    if all(len(v) >= 3 for v in seen.values()):
+                        break
+                await wait_until(lambda: all(len(v) >= 3 for v in seen.values()), DEADLINE_S,
+                                 "3 updates per monitored node", detail=lambda: {k: len(v) for k, v in seen.items()})  # fmt: skip
+            finally:
+                task.cancel()
+            assert all(len(set(v)) >= 2 for v in seen.values()), "changes, not repeats of the initial value"
+            assert rig.plc("potroom:Potroom1").edge.pushed >= 40
+        async with Client(url, timeout=5) as raw:
+            idx = await raw.get_namespace_index(ep["namespace"])
+            volt = await raw.nodes.objects.get_child([f"{idx}:Potroom1", f"{idx}:Cell001", f"{idx}:Voltage"])
+            eu = await (await volt.get_child("0:EngineeringUnits")).read_value()
+            rng = await (await volt.get_child("0:EURange")).read_value()
+            assert (
+                eu.DisplayName.Text == "V" and eu.UnitId == unece_unit_id("VLT") and eu.NamespaceUri == UNECE_NAMESPACE
+            )
+            assert (rng.Low, rng.High) == (0.0, 80.0)
+            assert (await volt.read_type_definition()) == ua.NodeId(ua.ObjectIds.AnalogItemType)
+    finally:
+        await rig.stop()
+
+
+# ---------------------------------------------------------------- the bridge's client to a secured PLC
+
+
+async def _secured_plc(tmp_path: Path, users: dict[str, str]):
+    """A plain asyncua server as a PLC would offer it: Basic256Sha256 SignAndEncrypt only,
+    user tokens only, one writable Double in its own namespace."""
+    from asyncua import Server
+    from asyncua.crypto.permission_rules import User, UserRole
+
+    from plc_bridge.opcua_security import ensure_certificate
+
+    class Users:
+        def get_user(self, iserver, username=None, password=None, certificate=None):
+            if username is not None and users.get(username) == password:
+                return User(role=UserRole.User, name=username)
+            return None
+
+    cert, key = tmp_path / "plc_cert.der", tmp_path / "plc_key.pem"
+    await ensure_certificate(cert, key, "urn:acme:plc", "localhost")
+    port = free_port()
+    server = Server(user_manager=Users())
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/acme/")
+    await server.load_certificate(str(cert))
+    await server.load_private_key(str(key))
+    await server.set_application_uri("urn:acme:plc")
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    server.set_identity_tokens([ua.UserNameIdentityToken])
+    idx = await server.register_namespace("urn:acme:plc")
+    obj = await server.nodes.objects.add_object(ua.NodeId("Rect", idx), f"{idx}:Rect")
+    sp = await obj.add_variable(ua.NodeId("Rect.Sp", idx), f"{idx}:Sp", 120.0, ua.VariantType.Double)
+    await sp.set_writable()
+    await server.start()
+    return server, port
+
+
+async def test_bridge_client_logs_in_to_a_secured_plc_with_certificate_and_user(tmp_path) -> None:
+    """The bridge's OPC UA link to a PLC over Basic256Sha256 SignAndEncrypt with a user
+    token (password from a file), configured by the PLC section's keys; a wrong password
+    never gets a session."""
+    from plc_bridge.opcua_client import PlcSecurity
+    from plc_bridge.plant import DeviceEndpoint
+
+    server, port = await _secured_plc(tmp_path, {"bridge": "s3cret"})
+    try:
+        (tmp_path / "pw").write_text("s3cret\n")
+        section = {"protocol": "opcua", "host": "127.0.0.1", "port": port, "path": "/acme/",
+                   "namespace": "urn:acme:plc", "security_mode": "SignAndEncrypt",
+                   "certificate_dir": "pki", "username": "bridge", "password_file": "pw"}  # fmt: skip
+        ep = DeviceEndpoint.from_dict(section, base=tmp_path)
+        assert ep.security is not None and ep.security.certificate_dir == tmp_path / "pki"
+        refs = [NodeRef("sp", node_id="nsu=urn:acme:plc;s=Rect.Sp")]
+        async with OpcUaClient(ep.url, refs, security=ep.security, timeout_s=5.0) as client:
+            assert client.connected, client.last_error
+            assert client._client is not None
+            assert client._client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
+            await client.write("sp", 118.5)
+            assert (await client.read(["sp"]))["sp"].value == 118.5
+        assert (tmp_path / "pki" / "client_cert.der").is_file()
+        bad = PlcSecurity(mode="SignAndEncrypt", certificate_dir=tmp_path / "pki", username="bridge", password="nope")
+        async with OpcUaClient(ep.url, refs, security=bad, timeout_s=5.0, retry_delay_s=0.2) as client:
+            assert not await client.wait_connected(3.0)
+            assert "BadUserAccessDenied" in client.last_error or "Denied" in client.last_error, client.last_error
+        with pytest.raises(ValueError, match="certificate_dir"):
+            PlcSecurity(mode="Sign", username="bridge", password="x")
+    finally:
+        await server.stop()
