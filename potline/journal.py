@@ -394,9 +394,12 @@ def _iso_epoch(text: str) -> float | None:
 
 
 def _to_iso(t: datetime | str) -> str:
-    """UTC ISO 8601 with microseconds and "Z" (naive datetimes are taken as UTC); str as given."""
+    """UTC ISO 8601 with microseconds and "Z" (naive = UTC), as stored: a string is parsed and
+    written the same way (``...05Z`` would sort after ``...05.000000Z`` as text); kept as
+    given when it is not a time."""
     if isinstance(t, str):
-        return t
+        e = _iso_epoch(t)
+        return t if e is None else _epoch_iso(e)
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -447,7 +450,7 @@ def load_key(path: str | Path, *, strict: bool = True) -> bytes:
         raise JournalError(f"{p}: cannot read the journal key ({exc.strerror or exc})") from None
     if strict and mode & 0o007:
         raise JournalError(f"{p}: the journal key must not be readable or writable by others "
-                           f"(mode {mode & 0o777:o}; expected 0400 or 0440)")  # fmt: skip
+                           f"(mode {mode & 0o777:o}; expected e.g. 0400, 0440 or 0600)")  # fmt: skip
     text = raw.strip()
     try:
         key = bytes.fromhex(text.decode("ascii")) if len(text) >= 64 else text
@@ -698,6 +701,8 @@ class Journal:
                 "head": json.dumps({"id": last, "hash": h, "mac": _head_mac(self._key, last, h)}),
             }
             db.executemany("INSERT INTO journal_meta (key, value) VALUES (?, ?)", sorted(meta.items()))
+            for name in ("meta_no_delete", "meta_fixed"):  # new with the meta table (the events' are checked at open)
+                db.execute(_TRIGGERS[name])
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -758,7 +763,8 @@ class Journal:
                 else:
                     prev = db.execute("SELECT hash FROM events WHERE id = ?", (self.last_id - 1,)).fetchone()
                     prev_hash = str(prev[0]) if prev and prev[0] else None  # a gap: verify says more
-                if prev_hash is not None and _link(prev_hash, _canonical(row[:-1]), self._key) != self._head_hash:
+                key = self._key if self._meta.get("chain") == "hmac-sha256" else None  # this file's chain
+                if prev_hash is not None and _link(prev_hash, _canonical(row[:-1]), key) != self._head_hash:
                     self.open_findings.append(f"the last row (id {self.last_id}) does not match its hash")
         last = self.last_id or 0
         try:
