@@ -1,7 +1,9 @@
 """``potline check-config --config plant.toml``: validate a daemon config and list every error.
 
-Checks the daemon file and everything it names (plant config, tag maps, controller
-section, OPC UA security), without touching the network. Exit status 0 when valid,
+Checks the daemon file and everything it names (plant config, tag maps and the roles
+each must give, controller section, OPC UA security), without touching the network.
+The summary lists, per PLC, the capability losses of the roles its map does not give
+and the setpoint bounds the plant's rectifier limits leave. Exit status 0 when valid,
 1 with one line per problem (``file: key: what was expected, what was found``) on
 stderr, 2 for a usage error.
 """
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,14 +57,68 @@ def main(args: argparse.Namespace) -> int:
                 f"  {p['name']}: {p['kind']} {p['where']} {p['protocol']}://{p['host']}:{p['port']} "
                 f"({p['tags']} tags from {p['tagmap']})"
             )
+            if p.get("setpoint_bounds_ka"):
+                lo, hi = p["setpoint_bounds_ka"]
+                print(f"    line_current_sp bounded to [{lo:g}, {hi:g}] kA ({p['setpoint_bounds_from']})")
+            for loss in p["capability_losses"]:
+                print(f"    capability loss: {loss}")
+        for w in summary["warnings"]:
+            print(f"  warning: {w}")
         print(f"  journal {summary['journal']}; metrics {summary['metrics']}; mirror {summary['mirror']}")
     return 0
 
 
-def describe(loaded) -> dict:
-    """A short JSON-able summary of a loaded config."""
+def describe(loaded: Any) -> dict[str, Any]:
+    """A short JSON-able summary of a loaded config: per PLC its map, the roles it does not
+    give (capability losses, from ``plc_bridge.roles``) and the setpoint bounds the plant's
+    rectifier limits leave; warnings where the controller asks for more than the plant allows."""
+    from plc_bridge.plant import rectifier_limits
+    from plc_bridge.roles import check_roles
+
     cfg = loaded.config
     lay = loaded.layout
+    limits = rectifier_limits(loaded.plant) if loaded.plant is not None else {}
+    plcs = []
+    warnings = []
+    for p in cfg.plc:
+        tm = loaded.tagmaps[p.name]
+        rep = check_roles(tm, p.kind)
+        item: dict[str, Any] = {
+            "name": p.name,
+            "kind": p.kind,
+            "where": p.where,
+            "protocol": p.protocol,
+            "host": p.host,
+            "port": p.port,
+            "tags": len(tm),
+            "tagmap": tm.source,
+            "capability_losses": rep.loss_lines(),
+            "setpoint_bounds_ka": None,
+            "setpoint_bounds_from": "",
+        }
+        if p.kind == "rectifier":
+            sp = tm.role_tag("line_current_sp")
+            lo, hi = (sp.lo, sp.hi) if sp is not None else (None, None)
+            why = f"tag map {lo:g}..{hi:g}" if sp is not None else ""
+            if p.where in limits and lo is not None and hi is not None:
+                plo, phi = limits[p.where]
+                lo, hi = max(lo, plo), min(hi, phi)
+                why += f", plant rectifier limits {plo:g}..{phi:g}"
+            s = cfg.safety
+            if lo is not None and hi is not None:
+                if s.line_current_min_ka is not None:
+                    lo = max(lo, s.line_current_min_ka)
+                if s.line_current_max_ka is not None:
+                    hi = min(hi, s.line_current_max_ka)
+                if s.line_current_min_ka is not None or s.line_current_max_ka is not None:
+                    why += ", [safety]"
+                item["setpoint_bounds_ka"] = [lo, hi]
+                item["setpoint_bounds_from"] = why
+                amp = getattr(loaded.control, "amperage", None)
+                if amp is not None and amp.max_ka > hi:
+                    warnings.append(f"controller amperage.max_ka {amp.max_ka:g} kA exceeds {p.where}'s setpoint"
+                                    f" bound {hi:g} kA: setpoints above it are clamped by the bridge")  # fmt: skip
+        plcs.append(item)
     return {
         "plant": lay.plant,
         "cells": lay.n_cells,
@@ -69,19 +126,8 @@ def describe(loaded) -> dict:
         "lines": lay.n_lines,
         "mode": cfg.daemon.mode,
         "scan_period_s": cfg.daemon.scan_period_s,
-        "plcs": [
-            {
-                "name": p.name,
-                "kind": p.kind,
-                "where": p.where,
-                "protocol": p.protocol,
-                "host": p.host,
-                "port": p.port,
-                "tags": len(loaded.tagmaps[p.name]),
-                "tagmap": loaded.tagmaps[p.name].source,
-            }
-            for p in cfg.plc
-        ],
+        "plcs": plcs,
+        "warnings": warnings,
         "journal": str(loaded.journal_path),
         "metrics": f"http://{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off",
         "mirror": f"opc.tcp://{cfg.opcua.host}:{cfg.opcua.port}{cfg.opcua.path}" if cfg.opcua.enabled else "off",
