@@ -3,7 +3,9 @@
 The PLC logic never sees a socket; an edge serves the image and reports client writes:
 
 * ``ModbusEdge`` wraps ``plc_bridge.modbus_server.ModbusTagServer`` (allow-listed writes,
-  bounds re-validated by the server, exception 3 for out-of-range values). ``publish()``
+  bounds re-validated by the server, exception 3 for out-of-range values, exception 2 for
+  a write to part of a multi-register value; pipelined requests answered in order; at
+  most 16 connections, none idle beyond 120 s). ``publish()``
   copies the image's measurements into the registers after every PLC scan; client
   writes land in the image at once through the server's write hook. Fault hooks:
   ``refuse_with`` (answer every request with a Modbus exception code, optionally with a
@@ -61,7 +63,9 @@ class ModbusEdge:
     protocol = "modbus"
 
     def __init__(self, image: PlcImage, host: str = "127.0.0.1", port: int = 0,
-                 on_command: CommandHook | None = None) -> None:  # fmt: skip
+                 on_command: CommandHook | None = None, **limits: Any) -> None:  # fmt: skip
+        """``limits``: the listener's ``max_connections``, ``idle_timeout_s`` [wall s] and
+        ``max_pipelined`` (``ModbusTagServer``; defaults: 16 connections, 120 s, 16 requests)."""
         from plc_bridge.modbus_server import ModbusTagServer
 
         self.image = image
@@ -69,7 +73,8 @@ class ModbusEdge:
         self.refuse_with: int | None = None
         self.refuse_probability = 1.0
         self._rng = random.Random(7)
-        self.server = ModbusTagServer(image.tagmap, host, port, on_write=self._on_write, on_request=self._on_request)
+        self.server = ModbusTagServer(image.tagmap, host, port, on_write=self._on_write, on_request=self._on_request,
+                                      **limits)  # fmt: skip
         tm = image.tagmap
         self._plain_out = [n for n in image.scalars if not tm[n].writable and tm[n].has_modbus]
         self._plain_rw = [n for n in image.scalars if tm[n].writable and tm[n].has_modbus]

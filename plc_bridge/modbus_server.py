@@ -20,6 +20,15 @@ Hooks (both may be plain or async functions):
 
 Binds to 127.0.0.1 by default; ``port=0`` picks a free port (see ``port``).
 
+Connections (like a PLC's Modbus TCP stack): at most ``max_connections`` at once (a new
+one beyond that closes the connection that has been quiet longest, logged as
+``modbus_server.connection_closed`` with the reason), none idle longer than
+``idle_timeout_s`` [wall s]; requests pipelined in one TCP write (or split across writes)
+are answered one after another in order, up to ``max_pipelined`` waiting per
+connection (more, a protocol id other than 0 or an MBAP length out of range close the
+connection with a logged reason). A write that covers only part of a multi-register
+value (one register of a float32) is refused with exception 2 and changes nothing.
+
 The model side reaches the server's register lists directly (the pymodbus
 ``SimRuntime`` blocks) so that ``set``/``get`` are synchronous and a 132-cell
 array costs a few strided slice assignments; this relies on pymodbus 3.16's
@@ -28,6 +37,8 @@ internal layout, checked at ``start()``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import inspect
 import math
@@ -42,9 +53,24 @@ from plc_bridge import codec
 from plc_bridge.codec import RAW_RANGE, DataType, Table
 from plc_bridge.tagmap import Tag, TagMap
 
-__all__ = ["ClientWrite", "ExceptionCode", "ModbusTagServer", "RequestInfo"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PIPELINED",
+    "ClientWrite",
+    "ExceptionCode",
+    "ModbusTagServer",
+    "RequestInfo",
+]
 
 log = structlog.get_logger(__name__)
+
+#: connections served at once (PLC Modbus TCP stacks keep a table of 4-16)
+DEFAULT_MAX_CONNECTIONS = 16
+#: a connection that sends nothing for this long [wall s] is closed
+DEFAULT_IDLE_TIMEOUT_S = 120.0
+#: requests of one connection waiting to be answered (pipelined) at most
+DEFAULT_MAX_PIPELINED = 16
 
 
 class ExceptionCode:
@@ -138,6 +164,9 @@ class ModbusTagServer:
         on_write: hook called after each accepted client write.
         on_request: hook called before each request (may delay or refuse).
         initial: engineering values set at ``start()``.
+        max_connections: connections at once (the quietest is closed for a new one).
+        idle_timeout_s: close a connection that sent nothing for this long [wall s]; None: never.
+        max_pipelined: requests of one connection waiting for their answer at most.
     """
 
     def __init__(
@@ -152,7 +181,19 @@ class ModbusTagServer:
         on_write: Hook | None = None,
         on_request: Hook | None = None,
         initial: Mapping[str, float | int | bool] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S,
+        max_pipelined: int = DEFAULT_MAX_PIPELINED,
     ) -> None:
+        if max_connections < 1 or max_pipelined < 1:
+            raise ValueError(f"max_connections and max_pipelined must be >= 1, got {max_connections}, {max_pipelined}")
+        if idle_timeout_s is not None and not idle_timeout_s > 0.0:
+            raise ValueError(f"idle_timeout_s must be > 0 s or None, got {idle_timeout_s}")
+        self.max_connections = int(max_connections)
+        self.idle_timeout_s = idle_timeout_s
+        self.max_pipelined = int(max_pipelined)
+        self.closed_connections: dict[str, int] = {}  # reason -> count (idle, evicted, protocol errors)
+        self._sweeper: asyncio.Task[None] | None = None
         self.tagmap = tagmap
         self.host = host
         self._port = port
@@ -206,12 +247,11 @@ class ModbusTagServer:
 
     async def start(self) -> ModbusTagServer:
         """Build the datastore and listen. After a ``stop()``, register contents are restored."""
-        from pymodbus.server import ModbusTcpServer
-
         if self._server is not None:
             return self
         devices = self._build_devices()
-        server = ModbusTcpServer(devices, address=(self.host, self._port))
+        server = _server_class()(devices, address=(self.host, self._port))
+        server.owner = self
         await server.serve_forever(background=True)
         self._server = server
         sockets = getattr(server.transport, "sockets", None)
@@ -223,6 +263,8 @@ class ModbusTagServer:
                 _memory(self._spaces[key])[:] = regs
         else:
             self.set_many(self._initial)
+        if self.idle_timeout_s is not None:
+            self._sweeper = asyncio.create_task(self._sweep_idle(self.idle_timeout_s), name="modbus-idle-sweep")
         log.info("modbus_server_started", device=self.tagmap.device, host=self.host, port=self._port)
         return self
 
@@ -232,10 +274,44 @@ class ModbusTagServer:
             return
         self._snapshot = {k: list(sp.regs) for k, sp in self._spaces.items() if sp.regs is not None}
         server, self._server = self._server, None
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         await server.shutdown()
         for sp in self._spaces.values():
             sp.regs = None
         log.info("modbus_server_stopped", device=self.tagmap.device, port=self._port)
+
+    @property
+    def connections(self) -> int:
+        """Client connections open right now."""
+        return len(self._server.active_connections) if self._server is not None else 0
+
+    def _closed(self, handler: Any, reason: str, detail: str) -> None:
+        """Close a client connection and say why (log, ``closed_connections``)."""
+        self.closed_connections[reason] = self.closed_connections.get(reason, 0) + 1
+        transport = getattr(handler, "transport", None)
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        log.warning("modbus_server.connection_closed", device=self.tagmap.device, port=self._port, peer=str(peer),
+                    reason=reason, detail=detail)  # fmt: skip
+        handler.close()
+
+    async def _sweep_idle(self, idle_s: float) -> None:
+        """Close connections that sent nothing for ``idle_s`` (checked 4 times per period)."""
+        import time
+
+        while True:
+            await asyncio.sleep(min(idle_s / 4.0, 5.0))
+            server = self._server
+            if server is None:
+                return
+            now = time.monotonic()
+            for h in list(server.active_connections.values()):
+                quiet = now - getattr(h, "last_activity", now)
+                if quiet > idle_s:
+                    self._closed(h, "idle", f"nothing received for {quiet:.1f} s (idle_timeout_s = {idle_s:g})")
 
     async def __aenter__(self) -> ModbusTagServer:
         return await self.start()
@@ -331,6 +407,14 @@ class ModbusTagServer:
             self.rejected_writes += 1
             return ExcCodes.ILLEGAL_ADDRESS
         touched = self._touched(sp, address, n)
+        if not table.is_bits:
+            for t in touched:
+                if t.n_registers > 1 and (address > t.address or address + n < t.address + t.n_registers):
+                    self.rejected_writes += 1
+                    log.warning("modbus_server_partial_write_rejected", tag=t.name, type=t.type.value,
+                                registers=f"{t.address}..{t.address + t.n_registers - 1}",
+                                written=f"{address}..{address + n - 1}")  # fmt: skip
+                    return ExcCodes.ILLEGAL_ADDRESS
         old = self._read_span(sp, address, n)
         self._write_span(sp, address, [int(v) for v in values])
         decoded = {t.name: self._value(t) for t in touched}
@@ -572,3 +656,121 @@ def _spans(mask: bytearray) -> list[tuple[int, int]]:
     starts = np.flatnonzero(d == 1)
     ends = np.flatnonzero(d == -1) - 1
     return list(zip(starts.tolist(), ends.tolist(), strict=False))
+
+
+# ---------------------------------------------------------------------- the listener
+
+
+_MBAP = 7  # transaction id, protocol id, length, unit id
+_MAX_LENGTH = 254  # MBAP length field: unit id + function code + at most 252 data bytes
+
+
+@functools.cache
+def _server_class() -> type[Any]:
+    """pymodbus's ``ModbusTcpServer`` with our connection handling (imported lazily).
+
+    pymodbus 3.16 answers one request per TCP read and drops the rest of a pipelined
+    write (its ``send`` clears the receive buffer); it keeps every connection forever.
+    The handler here frames every complete request of the buffer itself, answers them
+    in order from one task per connection, and keeps partial frames across its answers.
+    """
+    import time
+
+    from pymodbus.constants import ExcCodes
+    from pymodbus.exceptions import NoSuchIdException
+    from pymodbus.pdu import ExceptionResponse
+    from pymodbus.server import ModbusTcpServer
+    from pymodbus.server.requesthandler import ServerRequestHandler
+
+    class Handler(ServerRequestHandler):
+        def __init__(self, owner: Any, *args: Any) -> None:
+            super().__init__(owner, *args)
+            self.last_activity = time.monotonic()
+            self._queue: asyncio.Queue[Any] = asyncio.Queue()
+            self._worker: asyncio.Task[None] | None = None
+
+        @property
+        def tag_server(self) -> ModbusTagServer:
+            return cast("ModbusTagServer", self.server.owner)
+
+        def datagram_received(self, data: bytes, addr: tuple[Any, ...] | None) -> None:
+            self.last_activity = time.monotonic()
+            self.recv_buffer += data
+            used = self._frames(self.recv_buffer)
+            self.recv_buffer = self.recv_buffer[used:]
+
+        def _frames(self, buf: bytes) -> int:
+            """Queue every complete request of ``buf``; the bytes used."""
+            owner = self.tag_server
+            used = 0
+            while len(buf) - used >= 6:
+                head = buf[used : used + 6]
+                tid, pid, length = int.from_bytes(head[0:2], "big"), int.from_bytes(head[2:4], "big"), int.from_bytes(head[4:6], "big")  # fmt: skip
+                if pid != 0:
+                    owner._closed(self, "protocol", f"MBAP protocol id {pid}, expected 0 (Modbus)")
+                    return len(buf)
+                if not 2 <= length <= _MAX_LENGTH:
+                    owner._closed(self, "protocol", f"MBAP length {length}, expected 2..{_MAX_LENGTH}")
+                    return len(buf)
+                end = used + 6 + length
+                if len(buf) < end:
+                    break
+                dev_id, pdu_bytes = buf[used + 6], buf[used + _MBAP : end]
+                used = end
+                if self._queue.qsize() >= owner.max_pipelined:
+                    owner._closed(self, "pipelined",
+                                  f"more than {owner.max_pipelined} requests waiting for their answers")  # fmt: skip
+                    return len(buf)
+                fc = pdu_bytes[0]
+                pdu = self.framer.decoder.decode(pdu_bytes) if fc < 0x80 else None
+                if pdu is None:
+                    self._queue.put_nowait(ExceptionResponse(fc & 0x7F, ExcCodes.ILLEGAL_FUNCTION, dev_id, tid))
+                else:
+                    pdu.dev_id, pdu.transaction_id = dev_id, tid
+                    self._queue.put_nowait(pdu)
+                if self._worker is None:
+                    self._worker = asyncio.get_running_loop().create_task(self._serve(), name="modbus-connection")
+            return used
+
+        async def _serve(self) -> None:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, ExceptionResponse):
+                    self.pdu_send(item)
+                    continue
+                try:
+                    response = await item.datastore_update(self.server.context, item.dev_id)
+                except NoSuchIdException:
+                    response = ExceptionResponse(item.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+                except Exception:  # a datastore failure answers this request, the connection stays
+                    log.exception("modbus_server_request_failed", function_code=item.function_code)
+                    response = ExceptionResponse(item.function_code, ExcCodes.DEVICE_FAILURE)
+                response.transaction_id, response.dev_id = item.transaction_id, item.dev_id
+                if self.transport is None:
+                    return
+                self.pdu_send(response)
+
+        def send(self, data: bytes, addr: tuple[Any, ...] | None = None) -> None:
+            """Write an answer; unlike pymodbus's ``send`` the receive buffer (the next,
+            partly received request) is kept."""
+            if self.transport is not None:
+                cast("asyncio.Transport", self.transport).write(data)
+
+        def callback_disconnected(self, exc: Exception | None) -> None:
+            super().callback_disconnected(exc)
+            if self._worker is not None:
+                self._worker.cancel()
+
+    class Server(ModbusTcpServer):
+        owner: ModbusTagServer
+
+        def callback_new_connection(self) -> Any:
+            owner = self.owner
+            if len(self.active_connections) >= owner.max_connections:
+                quiet = min(self.active_connections.values(), key=lambda h: getattr(h, "last_activity", 0.0))
+                owner._closed(quiet, "evicted",
+                              f"{owner.max_connections} connections open (max_connections): the quietest closed "
+                              "for a new one")  # fmt: skip
+            return Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+    return Server
