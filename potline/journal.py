@@ -1292,6 +1292,9 @@ class Journal:
     def _reopen_after_loss(self) -> None:
         """Open the (re-created) file at the path; the head continues from what it holds."""
         self.open_findings = []
+        if not self.path.exists():  # the rebuilt file went too before it could be reopened
+            self.open_findings.append(f"the rebuilt journal file vanished before it was reopened: entries up to "
+                                      f"id {self.last_id} are not in this file")  # fmt: skip
         self._open_writer(fresh_genesis=(self.last_id or 0, self._head_hash, "lost: see journal_lost"),
                           seq=self.last_id)  # fmt: skip
         self._journal_open_findings()
@@ -1364,7 +1367,9 @@ class Journal:
         except OSError as exc:
             log.error("journal.spill_unreadable", path=str(p), error=str(exc))
             return
-        if self._spill is not None and self._spill.count == 0 and not self._spill.problems:
+        if self._spill is not None and self._spill.count == 0:
+            if self._spill.problems:  # nothing left to fold in: say what was wrong with it now
+                self._pending.append(self._spill_problem_event(self._spill))
             self._spill.remove()
             self._spill = None
         elif self._spill is not None:
@@ -1480,6 +1485,16 @@ class Journal:
     def schema_version(self) -> int:
         with self._lock:
             return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def hash_of(self, id_: int) -> str | None:
+        """The stored hash of row ``id_`` (the genesis hash for the genesis id; None: no such row)."""
+        with self._lock:
+            meta = self._read_meta(self.db)
+            g_id = int(meta.get("genesis_id", "-1")) if meta else -1
+            if id_ == g_id:
+                return meta.get("genesis_hash")
+            row = self.db.execute("SELECT hash FROM events WHERE id = ?", (int(id_),)).fetchone()
+        return str(row[0]) if row and row[0] else None
 
     @property
     def meta(self) -> dict[str, str]:
@@ -1736,10 +1751,13 @@ def _note_journal_event(rep: VerifyReport, rid: int, kind: str, detail: Any, dat
         rep.add(rid, f"tampering found by the writer, journalled at id {rid}: {detail}")
 
 
-def verify_files(paths: Sequence[Path], key: bytes | None = None) -> list[VerifyReport]:
+def verify_files(paths: Sequence[Path], key: bytes | None = None,
+                 anchors: Sequence[tuple[int, str]] = ()) -> list[VerifyReport]:  # fmt: skip
     """Verify a journal's files in id order (archives then the live one) as one chain: each
     file's genesis must be the previous file's last id and hash. The last is the live file
-    (its head file is checked too).
+    (its head file is checked too). ``anchors``: (id, hash) pairs kept elsewhere (the
+    daemon's log of ``Journal.head``): the row must exist with that hash, which also
+    catches a consistent rewrite of an unkeyed chain and its head records.
 
     Raises:
         JournalError: a file cannot be opened as a journal.
@@ -1760,7 +1778,32 @@ def verify_files(paths: Sequence[Path], key: bytes | None = None) -> list[Verify
             rep.add(None, f"the chain starts after id {rep.genesis_id} ({rep.genesis_from}); that archive is not "
                           "here, so the link to it is not checked", fatal=False)  # fmt: skip
         reports.append(rep)
+    for a_id, a_hash in anchors:
+        _check_anchor(paths, reports, int(a_id), str(a_hash).strip().lower())
     return reports
+
+
+def _check_anchor(paths: Sequence[Path], reports: list[VerifyReport], a_id: int, a_hash: str) -> None:
+    """One anchor (id, hash kept elsewhere) against the files that hold that id."""
+    last = reports[-1]
+    end = max((r.last_id or r.genesis_id) for r in reports)
+    if a_id > end:
+        last.add(end + 1, f"anchor id {a_id} (kept elsewhere) is beyond the end of the journal (id {end}): "
+                          f"rows {end + 1}..{a_id} deleted at the end")  # fmt: skip
+        return
+    for p, r in zip(paths, reports, strict=True):
+        if r.genesis_id <= a_id <= (r.last_id or r.genesis_id):
+            with Journal(p, readonly=True) as j:
+                got = j.hash_of(a_id)
+            if got is None:
+                continue
+            if got != a_hash:
+                r.add(a_id, f"anchor: id {a_id} has hash {got[:16]}… in the file, {a_hash[:16]}… was kept "
+                            "elsewhere: the chain was rewritten")  # fmt: skip
+            else:
+                r.add(a_id, f"anchor id {a_id} matches", fatal=False)
+            return
+    reports[0].add(a_id, f"anchor id {a_id}: no file here holds it (an archive not present?)", fatal=False)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -1872,17 +1915,21 @@ def _read_sidecar(p: Path) -> dict[str, Any] | None:
 class _Spill:
     """Held entries on disk, in order, in ``<journal>.held``: a header line, then one JSON
     line per entry ``{"s": seq, "e": fields, "h": chained hash}``. ``count`` entries after
-    the folded ones are still to go into the journal."""
+    the folded ones (from byte ``read_pos``) are still to go into the journal. Read in
+    bounded chunks: memory does not grow with the file."""
 
-    def __init__(self, path: Path, fd: int, uuid_: str, next_seq: int, size: int, head: str) -> None:
+    #: bytes read at a time
+    CHUNK = 1 << 20
+
+    def __init__(self, path: Path, fd: int, uuid_: str, size: int) -> None:
         self.path = path
         self.fd = fd
         self.uuid = uuid_
-        self.next_seq = next_seq
+        self.next_seq = 1
         self.size = size
-        self.head = head
+        self.head = hashlib.sha256(uuid_.encode()).hexdigest()[:32]
         self.count = 0
-        self.read_pos = 0  # byte offset of the first entry not folded yet
+        self.read_pos = size  # byte offset of the first entry not folded yet
         self.problems: list[str] = []
         self._dirty = False
         self._ends: list[int] = []
@@ -1893,7 +1940,7 @@ class _Spill:
         u = uuid.uuid4().hex
         header = (json.dumps({"spill": u, "v": 1, "journal": path.name.removesuffix(".held")}) + "\n").encode()
         try:
-            if os.write(fd, header) != len(header):
+            if os.pwrite(fd, header, 0) != len(header):
                 raise OSError("short write")
             os.fsync(fd)
         except OSError:
@@ -1901,73 +1948,84 @@ class _Spill:
             with _suppress_os():
                 path.unlink()
             raise
-        sp = cls(path, fd, u, 1, len(header), hashlib.sha256(u.encode()).hexdigest()[:32])
-        sp.read_pos = len(header)
-        return sp
+        return cls(path, fd, u, len(header))
 
     @classmethod
     def open_existing(cls, path: Path, folded_uuid: str, folded_seq: int) -> _Spill | None:
+        """The spill file a previous run left (None: unreadable, moved aside). Entries up to
+        ``folded_seq`` of spill ``folded_uuid`` are in the journal already."""
         fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        raw = b""
-        while chunk := os.read(fd, 1 << 20):
-            raw += chunk
-        nl = raw.find(b"\n")
+        size = os.fstat(fd).st_size
+        first = os.pread(fd, min(size, 1 << 16), 0)
+        nl = first.find(b"\n")
         try:
-            header = json.loads(raw[:nl]) if nl > 0 else None
+            header = json.loads(first[:nl]) if nl > 0 else None
             u = str(header["spill"]) if isinstance(header, dict) else ""
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             u = ""
         if not u:
             os.close(fd)
             log.error("journal.spill_unreadable", path=str(path), reason="no header line")
-            aside = path.with_name(f"{path.name}.unreadable-{_stamp()}")
             with _suppress_os():
-                os.replace(path, aside)
+                os.replace(path, path.with_name(f"{path.name}.unreadable-{_stamp()}"))
             return None
-        sp = cls(path, fd, u, 1, len(raw), hashlib.sha256(u.encode()).hexdigest()[:32])
-        pos = nl + 1
-        sp.read_pos = pos
+        sp = cls(path, fd, u, size)
+        sp.read_pos = nl + 1
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line without its newline: a crash while writing it
+            back = max(0, size - cls.CHUNK)
+            cut = os.pread(fd, size - back, back).rfind(b"\n")
+            tail = back + cut + 1 if cut >= 0 else nl + 1
+            sp.problems.append("the last line is incomplete (a crash while writing it): not folded in")
+            os.ftruncate(fd, tail)
+            sp.size = size = tail
         skip = folded_seq if folded_uuid == u else 0
-        for s, _ev, end in sp._scan(raw, pos, check=True):
+        for s, _ev, end in sp._scan(nl + 1, size, check=True):
             if s <= skip:
                 sp.read_pos = end
             else:
                 sp.count += 1
             sp.next_seq = s + 1
-        if sp.size > 0 and not raw.endswith(b"\n"):
-            sp.problems.append("the last line is incomplete (a crash while writing it): not folded in")
-            last_nl = raw.rfind(b"\n")
-            os.ftruncate(fd, last_nl + 1)
-            sp.size = last_nl + 1
         return sp
 
-    def _scan(self, raw: bytes, pos: int, *, check: bool) -> Iterator[tuple[int, Event, int]]:
+    def _lines(self, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+        """(line, its offset, offset after it) for each complete line in [start, end)."""
+        pos, buf = start, b""
+        while pos < end or buf:
+            if pos < end:
+                chunk = os.pread(self.fd, min(self.CHUNK, end - pos), pos)
+                if not chunk:
+                    return
+                pos += len(chunk)
+                buf += chunk
+            at = pos - len(buf)
+            cut = 0
+            while (nl := buf.find(b"\n", cut)) >= 0:
+                yield buf[cut:nl], at + cut, at + nl + 1
+                cut = nl + 1
+            buf = buf[cut:]
+            if pos >= end:
+                return
+
+    def _scan(self, start: int, end: int, *, check: bool) -> Iterator[tuple[int, Event, int]]:
+        """(seq, event, offset after it) per entry; ``check``: verify the chain (``problems``)."""
         h = self.head
         expect = None
-        while pos < len(raw):
-            nl = raw.find(b"\n", pos)
-            if nl < 0:
-                return
-            line = raw[pos:nl]
-            end = nl + 1
+        for line, at, after in self._lines(start, end):
             try:
                 doc = json.loads(line)
                 s, fields, got_h = int(doc["s"]), dict(doc["e"]), str(doc["h"])
                 ev = Event(**{k: v for k, v in fields.items() if k in _EVENT_FIELDS})
             except (ValueError, KeyError, TypeError) as exc:
                 if check:
-                    self.problems.append(f"unreadable line at byte {pos} ({type(exc).__name__}): skipped")
-                pos = end
+                    self.problems.append(f"unreadable line at byte {at} ({type(exc).__name__}): skipped")
                 continue
             if check:
-                want = _spill_link(h, s, fields)
-                if got_h != want:
+                if got_h != _spill_link(h, s, fields):
                     self.problems.append(f"entry {s} does not match its hash (edited)")
                 if expect is not None and s != expect:
                     self.problems.append(f"entries {expect}..{s - 1} missing (removed)")
                 h, expect = got_h, s + 1
-            yield s, ev, end
-            pos = end
+            yield s, ev, after
         if check:
             self.head = h
 
@@ -1983,7 +2041,7 @@ class _Spill:
         except (TypeError, ValueError):
             return False
         try:
-            n = os.write(self.fd, line)
+            n = os.pwrite(self.fd, line, self.size)
         except OSError:
             n = -1
         if n != len(line):
@@ -2000,13 +2058,12 @@ class _Spill:
     def read(self, limit: int | None) -> list[tuple[int, Event]]:
         """The next ``limit`` entries not folded yet (all when None), with their sequence numbers."""
         out: list[tuple[int, Event]] = []
+        self._ends = []
         if self.count == 0:
             return out
-        raw = os.pread(self.fd, self.size - self.read_pos, self.read_pos)
-        self._ends = []
-        for s, ev, end in self._scan(raw, 0, check=False):
+        for s, ev, end in self._scan(self.read_pos, self.size, check=False):
             out.append((s, ev))
-            self._ends.append(self.read_pos + end)
+            self._ends.append(end)
             if limit is not None and len(out) >= limit:
                 break
         return out

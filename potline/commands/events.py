@@ -21,9 +21,10 @@ they were written); a line shows ``[order time ...]`` when the two differ by ove
 
 ``--verify`` checks the hash chain (``potline.journal``: every row linked to the one before,
 the head records, the append-only triggers; with ``--with-archives`` also the links between
-the files) and prints the first broken link and every other finding; exit status 0 when the
-journal is intact, 1 when not (or it cannot be checked, e.g. a keyed chain without
-``--key-file``). ``--summary`` includes the same check.
+the files; ``--anchor ID:HASH``: a head hash kept elsewhere, e.g. the daemon's log) and
+prints the first broken link and every other finding; exit status 0 when the journal is
+intact, 1 when not (or it cannot be checked, e.g. a keyed chain without ``--key-file``),
+2 for a bad argument. ``--summary`` includes the same check.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="check the hash chain, head records and triggers; exit 1 on a broken link")  # fmt: skip
     parser.add_argument("--key-file", type=Path, help="HMAC key of a keyed journal (for --verify/--summary)")
+    parser.add_argument("--anchor", action="append", default=[], metavar="ID:HASH",
+                        help="with --verify: a row's hash kept elsewhere (the daemon log's journal head); repeatable")  # fmt: skip
     parser.add_argument(
         "--with-archives",
         action="store_true",
@@ -125,11 +128,15 @@ def main(args: argparse.Namespace) -> int:
         if args.key_file is not None:
             key = load_key(args.key_file, strict=False)
         if args.verify:
-            return _verify(files, key, args.json)
+            anchors = [_anchor(a) for a in args.anchor]
+            return _verify(files, key, args.json, anchors)
         journals = [Journal(f, readonly=True) for f in files]
     except JournalError as exc:
         print(f"potline events: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"potline events: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.summary:
             return _summary(journals, files, key, args.json)
@@ -184,11 +191,19 @@ def _apart(a: str, b: str, seconds: float) -> bool:
     return abs((ta - tb).total_seconds()) > seconds
 
 
-def _verify(files: list[Path], key: bytes | None, as_json: bool) -> int:
+def _anchor(text: str) -> tuple[int, str]:
+    """``ID:HASH`` -> (id, hash)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[:=]\s*([0-9a-fA-F]{64})\s*", text)
+    if m is None:
+        raise ValueError(f"--anchor expects ID:HASH (a row id and its 64 hex digit hash), got {text!r}")
+    return int(m.group(1)), m.group(2).lower()
+
+
+def _verify(files: list[Path], key: bytes | None, as_json: bool, anchors: list[tuple[int, str]]) -> int:
     """``--verify``: the chain over ``files`` (archives first), every finding; 0 intact, 1 not."""
     from potline.journal import verify_files
 
-    reports = verify_files(files, key)
+    reports = verify_files(files, key, anchors)
     ok = all(r.ok for r in reports)
     if as_json:
         print(json.dumps({"ok": ok, "files": [r.as_dict() for r in reports]}, indent=1))

@@ -99,14 +99,17 @@ def test_dropped_triggers_an_edited_setpoint_and_deleted_last_rows_are_found_by_
 def test_deleting_the_last_rows_is_seen_unless_every_head_record_is_rewritten(tmp_path) -> None:
     """Rows deleted at the end with the in-file heads (``journal_meta`` head, the id
     sequence) rewritten to match: the head file beside the journal still says more rows
-    existed. Rewriting that too defeats an unkeyed chain (the documented limit); a keyed
-    chain's head records carry a MAC the attacker cannot make."""
+    existed. Rewriting that too defeats an unkeyed chain (the documented limit) unless a
+    head hash was kept elsewhere (``--anchor``, from the daemon's log); a keyed chain's
+    head records carry a MAC the attacker cannot make."""
     for keyed in (False, True):
         d = tmp_path / ("keyed" if keyed else "plain")
         d.mkdir()
         key = os.urandom(32) if keyed else None
         path = d / "journal.db"
         setpoints(path, hmac_key=key)
+        with Journal(path, readonly=True) as r:
+            anchor = f"20:{r.hash_of(20)}"  # what the daemon's log kept of the head
         db = attacker(path)
         h18 = db.execute("SELECT hash FROM events WHERE id = 18").fetchone()[0]
         db.execute("DELETE FROM events WHERE id > 18")
@@ -123,6 +126,10 @@ def test_deleting_the_last_rows_is_seen_unless_every_head_record_is_rewritten(tm
             assert not rep.ok and any("MAC is wrong" in f.what for f in rep.findings), rep.findings
         else:
             assert rep.ok, "an unkeyed chain with every head rewritten consistently is not detectable"
+            out = events_cli("--journal", path, "--verify", "--anchor", anchor)
+            assert out.returncode == 1 and "anchor id 20 (kept elsewhere) is beyond the end" in out.stdout
+            bad = events_cli("--journal", path, "--verify", "--anchor", "20:xyz")
+            assert bad.returncode == 2 and "--anchor expects ID:HASH" in bad.stderr
 
 
 def test_the_writer_recreates_dropped_triggers_and_journals_what_it_found(tmp_path) -> None:

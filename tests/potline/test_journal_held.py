@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from potline.journal import Journal, spill_path, verify_files
+from potline.journal import Journal, _Spill, spill_path, verify_files
 from tests.waits import readline
 
 PY = sys.executable
@@ -38,11 +38,13 @@ def spilled_lines(path: Path) -> int:
     return len(sp.read_text().splitlines()) - 1 if sp.exists() else 0
 
 
-def test_held_entries_past_the_bound_spill_to_disk_and_fold_in_order(tmp_path) -> None:
+def test_held_entries_past_the_bound_spill_to_disk_and_fold_in_order(tmp_path, monkeypatch) -> None:
     """``max_held`` 50, the journal full for 400 entries (a commit attempt every cycle of
     20): at most 100 stay in memory, the rest are in the spill file; once there is room,
     commits fold them in (50 per commit from the file, then memory), ids contiguous, values
-    in the order appended, the spill file gone, the chain intact."""
+    in the order appended, the spill file gone, the chain intact. (The spill file is read in
+    97-byte chunks here, so lines straddle every chunk boundary.)"""
+    monkeypatch.setattr(_Spill, "CHUNK", 97)
     path = tmp_path / "journal.db"
     j = Journal(path, max_held=50)
     j.record(kind="daemon_start")
@@ -196,7 +198,8 @@ def test_when_even_the_spill_is_refused_entries_are_dropped_counted_and_journall
 
 def test_an_edited_spill_file_is_folded_in_and_reported(tmp_path) -> None:
     """The spill file is plain text between two runs: an entry edited there is still folded
-    in, and a ``journal_tampered`` alarm names it."""
+    in, and a ``journal_tampered`` alarm names it; a last line cut short (a crash while
+    writing it) is left out and said."""
     path = tmp_path / "journal.db"
     j = Journal(path, max_held=5)
     j.record(kind="daemon_start")
@@ -209,8 +212,9 @@ def test_an_edited_spill_file_is_folded_in_and_reported(tmp_path) -> None:
     doc = json.loads(lines[4])
     doc["e"]["value"] = 135.0
     lines[4] = json.dumps(doc)
-    sp.write_text("\n".join(lines) + "\n")
+    sp.write_text("\n".join(lines) + "\n" + '{"s": 13, "e": {"kind": "setp')
     with Journal(path) as k:
         (ev,) = k.query(kinds=["journal_tampered"])
         assert f"entry {doc['s']} does not match its hash (edited)" in ev.detail
+        assert "the last line is incomplete (a crash while writing it)" in ev.detail
         assert k.count(kinds=["setpoint_write"]) == 12
