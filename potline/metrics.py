@@ -1,6 +1,8 @@
 """Prometheus metrics and health endpoints of the daemon.
 
-One HTTP listener (a daemon thread; bind 127.0.0.1 unless configured) serves:
+One HTTP listener (asyncio in one daemon thread, whatever the number of clients; bind
+127.0.0.1 unless configured; connection cap, header and idle timeouts: ``MetricsServer``)
+serves:
 
 * ``/metrics`` — Prometheus text format from the daemon's own registry
   (``DaemonMetrics``): loop period and lag, scan age and link state per PLC, comms
@@ -17,16 +19,22 @@ gets a 404/405/400 and never reaches the daemon's loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["DaemonMetrics", "HealthState", "MetricsServer"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -154,67 +162,48 @@ class DaemonMetrics:
         return generate_latest(self.registry)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "potline-twin"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
-    timeout = 5.0  # seconds a client may take to send its request
+#: connections served at once (Prometheus, a health probe, a person with curl: a handful)
+DEFAULT_MAX_CONNECTIONS = 32
+#: a request head must arrive complete within this [wall s] of its first byte (or of the connect)
+HEADER_TIMEOUT_S = 5.0
+#: a kept-alive connection may wait this long [wall s] for its next request
+IDLE_TIMEOUT_S = 30.0
+#: a request head longer than this [bytes] is refused (431) and the connection closed
+MAX_HEADER_BYTES = 8192
+#: an answer the client does not take within this [wall s] closes the connection
+WRITE_TIMEOUT_S = 10.0
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # no stderr noise; the daemon logs what matters
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        assert isinstance(self.server, _Server)  # handlers are only served by _Server
-        srv = self.server.owner
-        path = self.path.split("?", 1)[0]
-        try:
-            if path == "/metrics":
-                srv.before_scrape()
-                self._send(200, srv.metrics.render(), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/readyz"):
-                now = srv.clock()
-                ok, body = srv.health.live(now) if path == "/healthz" else srv.health.ready(now)
-                self._send(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
-            elif path == "/":
-                self._send(200, b"potline-twin daemon: /metrics /healthz /readyz\n", "text/plain; charset=utf-8")
-            else:
-                self._send(404, b"not found\n", "text/plain; charset=utf-8")
-        except Exception as exc:
-            self._send(500, f"error: {type(exc).__name__}\n".encode(), "text/plain; charset=utf-8")
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _not_allowed(self) -> None:
-        self.send_response(405)
-        self.send_header("Allow", "GET, HEAD")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+_TEXT = "text/plain; charset=utf-8"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 16
+class _BadRequest(Exception):
+    """A request that cannot be served: the status to answer with and why."""
 
-    def __init__(self, address: tuple[str, int], owner: MetricsServer) -> None:
-        self.owner = owner  # what the handlers serve
-        super().__init__(address, _Handler)
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+@dataclass(slots=True)
+class _Conn:
+    writer: asyncio.StreamWriter
+    peer: str
+    last_activity: float
+    busy: bool = False  # answering a request (not evicted meanwhile)
 
 
 class MetricsServer:
-    """HTTP listener for ``/metrics``, ``/healthz`` and ``/readyz`` in a daemon thread.
+    """HTTP listener for ``/metrics``, ``/healthz`` and ``/readyz``: one thread whatever the clients.
+
+    An asyncio server in one daemon thread: at most ``max_connections`` connections (a new
+    one beyond that closes the connection that has been quiet longest), a request head
+    complete within ``header_timeout_s`` of its first byte and at most
+    ``max_header_bytes``, kept-alive connections closed after ``idle_timeout_s`` without a
+    request, answers a client does not take within ``write_timeout_s`` dropped. Closed
+    connections are counted by reason (``closed``) and logged at most once a minute per
+    reason. GET and HEAD only (405 otherwise), HTTP/1.0 and 1.1 with keep-alive.
 
     Args:
         metrics: the series to expose.
@@ -232,41 +221,248 @@ class MetricsServer:
         port: int = 9108,
         clock: Callable[[], float] | None = None,
         before_scrape: Callable[[], None] | None = None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         import time
 
+        if max_connections < 1 or max_header_bytes < 64:
+            raise ValueError(f"max_connections must be >= 1 and max_header_bytes >= 64, got {max_connections}, "
+                             f"{max_header_bytes}")  # fmt: skip
         self.metrics = metrics
         self.health = health
         self.host = host
         self.port = int(port)
         self.clock = clock or time.monotonic
         self._before = before_scrape
-        self._httpd: _Server | None = None
+        self.max_connections = int(max_connections)
+        self.header_timeout_s = float(header_timeout_s)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.max_header_bytes = int(max_header_bytes)
+        self.write_timeout_s = float(write_timeout_s)
+        #: connections closed by the listener, by reason (evicted, header_timeout, idle, too_large, bad_request, ...)
+        self.closed: dict[str, int] = {}
+        #: requests answered, by status code
+        self.answered: dict[int, int] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._logged: dict[str, tuple[float, int]] = {}  # reason -> (last log time, closed since)
 
     def before_scrape(self) -> None:
         if self._before is not None:
             self._before()
 
+    @property
+    def connections(self) -> int:
+        """Client connections open right now."""
+        return len(self._conns)
+
     def start(self) -> None:
         """Bind and serve (raises OSError when the port is taken)."""
-        httpd = _Server((self.host, self.port), self)
-        httpd.timeout = 5
-        self.port = int(httpd.server_address[1])
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.25},
-                                        name="potline-metrics", daemon=True)  # fmt: skip
+        sock = socket.create_server((self.host, self.port), backlog=64)
+        self.port = int(sock.getsockname()[1])
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._client, sock=sock, limit=self.max_header_bytes)
+                )
+            except BaseException as exc:  # handed to start()
+                failed.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="potline-metrics", daemon=True)
         self._thread.start()
+        ready.wait(30.0)
+        if failed:
+            sock.close()
+            raise OSError(f"metrics listener: {failed[0]}")
 
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for c in list(self._conns.values()):
+                c.writer.transport.abort()
+            self._conns.clear()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            loop.call_soon(loop.stop)
+
+        with contextlib.suppress(RuntimeError, TimeoutError):  # the loop is already gone, or stuck
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=5.0)
+        thread.join(timeout=5.0)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    # ------------------------------------------------------------------ connections
+
+    def _close(self, key: int, reason: str, *, abort: bool = True) -> None:
+        c = self._conns.pop(key, None)
+        if c is None:
+            return
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+        if abort:
+            c.writer.transport.abort()
+        else:
+            c.writer.close()
+        if reason in ("served", "client_closed"):
+            return  # the ordinary end of a connection
+        now = self.clock()
+        last, since = self._logged.get(reason, (-1e18, 0))
+        if now - last >= 60.0:  # at most one line per reason and minute, however many clients misbehave
+            emit = log.info if reason == "idle" else log.warning
+            emit("metrics.connections_closed", reason=reason, count=since + 1, peer=c.peer,
+                 max_connections=self.max_connections)  # fmt: skip
+            self._logged[reason] = (now, 0)
+        else:
+            self._logged[reason] = (last, since + 1)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        key = id(writer)
+        peer = writer.get_extra_info("peername")
+        if len(self._conns) >= self.max_connections:
+            idle = [(c.last_activity, k) for k, c in self._conns.items() if not c.busy]
+            if idle:
+                self._close(min(idle)[1], "evicted")
+            else:
+                self.closed["refused"] = self.closed.get("refused", 0) + 1
+                writer.transport.abort()
+                return
+        self._conns[key] = _Conn(writer, str(peer), self.clock())
+        try:
+            wait, why = self.header_timeout_s, "header_timeout"  # a new connection sends its request at once
+            while key in self._conns:
+                try:
+                    first = await asyncio.wait_for(reader.read(1), wait)
+                    if not first:
+                        self._close(key, "client_closed", abort=False)
+                        return
+                    self._conns[key].last_activity = self.clock()
+                    why = "header_timeout"
+                    rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout_s)
+                except TimeoutError:
+                    self._close(key, why)
+                    return
+                except asyncio.LimitOverrunError:
+                    await self._answer(key, 431, b"431 - request head too large\n", _TEXT, keep=False)
+                    self._close(key, "too_large", abort=False)
+                    return
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    self._close(key, "client_closed")
+                    return
+                c = self._conns.get(key)
+                if c is None:
+                    return
+                c.busy = True
+                keep = await self._serve(key, first + rest)
+                c.busy = False
+                c.last_activity = self.clock()
+                if not keep:
+                    self._close(key, "served", abort=False)
+                    return
+                wait, why = self.idle_timeout_s, "idle"
+        except Exception:  # a bug here must never take the listener down
+            log.exception("metrics.client_failed", peer=str(peer))
+            self._close(key, "error")
+
+    async def _answer(self, key: int, status: int, body: bytes, ctype: str, *, keep: bool, head: bool = False,
+                      extra: tuple[tuple[str, str], ...] = ()) -> bool:  # fmt: skip
+        c = self._conns.get(key)
+        if c is None:
+            return False
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", "Server: potline-twin",
+                 f"Content-Type: {ctype}", f"Content-Length: {len(body)}", "Cache-Control: no-store",
+                 f"Connection: {'keep-alive' if keep else 'close'}", *(f"{k}: {v}" for k, v in extra)]  # fmt: skip
+        c.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+        self.answered[status] = self.answered.get(status, 0) + 1
+        try:
+            await asyncio.wait_for(c.writer.drain(), self.write_timeout_s)
+        except (TimeoutError, ConnectionError):
+            self._close(key, "write_timeout")
+            return False
+        return keep
+
+    async def _serve(self, key: int, raw: bytes) -> bool:
+        """Answer one request head; True when the connection stays open for the next one."""
+        try:
+            method, path, keep, has_body = _parse_head(raw)
+        except _BadRequest as bad:
+            body = f"{bad.status} - Bad request: {bad}\n".encode()
+            await self._answer(key, bad.status, body, _TEXT, keep=False)
+            self.closed["bad_request"] = self.closed.get("bad_request", 0) + 1
+            return False
+        if method not in ("GET", "HEAD"):
+            return await self._answer(key, 405, b"", _TEXT, keep=False, extra=(("Allow", "GET, HEAD"),))
+        keep = keep and not has_body  # a body we do not read would be taken for the next request
+        status, body, ctype = self._route(path.split("?", 1)[0])
+        return await self._answer(key, status, body, ctype, keep=keep, head=method == "HEAD")
+
+    def _route(self, path: str) -> tuple[int, bytes, str]:
+        try:
+            if path == "/metrics":
+                self.before_scrape()
+                return 200, self.metrics.render(), CONTENT_TYPE_LATEST
+            if path in ("/healthz", "/readyz"):
+                now = self.clock()
+                ok, body = self.health.live(now) if path == "/healthz" else self.health.ready(now)
+                return (200 if ok else 503), json.dumps(body).encode() + b"\n", "application/json"
+            if path == "/":
+                return 200, b"potline-twin daemon: /metrics /healthz /readyz\n", _TEXT
+            return 404, b"not found\n", _TEXT
+        except Exception as exc:
+            return 500, f"error: {type(exc).__name__}\n".encode(), _TEXT
+
+
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _parse_head(raw: bytes) -> tuple[str, str, bool, bool]:
+    """(method, path, keep-alive, has a body) of an HTTP/1.x request head; ``_BadRequest`` otherwise."""
+    lines = raw[:-4].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN.match(parts[0]) or not parts[1].startswith(b"/"):
+        raise _BadRequest(400, "expected 'METHOD /path HTTP/1.x'")
+    version = parts[2]
+    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+        raise _BadRequest(400, "expected HTTP/1.0 or HTTP/1.1")
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise _BadRequest(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    conn = headers.get(b"connection", b"").lower()
+    keep = conn != b"close" if version == b"HTTP/1.1" else conn == b"keep-alive"
+    has_body = headers.get(b"content-length", b"0") not in (b"", b"0") or b"transfer-encoding" in headers
+    try:
+        path = parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise _BadRequest(400, "expected an ASCII path") from None
+    return parts[0].decode("ascii"), path, keep, has_body
