@@ -192,6 +192,9 @@ def _recover(limits: SetpointLimits, req: float, x: float, clamped: bool, last: 
         a, b, target = last, min(x, last + step), last + step
     v = codec.quantize_within(limits.tag, target, a, b)
     where = f"PLC holds {last:g}, outside [{lo:g}, {hi:g}]"
+    if step == 0.0:  # no time credited yet (the value was only just read): start next time
+        return WriteDecision(name, req, last, clamped, True, False, f"{where}: ramping back at {rate:g}/s",
+                             recovering=True)  # fmt: skip
     if v is None or v == last:
         return WriteDecision(name, req, None, clamped, True, True,
                              f"{where}: ramp step smaller than the tag resolution", recovering=True)  # fmt: skip
@@ -670,9 +673,14 @@ class SafeWriter:
         self._bounds_alarm(lim, st.last, d)
         if d.rejected or d.value is None:
             return record(None, True, d.reason)
+        if st.last is not None and float(d.value) == st.last and d.recovering:
+            # no step back credited yet (the PLC value was only just read): nothing to send
+            return WriteRecord(now, name, d.requested, None, st.last, d.clamped, True, False,
+                               _join(d.reason, "no step yet"), unchanged=True)  # fmt: skip
         if (
             deadband is not None
             and st.last is not None
+            and lim.min <= st.last <= lim.max
             and not (d.ramped or d.recovering)
             and abs(float(d.value) - st.last) <= deadband
         ):
@@ -704,17 +712,18 @@ class SafeWriter:
             if not pol.verify:
                 break
             back = (await self.io.read([name])).get(name)
-            if back is None or not back.good or back.value is None:
+            if back is None or not _usable(back):
                 why = back.reason if back is not None else "no data"
                 if back is None or _is_comms_reason(why):
                     self._comms_lost(why)
                     return record(d.value, False, _join(d.reason, f"read-back failed: {why}"), False, attempts)
                 verified = False
             else:
-                verified = abs(float(back.value) - float(d.value)) <= tol
+                held = float(back.value)  # type: ignore[arg-type]  # _usable: a finite number
+                verified = abs(held - float(d.value)) <= tol
                 if not verified:
                     # trust the PLC about what it holds (it may limit the value itself)
-                    st.last, st.last_t = float(back.value), self.clock.now()
+                    st.last, st.last_t = held, self.clock.now()
             if verified or attempts > self.verify_retries:
                 break
         reason = d.reason

@@ -256,6 +256,60 @@ async def test_clamp_and_ramp_are_recorded_for_the_journal():
         assert rig.server.get(SP) == pytest.approx(r1.written)
 
 
+async def test_setpoint_deadband_stops_chatter() -> None:
+    """2 min of a controller trimming between 119.985 and 119.992 kA once a second: without
+    a deadband every request is a write and a journal record (the 19-writes-in-2-min
+    report); with 10 A nothing is rewritten once the PLC holds the setpoint."""
+    rng = np.random.default_rng(14)
+    requests = rng.uniform(119.985, 119.992, size=120)
+    counts = {}
+    for deadband in (None, 0.01):
+        async with Rig(initial={SP: 119.99}, policies={SP: WritePolicy(max_rate_per_s=0.1)}) as rig:
+            for req in requests:
+                rig.clock.advance(1.0)
+                rec = await rig.writer.write(SP, float(req), deadband=deadband)
+                assert not rec.rejected
+            counts[deadband] = (len(rig.plc_values(SP)), len(rig.records))
+            assert rig.server.get(SP) == pytest.approx(119.99, abs=0.01)
+    assert counts[None][0] >= 119 and counts[None][1] == 120
+    assert counts[0.01][0] <= 1 and counts[0.01][1] <= 1  # at most the first (hold) write
+
+
+async def test_a_plc_held_outside_the_bounds_is_brought_back_and_journalled_once() -> None:
+    """The PLC holds 119 kA, the bounds say 117.5 (a tighter [safety] max), the controller
+    keeps asking for 119 for 3 min: the setpoint is ramped back (0.1 kA/s) in 15-17 writes,
+    one alarm says so and clears, and nothing more is written or journalled -- no stand-off
+    refusing every write, no clamp record every scan."""
+    pol = {SP: WritePolicy(max_rate_per_s=0.1, max=117.5)}
+    async with Rig(initial={SP: 119.0}, policies=pol) as rig:
+        for _ in range(180):
+            rig.clock.advance(1.0)
+            await rig.scan_into_writer()
+            await rig.writer.write(SP, 119.0, deadband=0.01)
+        writes = [v for _, v in rig.plc_values(SP)]
+        assert 15 <= len(writes) <= 17 and writes[-1] == 117.5
+        assert all(b < a and a - b <= 0.1 + 1e-5 for a, b in itertools.pairwise([119.0, *writes]))
+        assert len(rig.records) == len(writes) and not any(r.rejected for r in rig.records)
+        oob = [(a.kind, a.active) for a in rig.alarms if a.kind.startswith("out_of_bounds")]
+        assert oob == [("out_of_bounds", True), ("out_of_bounds", False)]
+        assert rig.server.get(SP) == 117.5
+
+
+async def test_a_plc_value_beyond_the_map_is_brought_back_through_the_client() -> None:
+    """The PLC holds 140 kA, beyond the map's own max (135): the read is UNCERTAIN but
+    known, and the ramp back writes values between the two (the client lets a recovery
+    write through its bounds check; our server, like the PLC, accepts what it holds)."""
+    async with Rig(initial={SP: 140.0}, policies={SP: WritePolicy(max_rate_per_s=1.0)}) as rig:
+        rig.server.reject_out_of_bounds = False
+        for _ in range(10):
+            rig.clock.advance(1.0)
+            rec = await rig.writer.write(SP, 120.0)
+            assert not rec.rejected, rec
+        writes = [v for _, v in rig.plc_values(SP)]
+        assert writes[:5] == [139.0, 138.0, 137.0, 136.0, 135.0] and writes[-1] < 135.0
+        assert rig.records[0].reason.startswith("PLC holds 140, outside [0, 135]")
+
+
 async def test_ramp_holds_across_a_restart_of_the_controller():
     async with Rig(policies={SP: WritePolicy(max_rate_per_s=RATE)}) as rig:
         for _ in range(20):
