@@ -149,6 +149,41 @@ def record_cycle(
     }
 
 
+def degrade_recording(
+    cols: dict[str, np.ndarray],
+    *,
+    gap: tuple[float, float] | None = None,
+    blanks: int = 0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """A recording as a historian delivers it: an outage and blank cells.
+
+    Args:
+        cols: ``record_cycle`` columns.
+        gap: (start day, length in days) of an outage: the rows inside it are removed
+            (with the charges, taps and assays logged there).
+        blanks: number of cells blanked (NaN) in each of current, voltage, temperature
+            and heater power, at random rows (seeded).
+        seed: seed of the blank positions.
+
+    Returns:
+        new columns (the input is not changed).
+    """
+    out = {k: np.array(v, dtype=float, copy=True) for k, v in cols.items()}
+    if gap is not None:
+        t = out["t_s"]
+        a, b = gap[0] * 86400.0, (gap[0] + gap[1]) * 86400.0
+        keep = ~((t > a) & (t < b))
+        out = {k: v[keep] for k, v in out.items()}
+    if blanks > 0:
+        rng = np.random.default_rng([int(seed), 0xB1A4])
+        m = out["t_s"].shape[0]
+        for name in ("current_a", "voltage_v", "temperature_c", "heater_kw"):
+            idx = rng.choice(np.arange(1, m - 1), size=min(blanks, m - 2), replace=False)
+            out[name][idx] = np.nan
+    return out
+
+
 # --------------------------------------------------------------------------- campaigns
 
 

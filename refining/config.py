@@ -208,8 +208,12 @@ class SafetySection(StrictModel):
     heater_setpoint_max_c: float = _f(860.0, 600.0, 1100.0, "°C")
     charge_max_kg: float = _f(15.0, 0.0, 10000.0, "kg", "per charge (chill)")
     tap_max_kg: float = _f(60.0, 0.0, 10000.0, "kg", "per tap")
-    temperature_min_c: float = _f(740.0, 500.0, 1100.0, "°C")
-    temperature_max_c: float = _f(860.0, 600.0, 1300.0, "°C")
+    temperature_min_c: float = _f(740.0, 500.0, 1100.0, "°C", "predicted pot temperature must stay above")
+    temperature_max_c: float = _f(860.0, 600.0, 1300.0, "°C", "predicted pot temperature must stay below")
+    metal_inventory_max_kg: float = _f(
+        150.0, 1.0, 100000.0, "kg", "cathode metal the pot holds before the pool reaches the electrolyte [EST]"
+    )
+    anode_inventory_max_kg: float = _f(260.0, 1.0, 100000.0, "kg", "anode alloy the pot holds [EST]")
 
 
 class VerdictSection(StrictModel):
@@ -220,6 +224,7 @@ class VerdictSection(StrictModel):
     cycle_min_days: float = _f(40.0, 0.0, 1000.0, "d", "seed: stable 40–45 d")
     voltage_rms_max_pct: float = _f(2.0, 0.01, 50.0, "%", "observer residual for a credible twin")
     mismatch_flag_pct: float = _f(5.0, 0.1, 100.0, "%", "flag parameters off config by more")
+    tap_interval_max_h: float = _f(72.0, 1.0, 10000.0, "h", "longest time without a tap in the predicted cycle")
 
 
 class RefiningConfig(StrictModel):
@@ -251,6 +256,12 @@ class RefiningConfig(StrictModel):
             raise ValueError("safety.current_max_a must not exceed pot.rectifier_max_a")
         if self.operation.dt_s > self.operation.control_period_s:
             raise ValueError("operation.dt_s must not exceed operation.control_period_s")
+        if self.safety.metal_inventory_max_kg <= self.cathode.initial_kg:
+            raise ValueError("safety.metal_inventory_max_kg must exceed cathode.initial_kg")
+        if self.safety.anode_inventory_max_kg <= self.anode.mass_kg:
+            raise ValueError("safety.anode_inventory_max_kg must exceed anode.mass_kg")
+        if self.safety.temperature_min_c >= self.safety.temperature_max_c:
+            raise ValueError("safety.temperature_min_c must be below safety.temperature_max_c")
         return self
 
     # ------------------------------------------------------------------ arrays

@@ -37,7 +37,9 @@ __all__ = [
     "VerdictCriteria",
     "Violation",
     "check_commands",
+    "command_criterion",
     "judge",
+    "next_ramp_origin",
     "policy_presets",
 ]
 
@@ -237,7 +239,11 @@ class RefiningPolicy:
 
 @dataclass(frozen=True, slots=True)
 class SafetyLimits:
-    """Bounds every command to a refining pot must respect (config ``[safety]``)."""
+    """Bounds every command to a refining pot must respect (config ``[safety]``).
+
+    ``temperature_*_c`` and ``*_inventory_max_kg`` bound the *process* (checked on the
+    predicted cycle), the rest bound the *commands* (checked on every command).
+    """
 
     current_min_a: float
     current_max_a: float
@@ -248,6 +254,8 @@ class SafetyLimits:
     tap_max_kg: float
     temperature_min_c: float
     temperature_max_c: float
+    metal_inventory_max_kg: float = math.inf
+    anode_inventory_max_kg: float = math.inf
 
     @classmethod
     def from_config(cls, cfg: RefiningConfig) -> SafetyLimits:
@@ -259,9 +267,12 @@ class Violation:
     """A command that breaks a safety limit.
 
     Attributes:
-        t_s: scan time [s]; pot: pot index; kind: ``current_ramp``, ``current_max``,
-        ``current_min``, ``heater_setpoint``, ``charge_size``, ``tap_size``;
-        value / limit: in the limit's unit; message: one line for an operator.
+        t_s: scan time [s]; pot: pot index; kind: ``not_finite``, ``current_ramp``,
+        ``current_max``, ``current_min``, ``heater_setpoint``, ``charge_negative``,
+        ``charge_size``, ``tap_negative``, ``tap_size``; value / limit: in the limit's
+        unit (NaN for a non-finite value); message: one line for an operator (day,
+        command, value, limit); where: ``replay`` (stepped on the recording) or
+        ``prediction`` (stepped on the twin over the predicted cycle).
     """
 
     t_s: float
@@ -270,126 +281,165 @@ class Violation:
     value: float
     limit: float
     message: str
+    where: str = "replay"
+
+
+#: command fields, their names in messages and units
+_FIELDS = (
+    ("current_sp_a", "current setpoint", "A"),
+    ("heater_sp_c", "heater setpoint", "°C"),
+    ("charge_kg", "scrap charge", "kg"),
+    ("tap_kg", "tap", "kg"),
+    ("stop", "stop request", ""),
+)
+
+
+def _as_array(x: Any, n: int) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    return np.broadcast_to(a, (n,)) if a.shape != (n,) else a
 
 
 def check_commands(
-    cmd: PotInputs, prev_sp_a: np.ndarray, limits: SafetyLimits, period_s: float, t_s: float
+    cmd: PotInputs,
+    prev_sp_a: np.ndarray,
+    limits: SafetyLimits,
+    period_s: float,
+    t_s: float,
+    where: str = "replay",
 ) -> list[Violation]:
-    """Violations in one scan's commands.
+    """Violations in one scan's commands: finiteness, sign, bounds and ramp of every field.
 
     Args:
-        cmd: the commands.
-        prev_sp_a: the current setpoint in force before this scan [A] (the previous
+        cmd: the commands (one element per pot).
+        prev_sp_a: the current setpoint in force before this scan [A] (the last finite
             command, or the measured current at the first scan).
         limits: safety limits.
         period_s: time since the previous command [s].
         t_s: scan time [s].
+        where: ``replay`` or ``prediction`` (reported with each violation).
     """
     out: list[Violation] = []
-    sp = np.asarray(cmd.current_sp_a, dtype=float)
+    prev = np.asarray(prev_sp_a, dtype=float)
+    n = prev.shape[0]
     tol = 1e-6
-    ramp = np.abs(sp - prev_sp_a) / max(period_s, 1e-9) * 3600.0
     day = t_s / 86400.0
+
+    def add(k: Any, kind: str, value: float, limit: float, text: str) -> None:
+        out.append(Violation(t_s, int(k), kind, float(value), float(limit), f"day {day:.2f}: {text}", where))
+
+    arrays: dict[str, np.ndarray] = {}
+    for name, label, unit in _FIELDS:
+        try:
+            a = _as_array(getattr(cmd, name), n)
+        except (TypeError, ValueError):
+            a = np.full(n, np.nan)
+        arrays[name] = a
+        for k in np.flatnonzero(~np.isfinite(a)):
+            add(k, "not_finite", a[k], math.nan,
+                f"{label} is {a[k]} — every command must be a finite number{(' [' + unit + ']') if unit else ''}")  # fmt: skip
+    sp = arrays["current_sp_a"]
+    fin = np.isfinite(sp)
+    with np.errstate(invalid="ignore"):
+        ramp = np.where(fin & np.isfinite(prev), np.abs(sp - prev), 0.0) / max(period_s, 1e-9) * 3600.0
     for k in np.flatnonzero(ramp > limits.ramp_a_per_h * (1 + tol) + tol):
-        out.append(
-            Violation(
-                t_s,
-                int(k),
-                "current_ramp",
-                float(ramp[k]),
-                limits.ramp_a_per_h,
-                f"day {day:.2f}: current setpoint moves {prev_sp_a[k]:.0f} -> {sp[k]:.0f} A "
-                f"in {period_s:.0f} s = {ramp[k]:.0f} A/h > ramp limit {limits.ramp_a_per_h:.0f} A/h",
-            )
-        )
-    for k in np.flatnonzero(sp > limits.current_max_a + tol):
-        out.append(
-            Violation(
-                t_s,
-                int(k),
-                "current_max",
-                float(sp[k]),
-                limits.current_max_a,
-                f"day {day:.2f}: current setpoint {sp[k]:.0f} A > max {limits.current_max_a:.0f} A",
-            )
-        )
-    for k in np.flatnonzero(sp < limits.current_min_a - tol):
-        out.append(
-            Violation(
-                t_s,
-                int(k),
-                "current_min",
-                float(sp[k]),
-                limits.current_min_a,
-                f"day {day:.2f}: current setpoint {sp[k]:.0f} A < min {limits.current_min_a:.0f} A",
-            )
-        )
-    h = np.asarray(cmd.heater_sp_c, dtype=float)
-    for k in np.flatnonzero((h < limits.heater_setpoint_min_c - tol) | (h > limits.heater_setpoint_max_c + tol)):
-        out.append(
-            Violation(
-                t_s,
-                int(k),
-                "heater_setpoint",
-                float(h[k]),
-                limits.heater_setpoint_max_c if h[k] > limits.heater_setpoint_max_c else limits.heater_setpoint_min_c,
-                f"day {day:.2f}: heater setpoint {h[k]:.1f} °C outside "
-                f"{limits.heater_setpoint_min_c:.0f}…{limits.heater_setpoint_max_c:.0f} °C",
-            )
-        )
-    c = np.asarray(cmd.charge_kg, dtype=float)
-    for k in np.flatnonzero(c > limits.charge_max_kg + tol):
-        out.append(
-            Violation(
-                t_s,
-                int(k),
-                "charge_size",
-                float(c[k]),
-                limits.charge_max_kg,
-                f"day {day:.2f}: scrap charge {c[k]:.1f} kg > {limits.charge_max_kg:.1f} kg per charge",
-            )
-        )
-    tp = np.asarray(cmd.tap_kg, dtype=float)
-    for k in np.flatnonzero(tp > limits.tap_max_kg + tol):
-        out.append(
-            Violation(
-                t_s,
-                int(k),
-                "tap_size",
-                float(tp[k]),
-                limits.tap_max_kg,
-                f"day {day:.2f}: tap {tp[k]:.1f} kg > {limits.tap_max_kg:.1f} kg per tap",
-            )
-        )
+        add(k, "current_ramp", ramp[k], limits.ramp_a_per_h,
+            f"current setpoint moves {prev[k]:.0f} -> {sp[k]:.0f} A in {period_s:.0f} s = {ramp[k]:.0f} A/h"
+            f" > ramp limit {limits.ramp_a_per_h:.0f} A/h")  # fmt: skip
+    for k in np.flatnonzero(fin & (sp > limits.current_max_a + tol)):
+        add(k, "current_max", sp[k], limits.current_max_a,
+            f"current setpoint {sp[k]:.0f} A > max {limits.current_max_a:.0f} A")  # fmt: skip
+    for k in np.flatnonzero(fin & (sp < limits.current_min_a - tol)):
+        add(k, "current_min", sp[k], limits.current_min_a,
+            f"current setpoint {sp[k]:.0f} A < min {limits.current_min_a:.0f} A")  # fmt: skip
+    h = arrays["heater_sp_c"]
+    lo, hi = limits.heater_setpoint_min_c, limits.heater_setpoint_max_c
+    for k in np.flatnonzero(np.isfinite(h) & ((h < lo - tol) | (h > hi + tol))):
+        add(k, "heater_setpoint", h[k], hi if h[k] > hi else lo,
+            f"heater setpoint {h[k]:.1f} °C outside {lo:.0f}…{hi:.0f} °C")  # fmt: skip
+    for name, label, lim in (("charge_kg", "scrap charge", limits.charge_max_kg), ("tap_kg", "tap", limits.tap_max_kg)):
+        a = arrays[name]
+        what = name.split("_")[0]
+        for k in np.flatnonzero(np.isfinite(a) & (a < -tol)):
+            add(k, f"{what}_negative", a[k], 0.0, f"{label} {a[k]:.1f} kg < 0 kg (a {label} is a mass, never negative)")
+        for k in np.flatnonzero(np.isfinite(a) & (a > lim + tol)):
+            add(k, f"{what}_size", a[k], lim, f"{label} {a[k]:.1f} kg > {lim:.1f} kg per {what}")
     return out
 
 
-class SafeCommandFilter:
-    """What the wire applies: clamp and ramp-limit commands before they reach a pot.
+def next_ramp_origin(prev_sp_a: np.ndarray, cmd_sp_a: Any) -> np.ndarray:
+    """The ramp origin for the next scan: this scan's setpoint where finite, else the previous one."""
+    sp = _as_array(cmd_sp_a, np.asarray(prev_sp_a).shape[0])
+    return np.where(np.isfinite(sp), sp, prev_sp_a).astype(float)
 
-    Shadow mode judges the *raw* commands (``check_commands``); a live deployment sends
-    them through this filter as well, so a bad candidate is contained either way.
+
+class SafeCommandFilter:
+    """What the wire applies: contain commands before they reach a pot.
+
+    Non-finite values are replaced by the last value sent (the current setpoint, the
+    heater setpoint) or by "nothing" (charge, tap, stop); negative charges and taps
+    become 0; everything is clamped to ``[safety]`` and the current setpoint is
+    ramp-limited. ``last_actions`` says what the last ``apply`` changed (for the
+    journal). Shadow mode judges the *raw* commands (``check_commands``); a live
+    deployment sends them through this filter as well (and through
+    ``plc_bridge.safe_write`` on the wire), so a bad candidate is contained either way.
+
+    Args:
+        limits: the safety limits.
+        period_s: the scan period the ramp is applied over [s].
+        n: number of pots.
+        heater_hold_c: heater setpoint used when a candidate's first one is not finite
+            (default: the middle of the allowed range) [°C].
     """
 
-    def __init__(self, limits: SafetyLimits, period_s: float, n: int = 1) -> None:
+    def __init__(self, limits: SafetyLimits, period_s: float, n: int = 1, heater_hold_c: float | None = None) -> None:
         self.limits = limits
         self.period_s = float(period_s)
         self.last_sp = np.full(n, np.nan)
+        mid = 0.5 * (limits.heater_setpoint_min_c + limits.heater_setpoint_max_c)
+        self.last_heater = np.full(n, mid if heater_hold_c is None else float(heater_hold_c))
+        self.last_actions: list[str] = []
 
     def apply(self, cmd: PotInputs, measured_current_a: np.ndarray) -> PotInputs:
-        """A limited copy of ``cmd``; the previous limited setpoint (or the measured
-        current at the first call) is the ramp's starting point."""
+        """A contained copy of ``cmd``; the previous setpoint sent (or the measured current at
+        the first call) is the ramp's starting point."""
         lim = self.limits
-        prev = np.where(np.isnan(self.last_sp), measured_current_a, self.last_sp)
+        n = self.last_sp.shape[0]
+        acts: list[str] = []
+        meas = _as_array(measured_current_a, n)
+        prev = np.where(np.isnan(self.last_sp), meas, self.last_sp)
+        prev = np.where(np.isfinite(prev), prev, lim.current_min_a)
+        raw = _as_array(cmd.current_sp_a, n)
+        bad = ~np.isfinite(raw)
+        if bad.any():
+            acts.append(f"current setpoint not finite on pot(s) {np.flatnonzero(bad).tolist()}: held")
+        want = np.where(bad, prev, raw)
         d = lim.ramp_a_per_h * self.period_s / 3600.0
-        sp = np.clip(np.clip(cmd.current_sp_a, prev - d, prev + d), lim.current_min_a, lim.current_max_a)
+        sp = np.clip(np.clip(want, prev - d, prev + d), lim.current_min_a, lim.current_max_a)
+        if (np.abs(sp - want) > 1e-9).any():
+            acts.append("current setpoint ramp-limited/clamped")
         self.last_sp = sp
+        h_raw = _as_array(cmd.heater_sp_c, n)
+        h_bad = ~np.isfinite(h_raw)
+        if h_bad.any():
+            acts.append(f"heater setpoint not finite on pot(s) {np.flatnonzero(h_bad).tolist()}: held")
+        heater = np.clip(np.where(h_bad, self.last_heater, h_raw), lim.heater_setpoint_min_c, lim.heater_setpoint_max_c)
+        self.last_heater = heater
+
+        def mass(x: Any, hi: float, label: str) -> np.ndarray:
+            a = _as_array(x, n)
+            ok = np.isfinite(a) & (a > 0.0)
+            if (~np.isfinite(a)).any() or (a < 0).any():
+                acts.append(f"{label}: non-finite or negative request dropped")
+            return np.clip(np.where(ok, a, 0.0), 0.0, hi)
+
+        stop_raw = _as_array(cmd.stop, n)
+        self.last_actions = acts
         return PotInputs(
             current_sp_a=sp,
-            heater_sp_c=np.clip(cmd.heater_sp_c, lim.heater_setpoint_min_c, lim.heater_setpoint_max_c),
-            charge_kg=np.clip(cmd.charge_kg, 0.0, lim.charge_max_kg),
-            tap_kg=np.clip(cmd.tap_kg, 0.0, lim.tap_max_kg),
-            stop=np.asarray(cmd.stop, dtype=bool).copy(),
+            heater_sp_c=heater,
+            charge_kg=mass(cmd.charge_kg, lim.charge_max_kg, "scrap charge"),
+            tap_kg=mass(cmd.tap_kg, lim.tap_max_kg, "tap"),
+            stop=np.isfinite(stop_raw) & (stop_raw > 0.5),
         )
 
 
@@ -405,6 +455,7 @@ class VerdictCriteria:
     cycle_min_days: float = 40.0
     voltage_rms_max_pct: float = 2.0
     mismatch_flag_pct: float = 5.0
+    tap_interval_max_h: float = 72.0
 
     @classmethod
     def from_config(cls, cfg: RefiningConfig) -> VerdictCriteria:
@@ -413,23 +464,41 @@ class VerdictCriteria:
 
 @dataclass(frozen=True, slots=True)
 class Criterion:
-    """One checked criterion."""
+    """One checked criterion.
+
+    Attributes:
+        name: ``no_unsafe_command``, ``temperature_max``, ``temperature_min``,
+            ``metal_inventory``, ``anode_inventory``, ``tapping``, ``purity``, ``energy``,
+            ``cycle_length``, ``twin_credible``.
+        value / limit: the worst value found and the limit, in ``unit``.
+        passed: the criterion holds.
+        text: one line for an operator; a failure names the time, the value and the limit.
+        t_s: when it first failed [s since cycle start] (NaN: passed, or not a time event).
+        unit: unit of value and limit.
+    """
 
     name: str
     value: float
     limit: float
     passed: bool
     text: str
+    t_s: float = math.nan
+    unit: str = ""
 
 
 @dataclass(slots=True)
 class Verdict:
-    """``ready`` only when every criterion passes; ``reasons`` say why not."""
+    """``ready`` only when every criterion passes; ``reasons`` say why not.
+
+    ``data_warnings`` are problems of the recording (gaps, blanks, dropped rows): they
+    are reported, never counted against the candidate.
+    """
 
     ready: bool
     label: str
     reasons: list[str] = field(default_factory=list)
     criteria: list[Criterion] = field(default_factory=list)
+    data_warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -437,83 +506,61 @@ class Verdict:
             "label": self.label,
             "reasons": list(self.reasons),
             "criteria": [asdict(c) for c in self.criteria],
+            "data_warnings": list(self.data_warnings),
         }
+
+    def criterion(self, name: str) -> Criterion:
+        for c in self.criteria:
+            if c.name == name:
+                return c
+        raise KeyError(f"no criterion {name!r}; have {[c.name for c in self.criteria]}")
+
+
+def command_criterion(violations: Sequence[Violation]) -> Criterion:
+    """``no_unsafe_command``: every command finite, of the right sign, within bounds and ramp.
+
+    A failure names the number of violations, their kinds, and the first of each kind
+    (time, value, limit; where it was found: replay of the recording or predicted cycle).
+    """
+    n_v = len(violations)
+    if n_v == 0:
+        return Criterion("no_unsafe_command", 0.0, 0.0, True, "no command beyond the safety limits")
+    first: dict[str, Violation] = {}
+    for v in sorted(violations, key=lambda x: (x.t_s, x.where)):
+        first.setdefault(v.kind, v)
+    kinds = sorted(first, key=lambda k: first[k].t_s)
+    detail = "; ".join(f"{first[k].message} ({first[k].where})" for k in kinds)
+    v0 = first[kinds[0]]
+    return Criterion(
+        "no_unsafe_command",
+        float(n_v),
+        0.0,
+        False,
+        f"unsafe command: {n_v} violation(s) ({', '.join(kinds)}); first: {detail}",
+        t_s=v0.t_s,
+        unit="violations",
+    )
 
 
 def judge(
-    criteria: VerdictCriteria,
-    *,
-    purity_min_pct: float,
-    dc_kwh_per_kg: float,
-    cycle_days: float,
-    breakthrough_end: bool,
-    violations: Sequence[Violation],
-    voltage_rms_pct: float,
+    criteria: Sequence[Criterion],
+    violations: Sequence[Violation] = (),
+    data_warnings: Sequence[str] = (),
 ) -> Verdict:
-    """Deployment verdict for a candidate from its predicted cycle and its commands.
+    """Deployment verdict: READY only when the command check and every process criterion pass.
 
     Args:
-        criteria: the stated criteria.
-        purity_min_pct: predicted worst batch purity under the candidate [%].
-        dc_kwh_per_kg: predicted DC specific energy [kWh/kg].
-        cycle_days: predicted cycle length [d].
-        breakthrough_end: the predicted cycle ended by impurity breakthrough/saturation
-            (or a controlled stop) — not by a thermal trip, density loss or the timer.
-        violations: safety violations among the candidate's commands.
-        voltage_rms_pct: the observer's voltage residual (is the twin credible?) [%].
+        criteria: the process criteria over the predicted cycle (and the twin's credibility).
+        violations: unsafe commands among the candidate's commands (replay and prediction).
+        data_warnings: problems of the recording, reported beside the verdict, never
+            counted against the candidate.
     """
-    cs: list[Criterion] = []
-    n_v = len(violations)
-    kinds = sorted({v.kind for v in violations})
-    first = violations[0].message if violations else ""
-    cs.append(
-        Criterion(
-            "no_unsafe_command",
-            float(n_v),
-            0.0,
-            n_v == 0,
-            "no command beyond the safety limits"
-            if n_v == 0
-            else f"unsafe command: {n_v} violation(s) ({', '.join(kinds)}); first: {first}",
-        )
-    )
-    cs.append(
-        Criterion(
-            "purity",
-            purity_min_pct,
-            criteria.purity_min_pct,
-            purity_min_pct >= criteria.purity_min_pct,
-            f"worst batch purity {purity_min_pct:.3f} % (≥ {criteria.purity_min_pct} %)",
-        )
-    )
-    cs.append(
-        Criterion(
-            "energy",
-            dc_kwh_per_kg,
-            criteria.energy_max_kwh_kg,
-            dc_kwh_per_kg <= criteria.energy_max_kwh_kg,
-            f"DC energy {dc_kwh_per_kg:.2f} MWh/t (≤ {criteria.energy_max_kwh_kg} MWh/t)",
-        )
-    )
-    cs.append(
-        Criterion(
-            "cycle_length",
-            cycle_days,
-            criteria.cycle_min_days,
-            cycle_days >= criteria.cycle_min_days and breakthrough_end,
-            f"cycle {cycle_days:.1f} d (≥ {criteria.cycle_min_days} d, ended by "
-            f"{'impurity breakthrough' if breakthrough_end else 'something other than impurity breakthrough'})",
-        )
-    )
-    cs.append(
-        Criterion(
-            "twin_credible",
-            voltage_rms_pct,
-            criteria.voltage_rms_max_pct,
-            voltage_rms_pct <= criteria.voltage_rms_max_pct,
-            f"observer voltage residual {voltage_rms_pct:.2f} % RMS (≤ {criteria.voltage_rms_max_pct} %)",
-        )
-    )
+    cs = [command_criterion(violations), *criteria]
     failed = [c for c in cs if not c.passed]
-    reasons = [c.text for c in failed]
-    return Verdict(ready=not failed, label="ready" if not failed else "not ready", reasons=reasons, criteria=cs)
+    return Verdict(
+        ready=not failed,
+        label="ready" if not failed else "not ready",
+        reasons=[c.text for c in failed],
+        criteria=cs,
+        data_warnings=list(data_warnings),
+    )

@@ -154,8 +154,17 @@ def _tap_exact(s, m):
 
 
 @njit(cache=True)
-def observe(state, params, obs, t_s, current_a, voltage_v, temp_c, heater_kw, charge_kg, tap_kg, assay, dt_max, out):
+def observe(
+    state, params, obs, t_s, current_a, voltage_v, temp_c, heater_kw, charge_kg, tap_kg, assay, gap, dt_max, out
+):
     """Run the observer over recorded samples.
+
+    Data problems: a NaN voltage or temperature skips that sample's correction (the model
+    predicts on; the Joule heat uses the model's own voltage); current and heater power
+    must be finite (the caller holds the last good value over blanks). An interval marked
+    ``gap`` (no data) is integrated with the current before it and the model's own
+    heater loop, nothing is corrected on it, it adds nothing to the predicted energy,
+    and the temperature restarts from the first measurement after it.
 
     Args:
         state: ``[n, N_STATE]`` model state at the first sample (updated in place).
@@ -167,6 +176,7 @@ def observe(state, params, obs, t_s, current_a, voltage_v, temp_c, heater_kw, ch
             interval-mean heater power [kW].
         charge_kg, tap_kg: ``[n, m]`` scrap charged / metal tapped at t[j] [kg].
         assay: ``[n, m, N_EL]`` assay of the tap at t[j] [mass fraction] (NaN: none).
+        gap: ``[n, m]`` > 0.5 where the interval (t[j-1], t[j]] is a data gap.
         dt_max: largest integration sub-step [s].
         out: ``[n, m, N_OUT]`` filled with predictions and estimates per sample.
     """
@@ -184,9 +194,28 @@ def observe(state, params, obs, t_s, current_a, voltage_v, temp_c, heater_kw, ch
         for j in range(m):
             u_pred = voltage_v[k, j]
             t_pred = temp_c[k, j]
+            u_ok = voltage_v[k, j] == voltage_v[k, j]
+            t_ok = temp_c[k, j] == temp_c[k, j]
             if j == 0:
-                s[S_T] = temp_c[k, 0]
+                if t_ok:
+                    s[S_T] = temp_c[k, 0]
                 s[S_I] = current_a[k, 0]
+            elif gap[k, j] > 0.5:
+                # no data over this interval: the model runs on the last current, its own heater loop
+                dtot = t_s[k, j] - t_s[k, j - 1]
+                nsub = int(math.ceil(dtot / dt_max - 1e-9))
+                if nsub < 1:
+                    nsub = 1
+                dt = dtot / nsub
+                s[S_I] = current_a[k, j - 1]
+                for _i in range(nsub):
+                    pot_step(s, p, dt, 0.0, np.nan, np.nan, 1.0, ones, liq)
+                u_pred = np.nan
+                t_pred = s[S_T]
+                if t_ok:
+                    s[S_T] = temp_c[k, j]
+                    o[O_P_TT] = 4.0
+                    o[O_P_TQ] = 0.0
             else:
                 dtot = t_s[k, j] - t_s[k, j - 1]
                 if dtot <= 0.0:
@@ -218,7 +247,7 @@ def observe(state, params, obs, t_s, current_a, voltage_v, temp_c, heater_kw, ch
                 # --- voltage: scalar KF on θ_R
                 theta = p[P_R_MULT]
                 h = u_ohm / theta if theta > 0.0 else 0.0
-                if cur > 0.05 * p[rf.P_I_MAX_A] and h > 0.0:
+                if u_ok and cur > 0.05 * p[rf.P_I_MAX_A] and h > 0.0:
                     tau = p[P_NOISE_IF_TAU]
                     avg = 1.0 if dtot <= 0.0 else min(1.0, 2.0 * tau / dtot)
                     r_u = p[P_NOISE_U] ** 2 + (p[P_NOISE_IF] * u_ohm) ** 2 * avg + 1e-6
@@ -251,7 +280,10 @@ def observe(state, params, obs, t_s, current_a, voltage_v, temp_c, heater_kw, ch
                 s_inn = n_tt + r_t
                 k_t = n_tt / s_inn
                 k_q = n_tq / s_inn
-                inn = temp_c[k, j] - t_pred
+                if not t_ok:  # blank temperature: predict only
+                    k_t = 0.0
+                    k_q = 0.0
+                inn = temp_c[k, j] - t_pred if t_ok else 0.0
                 s[S_T] = t_pred + k_t * inn
                 th_ua = o[O_THETA_UA] + k_q * inn
                 if th_ua < 0.2:

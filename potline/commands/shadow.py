@@ -5,9 +5,17 @@ runs the twin with its state observer and the candidate controller beside it (no
 is written to any PLC), and writes ``report.html`` (with PNG plots) and
 ``report.json`` to ``--out``. Exit code: 0 ready, 1 not ready, 2 bad input.
 
+Recordings (docs/operations.md, "Refining pots"): ``t_s`` or ISO-8601 / epoch
+``timestamp``; units in the header (``current [kA]``) or a sidecar
+``<file>.meta.toml`` that also maps a historian export's tag names; blank cells and
+gaps are counted, reported as data warnings and never blamed on the candidate.
+``--export-normalized FILE`` writes what was read in the canonical format.
+
 ``--make-recording FILE`` first writes a synthetic recording made by the twin with
 hidden parameter factors (``--hidden kappa=0.92,ua=1.2,scrap_fe=1.1``): a pot that is
-not the config, for trying the tool without a prototype.
+not the config, for trying the tool without a prototype. It is labelled synthetic in
+its header; ``--outage DAY:DAYS`` and ``--blanks N`` make it look like a historian
+export (an outage, blank cells).
 """
 
 from __future__ import annotations
@@ -56,6 +64,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recorded-policy", default="nominal", help="preset that ran the synthetic pot (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=7, help="noise seed of the synthetic pot (default: %(default)s)")
+    parser.add_argument(
+        "--outage", metavar="DAY:DAYS", help="synthetic recording: remove DAYS of rows from DAY (a historian outage)"
+    )
+    parser.add_argument(
+        "--blanks", type=int, default=0, help="synthetic recording: blank cells per measurement column (default: 0)"
+    )
+    parser.add_argument(
+        "--time-origin",
+        default="2025-10-01T00:00:00Z",
+        help="synthetic recording: ISO-8601 time of the cycle start; '' writes t_s instead (default: %(default)s)",
+    )
+    parser.add_argument("--sidecar", help="the recording's sidecar (default: <data>.meta.toml when it exists)")
+    parser.add_argument("--gap-s", type=float, help="intervals longer than this are data gaps [s] (default: 3 periods)")
+    parser.add_argument(
+        "--export-normalized", metavar="FILE", help="also write the recording as read (canonical columns, t_s)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
 
 
@@ -97,6 +121,69 @@ def resolve_candidate(spec: str, cfg: RefiningConfig) -> tuple[str, Callable[[in
     raise ValueError(f"candidate {spec!r} is neither PolicyParams nor a callable factory")
 
 
+def _outage(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        a, b = (float(x) for x in text.split(":", 1))
+    except ValueError:
+        raise ValueError(f"--outage: expected DAY:DAYS (e.g. 10:2), got {text!r}") from None
+    if a < 0 or b <= 0:
+        raise ValueError(f"--outage: expected DAY ≥ 0 and DAYS > 0, got {text!r}")
+    return a, b
+
+
+def make_recording(cfg: RefiningConfig, args: argparse.Namespace) -> tuple[Path, str]:
+    """Write the synthetic recording ``args.make_recording``; returns (path, one-line summary)."""
+    from refining.campaign import degrade_recording, record_cycle
+    from refining.controller import RefiningPolicy, policy_presets
+    from refining.recording import write_recording
+
+    factors = _parse_factors(args.hidden)
+    presets = policy_presets(cfg)
+    if args.recorded_policy not in presets:
+        raise ValueError(f"--recorded-policy: unknown preset {args.recorded_policy!r}")
+    cols = record_cycle(
+        cfg,
+        RefiningPolicy(presets[args.recorded_policy], 1, cfg.operation.control_period_s),
+        factors=factors,
+        seed=args.seed,
+    )
+    from refining import model as rf
+
+    end = rf.END_REASONS[int(cols.pop("end_reason")[-1])]
+    days = float(cols["t_s"][-1] / 86400)
+    outage = _outage(args.outage)
+    cols = degrade_recording(cols, gap=outage, blanks=max(0, args.blanks), seed=args.seed)
+    made_by = (
+        f"potline shadow --config {Path(args.config).name} --make-recording FILE --hidden {args.hidden}"
+        f" --recorded-policy {args.recorded_policy} --seed {args.seed}"
+        + (f" --outage {args.outage}" if args.outage else "")
+        + (f" --blanks {args.blanks}" if args.blanks else "")
+    )
+    meta = {
+        "synthetic": True,
+        "source": f"potline-twin refining twin ({cfg.pot.name}), not a real pot",
+        "config": Path(args.config).name,
+        "hidden_factors": args.hidden,
+        "policy": args.recorded_policy,
+        "seed": args.seed,
+        "cycle_end": f"{end} at day {days:.2f}",
+        "made_by": made_by,
+    }
+    if outage:
+        meta["outage"] = f"rows from day {outage[0]:g} to day {outage[0] + outage[1]:g} removed"
+    if args.blanks:
+        meta["blanks"] = f"{args.blanks} blank cells in each of current, voltage, temperature, heater power"
+    decimals = {"current_a": 1, "voltage_v": 4, "temperature_c": 2, "heater_kw": 3, "current_sp_a": 1,
+                "heater_sp_c": 2, "charge_kg": 3, "tap_kg": 3, "assay_fe_pct": 5, "assay_cu_pct": 5,
+                "assay_si_pct": 5}  # fmt: skip
+    path = write_recording(
+        cols, args.make_recording, meta=meta, t0_utc=args.time_origin, decimals=decimals, blank_zero_events=True
+    )
+    return path, f"recording written: {path} ({len(cols['t_s'])} rows, {days:.1f} d, {end}, hidden {factors})"
+
+
 def main(args: argparse.Namespace) -> int:
     import matplotlib
 
@@ -104,8 +191,7 @@ def main(args: argparse.Namespace) -> int:
 
     from potline.report import write_json
     from refining.config import RefiningConfigError, load_refining_config
-    from refining.controller import RefiningPolicy, policy_presets
-    from refining.recording import load_recording, write_table
+    from refining.recording import load_recording, write_recording
     from refining.shadow import RecordingError, run_shadow
 
     try:
@@ -116,32 +202,22 @@ def main(args: argparse.Namespace) -> int:
     data = args.data
     try:
         if args.make_recording:
-            from refining.campaign import record_cycle
-
-            factors = _parse_factors(args.hidden)
-            presets = policy_presets(cfg)
-            if args.recorded_policy not in presets:
-                raise ValueError(f"--recorded-policy: unknown preset {args.recorded_policy!r}")
-            cols = record_cycle(
-                cfg,
-                RefiningPolicy(presets[args.recorded_policy], 1, cfg.operation.control_period_s),
-                factors=factors,
-                seed=args.seed,
-            )
-            path = write_table(cols, args.make_recording)
+            path, line = make_recording(cfg, args)
             if not args.quiet:
-                print(
-                    f"recording written: {path} ({len(cols['t_s'])} rows, {cols['t_s'][-1] / 86400:.1f} d, hidden {factors})"
-                )
+                print(line)
             data = data or str(path)
         if not data:
             print("potline shadow: --data (or --make-recording) is required", file=sys.stderr)
             return 2
-        rec = load_recording(data, heater_sp_default=cfg.operation.heater_setpoint_c)
+        rec = load_recording(
+            data, heater_sp_default=cfg.operation.heater_setpoint_c, sidecar=args.sidecar, gap_s=args.gap_s
+        )
+        if args.export_normalized:
+            write_recording(rec.columns(), args.export_normalized, meta={**rec.meta, "normalized_from": data})
         name, factory = resolve_candidate(args.candidate, cfg)
         if args.grade:
             cfg.grade(args.grade)
-    except (RecordingError, ValueError, KeyError) as exc:
+    except (RecordingError, RefiningConfigError, ValueError, KeyError) as exc:
         print(f"potline shadow: {exc}", file=sys.stderr)
         return 2
 
@@ -162,6 +238,8 @@ def main(args: argparse.Namespace) -> int:
     v = res.verdict
     print(f"{name}: {v.label.upper()}" + ("" if v.ready else " — " + "; ".join(v.reasons)))
     if not args.quiet:
+        for w in v.data_warnings:
+            print(f"  {w}")
         for m in res.flagged:
             print(f"  mismatch: {m.text}")
         print(f"  report: {html_path}  json: {json_path}")
@@ -193,12 +271,26 @@ def build_report(res: ShadowResult, cfg: RefiningConfig) -> Report:
         s.bullets(v.reasons)
     s.table(
         [
-            {"criterion": c.name, "value": c.value, "limit": c.limit, "passed": c.passed, "detail": c.text}
+            {
+                "criterion": c.name,
+                "value": c.value,
+                "limit": c.limit,
+                "unit": c.unit,
+                "first failed (day)": c.t_s / 86400.0 if c.t_s == c.t_s else "",
+                "passed": c.passed,
+                "detail": c.text,
+            }
             for c in v.criteria
         ],
-        caption="Deployment criteria (config [verdict]): purity ≥ limit in every batch, DC energy ≤ limit, cycle ≥ "
-        "limit and ended by impurity breakthrough, no command beyond [safety], observer residual ≤ limit.",
+        caption="Deployment criteria: every command finite, of the right sign, within [safety] bounds and ramp (on the "
+        "recording and over the predicted cycle); predicted temperature within [safety] temperature_min/max_c; metal "
+        "and anode inventories within the pot's capacity; no longer than [verdict] tap_interval_max_h without a tap; "
+        "purity ≥ limit in every batch; DC energy ≤ limit; cycle ≥ limit and ended by impurity breakthrough; "
+        "observer residual ≤ limit.",
     )
+    if v.data_warnings:
+        s.text("Data problems of the recording (reported, never counted against the candidate):")
+        s.bullets(v.data_warnings)
 
     s = rep.section("Where the twin and the pot part")
     s.text(
@@ -228,7 +320,7 @@ def build_report(res: ShadowResult, cfg: RefiningConfig) -> Report:
     ax.plot(days, out[:, ob.OUT_U_PRED], lw=0.8, label="twin + observer (one-step)")
     on = rec.current_a > 0.05 * max(1.0, rec.current_a.max())
     if on.any():
-        lo, hi = np.percentile(rec.voltage_v[on], [0.5, 99.5])
+        lo, hi = np.nanpercentile(rec.voltage_v[on], [0.5, 99.5])
         ax.set_ylim(lo - 0.15, hi + 0.15)
     ax.set_xlabel("day")
     ax.set_ylabel("pot voltage [V]")
@@ -369,7 +461,10 @@ def build_report(res: ShadowResult, cfg: RefiningConfig) -> Report:
         {
             "config": res.config_name,
             "data": rec.source,
+            "synthetic": rec.synthetic,
+            "cycle start (UTC)": rec.t0_utc or "—",
             "rows": rec.n,
+            "segments": len(rec.segments()),
             "candidate": res.candidate,
             "purity criterion %": cfg.verdict.purity_min_pct,
             "energy criterion kWh/kg": cfg.verdict.energy_max_kwh_kg,

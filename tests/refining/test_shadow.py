@@ -192,9 +192,14 @@ def test_recording_errors_name_file_column_and_row(tmp_path, recorded):
         Recording.from_columns(bad, "x.csv")
     bad = dict(cols)
     bad["t_s"] = cols["t_s"].copy()
-    bad["t_s"][5] = bad["t_s"][4]
+    bad["t_s"][5] = bad["t_s"][3]
     with pytest.raises(RecordingError, match=r"x\.csv: column t_s, row 7: time must increase"):
         Recording.from_columns(bad, "x.csv")
+    dup = dict(cols)
+    dup["t_s"] = cols["t_s"].copy()
+    dup["t_s"][5] = dup["t_s"][4]  # a historian repeating a row: dropped and reported, not refused
+    r = Recording.from_columns(dup, "x.csv")
+    assert r.n == 9 and [i.kind for i in r.issues] == ["duplicate_time"] and "row 7" in r.issues[0].message
     p = tmp_path / "text.csv"
     p.write_text(
         "t_s,current_a,voltage_v,temperature_c,heater_kw\n0,0,0,800,1\n600,100,abc,800,1\n1200,200,2.9,800,1\n"
