@@ -78,10 +78,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from plc_bridge.codec import RAW_RANGE, REGISTER_COUNT, DataType, Table, WordOrder
 from twin.configcore import ConfigError, ConfigIssue, StrictModel, load_toml, validate_config
@@ -106,6 +106,19 @@ TagMapError = ConfigError
 # ---------------------------------------------------------------- TOML schema (pydantic)
 
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _word_order(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return WordOrder(v)
+        except ValueError:
+            raise ValueError(f"expected ABCD, CDAB, BADC or DCBA (big = ABCD, little = CDAB), got {v!r}") from None
+    return v
+
+
+#: a byte/word order in the ABCD notation (or big / little), any case
+WordOrderSpec = Annotated[WordOrder, BeforeValidator(_word_order)]
 
 
 class ModbusSpec(StrictModel):
@@ -150,7 +163,7 @@ class _TagBase(StrictModel):
     name: str = Field(pattern=_NAME_PATTERN)
     role: str | None = Field(default=None, pattern=_NAME_PATTERN)
     type: DataType
-    word_order: WordOrder | None = None
+    word_order: WordOrderSpec | None = None
     unit: str = ""
     access: Access = "read"
     scale: float = 1.0
@@ -212,7 +225,7 @@ class DeviceSpec(StrictModel):
     instance: str = ""
     description: str = ""
     device_id: int = Field(default=1, ge=0, le=255)
-    word_order: WordOrder = WordOrder.BIG
+    word_order: WordOrderSpec = WordOrder.BIG
     address_base: Literal[0, 1] = 0
     namespace: str | None = Field(default=None, description="OPC UA namespace URI ({instance} allowed)")
 

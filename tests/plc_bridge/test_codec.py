@@ -239,3 +239,83 @@ def test_plan_for_a_potroom_uses_few_requests():
     # 132 cells x 8 registers in each of two tables: ceil(1056/125) = 9 requests each, plus room-level tags
     assert len(blocks) <= 2 * 10 + 3
     assert regs >= 2 * 132 * 4
+
+
+# ---------------------------------------------------------------- byte/word order notation, judge
+
+
+def notation_words(x, dtype: DataType, order: str) -> list[int]:
+    """Independent reference: the value's bytes A.. (most significant first) laid out in
+    ``order`` (e.g. "BADC"; a 64-bit value repeats the 32-bit pattern over 8 bytes)."""
+    b = struct.pack(">" + STRUCT[dtype], x)
+    if len(b) == 2:
+        out = b if order in ("ABCD", "CDAB") else b[::-1]
+    else:
+        words_ = [b[i : i + 2] for i in range(0, len(b), 2)]
+        if order in ("CDAB", "DCBA"):
+            words_ = words_[::-1]
+        if order in ("BADC", "DCBA"):
+            words_ = [w[::-1] for w in words_]
+        out = b"".join(words_)
+    return [int.from_bytes(out[i : i + 2], "big") for i in range(0, len(out), 2)]
+
+
+@pytest.mark.parametrize("order", ["ABCD", "CDAB", "BADC", "DCBA"])
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_every_byte_and_word_order_against_an_independent_encoding(order, dtype):
+    """The notation integrators use: A = most significant byte; 16-bit values swap their
+    bytes for BADC/DCBA. ``big``/``little`` are ABCD/CDAB, any case is accepted."""
+    wo = WordOrder(order.lower())
+    assert wo.notation == order
+    rng = np.random.default_rng(3)
+    if dtype.is_float:
+        raw = rng.normal(0, 1e3, 64)
+        raw = raw.astype(np.float32).astype(np.float64) if dtype is DataType.FLOAT32 else raw
+    else:
+        lo, hi = codec.RAW_RANGE[dtype]
+        raw = rng.integers(lo, hi, 64, endpoint=True)
+    words = codec.raw_array_to_words(raw, dtype, wo)
+    for i, x in enumerate(raw.tolist()):
+        ref = notation_words(x, dtype, order)
+        assert words[i].tolist() == ref
+        assert codec.raw_to_registers(x, dtype, wo) == ref
+        assert codec.registers_to_raw(ref, dtype, wo) == x
+    np.testing.assert_array_equal(codec.words_to_raw_array(words, dtype, wo), raw)
+    assert WordOrder("big") is WordOrder.ABCD and WordOrder("little") is WordOrder.CDAB
+
+
+def test_bits_count_on_the_register_value_after_the_byte_order():
+    """Bit 0 is the least significant bit of the register's value: on a byte-swapped
+    device bit 8 is the low bit of the first byte on the wire."""
+    wire = notation_words(1 << 8, DataType.UINT16, "BADC")  # the PLC's value 0x0100
+    assert wire == [0x0001]
+    t = tag(DataType.BOOL, wo=WordOrder.BADC, bit=8, table=Table.INPUT)
+    assert codec.decode(t, wire, 0).value is True
+    assert codec.decode(tag(DataType.BOOL, bit=0, table=Table.INPUT), wire, 0).value is True  # ABCD: bit 0
+
+
+def test_judge_plausibility_enumerations_invert() -> None:
+    """The word-swapped float of issue 14: 120.0 written ABCD, read CDAB, is 2.4e-41 --
+    inside a map's [0, 135] but a subnormal: BAD, never a value near 0 kA."""
+    sp = tag(DataType.FLOAT32, wo=WordOrder.CDAB, lo=0.0, hi=135.0)
+    s = codec.decode(sp, struct_words(120.0, DataType.FLOAT32, WordOrder.BIG), 0)
+    assert s.quality is Quality.BAD and "subnormal" in s.reason and "word order" in s.reason
+    assert codec.decode(sp, [0, 0], 0).good  # 0.0 is not subnormal
+    import dataclasses
+
+    t = dataclasses.replace(tag(DataType.FLOAT32), plausible_min=-10.0, plausible_max=250.0, max=200.0)
+    assert (
+        codec.judge(t, 260.0, 0).quality is Quality.BAD
+        and "plausible range [-10, 250]" in codec.judge(t, 260.0, 0).reason
+    )
+    assert codec.judge(t, 210.0, 0).quality is Quality.UNCERTAIN
+    mode = dataclasses.replace(tag(DataType.UINT16), enum=((0, "LOCAL"), (1, "REMOTE"), (2, "MAINT")))
+    assert codec.judge(mode, 2, 0).value == 2 and codec.judge(mode, 2, 0).good
+    bad = codec.judge(mode, 7, 0)
+    assert bad.quality is Quality.BAD and "(0 LOCAL, 1 REMOTE, 2 MAINT)" in bad.reason
+    remote = dataclasses.replace(mode, true_when=frozenset({1}))
+    assert codec.judge(remote, 1, 0).value is True and codec.judge(remote, 2, 0).value is False
+    local_bit = dataclasses.replace(tag(DataType.BOOL, bit=3, table=Table.INPUT), invert=True)
+    assert codec.decode(local_bit, [0b1000], 0).value is False and codec.decode(local_bit, [0], 0).value is True
+    coil = dataclasses.replace(tag(DataType.BOOL, table=Table.COIL), invert=True)
+    assert codec.encode(coil, True) == [0]

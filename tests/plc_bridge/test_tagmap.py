@@ -425,3 +425,174 @@ def test_cli_check(tmp_path, capsys):
     assert potline(["tags", "check", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}: tags[0:v].type: expected 'bool', " in err
+
+
+# ---------------------------------------------------------------- transforms integrators need
+
+
+def test_one_based_addressing_and_the_export_says_so(tmp_path):
+    p = tmp_path / "one.toml"
+    p.write_text(
+        textwrap.dedent("""
+        [device]
+        name = "dev"
+        address_base = 1
+        word_order = "cdab"
+        namespace = "urn:acme:{instance}"
+        [[tags]]
+        name = "i"
+        type = "float32"
+        modbus = { table = "input", address = 1 }
+        [[tags]]
+        name = "st"
+        type = "uint16"
+        modbus = { table = "input", address = 8 }
+        [[tags]]
+        name = "flag"
+        type = "bool"
+        modbus = { table = "input", address = 8, bit = 1 }
+        opcua = { browse_path = "Objects/{instance}/Flag" }
+        [cells]
+        count = 2
+        stride = 4
+        base_address = 101
+        [[cells.tags]]
+        name = "u"
+        type = "float32"
+        word_order = "BADC"
+        modbus = { table = "input", offset = 0 }
+    """)
+    )
+    m = load_tagmap(p, instance="X1")
+    assert m["i"].address == 0 and m["i"].map_address == 1 and m["i"].modbus_ref == "300001"
+    assert m["cell002.u"].address == 104 and m["cell002.u"].word_order.notation == "BADC"
+    assert m.namespace == "urn:acme:X1"
+    out = tmp_path / "x"
+    assert potline(["tags", "export", "--map", str(p), "--out", str(out), "--instance", "X1"]) == 0
+    rows = {r["name"]: r for r in csv.DictReader((out / "X1.csv").open(encoding="utf-8"))}
+    i, flag = rows["i"], rows["flag"]
+    assert (i["address_0based"], i["address_1based"], i["address_base"], i["address_in_map"]) == ("0", "1", "1", "1")
+    assert i["word_order"] == "CDAB" and i["byte_order"] == "AB" and rows["cell001.u"]["word_order"] == "BADC"
+    assert flag["modbus_ref"] == "300008.1" and flag["bit"] == "1" and flag["bit_numbering"].startswith("bit 0 = least")
+    assert flag["opcua_namespace_uri"] == "urn:acme:X1" and flag["opcua_browse_path"] == "Objects/X1/Flag"
+    doc = json.loads((out / "X1.json").read_text(encoding="utf-8"))
+    assert doc["address_base"] == 1 and doc["namespace_uri"] == "urn:acme:X1" and doc["word_order"] == "CDAB"
+    assert "300008.1 is bit 1" in doc["conventions"]["bit_numbering"]
+    # address 0 does not exist in a 1-based map
+    p.write_text(p.read_text().replace("address = 1 }", "address = 0 }"))
+    (msg,) = problems_of(p)
+    assert "tags[0:i].modbus.address" in msg and "expected an address in [1, 65536] (address_base = 1), got 0" in msg
+
+
+def test_alias_enum_invert_and_plausibility_rules(tmp_path):
+    p = write_map(
+        tmp_path,
+        """
+        [[tags]]
+        name = "sp"
+        type = "int32"
+        scale = 0.001
+        unit = "kA"
+        access = "read-write"
+        min = 0
+        max = 135
+        modbus = { table = "holding", address = 0 }
+        [[tags]]
+        name = "sp_act"
+        type = "int32"
+        alias_of = "sp"
+        [[tags]]
+        name = "mode"
+        type = "uint16"
+        enum = { 0 = "LOCAL", 1 = "REMOTE" }
+        true_when = ["REMOTE"]
+        modbus = { table = "input", address = 0 }
+        [[tags]]
+        name = "local"
+        type = "bool"
+        invert = true
+        modbus = { table = "discrete", address = 0 }
+    """,
+    )
+    m = load_tagmap(p)
+    a = m["sp_act"]
+    assert (a.table, a.address, a.scale, a.unit, a.writable) == (Table.HOLDING, 0, 0.001, "kA", False)
+    assert m["mode"].reads_bool and m["mode"].true_when == frozenset({1}) and m["local"].invert
+    bad = write_map(
+        tmp_path,
+        """
+        [[tags]]
+        name = "sp"
+        type = "float32"
+        access = "read-write"
+        min = 0
+        max = 1
+        modbus = { address = 0 }
+        [[tags]]
+        name = "a1"
+        type = "int32"
+        access = "read-write"
+        min = 0
+        max = 1
+        alias_of = "sp"
+        [[tags]]
+        name = "a2"
+        type = "float32"
+        alias_of = "nothing"
+        [[tags]]
+        name = "e"
+        type = "float32"
+        enum = { 0 = "X" }
+        modbus = { address = 4 }
+        [[tags]]
+        name = "t"
+        type = "uint16"
+        enum = { 0 = "OFF" }
+        true_when = ["ON"]
+        modbus = { address = 5 }
+        [[tags]]
+        name = "inv"
+        type = "uint16"
+        invert = true
+        modbus = { address = 6 }
+        [[tags]]
+        name = "pl"
+        type = "float32"
+        plausible_min = 5
+        plausible_max = 1
+        modbus = { address = 8 }
+    """,
+        name="bad2.toml",
+    )
+    msgs = "\n".join(problems_of(bad))
+    assert "'a1'" in msgs and "alias is read-only" in msgs and "must have its type float32" in msgs
+    assert "alias_of 'nothing'" in msgs
+    assert "enum needs an unscaled integer type" in msgs
+    assert "true_when state 'ON' is not in the enumeration" in msgs
+    assert "invert is for bool tags" in msgs
+    assert "plausible_min 5 > plausible_max 1" in msgs
+    bad_order = write_map(
+        tmp_path,
+        """
+        [[tags]]
+        name = "x"
+        type = "float32"
+        word_order = "ACBD"
+        modbus = { address = 0 }
+    """,
+        name="bad3.toml",
+    )
+    (msg,) = problems_of(bad_order)
+    assert (
+        msg
+        == f"{bad_order}: tags[0:x].word_order: expected ABCD, CDAB, BADC or DCBA (big = ABCD, little = CDAB), got 'ACBD'"
+    )
+
+
+def test_plant_limits_narrow_the_setpoint_bounds_never_widen():
+    m = load_tagmap(RECTIFIER, instance="Line1")
+    n = m.with_bounds("line_current_sp", 0.0, 132.0, "the plant's rectifier limits of Line1")
+    assert (n["line_current_sp"].lo, n["line_current_sp"].hi) == (0.0, 132.0) and m["line_current_sp"].hi == 135.0
+    assert n.with_bounds("line_current_sp", -10.0, 500.0)["line_current_sp"].hi == 132.0
+    with pytest.raises(ValueError, match="do not overlap"):
+        n.with_bounds("line_current_sp", 140.0, 150.0, "x")
