@@ -11,8 +11,8 @@ wall time than the serial one when other jobs hold the cores. Two measures do it
    thread on the 660-cell plant), so it suffers most. ``configure_wait_policy`` (called by
    ``twin/__init__.py``, i.e. before Numba's threading layer starts the OpenMP runtime,
    which reads the policy once when it loads) sets ``OMP_WAIT_POLICY=passive``: waiting
-   threads sleep at once. GNU, LLVM and Intel OpenMP all honour it (LLVM/Intel also
-   take it as ``KMP_BLOCKTIME=0``); the workqueue layer never spins; TBB is not installed
+   threads sleep at once. GNU, LLVM and Intel OpenMP all honour it (LLVM and Intel
+   then default ``KMP_BLOCKTIME`` to 0); the workqueue layer never spins; TBB is not installed
    here. A policy the user set (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``
    in the environment) is left alone. If an OpenMP runtime was loaded before ``twin`` was
    imported (another library started it), the policy can no longer take effect:
@@ -28,24 +28,32 @@ wall time than the serial one when other jobs hold the cores. Two measures do it
    losing). All kernels give the serial kernel's result bit for bit, so the choice changes
    only the wall time.
 
-Measured on 2 shared cores (AMD EPYC; the "quiet" machine already ran other agents' jobs at
-a load of about 4; ``benchmarks/bench_threads_under_load.py``, ``benchmarks/results/
-threads_under_load.json``), one simulated hour of the 660-cell reference plant in 60 s
-``advance`` calls, as ``potline sim`` runs it. The issue's report (load ≈ 9): parallel
-15.7 s vs serial 2.2 s before. Probes while choosing (same machine, median wall s per
-0.25 simulated h, parallel/serial):
+Measured on 2 shared cores (AMD EPYC, other agents' jobs at a load of 7–12 throughout), one
+simulated hour of the 660-cell reference plant in 60 s ``advance`` calls as ``potline sim``
+runs it, side by side in one run of ``benchmarks/bench_threads_under_load.py`` (JSON in
+``benchmarks/results/threads_under_load.json``). "Quiet": the benchmark's session ahead of
+the other jobs (autogroup nice -19; the serial kernel had 0.99 of a core): serial 0.38 s.
+"Loaded": beside the other jobs, plus 2 CPU-bound processes of its own (serial had 0.13 of a
+core): serial 2.9 s. Wall time / serial, medians of 5 (3) round-robin rounds:
 
-=====================================  ===========  ==================================
-wait policy                            quiet        + 2 CPU-bound jobs
-=====================================  ===========  ==================================
-libgomp default (spin), cells kernel   2.7x–4.6x    13x (23.7 s vs 1.8 s per 0.5 h)
-libgomp default (spin), lines kernel   1.5x         1.2x–1.6x
-passive, cells kernel                  1.1x–1.3x    0.4x–1.3x (scheduling luck)
-passive, lines kernel                  0.8x–1.1x    0.8x–1.0x
-=====================================  ===========  ==================================
+================================================  =====  =================================
+parallel kernel, OpenMP wait                      quiet  loaded
+================================================  =====  =================================
+cells per sub-step, libgomp default (300k spins)  0.53   12.4 (40.5 s vs 3.2 s)
+cells per sub-step, GOMP_SPINCOUNT=20000          0.53   6.4
+cells per sub-step, GOMP_SPINCOUNT=2000           0.62   1.37
+cells per sub-step, passive                       0.86   0.42 (0.26–0.76: scheduling luck)
+whole lines, passive                              0.69   0.80
+measured choice, passive (the default)            0.65   0.65 (0.16–1.04)
+================================================  =====  =================================
 
-The benchmark's figures for the default (passive + measured choice) against serial are in
-its JSON and in the commit that added it.
+(The issue's report, load ≈ 9: 15.7 s parallel vs 2.2 s serial.) So the default costs ~25 %
+more wall time than the spinning cells kernel on free cores (0.65 vs 0.53 of serial) and is
+never the 12x loser on shared ones; where the machine is known to be free, setting
+``OMP_WAIT_POLICY=active`` (or ``GOMP_SPINCOUNT``) before starting gets the spinning back, and
+the measured choice still falls back from a kernel that turns slow. Whole lines per thread
+need one group of lines per thread (``Potline.line_groups``): Numba hands each thread a
+contiguous block of a ``prange``, so 3 lines on 2 threads went 2 + 1 lines (0.8 of serial).
 """
 
 from __future__ import annotations
@@ -139,8 +147,9 @@ TRIAL_CELL_STEPS = 100_000
 #: ``run`` cuts a long call into slices of at most this many cell-steps (~0.3 s serial), so
 #: it follows a change of load on the machine
 SLICE_CELL_STEPS = 2_000_000
-#: calls smaller than this run the kernel in use untimed (timing would cost more than it tells)
-MIN_TIMED_CELL_STEPS = 1_000
+#: calls smaller than this (~30 µs of work) run serially and untimed: a parallel region's
+#: wake-ups cost more than they could share out
+MIN_TIMED_CELL_STEPS = 200
 #: weight of each new slice of the kernel in use in its running cost estimate
 SMOOTHING = 0.3
 #: another kernel takes over only when it is this much cheaper (no flapping on near ties)
@@ -197,7 +206,7 @@ class KernelChooser:
         in slices (a try's remainder, or at most ``SLICE_CELL_STEPS``), each with the kernel
         ``pick`` names, timed and ``record``-ed."""
         if n_sub * n_cells < MIN_TIMED_CELL_STEPS:
-            step(self.current, n_sub)
+            step("serial" if "serial" in self.kernels else self.current, n_sub)
             return
         done = 0
         while done < n_sub:
