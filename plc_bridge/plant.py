@@ -332,7 +332,8 @@ class _Scan:
 
     ``scalars``: role -> Sample; ``tag_samples``: tag name -> Sample (the safety
     layer's interlock and heartbeat signals); ``fields``: per-cell role -> (values,
-    GOOD mask); ``field_quality``: per-cell role -> ``Quality`` codes.
+    GOOD mask); ``field_quality``: per-cell role -> ``Quality`` codes; ``field_reason``:
+    per-cell role -> reasons (object array, "" where GOOD; absent when all are GOOD).
     """
 
     t: float
@@ -340,6 +341,7 @@ class _Scan:
     scalars: dict[str, Sample] = field(default_factory=dict)
     fields: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     field_quality: dict[str, np.ndarray] = field(default_factory=dict)
+    field_reason: dict[str, np.ndarray] = field(default_factory=dict)
     tag_samples: dict[str, Sample] = field(default_factory=dict)
     reason: str = ""
 
@@ -504,13 +506,20 @@ class _Device:
             for role, all_names in self.optional.items():
                 idx = np.asarray((wanted or {}).get(role, ()), dtype=np.int64)
                 extra.append((role, idx, tuple(all_names[i] for i in idx.tolist())))
+        why: Callable[[int], str]
         if self.endpoint.protocol == "modbus":
+            from plc_bridge.modbus_client import reason_text
+
             sc = await self.scan_client.scan()
             t = sc.t
             values, quality = sc.values, sc.quality.astype(np.uint8)
             link = not bool(np.isin(sc.codes, (-1, -2, -3, -4)).all())
             tag_samples = {self.tag_of[r]: sc.sample(self.tag_of[r]) for r in self.read_scalars}
             reason = "" if link else reason_of_codes(sc.codes)
+
+            def why(i: int) -> str:
+                return sc.detail.get(i) or reason_text(int(sc.codes[i]))
+
         else:
             req = names + [n for _, _, ns in extra for n in ns]
             got = await self.io.read(req)
@@ -520,12 +529,29 @@ class _Device:
             link = bool(self._opcua.connected) and bool((quality == Quality.GOOD).any())
             tag_samples = {self.tag_of[r]: got[self.tag_of[r]] for r in self.read_scalars}
             reason = "" if link else next((s.reason for s in got.values() if s.reason), "no link")
+
+            def why(i: int) -> str:
+                return got[req[i]].reason
+
+        def reasons(idx: np.ndarray, q: np.ndarray) -> np.ndarray | None:
+            """Per-cell reasons of the values of ``idx`` that are not GOOD (None: all GOOD)."""
+            bad = np.flatnonzero(q != Quality.GOOD)
+            if bad.size == 0 or not link:
+                return None
+            r = np.full(idx.size, "", dtype=object)
+            for j in bad.tolist():
+                r[j] = why(int(idx[j]))
+            return r
+
         good = quality == Quality.GOOD
         out = _Scan(t, link, {r: tag_samples[self.tag_of[r]] for r in self.read_scalars}, tag_samples=tag_samples,
                     reason=reason)  # fmt: skip
         for role, idx in self._field_idx.items():
             out.fields[role] = (values[idx], good[idx])
             out.field_quality[role] = quality[idx]
+            rs = reasons(idx, quality[idx])
+            if rs is not None:
+                out.field_reason[role] = rs
         pos = len(names)
         n_cells = self.tagmap.cells.count if self.tagmap.cells is not None else 0
         for role, idx, ns in extra:
@@ -542,6 +568,9 @@ class _Device:
             bits = ((np.nan_to_num(w).astype(np.int64) >> bit) & 1).astype(bool) ^ invert
             out.fields[role] = (bits.astype(float), q == Quality.GOOD)
             out.field_quality[role] = q
+            rs = reasons(idx, q)
+            if rs is not None:
+                out.field_reason[role] = rs
         if link:
             self.last_good_t = t
         self.last = out
@@ -917,9 +946,10 @@ class BridgePlant:
         else:
             q.set(i, Quality.BAD, held, why)
 
-    def _mark_cells(self, key: str, c: np.ndarray, good: np.ndarray, quality: np.ndarray | None, sc: _Scan,
-                    fresh: bool, now: float, held: bool, bad_reason: str = "bad quality") -> None:  # fmt: skip
-        """``_mark`` for the cells ``c`` of one room (``held``: the value is kept when not good)."""
+    def _mark_cells(self, key: str, c: np.ndarray, good: np.ndarray, role: str, sc: _Scan, fresh: bool, now: float,
+                    held: bool) -> None:  # fmt: skip
+        """``_mark`` for the cells ``c`` of one room (``held``: the value is kept when not good;
+        ``role``: the per-cell role whose scan reasons explain a bad value)."""
         q = self.quality[key]
         ok = good & sc.link_ok & fresh
         q.quality[c[ok]] = Quality.GOOD
@@ -928,21 +958,22 @@ class BridgePlant:
         nok = c[~ok]
         if nok.size == 0:
             return
-        why = (
-            ("link down: " + sc.reason if sc.reason else "link down")
-            if not sc.link_ok
-            else ("stale" if not fresh else bad_reason)
-        )
+        if not sc.link_ok:
+            why: str | np.ndarray = "link down: " + sc.reason if sc.reason else "link down"
+        elif not fresh:
+            why = "stale"
+        else:
+            scan_reasons = sc.field_reason.get(role)
+            why = scan_reasons[~ok] if scan_reasons is not None else "bad quality"
+            why = np.where(np.asarray(why, dtype=object) == "", "bad quality", why)
         t_held = q.t_s[nok]
         if held:
             recent = np.isfinite(t_held) & (now - np.nan_to_num(t_held, nan=-np.inf) <= self.settings.stale_after_s)
         else:
             recent = np.zeros(nok.size, dtype=bool)
         q.quality[nok] = np.where(recent, Quality.UNCERTAIN, Quality.BAD)
-        q.reason[nok] = np.where(recent, f"last usable value ({why})", why)
-        if quality is not None and sc.link_ok and fresh:
-            unc = (quality[~ok] == Quality.UNCERTAIN) & ~recent
-            q.reason[nok[unc]] = "engineering range exceeded"
+        whys = np.broadcast_to(np.asarray(why, dtype=object), nok.shape)
+        q.reason[nok] = [f"last usable value ({w})" if r else w for w, r in zip(whys, recent, strict=True)]
 
     def _feed_writer(self, d: _Device, sc: _Scan, cell_samples: dict[str, Sample] | None = None) -> None:
         """Interlock and heartbeat signals into the device's safety layer (by tag name)."""
@@ -981,8 +1012,7 @@ class BridgePlant:
         u, u_ok = f["voltage"]
         self._u[c] = np.where(u_ok, u, math.nan)
         frozen = self._frozen_voltages(room, u, u_ok, sc.t)
-        self._mark_cells("cell_voltage_v", c, u_ok & ~frozen, sc.field_quality.get("voltage"), sc, fresh, now,
-                         held=False, bad_reason="bad quality")  # fmt: skip
+        self._mark_cells("cell_voltage_v", c, u_ok & ~frozen, "voltage", sc, fresh, now, held=False)
         if frozen.any():
             self.quality["cell_voltage_v"].reason[c[frozen & u_ok]] = "frozen: unchanged while carrying current"
         status_ok = np.ones(c.size, dtype=bool)
@@ -991,7 +1021,7 @@ class BridgePlant:
             v, g = f[role]
             target[c] = np.where(g, v > 0.5, target[c])
             status_ok &= g
-            self._mark_cells(key, c, g, sc.field_quality.get(role), sc, fresh, now, held=True)
+            self._mark_cells(key, c, g, role, sc, fresh, now, held=True)
         if "ae" in f:
             ae_v, ae_g = f["ae"]
             room.ae = (ae_v > 0.5) & ae_g
@@ -1011,8 +1041,8 @@ class BridgePlant:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
-        self._mark_cells("feeder_ack", c, fa_ok, sc.field_quality.get("feed_ack"), sc, fresh, now, held=True)
-        self._mark_cells("beam_ack_mm", c, ba_ok, sc.field_quality.get("beam_ack"), sc, fresh, now, held=True)
+        self._mark_cells("feeder_ack", c, fa_ok, "feed_ack", sc, fresh, now, held=True)
+        self._mark_cells("beam_ack_mm", c, ba_ok, "beam_ack", sc, fresh, now, held=True)
         ok = u_ok & ~frozen & status_ok & fa_ok & ba_ok & sc.link_ok & fresh
         # per-cell interlock signals for the safety layer
         cell_samples: dict[str, Sample] = {}

@@ -107,11 +107,26 @@ async def test_measurements_match_the_twin_and_carry_quality(setup) -> None:
     meas = await cycle(plant, rig)
     assert meas.cell_ok.tolist() == [True, True, True, False, True, True, True, True]
     assert np.isnan(meas.cell_voltage_v[3])
+    # every value says what it is worth, with the time of the scan it came from
+    uq = plant.quality["cell_voltage_v"]
+    assert uq.status_names()[3] == "BadSensorFailure" and uq.status_names().count("Good") == N - 1
+    assert np.all(uq.t_s[uq.good] == meas.t_s)
     # the potroom link goes dark: every cell bad, the line still good
     await rig.inject(Fault(kind="link_drop", target="potroom", mode="refuse"))
     meas = await cycle(plant, rig)
     assert not meas.cell_ok.any() and not meas.cell_remote.any() and meas.line_ok.all()
     assert any(k == "alarm_comms_lost" for k, _, _ in plant.drain_events())
+    # no cell voltage shown Good: none at all (NaN, BadNoCommunication); the acknowledged
+    # totals are held, UNCERTAIN (last usable value) until they are stale, then BAD
+    assert set(plant.quality["cell_voltage_v"].status_names()) == {"BadNoCommunication"}
+    assert set(plant.quality["feeder_ack"].status_names()) == {"UncertainLastUsableValue"}
+    assert plant.quality["line_current_ka"].status_names() == ["Good"]
+    links = {lk.device: lk for lk in plant.links()}
+    assert not links["potroom:Potroom1"].up and links["rectifier:Line1"].up
+    t_lost = rig.now()
+    while rig.now() - t_lost <= plant.settings.stale_after_s + SCAN:
+        await cycle(plant, rig)
+    assert set(plant.quality["feeder_ack"].status_names()) == {"BadNoCommunication"}
 
 
 @pytest.mark.parametrize("setup", ["modbus", "rect-opcua"], indirect=True)
