@@ -62,8 +62,6 @@ def main(args: argparse.Namespace) -> int:
                 print(f"    line_current_sp bounded to [{lo:g}, {hi:g}] kA ({p['setpoint_bounds_from']})")
             for loss in p["capability_losses"]:
                 print(f"    capability loss: {loss}")
-        for w in summary["warnings"]:
-            print(f"  warning: {w}")
         print(f"  journal {summary['journal']}; metrics {summary['metrics']}; mirror {summary['mirror']}")
     return 0
 
@@ -71,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
 def describe(loaded: Any) -> dict[str, Any]:
     """A short JSON-able summary of a loaded config: per PLC its map, the roles it does not
     give (capability losses, from ``plc_bridge.roles``) and the setpoint bounds the plant's
-    rectifier limits leave; warnings where the controller asks for more than the plant allows."""
+    rectifier limits leave."""
     from plc_bridge.plant import rectifier_limits
     from plc_bridge.roles import check_roles
 
@@ -79,7 +77,6 @@ def describe(loaded: Any) -> dict[str, Any]:
     lay = loaded.layout
     limits = rectifier_limits(loaded.plant) if loaded.plant is not None else {}
     plcs = []
-    warnings = []
     for p in cfg.plc:
         tm = loaded.tagmaps[p.name]
         rep = check_roles(tm, p.kind)
@@ -114,10 +111,6 @@ def describe(loaded: Any) -> dict[str, Any]:
                     why += ", [safety]"
                 item["setpoint_bounds_ka"] = [lo, hi]
                 item["setpoint_bounds_from"] = why
-                amp = getattr(loaded.control, "amperage", None)
-                if amp is not None and amp.max_ka > hi:
-                    warnings.append(f"controller amperage.max_ka {amp.max_ka:g} kA exceeds {p.where}'s setpoint"
-                                    f" bound {hi:g} kA: setpoints above it are clamped by the bridge")  # fmt: skip
         plcs.append(item)
     return {
         "plant": lay.plant,
@@ -127,7 +120,6 @@ def describe(loaded: Any) -> dict[str, Any]:
         "mode": cfg.daemon.mode,
         "scan_period_s": cfg.daemon.scan_period_s,
         "plcs": plcs,
-        "warnings": warnings,
         "journal": str(loaded.journal_path),
         "metrics": f"http://{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off",
         "mirror": f"opc.tcp://{cfg.opcua.host}:{cfg.opcua.port}{cfg.opcua.path}" if cfg.opcua.enabled else "off",
