@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("config", "the shipped reference configs: list, show, copy to edit"),
     "shadow": ("shadow", "shadow-test a refining pot against recorded data"),
     "campaign": ("campaign", "run many refining cycles in parallel (local or Dask)"),
+    "calibrate": ("calibrate", "fit a refining pot's parameters to a recording; write a calibrated config"),
 }
 
 

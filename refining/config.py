@@ -13,6 +13,8 @@ and docs/domain.md §5b; [EST] marks engineering estimates to calibrate on the p
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -446,3 +448,78 @@ def scaled_params(base: np.ndarray, **factors: float) -> np.ndarray:
             raise ValueError(f"factor {name} must be a positive number, got {f}")
         out[..., idx[name]] *= f
     return out
+
+
+# --------------------------------------------------------------------------- writing a calibrated copy
+
+_SECTION = re.compile(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$")
+
+
+def _toml_value(v: float) -> str:
+    text = repr(float(v))
+    return text if ("." in text or "e" in text or "inf" in text or "nan" in text) else text + ".0"
+
+
+def update_config_text(text: str, updates: Mapping[str, tuple[float, str]], source: str = "<config>") -> str:
+    """``text`` (a refining TOML) with ``section.key`` values replaced, comments kept.
+
+    Each updated line reads ``key = value  # comment``; a key missing from its section is
+    added at the section's end, a missing section at the end of the file.
+
+    Raises:
+        ValueError: a key without a section (``updates`` keys are dotted: ``thermal.loss_w_k``).
+    """
+    lines = text.splitlines()
+    for dotted, (value, comment) in updates.items():
+        section, _, key = dotted.rpartition(".")
+        if not section:
+            raise ValueError(f"{source}: {dotted}: expected a dotted key section.key")
+        new = f"{key} = {_toml_value(value)}"
+        new = f"{new:<37}# {comment}" if comment else new
+        start = None
+        for i, line in enumerate(lines):
+            m = _SECTION.match(line)
+            if m and m.group(1).strip() == section:
+                start = i
+                break
+        if start is None:
+            lines += ["", f"[{section}]", new]
+            continue
+        end = len(lines)
+        for i in range(start + 1, len(lines)):
+            if _SECTION.match(lines[i]) or lines[i].lstrip().startswith("[["):
+                end = i
+                break
+        pat = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for i in range(start + 1, end):
+            if pat.match(lines[i]):
+                lines[i] = new
+                break
+        else:
+            at = end
+            while at > start + 1 and not lines[at - 1].strip():
+                at -= 1
+            lines.insert(at, new)
+    return "\n".join(lines) + "\n"
+
+
+def write_calibrated_config(
+    source: str | Path, out: str | Path, updates: Mapping[str, tuple[float, str]], header: Sequence[str] = ()
+) -> RefiningConfig:
+    """Write a copy of config ``source`` with ``updates`` (``section.key`` -> (value, comment))
+    and ``header`` comment lines on top; the copy is loaded back and validated.
+
+    Returns:
+        the calibrated config as loaded from ``out``.
+
+    Raises:
+        RefiningConfigError: the source or the written copy is invalid (named file and key).
+    """
+    src = Path(source)
+    load_refining_config(src)  # the source itself must be valid
+    text = update_config_text(src.read_text(encoding="utf-8"), updates, str(src))
+    head = "".join(f"# {h}\n" for h in header)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(head + ("#\n" if head else "") + text, encoding="utf-8")
+    return load_refining_config(out)

@@ -207,6 +207,12 @@ def observe(
                 if nsub < 1:
                     nsub = 1
                 dt = dtot / nsub
+                if tap_kg[k, j - 1] > 0.0:
+                    _tap_exact(s, tap_kg[k, j - 1])
+                if charge_kg[k, j - 1] > 0.0:
+                    for e in range(N_EL):
+                        p[P_SCRAP + e] = o[O_SCRAP0 + e]
+                    apply_charge(s, p, dummy_rng, 0, charge_kg[k, j - 1], o[O_THETA_S : O_THETA_S + N_EL])
                 s[S_I] = current_a[k, j - 1]
                 for _i in range(nsub):
                     pot_step(s, p, dt, 0.0, np.nan, np.nan, 1.0, ones, liq)

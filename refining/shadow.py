@@ -308,7 +308,7 @@ class Recording:
                     1,
                     f"no data for {length / 86400:.2f} d from day {t[j - 1] / 86400:.2f} to day "
                     f"{t[j] / 86400:.2f} (rows {int(rows[j - 1])}-{int(rows[j])}; gap threshold {limit:.0f} s):"
-                    f" the run is segmented there; charges and taps inside it are unknown to the twin",
+                    f" the run is segmented there; the twin assumes the logged charge and tap schedule continued inside it",
                     length,
                 )
             )
@@ -379,6 +379,41 @@ class Recording:
         """Length of the interval ending at each row [s] (0 for the first row and for gaps)."""
         dt = np.diff(self.t_s, prepend=self.t_s[0])
         return np.where(self.gap, 0.0, dt)
+
+    def bridged_events(self) -> tuple[np.ndarray, np.ndarray]:
+        """Charges and taps [kg] for a model replay (observer, open loop, calibration): the logged
+        ones, plus the ones the pot's schedule implies inside each gap, applied at the gap's start.
+
+        A schedule is the median interval and mass of the logged events of a kind: events
+        continue from the last one before the gap every interval, up to half an interval
+        before the first one after it. With fewer than two logged events of a kind, the gap
+        gets that kind's logged mass per A·h instead. The logged columns are not changed.
+        """
+        charge = self.charge_kg.copy()
+        tap = self.tap_kg.copy()
+        if not self.gap.any():
+            return charge, tap
+        ah_total = float(np.sum(self.current_a * self.interval_s())) / 3600.0
+        for logged, out in ((self.charge_kg, charge), (self.tap_kg, tap)):
+            ev = np.flatnonzero(logged > 0)
+            times = self.t_s[ev]
+            for j in np.flatnonzero(self.gap):
+                ta, tb = float(self.t_s[j - 1]), float(self.t_s[j])
+                if ev.size >= 2:
+                    period = float(np.median(np.diff(times)))
+                    mass = float(np.median(logged[ev]))
+                    before = times[times <= ta]
+                    after = times[times >= tb]
+                    e0 = float(before[-1]) if before.size else ta
+                    e1 = float(after[0]) if after.size else math.inf
+                    k = np.arange(1, int((tb - e0) / max(period, 1e-9)) + 2)
+                    at = e0 + k * period
+                    n = int(np.sum((at > ta) & (at < tb) & (at < e1 - 0.5 * period)))
+                    out[j - 1] += n * mass
+                elif ah_total > 0:
+                    gap_ah = float(self.current_a[j - 1]) * (tb - ta) / 3600.0
+                    out[j - 1] += float(logged.sum()) / ah_total * gap_ah
+        return charge, tap
 
     def data_warnings(self) -> list[str]:
         """One line per data problem, for the verdict (never counted against a candidate)."""
@@ -598,6 +633,7 @@ def run_observer(
     """
     params = cfg.params(grade)[None, :]
     obs, p_obs = ob.init_observer(params)
+    charge, tap = rec.bridged_events()
     state = cfg.initial_state()[None, :].copy()
     out = np.zeros((1, rec.n, ob.N_OUT))
     ob.observe(
@@ -609,8 +645,8 @@ def run_observer(
         rec.voltage_v[None, :],
         rec.temperature_c[None, :],
         rec.heater_kw[None, :],
-        rec.charge_kg[None, :],
-        rec.tap_kg[None, :],
+        charge[None, :],
+        tap[None, :],
         rec.assay[None, :, :],
         rec.gap.astype(np.float64)[None, :],
         float(cfg.operation.dt_s),
@@ -648,17 +684,18 @@ def run_open_loop(cfg: RefiningConfig, rec: Recording, grade: str | None = None)
     rf.cathode_fractions(pots.state[0], x)
     pool[0] = x
     one = np.ones(1)
+    charge, tap = rec.bridged_events()
     for j in range(1, m):
         dur = rec.t_s[j] - rec.t_s[j - 1]
         inp = rf.PotInputs(
             current_sp_a=one * (rec.current_a[j - 1] if rec.gap[j] else rec.current_a[j]),
             heater_sp_c=one * rec.heater_sp_c[j - 1],
-            charge_kg=one * rec.charge_kg[j - 1],
+            charge_kg=one * charge[j - 1],
             tap_kg=one * 0.0,
             stop=np.zeros(1),
         )
-        if rec.tap_kg[j - 1] > 0:  # measured tap: remove exactly that mass
-            ob._tap_exact(pots.state[0], float(rec.tap_kg[j - 1]))
+        if tap[j - 1] > 0:  # measured tap: remove exactly that mass
+            ob._tap_exact(pots.state[0], float(tap[j - 1]))
         r = pots.advance(inp, dur)
         u[j] = r.voltage_v[0]
         t[j] = r.temperature_c[0]
