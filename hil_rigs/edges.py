@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import math
 import random
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,9 @@ from plc_bridge.tagmap import Tag
 __all__ = ["CommandHook", "ModbusEdge", "OpcUaEdge", "make_edge", "opcua_namespace"]
 
 log = structlog.get_logger(__name__)
+
+#: how often an OPC UA edge looks up which nodes are monitored [wall s]
+MONITORED_REFRESH_S = 1.0
 
 #: called with (tag name, value) after a client wrote a tag into the image
 CommandHook = Callable[[str, Any], None]
@@ -155,6 +159,8 @@ class OpcUaEdge:
         self._sources: list[tuple[Any, Callable[[Any, Any], Any]]] = []
         self._sent: dict[Any, tuple[Any, Any]] = {}
         self._push_task: asyncio.Task[None] | None = None
+        self._monitored: list[tuple[Any, Callable[[Any, Any], Any], dict[int, Any]]] = []
+        self._monitored_at = -math.inf
         #: values pushed to subscriptions (monitored nodes whose value or status changed)
         self.pushed = 0
 
@@ -190,11 +196,17 @@ class OpcUaEdge:
         if server is None:
             return
         aspace = server.iserver.aspace
-        for nid, reader in self._sources:
-            node = aspace.get(nid)
-            if node is None:
-                continue
-            callbacks = node.attributes[ua.AttributeIds.Value].datachange_callbacks
+        now = time.monotonic()
+        if now - self._monitored_at >= MONITORED_REFRESH_S:
+            # which nodes someone monitors: looked up at most once a second (a new monitored
+            # item gets its initial value from the server at once, its changes from then on)
+            self._monitored_at = now
+            self._monitored = []
+            for nid, reader in self._sources:
+                node = aspace.get(nid)
+                if node is not None and node.attributes[ua.AttributeIds.Value].datachange_callbacks:
+                    self._monitored.append((nid, reader, node.attributes[ua.AttributeIds.Value].datachange_callbacks))
+        for nid, reader, callbacks in self._monitored:
             if not callbacks:
                 continue
             dv = reader(nid, ua.AttributeIds.Value)
@@ -303,7 +315,7 @@ class OpcUaEdge:
             if not res.StatusCode.is_good():
                 raise RuntimeError(f"OPC UA node {item.RequestedNewNodeId.to_string()}: {res.StatusCode.name}")
         aspace = server.iserver.aspace
-        self._sources = []
+        self._sources, self._monitored, self._monitored_at, self._sent = [], [], -math.inf, {}
         for tag, nid, vt in leaves:
             reader = self._reader(tag, vt)
             self._sources.append((nid, reader))
