@@ -59,7 +59,9 @@ contiguous block of a ``prange``, so 3 lines on 2 threads went 2 + 1 lines (0.8 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,8 +152,12 @@ SLICE_CELL_STEPS = 2_000_000
 #: calls smaller than this (~30 µs of work) run serially and untimed: a parallel region's
 #: wake-ups cost more than they could share out
 MIN_TIMED_CELL_STEPS = 200
-#: weight of each new slice of the kernel in use in its running cost estimate
-SMOOTHING = 0.3
+#: weight of each new slice of the kernel in use in its running cost estimate (which decides
+#: when to try another kernel) ...
+SMOOTHING = 0.2
+#: ... while switching compares a try with the median of the kernel in use's last slices (one
+#: slow slice, e.g. a burst of another job, neither switches nor sticks to its estimate)
+RECENT_SLICES = 8
 #: another kernel takes over only when it is this much cheaper (no flapping on near ties)
 MARGIN = 0.05
 
@@ -164,9 +170,10 @@ class KernelChooser:
     time it loses by more than ``margin``, up to ``reprobe_max_s``), so a change of load on
     the machine is noticed. A try lasts ``trial_cell_steps`` or more (consecutive slices) and
     replaces that kernel's estimate; the kernel in use is followed with exponential
-    smoothing; when its estimate rises above another kernel's by more than ``margin``, that
+    smoothing; when that estimate rises above another kernel's by more than ``margin``, that
     kernel is tried at once. Another kernel takes over only when a try of it comes out
-    cheaper by more than ``margin``.
+    cheaper by more than ``margin`` than the median of the last ``RECENT_SLICES`` slices of
+    the kernel in use, which then keeps that median as its estimate.
     ``now`` is a wall clock [s] (e.g. ``twin.clock.RealClock().now``).
     """
 
@@ -200,6 +207,7 @@ class KernelChooser:
         self._trial: str | None = None
         self._trial_s = 0.0
         self._trial_steps = 0
+        self._recent: deque[float] = deque(maxlen=RECENT_SLICES)  # the kernel in use's slices
 
     def run(self, n_sub: int, n_cells: int, step: Callable[[str, int], None]) -> None:
         """Run ``n_sub`` sub-steps of ``n_cells`` cells as ``step(kernel, sub_steps)`` calls:
@@ -255,6 +263,8 @@ class KernelChooser:
         else:
             self.cost[kernel] = cost
         self._measured_at[kernel] = self._now()
+        if kernel == self.current:
+            self._recent.append(cost)
         if kernel == self.current and self._trial is None:
             cheapest = min(self.cost, key=self.cost.__getitem__)
             if self.cost[cheapest] < (1.0 - self.margin) * self.cost[kernel]:
@@ -269,12 +279,23 @@ class KernelChooser:
             return  # still trying every kernel once
         if not retry:  # the first round of tries is over: start with the cheapest
             self._switch(min(self.cost, key=self.cost.__getitem__))
-        elif kernel != self.current and cost < (1.0 - self.margin) * self.cost[self.current]:
+            return
+        level = self._level()
+        if kernel != self.current and cost < (1.0 - self.margin) * level:
             self._switch(kernel)
-        elif kernel != self.current and cost > (1.0 + self.margin) * self.cost[self.current]:
+        elif kernel != self.current and cost > (1.0 + self.margin) * level:
             self._wait[kernel] = min(2.0 * self._wait[kernel], self.reprobe_max_s)  # lost clearly
 
+    def _level(self) -> float:
+        """Cost of the kernel in use: the median of its last slices (its estimate before it has 3)."""
+        if len(self._recent) >= 3:
+            return statistics.median(self._recent)
+        return self.cost[self.current]
+
     def _switch(self, kernel: str) -> None:
+        if self.current in self.cost:
+            self.cost[self.current] = self._level()
+        self._recent.clear()
         self._wait[self.current] = self.reprobe_s
         self._wait[kernel] = self.reprobe_s
         self.current = kernel
