@@ -526,7 +526,7 @@ def command_criterion(violations: Sequence[Violation]) -> Criterion:
     if n_v == 0:
         return Criterion("no_unsafe_command", 0.0, 0.0, True, "no command beyond the safety limits")
     first: dict[str, Violation] = {}
-    for v in sorted(violations, key=lambda x: (x.t_s, x.where)):
+    for v in sorted(violations, key=lambda x: (x.t_s, x.where != "replay")):
         first.setdefault(v.kind, v)
     kinds = sorted(first, key=lambda k: first[k].t_s)
     detail = "; ".join(f"{first[k].message} ({first[k].where})" for k in kinds)
