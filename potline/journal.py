@@ -350,12 +350,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail     TEXT NOT NULL DEFAULT '',
     data       TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts_utc);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);
 CREATE INDEX IF NOT EXISTS events_category ON events (category, id);
 CREATE INDEX IF NOT EXISTS events_cell ON events (room, cell, id);
 """
 
+#: schema-1 files also have ``events_ts ON events (ts_utc)``; schema 2 queries time by
+#: ``events_order`` (one time index per row, not two)
 _V2_ADDITIONS = """
 CREATE TABLE IF NOT EXISTS journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_order ON events (COALESCE(ts_order, ts_utc));
