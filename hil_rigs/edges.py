@@ -142,6 +142,10 @@ class OpcUaEdge:
     """A ``PlcImage`` served over OPC UA (see module docstring)."""
 
     protocol = "opcua"
+    #: listener limits (set on the instance before ``start`` to change them)
+    max_connections = 16
+    activation_timeout_s = 10.0  # [wall s] a connection without an activated session is closed
+    session_timeout_max_s = 120.0  # [wall s] a session idle this long is closed with its connection
 
     def __init__(self, image: PlcImage, host: str = "127.0.0.1", port: int = 0, path: str = "/plc/",
                  on_command: CommandHook | None = None) -> None:  # fmt: skip
@@ -237,6 +241,10 @@ class OpcUaEdge:
         from asyncua import ua
 
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        iserver = server.iserver  # listener limits: a PLC's OPC UA stack serves a handful of clients
+        iserver.max_connections = self.max_connections  # more are closed at connect
+        iserver.max_pending_activation_seconds = self.activation_timeout_s  # no session by then: closed
+        iserver.max_session_timeout_ms = self.session_timeout_max_s * 1000.0  # an idle session and its link close
         idx = await server.register_namespace(self.namespace_uri)
         await self._build(server, idx)
         await server.start()
