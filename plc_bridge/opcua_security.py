@@ -15,6 +15,23 @@ What this module enforces (see ``OpcUaSecurityConfig``):
   rights (``anonymous = "refuse" | "read_only"``). No remote client ever gets
   ``UserRole.Admin`` (address-space changes). A non-operator write is answered with
   ``BadUserAccessDenied``.
+* User names and passwords only over SignAndEncrypt: the Sign and None endpoints offer
+  the anonymous token only, and a user-name token arriving on another channel is refused
+  (``BadIdentityTokenRejected``) before any password is looked at. So a config with users
+  needs ``sign_and_encrypt = true`` (``login_problems``; the daemon's check-config and the
+  server start refuse it otherwise).
+* Guessing is slowed and stopped (``LoginGuard``, ``LoginPolicy``): per source (the
+  client's IP address) a back-off after ``backoff_after`` failures (attempts inside the
+  wait are refused unchecked and count as failures) and a lockout after
+  ``lockout_after`` for ``lockout_s`` of quiet; per user name (across sources) a back-off
+  after ``user_backoff_after`` and a lockout after ``user_lockout_after`` failed checks,
+  neither applied to a source this user has logged in from before. An unknown user
+  costs the same scrypt work as a wrong password (checked against a dummy hash).
+* Refused logins and denied writes/calls go to a callback as rate-limited summaries
+  (``SecurityAudit``: the first of a kind per user and source at once, the rest counted
+  per window), for the daemon's journal.
+* Listener limits: ``max_connections``, ``activation_timeout_s`` (a connection without a
+  session closes), ``session_timeout_max_s`` (an idle session and its connection close).
 
 The permission check runs before every service request (``RolePermissions``); it also
 records the requesting user in a context variable, so method handlers can tell who
@@ -25,11 +42,15 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import functools
 import hashlib
 import hmac
 import os
 import secrets
 import socket
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -45,8 +66,12 @@ if TYPE_CHECKING:  # asyncua is imported lazily: the CLI imports this module che
 
 __all__ = [
     "ClientSecurity",
+    "LoginGuard",
+    "LoginPolicy",
     "OpcUaSecurityConfig",
     "RolePermissions",
+    "SecurityAudit",
+    "SecurityEvent",
     "UserEntry",
     "configure_server_security",
     "current_user",
@@ -117,6 +142,30 @@ class UserEntry(StrictModel):
         return value
 
 
+class LoginPolicy(StrictModel):
+    """How password guessing is slowed and stopped (a ``[opcua.security.login]`` table).
+
+    A *source* is the client's IP address. Failures of a source are counted whatever the
+    user name; failures of a user name are counted over every source (checked passwords
+    only). A count is forgotten after ``lockout_s`` without a failure.
+    """
+
+    backoff_after: int = Field(5, ge=1, le=1000, description="failures of a source before its attempts must wait")
+    backoff_base_s: float = Field(1.0, gt=0.0, le=600.0, description="first wait [s]; doubles with every failure")
+    backoff_max_s: float = Field(60.0, gt=0.0, le=3600.0, description="longest wait [s]")
+    lockout_after: int = Field(20, ge=1, le=10000, description="failures that lock a source out")
+    lockout_s: float = Field(
+        900.0, gt=0.0, le=86400.0, description="a locked source stays locked until quiet this long"
+    )
+    user_backoff_after: int = Field(
+        20, ge=1, le=10000, description="failed checks of one user name (all sources) before its logins must wait"
+    )
+    user_lockout_after: int = Field(
+        100, ge=1, le=100000, description="failed checks that lock a user name out (except where it logged in before)"
+    )
+    max_tracked: int = Field(10000, ge=10, le=1_000_000, description="sources and user names remembered at most")
+
+
 class OpcUaSecurityConfig(StrictModel):
     """Security settings of one OPC UA server (a ``[opcua.security]`` TOML table).
 
@@ -131,6 +180,11 @@ class OpcUaSecurityConfig(StrictModel):
         anonymous: "refuse" (default) or "read_only" for clients without a login.
         users: user name -> role and password hash.
         trusted_client_certs_dir: when set, only client certificates found there are accepted.
+        login: back-off and lockout of password logins (``LoginPolicy``).
+        max_connections: client connections at once (more are refused at connect).
+        activation_timeout_s: a connection without an activated session is closed after this [s].
+        session_timeout_max_s: longest session timeout granted [s]: a session (and its
+            connection) idle this long is closed.
     """
 
     state_dir: Path
@@ -143,6 +197,25 @@ class OpcUaSecurityConfig(StrictModel):
     anonymous: Literal["refuse", "read_only"] = "refuse"
     users: dict[str, UserEntry] = Field(default_factory=dict)
     trusted_client_certs_dir: Path | None = None
+    login: LoginPolicy = LoginPolicy()
+    max_connections: int = Field(64, ge=1, le=10000)
+    activation_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    session_timeout_max_s: float = Field(600.0, ge=10.0, le=86400.0)
+
+    def login_problems(self) -> list[tuple[str, str]]:
+        """(key, message) of every way this config contradicts the login rule: user names and
+        passwords only over SignAndEncrypt; the NoSecurity endpoint serves anonymous clients only."""
+        out: list[tuple[str, str]] = []
+        if self.users and not self.sign_and_encrypt:
+            names = ", ".join(sorted(self.users)[:5]) + (", ..." if len(self.users) > 5 else "")
+            out.append(("sign_and_encrypt", f"expected true while users are configured ({names}): user names and "
+                        "passwords are accepted only over SignAndEncrypt (rule: no login over an unencrypted "
+                        "channel; the Sign and None endpoints offer anonymous access only), got false"))  # fmt: skip
+        if self.allow_no_security and self.anonymous == "refuse":
+            out.append(("allow_no_security", 'expected false with anonymous = "refuse": the NoSecurity endpoint '
+                        "offers anonymous access only (no user name over an unencrypted channel), so nobody could "
+                        "use it, got true"))  # fmt: skip
+        return out
 
     @property
     def cert_path(self) -> Path:
@@ -229,28 +302,279 @@ def current_user() -> str | None:
     return _current_user.get()
 
 
-class HashedPasswordUserManager:
-    """asyncua user manager: checks scrypt hashes, maps roles to ``UserRole``."""
+# --------------------------------------------------------------------------- who is logging in, and how
 
-    def __init__(self, users: dict[str, UserEntry], anonymous_read_only: bool) -> None:
+#: (source, channel encrypted) of the ActivateSession being served (set around asyncua's call)
+_login_channel: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar(
+    "opcua_login_channel", default=None
+)
+
+
+def _printable(text: str | None, limit: int = 64) -> str | None:
+    """A client-supplied name fit for a log line or a journal row (bounded, no control characters)."""
+    if text is None:
+        return None
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return clean + ("..." if len(text) > limit else "")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """A summary of refused logins or denied requests, for the journal.
+
+    Attributes:
+        kind: ``login_failed`` (wrong password or unknown user), ``login_refused`` (not
+            checked: back-off, lockout, a user name over an unencrypted channel, anonymous
+            refused), ``write_denied``, ``call_denied`` (e.g. SetMode by a viewer).
+        user: the user name given (bounded, printable), None for anonymous.
+        source: the client's IP address.
+        count: how many of this kind, user and source this summary stands for.
+        first_mono, last_mono: monotonic times of the first and last of them [s].
+        detail: the reason of the last one.
+    """
+
+    kind: str
+    user: str | None
+    source: str | None
+    count: int
+    first_mono: float
+    last_mono: float
+    detail: str
+
+    def journal_fields(self) -> dict[str, Any]:
+        """Keyword arguments of a journal entry (``potline.journal.Journal.append``): kind
+        ``opcua_<kind>``, source ``opcua``, the user, a one-line detail and ``data`` with the
+        client address, the count and the span [monotonic s]."""
+        span = self.last_mono - self.first_mono
+        many = f"{self.count} x " if self.count > 1 else ""
+        return {
+            "kind": f"opcua_{self.kind}",
+            "source": "opcua",
+            "user": self.user,
+            "detail": f"{many}{self.detail} (from {self.source}" + (f", over {span:.0f} s)" if self.count > 1 else ")"),
+            "data": {"client": self.source, "count": self.count, "span_s": round(span, 3)},
+        }
+
+
+class SecurityAudit:
+    """Rate-limited summaries of security events, handed to ``sink``.
+
+    The first event of a (kind, user, source) in a window goes to ``sink`` at once
+    (count 1); the ones after it within ``window_s`` are counted and handed over as one
+    summary when the window has passed (``flush``, called periodically and at stop). At
+    most ``max_keys`` keys are kept per window; more are summed under user and source ``*``.
+    ``sink`` errors are logged, never raised.
+    """
+
+    def __init__(self, sink: Callable[[SecurityEvent], None] | None = None, *, window_s: float = 60.0,
+                 max_keys: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.sink = sink
+        self.window_s = float(window_s)
+        self.max_keys = int(max_keys)
+        self.clock = clock
+        #: every event recorded, by kind (whatever was summarised)
+        self.totals: Counter[str] = Counter()
+        self._open: dict[tuple[str, str | None, str | None], list[Any]] = {}  # key -> [start, n, first, last, detail]
+
+    def record(self, kind: str, user: str | None, source: str | None, detail: str) -> None:
+        now = self.clock()
+        self.totals[kind] += 1
+        user = _printable(user)
+        key = (kind, user, source)
+        if key not in self._open and len(self._open) >= self.max_keys:
+            key = (kind, "*", "*")
+        slot = self._open.get(key)
+        if slot is None:
+            self._open[key] = [now, 0, now, now, detail]
+            self._emit(SecurityEvent(kind, key[1], key[2], 1, now, now, detail))
+            return
+        slot[1] += 1
+        if slot[1] == 1:
+            slot[2] = now
+        slot[3], slot[4] = now, detail
+
+    def flush(self, *, force: bool = False) -> None:
+        """Hand over the summaries of the windows that have passed (all of them with ``force``)."""
+        now = self.clock()
+        for key, (start, n, first, last, detail) in list(self._open.items()):
+            if force or now - start >= self.window_s:
+                del self._open[key]
+                if n:
+                    self._emit(SecurityEvent(key[0], key[1], key[2], n, first, last, detail))
+
+    def _emit(self, ev: SecurityEvent) -> None:
+        log.warning(f"opcua.{ev.kind}", user=ev.user, source=ev.source, count=ev.count, detail=ev.detail)
+        if self.sink is not None:
+            try:
+                self.sink(ev)
+            except Exception:
+                log.exception("opcua.security_sink_failed", kind=ev.kind)
+
+
+@dataclass(slots=True)
+class _Count:
+    failures: int = 0
+    last: float = 0.0
+    locked_until: float = 0.0
+
+
+class LoginGuard:
+    """Back-off and lockout of password logins per source and per user name (``LoginPolicy``).
+
+    ``admit(user, source)`` before a password is checked: None to go ahead, else why the
+    attempt is refused unchecked (it then counts as a failure of the source); ``failed``
+    and ``succeeded`` after the check. Times are monotonic seconds (``clock``).
+    """
+
+    def __init__(self, policy: LoginPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy or LoginPolicy()
+        self.clock = clock
+        self._sources: OrderedDict[str, _Count] = OrderedDict()
+        self._users: OrderedDict[str, _Count] = OrderedDict()
+        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()  # (user, source) that logged in
+
+    def _get(self, table: OrderedDict[Any, _Count], key: Any, now: float) -> _Count:
+        c = table.get(key)
+        if c is None or (now - c.last > self.policy.lockout_s and now >= c.locked_until):
+            c = _Count()
+        table[key] = c
+        table.move_to_end(key)
+        while len(table) > self.policy.max_tracked:
+            table.popitem(last=False)
+        return c
+
+    def _wait(self, c: _Count, after: int, now: float) -> float:
+        """Seconds still to wait for counter ``c`` (back-off from ``after`` failures)."""
+        if c.failures < after:
+            return 0.0
+        p = self.policy
+        delay = min(p.backoff_base_s * 2.0 ** (c.failures - after), p.backoff_max_s)
+        return max(0.0, c.last + delay - now)
+
+    def _source_failed(self, c: _Count, now: float) -> None:
+        c.failures += 1
+        c.last = now
+        if c.failures >= self.policy.lockout_after:
+            c.locked_until = now + self.policy.lockout_s
+
+    def admit(self, user: str, source: str) -> str | None:
+        p, now = self.policy, self.clock()
+        s = self._get(self._sources, source, now)
+        if s.locked_until > now:
+            self._source_failed(s, now)  # hammering a locked source keeps it locked
+            return f"source {source} locked out ({s.failures} failures): quiet for {p.lockout_s:g} s to unlock"
+        wait = self._wait(s, p.backoff_after, now)
+        if wait > 0.0:
+            self._source_failed(s, now)
+            return f"source {source} backing off ({s.failures} failures): retry in {wait:.1f} s"
+        if (user, source) in self._known:
+            return None
+        u = self._get(self._users, user, now)
+        if u.locked_until > now:
+            self._source_failed(s, now)
+            return f"user locked out ({u.failures} failed checks) except from where it logged in before"
+        wait = self._wait(u, p.user_backoff_after, now)
+        if wait > 0.0:
+            self._source_failed(s, now)
+            return f"user backing off ({u.failures} failed checks): retry in {wait:.1f} s"
+        return None
+
+    def failed(self, user: str, source: str) -> None:
+        now = self.clock()
+        self._source_failed(self._get(self._sources, source, now), now)
+        u = self._get(self._users, user, now)
+        u.failures += 1
+        u.last = now
+        if u.failures >= self.policy.user_lockout_after:
+            u.locked_until = now + self.policy.lockout_s
+
+    def succeeded(self, user: str, source: str) -> None:
+        self._known[(user, source)] = None
+        self._known.move_to_end((user, source))
+        while len(self._known) > self.policy.max_tracked:
+            self._known.popitem(last=False)
+
+    def locked(self, *, source: str | None = None, user: str | None = None) -> bool:
+        """Whether ``source`` (or the user name ``user``) is locked out right now."""
+        now = self.clock()
+        c = self._sources.get(source) if source is not None else self._users.get(user or "")
+        return c is not None and c.locked_until > now
+
+
+def _dummy_hash(users: dict[str, UserEntry]) -> str:
+    """A hash of a random password with the cost parameters most users have (unknown users
+    are checked against it: the same scrypt work as a wrong password)."""
+    params = Counter(_parse_hash(e.password_hash)[:3] for e in users.values())
+    n, r, p = params.most_common(1)[0][0] if params else (_SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    return hash_password(secrets.token_urlsafe(24), n=n, r=r, p=p)
+
+
+class HashedPasswordUserManager:
+    """asyncua user manager: checks scrypt hashes, maps roles to ``UserRole`` (see the module
+    docstring for the channel rule, the guard and the audit)."""
+
+    def __init__(self, users: dict[str, UserEntry], anonymous_read_only: bool, *, guard: LoginGuard | None = None,
+                 audit: SecurityAudit | None = None) -> None:  # fmt: skip
         self._users = dict(users)
         self._anonymous = anonymous_read_only
+        self._dummy = _dummy_hash(self._users)
+        self.guard = guard or LoginGuard()
+        self.audit = audit or SecurityAudit()
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None):
-        from asyncua.crypto.permission_rules import User, UserRole
+        from asyncua.common.utils import ServiceError
+        from asyncua.crypto.permission_rules import UserRole
 
+        source, encrypted = _login_channel.get() or ("unknown", False)
         if username is None:
             if self._anonymous:
-                return User(role=UserRole.Anonymous, name="anonymous")
-            log.warning("opcua.login_refused", user="anonymous", reason="anonymous access disabled")
+                return _sourced_user(role=UserRole.Anonymous, name="anonymous", source=source)
+            self.audit.record("login_refused", None, source, "anonymous access disabled")
+            return None
+        if not encrypted:
+            self.audit.record("login_refused", username, source,
+                              "user name over an unencrypted channel: only SignAndEncrypt takes one")  # fmt: skip
+            raise ServiceError(ua_status("BadIdentityTokenRejected"))
+        why = self.guard.admit(username, source)
+        if why is not None:
+            self.audit.record("login_refused", username, source, why)
             return None
         entry = self._users.get(username)
-        if entry is None or password is None or not verify_password(password, entry.password_hash):
-            log.warning("opcua.login_refused", user=username, reason="unknown user or wrong password")
+        # the same scrypt work whether the user exists or not: no user enumeration by timing
+        ok = verify_password(password or "", entry.password_hash if entry is not None else self._dummy)
+        if entry is None or not ok:
+            self.guard.failed(username, source)
+            self.audit.record("login_failed", username, source, "unknown user or wrong password")
             return None
+        self.guard.succeeded(username, source)
         role = UserRole.User if entry.role == "operator" else UserRole.Anonymous
-        log.info("opcua.login", user=username, role=entry.role)
-        return User(role=role, name=username)
+        log.info("opcua.login", user=username, role=entry.role, source=source)
+        return _sourced_user(role=role, name=username, source=source)
+
+
+def ua_status(name: str) -> int:
+    """The numeric OPC UA StatusCode called ``name``."""
+    from asyncua import ua
+
+    return int(getattr(ua.StatusCodes, name))
+
+
+@functools.cache
+def _sourced_user_class() -> type[Any]:
+    from asyncua.crypto.permission_rules import User
+
+    @dataclass
+    class SourcedUser(User):
+        """asyncua's ``User`` with the address it logged in from."""
+
+        source: str | None = None
+
+    return SourcedUser
+
+
+def _sourced_user(**kw: Any) -> Any:
+    """asyncua's ``User(role, name)`` that also knows its ``source`` (asyncua stays a lazy import)."""
+    return _sourced_user_class()(**kw)
 
 
 class RolePermissions:
@@ -259,10 +583,11 @@ class RolePermissions:
     Viewers and anonymous clients (``UserRole.Anonymous``) may open sessions, browse,
     read, subscribe and read history; ``Call`` is allowed for them except on the
     protected methods. Operators (``UserRole.User``) may also write and call protected
-    methods. Node management (Admin) is not open to any remote client.
+    methods. Node management (Admin) is not open to any remote client. Denied writes
+    and calls go to ``audit`` (``write_denied``, ``call_denied`` with the method's name).
     """
 
-    def __init__(self, protected_methods: set[Any] | None = None) -> None:
+    def __init__(self, protected_methods: set[Any] | None = None, audit: SecurityAudit | None = None) -> None:
         from asyncua import ua
 
         ids = ua.ObjectIds
@@ -279,54 +604,136 @@ class RolePermissions:
         self._write = ua.NodeId(ua.Int32(ids.WriteRequest_Encoding_DefaultBinary))
         self._call = ua.NodeId(ua.Int32(ids.CallRequest_Encoding_DefaultBinary))
         self.protected_methods: set[Any] = set(protected_methods or ())
+        self.audit = audit or SecurityAudit()
 
     def check_validity(self, user: Any, action_type_id: Any, body: Any) -> bool:
         from asyncua import ua
         from asyncua.crypto.permission_rules import UserRole
         from asyncua.ua.ua_binary import struct_from_binary
 
-        _current_user.set(getattr(user, "name", None))
+        name = getattr(user, "name", None)
+        _current_user.set(name)
         role = getattr(user, "role", UserRole.Anonymous)
         if role in (UserRole.User, UserRole.Admin):
             return action_type_id in self._read or action_type_id == self._write
+        source = getattr(user, "source", None)
         if action_type_id == self._call and self.protected_methods:
             try:
                 params = struct_from_binary(ua.CallParameters, body.copy())
             except Exception:  # undecodable request: refuse rather than guess
                 return False
-            if any(m.MethodId in self.protected_methods for m in params.MethodsToCall or []):
-                log.warning("opcua.access_denied", user=getattr(user, "name", None), action="call")
+            hit = [m.MethodId for m in params.MethodsToCall or [] if m.MethodId in self.protected_methods]
+            if hit:
+                method = hit[0].Identifier if isinstance(hit[0].Identifier, str) else hit[0].to_string()
+                self.audit.record("call_denied", name, source, f"{method} needs the operator role")
                 return False
             return True
         if action_type_id == self._write:
-            log.warning("opcua.access_denied", user=getattr(user, "name", None), action="write")
+            self.audit.record("write_denied", name, source, "writes need the operator role")
         return action_type_id in self._read
 
 
-async def configure_server_security(server: Server, cfg: OpcUaSecurityConfig) -> RolePermissions:
-    """Apply ``cfg`` to an initialised (``await server.init()``) asyncua server.
+def _channel_of(server: Any, session: Any) -> tuple[str, bool]:
+    """(client IP address, channel is SignAndEncrypt) of the connection serving ``session``.
 
-    Generates or reuses the certificate, loads it, selects endpoints, identity tokens,
-    the user manager and the role ruleset, and (optionally) a client-certificate
-    trust store. Call before ``server.start()``. Returns the ruleset so callers can
-    register protected methods (``ruleset.protected_methods.add(nodeid)``).
+    asyncua hands its user manager no connection; the listener's protocols know theirs
+    (``bserver.clients[i].processor``: the session it serves, its channel's security
+    policy, its peer). Not found (asyncua changed): the session's peer, not encrypted --
+    a user name is then refused, never let through.
     """
     from asyncua import ua
 
+    for proto in list(getattr(getattr(server, "bserver", None), "clients", ()) or ()):
+        proc = getattr(proto, "processor", None)
+        if proc is not None and getattr(proc, "session", None) is session:
+            policy = getattr(getattr(proc, "_connection", None), "security_policy", None)
+            mode = getattr(policy, "Mode", None)
+            peer = getattr(proto, "peer_name", None)
+            return (str(peer[0]) if peer else "unknown"), mode == ua.MessageSecurityMode.SignAndEncrypt
+    peer = getattr(session, "name", None)
+    return (str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"), False
+
+
+def _install_login_channel(server: Any) -> None:
+    """Make every external session's ActivateSession run with ``_login_channel`` set."""
+    iserver = server.iserver
+    create = iserver.create_session
+
+    def create_session(name: Any, *args: Any, **kw: Any) -> Any:
+        session = create(name, *args, **kw)
+        activate = session.activate_session
+
+        def activate_session(params: Any, peer_certificate: Any) -> Any:
+            token = _login_channel.set(_channel_of(server, session))
+            try:
+                return activate(params, peer_certificate)
+            finally:
+                _login_channel.reset(token)
+
+        session.activate_session = activate_session
+        return session
+
+    iserver.create_session = create_session
+
+
+def _install_token_rule(server: Any) -> None:
+    """Endpoints other than SignAndEncrypt offer no user-name token (only anonymous, if any)."""
+    from asyncua import ua
+
+    iserver = server.iserver
+    add = iserver.add_endpoint
+
+    def add_endpoint(edp: Any) -> Any:
+        if edp.SecurityMode != ua.MessageSecurityMode.SignAndEncrypt:
+            edp.UserIdentityTokens = [t for t in edp.UserIdentityTokens if t.TokenType != ua.UserTokenType.UserName]
+        return add(edp)
+
+    iserver.add_endpoint = add_endpoint
+
+
+async def configure_server_security(
+    server: Server, cfg: OpcUaSecurityConfig, audit: SecurityAudit | None = None
+) -> RolePermissions:
+    """Apply ``cfg`` to an initialised (``await server.init()``) asyncua server.
+
+    Generates or reuses the certificate, loads it, selects endpoints, identity tokens
+    (user names on SignAndEncrypt only), the user manager (with its ``LoginGuard``) and
+    the role ruleset, the listener limits, and (optionally) a client-certificate trust
+    store. Refused logins and denied requests go to ``audit``. Call before
+    ``server.start()``. Returns the ruleset so callers can register protected methods
+    (``ruleset.protected_methods.add(nodeid)``).
+
+    Raises:
+        ValueError: ``cfg`` breaks the login rule (``login_problems``) or offers no endpoint.
+    """
+    from asyncua import ua
+
+    problems = cfg.login_problems()
+    if problems:
+        raise ValueError("; ".join(f"opcua security {key}: {msg}" for key, msg in problems))
+    audit = audit or SecurityAudit()
     needs_cert = cfg.sign or cfg.sign_and_encrypt
     if needs_cert:
         await ensure_certificate(cfg.cert_path, cfg.key_path, cfg.application_uri, cfg.hostname)
         await server.load_certificate(str(cfg.cert_path))
         await server.load_private_key(str(cfg.key_path))
     await server.set_application_uri(cfg.application_uri)
-    ruleset = RolePermissions()
+    ruleset = RolePermissions(audit=audit)
     server.set_security_policy(cfg.policy_types(), permission_ruleset=ruleset)  # type: ignore[arg-type]
     tokens: list[type] = [ua.UserNameIdentityToken]
     if cfg.anonymous == "read_only":
         tokens.insert(0, ua.AnonymousIdentityToken)
     server.set_identity_tokens(tokens)
-    users = HashedPasswordUserManager(cfg.users, cfg.anonymous == "read_only")
+    users = HashedPasswordUserManager(cfg.users, cfg.anonymous == "read_only", guard=LoginGuard(cfg.login),
+                                      audit=audit)  # fmt: skip
     server.iserver.set_user_manager(cast("UserManager", users))  # duck-typed: asyncua stays a lazy import
+    _install_login_channel(server)
+    _install_token_rule(server)
+    iserver = server.iserver
+    iserver.max_connections = cfg.max_connections
+    iserver.max_pending_activation_seconds = cfg.activation_timeout_s
+    iserver.max_session_timeout_ms = cfg.session_timeout_max_s * 1000.0
+    iserver.min_session_timeout_ms = min(iserver.min_session_timeout_ms, iserver.max_session_timeout_ms)
     if cfg.trusted_client_certs_dir is not None:
         from asyncua.crypto.truststore import TrustStore
         from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions

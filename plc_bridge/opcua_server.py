@@ -49,7 +49,13 @@ import structlog
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 
-from plc_bridge.opcua_security import OpcUaSecurityConfig, configure_server_security, current_user
+from plc_bridge.opcua_security import (
+    OpcUaSecurityConfig,
+    SecurityAudit,
+    SecurityEvent,
+    configure_server_security,
+    current_user,
+)
 from plc_bridge.ports import free_port
 from twin.layout import PlantLayout
 
@@ -190,6 +196,7 @@ class MirrorServer:
         deadbands: Mapping[str, float] | None = None,
         initial_mode: str = "observe",
         server_name: str = "potline-twin mirror",
+        security_summary_s: float = 60.0,
     ) -> None:
         """
         Args:
@@ -204,6 +211,8 @@ class MirrorServer:
                 0 = every publish, None = never (arrays only).
             deadbands: per-quantity overrides of ``QuantitySpec.deadband``.
             initial_mode: value of Twin/Mode at start.
+            security_summary_s: refused logins and denied requests of one kind, user and
+                source reach ``on_security_event`` at once, then summed per this window [s].
         """
         self.layout = layout
         self.quantities = tuple(quantities)
@@ -238,6 +247,11 @@ class MirrorServer:
         self._scalar_index: dict[ua.NodeId, tuple[QuantitySpec, int]] = {}
         self._ae_event: Any = None
         self._lock = asyncio.Lock()
+        self.security_summary_s = float(security_summary_s)
+        self._security_sink: Callable[[SecurityEvent], None] | None = None
+        #: the refused logins and denied requests (``SecurityAudit``; after ``start``)
+        self.audit: SecurityAudit | None = None
+        self._audit_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ naming
 
@@ -317,7 +331,8 @@ class MirrorServer:
         cfg = self.security or OpcUaSecurityConfig(
             state_dir=Path("."), sign=False, sign_and_encrypt=False, allow_no_security=True, anonymous="read_only"
         )
-        ruleset = await configure_server_security(server, cfg)
+        self.audit = SecurityAudit(self._security_event, window_s=self.security_summary_s)
+        ruleset = await configure_server_security(server, cfg, self.audit)
         self.idx = await server.register_namespace(self.namespace_uri)
         self._server = server
         await self._build_address_space()
@@ -325,6 +340,7 @@ class MirrorServer:
         ruleset.protected_methods.add(method_id)
         server.subscribe_server_callback(CallbackType.PostWrite, self._on_post_write)
         await server.start()
+        self._audit_task = asyncio.create_task(self._flush_audit(), name="opcua-security-audit")
         log.info(
             "opcua.mirror_started",
             endpoint=self.endpoint_url,
@@ -335,6 +351,13 @@ class MirrorServer:
 
     async def stop(self) -> None:
         """Close client connections and the listener."""
+        task, self._audit_task = self._audit_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.audit is not None:
+            self.audit.flush(force=True)
         if self._server is not None:
             server, self._server = self._server, None
             # asyncua's clock task sleeps 1 s between ticks and stop() waits for it: cancel it
@@ -461,6 +484,21 @@ class MirrorServer:
         BadInvalidState); Twin/Mode changes only when the handler returns.
         """
         self._mode_handler = handler
+
+    def on_security_event(self, callback: Callable[[SecurityEvent], None]) -> None:
+        """Register ``callback(event)`` for refused logins and denied writes/calls (rate-limited
+        summaries, see ``security_summary_s``); it runs in the server's event loop (its thread)."""
+        self._security_sink = callback
+
+    def _security_event(self, event: SecurityEvent) -> None:
+        if self._security_sink is not None:
+            self._security_sink(event)
+
+    async def _flush_audit(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.security_summary_s / 4.0))
+            if self.audit is not None:
+                self.audit.flush()
 
     def on_write(self, handler: WriteHandler) -> None:
         """Register ``async handler(quantity, cell, value, user)`` for operator writes

@@ -76,13 +76,24 @@ async def test_sign_and_encrypt_with_generated_certs_and_no_plain_endpoint(tmp_p
             values = await client.get_node(ua.NodeId("Alro.Room1.CellVoltage", idx)).read_value()
             assert values == np.array([4.1, 4.2, 4.3], dtype=np.float32).tolist()
         assert (tmp_path / "client" / "client_cert.der").is_file()
-        # the bridge's own client over Sign and SignAndEncrypt
-        for mode in ("Sign", "SignAndEncrypt"):
-            sec = ClientSecurity(mode=mode, state_dir=tmp_path / "client", username="op", password="op-pass")
-            refs = [NodeRef("u", "Objects/Alro/Room1/Cell102/CellVoltage")]
-            async with OpcUaClient(mirror.endpoint_url, refs, namespace=NAMESPACE_URI, security=sec) as bridge:
-                sample = (await bridge.read())["u"]
-                assert sample.good and sample.value == pytest.approx(4.2, abs=1e-6), (mode, sample)
+        # the bridge's own client over SignAndEncrypt
+        sec = ClientSecurity(mode="SignAndEncrypt", state_dir=tmp_path / "client", username="op", password="op-pass")
+        refs = [NodeRef("u", "Objects/Alro/Room1/Cell102/CellVoltage")]
+        async with OpcUaClient(mirror.endpoint_url, refs, namespace=NAMESPACE_URI, security=sec) as bridge:
+            sample = (await bridge.read())["u"]
+            assert sample.good and sample.value == pytest.approx(4.2, abs=1e-6), sample
+        # user names travel only over SignAndEncrypt: the Sign endpoint offers none and refuses one sent anyway
+        tokens = {e.SecurityMode: {t.TokenType for t in e.UserIdentityTokens} for e in endpoints}
+        assert ua.UserTokenType.UserName in tokens[ua.MessageSecurityMode.SignAndEncrypt]
+        assert ua.UserTokenType.UserName not in tokens[ua.MessageSecurityMode.Sign]
+        signed = Client(mirror.endpoint_url, timeout=5)
+        await ClientSecurity(mode="Sign", state_dir=tmp_path / "client", username="op", password="op-pass").apply(
+            signed
+        )
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await signed.connect()
+        assert err.value.code == ua.StatusCodes.BadIdentityTokenRejected
+        await signed.disconnect()
         assert stat.S_IMODE(cfg.key_path.stat().st_mode) == 0o600
 
 
