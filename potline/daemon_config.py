@@ -38,8 +38,11 @@ certificates)::
 
     [opcua]                                  # the mirror server
     port = 4841
-    [opcua.security]
+    [opcua.security]                         # user names only over SignAndEncrypt
     allow_no_security = false
+    [opcua.security.login]                   # back-off / lockout (LoginPolicy; defaults shown)
+    backoff_after = 5
+    lockout_after = 20
     [opcua.security.users.op]
     role = "operator"
     password_hash = "scrypt$..."
@@ -471,6 +474,8 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                 sec["state_dir"] = str(_resolve(state_dir, Path(sec["state_dir"])))
                 sec.setdefault("host", cfg.opcua.host)
                 security = OpcUaSecurityConfig.model_validate(sec)
+                # the login rule: user names and passwords only over SignAndEncrypt
+                issues += [Issue(file, f"opcua.security.{key}", msg) for key, msg in security.login_problems()]
                 security.policy_types()
         except ValidationError as exc:
             issues += validation_issues(exc, file, OpcUaSecurityConfig, sec, prefix="opcua.security")

@@ -119,7 +119,30 @@ def test_security_section_rejects_plaintext_passwords_and_empty_endpoints(tmp_pa
     assert not any("hunter2" in m for _, _, m in issues)  # a plaintext password is not echoed into logs
     data["opcua"]["security"]["users"]["op"]["password_hash"] = hash_password("x")
     issues = _issues(data, tmp_path)
-    assert [k for _, k, _ in issues] == ["opcua.security"] and "no endpoint left" in issues[0][2]
+    keys = {k: m for _, k, m in issues}
+    assert "no endpoint left" in keys["opcua.security"]
+    assert keys["opcua.security.sign_and_encrypt"].startswith("expected true while users are configured (op)")
+
+
+def test_operator_passwords_never_in_clear_red_team_config_refused(tmp_path) -> None:
+    """The red team's config: NoSecurity allowed, Sign and SignAndEncrypt off, an operator.
+    Refused naming the rule; with SignAndEncrypt on, NoSecurity may stay for anonymous readers."""
+    data = _example()
+    data["opcua"]["security"] = {"sign": False, "sign_and_encrypt": False, "allow_no_security": True,
+                                 "anonymous": "read_only",
+                                 "users": {"op": {"role": "operator", "password_hash": hash_password("x")}}}  # fmt: skip
+    issues = _issues(data, tmp_path)
+    assert issues == [(str(tmp_path / "d.toml"), "opcua.security.sign_and_encrypt",
+                       "expected true while users are configured (op): user names and passwords are accepted only "
+                       "over SignAndEncrypt (rule: no login over an unencrypted channel; the Sign and None endpoints "
+                       "offer anonymous access only), got false")]  # fmt: skip
+    data["opcua"]["security"]["sign_and_encrypt"] = True
+    (tmp_path / "ok.toml").write_text(dump_toml(data))
+    assert load_daemon_config(tmp_path / "ok.toml").security.users["op"].role == "operator"
+    # a NoSecurity endpoint nobody could use (anonymous refused, and no user name over it)
+    data["opcua"]["security"]["anonymous"] = "refuse"
+    keys = [k for _, k, _ in _issues(data, tmp_path)]
+    assert keys == ["opcua.security.allow_no_security"]
 
 
 def test_hil_only_clock_settings_and_plant_source_are_checked(tmp_path) -> None:
