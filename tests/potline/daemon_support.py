@@ -216,7 +216,7 @@ class DaemonProcess:
                 if e.get("event") == event and (pred is None or pred(e)):
                     return e
             if self.proc is not None and self.proc.returncode is not None:
-                await asyncio.sleep(0.1)
+                await asyncio.wait(self._readers, timeout=10.0)  # its last lines, up to the end of its output
                 for e in self.events[after:]:
                     if e.get("event") == event and (pred is None or pred(e)):
                         return e

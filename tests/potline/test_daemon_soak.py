@@ -13,7 +13,9 @@ What it shows:
 * journal: every entry the daemon committed is in the file (its own count at shutdown),
   ids without gaps, integrity ok, every AE it logged is journalled;
 * anode effects: every AE the rig produced that a PLC made visible long enough for a
-  two-sample detector at this scan period (>= 2 scans + 1 s), outside a fault that blinds
+  two-sample detector at the scan period the daemon achieved (>= 2 scans + 1 s; the
+  configured period on a quiet machine, longer when a busy one makes cycles overrun:
+  ``scan_period_achieved_s`` in the figures), outside a fault that blinds
   the potroom, has an ``ae_start`` entry for its cell — also in a room an operator
   switched to local (its PLC's own AE kill acts; the daemon commands nothing there but
   still journals the AE: the ``local_switch`` fault lasts long enough for an induced AE
@@ -39,6 +41,7 @@ from tests.potline.daemon_support import (
     daemon_config,
     journal_events,
     metric,
+    read_metric,
     rig_scenario,
     start_rig,
 )
@@ -121,6 +124,8 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
         # the configured control is entered at the first cycle with every link up (clean start)
         await dp.wait_event("mode.changed", pred=lambda e: e["mode"] == "control")
         t_start = rig.now()
+        mport = data["_ports"]["metrics"]
+        cycles_start = await read_metric(mport, "potline_cycles_total") or 0.0
         end_t = t_start + duration
         rss: list[tuple[float, int]] = []
         while rig.now() < end_t:  # one memory sample every simulated minute
@@ -128,7 +133,8 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
             rss.append((rig.now() - t_start, _vm_rss(dp.pid)))
             await rig.wait_until(min(end_t, rig.now() + 60.0), timeout_wall_s=DEADLINE_S)
         rss.append((rig.now() - t_start, _vm_rss(dp.pid)))
-        _, text = await aget(f"http://127.0.0.1:{data['_ports']['metrics']}/metrics")
+        t_end_metrics = rig.now()
+        _, text = await aget(f"http://127.0.0.1:{mport}/metrics")
         rc = await dp.stop()
         assert rc == 0, dp.tail()
         rep = rig.report()
@@ -154,7 +160,11 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
 
     # ---- anode effects: rig truth vs the journal (shared plant clock)
     blind = _blind_windows(rep.fault_log, faults, end_t)
-    min_visible = 2 * SCAN_S + 1.0
+    # the scan period the daemon achieved: on a busy machine its cycles overrun and the
+    # next slot is taken (never a burst), so an AE must outlast two of *those* scans
+    cycles_run = (metric(text, "potline_cycles_total") or 0.0) - cycles_start
+    scan_s = max(SCAN_S, (t_end_metrics - t_start) / cycles_run) if cycles_run > 0 else SCAN_S
+    min_visible = 2 * scan_s + 1.0
     detected, missed, excluded = [], [], Counter[str]()
     starts = [(e.cell - 1, e.t_plant_s) for e in journ_ae]  # floor number -> cell index (one room)
     used = set()
@@ -168,12 +178,12 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
             continue
         end = end if not math.isnan(end) else end_t
         if end - vis < min_visible:
-            excluded[f"visible < {min_visible:g} s (2 scans)"] += 1
+            excluded[f"visible < {min_visible:.3g} s (2 scans)"] += 1
             continue
         if any(lo <= vis <= hi and (cells is None or a["cell"] in cells) for lo, hi, cells in blind):
             excluded["during a blinding fault or its recovery"] += 1
             continue
-        hit = [i for i, (c, t) in enumerate(starts) if c == a["cell"] and vis - SCAN_S <= t <= end + 2 * SCAN_S]
+        hit = [i for i, (c, t) in enumerate(starts) if c == a["cell"] and vis - scan_s <= t <= end + 2 * scan_s]
         if hit:
             detected.append(a)
             used.update(hit)
@@ -212,6 +222,7 @@ async def test_soak_memory_journal_and_every_ae_detected(tmp_path) -> None:
             "detections_without_rig_ae": len(unexplained),
         },
         "cycles": metric(text, "potline_cycles_total"),
+        "scan_period_achieved_s": round(scan_s, 3),
         "overruns": metric(text, "potline_cycle_overruns_total") or 0.0,
         "comms_faults": {p: metric(text, "potline_plc_comms_faults_total", plc=p) for p in ("rectifier1", "potroom1")},
         "rig_errors": len(rep.errors),
