@@ -200,7 +200,8 @@ async def test_nan_and_garbage_registers():
             assert scan.sample("cell005.voltage").reason == "non-finite"
             assert scan.sample("cell006.voltage").quality is Quality.BAD
             s7 = scan.sample("cell007.voltage")
-            assert s7.quality is Quality.UNCERTAIN and "max 80" in s7.reason
+            # 1e30 V is beyond the map's range (80 V) and its plausibility range (150 V): BAD
+            assert s7.quality is Quality.BAD and "implausible" in s7.reason and "[-10, 150]" in s7.reason
             assert scan.sample("cell008.voltage").reason == "non-finite"
             samples = await cli.read_all()
             assert samples["cell005.voltage"].value is None
@@ -208,6 +209,14 @@ async def test_nan_and_garbage_registers():
             # the scalar read path agrees
             one = await cli.read(["cell005.voltage", "cell009.voltage"])
             assert one["cell005.voltage"].reason == "non-finite" and one["cell009.voltage"].value == pytest.approx(4.3)
+            # beyond the engineering range but plausible (an AE on a long line): UNCERTAIN, both paths
+            srv.set("cell010.voltage", 95.0)
+            s10 = (await cli.scan()).sample("cell010.voltage")
+            assert s10.quality is Quality.UNCERTAIN and "max 80" in s10.reason and s10.value == 95.0
+            assert (await cli.read(["cell010.voltage"]))["cell010.voltage"].reason == s10.reason
+            assert one["cell005.voltage"].quality is Quality.BAD
+            implausible = (await cli.read(["cell007.voltage"]))["cell007.voltage"]
+            assert implausible.reason == s7.reason  # the bulk and the scalar decoder say the same
 
 
 async def test_device_refusing_gap_reads_gets_split_requests():

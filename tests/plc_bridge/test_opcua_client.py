@@ -95,13 +95,13 @@ async def test_batched_read_is_one_request_and_matches_the_published_snapshot() 
 async def test_typed_write_lands_where_an_untyped_one_is_refused(tmp_path) -> None:
     target = QuantitySpec("ResistanceTarget", "µΩ", "target", (10.0, 40.0), ua.VariantType.Float, "B94", writable=True)
     cfg = OpcUaSecurityConfig(
-        state_dir=tmp_path, sign=False, sign_and_encrypt=False, allow_no_security=True,
-        users={"op": UserEntry(role="operator", password_hash=hash_password("pw"))},
+        state_dir=tmp_path / "server", sign=False, users={"op": UserEntry(role="operator", password_hash=hash_password("pw"))},
     )  # fmt: skip
     async with MirrorServer(make_layout((2,)), (*DEFAULT_QUANTITIES, target), port=0, security=cfg) as mirror:
         path = "Objects/Alro/Room1/Cell102/ResistanceTarget"
         refs = [NodeRef("target", path), NodeRef("u", "Objects/Alro/Room1/Cell102/CellVoltage")]
-        sec = ClientSecurity(mode="None", username="op", password="pw")
+        # a login only over SignAndEncrypt
+        sec = ClientSecurity(mode="SignAndEncrypt", state_dir=tmp_path / "client", username="op", password="pw")
         # the trap: a Python float written without a type into a Float node
         raw = Client(mirror.endpoint_url, timeout=5)
         await sec.apply(raw)
@@ -116,7 +116,9 @@ async def test_typed_write_lands_where_an_untyped_one_is_refused(tmp_path) -> No
             with pytest.raises(OpcUaWriteError) as werr:
                 await client.write("u", 1.0)  # measured values are read-only
             assert werr.value.status.value == ua.StatusCodes.BadUserAccessDenied
-        async with Client(mirror.endpoint_url.replace("tcp://", "tcp://op:pw@"), timeout=5) as reader:
+        reader = Client(mirror.endpoint_url, timeout=5)
+        await sec.apply(reader)
+        async with reader:
             idx = await reader.get_namespace_index(NAMESPACE_URI)
             assert await reader.get_node(ua.NodeId("Alro.Room1.Cell102.ResistanceTarget", idx)).read_value() == 23.25
 
