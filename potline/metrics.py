@@ -153,6 +153,11 @@ class DaemonMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
         )  # fmt: skip
         self.rss = Gauge("potline_process_resident_memory_bytes", "Resident memory", lbl, registry=r)
+        self.opcua_security = Counter(
+            "potline_opcua_security_events_total",
+            "Mirror logins refused and requests denied (login_failed, login_refused, write_denied, call_denied)",
+            ("plant", "kind"), registry=r,
+        )  # fmt: skip
 
     def set_mode(self, mode: str, modes: tuple[str, ...] = ("observe", "shadow", "control")) -> None:
         for m in modes:
