@@ -141,8 +141,11 @@ def threading_info() -> dict[str, Any]:
 
 #: re-try a kernel not in use after this long [s of wall time] ...
 REPROBE_S = 2.0
-#: ... doubling the wait each time it clearly loses again, up to this [s]
+#: ... doubling the wait each time it clearly loses again, up to this [s] (a try of a kernel
+#: that costs more than twice the one in use, e.g. a spinning one among other jobs) ...
 REPROBE_MAX_S = 60.0
+#: ... or up to this [s] (a kernel that lost by less: cheap to try, and it may win again soon)
+REPROBE_NEAR_MAX_S = 8.0
 #: a try lasts at least this many cell-steps (cells x sub-steps; ~15 ms serial), over
 #: several ``advance`` calls if they are small: one call on a busy machine is too noisy
 TRIAL_CELL_STEPS = 100_000
@@ -167,8 +170,9 @@ class KernelChooser:
 
     Each kernel is tried in turn first (in the given order), then the cheapest runs. A
     kernel not in use is tried again once its wait has passed (``reprobe_s``, doubled each
-    time it loses by more than ``margin``, up to ``reprobe_max_s``), so a change of load on
-    the machine is noticed. A try lasts ``trial_cell_steps`` or more (consecutive slices) and
+    time it loses by more than ``margin``, up to ``REPROBE_NEAR_MAX_S``, or up to
+    ``reprobe_max_s`` when it cost more than twice the kernel in use), so a change of load
+    on the machine is noticed. A try lasts ``trial_cell_steps`` or more (consecutive slices) and
     replaces that kernel's estimate; the kernel in use is followed with exponential
     smoothing; when that estimate rises above another kernel's by more than ``margin``, that
     kernel is tried at once. Another kernel takes over only when a try of it comes out
@@ -283,8 +287,9 @@ class KernelChooser:
         level = self._level()
         if kernel != self.current and cost < (1.0 - self.margin) * level:
             self._switch(kernel)
-        elif kernel != self.current and cost > (1.0 + self.margin) * level:
-            self._wait[kernel] = min(2.0 * self._wait[kernel], self.reprobe_max_s)  # lost clearly
+        elif kernel != self.current and cost > (1.0 + self.margin) * level:  # lost clearly
+            cap = self.reprobe_max_s if cost > 2.0 * level else min(REPROBE_NEAR_MAX_S, self.reprobe_max_s)
+            self._wait[kernel] = min(2.0 * self._wait[kernel], cap)
 
     def _level(self) -> float:
         """Cost of the kernel in use: the median of its last slices (its estimate before it has 3)."""
