@@ -310,9 +310,34 @@ def run_batch(batch: Batch) -> dict[str, list]:
     cols: dict[str, list] = {k: list(v) for k, v in batch.meta.items()}
     cols["end_reason"] = [rf.END_REASONS[int(r)] for r in summ["end_reason"]]
     cols["breakthrough_end"] = [int(r) in rf.BREAKTHROUGH_REASONS for r in summ["end_reason"]]
+    trips = [trip_cause(int(r), pots.params[k], summ, k) for k, r in enumerate(summ["end_reason"])]
+    cols["trip"] = [t != "" for t in trips]
+    cols["trip_cause"] = trips
     for k in RESULT_KEYS:
         cols[k] = [float(x) for x in summ[k]]
     return cols
+
+
+#: end reasons that are a trip: the pot stopped on a process limit before its refining cycle ended
+#: (a cycle that reaches the timer without breakthrough is not a trip; its end_reason says "timer")
+TRIP_REASONS = frozenset({rf.END_THERMAL, rf.END_DENSITY})
+
+
+def trip_cause(reason: int, params: np.ndarray, summ: dict[str, np.ndarray], k: int) -> str:
+    """Why cycle ``k`` tripped ("" when it ended normally: breakthrough, saturation or a stop).
+
+    ``over-temperature`` / ``under-temperature`` (with the temperature reached and the
+    pot's limit) or ``anode density`` (the anode alloy no longer sinks below the
+    electrolyte).
+    """
+    if reason not in TRIP_REASONS:
+        return ""
+    if reason == rf.END_THERMAL:
+        hi, lo = float(summ["t_high_c"][k]), float(summ["t_low_c"][k])
+        if hi >= params[rf.P_T_MAX_C]:
+            return f"over-temperature: {hi:.1f} °C ≥ {params[rf.P_T_MAX_C]:g} °C"
+        return f"under-temperature: {lo:.1f} °C ≤ {params[rf.P_T_MIN_C]:g} °C"
+    return "anode density: the anode alloy no longer denser than the electrolyte"
 
 
 def _policy_factory_default(params_list, n, period_s):  # pragma: no cover - replaced by callers
@@ -328,8 +353,15 @@ def run_campaign(
     workers: int | None = None,
     progress: bool = True,
     out: str | Path | None = None,
+    config_path: str | Path | None = None,
 ):
     """Run a campaign; returns a pandas DataFrame, one row per cycle, sorted by scenario.
+
+    Each row carries ``config_sha256``, ``campaign_seed`` and ``code_version``; the whole
+    provenance (``provenance()``: also the scheduler, the spec, library versions) is in
+    ``df.attrs["provenance"]``, in the Parquet file's schema metadata
+    (``read_provenance``) and in ``<out>.provenance.json``. Trips (``trip``,
+    ``trip_cause``): cycles that ended on temperature, anode density or the timer.
 
     Args:
         cfg: base pot config.
@@ -341,6 +373,7 @@ def run_campaign(
         workers: local worker processes (default: CPU count; 1 runs in-process).
         progress: show a rich progress bar.
         out: write the results as Parquet (or CSV) here.
+        config_path: the config file (its name and bytes hash go into the provenance).
     """
     import pandas as pd
 
@@ -360,9 +393,130 @@ def run_campaign(
                 results = _run_pool(batches, min(n_workers, len(batches)), bar)
     frames = [pd.DataFrame(r) for r in results]
     df = pd.concat(frames, ignore_index=True).sort_values("scenario", kind="stable").reset_index(drop=True)
+    prov = provenance(cfg, spec, scheduler, workers, config_path=config_path)
+    # per row what is the same wherever a batch ran (concatenated campaigns stay traceable)
+    df["config_sha256"] = prov["config_sha256"]
+    df["campaign_seed"] = spec.seed
+    df["code_version"] = prov["code_version"]
+    df.attrs["provenance"] = prov
     if out is not None:
-        write_table(df, out)
+        write_results(df, out, prov)
     return df
+
+
+def _code_version() -> tuple[str, dict[str, Any]]:
+    """(one-line code version, details): package version, and the git commit of a checkout
+    (``+dirty`` with uncommitted changes)."""
+    import subprocess
+    from importlib import metadata
+
+    try:
+        version = metadata.version("potline-twin")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    info: dict[str, Any] = {"package": version}
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""  # fmt: skip
+        info.update(git_commit=commit, git_dirty=dirty)
+        return f"{version}+g{commit[:12]}{'.dirty' if dirty else ''}", info
+    except (OSError, subprocess.SubprocessError):
+        return version, info
+
+
+def config_sha256(cfg: RefiningConfig) -> str:
+    """SHA-256 of the validated config (canonical JSON): equal for files that differ only in
+    comments, layout or defaults written out."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def provenance(
+    cfg: RefiningConfig,
+    spec: CampaignSpec,
+    scheduler: str | Any | None,
+    workers: int | None,
+    *,
+    config_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """What produced a campaign's results: config (hash, file, its own hash), seed and the whole
+    spec, code version (package, git commit), scheduler, library versions, time (UTC)."""
+    import hashlib
+    import platform
+    from datetime import UTC, datetime
+    from importlib import metadata
+
+    code, code_info = _code_version()
+    libs: dict[str, str | None] = {}
+    for dist in ("numpy", "numba", "pandas", "pyarrow", "dask", "distributed"):
+        try:
+            libs[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            libs[dist] = None
+    prov: dict[str, Any] = {
+        "config_sha256": config_sha256(cfg),
+        "config_name": cfg.pot.name,
+        "config_file": str(config_path) if config_path is not None else None,
+        "config_file_sha256": hashlib.sha256(Path(config_path).read_bytes()).hexdigest()
+        if config_path is not None and Path(config_path).is_file()
+        else None,
+        "seed": spec.seed,
+        "spec": {
+            "n_cycles": spec.n_cycles,
+            "policies": [getattr(p, "name", str(p)) for p in spec.policies],
+            "grades": list(spec.grades),
+            "spread": spec.spread,
+            "dt_s": spec.dt_s,
+            "control_period_s": spec.control_period_s,
+            "batch_size": spec.batch_size,
+        },
+        "code_version": code,
+        "code": code_info,
+        "scheduler": _where(scheduler, workers),
+        "python": platform.python_version(),
+        "libraries": libs,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return prov
+
+
+#: Parquet schema metadata key of a campaign's provenance (JSON)
+PROVENANCE_KEY = b"potline.provenance"
+
+
+def write_results(df: Any, out: str | Path, prov: dict[str, Any]) -> Path:
+    """Results as Parquet (provenance in the schema metadata) or CSV, plus ``<out>.provenance.json``."""
+    import json
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[PROVENANCE_KEY] = json.dumps(prov, sort_keys=True).encode()
+        pq.write_table(table.replace_schema_metadata(meta), path)
+    else:
+        write_table(df, path)
+    path.with_name(path.name + ".provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance a campaign's Parquet file carries (``{}`` when none)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def _where(scheduler: str | Any | None, workers: int | None) -> str:
@@ -450,7 +604,7 @@ class _Progress:
 
 def summarize(df) -> Any:
     """Per (policy, grade): cycles, median days, worst purity, mean DC/total energy, kg/day,
-    share ended by breakthrough — a DataFrame for reports."""
+    share ended by breakthrough, trips — a DataFrame for reports."""
     g = df.groupby(["policy", "grade"], sort=True)
     return g.agg(
         cycles=("scenario", "size"),
@@ -461,4 +615,32 @@ def summarize(df) -> Any:
         total_kwh_per_kg=("total_kwh_per_kg", "mean"),
         kg_per_day=("kg_per_day", "mean"),
         breakthrough_share=("breakthrough_end", "mean"),
+        trips=("trip", "sum"),
     ).reset_index()
+
+
+def trips_table(df) -> Any:
+    """Every trip cause with its cycles: count, first and last day, policies and grades, the
+    first scenarios (a DataFrame; empty when nothing tripped)."""
+    import pandas as pd
+
+    t = df[df["trip"]]
+    if t.empty:
+        return pd.DataFrame(columns=["cause", "cycles", "days_min", "days_max", "policies", "grades", "scenarios"])
+    kind = t["trip_cause"].str.split(":").str[0]
+    rows = []
+    for cause, g in t.groupby(kind, sort=True):
+        pg = g.groupby(["policy", "grade"]).size().sort_values(ascending=False)
+        rows.append(
+            {
+                "cause": cause,
+                "cycles": int(len(g)),
+                "days_min": float(g["days"].min()),
+                "days_max": float(g["days"].max()),
+                "t_high_c_max": float(g["t_high_c"].max()),
+                "t_low_c_min": float(g["t_low_c"].min()),
+                "policies": ", ".join(f"{p} × {gr}: {n}" for (p, gr), n in pg.items()),
+                "scenarios": ", ".join(str(int(x)) for x in g["scenario"].head(12)) + (" …" if len(g) > 12 else ""),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("cycles", ascending=False, kind="stable").reset_index(drop=True)

@@ -2,9 +2,13 @@
 
 Scenarios combine a parameter spread around the config, scrap grades and setpoint
 policies; each runs one full cycle to its breakthrough end. Runs on a local process
-pool by default, on a Dask distributed cluster with ``--scheduler tcp://host:8786``.
-Results: one Parquet row per cycle (``--out``), plus ``summary.html`` / ``summary.json``
-next to it unless ``--no-report``.
+pool by default, on a Dask distributed cluster with ``--scheduler tcp://host:8786``
+(docs/operations.md, "Refining pots": start ``dask scheduler`` and ``dask worker``
+processes anywhere the package is installed). Results: one Parquet row per cycle
+(``--out``) with the provenance (config hash, seed, code version, scheduler) in the
+file's metadata and ``<out>.provenance.json``, plus ``summary.html`` / ``summary.json``
+next to it unless ``--no-report``. Trips (cycles stopped on temperature or anode
+density) and their causes are printed and reported, as are cycles that reach the timer.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"potline campaign: needs {', '.join(missing)}: pip install 'potline-twin[campaign]'", file=sys.stderr)
         return 2
 
-    from refining.campaign import CampaignSpec, run_campaign, summarize
+    from refining.campaign import CampaignSpec, run_campaign, summarize, trips_table
     from refining.config import RefiningConfigError, load_refining_config
     from refining.controller import RefiningPolicy, policy_presets
 
@@ -102,20 +106,38 @@ def main(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
             out=args.out,
+            config_path=args.config,
         )
     except OSError as exc:
         print(f"potline campaign: cannot reach scheduler or write results: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t0
     summ = summarize(df)
-    print(f"{len(df)} cycles in {wall:.1f} s -> {args.out}")
+    trips = trips_table(df)
+    prov = df.attrs["provenance"]
+    print(f"{len(df)} cycles in {wall:.1f} s ({len(df) / wall:.0f} cycles/s, {prov['scheduler']}) -> {args.out}")
     print(summ.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    n_trips = int(df["trip"].sum())
+    if n_trips:
+        print(f"{n_trips} cycle(s) tripped (stopped on a process limit before the end of their cycle):")
+        for _, r in trips.iterrows():
+            print(f"  {r['cycles']} {r['cause']} within {r['days_min']:.1f}–{r['days_max']:.1f} d"
+                  f" (max {r['t_high_c_max']:.0f} °C, min {r['t_low_c_min']:.0f} °C): {r['policies']};"
+                  f" scenarios {r['scenarios']}")  # fmt: skip
+    else:
+        print("no trips: no cycle stopped on temperature or anode density")
+    timer = df[df["end_reason"] == "timer"]
+    if len(timer):
+        by = timer.groupby(["policy", "grade"]).size().sort_values(ascending=False)
+        print(f"{len(timer)} cycle(s) reached the {cfg.limits.max_days:g} d timer without breakthrough: "
+              + ", ".join(f"{p} × {g}: {n}" for (p, g), n in by.items()))  # fmt: skip
+    print(f"provenance: config {prov['config_sha256'][:12]}, seed {prov['seed']}, code {prov['code_version']}")
     if not args.no_report:
-        write_summary(df, summ, cfg, Path(args.out).parent, wall, vars(args))
+        write_summary(df, summ, cfg, Path(args.out).parent, wall, vars(args), trips=trips)
     return 0
 
 
-def write_summary(df, summ, cfg, out_dir: Path, wall_s: float, argv: dict) -> Path:
+def write_summary(df, summ, cfg, out_dir: Path, wall_s: float, argv: dict, trips=None) -> Path:
     """summary.html (tables + plots) and summary.json for a campaign."""
     import matplotlib
 
@@ -147,6 +169,38 @@ def write_summary(df, summ, cfg, out_dir: Path, wall_s: float, argv: dict) -> Pa
     ax.legend(fontsize=8)
     s.figure(fig, name="days-hist", caption="Cycle length by scrap grade")
     plt.close(fig)
+    from refining.campaign import trips_table
+
+    trips = trips_table(df) if trips is None else trips
+    s = rep.section("Trips")
+    n_trips = int(df["trip"].sum())
+    if n_trips:
+        s.badge(f"{n_trips} TRIP(S)", "bad")
+        s.text(
+            "Cycles that stopped on a process limit before their refining cycle ended: temperature out of the pot's "
+            "range, or the anode alloy no longer denser than the electrolyte."
+        )
+        s.table(trips, caption="Trip causes: cycles, when (days), policy × grade, first scenarios")
+        s.table(
+            df[df["trip"]][["scenario", "policy", "grade", "days", "trip_cause", "t_high_c", "t_low_c"]].head(100),
+            caption="Tripped cycles (first 100)",
+        )
+    else:
+        s.badge("NO TRIPS", "ok")
+    prov = df.attrs.get("provenance", {})
+    s = rep.section("Provenance")
+    s.kv(
+        {
+            "config sha256 (validated content)": prov.get("config_sha256"),
+            "config file": prov.get("config_file"),
+            "config file sha256": prov.get("config_file_sha256"),
+            "seed": prov.get("seed"),
+            "code version": prov.get("code_version"),
+            "scheduler": prov.get("scheduler"),
+            "created (UTC)": prov.get("created_utc"),
+            "throughput": f"{len(df) / wall_s:.1f} cycles/s",
+        }
+    )
     s = rep.section("Run")
     s.kv({k: str(v) for k, v in argv.items() if not k.startswith("_")})
     path = rep.write(out_dir / "summary.html")
@@ -155,8 +209,11 @@ def write_summary(df, summ, cfg, out_dir: Path, wall_s: float, argv: dict) -> Pa
         {
             "cycles": len(df),
             "wall_s": wall_s,
+            "cycles_per_s": len(df) / wall_s if wall_s > 0 else None,
             "summary": summ.to_dict(orient="records"),
             "end_reasons": reasons.to_dict(orient="records"),
+            "trips": {"cycles": n_trips, "causes": trips.to_dict(orient="records")},
+            "provenance": prov,
         },
     )
     return path
