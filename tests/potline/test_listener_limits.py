@@ -93,7 +93,8 @@ def test_400_trickling_clients_cost_no_thread_and_health_still_answers(server: M
         watcher.join()
         for s in socks:
             s.close()
-    assert peak[0] <= threads_before, (peak[0], threads_before)  # not one thread per client
+    # not one thread per client (was 400 more): a few threads of earlier tests in this process may come and go
+    assert peak[0] < threads_before + 10, (peak[0], threads_before)
     # every trickler was closed: evicted for newcomers or out of time for its request head
     closed = server.closed.get("evicted", 0) + server.closed.get("header_timeout", 0)
     wait_until_sync(lambda: server.closed.get("evicted", 0) + server.closed.get("header_timeout", 0) >= TRICKLERS,
