@@ -28,32 +28,38 @@ wall time than the serial one when other jobs hold the cores. Two measures do it
    losing). All kernels give the serial kernel's result bit for bit, so the choice changes
    only the wall time.
 
-Measured on 2 shared cores (AMD EPYC, other agents' jobs at a load of 7–12 throughout), one
-simulated hour of the 660-cell reference plant in 60 s ``advance`` calls as ``potline sim``
-runs it, side by side in one run of ``benchmarks/bench_threads_under_load.py`` (JSON in
-``benchmarks/results/threads_under_load.json``). "Quiet": the benchmark's session ahead of
-the other jobs (autogroup nice -19; the serial kernel had 0.99 of a core): serial 0.38 s.
-"Loaded": beside the other jobs, plus 2 CPU-bound processes of its own (serial had 0.13 of a
-core): serial 2.9 s. Wall time / serial, medians of 5 (3) round-robin rounds:
+Measured on 2 shared cores (AMD EPYC; other agents' jobs kept the load at 12–14 throughout),
+one simulated hour of the 660-cell reference plant in 60 s ``advance`` calls as ``potline sim``
+runs it, side by side in one run of ``benchmarks/bench_threads_under_load.py`` at 19693d4
+(``benchmarks/results/threads_under_load.json``). "Quiet": the benchmark's session ahead of
+the other jobs (autogroup nice -19; the serial kernel had 1.00 of a core): serial 0.37 s.
+"Loaded": beside the other jobs plus 2 CPU-bound processes of its own (serial had 0.13 of a
+core): serial 3.4 s. Wall time / serial, medians of 5 (3) round-robin rounds, range in
+brackets (* an earlier run of the same benchmark, 3 rounds):
 
-================================================  =====  =================================
+================================================  =====  ======================
 parallel kernel, OpenMP wait                      quiet  loaded
-================================================  =====  =================================
-cells per sub-step, libgomp default (300k spins)  0.53   12.4 (40.5 s vs 3.2 s)
-cells per sub-step, GOMP_SPINCOUNT=20000          0.53   6.4
-cells per sub-step, GOMP_SPINCOUNT=2000           0.62   1.37
-cells per sub-step, passive                       0.86   0.42 (0.26–0.76: scheduling luck)
-whole lines, passive                              0.69   0.80
-measured choice, passive (the default)            0.65   0.65 (0.16–1.04)
-================================================  =====  =================================
+================================================  =====  ======================
+cells per sub-step, libgomp default (300k spins)  0.57   10.8 (48.9 s vs 3.9 s)
+cells per sub-step, GOMP_SPINCOUNT=20000 *        0.53   6.4
+cells per sub-step, GOMP_SPINCOUNT=2000 *         0.62   1.37
+cells per sub-step, passive                       1.25   0.40 (0.22–0.94)
+whole lines, passive                              0.74   0.96 (0.68–1.11)
+measured choice, passive (the default)            0.83   0.41 (0.22–0.98)
+================================================  =====  ======================
 
-(The issue's report, load ≈ 9: 15.7 s parallel vs 2.2 s serial.) So the default costs ~25 %
-more wall time than the spinning cells kernel on free cores (0.65 vs 0.53 of serial) and is
-never the 12x loser on shared ones; where the machine is known to be free, setting
-``OMP_WAIT_POLICY=active`` (or ``GOMP_SPINCOUNT``) before starting gets the spinning back, and
-the measured choice still falls back from a kernel that turns slow. Whole lines per thread
-need one group of lines per thread (``Potline.line_groups``): Numba hands each thread a
-contiguous block of a ``prange``, so 3 lines on 2 threads went 2 + 1 lines (0.8 of serial).
+(The issue's report, load ≈ 9: 15.7 s parallel vs 2.2 s serial.) Passive waiting takes the
+per-sub-step kernel from the best on free cores to the worst, and leaves the whole-lines
+kernel at ~0.75 of serial (its ideal: 396/660 = 0.6); the measured choice then runs whole lines on free cores and
+cells per sub-step when the cores are contended (where sleeping partners cost nothing and
+each thread gets its own share of the CPU), and is never the 10x loser. The price: on free
+cores the default takes ~45 % more wall time than the spinning kernel did (0.83 vs 0.57 of
+serial here). Where the machine is known to be free, ``GOMP_SPINCOUNT=300000`` (libgomp's own
+default) in the environment brings the spinning back, with the measured choice still falling
+back from a kernel that turns slow; not ``OMP_WAIT_POLICY=active``, whose idle threads spin for
+minutes, also while the serial kernel runs. Whole lines per thread need one group of lines
+per thread (``Potline.line_groups``): Numba hands each thread a contiguous block of a
+``prange``, so 3 lines on 2 threads went 2 + 1 lines (0.8 of serial at best).
 """
 
 from __future__ import annotations
