@@ -149,7 +149,9 @@ def throughput(n_cells: int, repeats: int, target_s: float) -> dict[str, Any]:
         "cells": n,
         "lines": len(cfg.lines),
         "plant": desc,
-        "parallel_kernel": "whole lines per thread" if balance >= LINES_BALANCE_MIN else "cells per sub-step",
+        # the default kernel is chosen by measurement as the plant runs (twin/threads.py): say which one ran
+        "parallel_kernel": parallel.kernel_stats().get("current") or "auto",
+        "kernel_stats": parallel.kernel_stats(),
         "lines_balance": round(balance, 3),
         "lines_balance_min": LINES_BALANCE_MIN,
         "steps_per_repeat": steps,

@@ -92,6 +92,13 @@ BENCHES: tuple[Bench, ...] = (
         growth=tuple((132 * r, ("--rooms", str(r), "--repeats", "10")) for r in _MODBUS_ROOMS),
         growth_points=_modbus_growth,
     ),
+    Bench(
+        "threads_under_load",
+        "benchmarks.bench_threads_under_load",
+        "Model: default kernel vs serial, quiet and beside 2 CPU-bound jobs (660 cells)",
+        timeout_s=420.0,
+        quick_timeout_s=180.0,
+    ),
     Bench("opcua", "benchmarks.bench_opcua", "I/O: OPC UA scan and 1 Hz publish latency, arrays vs per-node"),
     # the controller benchmark's default horizon (30 days + baseline) is a scoring run, far beyond the
     # suite's budget: the suite takes a 2 h amperage scenario on 660 cells (cycle time) and a short closed loop
