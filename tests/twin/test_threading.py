@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.twin.twin_support import unequal_lines
 from twin.config import PlantConfig
 from twin.potline import Potline, kernels_cached
 from twin.threads import KernelChooser
@@ -75,18 +76,6 @@ def test_a_wait_policy_set_by_the_user_is_left_alone() -> None:
 # ------------------------------------------------------------------------ same plant, any kernel
 
 
-def _unequal_lines(seed: int) -> PlantConfig:
-    """Three lines of 24/24/12 cells (the reference plant's 264/264/132 in small)."""
-    data = PlantConfig.single_room(24, seed=seed).model_dump()
-    line = data["lines"][0]
-    data["lines"] = [
-        dict(line, name="Line1"),
-        dict(line, name="Line2", rooms=[{"name": "Potroom2", "cells": 24}]),
-        dict(line, name="Line3", rooms=[{"name": "Potroom3", "cells": 12}]),
-    ]
-    return PlantConfig.model_validate(data)
-
-
 class JitteryClock:
     """A wall clock whose every reading moves on by a seeded random 0–3 s: the measured
     choice sees wildly different costs and keeps switching kernels."""
@@ -116,7 +105,7 @@ def _run(pl: Potline) -> Potline:
 
 @pytest.fixture(scope="module")
 def serial_run() -> Potline:
-    return _run(Potline(_unequal_lines(seed=19), parallel=False))
+    return _run(Potline(unequal_lines(seed=19), parallel=False))
 
 
 @pytest.mark.parametrize("kernel", ["lines", "cells", "auto"])
@@ -125,7 +114,7 @@ def test_every_kernel_gives_the_serial_plant_bit_for_bit(kernel: str, serial_run
     choice switching among all three kernels mid-call reproduce the serial run exactly, with
     AEs, a cut-out cell and commands between calls."""
     clock = JitteryClock(seed=5) if kernel == "auto" else None
-    pl = Potline(_unequal_lines(seed=19), kernel=kernel, wall_clock=clock)  # type: ignore[arg-type]
+    pl = Potline(unequal_lines(seed=19), kernel=kernel, wall_clock=clock)  # type: ignore[arg-type]
     if pl.chooser is None and kernel == "auto":
         pl.warm_up()
     if pl.chooser is not None:
@@ -145,7 +134,7 @@ def test_every_kernel_gives_the_serial_plant_bit_for_bit(kernel: str, serial_run
 
 
 def test_warm_up_loads_the_kernels_without_moving_the_plant() -> None:
-    cfg = _unequal_lines(seed=3)
+    cfg = unequal_lines(seed=3)
     fresh, warmed = Potline(cfg), Potline(cfg)
     warmed.warm_up()
     assert kernels_cached() is not False  # compiled once, the kernels are in the on-disk cache

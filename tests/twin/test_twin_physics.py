@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.twin.twin_support import unequal_lines
 from twin.cell_layout import A_CHARGE, A_E_ELEC, P_SHOT_KG, S_AL2O3, S_ALF3, S_BEAM_TIMER, S_CRYO, S_KILL_T, S_SLUDGE
 from twin.config import PlantConfig
 from twin.potline import Potline
@@ -237,18 +238,6 @@ def test_cut_out_and_cut_in_keep_line_current() -> None:
     assert m["line_current_ka"][0] == pytest.approx(120.0, rel=0.005)
 
 
-def _unequal_lines(seed: int) -> PlantConfig:
-    """Three lines of 24/24/12 cells (the reference plant's 264/264/132 in small)."""
-    data = PlantConfig.single_room(24, seed=seed).model_dump()
-    line = data["lines"][0]
-    data["lines"] = [
-        dict(line, name="Line1"),
-        dict(line, name="Line2", rooms=[{"name": "Potroom2", "cells": 24}]),
-        dict(line, name="Line3", rooms=[{"name": "Potroom3", "cells": 12}]),
-    ]
-    return PlantConfig.model_validate(data)
-
-
 @pytest.mark.parametrize("kernel", ["cells", "lines"])
 def test_parallel_and_serial_kernels_agree(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-cell random streams make both parallel kernels (cells shared out per sub-step, or
@@ -257,7 +246,7 @@ def test_parallel_and_serial_kernels_agree(kernel: str, monkeypatch: pytest.Monk
     import twin.potline as tp
 
     monkeypatch.setattr(tp, "LINES_BALANCE_MIN", 0.0 if kernel == "lines" else 2.0)
-    plants = [Potline(_unequal_lines(seed=19), parallel=par) for par in (False, True)]
+    plants = [Potline(unequal_lines(seed=19), parallel=par) for par in (False, True)]
     for pl in plants:
         pl.force_alumina(np.array([3, 30, 55]), 1.6)
         pl.cut_out(40)
@@ -275,7 +264,7 @@ def test_lines_balance_picks_the_parallel_kernel() -> None:
     """Whole lines per thread only when they keep the cores busy (>= LINES_BALANCE_MIN)."""
     from twin.potline import LINES_BALANCE_MIN
 
-    pl = Potline(_unequal_lines(seed=1), parallel=True)
+    pl = Potline(unequal_lines(seed=1), parallel=True)
     assert pl.lines_balance(2) == pytest.approx(60 / (2 * 36))  # 24+12 on one thread, 24 on the other
     assert pl.lines_balance(2) < LINES_BALANCE_MIN
     assert pl.lines_balance(1) == 1.0
