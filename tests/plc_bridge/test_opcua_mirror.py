@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from asyncua import Client, ua
 
-from plc_bridge.opcua_security import OpcUaSecurityConfig, UserEntry, hash_password
+from plc_bridge.opcua_security import ClientSecurity, OpcUaSecurityConfig, UserEntry, hash_password
 from plc_bridge.opcua_server import DEFAULT_QUANTITIES, NAMESPACE_URI, MirrorServer, QuantitySpec, unece_unit_id
 from tests.plc_bridge.mirror_support import make_layout, make_snapshot
 
@@ -161,9 +161,8 @@ def _users() -> dict[str, UserEntry]:
 
 
 async def test_set_mode_method_operator_only_and_handler_decides(tmp_path) -> None:
-    cfg = OpcUaSecurityConfig(
-        state_dir=tmp_path, sign=False, sign_and_encrypt=False, allow_no_security=True, users=_users()
-    )
+    # user names only over SignAndEncrypt (the login rule)
+    cfg = OpcUaSecurityConfig(state_dir=tmp_path / "server", sign=False, sign_and_encrypt=True, users=_users())
     calls: list[tuple[str, str | None]] = []
 
     async def handler(mode: str, user: str | None) -> None:
@@ -171,29 +170,34 @@ async def test_set_mode_method_operator_only_and_handler_decides(tmp_path) -> No
             raise ValueError("interlock: rectifier in local")
         calls.append((mode, user))
 
+    async def login(url: str, user: str, password: str) -> Client:
+        client = Client(url, timeout=5)
+        sec = ClientSecurity(mode="SignAndEncrypt", state_dir=tmp_path / "client", username=user, password=password)
+        await sec.apply(client)
+        return client
+
     async with MirrorServer(make_layout((2,)), port=0, security=cfg) as mirror:
         mirror.set_mode_handler(handler)
-        url = mirror.endpoint_url.replace("opc.tcp://", "opc.tcp://{}@")
 
-        async def call(user: str, mode: str):
-            async with Client(url.format(user), timeout=5) as client:
+        async def call(user: str, password: str, mode: str):
+            async with await login(mirror.endpoint_url, user, password) as client:
                 idx = await client.get_namespace_index(NAMESPACE_URI)
                 twin = client.get_node(ua.NodeId("Alro.Twin", idx))
                 mode_arg = ua.Variant(mode, ua.VariantType.String)
                 return await twin.call_method(ua.NodeId("Alro.Twin.SetMode", idx), mode_arg)
 
-        assert await call("op:op-pass", "shadow") == "observe"
+        assert await call("op", "op-pass", "shadow") == "observe"
         assert calls == [("shadow", "op")]
         with pytest.raises(ua.UaStatusCodeError) as err:
-            await call("view:view-pass", "observe")
+            await call("view", "view-pass", "observe")
         assert err.value.code == ua.StatusCodes.BadUserAccessDenied
         with pytest.raises(ua.UaStatusCodeError) as err:
-            await call("op:op-pass", "turbo")
+            await call("op", "op-pass", "turbo")
         assert err.value.code == ua.StatusCodes.BadInvalidArgument
         with pytest.raises(ua.UaStatusCodeError) as err:
-            await call("op:op-pass", "control")
+            await call("op", "op-pass", "control")
         assert err.value.code == ua.StatusCodes.BadInvalidState
-        async with Client(mirror.endpoint_url.replace("opc.tcp://", "opc.tcp://view:view-pass@")) as client:
+        async with await login(mirror.endpoint_url, "view", "view-pass") as client:
             idx = await client.get_namespace_index(NAMESPACE_URI)
             assert await client.get_node(ua.NodeId("Alro.Twin.Mode", idx)).read_value() == "shadow"
         assert calls == [("shadow", "op")]

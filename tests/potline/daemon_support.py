@@ -363,14 +363,24 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 
 async def call_set_mode(port: int, mode: str, user: str | None = None, password: str | None = None,
-                        plant: str = "Bench") -> Any:  # fmt: skip
-    """Call Twin/SetMode on the daemon's mirror; returns the previous mode (or raises UaStatusCodeError)."""
+                        plant: str = "Bench", certs: Path | None = None) -> Any:  # fmt: skip
+    """Call Twin/SetMode on the daemon's mirror; returns the previous mode (or raises UaStatusCodeError).
+
+    A login (``user``) goes over Basic256Sha256 SignAndEncrypt with a client certificate
+    generated into ``certs`` (the mirror takes user names over no other channel); without
+    a user the call is anonymous over the NoSecurity endpoint.
+    """
     from asyncua import Client, ua
 
+    from plc_bridge.opcua_security import ClientSecurity
     from plc_bridge.opcua_server import NAMESPACE_URI
 
-    cred = f"{user}:{password}@" if user else ""
-    async with Client(f"opc.tcp://{cred}127.0.0.1:{port}/potline-twin/", timeout=30) as client:
+    client = Client(f"opc.tcp://127.0.0.1:{port}/potline-twin/", timeout=30)
+    if user is not None:
+        if certs is None:
+            raise ValueError("call_set_mode: a login needs certs (a directory for the client certificate)")
+        await ClientSecurity(mode="SignAndEncrypt", state_dir=certs, username=user, password=password).apply(client)
+    async with client:
         idx = await client.get_namespace_index(NAMESPACE_URI)
         twin = client.get_node(ua.NodeId(ua.String(f"{plant}.Twin"), ua.Int16(idx)))
         method = ua.NodeId(ua.String(f"{plant}.Twin.SetMode"), ua.Int16(idx))

@@ -64,7 +64,7 @@ async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_
     sec = {
         "state_dir": str(tmp_path / "opcua"),
         "sign": False,
-        "sign_and_encrypt": False,
+        "sign_and_encrypt": True,  # logins only over SignAndEncrypt
         "allow_no_security": True,
         "anonymous": "read_only",
         "users": {"op": {"role": "operator", "password_hash": hash_password("pw")}},
@@ -73,6 +73,7 @@ async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_
     try:
         cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": sec})
         mport, oport = data["_ports"]["metrics"], data["_ports"]["opcua"]
+        certs = tmp_path / "client"  # the operator client's certificate
         journal = tmp_path / "state" / "journal.db"
         dp = await DaemonProcess(cfg).start()
         await dp.wait_ready()
@@ -91,7 +92,7 @@ async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_
 
         # ---- bad mode requests: unknown mode, mode file garbage, a mode file others may write, SIGHUP
         with pytest.raises(ua.UaStatusCodeError) as err:
-            await call_set_mode(oport, "turbo", "op", "pw")
+            await call_set_mode(oport, "turbo", "op", "pw", certs=certs)
         assert err.value.code == ua.StatusCodes.BadInvalidArgument
         mode_file = tmp_path / "state" / "mode"
         write_mode_file(mode_file, "warp9")
@@ -115,11 +116,11 @@ async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_
         h.proxy.drop("refuse")
         await dp.wait_event("plc.comms_lost", after=n)
         with pytest.raises(ua.UaStatusCodeError) as err:
-            await call_set_mode(oport, "control", "op", "pw")
+            await call_set_mode(oport, "control", "op", "pw", certs=certs)
         assert err.value.code == ua.StatusCodes.BadInvalidState
         h.proxy.restore()
         await dp.wait_event("plc.comms_restored", after=n)
-        assert await call_set_mode(oport, "control", "op", "pw") == "observe"
+        assert await call_set_mode(oport, "control", "op", "pw", certs=certs) == "observe"
 
         # ---- a NaN cell voltage (broken transmitter) during an AE: not acted on, detected once good
         cell = 2  # index; floor number 3

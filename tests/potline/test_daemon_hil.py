@@ -56,7 +56,8 @@ SEED = 20_241_204
 
 
 def _security(tmp_path) -> dict:
-    return {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": False,
+    # user names only over SignAndEncrypt; anonymous (read-only) over NoSecurity
+    return {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True,
             "allow_no_security": True, "anonymous": "read_only",
             "users": {"op": {"role": "operator", "password_hash": hash_password("op-pass")},
                       "view": {"role": "viewer", "password_hash": hash_password("view-pass")}}}  # fmt: skip
@@ -85,6 +86,7 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
         cfg, data = daemon_config(tmp_path, rig, mode="observe", opcua={"security": _security(tmp_path)},
                                   daemon={"mode_file_poll_s": 60.0})  # fmt: skip
         ports = data["_ports"]
+        certs = tmp_path / "client"  # the OPC UA client's certificate
         journal = tmp_path / "state" / "journal.db"
         mode_file = tmp_path / "state" / "mode"
         dp = await DaemonProcess(cfg, env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "4000000"}).start()
@@ -101,9 +103,9 @@ async def test_modes_switch_at_runtime_and_sigterm_hands_back_to_local(tmp_path)
             await call_set_mode(ports["opcua"], "shadow")
         assert err.value.code == ua.StatusCodes.BadUserAccessDenied
         with pytest.raises(ua.UaStatusCodeError) as err:
-            await call_set_mode(ports["opcua"], "control", "view", "view-pass")
+            await call_set_mode(ports["opcua"], "control", "view", "view-pass", certs=certs)
         assert err.value.code == ua.StatusCodes.BadUserAccessDenied
-        assert await call_set_mode(ports["opcua"], "shadow", "op", "op-pass") == "observe"
+        assert await call_set_mode(ports["opcua"], "shadow", "op", "op-pass", certs=certs) == "observe"
         assert (await read_mirror(ports["opcua"], "Twin.Mode"))[0] == "shadow"
         await dp.wait_event("shadow.would_write")
         assert not plc_remote(rig, ROOM)  # shadow sends nothing, not even the heartbeat
