@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import socketserver
 import struct
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from umodbus import exceptions as uexc
 from umodbus.client import tcp as utcp
-from umodbus.server.tcp import RequestHandler, get_server
 
 from plc_bridge.codec import Table
 from plc_bridge.modbus_client import ModbusTagClient
 from plc_bridge.modbus_server import ClientWrite, ModbusTagServer
 from plc_bridge.tagmap import load_tagmap, parse_tagmap
+from tests.plc_bridge.foreign_support import Registers, umodbus_plc
 
 ROOT = Path(__file__).resolve().parents[2]
 STRUCT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
@@ -121,51 +118,16 @@ async def test_every_type_and_word_order_through_our_client_and_server():
 # ---------------------------------------------------------------- independent server: uModbus
 
 
-class _UServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    block_on_close = False
-
-
-@contextmanager
-def umodbus_server(store: dict[tuple[str, int], int]):
-    """uModbus TCP server on a free loopback port, backed by ``store`` {(table, address): value}."""
-    app = get_server(_UServer, ("127.0.0.1", 0), RequestHandler)
-    addrs = list(range(0, 128))
-    table_of = {1: "c", 2: "d", 3: "h", 4: "i"}
-
-    @app.route(slave_ids=[1], function_codes=[1, 2, 3, 4], addresses=addrs)
-    def read(slave_id, function_code, address):
-        return store.get((table_of[function_code], address), 0)
-
-    @app.route(slave_ids=[1], function_codes=[5, 15], addresses=addrs)
-    def write_coil(slave_id, function_code, address, value):
-        store[("c", address)] = int(value)
-
-    @app.route(slave_ids=[1], function_codes=[6, 16], addresses=addrs)
-    def write_reg(slave_id, function_code, address, value):
-        store[("h", address)] = int(value)
-
-    th = threading.Thread(target=app.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    th.start()
-    try:
-        yield app.server_address[1]
-    finally:
-        app.shutdown()
-        app.server_close()
-        th.join(timeout=5)
-
-
 async def test_every_type_and_word_order_against_umodbus_server():
     m = all_types_map()
-    store: dict[tuple[str, int], int] = {}
+    regs = Registers()
     for dtype, wo in TYPE_CASES:
         a, b = VALUES[dtype]
         for k, w in enumerate(ref_words(b, dtype, wo)):
-            store[("i", m[f"ir_{dtype}_{wo}"].address + k)] = w
-    store[("d", 1)] = 1
-    store[("i", 70)] = 0b100000
-    with umodbus_server(store) as port:
+            regs.put(1, "i", m[f"ir_{dtype}_{wo}"].address + k, [w])
+    regs.put(1, "d", 1, [1])
+    regs.put(1, "i", 70, [0b100000])
+    with umodbus_plc(regs, unit=1, n_addresses=128) as port:
         cli = ModbusTagClient(m, port=port, timeout_s=2.0)
         try:
             for dtype, wo in TYPE_CASES:
@@ -179,11 +141,11 @@ async def test_every_type_and_word_order_against_umodbus_server():
     for dtype, wo in TYPE_CASES:
         a, b = VALUES[dtype]
         tag = m[f"hr_{dtype}_{wo}"]
-        assert [store[("h", tag.address + k)] for k in range(tag.n_registers)] == ref_words(a, dtype, wo)
+        assert regs.get(1, "h", tag.address, tag.n_registers) == ref_words(a, dtype, wo)
         assert samples[f"ir_{dtype}_{wo}"].value == b, (dtype, wo)
         assert samples[f"hr_{dtype}_{wo}"].value == a
-    assert store[("h", 60)] == 225  # (12.5 + 10) / 0.1
-    assert store[("c", 3)] == 1
+    assert regs.get(1, "h", 60) == [225]  # (12.5 + 10) / 0.1
+    assert regs.get(1, "c", 3) == [1]
     assert samples["di_a"].value is True and samples["ir_bit5"].value is True and samples["ir_word"].value == 32
 
 
