@@ -8,8 +8,21 @@ What it does (embedded defaults: the ``ae_storm`` scenario, one potroom of 132 c
 2. starts the controller here (``BridgePlant`` + ``PotController`` + ``ControlRuntime``),
    connected to the PLCs only through their tag maps over Modbus/OPC UA;
 3. shows progress (rich): plant time, AEs seen / quenched, line current and power;
-4. writes a report (``report.html`` with PNG figures, and ``report.json``): cell
+4. serves the web HMI while it runs (``potline.hmi``: a ``LocalSource`` fed from the
+   session every scan; its URL is printed; ``hmi=False`` turns it off) and writes what a
+   daemon would: a journal (``journal.sqlite``: AE starts/ends, quench and controller
+   events, line setpoint changes, alarm changes) and a history (``history.sqlite``) in
+   the report directory, so ``potline report`` can make a shift report of the run;
+5. writes a report (``report.html`` with PNG figures, and ``report.json``): cell
    voltages, every AE with its detection and quench, amperage and power, energy and PFC.
+
+The verdict is computed from the AE table the report prints (``classify_aes``): each
+AE the rig saw is *detected* (a detection on its cell within the detection window of
+becoming visible, before it ended), *detected late* (after the window or after its
+end), *missed*, or *not judged* (room in local, never visible, too short for any
+confirming detector, or too close to the end of the run), and the report says how
+many of each. Controller-cycle overruns and the quench latency against its target
+(``QUENCH_TARGET_SCANS``) are shown beside it.
 
 ``run_demo(DemoOptions(...))`` is the library entry point; the CLI wrapper is
 ``potline/commands/demo.py``.
@@ -28,7 +41,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo", "write_demo_report"]
+__all__ = [
+    "AE_CLASSES",
+    "QUENCH_TARGET_SCANS",
+    "DemoOptions",
+    "DemoResult",
+    "classify_aes",
+    "run_demo",
+    "write_demo_report",
+]
+
+#: AE outcome classes of the demo's table, in display order
+AE_CLASSES = ("detected", "detected late", "missed", "not judged")
+#: quench latency target: AE visible at the PLC -> quench command at the PLC, p99, in
+#: controller scans (issue #5: p99 <= 1.5 s at a 1 s scan); plant time, so at speed N
+#: every wall millisecond of protocol latency counts N times
+QUENCH_TARGET_SCANS = 1.5
+#: overruns above this share of the cycles are flagged in the verdict
+OVERRUN_WARN_FRACTION = 0.05
 
 
 @dataclass
@@ -44,6 +74,7 @@ class DemoOptions:
         potroom_protocol: ``opcua`` or ``modbus``.
         out: report directory.
         progress: show the rich progress display.
+        hmi: serve the web HMI during the run; hmi_host/hmi_port: where (port 0: a free one).
     """
 
     scenario: str = "ae_storm"
@@ -55,11 +86,19 @@ class DemoOptions:
     potroom_protocol: str | None = None
     out: Path = field(default_factory=lambda: Path("out/demo"))
     progress: bool = True
+    hmi: bool = True
+    hmi_host: str = "127.0.0.1"
+    hmi_port: int = 0
 
 
 @dataclass
 class DemoResult:
-    """Everything the report is made of."""
+    """Everything the report is made of.
+
+    ``detections``: (cell, start [plant s], confirmed [plant s]) of every HV AE the
+    controller recorded; ``ae_table``: ``classify_aes`` rows (the table and the verdict);
+    ``hmi_url``: where the HMI was served (None: off); ``journal``/``history``: the files written.
+    """
 
     options: DemoOptions
     scenario: Any
@@ -69,6 +108,12 @@ class DemoResult:
     events: list[tuple[float, str, int, str]]
     wall_s: float
     checks: dict[str, tuple[bool, str]]
+    detections: list[tuple[int, float, float]] = field(default_factory=list)
+    ae_table: list[dict[str, Any]] = field(default_factory=list)
+    notes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    hmi_url: str | None = None
+    journal: Path | None = None
+    history: Path | None = None
 
 
 def _scenario(opts: DemoOptions) -> Any:
@@ -113,6 +158,8 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
     w0 = time.monotonic()
     rig = RigProcess(sc, workdir=Path(opts.out) / "rig", max_wall_s=sc.duration_s / sc.speed + 300.0)
     session = None
+    surface: _Surface | None = None
+    hmi_url: str | None = None
     stopped = False
     try:
         with console.status("starting the HIL rig (twin + simulated PLCs) ..."):
@@ -122,6 +169,10 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
         console.print(f"  rig up in {time.monotonic() - w0:.1f} s: {eps}")
         with console.status("connecting the controller ..."):
             session = await ControllerSession(sc, endpoints).start()
+        surface = _Surface(session, Path(opts.out))
+        if opts.hmi:
+            hmi_url = await surface.serve(opts.hmi_host, opts.hmi_port)
+            console.print(f"  [bold]HMI:[/bold] {hmi_url}  (live while the demo runs; read-only)")
         status: dict[str, Any] = {}
 
         async def poll_rig() -> None:
@@ -141,6 +192,7 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
             last = [0.0]
 
             def on_cycle(info: Any) -> None:
+                surface.on_cycle()
                 now = time.monotonic()
                 if now - last[0] < 0.25:
                     return
@@ -159,22 +211,128 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
         poller.cancel()
         await session.stop()
         stopped = True
+        surface.on_cycle()  # the events of the last cycle
         with console.status("stopping the rig ..."):
             rep = await rig.stop()
     finally:
+        if surface is not None:
+            await surface.close()
         if session is not None and not stopped:
             await session.stop()
         await rig.close()
     wall = time.monotonic() - w0
-    checks = _checks(rep, session)
-    return DemoResult(opts, sc, rep, session.summary(), session.detected(), list(session.events), wall, checks)
+    detections = [(int(r.cell), float(r.start_s), float(r.detect_s))
+                  for r in session.controller.ae_records if r.kind == "HV"]  # fmt: skip
+    win = detection_window_s(session, rep.speed)
+    table = classify_aes(rep.aes, detections, win, rep.plant_s)
+    controller = session.summary()
+    checks = _checks(rep, session, table)
+    notes = _notes(rep, controller, session.scan_s)
+    return DemoResult(opts, sc, rep, controller, session.detected(), list(session.events), wall, checks,
+                      detections=detections, ae_table=table, notes=notes, hmi_url=hmi_url,
+                      journal=surface.journal_path, history=surface.history_path)  # fmt: skip
 
 
-def _checks(rep: Any, session: Any) -> dict[str, tuple[bool, str]]:
-    """The demo's verdicts (the same assertions as the HIL tests)."""
+def detection_window_s(session: Any, speed: float) -> float:
+    """How long after an AE becomes visible its detection may come [plant s]: the confirming
+    scans plus one, and half a wall second of protocol latency at ``speed``."""
+    return float((session.controller.cfg.detection.confirm_samples + 1) * session.scan_s + 0.5 * speed)
+
+
+def classify_aes(
+    aes: list[dict[str, Any]], detections: list[tuple[int, float, float]], window_s: float, plant_s: float
+) -> list[dict[str, Any]]:
+    """One row per AE the rig saw, with its outcome (``AE_CLASSES``) and why.
+
+    A detection ``(cell, start_s, confirmed_s)`` belongs to the first AE on its cell that
+    became visible no later than ``window_s`` after the detection started and before the
+    next AE of that cell became visible (each detection is used once). The AE is
+    *detected* when the detection was confirmed within ``window_s`` of the AE becoming
+    visible and not after the AE ended; *detected late* when it was confirmed later
+    than that; *missed* when no detection belongs to it; *not judged* when the room was
+    in local control, the AE never showed at the PLC, it ended by itself within
+    ``window_s`` without a quench command (no confirming detector could see it), or it
+    became visible less than ``window_s`` before the end of the run (``plant_s``).
+
+    Times are plant seconds; rows carry the cell's 1-based number.
+    """
+    by_cell: dict[int, list[tuple[float, float]]] = {}
+    for c, t0, tc in sorted(detections, key=lambda d: d[1]):
+        by_cell.setdefault(int(c), []).append((float(t0), float(tc)))
+    order = sorted(range(len(aes)), key=lambda k: (aes[k]["cell"], aes[k]["start_s"]))
+    claimed: dict[int, tuple[float, float]] = {}
+    for pos, k in enumerate(order):
+        a = aes[k]
+        cands = by_cell.get(int(a["cell"]), [])
+        vis = a["visible_s"] if not math.isnan(a["visible_s"]) else a["start_s"]
+        nxt = aes[order[pos + 1]] if pos + 1 < len(order) and aes[order[pos + 1]]["cell"] == a["cell"] else None
+        hi = math.inf
+        if nxt is not None:
+            hi = nxt["visible_s"] if not math.isnan(nxt["visible_s"]) else nxt["start_s"]
+        for j, (t0, tc) in enumerate(cands):
+            if vis - window_s <= t0 < hi:
+                claimed[k] = (t0, tc)
+                del cands[j]
+                break
+    rows = []
+    for k, a in enumerate(aes):
+        vis, end, cmd = a["visible_s"], a["end_s"], a["first_cmd_s"]
+        det = claimed.get(k)
+        dur = (end - a["start_s"]) if not math.isnan(end) else None
+        if not a["room_remote"]:
+            outcome, why = "not judged", "room in local control"
+        elif math.isnan(vis):
+            outcome, why = "not judged", "never above 8 V at the PLC"
+        elif det is None and not math.isnan(end) and end - vis < window_s and math.isnan(cmd):
+            outcome, why = "not judged", f"ended by itself {end - vis:.0f} s after showing (window {window_s:.0f} s)"
+        elif det is None and plant_s - vis < window_s:
+            outcome, why = "not judged", "showed within the detection window of the end of the run"
+        elif det is None:
+            outcome, why = "missed", "no detection on this cell"
+        else:
+            late = det[1] - vis
+            if late > window_s:
+                outcome, why = "detected late", f"confirmed {late:.0f} s after showing (window {window_s:.0f} s)"
+            elif not math.isnan(end) and det[1] > end:
+                outcome, why = "detected late", f"confirmed {det[1] - end:.0f} s after the AE ended"
+            else:
+                outcome, why = "detected", ""
+        rows.append({
+            "cell": int(a["cell"]) + 1,
+            "start [s]": a["start_s"],
+            "visible [s]": vis,
+            "detector start [s]": det[0] if det else None,
+            "confirmed [s]": det[1] if det else None,
+            "quench command [s]": cmd,
+            "first command": a.get("first_cmd"),
+            "end [s]": end,
+            "duration [s]": dur,
+            "peak [V]": a.get("peak_v"),
+            "controller in charge": bool(a["room_remote"]),
+            "outcome": outcome,
+            "why": why,
+        })  # fmt: skip
+    return rows
+
+
+def ae_counts(table: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows of ``classify_aes`` per outcome (every class present, in ``AE_CLASSES`` order)."""
+    return {c: sum(1 for r in table if r["outcome"] == c) for c in AE_CLASSES}
+
+
+def _checks(rep: Any, session: Any, table: list[dict[str, Any]]) -> dict[str, tuple[bool, str]]:
+    """The demo's verdicts: detection from the printed AE table; quench and cleanliness as the HIL tests."""
     out: dict[str, tuple[bool, str]] = {}
-    scan = session.scan_s
-    win = (session.controller.cfg.detection.confirm_samples + 1) * scan + 0.5 * rep.speed
+    n = ae_counts(table)
+    judged = n["detected"] + n["detected late"] + n["missed"]
+    bad = [r for r in table if r["outcome"] in ("detected late", "missed")]
+    why = (f"{n['detected']} of {judged} judged AEs detected in time, {n['detected late']} detected late, "
+           f"{n['missed']} missed ({n['not judged']} not judged)")  # fmt: skip
+    if bad:
+        why += "; first: " + "; ".join(f"cell {r['cell']} at {r['visible [s]']:.0f} s: {r['outcome']} ({r['why']})"
+                                       for r in bad[:3])  # fmt: skip
+    out["every AE detected"] = (judged > 0 and not bad, why)
+    win = detection_window_s(session, rep.speed)
 
     def run(name: str, fn: Callable[[], object]) -> None:
         try:
@@ -183,7 +341,6 @@ def _checks(rep: Any, session: Any) -> dict[str, tuple[bool, str]]:
         except AssertionError as exc:
             out[name] = (False, str(exc).splitlines()[0] if str(exc) else "failed")
 
-    run("every AE detected", lambda: rep.assert_all_aes_detected(session.detected(), win, min_visible_s=win))
     run("every AE quenched", lambda: rep.assert_all_aes_quenched(min_aes=1, min_visible_s=win))
 
     def clean() -> None:
@@ -194,11 +351,186 @@ def _checks(rep: Any, session: Any) -> dict[str, tuple[bool, str]]:
     return out
 
 
+def _notes(rep: Any, controller: dict[str, Any], scan_s: float) -> dict[str, tuple[str, str]]:
+    """Figures shown beside the verdict with a status (ok | warn) that do not fail the demo:
+    controller-cycle overruns and the quench latency against its target."""
+    out: dict[str, tuple[str, str]] = {}
+    cyc, ovr = int(controller.get("cycles", 0)), int(controller.get("overruns", 0))
+    frac = ovr / cyc if cyc else 0.0
+    out["controller-cycle overruns"] = (
+        "ok" if frac <= OVERRUN_WARN_FRACTION else "warn",
+        f"{ovr} of {cyc} cycles overran their {scan_s:g} s (plant) slot ({100 * frac:.0f} %; "
+        f"flagged above {100 * OVERRUN_WARN_FRACTION:.0f} %)",
+    )
+    lat = rep.quench_latencies_s()
+    target = QUENCH_TARGET_SCANS * scan_s
+    if lat.size:
+        p99 = float(np.percentile(lat, 99))
+        out["quench latency"] = (
+            "ok" if p99 <= target else "warn",
+            f"AE visible -> quench command p99 {p99:.1f} s, p50 {float(np.percentile(lat, 50)):.1f} s over {lat.size} "
+            f"AEs; target p99 <= {target:.1f} s ({QUENCH_TARGET_SCANS:g} scans; plant time, at {rep.speed:g}x)",
+        )
+    else:
+        out["quench latency"] = ("warn", f"no AE got a quench command; target p99 <= {target:.1f} s")
+    return out
+
+
 def _assert_clean(rep: Any, session: Any) -> None:
     proc = rep.process or {}
     assert proc.get("returncode") in (0, None), f"rig exit code {proc.get('returncode')}"
     assert not proc.get("traceback"), "traceback in the rig's stderr"
     assert not session.errors, f"{len(session.errors)} controller cycle error(s)"
+
+
+# ====================================================================== the operator's surface
+
+
+class _Surface:
+    """What a daemon gives the operator, for the demo's session: a journal, a history, the
+    alarm manager and (``serve``) the web HMI on a ``LocalSource``, fed once per cycle.
+
+    The journal takes the controller's events (with their ISA-95 location; AE starts/ends
+    with voltage, start, detection and duration like the daemon's), changes of the
+    commanded line setpoint (``setpoint_write``, >= ``SETPOINT_STEP_KA``) and every
+    alarm change; it is committed once per cycle (synchronous NORMAL: a demo).
+    """
+
+    SETPOINT_STEP_KA = 0.05
+
+    def __init__(self, session: Any, out: Path) -> None:
+        from potline.alarms import AlarmManager
+        from potline.history import History, plant_groups
+        from potline.hmi import LocalSource
+        from potline.journal import Journal
+
+        self.session = session
+        self.layout = lay = session.plant.layout
+        out.mkdir(parents=True, exist_ok=True)
+        self.journal_path = out / "journal.sqlite"
+        self.history_path = out / "history.sqlite"
+        for p in (self.journal_path, self.history_path):
+            for q in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm"), p.with_name(p.name + ".head")):
+                q.unlink(missing_ok=True)
+        self.journal = Journal(self.journal_path, synchronous="NORMAL")
+        self.history = History(self.history_path)
+        self.history.declare(plant_groups(lay))
+        self.alarms = AlarmManager()
+        #: timeline [Unix s] = t0 + plant time
+        self.t0 = time.time() - float(session.clock.now())
+        self.source = LocalSource(lay, self.alarms, clock=session.clock.now, history_path=self.history_path,
+                                  journal_path=self.journal_path, alarm_writer=self._journal_alarms)  # fmt: skip
+        self.server: Any = None
+        self._seen = 0
+        self._seq = 0
+        self._sp: np.ndarray | None = None
+        self._cell_line = np.asarray(lay.cell_line, dtype=np.int64)
+        self._cell_room = np.asarray(lay.cell_room, dtype=np.int64)
+        self.journal.record(kind="daemon_start", plant=lay.plant, mode="control", source="demo",
+                            t_plant_s=float(session.clock.now()), detail="potline demo session started")  # fmt: skip
+
+    async def serve(self, host: str, port: int) -> str:
+        """Serve the HMI (read-only: the demo has no users); returns its URL."""
+        from potline.hmi import HmiConfig, HmiServer
+
+        self.server = HmiServer(self.source, HmiConfig(host=host, port=port, anonymous="read_only"))
+        await self.server.start()
+        return str(self.server.url)
+
+    def _where(self, kind: str, idx: int) -> dict[str, Any]:
+        lay = self.layout
+        if kind in ("rectifier_trip", "rectifier_restart", "ramp_done"):
+            return {"line": lay.line_names[idx]} if 0 <= idx < lay.n_lines else {}
+        if 0 <= idx < lay.n_cells:
+            return {"line": lay.line_names[int(self._cell_line[idx])], "room": lay.room_names[int(self._cell_room[idx])],
+                    "cell": int(lay.cell_number[idx])}  # fmt: skip
+        return {}
+
+    def _journal_alarms(self, records: Any) -> None:
+        for r in records:
+            self.journal.append(kind=r.journal_kind, plant=self.layout.plant, mode="control", **r.journal_fields())
+        self.journal.commit()
+
+    def on_cycle(self) -> None:
+        """Journal the new events, drive the alarms, write history, publish the snapshot."""
+        from potline.alarms import design_suppression
+        from potline.event_routing import ae_record
+        from potline.history import history_values, split_values
+        from potline.hmi import snapshot_from_scan
+
+        ses = self.session
+        rt = ses.runtime
+        meas = rt.last_measurements if rt is not None else None
+        ctl = ses.controller
+        lay = self.layout
+        recs: list[Any] = []
+        for t, kind, idx, detail in ses.events[self._seen :]:
+            where = self._where(kind, idx)
+            fields: dict[str, Any] = {"t_plant_s": t, "detail": detail, "source": "controller", "plant": lay.plant,
+                                      "mode": "control", **where}  # fmt: skip
+            if kind in ("ae_start", "ae_end") and 0 <= idx < lay.n_cells:
+                rec = ae_record(ctl.detector, idx)
+                if kind == "ae_start":
+                    fields["value"] = float(meas.cell_voltage_v[idx]) if meas is not None else None
+                    fields["data"] = {
+                        "start_s": rec.start_s if rec else None,
+                        "detect_s": rec.detect_s if rec else None,
+                    }
+                elif rec is not None:
+                    fields["value"] = rec.peak_v
+                    fields["data"] = {"start_s": rec.start_s, "end_s": rec.end_s, "duration_s": rec.duration_s,
+                                      "forced_end": rec.forced_end}  # fmt: skip
+            self.journal.append(kind=kind, **fields)
+            recs += self.alarms.on_event(kind, t, area=where.get("room") or where.get("line"), cell=where.get("cell"),
+                                         cell_index=idx if "cell" in where else None, value=fields.get("value"),
+                                         detail=detail)  # fmt: skip
+        self._seen = len(ses.events)
+        if meas is not None:
+            now = float(meas.t_s)
+            cells, areas = design_suppression(lay, np.asarray(meas.cut_out, dtype=bool), meas.cell_remote)
+            recs += self.alarms.set_design_suppression(now, cells, areas)
+            recs += self.alarms.tick(now)
+            cmds = getattr(rt, "last_commands", None)
+            sp = None if cmds is None else np.asarray(cmds.line_setpoint_ka, dtype=float)
+            if sp is not None:
+                for li in range(lay.n_lines):
+                    v = float(sp[li])
+                    prev = None if self._sp is None else float(self._sp[li])
+                    if math.isfinite(v) and (prev is None or not math.isfinite(prev)
+                                             or abs(v - prev) >= self.SETPOINT_STEP_KA):  # fmt: skip
+                        self.journal.append(kind="setpoint_write", t_plant_s=now, plant=lay.plant, mode="control",
+                                            line=lay.line_names[li], source="controller",
+                                            tag=f"{lay.line_names[li]}.line_current_sp", value=v,
+                                            detail=f"line current setpoint {v:.2f} kA",
+                                            data={"previous_ka": prev})  # fmt: skip
+                        if self._sp is None:
+                            self._sp = sp.copy()
+                        self._sp[li] = v
+            self._seq += 1
+            t = self.t0 + now
+            snap = {"CellVoltage": meas.cell_voltage_v, "LineCurrent": meas.line_current_ka,
+                    "LineVoltage": meas.line_voltage_v}  # fmt: skip
+            with contextlib.suppress(Exception):  # a history hiccup never stops the demo
+                self.history.write(t, split_values(lay, history_values(snap, meas)))
+            phase = getattr(getattr(ctl, "feeding", None), "phase", None)
+            self.source.publish(snapshot_from_scan(meas, seq=self._seq, t=t, mode="control",
+                                                   ae_active=ctl.detector.active, feed_phase=phase))  # fmt: skip
+            if self.server is not None:
+                self.server.notify()
+        for r in recs:
+            self.journal.append(kind=r.journal_kind, plant=lay.plant, mode="control", **r.journal_fields())
+        self.journal.commit()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        self.source.close()
+        t = float(self.session.clock.now())
+        self.journal.record(kind="daemon_stop", plant=self.layout.plant, mode="control", source="demo",
+                            t_plant_s=t, detail="potline demo session stopped")  # fmt: skip
+        self.journal.close()
+        self.history.close()
 
 
 # ====================================================================== report
@@ -233,20 +565,26 @@ def write_demo_report(res: DemoResult, out: str | Path) -> Path:
                   f"{rep.speed:g}x ({res.wall_s:.0f} s wall); rectifier over {sc.protocols.rectifier}, "
                   f"potroom over {sc.protocols.potroom}"),
     )  # fmt: skip
+    counts = ae_counts(res.ae_table)
     s = r.section("Verdict")
     for name, (ok, why) in res.checks.items():
         s.badge(f"{name}: {'yes' if ok else 'NO'}", "ok" if ok else "bad")
         if why:
             s.text(why)
+    for name, (status, why) in res.notes.items():
+        s.badge(f"{name}: {'within target' if status == 'ok' else 'see below'}", status)
+        s.text(why)
     s.kv({
         "anode effects in the twin": len(rep.aes),
         "AEs under controller (room in remote)": summ["aes_under_controller"],
-        "AEs detected by the controller": len(res.detected),
+        "AEs detected by the controller (HV records)": len(res.detected),
+        **{f"AEs in the table: {c}": n for c, n in counts.items()},
         "AEs that got a quench command": summ["aes_quench_commanded"],
         "AE onset (PLC sees > 8 V) to quench command p50 [s]": summ["quench_latency_p50_s"],
         "... p99 [s]": summ["quench_latency_p99_s"],
         "AE duration p50 / max [s]": f"{summ['ae_duration_p50_s']:.0f} / {summ['ae_duration_max_s']:.0f}",
         "controller cycles / overruns": f"{res.controller['cycles']} / {res.controller['overruns']}",
+        "quench latency target p99 [s]": QUENCH_TARGET_SCANS * float(res.controller.get("scan_s", math.nan)),
         "PLC scan read p50 / p99 [ms]": f"{res.controller['read_ms_p50']:.1f} / {res.controller['read_ms_p99']:.1f}",
         "commands written (feed + beam)": res.controller.get("bridge", {}).get("commands", 0),
     }, caption="AE figures count only AEs while the potroom was under the controller (remote).")  # fmt: skip
@@ -295,25 +633,15 @@ def write_demo_report(res: DemoResult, out: str | Path) -> Path:
     a2.legend(fontsize=8)
     s.figure(fig, name="anode_effects", caption="Each AE from onset to end; gray: the room was in local control.")
     plt.close(fig)
-    rows = []
-    det: dict[int, list[float]] = {}
-    for c, t0 in res.detected:
-        det.setdefault(c, []).append(t0)
-    for a in rep.aes:
-        d = [t for t in det.get(a["cell"], []) if not math.isnan(a["visible_s"]) and abs(t - a["visible_s"]) < 120]
-        rows.append({
-            "cell": a["cell"] + 1,
-            "start [s]": a["start_s"],
-            "visible [s]": a["visible_s"],
-            "detected [s]": d[0] if d else None,
-            "quench command [s]": a["first_cmd_s"],
-            "first command": a["first_cmd"],
-            "end [s]": a["end_s"],
-            "duration [s]": (a["end_s"] - a["start_s"]) if not math.isnan(a["end_s"]) else None,
-            "peak [V]": a["peak_v"],
-            "controller in charge": a["room_remote"],
-        })  # fmt: skip
-    s.table(rows[:200], caption="Times in plant seconds; 'visible' = first PLC scan with the cell above 8 V.")
+    order = {c: i for i, c in enumerate(AE_CLASSES)}
+    rows = sorted(res.ae_table, key=lambda row: (order[row["outcome"]] if row["outcome"] != "detected" else 9,
+                                                 row["start [s]"]))  # fmt: skip
+    limit = 400
+    s.table(rows[:limit], caption=(
+        "Every AE the twin had, the ones that need a look first. Times in plant seconds; 'visible' = first PLC scan "
+        "with the cell above 8 V; 'detector start'/'confirmed' = the controller's AE record; the verdict above "
+        "counts these rows: " + ", ".join(f"{n} {c}" for c, n in counts.items())
+        + (f"; {len(rows) - limit} more rows in report.json" if len(rows) > limit else "") + "."))  # fmt: skip
 
     s = r.section("Amperage and power")
     fig, (b1, b2) = plt.subplots(2, 1, figsize=(11, 5.2), sharex=True)
@@ -378,10 +706,18 @@ def write_demo_report(res: DemoResult, out: str | Path) -> Path:
         "scenario": sc.name,
         "wall_s": res.wall_s,
         "checks": {k: {"ok": ok, "detail": why} for k, (ok, why) in res.checks.items()},
+        "notes": {k: {"status": st, "detail": why} for k, (st, why) in res.notes.items()},
+        "ae_counts": counts,
+        "ae_table": res.ae_table,
+        "quench_target_p99_s": QUENCH_TARGET_SCANS * float(res.controller.get("scan_s", math.nan)),
+        "hmi_url": res.hmi_url,
+        "journal": res.journal,
+        "history": res.history,
         "rig": summ,
         "controller": res.controller,
         "totals": tot,
         "aes": rep.aes,
         "detected": res.detected,
+        "detections": res.detections,
     })  # fmt: skip
     return html
