@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "headless daemon: mirror, observe, shadow or control live PLCs"),
     "check-config": ("check_config", "validate a config file and list every error"),
     "events": ("events", "query the event journal"),
+    "report": ("report", "shift and daily reports per potroom (HTML + CSV) from the journal and history"),
     "tags": ("tags", "tag maps: export as CSV/JSON, validate"),
     "config": ("config", "the shipped reference configs: list, show, copy to edit"),
     "shadow": ("shadow", "shadow-test a refining pot against recorded data"),

@@ -427,7 +427,8 @@ class _Surface:
         self._cell_line = np.asarray(lay.cell_line, dtype=np.int64)
         self._cell_room = np.asarray(lay.cell_room, dtype=np.int64)
         self.journal.record(kind="daemon_start", plant=lay.plant, mode="control", source="demo",
-                            t_plant_s=float(session.clock.now()), detail="potline demo session started")  # fmt: skip
+                            t_plant_s=float(session.clock.now()), detail="potline demo session started",
+                            data={"timeline_t0": self.t0, "cells": lay.n_cells})  # fmt: skip
 
     async def serve(self, host: str, port: int) -> str:
         """Serve the HMI (read-only: the demo has no users); returns its URL."""
