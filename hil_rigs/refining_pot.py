@@ -391,7 +391,7 @@ class RefiningPotRig:
         elif pots.done[0]:
             pots.state[0, rf.S_T_S] = now  # an ended pot stays as it is; its clock follows the rig's
         self._publish()
-        if self.edge is not None and isinstance(self.edge, ModbusEdge):
+        if self.edge is not None:
             self.edge.publish()
 
     def _publish(self) -> None:

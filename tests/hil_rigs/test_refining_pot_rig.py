@@ -223,6 +223,38 @@ async def test_candidate_goes_shadow_then_control_with_journal_entries(cfg, tmp_
         journal.close()
 
 
+async def test_the_same_tag_map_over_opc_ua(cfg):
+    """The map's OPC UA nodes: the bridge reads the pot and, in control, the PLC goes remote on
+    its heartbeat and takes the setpoints — the same RefiningPlant over another TagIO."""
+    from plc_bridge.opcua_client import NodeRef, OpcUaClient
+    from plc_bridge.plant import OpcUaTagIO
+
+    tm = refining_tagmap("Pot1")
+    async with RefiningPotRig(cfg, protocol="opcua", speed=SPEED, watchdog_s=1800.0) as rig:
+        assert rig.edge is not None
+        ep = rig.endpoint()
+        refs = [NodeRef(t.name, t.browse_path, t.node_id) for t in tm if t.browse_path or t.node_id]
+        client = OpcUaClient(f"opc.tcp://{ep['host']}:{ep['port']}{ep['path']}", refs, namespace=ep["namespace"],
+                             timeout_s=10.0, clock=rig.clock, name="Pot1")  # fmt: skip
+        assert await client.start(wait_s=30.0)
+        try:
+            plant = RefiningPlant(OpcUaTagIO(client, tm), tm, rig.clock, cfg, mode="control")
+            meas = await plant.read()
+            assert meas.ok, meas.problems
+            assert abs(float(meas.readings.temperature_c[0]) - 800.0) < 10.0 and not meas.remote
+            pol = RefiningPolicy(policy_presets(cfg)["nominal"], 1, cfg.operation.control_period_s)
+            runtime = ControlRuntime(
+                plant, RefiningController(pol, cfg), rig.clock, scan_s=cfg.operation.control_period_s
+            )
+            await asyncio.wait_for(runtime.run(until_s=rig.now() + 3 * HOUR), timeout=120)
+            assert rig.logic.remote and rig.commands_written.get("current_sp", 0) > 0
+            assert rig.truth()["current_a"] > 0.0
+            assert any(r.tag == "current_sp" and r.verified for r in plant.drain_records())
+            assert runtime.errors == [] and not rig.errors
+        finally:
+            await client.stop()
+
+
 def test_tag_map_roles_are_checked_naming_file_and_role(tmp_path):
     from refining.config import CONFIG_DIR
 
