@@ -1,7 +1,8 @@
 """``potline config``: the reference configs shipped with the package.
 
 An installed wheel carries the same files as the checkout's ``config/`` folder (the
-reference plant, tag maps, scenarios, refining prototypes, a daemon example). This command
+reference plant, tag maps, scenarios, refining prototypes and an example recording, a
+daemon example). This command
 lists them, prints one, or copies them to a folder to edit::
 
     potline config list
@@ -30,11 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def shipped_files() -> list[Path]:
-    """Every shipped TOML, relative to the config folder, sorted."""
+    """Every shipped config and example file (TOML, recordings), relative to the config folder, sorted."""
     from twin.resources import config_dir
 
     root = config_dir()
-    return sorted(p.relative_to(root) for p in root.rglob("*.toml"))
+    return sorted(
+        p.relative_to(root)
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts
+    )
 
 
 def main(args: argparse.Namespace) -> int:
