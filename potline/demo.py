@@ -46,6 +46,7 @@ __all__ = [
     "QUENCH_TARGET_SCANS",
     "DemoOptions",
     "DemoResult",
+    "SessionSurface",
     "classify_aes",
     "run_demo",
     "write_demo_report",
@@ -158,7 +159,7 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
     w0 = time.monotonic()
     rig = RigProcess(sc, workdir=Path(opts.out) / "rig", max_wall_s=sc.duration_s / sc.speed + 300.0)
     session = None
-    surface: _Surface | None = None
+    surface: SessionSurface | None = None
     hmi_url: str | None = None
     stopped = False
     try:
@@ -169,7 +170,7 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
         console.print(f"  rig up in {time.monotonic() - w0:.1f} s: {eps}")
         with console.status("connecting the controller ..."):
             session = await ControllerSession(sc, endpoints).start()
-        surface = _Surface(session, Path(opts.out))
+        surface = SessionSurface(session, Path(opts.out))
         if opts.hmi:
             hmi_url = await surface.serve(opts.hmi_host, opts.hmi_port)
             console.print(f"  [bold]HMI:[/bold] {hmi_url}  (live while the demo runs; read-only)")
@@ -386,7 +387,7 @@ def _assert_clean(rep: Any, session: Any) -> None:
 # ====================================================================== the operator's surface
 
 
-class _Surface:
+class SessionSurface:
     """What a daemon gives the operator, for the demo's session: a journal, a history, the
     alarm manager and (``serve``) the web HMI on a ``LocalSource``, fed once per cycle.
 
