@@ -47,7 +47,7 @@ import structlog
 
 from potline.clocks import EpochClock, clock_speed, make_clock, process_age_s, rss_bytes
 from potline.event_routing import EventRouter, ShadowRecorder
-from potline.journal import Journal, JournalError
+from potline.journal import Journal, JournalError, JournalLoss, load_key
 from potline.lifecycle import Lifecycle, hand_back
 from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
@@ -148,6 +148,8 @@ class Daemon:
         self.recorder = JournalRecorder(self.name, self.layout.plant, self.metrics, self.health,
                                         mode=lambda: self.mode, now=self.clock.now, rotate_mb=cfg.journal.rotate_mb)  # fmt: skip
         self.recorder.on_failure = self._journal_failed
+        self.recorder.on_loss = self._journal_lost
+        self.recorder.on_alarm = self._journal_alarm
         self.links = LinkTracker(cfg.plc, self.name, self.metrics, self.health, self.recorder,
                                  on_change=self._status_changed)  # fmt: skip
         self.router = EventRouter(self.layout, self.name, self.metrics, self.recorder, self.links,
@@ -230,6 +232,19 @@ class Daemon:
         if self.mode == "control" and self.lifecycle.stop_event is not None:
             # writes without an audit trail are not allowed: stop commanding
             self.switch.leave_control_soon("shadow", "daemon", "journal not writable: writes stopped")
+
+    def _journal_lost(self, loss: JournalLoss) -> None:
+        """The journal file was deleted, moved or replaced under the daemon (``Journal.take_lost``):
+        the journal re-created it with every entry it could read back; control is disarmed
+        (left for shadow) and ``/readyz`` answers 503 until an operator re-arms it."""
+        ids = f"ids {loss.first_id}-{loss.last_id}" if loss.last_id is not None else "no entries yet"
+        kept = "all recovered" if loss.recovered else "NOT all recovered"
+        self.switch.disarm(f"journal file {loss.what} ({ids}: {kept}; journal_lost id {loss.entry_id})",
+                           not_ready=True)  # fmt: skip
+
+    def _journal_alarm(self, kind: str, detail: str, data: dict[str, Any]) -> None:
+        """An entry the journal wrote about itself (lost, tampered with, entries dropped)."""
+        log.error("journal.alarm", alarm=kind, detail=detail)
 
     def _now(self) -> float | None:
         try:
@@ -459,9 +474,11 @@ class Daemon:
         stop = self.lifecycle.bind()
         cfg = self.cfg
         try:
-            max_mb = cfg.journal.max_mb
-            j = Journal(self.loaded.journal_path, synchronous=cfg.journal.synchronous,
-                        max_bytes=None if max_mb is None else int(max_mb * 1e6))  # fmt: skip
+            jc = cfg.journal
+            key = load_key(self.loaded.journal_key_file) if self.loaded.journal_key_file is not None else None
+            j = Journal(self.loaded.journal_path, synchronous=jc.synchronous,
+                        max_bytes=None if jc.max_mb is None else int(jc.max_mb * 1e6), hmac_key=key,
+                        max_held=jc.max_held)  # fmt: skip
         except (JournalError, OSError, Exception) as exc:
             log.error("daemon.journal_unavailable", path=str(self.loaded.journal_path), error=str(exc))
             return 1
@@ -560,5 +577,7 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         reason = self.lifecycle.stop_reason
-        self.recorder.close(reason or "loop ended", {"pid": os.getpid(), "reason": reason, "exit_code": self.exit_code})
+        data = {"pid": os.getpid(), "reason": reason, "exit_code": self.exit_code}
+        if not self.recorder.close(reason or "loop ended", data):
+            self.exit_code = self.exit_code or 1  # entries not committed: an unclean stop (journal.unclean_stop)
         log.info("daemon.stopped", exit_code=self.exit_code)

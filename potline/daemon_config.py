@@ -227,6 +227,19 @@ class JournalSection(StrictModel):
         description="cap on the journal file [MB] so it cannot fill a disk the OS shares; reaching it is handled "
         "like a full disk (entries kept in memory, commands stopped, /readyz not ready); None: the disk is the limit",
     )
+    hmac_key_file: Path | None = Field(
+        None,
+        description="key of a keyed hash chain (HMAC-SHA-256; relative to this file): 64 hex digits or at least 16 "
+        "raw bytes, readable by the service user only (mode 0400/0440/0600); without the key nobody can rewrite the "
+        "chain consistently. None: an unkeyed SHA-256 chain",
+    )
+    max_held: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="entries held in memory while the journal cannot take them (disk full, max_mb); more are "
+        "spilled to <journal>.held and folded in when it takes entries again (or at the next start)",
+    )
 
 
 class MetricsSection(StrictModel):
@@ -289,6 +302,7 @@ class LoadedConfig:
         layout: the plant layout (operating cells).
         state_dir, journal_path, mode_file: resolved paths.
         security: the mirror's ``OpcUaSecurityConfig`` (None when the mirror is off).
+        journal_key_file: the journal's HMAC key file, checked (``journal.hmac_key_file``; None: unkeyed).
     """
 
     source: Path
@@ -302,6 +316,7 @@ class LoadedConfig:
     journal_path: Path
     mode_file: Path | None
     security: Any
+    journal_key_file: Path | None = None
 
     @property
     def name(self) -> str:
@@ -482,6 +497,17 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         except ValueError as exc:
             issues.append(Issue(file, "opcua.security", str(exc)))
 
+    # ---- journal key (its error names the file)
+    key_file = None
+    if cfg is not None and cfg.journal.hmac_key_file is not None:
+        from potline.journal import JournalError, load_key
+
+        key_file = _resolve(base, cfg.journal.hmac_key_file)
+        try:
+            load_key(key_file)
+        except JournalError as exc:
+            issues.append(Issue(file, "journal.hmac_key_file", str(exc)))
+
     if issues or cfg is None:
         raise DaemonConfigError(issues or [Issue(file, TOP_LEVEL, "invalid")])
     mode_file = None
@@ -499,6 +525,7 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         journal_path=_resolve(state_dir, cfg.journal.path),
         mode_file=mode_file,
         security=security,
+        journal_key_file=key_file,
     )
 
 

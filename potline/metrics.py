@@ -85,6 +85,8 @@ class HealthState:
             reasons.append("stopping")
         if "journal" in self.detail:
             reasons.append("journal " + str(self.detail["journal"]))
+        if "disarmed" in self.detail:
+            reasons.append("control disarmed until an operator re-arms it: " + str(self.detail["disarmed"]))
         ok = not reasons
         return ok, {"status": "ready" if ok else "not ready", "reasons": reasons, "mode": self.mode,
                     "plc_up": dict(self.plc_up), **self.detail}  # fmt: skip

@@ -126,6 +126,17 @@ class ModeSwitch:
 
         asyncio.get_running_loop().call_soon(go)
 
+    def disarm(self, why: str, *, not_ready: bool = False) -> None:
+        """Control needs an operator's re-arming from now on (``ModeMachine.disarm``); out of
+        control at once (shadow). ``not_ready``: ``/readyz`` answers 503 until re-armed."""
+        self.machine.disarm(why)
+        if not_ready:
+            self.health.detail["disarmed"] = why
+        log.warning("mode.disarmed", reason=why, mode=self.mode)
+        self._show_request_state()
+        if self.mode == "control":
+            self.leave_control_soon("shadow", "daemon", f"control disarmed: {why}")
+
     def tick(self, now: float) -> None:
         """Every cycle: carry out the pending start request once the interlock clears."""
         d = self.machine.tick(self.facts(), now)
@@ -177,6 +188,8 @@ class ModeSwitch:
     def _show_request_state(self) -> None:
         """``/readyz`` tells a pending start request and a control that needs re-arming."""
         m = self.machine
+        if not m.disarmed:
+            self.health.detail.pop("disarmed", None)
         if m.pending is not None:
             self.health.detail["mode_request"] = f"{m.pending} pending until the control interlock clears"
         elif m.disarmed and self.mode != "control":

@@ -260,6 +260,12 @@ class ModeMachine:
         )  # fmt: skip
         return ModeDecision(False, old, old, why, (rec,))
 
+    def disarm(self, why: str) -> None:
+        """From now on ``control`` needs an operator's explicit request (re-arming), e.g. after
+        the journal file was lost under the daemon; ``why`` is shown in refusals and ``/readyz``.
+        The running mode is not changed here (leaving control is a request of its own)."""
+        self.disarmed = why
+
     def stop(self, detail: str, data: dict[str, Any] | None = None, now: float | None = None) -> ModeDecision:
         """The daemon's stop: after the hand-back it is in observe, nothing pending.
 

@@ -120,7 +120,8 @@ def describe(loaded: Any) -> dict[str, Any]:
         "mode": cfg.daemon.mode,
         "scan_period_s": cfg.daemon.scan_period_s,
         "plcs": plcs,
-        "journal": str(loaded.journal_path),
+        "journal": str(loaded.journal_path)
+        + (f" (keyed chain: {loaded.journal_key_file})" if loaded.journal_key_file is not None else ""),
         "metrics": f"http://{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off",
         "mirror": f"opc.tcp://{cfg.opcua.host}:{cfg.opcua.port}{cfg.opcua.path}" if cfg.opcua.enabled else "off",
     }

@@ -182,9 +182,11 @@ async def test_journal_full_stops_commanding_keeps_running_and_loses_nothing(tmp
     """The journal cannot grow (``journal.max_mb`` reached; a full disk behaves the same):
     the daemon keeps cycling, holds the entries in memory, leaves ``control`` for
     ``shadow`` (no writes without an audit trail) and does not go back while the journal
-    cannot take entries, ``/readyz`` says why; at the stop every entry the journal could
-    not take is in the log as ``journal.unwritten``."""
-    rig = await start_rig(rig_scenario(speed=10.0))
+    cannot take entries, ``/readyz`` says why; the stop is unclean (exit status 1,
+    ``journal.unclean_stop`` with the count and the ``.held`` file) and the next open of
+    the journal folds every held entry in, in order."""
+    # an AE storm makes entries (AEs, quench beam moves) now that an unchanged setpoint is not journalled
+    rig = await start_rig(rig_scenario(speed=10.0, storm_every_s=20.0, storm_start_s=20.0))
     dp = None
     try:
         # a cap a little above the fresh file: control is entered, then the journal fills
@@ -200,16 +202,28 @@ async def test_journal_full_stops_commanding_keeps_running_and_loses_nothing(tmp
         assert status == 503 and "journal not writable" in body
         assert dp.find("mode.changed", lambda e: e["mode"] == "control" and e["_mono"] > left["_mono"]) == []
         assert dp.returncode is None
-        assert await dp.stop() == 0
-        unwritten = [e for e in dp.events if e.get("event") == "journal.unwritten"]
-        kinds = [e["kind"] for e in unwritten]
-        assert "mode_change" in kinds and kinds[-1] == "daemon_stop"
+        assert await dp.stop() == 1  # not every entry committed: an unclean stop
+        [unclean] = dp.find("journal.unclean_stop")
+        assert (
+            unclean["unwritten"] > 0 and unclean["kinds"]["mode_change"] >= 1 and unclean["kinds"]["daemon_stop"] == 1
+        )
+        assert unclean["held_file"] == str(tmp_path / "state" / "journal.db.held")
         # what the file did take is intact: contiguous ids, the start first, the switch to control in it
-        ev = journal_events(tmp_path / "state" / "journal.db")
+        path = tmp_path / "state" / "journal.db"
+        ev = journal_events(path)
         assert ev and ev[0].kind in ("unclean_shutdown", "daemon_start")
         assert [e.id for e in ev] == list(range(ev[0].id, ev[0].id + len(ev)))
         assert "daemon_stop" not in [e.kind for e in ev]
         assert [e.data["to"] for e in ev if e.kind == "mode_change"] == ["control"]
+        # the next writer (without the cap) folds the held entries in: nothing lost, ids contiguous
+        from potline.journal import Journal
+
+        Journal(path).close()
+        full = journal_events(path)
+        assert [e.id for e in full] == list(range(ev[0].id, ev[0].id + len(full)))
+        assert len(full) - len(ev) == unclean["unwritten"]
+        assert [e.data["to"] for e in full if e.kind == "mode_change"] == ["control", "shadow"]
+        assert full[-1].kind == "daemon_stop"
     finally:
         if dp is not None and dp.returncode is None:
             await dp.kill()

@@ -162,6 +162,23 @@ def test_control_needs_an_operator_to_re_arm_after_an_unclean_stop(tmp_path) -> 
     assert "re-armed" in ev[3].detail and "rearmed" not in ev[2].data
 
 
+def test_disarmed_at_runtime_control_waits_for_an_operator(tmp_path) -> None:
+    """A journal file lost under a running daemon disarms control (``disarm``): leaving
+    control is a request of its own; only an operator's request re-arms."""
+    m = started("observe")
+    assert m.request("control", "daemon", CLEAR, now=1.0).accepted
+    m.disarm("journal file deleted (ids 1-40: all recovered; journal_lost id 41)")
+    assert m.mode == "control"  # disarming changes no mode by itself
+    out = m.request("shadow", "daemon", CLEAR, now=2.0, reason="control disarmed")
+    back = m.request("control", "config", CLEAR, now=3.0)
+    assert out.accepted and not back.accepted and "journal file deleted" in back.reason
+    ok = m.request("control", "opcua", CLEAR, now=4.0, user="op")
+    assert ok.accepted and ok.records[0].data["rearmed"] is True and m.disarmed == ""
+    ev = journalled(tmp_path, out, back, ok)
+    assert [(e.kind, e.source) for e in ev] == [("mode_change", "daemon"), ("handback", "daemon"),
+                                                ("mode_refused", "config"), ("mode_change", "opcua")]  # fmt: skip
+
+
 @pytest.mark.parametrize("source", sorted(OPERATOR_SOURCES))
 def test_every_operator_source_re_arms(source: str) -> None:
     m = started("observe", CRASHED)
