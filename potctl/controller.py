@@ -40,8 +40,9 @@ plays no part.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,11 +53,16 @@ from potctl.config import ControlConfig
 from potctl.feeding import OVERFEED, UNDERFEED, FeedController
 from potctl.pfc import PfcAccountant, PfcReport
 from potctl.plant import Commands, Measurements
-from potctl.quench import IDLE, QuenchController
+from potctl.quench import ACTIVE, ESCALATED, IDLE, RESTORING, BeamIntentSettings, QuenchController
 from potctl.resistance import ResistanceController
 from twin.layout import PlantLayout
 
-__all__ = ["AlarmRecord", "AluminaObserverLike", "PotController"]
+__all__ = ["BEAM_INTENT_VERSION", "AlarmRecord", "AluminaObserverLike", "PotController"]
+
+#: format version of ``PotController.beam_intent()``
+BEAM_INTENT_VERSION = 1
+#: smoothing of the calm pseudo-resistance per scan (judges beam moves in doubt)
+R_CALM_ALPHA = 0.3
 
 
 @dataclass(slots=True)
@@ -104,10 +110,17 @@ class PotController:
         observer: an alumina observer (``twin.observer.AluminaObserver``-like: ``update``,
             ``alumina_wt_pct``, ``time_to_ae_s``); None builds one from the nominal cell
             when ``prediction.use_observer`` is on.
+        beam: how owed beam restores are reconciled with the acknowledgements
+            (``potctl.quench.BeamIntentSettings``; its ``ack_timeout_s`` should exceed the
+            bridge's).
     """
 
     def __init__(
-        self, layout: PlantLayout, config: ControlConfig | None = None, observer: AluminaObserverLike | None = None
+        self,
+        layout: PlantLayout,
+        config: ControlConfig | None = None,
+        observer: AluminaObserverLike | None = None,
+        beam: BeamIntentSettings | None = None,
     ) -> None:
         self.layout = layout
         self.cfg = cfg = config or ControlConfig()
@@ -116,7 +129,7 @@ class PotController:
         self.cell_line = np.asarray(layout.cell_line, dtype=np.int64)
         self.detector = AEDetector(n, cfg.detection, cfg.e0_v)
         self.predictor = AEPredictor(n, cfg.prediction)
-        self.quench = QuenchController(n, cfg.quench)
+        self.quench = QuenchController(n, cfg.quench, beam)
         self.feeding = FeedController(n, layout.shot_mass_kg, cfg.feeding)
         nom = np.asarray(layout.nominal_current_ka, dtype=np.float64)
         rc = cfg.resistance
@@ -148,7 +161,21 @@ class PotController:
         self._cmd_shots = np.zeros(n, dtype=np.int64)
         self._ack_shots = np.zeros(n, dtype=np.int64)
         self._feeder_alarm = np.zeros(n, dtype=bool)
-        self._remote_prev: np.ndarray | None = None
+        #: last known command authority per cell (True: remote); a cell without data keeps
+        #: its last one (a link drop is not a hand-back to local)
+        self._auth: np.ndarray | None = None
+        #: the controller's own beam moves not yet seen in the acknowledgements [mm], and
+        #: when the oldest of them was commanded [s]
+        self.beam_inflight_mm = np.zeros(n)
+        self._inflight_t = np.full(n, np.nan)
+        #: calm pseudo-resistance (smoothed; NaN: none yet) [µΩ]
+        self._r_calm = np.full(n, np.nan)
+        #: handed-over restores whose resistance-control takeover is armed
+        self._hand_armed = np.zeros(n, dtype=bool)
+        #: sequences restored from exported intent whose AE the detector has not seen yet
+        self._imported_active = np.zeros(n, dtype=bool)
+        self._pending_intent: tuple[dict[str, Any], float | None, bool] | None = None
+        self._queued_events: list[tuple[str, int, str]] = []
         #: when each cell was last taken back into remote control [s] (-inf: from the start,
         #: +inf: in local now); an AE that started before it is not the controller's to pump
         self._remote_since = np.full(n, -np.inf)
@@ -197,6 +224,265 @@ class PotController:
         """Tier 2 PFC figures so far (ongoing AEs counted up to ``now``)."""
         return self.pfc.report(self.detector.open_records(), now)
 
+    # ------------------------------------------------------------------ beam intent
+    def beam_intent(self) -> dict[str, Any]:
+        """The controller's intended beam offsets as plain data (JSON-ready), for a ledger.
+
+        One entry per cell that owes a restore or has one handed over to resistance
+        control (so the size is bounded by the number of cells)::
+
+            {"version": 1, "t_s": <plant time of the last step>, "n_cells": n,
+             "cells": [{"cell": k,
+                        "ack_mm": <acknowledged beam position last seen>,
+                        "inflight_mm": <own moves commanded, not yet acknowledged>,
+                        "inflight_t_s": <when the oldest of them was commanded> | null,
+                        "quench": {"state": "active" | "escalated" | "restoring",
+                                   "target_mm": <pre-AE position, acknowledgement coordinates>,
+                                   "t_start_s", "restore_t_s", "owed_since_s", "parked_t_s",
+                                   "lowered", "pumps", "refed", "adopted", "attempts",
+                                   "doubt_mm", "r_pre_uohm"} | absent,
+                        "handed": {"owed_mm", "t_s", "why"} | absent}, ...]}
+
+        Times are this controller's plant times [s]; positions [mm], + up. ``cells`` only
+        changes when the intent does (a ledger can compare it to skip unchanged saves).
+        """
+        prev = self._beam_prev
+        cells: list[dict[str, Any]] = []
+        for k in self.quench.intent_cells.tolist():
+            d: dict[str, Any] = {
+                "cell": int(k),
+                "ack_mm": float(prev[k]) if prev is not None else 0.0,
+                "inflight_mm": float(self.beam_inflight_mm[k]),
+                "inflight_t_s": float(self._inflight_t[k]) if math.isfinite(self._inflight_t[k]) else None,
+            }
+            d.update(self.quench.export_cell(int(k)))
+            cells.append(d)
+        return {"version": BEAM_INTENT_VERSION, "t_s": float(self._t_last or 0.0), "n_cells": self.n,
+                "cells": cells}  # fmt: skip
+
+    def restore_beam_intent(
+        self,
+        data: dict[str, Any],
+        meas: Measurements | None = None,
+        now: float | None = None,
+        *,
+        gap_s: float | None = None,
+        same_ack_base: bool = False,
+    ) -> None:
+        """Take over beam intent exported by ``beam_intent`` (a daemon restart), reconciled
+        with the acknowledgements of ``meas`` (None: those of the next ``step``).
+
+        Reconciliation per cell (events ``beam_intent_restored`` and, where it applies,
+        ``beam_restore_handed_over`` come out with the next step's commands):
+
+        * ``same_ack_base`` True (the acknowledgement totals continue those the intent was
+          exported with: a simulator, or a bridge reporting the PLC's own counters): what
+          moved since is read off the acknowledgements; the own moves then in flight count
+          as made as far as the acknowledgements show them, the rest stays in flight. A
+          difference no in-flight move and no quench could explain is taken as a new base.
+        * otherwise (the default: a new bridge counts from 0): positions carry over
+          relative to the acknowledgement at export; a move that was in flight is in doubt
+          (``doubt_mm``) and judged from the resistance when the cell is calm
+          (``QuenchController.resolve_doubt``), or handed over when it cannot be.
+        * a cell found in local control (good data, not remote) has its owed restore
+          parked as if its room had just gone local.
+
+        Args:
+            data: exported intent.
+            meas: the first measurements of this run (the real ``cell_remote``, not a mode's
+                as-if-remote view); None: reconcile at the next ``step``.
+            now: plant time of ``meas`` [s] (required with ``meas``).
+            gap_s: plant time elapsed since the export [s] (None: ``now`` − the export's
+                ``t_s`` when that is positive, else 0: a clock restarted from 0 loses the gap).
+            same_ack_base: see above.
+
+        Raises:
+            ValueError: ``data`` is not exported intent for this plant (the message names
+                the key and what was expected); nothing is changed then.
+        """
+        self._check_intent(data)
+        if meas is None:
+            self._pending_intent = (data, gap_s, bool(same_ack_base))
+            return
+        if now is None:
+            raise ValueError("restore_beam_intent: now is required with meas")
+        self._queued_events += self._import_intent(data, meas, float(now), gap_s, bool(same_ack_base))
+        self._beam_prev = np.asarray(meas.beam_ack_mm, dtype=np.float64).copy()
+
+    def plc_restarted(self, cells: np.ndarray, now: float) -> None:
+        """The PLC of ``cells`` restarted (the bridge saw its heartbeat jump back): its
+        acknowledgement counter began again from 0, so a move of ours in flight may have
+        been carried out without the total counting it. On cells owing a restore that move
+        is now in doubt (judged from R before the restore, see ``restore_beam_intent``);
+        elsewhere it is forgotten (resistance control judges from R anyway)."""
+        c = np.asarray(cells, dtype=np.int64)
+        q = self.quench
+        for k in c[self.beam_inflight_mm[c] != 0.0].tolist():
+            f = float(self.beam_inflight_mm[k])
+            if q.state[k] != IDLE and q.owes[k]:
+                q.doubt_mm[k] += f
+                self._queued_events.append(("beam_move_in_doubt", k, f"PLC restart with a {f:+.1f} mm move in "
+                                            "flight: judged from R before the beam is restored"))  # fmt: skip
+            self.beam_inflight_mm[k] = 0.0
+            self._inflight_t[k] = np.nan
+
+    def _check_intent(self, data: Any) -> list[tuple[int, dict[str, Any]]]:
+        """Validate exported intent; returns (cell, entry) pairs.
+
+        Raises:
+            ValueError: naming the key and what was expected.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"beam intent: expected a table, got {type(data).__name__}")
+        if data.get("version") != BEAM_INTENT_VERSION:
+            raise ValueError(f"version: expected {BEAM_INTENT_VERSION}, got {data.get('version')!r}")
+        if data.get("n_cells") != self.n:
+            raise ValueError(f"n_cells: expected {self.n} (this plant), got {data.get('n_cells')!r}")
+        t_s = data.get("t_s")
+        if isinstance(t_s, bool) or not isinstance(t_s, (int, float)) or not math.isfinite(float(t_s)):
+            raise ValueError(f"t_s: expected a finite number, got {t_s!r}")
+        cells = data.get("cells")
+        if not isinstance(cells, list):
+            raise ValueError(f"cells: expected a list, got {type(cells).__name__}")
+        out: list[tuple[int, dict[str, Any]]] = []
+        seen: set[int] = set()
+        probe = QuenchController(1, self.cfg.quench, self.quench.intent)
+        for i, d in enumerate(cells):
+            where = f"cells[{i}]"
+            if not isinstance(d, dict):
+                raise ValueError(f"{where}: expected a table, got {type(d).__name__}")
+            k = d.get("cell")
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.n:
+                raise ValueError(f"{where}.cell: expected a cell index 0..{self.n - 1}, got {k!r}")
+            if k in seen:
+                raise ValueError(f"{where}.cell: cell {k} listed twice")
+            seen.add(k)
+            for key, none_ok in (("ack_mm", False), ("inflight_mm", False), ("inflight_t_s", True)):
+                v = d.get(key)
+                if v is None and none_ok:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                    raise ValueError(f"{where}.{key}: expected a finite number, got {v!r}")
+            probe.import_cell(0, d, where, 0.0, 0.0)  # raises on a bad quench/handed table
+            out.append((k, d))
+        return out
+
+    def _import_intent(
+        self, data: dict[str, Any], meas: Measurements, now: float, gap_s: float | None, same: bool
+    ) -> list[tuple[str, int, str]]:
+        """Apply validated intent against ``meas`` (see ``restore_beam_intent``)."""
+        entries = self._check_intent(data)
+        t_s = float(data["t_s"])
+        gap = float(gap_s) if gap_s is not None else max(now - t_s, 0.0)
+        shift_s = (now - max(gap, 0.0)) - t_s  # exported times -> this clock
+        beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
+        ok = np.asarray(meas.cell_ok, dtype=bool)
+        remote = np.ones(self.n, dtype=bool) if self.cfg.observe_only else meas.remote_mask()
+        q = self.quench
+        bound = self.cfg.quench.max_total_down_mm + q.intent.restore_slack_mm
+        events: list[tuple[str, int, str]] = []
+        for k, d in entries:
+            ack_s, f = float(d["ack_mm"]), float(d["inflight_mm"])
+            ft = d.get("inflight_t_s")
+            g = float(beam[k] - ack_s)  # what the acknowledgements moved since the export
+            made = float(np.clip(g, min(0.0, f), max(0.0, f)))
+            continuous = same and abs(g - made) <= bound
+            shift_mm = 0.0 if continuous else g  # otherwise: positions relative to the export's ack
+            q.import_cell(k, d, f"cells[{k}]", shift_s, shift_mm)
+            infl, doubt = (f - made, 0.0) if continuous else (0.0, f)
+            if abs(infl) < 0.05:
+                infl = 0.0
+            self.beam_inflight_mm[k] = infl
+            self._inflight_t[k] = float(ft) + shift_s if infl and ft is not None else (now if infl else np.nan)
+            has_q = q.state[k] != IDLE
+            if has_q:
+                q.doubt_mm[k] += doubt
+                self._imported_active[k] = q.state[k] in (ACTIVE, ESCALATED)
+            self._hand_armed[k] = False
+            what = []
+            if has_q:
+                owed = float(q.pre_pos_mm[k] - beam[k] - infl)
+                what.append(
+                    f"restore owed {owed:+.1f} mm ({'parked' if q.parked[k] else ('AE' if q.state[k] != RESTORING else 'restoring')})"
+                )
+                if q.doubt_mm[k]:
+                    what.append(f"{float(q.doubt_mm[k]):+.1f} mm in doubt")
+                if infl:
+                    what.append(f"{infl:+.1f} mm in flight")
+            if q.handed[k]:
+                what.append(f"handed over ({float(q.handed_mm[k]):+.1f} mm): {q.handed_why[k]}")
+            base = "acknowledgements continue" if continuous else "new acknowledgement base"
+            events.append(("beam_intent_restored", k, f"{'; '.join(what) or 'nothing owed'} ({base})"))
+            if has_q and ok[k] and not remote[k] and not q.parked[k]:
+                q.park(np.array([k]), now)  # found in local control: as if its room just went local
+        return events
+
+    def _reconcile_inflight(self, d_beam: np.ndarray, now: float) -> None:
+        """Count the acknowledged movement ``d_beam`` [mm] against the own moves in flight;
+        a move not acknowledged within ``ack_timeout_s`` is counted as not made."""
+        infl = self.beam_inflight_mm
+        if not infl.any():
+            return
+        done = np.clip(d_beam, np.minimum(infl, 0.0), np.maximum(infl, 0.0))
+        infl -= done
+        infl[np.abs(infl) < 0.05] = 0.0
+        expired = (infl != 0.0) & (now - self._inflight_t > self.quench.intent.ack_timeout_s)
+        infl[expired] = 0.0
+        self._inflight_t[infl == 0.0] = np.nan
+
+    def _beam_intent_housekeeping(
+        self, now: float, auth: np.ndarray, cell_ok: np.ndarray, valid: np.ndarray, pos: np.ndarray
+    ) -> list[tuple[str, int, str]]:
+        """Per scan, after AE detection: imported sequences whose AE is over, parked
+        restores back in remote or over their grace, moves in doubt judged from R."""
+        q = self.quench
+        events: list[tuple[str, int, str]] = []
+        det = self.detector
+        seen_ae = det.active | det.pending
+        if self._imported_active.any():
+            self._imported_active &= q.busy
+            gone = self._imported_active & valid & ~seen_ae
+            self._imported_active &= ~(seen_ae | gone)
+            if gone.any():  # the AE ended while no controller ran
+                q.ended(np.flatnonzero(gone), now)
+        if q.parked.any():
+            back = q.parked & auth & cell_ok & ~det.active
+            if back.any():
+                q.unpark(np.flatnonzero(back), now)
+            over = q.parked & ~auth & (now - q.parked_t > q.intent.local_grace_s)
+            if over.any():
+                g = q.intent.local_grace_s
+                events += q.hand_over(np.flatnonzero(over), now, pos,
+                                      f"room in local control for more than {g:.0f} s: the PLC's ACD control owns the beam")  # fmt: skip
+        doubt = (q.doubt_mm != 0.0) & (q.state == RESTORING) & (now >= q.restore_t) & ~q.parked
+        doubt &= valid & ~seen_ae & ~det.lv_active & np.isfinite(self._r_calm)
+        if doubt.any():
+            events += q.resolve_doubt(np.flatnonzero(doubt), now, self._r_calm, pos, self.cfg.resistance.uohm_per_mm)
+        return events
+
+    def _resolve_handovers(
+        self, now: float, judgeable: np.ndarray, r_ctl: np.ndarray, r_moves: np.ndarray
+    ) -> list[tuple[str, int, str]]:
+        """A handed-over restore is resolved once resistance control moved the cell, or
+        judged it within 3 deadbands of its target (nothing left to correct)."""
+        q = self.quench
+        rc = self.cfg.resistance
+        judge = q.handed & self._hand_armed & judgeable & ~q.busy & np.isfinite(r_ctl)
+        if not judge.any():
+            return []
+        err = r_ctl - self.resistance.effective_target(now)
+        moved = judge & (r_moves != 0.0)
+        inband = judge & ~moved & (np.abs(err) <= 3.0 * rc.deadband_uohm)
+        events: list[tuple[str, int, str]] = []
+        for k in np.flatnonzero(moved | inband).tolist():
+            how = (f"resistance control moved the beam {r_moves[k]:+.1f} mm" if moved[k]
+                   else f"R within {abs(err[k]):.2f} µΩ of its target: nothing left to correct")  # fmt: skip
+            events.append(("beam_restore_resolved", k, f"handed-over restore ({q.handed_mm[k]:+.1f} mm owed): {how}"))
+        done = moved | inband
+        q.clear_handover(np.flatnonzero(done))
+        self._hand_armed[done] = False
+        return events
+
     # ------------------------------------------------------------------ the cycle
     def step(self, meas: Measurements, now: float) -> Commands:
         """One control cycle: measurements of this scan in, commands out (no I/O)."""
@@ -224,14 +510,33 @@ class PotController:
         lost = cut | tripped | (line_ok & (i_cell <= cfg.detection.min_current_ka))
         # command authority: the cell's potroom PLC is in remote (observe_only: moot)
         remote = np.ones(n, dtype=bool) if cfg.observe_only else meas.remote_mask()
-        if self._remote_prev is None:
-            self._remote_prev = remote.copy()
+        cell_ok = np.asarray(meas.cell_ok, dtype=bool)
+        beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
+        feed = np.asarray(meas.feeder_ack, dtype=np.int64)
+        if self._queued_events:
+            events += self._queued_events
+            self._queued_events = []
+        if self._pending_intent is not None:  # restore_beam_intent without measurements: now
+            data, gap_s, same = self._pending_intent
+            self._pending_intent = None
+            events += self._import_intent(data, meas, now, gap_s, same)
+            self._beam_prev = beam.copy()
+        if self._auth is None:
+            self._auth = remote.copy()
             self._remote_since[~remote] = np.inf
-        took = remote & ~self._remote_prev
-        gave = ~remote & self._remote_prev
-        self._remote_prev = remote.copy()
+        # a cell without data keeps its last known authority: a link drop is not local control
+        auth = np.where(cell_ok, remote, self._auth)
+        took = auth & ~self._auth
+        gave = ~auth & self._auth
+        self._auth = auth
         if gave.any():  # handed to local: the PLC's automation owns feeding and the beam now
-            self.quench.release(gave)
+            q = self.quench
+            owing = gave & (q.state != IDLE) & q.owes
+            q.park(np.flatnonzero(owing), now)  # the owed restore waits (local_grace_s), then is handed over
+            q.release(gave & ~owing)
+            self.beam_inflight_mm[gave] = 0.0  # the bridge drops its queue; the acks show what was done
+            self._inflight_t[gave] = np.nan
+            self._hand_armed[gave] = False
             self.predictor.reset_reference(gave)
             self._remote_since[gave] = np.inf
         if took.any():
@@ -241,8 +546,6 @@ class PotController:
         if local.any():
             self.feeding.hold_local(local, now)
 
-        beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
-        feed = np.asarray(meas.feeder_ack, dtype=np.int64)
         if first:
             self._beam_prev = beam.copy()
             self._feed_prev = feed.copy()
@@ -256,6 +559,9 @@ class PotController:
         self._beam_prev = beam.copy()
         self._feed_prev = feed.copy()
         moved = np.abs(d_beam) > 0.05
+        self._reconcile_inflight(d_beam, now)
+        pos = beam + self.beam_inflight_mm  # where the beam goes with the moves already commanded
+        r_now = (u - cfg.e0_v) / np.maximum(i_cell, 1e-6) * 1e3  # pseudo-resistance [µΩ]
         ops_end = self._ops_prev & ~ops
         ac_end = self._ac_prev & ~anode_change
         ac_start = anode_change & ~self._ac_prev
@@ -287,20 +593,20 @@ class PotController:
                 where = "" if remote[k] else ", room in local control: the PLC's AE kill acts"
                 events.append(("ae_start", int(k),
                                f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s{where}"))  # fmt: skip
-            q_shots += self.quench.start(np.flatnonzero(own), now, beam)
+            q_shots += self.quench.start(np.flatnonzero(own), now, pos, self._r_calm)
             self._check_repeats(st, now, events)
             self.feeding.force_overfeed(mask & remote, now, cfg.feeding.post_ae_overfeed_s)
             self.predictor.reset(mask)
             self.resistance.lock(mask, now + cfg.resistance.lock_after_ae_s)
         # an AE burning on a cell in remote that the quench does not hold: it started under
         # local control (taken back mid-AE, or confirmed just after): feed only, no pumping
-        orphan = remote & self.detector.active & (self.quench.state == IDLE)
+        orphan = remote & self.detector.active & ((self.quench.state == IDLE) | self.quench.parked)
         if orphan.any() and cfg.quench.enabled:
             oc = np.flatnonzero(orphan)
             t0 = np.array([self.detector.open_record(int(k)).start_s for k in oc])
             burning_now = self.detector.active & ~self.detector.below_end_threshold()
             pre = np.where(np.isfinite(self._beam_calm), self._beam_calm, beam)
-            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now)
+            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now, self._r_calm)
             q_shots += a_shots
             if adopted.size:
                 amask = np.zeros(n, dtype=bool)
@@ -319,6 +625,12 @@ class PotController:
                                                      f"confirmation; the next AE feed waits for confirmation for {hold:.0f} min"))  # fmt: skip
         calm = ~(self.detector.pending | self.detector.active)
         self._beam_calm[calm] = beam[calm]
+        # calm pseudo-resistance (judges beam moves in doubt); a beam move steps it
+        r_ok_calm = valid & calm & ~self.detector.lv_active & ~ops
+        fresh_r = np.isnan(self._r_calm) | moved
+        self._r_calm = np.where(r_ok_calm, np.where(fresh_r, r_now, self._r_calm + R_CALM_ALPHA * (r_now - self._r_calm)),
+                                self._r_calm)  # fmt: skip
+        events += self._beam_intent_housekeeping(now, auth, cell_ok, valid, pos)
         if det.ended.size:
             self.quench.ended(det.ended, now)
             self._hv_end_t[det.ended] = now
@@ -352,7 +664,7 @@ class PotController:
 
         # ---- 3. slope tracker, observer, prediction
         in_ae = self.detector.active | self.detector.lv_active
-        r_uohm = (u - cfg.e0_v) / np.maximum(i_cell, 1e-6) * 1e3
+        r_uohm = r_now
         r_ok = valid & ~in_ae & ~ops & ~self.quench.busy
         # operations start/end and beam moves step R: drop/shift history instead of a false slope
         self.predictor.rebase(moved | ops_end | ops_start)
@@ -421,7 +733,10 @@ class PotController:
 
         # ---- 5. quench
         burning = self.detector.active & ~self.detector.below_end_threshold()
-        qs, q_moves, q_ev = self.quench.step(now, burning, ops | ~remote, beam)
+        # no stroke nor restore where it could not happen: tapping/anode change, out of circuit,
+        # no data, local control, or nothing is sent at all
+        no_beam = ops | cut | ~cell_ok | ~remote | cfg.observe_only
+        qs, q_moves, q_ev = self.quench.step(now, burning, no_beam, beam, self.beam_inflight_mm)
         q_shots += qs
         events += q_ev
 
@@ -452,9 +767,17 @@ class PotController:
         r_ctl = r_rich
         eligible = (valid & remote & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean
                     & (window | post_op))  # fmt: skip
+        hand = self.quench.handed
+        if hand.any():  # restores handed over: resistance control takes them once it can command
+            arm = hand & ~self._hand_armed & remote & cell_ok & ~cfg.observe_only
+            if arm.any():
+                self.resistance.take_over(arm, now)
+                self._hand_armed |= arm
         r_moves = np.zeros(n)
         if rc.enabled:
             r_moves = self.resistance.step(now, r_ctl, eligible)
+        if hand.any():
+            events += self._resolve_handovers(now, eligible | (valid & remote & ~ops & ~in_ae), r_ctl, r_moves)
 
         # ---- 7. amperage
         ae_excess = np.where(
@@ -497,9 +820,14 @@ class PotController:
             moves = q_moves + r_moves
             # interlock: never a beam move on a cell in tapping/anode change, out of circuit,
             # with bad data or in local control
-            moves = np.where(ops | cut | ~np.asarray(meas.cell_ok, dtype=bool) | ~remote, 0.0, moves)
+            moves = np.where(ops | cut | ~cell_ok | ~remote, 0.0, moves)
             cmds.feed_shots = shots.astype(np.int64)
             cmds.beam_move_mm = moves
+            sent = np.abs(moves) >= 0.05  # (the bridge sends nothing smaller)
+            if sent.any():
+                newly = sent & (self.beam_inflight_mm == 0.0)
+                self._inflight_t[newly] = now
+                self.beam_inflight_mm[sent] += moves[sent]
             if cfg.amperage.enabled:
                 cmds.line_setpoint_ka = sp
             self.feeding.add_fed(np.where(fed_ok, q_shots + pre_shots, 0))

@@ -14,7 +14,10 @@ to [``min_move_mm``, ``max_move_mm``]. Limits (docs/domain.md §2 "Resistance co
   ``max_move_after_operation_mm`` is allowed in a window after the lock; the caller also withholds cells during the lean
   part of an underfeed, during an AE/quench, tapping and anode change;
 * after an anode change the target is raised by ``anode_change_increment_uohm``,
-  fading linearly over ``anode_change_increment_s`` (a new anode runs cold).
+  fading linearly over ``anode_change_increment_s`` (a new anode runs cold);
+* a beam restore the quench could not make is handed over (``take_over``): the cell's
+  lock is lifted and the post-operation correction window opens, so the beam is brought
+  back from R (one larger correction, as after tapping) instead of an hour later.
 """
 
 from __future__ import annotations
@@ -62,6 +65,17 @@ class ResistanceController:
         self.lock(mask, t + lock_s)
         self.boost_from = np.where(mask, t + lock_s, self.boost_from)
         self.boost_until = np.where(mask, t + lock_s + self.cfg.operation_window_s, self.boost_until)
+
+    def take_over(self, mask: np.ndarray, t: float) -> None:
+        """``mask`` cells get a beam restore handed over at ``t`` [s]: lift their lock-out
+        (the AE lock included), open the correction window (``max_move_after_operation_mm``,
+        moves 600 s apart at most) for ``operation_window_s``, and forget the direction of
+        the last move (the owed move answers the quench, not an earlier correction)."""
+        mask = np.asarray(mask, dtype=bool)
+        self.lock_until = np.where(mask, t, self.lock_until)
+        self.boost_from = np.where(mask, t, self.boost_from)
+        self.boost_until = np.where(mask, t + self.cfg.operation_window_s, self.boost_until)
+        self.last_dir = np.where(mask, 0, self.last_dir).astype(np.int8)
 
     def boosted(self, t: float) -> np.ndarray:
         """Cells inside their post-operation correction window."""
