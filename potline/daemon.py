@@ -59,6 +59,7 @@ from potline.recorder import JournalRecorder
 from potline.sd_notify import Notifier
 
 if TYPE_CHECKING:
+    from plc_bridge.opcua_security import SecurityEvent
     from plc_bridge.plant import BridgePlant, DeviceEndpoint
     from plc_bridge.runtime import ControlRuntime, CycleInfo
     from potctl.config import ControlConfig
@@ -421,16 +422,30 @@ class Daemon:
             fut = asyncio.run_coroutine_threadsafe(self.set_mode(mode, "opcua", user=user), main_loop)
             await asyncio.wrap_future(fut)
 
+        def security_event(ev: SecurityEvent) -> None:  # runs in the mirror thread
+            try:
+                main_loop.call_soon_threadsafe(self._security_event, ev)
+            except RuntimeError:  # the daemon's loop is closed: the log keeps it
+                log.warning("opcua.security_event_unjournalled", **ev.journal_fields())
+
         def factory() -> MirrorServer:
             m = MirrorServer(self.layout, security=self.loaded.security, host=oc.host, port=oc.port, path=oc.path,
                              scalar_period_s=oc.scalar_period_s, initial_mode=initial,
                              server_name=f"potline-twin mirror {self.name}")  # fmt: skip
             m.set_mode_handler(opcua_mode)
+            m.on_security_event(security_event)
             return m
 
         self.mirror = MirrorThread(factory, self.layout.plant)
         self.switch.mirror = self.mirror
         return self.mirror.start()
+
+    def _security_event(self, ev: SecurityEvent) -> None:
+        """A refused login or denied request on the mirror (a rate-limited summary): journal, metric, log."""
+        fields = ev.journal_fields()
+        self.metrics.opcua_security.labels(self.name, ev.kind).inc(ev.count)
+        log.warning("opcua.security_event", **fields)
+        self.recorder.append(**fields)
 
     async def _await_mirror(self, started: asyncio.Future[None]) -> None:
         """The mirror comes up beside the control loop; failing to listen stops the daemon (exit 1)."""
@@ -568,7 +583,10 @@ class Daemon:
 
     async def _close(self) -> None:
         if self.mirror is not None:
+            # the journal stays open until the mirror has stopped: its stop hands over the last
+            # security summaries (call_soon_threadsafe), run by the turn of the loop below
             await asyncio.to_thread(self.mirror.stop)
+            await asyncio.sleep(0)
         if self.bridge is not None:
             try:
                 await self.bridge.stop()

@@ -150,6 +150,10 @@ _KIND_CATEGORY = {
     "journal_lost": "alarm",
     "journal_tampered": "alarm",
     "journal_entries_dropped": "alarm",
+    "opcua_login_failed": "alarm",
+    "opcua_login_refused": "alarm",
+    "opcua_write_denied": "alarm",
+    "opcua_call_denied": "alarm",
     "handback": "daemon",
 }
 
