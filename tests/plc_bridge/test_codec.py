@@ -161,6 +161,8 @@ def test_bits_in_a_status_word():
 )
 # 4.3 / 0.1 = 42.99999999999999 in float64, yet raw 43 decodes to 4.3 exactly (found by CI)
 @example(dtype=DataType.INT16, scale=0.1, a=4.25, b=4.3, x=0.0)
+# a range holding only a subnormal float: never written (readers take one for a wrong word order)
+@example(dtype=DataType.FLOAT64, scale=1.0, a=5e-324, b=5e-324, x=0.0)
 def test_quantize_within_stays_inside_and_is_what_the_wire_carries(dtype, scale, a, b, x):
     lo, hi = min(a, b), max(a, b)
     if dtype is DataType.UINT16:
@@ -168,14 +170,14 @@ def test_quantize_within_stays_inside_and_is_what_the_wire_carries(dtype, scale,
     t = tag(dtype, scale=scale)
     v = codec.quantize_within(t, x, lo, hi)
     if v is None:
-        # only when no raw value of the type lands in [lo, hi]
+        # only when no raw value of the type lands in [lo, hi] (subnormal floats do not count)
         if dtype.is_float:
             ft = np.float32 if dtype is DataType.FLOAT32 else np.float64
             near = [ft(lo / scale)]
             for _ in range(3):
                 near += [np.nextafter(near[-1], ft(np.inf))]
             near += [np.nextafter(near[0], ft(-np.inf)), np.nextafter(np.nextafter(near[0], ft(-np.inf)), ft(-np.inf))]
-            assert not any(lo <= float(c) * scale <= hi for c in near)
+            assert not any(lo <= float(c) * scale <= hi for c in near if not codec.is_subnormal(float(c), dtype))
             return
         assert dtype.is_int
         rlo, rhi = codec.RAW_RANGE[dtype]
