@@ -170,6 +170,7 @@ class PotController:
         self._inflight_t = np.full(n, np.nan)
         #: calm pseudo-resistance (smoothed; NaN: none yet) [µΩ]
         self._r_calm = np.full(n, np.nan)
+        self._r_calm_since = np.full(n, np.nan)  # start of the current calm stretch [s]
         #: handed-over restores whose resistance-control takeover is armed
         self._hand_armed = np.zeros(n, dtype=bool)
         #: sequences restored from exported intent whose AE the detector has not seen yet
@@ -320,7 +321,7 @@ class PotController:
         for k in c[self.beam_inflight_mm[c] != 0.0].tolist():
             f = float(self.beam_inflight_mm[k])
             if q.state[k] != IDLE and q.owes[k]:
-                q.doubt_mm[k] += f
+                q.add_doubt(k, f, now)
                 self._queued_events.append(("beam_move_in_doubt", k, f"PLC restart with a {f:+.1f} mm move in "
                                             "flight: judged from R before the beam is restored"))  # fmt: skip
             self.beam_inflight_mm[k] = 0.0
@@ -395,8 +396,9 @@ class PotController:
             self.beam_inflight_mm[k] = infl
             self._inflight_t[k] = float(ft) + shift_s if infl and ft is not None else (now if infl else np.nan)
             has_q = q.state[k] != IDLE
+            if has_q and doubt:
+                q.add_doubt(k, doubt, now)
             if has_q:
-                q.doubt_mm[k] += doubt
                 self._imported_active[k] = q.state[k] in (ACTIVE, ESCALATED)
             self._hand_armed[k] = False
             what = []
@@ -454,7 +456,9 @@ class PotController:
                 g = q.intent.local_grace_s
                 events += q.hand_over(np.flatnonzero(over), now, pos,
                                       f"room in local control for more than {g:.0f} s: the PLC's ACD control owns the beam")  # fmt: skip
-        doubt = (q.doubt_mm != 0.0) & (q.state == RESTORING) & (now >= q.restore_t) & ~q.parked
+        # R calm for doubt_settle_s since the doubt arose (a doubt from a restart: since the start)
+        settled = now - np.fmax(q.doubt_t, self._r_calm_since) >= q.intent.doubt_settle_s
+        doubt = (q.doubt_mm != 0.0) & (q.state == RESTORING) & (now >= q.restore_t) & ~q.parked & settled
         doubt &= valid & ~seen_ae & ~det.lv_active & np.isfinite(self._r_calm)
         if doubt.any():
             events += q.resolve_doubt(np.flatnonzero(doubt), now, self._r_calm, pos, self.cfg.resistance.uohm_per_mm)
@@ -630,6 +634,9 @@ class PotController:
         fresh_r = np.isnan(self._r_calm) | moved
         self._r_calm = np.where(r_ok_calm, np.where(fresh_r, r_now, self._r_calm + R_CALM_ALPHA * (r_now - self._r_calm)),
                                 self._r_calm)  # fmt: skip
+        self._r_calm_since = np.where(
+            r_ok_calm, np.where(np.isnan(self._r_calm_since), now, self._r_calm_since), np.nan
+        )
         events += self._beam_intent_housekeeping(now, auth, cell_ok, valid, pos)
         if det.ended.size:
             self.quench.ended(det.ended, now)
@@ -747,6 +754,12 @@ class PotController:
         if ac_end.any():
             self.resistance.operation_ended(ac_end, now, rc.lock_after_anode_change_s)
             self.resistance.anode_changed(ac_end, now)
+        hand = self.quench.handed
+        if hand.any() and not cfg.observe_only:  # handed-over restores: resistance control takes them
+            arm = hand & ~self._hand_armed & remote & cell_ok
+            if arm.any():
+                self.resistance.take_over(arm, now)
+                self._hand_armed |= arm
         # The controlled R is the alumina-rich one (lowest filtered R since the last
         # overfeed began, shifted with every step the slope tracker rebased), judged early
         # in the underfeed, so the alumina cycle does not make the beam hunt; right after
@@ -767,12 +780,6 @@ class PotController:
         r_ctl = r_rich
         eligible = (valid & remote & ~ops & ~in_ae & ~self.quench.busy & ~self.predictor.alarm & ~lean
                     & (window | post_op))  # fmt: skip
-        hand = self.quench.handed
-        if hand.any():  # restores handed over: resistance control takes them once it can command
-            arm = hand & ~self._hand_armed & remote & cell_ok & ~cfg.observe_only
-            if arm.any():
-                self.resistance.take_over(arm, now)
-                self._hand_armed |= arm
         r_moves = np.zeros(n)
         if rc.enabled:
             r_moves = self.resistance.step(now, r_ctl, eligible)

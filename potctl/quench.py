@@ -105,6 +105,8 @@ class BeamIntentSettings:
         doubt_min_uohm: a move in doubt shifting R by less than this is not judged by R
             (handed over) [µΩ].
         doubt_fit_uohm: the R change must match the chosen hypothesis within this [µΩ].
+        doubt_settle_s: a move in doubt is judged no earlier than this after the doubt
+            arose, on R calm since (the smoothed R has followed the move by then) [s].
         local_grace_s: a room back in remote within this keeps its owed restores (made
             from the acknowledged position, e.g. after a PLC restart's moment in local);
             in local longer, they are handed over [s].
@@ -117,6 +119,7 @@ class BeamIntentSettings:
     restore_slack_mm: float = 5.0
     doubt_min_uohm: float = 1.0
     doubt_fit_uohm: float = 2.0
+    doubt_settle_s: float = 20.0
     local_grace_s: float = 120.0
 
 
@@ -175,6 +178,7 @@ class QuenchController:
         self.r_pre_uohm = np.full(n, np.nan)
         #: a commanded move the acknowledgements cannot confirm nor deny (PLC/daemon restart) [mm]
         self.doubt_mm = np.zeros(n)
+        self.doubt_t = np.full(n, np.nan)  # when it arose [s]
         #: owed restores of cells whose room went to local control: they wait there (no
         #: sequence runs) for ``local_grace_s``, then are handed over
         self.parked = np.zeros(n, dtype=bool)
@@ -379,6 +383,7 @@ class QuenchController:
         self.owed_since[cells] = np.nan
         self.attempts[cells] = 0
         self.doubt_mm[cells] = 0.0
+        self.doubt_t[cells] = np.nan
 
     def hand_over(self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray, why: str) -> list[Event]:
         """Give the owed restore of ``cells`` to resistance control: their sequences end,
@@ -427,6 +432,11 @@ class QuenchController:
         self.restore_t[c] = t + self.cfg.restore_delay_s
         self.next_t[c] = np.inf
 
+    def add_doubt(self, k: int, mm: float, t: float) -> None:
+        """A move of ``mm`` [mm] on cell ``k`` may or may not have been made (seen at ``t`` [s])."""
+        self.doubt_mm[k] += mm
+        self.doubt_t[k] = t
+
     def resolve_doubt(
         self, cells: np.ndarray, t: float, r_now_uohm: np.ndarray, beam_pos_mm: np.ndarray, uohm_per_mm: float
     ) -> list[Event]:
@@ -467,6 +477,7 @@ class QuenchController:
             if made:
                 self.pre_pos_mm[k] -= f  # the beam is f further than the total says
             self.doubt_mm[k] = 0.0
+            self.doubt_t[k] = np.nan
             events.append(("beam_move_reconciled", k,
                            f"move of {f:+.1f} mm in doubt judged {'made' if made else 'not made'} from R "
                            f"({seen:+.2f} µΩ since before the AE)"))  # fmt: skip
@@ -595,6 +606,7 @@ class QuenchController:
                 "adopted": bool(self.adopted[k]),
                 "attempts": int(self.attempts[k]),
                 "doubt_mm": float(self.doubt_mm[k]),
+                "doubt_t_s": _opt(float(self.doubt_t[k])),
                 "r_pre_uohm": _opt(float(self.r_pre_uohm[k])),
                 "parked_t_s": _opt(float(self.parked_t[k])) if self.parked[k] else None,
             }
@@ -634,6 +646,7 @@ class QuenchController:
             self.adopted[k] = bool(q.get("adopted", False))
             self.attempts[k] = attempts
             self.doubt_mm[k] = _num(q, "doubt_mm", w, none=0.0)
+            self.doubt_t[k] = _num(q, "doubt_t_s", w, none=math.nan) + shift_s
             self.r_pre_uohm[k] = _num(q, "r_pre_uohm", w, none=math.nan)
             parked = q.get("parked_t_s")
             self.parked[k] = parked is not None
