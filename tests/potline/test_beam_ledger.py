@@ -176,6 +176,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_ledger_never_a_dama
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env=env)
+        assert proc.stdout is not None
         try:
             for _ in range(rnd.randint(1, 6)):
                 line = readline(proc.stdout, 60.0, "the writer's progress line")
