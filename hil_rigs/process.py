@@ -116,7 +116,13 @@ def daemon_config_for_rig(
     amperage = control.setdefault("amperage", {})
     amperage.setdefault("voltage_limit_v", [float(v) for v in info["voltage_limit_v"]])
     bs = bridge_settings_for(scan_s, speed)
-    safety = {key: min(float(getattr(bs, key)), top) for key, top in _SAFETY_MAX_S.items()}
+    safety: dict[str, Any] = {key: min(float(getattr(bs, key)), top) for key, top in _SAFETY_MAX_S.items()}
+    # the rig PLCs' own heartbeat watchdog (as the rig computes it): the daemon gives up on a
+    # silent PLC no later than that PLC gives up on the daemon
+    watchdog = max(float(scenario.rig.watchdog_s), float(scenario.rig.watchdog_min_wall_s) * speed)
+    safety["plc_watchdog_s"] = watchdog
+    for key in ("stale_after_s", "plc_heartbeat_timeout_s"):
+        safety[key] = min(safety[key], watchdog)
     plcs: list[dict[str, Any]] = []
     for kind, key in (("rectifier", "line"), ("potroom", "room")):
         for i, ep in enumerate(info[f"{kind}s"]):

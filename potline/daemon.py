@@ -78,6 +78,8 @@ CONTROLLER_LOG_KEEP = 10_000
 ERROR_JOURNAL_EVERY_S = 60.0
 #: failed cycles in a row that take the daemon out of control
 ERRORS_LEAVE_CONTROL = 3
+#: safety-layer alarms shown in /readyz (``HealthState.NOT_READY_ALARMS`` of them make it 503)
+READYZ_ALARMS = frozenset({"out_of_bounds", "out_of_bounds_refused", "plc_value_unusable"})
 #: retry period of a bridge that failed to start [wall s]
 BRIDGE_RETRY_S = 5.0
 VERSION = "0.1.0"
@@ -314,6 +316,7 @@ class Daemon:
         if self.bridge is not None:
             m.alarms_active.labels(nm).set(float(sum(len(d.writer.active_alarms) for d in self.bridge.devices
                                                      if d.writer is not None)))  # fmt: skip
+            self._show_plc_alarms(self.bridge)
         self.recorder.commit()
         self._errors_in_a_row = 0
         self.health.last_cycle_mono = now_mono
@@ -331,6 +334,23 @@ class Daemon:
                 # comes up in its own thread beside the running loop, never before the first cycle
                 self.lifecycle.spawn(self._await_mirror(self._start_mirror()))
         self.switch.tick(info.t_s)
+
+    def _show_plc_alarms(self, bridge: BridgePlant) -> None:
+        """The safety layer's setpoint-bound alarms in ``/readyz`` (``plc_alarms``): a PLC value
+        outside the bounds being brought back, or refused, or unusable (``READYZ_ALARMS``)."""
+        shown = []
+        for d in bridge.devices:
+            w = d.writer
+            if w is None or not w.active_alarms:
+                continue
+            for a in w.active_alarms.values():
+                if a.kind in READYZ_ALARMS:
+                    shown.append({"plc": self.links.name_of(d.device), "device": d.device, "alarm": a.kind,
+                                  "tag": a.tag, "message": a.message})  # fmt: skip
+        if shown:
+            self.health.detail["plc_alarms"] = shown
+        else:
+            self.health.detail.pop("plc_alarms", None)
 
     def _on_error(self, exc: BaseException) -> None:
         self._errors_in_a_row += 1
@@ -380,20 +400,22 @@ class Daemon:
 
     async def _start_bridge(self) -> BridgePlant:
         """Connect to the PLCs (never fails for a PLC that is down: it keeps retrying)."""
-        from plc_bridge.plant import BridgePlant, BridgeSettings, DeviceEndpoint
+        from plc_bridge.plant import BridgePlant, BridgeSettings, DeviceEndpoint, rectifier_limits
 
         cfg, lay = self.cfg, self.layout
         by_dev = {pc.device: pc for pc in cfg.plc}
 
         def ep(dev: str) -> DeviceEndpoint:
             pc = by_dev[dev]
-            return DeviceEndpoint(pc.protocol, pc.host, pc.port, pc.path, pc.namespace)
+            return DeviceEndpoint(pc.protocol, pc.host, pc.port, pc.path, pc.namespace,
+                                  security=self.loaded.plc_security.get(pc.name))  # fmt: skip
 
         s = cfg.safety
         settings = BridgeSettings(
             stale_after_s=s.stale_after_s, plc_heartbeat_timeout_s=s.plc_heartbeat_timeout_s,
             setpoint_rate_ka_per_s=s.line_current_ramp_ka_per_s, setpoint_max_interval_s=s.setpoint_max_interval_s,
             setpoint_min_ka=s.line_current_min_ka, setpoint_max_ka=s.line_current_max_ka,
+            setpoint_deadband_ka=s.setpoint_deadband_ka, line_limits_ka=rectifier_limits(self.loaded.plant),
             ack_timeout_s=s.ack_timeout_s, verify_commands=s.verify_commands, modbus_timeout_s=s.modbus_timeout_s,
             opcua_timeout_s=s.opcua_timeout_s, frozen_after_s=s.frozen_voltage_after_s,
             rectifier_map=str(self.loaded.tagmap_paths["rectifier"]),
@@ -407,6 +429,9 @@ class Daemon:
         for d in bridge.devices:
             if d.writer is not None:
                 d.writer.on_record = self.router.record_callback(d)
+        losses = {self.links.name_of(dev): v for dev, v in bridge.capability_losses.items() if v}
+        if losses:  # what the maps do not give, in /readyz (the start log says it too: plc_capability_lost)
+            self.health.detail["capability_losses"] = losses
         self._apply_to_plant(self.mode)
         return bridge
 

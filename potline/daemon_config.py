@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +132,22 @@ class PlcSection(StrictModel):
     port: int = Field(ge=1, le=65535)
     path: str = Field("/plc/", description="OPC UA endpoint path")
     namespace: str | None = Field(None, description="OPC UA namespace URI of the tags (default: the server's last)")
+    # ---- OPC UA security of the bridge's client to this PLC (plc_bridge.opcua_client.PlcSecurity);
+    # none of these keys: no message security, anonymous. Paths relative to this file.
+    security_mode: Literal["None", "Sign", "SignAndEncrypt"] | None = Field(
+        None, description="OPC UA message security (default SignAndEncrypt once any security key is set)"
+    )
+    security_policy: Literal["Basic256Sha256"] | None = Field(None, description="OPC UA security policy")
+    certificate: Path | None = Field(None, description="the client's certificate (DER/PEM) from the plant's PKI")
+    private_key: Path | None = Field(None, description="its private key (PEM), with certificate")
+    certificate_dir: Path | None = Field(
+        None, description="or: where a self-signed client certificate is generated once (the PLC must trust it)"
+    )
+    server_certificate: Path | None = Field(None, description="the PLC server's certificate to pin (DER/PEM)")
+    username: str | None = Field(None, min_length=1, description="user token (None: anonymous)")
+    password_file: Path | None = Field(None, description="file whose first line is the password (preferred)")
+    password: str | None = Field(None, description="the password in the config (prefer password_file)")
+    application_uri: str | None = Field(None, min_length=1, description="the client's ApplicationUri")
 
     @model_validator(mode="after")
     def _where(self) -> PlcSection:
@@ -140,6 +156,12 @@ class PlcSection(StrictModel):
         if self.kind == "potroom" and not self.room:
             raise ValueError('a potroom PLC needs room = "<room name>"')
         return self
+
+    def security_keys(self) -> dict[str, Any]:
+        """The ``PLC_SECURITY_KEYS`` this section sets (empty: no security)."""
+        from plc_bridge.opcua_client import PLC_SECURITY_KEYS
+
+        return {k: getattr(self, k) for k in PLC_SECURITY_KEYS if getattr(self, k, None) is not None}
 
     @property
     def where(self) -> str:
@@ -165,6 +187,12 @@ class SafetySection(StrictModel):
     setpoint_max_interval_s: float = Field(10.0, gt=0.0, le=600.0, description="longest time credited to a ramp step")
     line_current_min_ka: float | None = Field(None, ge=0.0, description="tighter than the tag map")
     line_current_max_ka: float | None = Field(None, gt=0.0, description="tighter than the tag map")
+    setpoint_deadband_ka: float = Field(
+        0.01,
+        ge=0.0,
+        le=5.0,
+        description="a setpoint within this of what the PLC holds is not rewritten (nor journalled)",
+    )
     stale_after_s: float = Field(10.0, gt=0.0, le=600.0, description="no action on data older than this")
     plc_heartbeat_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="PLC counter stale after this")
     plc_watchdog_s: float | None = Field(
@@ -303,6 +331,7 @@ class LoadedConfig:
         state_dir, journal_path, mode_file: resolved paths.
         security: the mirror's ``OpcUaSecurityConfig`` (None when the mirror is off).
         journal_key_file: the journal's HMAC key file, checked (``journal.hmac_key_file``; None: unkeyed).
+        plc_security: PLC name -> the bridge client's ``PlcSecurity`` (None: no security, anonymous).
     """
 
     source: Path
@@ -317,6 +346,7 @@ class LoadedConfig:
     mode_file: Path | None
     security: Any
     journal_key_file: Path | None = None
+    plc_security: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -380,7 +410,15 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
     if ctrl_data is None and plant is not None:
         ctrl_data, ctrl_file = dict(plant.control), plant_file
     try:
-        control = control_config_from_dict(ctrl_data or {}, ctrl_file) if isinstance(ctrl_data or {}, dict) else None
+        control = None
+        if isinstance(ctrl_data or {}, dict):
+            ctrl_in = dict(ctrl_data or {})
+            amp = ctrl_in.get("amperage")
+            if plant is not None and (amp is None or (isinstance(amp, dict) and "voltage_limit_v" not in amp)):
+                # the rectifiers' voltage limits are the plant's unless the table sets them
+                ctrl_in["amperage"] = {**(amp or {}),
+                                       "voltage_limit_v": [float(ln.rectifier.voltage_limit_v) for ln in plant.lines]}  # fmt: skip
+            control = control_config_from_dict(ctrl_in, ctrl_file)
     except ConfigError as exc:
         issues += exc.issues
     if control is None and not any(i.key.startswith("control") for i in issues):
@@ -497,6 +535,12 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         except ValueError as exc:
             issues.append(Issue(file, "opcua.security", str(exc)))
 
+    # ---- the bridge's OPC UA security towards each PLC
+    plc_security: dict[str, Any] = {}
+    if cfg is not None:
+        plc_security, sec_issues = _plc_security(file, base, cfg)
+        issues += sec_issues
+
     # ---- journal key (its error names the file)
     key_file = None
     if cfg is not None and cfg.journal.hmac_key_file is not None:
@@ -526,7 +570,38 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         mode_file=mode_file,
         security=security,
         journal_key_file=key_file,
+        plc_security=plc_security,
     )
+
+
+def _plc_security(file: str, base: Path, cfg: DaemonConfig) -> tuple[dict[str, Any], list[Issue]]:
+    """Each PLC's ``PlcSecurity`` (None without security keys) and the problems: keys on a
+    Modbus PLC, combinations ``PlcSecurity`` refuses, files that do not exist."""
+    from plc_bridge.opcua_client import PlcSecurity
+
+    out: dict[str, Any] = {}
+    issues: list[Issue] = []
+    for i, pc in enumerate(cfg.plc):
+        key = f"plc[{i}:{pc.name}]"
+        keys = pc.security_keys()
+        out[pc.name] = None
+        if not keys:
+            continue
+        if pc.protocol != "opcua":
+            issues.append(Issue(file, f"{key}.{next(iter(keys))}", f"expected no OPC UA security keys on a "
+                                f"{pc.protocol} PLC (they configure the OPC UA client), got {', '.join(keys)}"))  # fmt: skip
+            continue
+        try:
+            sec = PlcSecurity.from_mapping(keys, base)
+        except ValueError as exc:
+            issues.append(Issue(file, key, str(exc)))
+            continue
+        for name in ("certificate", "private_key", "server_certificate", "password_file"):
+            p = getattr(sec, name)
+            if p is not None and not p.is_file():
+                issues.append(Issue(file, f"{key}.{name}", f"file not found: {p}"))
+        out[pc.name] = sec
+    return out, issues
 
 
 def _cross_check(file: str, cfg: DaemonConfig, layout: Any, tagmaps: dict[str, Any]) -> list[Issue]:
@@ -699,9 +774,9 @@ def _bounds_issues(src: _Sources, cfg: DaemonConfig, plant: Any, control: Any, m
     tag_max: list[_Limit] = []
     tag_min: list[_Limit] = []
     rmap = maps.get("rectifier")
-    if rmap is not None and "line_current_sp" in rmap.tags:
-        t = rmap["line_current_sp"]
-        k = f"tags[{list(rmap.tags).index('line_current_sp')}:line_current_sp]"
+    t = rmap.role_tag("line_current_sp") if rmap is not None else None
+    if rmap is not None and t is not None:
+        k = f"tags[{list(rmap.tags).index(t.name)}:{t.name}]"
         tag_max.append(
             _Limit(t.hi, f"the rectifier tag map's setpoint limit, {src.tagmap_paths['rectifier']}: {k}.max")
         )

@@ -7,7 +7,9 @@
   detection and duration.
 * ``EventRouter.record_callback``: the safety layer's write records per device:
   setpoint and beam writes journalled; refused writes journalled the first time per
-  reason, then at most one summary a minute per device.
+  reason, then at most one summary a minute per device. What a written tag is comes from
+  its **role** in the device's tag map (a foreign map keeps the PLC's own tag names), and
+  a per-cell tag's cell from its place in the map's cell block.
 * ``ShadowRecorder``: in shadow, what the controller would send (and what the safety
   layer would make of a setpoint: clamp, ramp) is logged and journalled.
 """
@@ -65,10 +67,17 @@ def ae_record(detector: AEDetector, cell: int) -> AERecord | None:
 
 
 def cell_number(tag: str) -> int | None:
-    """Floor number from a per-cell tag name like ``cell007.beam_move``."""
+    """Floor number from a per-cell tag name like ``cell007.beam_move`` (a last resort: a tag
+    the device's map does not know)."""
     head = tag.split(".", 1)[0]
     digits = "".join(ch for ch in head if ch.isdigit())
     return int(digits) if digits else None
+
+
+def _tag_of(device: DeviceView, role: str) -> str:
+    """The tag giving plain ``role`` on ``device`` (its own name for a device without roles)."""
+    tag = getattr(device, "tag", None)
+    return str(tag(role)) if callable(tag) else role
 
 
 class EventRouter:
@@ -171,31 +180,52 @@ class EventRouter:
 
     # ------------------------------------------------------------------ write records
 
+    def tag_role(self, device: DeviceView, tag: str) -> tuple[str, int | None]:
+        """(role, floor number or None) of a tag of ``device``: the role its map gives it, the
+        cell from its place in the map's cell block (the room's k-th cell of the layout)."""
+        tm = getattr(device, "tagmap", None)
+        t = tm.tags.get(tag) if tm is not None else None
+        if t is None:  # not in the map: the name is the role (the shipped maps' convention)
+            return (tag.split(".", 1)[1] if "." in tag else tag), (cell_number(tag) if "." in tag else None)
+        if t.cell is None or tm is None or tm.cells is None:
+            return t.role, None
+        k = int(t.cell) - int(tm.cells.first)
+        lay = self.layout
+        if device.name in lay.room_names:
+            cells = np.flatnonzero(self._cell_room == list(lay.room_names).index(device.name))
+            if 0 <= k < cells.size:
+                return t.role, int(lay.cell_number[cells[k]])
+        return t.role, int(t.cell)
+
     def record_callback(self, device: DeviceView) -> Callable[[WriteRecord], None]:
         """A per-device ``WriteRecord`` callback (records carry no device of their own)."""
         lk = self.links.get(device.device)
         plc = lk.name if lk else device.device
         where = where_of(device)
+        roles: dict[str, tuple[str, int | None]] = {}
 
         def cb(rec: WriteRecord) -> None:
             self.metrics.setpoint_writes.labels(self.name, plc, rec.action).inc()
             tag = rec.tag
-            fld = tag.split(".", 1)[1] if "." in tag else tag
+            if tag not in roles:
+                roles[tag] = self.tag_role(device, tag)
+            role, cell = roles[tag]
             if rec.rejected:
-                self._refused(lk, plc, rec, where)
+                self._refused(lk, plc, rec, where, role, cell)
                 return
-            if fld == "line_current_sp":
+            if role == "line_current_sp":
                 self.recorder.append("setpoint_write", t_plant_s=rec.t, source=plc, tag=tag, value=rec.written,
                                      detail=(rec.reason or rec.action), data=rec.as_dict(), **where)  # fmt: skip
-            elif fld == "beam_move":
+            elif role == "beam_move":
                 mm = f"{rec.written:+.1f} mm" if rec.written is not None else "nothing"
                 self.recorder.append("command_write", t_plant_s=rec.t, source=plc, tag=tag, value=rec.written,
-                                     cell=cell_number(tag), detail=f"beam {mm} ({rec.action})",
-                                     data=rec.as_dict(), **where)  # fmt: skip
+                                     cell=cell, detail=f"beam {mm} ({rec.action})", data=rec.as_dict(),
+                                     **where)  # fmt: skip
 
         return cb
 
-    def _refused(self, lk: Link | None, plc: str, rec: WriteRecord, where: dict[str, Any]) -> None:
+    def _refused(self, lk: Link | None, plc: str, rec: WriteRecord, where: dict[str, Any], role: str,
+                 cell: int | None) -> None:  # fmt: skip
         """Refused writes: journal the first of a kind, then at most one summary a minute."""
         if lk is None:
             return
@@ -206,11 +236,10 @@ class EventRouter:
         if key != lk.refused_reason or now - lk.refused_journal_mono >= REFUSAL_JOURNAL_EVERY_S:
             n = lk.refused_count
             lk.refused_reason, lk.refused_journal_mono, lk.refused_count = key, now, 0
-            fld = rec.tag.split(".", 1)[-1]
             self.recorder.append("write_refused", t_plant_s=rec.t, source=plc, tag=rec.tag, value=rec.requested,
-                                 cell=cell_number(rec.tag) if "." in rec.tag else None,
-                                 detail=f"{fld}: {reason}" + (f" ({n} refused since the last entry)" if n > 1 else ""),
-                                 data={"refused": n, **rec.as_dict()}, **where)  # fmt: skip
+                                 cell=cell,
+                                 detail=f"{role}: {reason}" + (f" ({n} refused since the last entry)" if n > 1 else ""),
+                                 data={"refused": n, "role": role, **rec.as_dict()}, **where)  # fmt: skip
 
 
 class ShadowRecorder:
@@ -274,7 +303,7 @@ class ShadowRecorder:
         last = self._last_sp.get(line)
         if last is None and meas is not None and bool(meas.line_ok[line]):
             last = (float(meas.line_setpoint_ka[line]), now - self.scan_period_s)
-        d = decide(dev.writer.limits("line_current_sp"), requested, last[0] if last else None,
+        d = decide(dev.writer.limits(_tag_of(dev, "line_current_sp")), requested, last[0] if last else None,
                    last[1] if last else None, now)  # fmt: skip
         if d.value is not None:
             self._last_sp[line] = (float(d.value), now)

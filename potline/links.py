@@ -117,6 +117,11 @@ class LinkTracker:
     def get(self, device: str) -> Link | None:
         return self.links.get(device)
 
+    def name_of(self, device: str) -> str:
+        """The configured PLC name of a bridge device (the device itself when unknown)."""
+        lk = self.links.get(device)
+        return lk.name if lk is not None else device
+
     def down(self) -> tuple[str, ...]:
         """Names of the links that are not up (or not scanned yet), sorted."""
         return tuple(sorted(lk.name for lk in self.links.values() if not lk.up))

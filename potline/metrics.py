@@ -37,6 +37,11 @@ __all__ = ["DaemonMetrics", "HealthState", "MetricsServer"]
 log = structlog.get_logger(__name__)
 
 
+#: safety-layer alarms that make ``/readyz`` 503: the PLC holds a setpoint outside the bounds
+#: that cannot be brought back, or its value is unusable (nothing can be written to it)
+NOT_READY_ALARMS = frozenset({"out_of_bounds_refused", "plc_value_unusable"})
+
+
 @dataclass(slots=True)
 class HealthState:
     """What ``/healthz`` and ``/readyz`` report (updated by the daemon's loop).
@@ -85,6 +90,9 @@ class HealthState:
             reasons.append("stopping")
         if "journal" in self.detail:
             reasons.append("journal " + str(self.detail["journal"]))
+        for a in self.detail.get("plc_alarms", ()):
+            if a.get("alarm") in NOT_READY_ALARMS:
+                reasons.append(f"{a.get('plc')}: {a.get('alarm')}: {a.get('message')}")
         if "disarmed" in self.detail:
             reasons.append("control disarmed until an operator re-arms it: " + str(self.detail["disarmed"]))
         ok = not reasons
