@@ -285,13 +285,16 @@ class PotController:
           relative to the acknowledgement at export; a move that was in flight is in doubt
           (``doubt_mm``) and judged from the resistance when the cell is calm
           (``QuenchController.resolve_doubt``), or handed over when it cannot be.
-        * a cell found in local control (good data, not remote) has its owed restore
-          parked as if its room had just gone local.
+        * a cell found in local control (good data, not remote: its PLC's watchdog expired
+          while no controller ran) has its owed restore parked as if its room had just gone
+          local when the acknowledgements continue; with a new base the PLC's moves in the
+          gap cannot be known, so the restore is handed over to resistance control.
 
         Args:
             data: exported intent.
-            meas: the first measurements of this run (the real ``cell_remote``, not a mode's
-                as-if-remote view); None: reconcile at the next ``step``.
+            meas: the first measurements of this run, with the PLCs' real ``cell_remote``
+                (not a mode's as-if-remote view); None: reconcile with those of the next
+                ``step`` (then they must carry the real flags).
             now: plant time of ``meas`` [s] (required with ``meas``).
             gap_s: plant time elapsed since the export [s] (None: ``now`` − the export's
                 ``t_s`` when that is positive, else 0: a clock restarted from 0 loses the gap).
@@ -378,7 +381,7 @@ class PotController:
         shift_s = (now - max(gap, 0.0)) - t_s  # exported times -> this clock
         beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
         ok = np.asarray(meas.cell_ok, dtype=bool)
-        remote = np.ones(self.n, dtype=bool) if self.cfg.observe_only else meas.remote_mask()
+        remote = meas.remote_mask()  # the PLCs' own flags, also when observing
         q = self.quench
         bound = self.cfg.quench.max_total_down_mm + q.intent.restore_slack_mm
         events: list[tuple[str, int, str]] = []
@@ -416,7 +419,12 @@ class PotController:
             base = "acknowledgements continue" if continuous else "new acknowledgement base"
             events.append(("beam_intent_restored", k, f"{'; '.join(what) or 'nothing owed'} ({base})"))
             if has_q and ok[k] and not remote[k] and not q.parked[k]:
-                q.park(np.array([k]), now)  # found in local control: as if its room just went local
+                if continuous:  # found in local control: as if its room just went local
+                    q.park(np.array([k]), now)
+                else:
+                    events += q.hand_over(np.array([k]), now, beam + self.beam_inflight_mm,
+                                          "found in local control at restart: what the PLC's automation did to "
+                                          "the beam meanwhile is not in the new acknowledgement count")  # fmt: skip
         return events
 
     def _reconcile_inflight(self, d_beam: np.ndarray, now: float) -> None:

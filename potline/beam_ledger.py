@@ -27,17 +27,18 @@ File: ``<state_dir>/beam_ledger.json``, one JSON object::
 
 Daemon wiring (two calls; ``potline.daemon`` owns them):
 
-1. At start, once the controller exists::
+1. At start, on the first measurements the bridge reads (in ``_ModePlant.read``, before
+   ``as_if_remote``: the reconciliation needs the PLCs' real ``cell_remote``)::
 
        ledger = BeamLedger(state_dir / LEDGER_NAME, plant=layout.plant, n_cells=layout.n_cells)
-       res = ledger.restore_into(controller, plant_s_per_wall_s=clock_speed(clock))
+       res = ledger.restore_into(controller, meas, meas.t_s, plant_s_per_wall_s=clock_speed(clock))
        if res.alarm:   # journal an alarm entry (kind "beam_ledger_unusable") with res.alarm
 
    ``restore_into`` loads the file and hands the intent to
-   ``controller.restore_beam_intent(intent, gap_s=...)``, which reconciles it with the
-   first scan's acknowledgements (a new bridge counts them from 0). The measurements the
-   controller then steps on must carry the PLCs' real ``cell_remote`` (see
-   ``restore_beam_intent``).
+   ``controller.restore_beam_intent(intent, meas, now, gap_s=...)``, which reconciles it
+   with these acknowledgements (a new bridge counts them from 0, the default
+   ``same_ack_base=False``); its events (``beam_intent_restored``, maybe
+   ``beam_restore_handed_over``) come out with the first step's commands.
 
 2. Every cycle, after ``controller.step`` and **before** the commands are written (a
    move must be on disk before it can reach a PLC, so a kill between the two leaves a move
@@ -251,13 +252,18 @@ class BeamLedger:
         log.error("beam_ledger.unusable", path=str(p), problem=why)
         return LedgerLoad(None, msg)
 
-    def restore_into(self, controller: IntentHolder, *, plant_s_per_wall_s: float = 1.0) -> LedgerLoad:
-        """``load`` and hand the intent to ``controller.restore_beam_intent`` (reconciled with
-        the acknowledgements of its next step); never raises. Intent the controller refuses
-        is an unusable ledger (alarm naming the file and the key).
+    def restore_into(
+        self, controller: IntentHolder, meas: Any = None, now: float | None = None, *, plant_s_per_wall_s: float = 1.0
+    ) -> LedgerLoad:
+        """``load`` and hand the intent to ``controller.restore_beam_intent``; never raises.
+        Intent the controller refuses is an unusable ledger (alarm naming the file and key).
 
         Args:
             controller: the freshly built controller.
+            meas: the first measurements with the PLCs' real ``cell_remote`` (before any
+                as-if-remote view of observe/shadow), and ``now`` their plant time [s];
+                None: reconciled with the measurements of the controller's next step.
+            now: plant time of ``meas`` [s].
             plant_s_per_wall_s: plant seconds per wall second (the daemon clock's speed):
                 scales the time the ledger sat on disk into plant time.
         """
@@ -266,7 +272,7 @@ class BeamLedger:
             return res
         gap = None if res.gap_wall_s is None else res.gap_wall_s * plant_s_per_wall_s
         try:
-            controller.restore_beam_intent(res.intent, gap_s=gap)
+            controller.restore_beam_intent(res.intent, meas, now, gap_s=gap)
         except ValueError as exc:
             return self._unusable(f"key intent.{exc}")
         return res

@@ -363,7 +363,12 @@ def test_daemon_restart_from_exported_intent(phase, same_ack_base, clock_restart
         assert ("judged made" in detail) == phase.endswith("made")
 
 
-def test_restart_finds_the_room_in_local_and_hands_over_after_the_grace():
+@pytest.mark.parametrize("same_ack_base", [False, True])
+def test_restart_finds_the_room_in_local(same_ack_base):
+    """The PLC's watchdog dropped the room to local while no daemon ran. With a new
+    acknowledgement count the PLC's moves in the gap are unknown: the restore is handed
+    over at once. With the count continuing it waits ``local_grace_s`` like any room
+    gone local, then is handed over."""
     ctl, plc, ev = setup(local_grace_s=60.0)
     k = 0
     plc.ae[k] = True
@@ -371,13 +376,20 @@ def test_restart_finds_the_room_in_local_and_hands_over_after_the_grace():
     plc.ae[k] = False
     data = json.loads(json.dumps(ctl.beam_intent()))
     plc.t += 30.0
-    plc.remote = False  # the PLC's watchdog dropped it to local while no daemon ran
-    plc.new_bridge()
+    plc.remote = False
+    if not same_ack_base:
+        plc.new_bridge()
     ctl = controller(local_grace_s=60.0)
-    ctl.restore_beam_intent(data)  # reconciled with the next step's measurements
+    ctl.restore_beam_intent(data, same_ack_base=same_ack_base)  # reconciled with the next step's measurements
+    t0 = plc.t
     run(ctl, plc, 90, ev)
-    assert kinds(ev, k).count("beam_restore_handed_over") == 1
-    assert ctl.beam_intent()["cells"][0]["handed"]["why"].startswith("room in local control")
+    (h,) = [e for e in ev if e[1] == "beam_restore_handed_over"]
+    assert h[2] == k
+    if same_ack_base:
+        assert h[0] - t0 == pytest.approx(61.0, abs=1.0) and "local control for more than 60 s" in h[3]
+    else:
+        assert h[0] == t0 and "found in local control at restart" in h[3]
+    assert ctl.beam_intent()["cells"][0]["handed"]["owed_mm"] == pytest.approx(-float(plc.pos[k]))
 
 
 def test_commands_that_are_never_sent_owe_nothing():
