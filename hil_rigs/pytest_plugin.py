@@ -16,6 +16,12 @@ does). Fixtures:
   By default the rig runs in a child process (``python -m hil_rigs serve``) and the
   controller in the test process; ``start(..., process=False)`` keeps the rig in the
   test's event loop (fast unit-style tests, direct access via ``rig.rig``).
+  ``start(..., lockstep=True)`` (implies ``process=False``): rig and controller share a
+  ``LockstepClock`` — plant time moves only when the controller (or ``wait_until``)
+  sleeps, and only as fast as the rig's PLCs scan; sockets stay real. What happens in
+  plant time then no longer depends on how busy the machine is (a stall of the test
+  process is not a heartbeat lost or an AE seen late); how fast the loop runs in wall
+  time is a benchmark's business (``benchmarks/bench_hil_latency.py``).
   Faults: ``await rig.inject({"kind": "link_drop", "target": "all", "duration_s": 60})``.
 * ``hil_scenario`` — ``load_scenario`` (``hil_scenario("ae_storm", **overrides)``).
 
@@ -33,7 +39,56 @@ from hil_rigs.faults import Fault
 from hil_rigs.report import RigAssertionError, RigReport
 from hil_rigs.scenarios import Scenario, load_scenario
 
-__all__ = ["HilRig"]
+__all__ = ["HilRig", "LockstepClock"]
+
+
+class LockstepClock:
+    """Plant time [s] for an in-process rig and the controller against it, moved in lockstep.
+
+    ``sleep(s)`` moves the time forward in steps of at most ``step_s`` and, after each,
+    waits until the rig (``attach``) has run two PLC scans — so the PLCs see every step, as
+    they would scan every fraction of a second in real time. ``now()`` stands still
+    meanwhile, whatever the wall clock does. Each wait fails after ``timeout_wall_s``.
+    """
+
+    def __init__(self, step_s: float = 1.0, timeout_wall_s: float = 60.0, start: float = 0.0) -> None:
+        if step_s <= 0:
+            raise ValueError(f"lockstep step must be > 0 s, got {step_s}")
+        self.step_s = float(step_s)
+        self.timeout_wall_s = float(timeout_wall_s)
+        self._t = float(start)
+        self.rig: Any = None
+
+    def attach(self, rig: Any) -> None:
+        """The in-process ``hil_rigs.rig.Rig`` whose scans pace this clock."""
+        self.rig = rig
+
+    def now(self) -> float:
+        return self._t
+
+    async def sleep(self, seconds: float) -> None:
+        end = self._t + max(0.0, seconds)
+        if end <= self._t:
+            await asyncio.sleep(0)
+            return
+        while self._t < end - 1e-9:
+            self._t = min(self._t + self.step_s, end)
+            await self._scans(2)
+
+    async def _scans(self, n: int) -> None:
+        rig = self.rig
+        if rig is None:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        target, deadline = rig.ticks + n, loop.time() + self.timeout_wall_s
+        while rig.ticks < target:
+            task = getattr(rig, "_task", None)
+            if task is not None and task.done():
+                raise RigAssertionError(f"the rig's scan task ended: {rig.errors[-1:] or task}")
+            if loop.time() > deadline:
+                raise TimeoutError(f"the rig ran no PLC scan within {self.timeout_wall_s:g} wall s")
+            await asyncio.sleep(0.002)
 
 
 class HilRig:
@@ -52,11 +107,20 @@ class HilRig:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, scenario: Scenario | str, *, process: bool = True, speed: float | None = None,
-                    **overrides: Any) -> HilRig:  # fmt: skip
-        """Start a rig for ``scenario`` (name, path or ``Scenario``) with dotted ``overrides``."""
+                    lockstep: bool = False, **overrides: Any) -> HilRig:  # fmt: skip
+        """Start a rig for ``scenario`` (name, path or ``Scenario``) with dotted ``overrides``
+        (``lockstep``: in-process, on a ``LockstepClock``; see the module docstring)."""
         sc = load_scenario(scenario, **overrides)
         self.scenario = sc
-        if process:
+        if lockstep:
+            from hil_rigs.rig import Rig
+
+            clock = LockstepClock()
+            self.rig = Rig(sc, speed=speed, clock=clock)
+            clock.attach(self.rig)
+            await self.rig.start()
+            self.endpoints = self.rig.endpoints()
+        elif process:
             from hil_rigs.process import RigProcess
 
             wd = None if self.tmp_path is None else self.tmp_path / f"rig-{sc.name}"
@@ -108,6 +172,9 @@ class HilRig:
         """Wait until plant time ``t_s`` [s]; fail after ``timeout_wall_s`` wall seconds
         (default: ten times the wall time it should take, at least a minute) or as soon as
         the rig process has exited."""
+        if self.rig is not None and isinstance(self.rig.clock, LockstepClock):
+            await self.rig.clock.sleep(t_s - self.now())
+            return
         speed = float(self.endpoints.get("speed", 1.0))
         if timeout_wall_s is None:
             timeout_wall_s = max(60.0, 10.0 * (t_s - self.now()) / speed)
