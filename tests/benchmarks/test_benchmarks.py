@@ -23,7 +23,7 @@ import pytest
 from benchmarks.numpy_reference import NumpyPotline
 from twin.cell_layout import A_AE_N, A_FED, O_U, S_AL2O3, S_BEAM_ACK, S_FEED_ACK, S_TBATH
 from twin.config import PlantConfig
-from twin.potline import Potline
+from twin.potline import KERNELS, Potline
 from twin.rectifier import R_I
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,8 +150,8 @@ def test_quick_suite_writes_model_json(quick_suite):
             _check_stats(t["ratio"][ratio])
     ref = doc["throughput"][1]
     assert ref["lines"] == 3 and 0.0 < ref["lines_balance"] <= 1.0
-    lines_kernel = ref["lines_balance"] >= ref["lines_balance_min"]
-    assert ref["parallel_kernel"] == ("whole lines per thread" if lines_kernel else "cells per sub-step")
+    # the default kernel is chosen by measurement as the plant runs: the JSON names the one that ran
+    assert ref["parallel_kernel"] in (*KERNELS, "auto") and ref["kernel_stats"]["mode"] == "auto"
     _check_stats(doc["pure_python"]["cell_steps_per_s"])
     for phase in ("cold", "warm"):
         _check_stats(doc["compile"][phase]["compile_total_s"])
