@@ -482,6 +482,9 @@ class MirrorServer:
         self._scalar_last = {q.name: np.full(n, np.nan) for q in self.cell_quantities}
         self._scalar_code = {q.name: np.full(n, _FORCE, dtype=np.uint32) for q in self.cell_quantities}
         self._status_written: dict[tuple[str, int], np.ndarray] = {}
+        self._status_all_good: set[tuple[str, int]] = set()  # status arrays last written all Good
+        self._array_nids: dict[tuple[str, int], ua.NodeId] = {}  # (quantity, room) -> array node (after start)
+        self._cell_nids: dict[str, list[ua.NodeId]] = {}  # quantity -> per-cell scalar nodes (after start)
         self._published: set[str] = set()
         self._last_scalar_t: float | None = None
         self._last_t = 0.0
@@ -627,6 +630,10 @@ class MirrorServer:
         ruleset = await configure_server_security(server, cfg, self.audit)
         self.idx = await server.register_namespace(self.namespace_uri)
         self._server = server
+        self._array_nids = {(q.name, r): self.array_node_id(q.name, r) for q in self.cell_quantities
+                            for r in range(self.layout.n_rooms)}  # fmt: skip
+        self._cell_nids = {q.name: [self.cell_node_id(q.name, k) for k in range(self.layout.n_cells)]
+                           for q in self.cell_quantities}  # fmt: skip
         if self._history is not None:
             server.iserver.history_manager.set_storage(self._history)
             init = getattr(self._history, "init", None)
@@ -952,11 +959,35 @@ class MirrorServer:
         dv = ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now)
         return await self.server.iserver.aspace.write_attribute_value(nid, ua.AttributeIds.Value, dv)
 
+    async def _write_arrays(self, q: QuantitySpec, now: ua.DateTime, report: PublishReport | None = None) -> None:
+        """Every room's array of ``q``; the common case (all Good, one scan time) costs no
+        per-room status work."""
+        codes, times = self._codes[q.name], self._times[q.name]
+        uniform: float | None = None
+        if times.size and not codes.any():
+            lo, hi = float(times.min()), float(times.max())
+            if lo == hi:
+                uniform = lo
+        for r in range(self.layout.n_rooms):
+            await self._write_room_array(q, r, now, report, uniform)
+
     async def _write_room_array(self, q: QuantitySpec, room: int, now: ua.DateTime,
-                                report: PublishReport | None = None) -> None:  # fmt: skip
+                                report: PublishReport | None = None, uniform: float | None = None) -> None:  # fmt: skip
         """Write one room's array of ``q`` (worst status, oldest usable source time) and, when
-        an element's status changed, its StatusCode array."""
+        an element's status changed, its StatusCode array (``uniform``: every element of ``q``
+        is Good from the scan at that plant time)."""
         cells = self._rooms_cells[room]
+        key = (q.name, room)
+        write = self.server.iserver.aspace.write_attribute_value
+        variant = ua.Variant(self._cell_values[q.name][cells].tolist(), q.vtype)
+        if uniform is not None:
+            dv = ua.DataValue(variant, StatusCode=self._status(GOOD), SourceTimestamp=self._stamp(uniform, now),
+                              ServerTimestamp=now)  # fmt: skip
+            status = await write(self._array_nids[key], ua.AttributeIds.Value, dv)
+            if key not in self._status_all_good:
+                await self._write_status_array(key, np.zeros(len(cells), dtype=np.uint32), now)
+            self._report_array(report, status, q, room)
+            return
         codes = self._codes[q.name][cells]
         times = self._times[q.name][cells]
         if not codes.any():
@@ -967,18 +998,26 @@ class MirrorServer:
             usable = times[(codes >> 30) < _BAD_SEVERITY]
             src = float(usable.min()) if usable.size else (float(np.nanmax(times)) if np.isfinite(times).any()
                                                            else math.nan)  # fmt: skip
-        variant = ua.Variant(self._cell_values[q.name][cells].tolist(), q.vtype)
         dv = ua.DataValue(variant, StatusCode=self._status(code), SourceTimestamp=self._stamp(src, now),
                           ServerTimestamp=now)  # fmt: skip
-        write = self.server.iserver.aspace.write_attribute_value
-        status = await write(self.array_node_id(q.name, room), ua.AttributeIds.Value, dv)
-        key = (q.name, room)
+        status = await write(self._array_nids[key], ua.AttributeIds.Value, dv)
         last = self._status_written.get(key)
         if last is None or not np.array_equal(last, codes):
-            self._status_written[key] = codes.copy()
-            sv = ua.Variant([self._status(c) for c in codes.tolist()], ua.VariantType.StatusCode)
-            await write(self.status_array_node_id(q.name, room), ua.AttributeIds.Value,
-                        ua.DataValue(sv, SourceTimestamp=now, ServerTimestamp=now))  # fmt: skip
+            await self._write_status_array(key, codes, now)
+        self._report_array(report, status, q, room)
+
+    async def _write_status_array(self, key: tuple[str, int], codes: np.ndarray, now: ua.DateTime) -> None:
+        self._status_written[key] = codes.copy()
+        if codes.any():
+            self._status_all_good.discard(key)
+        else:
+            self._status_all_good.add(key)
+        sv = ua.Variant([self._status(c) for c in codes.tolist()], ua.VariantType.StatusCode)
+        await self.server.iserver.aspace.write_attribute_value(
+            self.status_array_node_id(*key), ua.AttributeIds.Value, ua.DataValue(sv, SourceTimestamp=now,
+                                                                                  ServerTimestamp=now))  # fmt: skip
+
+    def _report_array(self, report: PublishReport | None, status: ua.StatusCode, q: QuantitySpec, room: int) -> None:
         if report is not None:
             if status.is_good():
                 report.arrays_written += 1
@@ -1075,8 +1114,7 @@ class MirrorServer:
                 self._set_state(q, self._cell_values[q.name], self._codes[q.name], self._times[q.name], arr, st, t)
                 self._published.add(q.name)
                 fresh.append(q)
-                for r in range(lay.n_rooms):
-                    await self._write_room_array(q, r, now, report)
+                await self._write_arrays(q, now, report)
             for q in self.line_quantities:
                 arr = self._take(snapshot, q, lay.n_lines, report)
                 if arr is None:
@@ -1160,11 +1198,12 @@ class MirrorServer:
             cells = np.flatnonzero(todo)
             if cells.size == 0:
                 continue
+            nids = self._cell_nids[q.name]
             for k, v, c, ts in zip(cells.tolist(), new[cells].tolist(), codes[cells].tolist(), times[cells].tolist(),
                                    strict=True):  # fmt: skip
                 dv = ua.DataValue(ua.Variant(v, q.vtype), StatusCode=self._status(c),
                                   SourceTimestamp=self._stamp(ts, now), ServerTimestamp=now)  # fmt: skip
-                status = await write(self.cell_node_id(q.name, k), value_attr, dv)
+                status = await write(nids[k], value_attr, dv)
                 if status.is_good():
                     report.scalars_written += 1
                 else:
@@ -1201,8 +1240,7 @@ class MirrorServer:
                 codes[codes == GOOD] = STALE
             for q in self.cell_quantities:
                 if q.name in self._published:
-                    for r in range(self.layout.n_rooms):
-                        await self._write_room_array(q, r, now)
+                    await self._write_arrays(q, now)
             for q in self.line_quantities:
                 if q.name in self._published:
                     await self._write_lines(q, now, None)

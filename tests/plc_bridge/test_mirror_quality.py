@@ -24,6 +24,7 @@ from asyncua import Client, ua
 from asyncua.common.subscription import DataChangeEvent
 
 from plc_bridge.opcua_server import NAMESPACE_URI, MirrorServer, ValueStatus, status_code
+from plc_bridge.plant import BridgePlant
 from plc_bridge.quality import LinkStatus
 from tests.plc_bridge.mirror_support import make_layout
 from tests.waits import wait_until
@@ -196,3 +197,81 @@ async def test_link_objects_show_each_plc_link() -> None:
         assert (await val("Since")).Value.Value.timestamp() == EPOCH + 12.0
         rect_up = await (await folder.get_child([f"{idx}:rectifier_Line1", f"{idx}:Since"])).read_value()
         assert rect_up.timestamp() == EPOCH + 10.0  # up all along: since it was first seen
+
+
+@pytest.mark.hil
+async def test_hil_bad_transmitter_and_link_loss_reach_a_plain_client() -> None:
+    """Rig -> BridgePlant -> MirrorModel (real observer) -> MirrorServer -> plain client."""
+    from hil_rigs.faults import Fault
+    from potline.mirror import MirrorModel, mirror_quantities
+    from tests.plc_bridge.test_hil_bridge import N, bench, cycle, settings, start_rig
+    from twin.observer import AluminaObserver
+
+    rig = await start_rig(bench("opcua")).start()
+    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, settings())
+    await plant.start()
+    lay = plant.layout
+    model = MirrorModel(lay, AluminaObserver(lay.n_cells))
+    mirror = MirrorServer(lay, mirror_quantities(), port=0, epoch_s=EPOCH)
+    try:
+        async with mirror, Client(mirror.endpoint_url, timeout=30) as c:
+
+            async def scan() -> Any:
+                """One controller scan, the mirror fed as the daemon feeds it."""
+                meas = await cycle(plant, rig)
+                model.update(meas)
+                report = await mirror.publish(model.snapshot(meas, None), meas.t_s,
+                                              status=model.status(meas, plant.quality, ae=False),
+                                              links=plant.links())  # fmt: skip
+                assert report.errors == []
+                return meas
+
+            async def dv(quantity: str, cell: int | None = None) -> ua.DataValue:
+                nid = mirror.array_node_id(quantity, 0) if cell is None else mirror.cell_node_id(quantity, cell)
+                return await c.get_node(nid).read_data_value(raise_on_bad_status=False)
+
+            async def link(device: str, name: str) -> Any:
+                return await c.get_node(mirror.link_node_id(device, name)).read_value()
+
+            for _ in range(40):  # until the PLCs are remote and the observer has been corrected
+                meas = await scan()
+                if meas.cell_ok.all() and meas.cell_remote.all() and model.valid.all():
+                    break
+            assert model.valid.all(), "the observer never saw good inputs"
+            u = await dv("CellVoltage")
+            assert code(u) == SC.Good and stamp(u) == EPOCH + meas.t_s
+            assert u.Value.Value == pytest.approx(meas.cell_voltage_v.tolist(), abs=1e-5)
+            assert code(await dv("AluminaEstimate", 3)) == SC.Good
+            room = c.get_node(ua.NodeId(ua.String(f"{lay.plant}.{lay.room_names[0]}"), ua.Int16(mirror.idx)))
+            names = {(await ch.read_browse_name()).Name for ch in await room.get_children()}
+            assert "CellVoltage" in names and "Superheat" not in names  # nothing estimates it: no node
+            assert await link(f"potroom:{lay.room_names[0]}", "Up") is True
+
+            # a broken transmitter: that cell's voltage, resistance and estimates stop being Good
+            await rig.inject(Fault(kind="bad_sensor", cells=[3]))
+            await scan()
+            meas = await scan()
+            assert code(await dv("CellVoltage", 3)) == SC.BadSensorFailure
+            assert code(await dv("PseudoResistance", 3)) == SC.BadSensorFailure
+            assert code(await dv("AluminaEstimate", 3)) == SC.UncertainSubNormal
+            assert code(await dv("CellVoltage", 2)) == SC.Good
+            u = await dv("CellVoltage")
+            assert code(u) == SC.UncertainSubNormal and len(u.Value.Value) == N  # the room's other values stay
+
+            # the potroom link goes dark: no cell value Good anywhere, the line untouched
+            await rig.inject(Fault(kind="link_drop", target="potroom", mode="refuse"))
+            meas = await scan()
+            assert not meas.cell_ok.any()
+            for k in range(N):
+                assert code(await dv("CellVoltage", k)) == SC.BadNoCommunication
+                assert code(await dv("AcdEstimate", k)) == SC.UncertainSubNormal  # open loop, not Good
+            u = await dv("CellVoltage")
+            assert code(u) == SC.BadNoCommunication and u.Value.Value is None
+            assert code(await c.get_node(mirror.line_node_id("LineCurrent", 0)).read_data_value()) == SC.Good
+            dev = f"potroom:{lay.room_names[0]}"
+            assert await link(dev, "Up") is False and await link(dev, "State") == "down"
+            assert await link(dev, "Reason") != ""
+            assert (await link(dev, "Since")).timestamp() == EPOCH + meas.t_s
+    finally:
+        await plant.stop()
+        await rig.stop()
