@@ -65,6 +65,26 @@ BEAM_INTENT_VERSION = 1
 R_CALM_ALPHA = 0.3
 
 
+def _shift_times(d: dict[str, Any], shift_s: float) -> dict[str, Any]:
+    """A copy of one exported cell entry with its times moved by ``shift_s`` [s]."""
+    out = dict(d)
+
+    def mv(table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        t = dict(table)
+        for key in keys:
+            v = t.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                t[key] = float(v) + shift_s
+        return t
+
+    out.update(mv(d, ("inflight_t_s",)))
+    if isinstance(d.get("quench"), dict):
+        out["quench"] = mv(d["quench"], ("t_start_s", "restore_t_s", "owed_since_s", "parked_t_s", "doubt_t_s"))
+    if isinstance(d.get("handed"), dict):
+        out["handed"] = mv(d["handed"], ("t_s",))
+    return out
+
+
 @dataclass(slots=True)
 class AlarmRecord:
     """One AE-prediction alarm: when, which cell, the time to AE it announced [s]."""
@@ -176,6 +196,10 @@ class PotController:
         #: sequences restored from exported intent whose AE the detector has not seen yet
         self._imported_active = np.zeros(n, dtype=bool)
         self._pending_intent: tuple[dict[str, Any], float | None, bool] | None = None
+        #: restored entries of cells without good data yet (reconciled at their first good
+        #: reading: a new bridge starts counting then), times on this clock
+        self._deferred_import: dict[int, dict[str, Any]] = {}
+        self._deferred_same = False
         self._queued_events: list[tuple[str, int, str]] = []
         #: when each cell was last taken back into remote control [s] (-inf: from the start,
         #: +inf: in local now); an AE that started before it is not the controller's to pump
@@ -241,11 +265,13 @@ class PotController:
                                    "target_mm": <pre-AE position, acknowledgement coordinates>,
                                    "t_start_s", "restore_t_s", "owed_since_s", "parked_t_s",
                                    "lowered", "pumps", "refed", "adopted", "attempts",
-                                   "doubt_mm", "r_pre_uohm"} | absent,
+                                   "doubt_mm", "doubt_t_s", "verify"} | absent,
                         "handed": {"owed_mm", "t_s", "why"} | absent}, ...]}
 
         Times are this controller's plant times [s]; positions [mm], + up. ``cells`` only
         changes when the intent does (a ledger can compare it to skip unchanged saves).
+        Entries restored from a ledger whose cell has had no good data since are listed as
+        they were restored (times on this clock).
         """
         prev = self._beam_prev
         cells: list[dict[str, Any]] = []
@@ -258,6 +284,9 @@ class PotController:
             }
             d.update(self.quench.export_cell(int(k)))
             cells.append(d)
+        listed = {d["cell"] for d in cells}
+        cells += [d for k, d in sorted(self._deferred_import.items()) if k not in listed]
+        cells.sort(key=lambda d: int(d["cell"]))
         return {"version": BEAM_INTENT_VERSION, "t_s": float(self._t_last or 0.0), "n_cells": self.n,
                 "cells": cells}  # fmt: skip
 
@@ -287,8 +316,12 @@ class PotController:
           (``QuenchController.resolve_doubt``), or handed over when it cannot be.
         * a cell found in local control (good data, not remote: its PLC's watchdog expired
           while no controller ran) has its owed restore parked as if its room had just gone
-          local when the acknowledgements continue; with a new base the PLC's moves in the
-          gap cannot be known, so the restore is handed over to resistance control.
+          local; with a new base the PLC's moves in the gap are in no count, so before the
+          restore is made the position is confirmed from R (``verify``), or the restore is
+          handed over to resistance control;
+        * a cell without good data in ``meas`` is reconciled at its first good reading (a
+          new bridge starts its count then); until then its entry is kept as restored and
+          exported as such.
 
         Args:
             data: exported intent.
@@ -374,13 +407,26 @@ class PotController:
     def _import_intent(
         self, data: dict[str, Any], meas: Measurements, now: float, gap_s: float | None, same: bool
     ) -> list[tuple[str, int, str]]:
-        """Apply validated intent against ``meas`` (see ``restore_beam_intent``)."""
+        """Apply validated intent against ``meas`` (see ``restore_beam_intent``); cells
+        without good data wait for their first good reading."""
         entries = self._check_intent(data)
         t_s = float(data["t_s"])
         gap = float(gap_s) if gap_s is not None else max(now - t_s, 0.0)
         shift_s = (now - max(gap, 0.0)) - t_s  # exported times -> this clock
-        beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
         ok = np.asarray(meas.cell_ok, dtype=bool)
+        shifted = [(k, _shift_times(d, shift_s)) for k, d in entries]
+        self._deferred_same = same
+        for k, d in shifted:
+            if not ok[k]:
+                self._deferred_import[k] = d
+        return self._import_cells([(k, d) for k, d in shifted if ok[k]], meas, now, same)
+
+    def _import_cells(
+        self, entries: list[tuple[int, dict[str, Any]]], meas: Measurements, now: float, same: bool
+    ) -> list[tuple[str, int, str]]:
+        """Reconcile restored entries (times on this clock) with the acknowledgements of
+        ``meas``, where these cells have good data (see ``restore_beam_intent``)."""
+        beam = np.asarray(meas.beam_ack_mm, dtype=np.float64)
         remote = meas.remote_mask()  # the PLCs' own flags, also when observing
         q = self.quench
         bound = self.cfg.quench.max_total_down_mm + q.intent.restore_slack_mm
@@ -392,39 +438,39 @@ class PotController:
             made = float(np.clip(g, min(0.0, f), max(0.0, f)))
             continuous = same and abs(g - made) <= bound
             shift_mm = 0.0 if continuous else g  # otherwise: positions relative to the export's ack
-            q.import_cell(k, d, f"cells[{k}]", shift_s, shift_mm)
+            q.import_cell(k, d, f"cells[{k}]", 0.0, shift_mm)
             infl, doubt = (f - made, 0.0) if continuous else (0.0, f)
             if abs(infl) < 0.05:
                 infl = 0.0
             self.beam_inflight_mm[k] = infl
-            self._inflight_t[k] = float(ft) + shift_s if infl and ft is not None else (now if infl else np.nan)
+            self._inflight_t[k] = float(ft) if infl and ft is not None else (now if infl else np.nan)
             has_q = q.state[k] != IDLE
             if has_q and doubt:
                 q.add_doubt(k, doubt, now)
             if has_q:
                 self._imported_active[k] = q.state[k] in (ACTIVE, ESCALATED)
             self._hand_armed[k] = False
+            found_local = has_q and not remote[k]
+            if found_local and not q.parked[k]:  # its PLC's watchdog expired while no controller ran
+                q.park(np.array([k]), now)
+            if has_q and (found_local or q.parked[k]) and not continuous:
+                q.verify[k] = True  # what its automation did in local is in no count: R confirms
+                q.doubt_t[k] = now
             what = []
             if has_q:
                 owed = float(q.pre_pos_mm[k] - beam[k] - infl)
-                what.append(
-                    f"restore owed {owed:+.1f} mm ({'parked' if q.parked[k] else ('AE' if q.state[k] != RESTORING else 'restoring')})"
-                )
+                state = "parked" if q.parked[k] else ("AE" if q.state[k] != RESTORING else "restoring")
+                what.append(f"restore owed {owed:+.1f} mm ({state})")
                 if q.doubt_mm[k]:
                     what.append(f"{float(q.doubt_mm[k]):+.1f} mm in doubt")
                 if infl:
                     what.append(f"{infl:+.1f} mm in flight")
+                if found_local:
+                    what.append("found in local control" + ("" if continuous else ": position to be confirmed by R"))
             if q.handed[k]:
                 what.append(f"handed over ({float(q.handed_mm[k]):+.1f} mm): {q.handed_why[k]}")
             base = "acknowledgements continue" if continuous else "new acknowledgement base"
             events.append(("beam_intent_restored", k, f"{'; '.join(what) or 'nothing owed'} ({base})"))
-            if has_q and ok[k] and not remote[k] and not q.parked[k]:
-                if continuous:  # found in local control: as if its room just went local
-                    q.park(np.array([k]), now)
-                else:
-                    events += q.hand_over(np.array([k]), now, beam + self.beam_inflight_mm,
-                                          "found in local control at restart: what the PLC's automation did to "
-                                          "the beam meanwhile is not in the new acknowledgement count")  # fmt: skip
         return events
 
     def _reconcile_inflight(self, d_beam: np.ndarray, now: float) -> None:
@@ -466,10 +512,11 @@ class PotController:
                                       f"room in local control for more than {g:.0f} s: the PLC's ACD control owns the beam")  # fmt: skip
         # R calm for doubt_settle_s since the doubt arose (a doubt from a restart: since the start)
         settled = now - np.fmax(q.doubt_t, self._r_calm_since) >= q.intent.doubt_settle_s
-        doubt = (q.doubt_mm != 0.0) & (q.state == RESTORING) & (now >= q.restore_t) & ~q.parked & settled
-        doubt &= valid & ~seen_ae & ~det.lv_active & np.isfinite(self._r_calm)
-        if doubt.any():
-            events += q.resolve_doubt(np.flatnonzero(doubt), now, self._r_calm, pos, self.cfg.resistance.uohm_per_mm)
+        judge = ((q.doubt_mm != 0.0) | q.verify) & (q.state == RESTORING) & (now >= q.restore_t) & ~q.parked & settled
+        judge &= valid & ~seen_ae & ~det.lv_active & np.isfinite(self._r_calm)
+        if judge.any():
+            events += q.resolve_doubt(np.flatnonzero(judge), now, self._r_calm, self.resistance.effective_target(now),
+                                      pos, self.cfg.resistance.uohm_per_mm)  # fmt: skip
         return events
 
     def _resolve_handovers(
@@ -533,6 +580,13 @@ class PotController:
             self._pending_intent = None
             events += self._import_intent(data, meas, now, gap_s, same)
             self._beam_prev = beam.copy()
+        if self._deferred_import:
+            got = [k for k in self._deferred_import if cell_ok[k]]
+            if got:
+                entries = [(k, self._deferred_import.pop(k)) for k in got]
+                events += self._import_cells(entries, meas, now, self._deferred_same)
+                if self._beam_prev is not None:
+                    self._beam_prev[got] = beam[got]
         if self._auth is None:
             self._auth = remote.copy()
             self._remote_since[~remote] = np.inf
@@ -605,7 +659,7 @@ class PotController:
                 where = "" if remote[k] else ", room in local control: the PLC's AE kill acts"
                 events.append(("ae_start", int(k),
                                f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s{where}"))  # fmt: skip
-            q_shots += self.quench.start(np.flatnonzero(own), now, pos, self._r_calm)
+            q_shots += self.quench.start(np.flatnonzero(own), now, pos)
             self._check_repeats(st, now, events)
             self.feeding.force_overfeed(mask & remote, now, cfg.feeding.post_ae_overfeed_s)
             self.predictor.reset(mask)
@@ -618,7 +672,7 @@ class PotController:
             t0 = np.array([self.detector.open_record(int(k)).start_s for k in oc])
             burning_now = self.detector.active & ~self.detector.below_end_threshold()
             pre = np.where(np.isfinite(self._beam_calm), self._beam_calm, beam)
-            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now, self._r_calm)
+            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now)
             q_shots += a_shots
             if adopted.size:
                 amask = np.zeros(n, dtype=bool)

@@ -57,9 +57,13 @@ coordinates) within ``restore_tolerance_mm``:
   handed-over restore stays recorded (``handed``) until resistance control resolved it
   (``PotController``); it is never forgotten;
 * a move in doubt (``doubt_mm``: commanded, and the acknowledgement total cannot say
-  whether it happened) is judged when the cell is calm from the pseudo-resistance: R
-  before the AE versus now, against what each hypothesis predicts (``resolve_doubt``);
-  until then no stroke or restore is made on that cell.
+  whether it happened), or a position that must be confirmed (``verify``: the cell was
+  in local control while nobody counted its moves), is judged when the cell is calm from
+  the pseudo-resistance: R now against resistance control's target plus what each
+  hypothesis puts the beam below its pre-AE position (``resolve_doubt``; the pre-AE
+  position is where resistance control wants the beam, and after an AE's overfeed the
+  bath is alumina-rich as that target assumes; R right before an AE is no reference, the
+  bath is lean then). Until then no stroke or restore is made on that cell.
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ class BeamIntentSettings:
             pre-AE position was moved by something else: handed over [mm].
         doubt_min_uohm: a move in doubt shifting R by less than this is not judged by R
             (handed over) [µΩ].
-        doubt_fit_uohm: the R change must match the chosen hypothesis within this [µΩ].
+        doubt_fit_uohm: R must match the chosen hypothesis within this, and lie outside the
+            middle half between two hypotheses [µΩ].
         doubt_settle_s: a move in doubt is judged no earlier than this after the doubt
             arose, on R calm since (the smoothed R has followed the move by then) [s].
         local_grace_s: a room back in remote within this keeps its owed restores (made
@@ -174,11 +179,11 @@ class QuenchController:
         self.owed_since = np.full(n, np.nan)
         #: restore commands issued for the current restore
         self.attempts = np.zeros(n, dtype=np.int64)
-        #: calm pseudo-resistance before the AE [µΩ] (NaN: unknown): judges moves in doubt
-        self.r_pre_uohm = np.full(n, np.nan)
         #: a commanded move the acknowledgements cannot confirm nor deny (PLC/daemon restart) [mm]
         self.doubt_mm = np.zeros(n)
         self.doubt_t = np.full(n, np.nan)  # when it arose [s]
+        #: the position relative to the target must be confirmed by R before the restore
+        self.verify = np.zeros(n, dtype=bool)
         #: owed restores of cells whose room went to local control: they wait there (no
         #: sequence runs) for ``local_grace_s``, then are handed over
         self.parked = np.zeros(n, dtype=bool)
@@ -233,13 +238,10 @@ class QuenchController:
         self.pre_feeds_unconfirmed += gone.size
         return gone
 
-    def start(
-        self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray, r_calm_uohm: np.ndarray | None = None
-    ) -> np.ndarray:
+    def start(self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray) -> np.ndarray:
         """Begin the sequence on ``cells`` (detected AEs); returns the shots to dump now.
 
-        ``beam_pos_mm`` [n]: beam position now (acknowledged + own moves in flight) [mm];
-        ``r_calm_uohm`` [n]: calm pseudo-resistance before the AE [µΩ] (judges moves in doubt).
+        ``beam_pos_mm`` [n]: beam position now (acknowledged + own moves in flight) [mm].
         """
         shots = np.zeros(self.n, dtype=np.int64)
         if not self.cfg.enabled or len(cells) == 0:
@@ -252,7 +254,6 @@ class QuenchController:
         self.offset_mm[fresh] = 0.0
         self.owes[fresh] = False
         self.owed_since[fresh] = np.nan
-        self.r_pre_uohm[fresh] = np.nan if r_calm_uohm is None else np.asarray(r_calm_uohm, dtype=float)[fresh]
         self.parked[again] = False  # (a parked cell back in remote: this AE is the controller's)
         self.parked_t[again] = np.nan
         for arr in (fresh, again):
@@ -278,7 +279,6 @@ class QuenchController:
         pre_pos_mm: np.ndarray,
         beam_pos_mm: np.ndarray,
         burning: np.ndarray,
-        r_calm_uohm: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Take over the AEs on ``cells`` that started under local control (see the module
         docstring): feed only, no pumping, restore to ``pre_pos_mm`` after the AE.
@@ -292,7 +292,6 @@ class QuenchController:
             beam_pos_mm: [n] acknowledged beam position now [mm] (what the PLC's kill
                 left: the offset from the pre-AE position that depth limits count from).
             burning: [n] the voltage is still at AE level (the dose is dumped only then).
-            r_calm_uohm: [n] calm pseudo-resistance before the AE [µΩ] (NaN/None: unknown).
 
         Returns:
             (shots [n] to dump now, the adopted cell indices).
@@ -314,10 +313,6 @@ class QuenchController:
         self.owes[c] = True  # the PLC's kill moved it; the controller promised the restore
         self.owed_since[new] = t0[~self.parked[c]]
         self.attempts[c] = 0
-        if r_calm_uohm is not None:
-            self.r_pre_uohm[new] = np.asarray(r_calm_uohm, dtype=float)[new]
-        else:
-            self.r_pre_uohm[new] = np.nan
         self.parked[c] = False
         self.parked_t[c] = np.nan
         self.pumps[c] = 0
@@ -384,6 +379,7 @@ class QuenchController:
         self.attempts[cells] = 0
         self.doubt_mm[cells] = 0.0
         self.doubt_t[cells] = np.nan
+        self.verify[cells] = False
 
     def hand_over(self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray, why: str) -> list[Event]:
         """Give the owed restore of ``cells`` to resistance control: their sequences end,
@@ -438,16 +434,32 @@ class QuenchController:
         self.doubt_t[k] = t
 
     def resolve_doubt(
-        self, cells: np.ndarray, t: float, r_now_uohm: np.ndarray, beam_pos_mm: np.ndarray, uohm_per_mm: float
+        self,
+        cells: np.ndarray,
+        t: float,
+        r_now_uohm: np.ndarray,
+        r_target_uohm: np.ndarray,
+        beam_pos_mm: np.ndarray,
+        uohm_per_mm: float,
     ) -> list[Event]:
-        """Judge the moves in doubt on ``cells`` (calm now) from the pseudo-resistance.
+        """Judge the moves in doubt and the positions to verify on ``cells`` (calm now)
+        from the pseudo-resistance (see the module docstring).
 
-        Hypotheses: the move was not made (the beam is at ``beam_pos_mm``) or it was made
-        and the acknowledgement total missed it (the beam is ``doubt_mm`` further). Each
-        predicts R now = R before the AE + ``uohm_per_mm`` x (position − pre-AE position);
-        the nearer one is taken when it fits within ``doubt_fit_uohm`` and the two are at
-        least ``doubt_min_uohm`` apart. A made move shifts the target in acknowledgement
+        Hypotheses: the beam is where the acknowledgements put it (``beam_pos_mm``), or,
+        with a move in doubt, ``doubt_mm`` further (made, the total missed it). Each
+        predicts R now = ``r_target_uohm`` + ``uohm_per_mm`` x (position − pre-AE
+        position). The nearer one is taken when it fits within ``doubt_fit_uohm`` and, with
+        two, R lies outside the middle half between them (which must be at least
+        ``doubt_min_uohm`` apart). A made move shifts the target in acknowledgement
         coordinates (the total never counted it). Otherwise the restore is handed over.
+
+        Args:
+            cells: cell indices.
+            t: time [s].
+            r_now_uohm: [n] calm pseudo-resistance now [µΩ].
+            r_target_uohm: [n] resistance control's target [µΩ].
+            beam_pos_mm: [n] position (acknowledged + own moves in flight) [mm].
+            uohm_per_mm: R per mm of beam [µΩ/mm].
 
         Returns:
             events: ``beam_move_reconciled`` or ``beam_restore_handed_over``.
@@ -456,31 +468,40 @@ class QuenchController:
         st = self.intent
         for k in np.asarray(cells, dtype=np.int64).tolist():
             f = float(self.doubt_mm[k])
-            if f == 0.0:
+            if f == 0.0 and not self.verify[k]:
                 continue
-            r_pre, r_now = float(self.r_pre_uohm[k]), float(r_now_uohm[k])
-            if not (math.isfinite(r_pre) and math.isfinite(r_now)):
-                events += self.hand_over(np.array([k]), t, beam_pos_mm,
-                                         "move in doubt after a restart and no resistance before the AE to judge it")  # fmt: skip
+            r_now, r_tgt = float(r_now_uohm[k]), float(r_target_uohm[k])
+            off = float(beam_pos_mm[k] - self.pre_pos_mm[k])
+            seen = r_now - r_tgt
+            hyps = [0.0, f] if f else [0.0]
+            errs = [abs(seen - uohm_per_mm * (off + h)) for h in hyps]
+            best = int(np.argmin(errs))
+            why = ""
+            if not (math.isfinite(r_now) and math.isfinite(r_tgt)):
+                why = "no resistance to judge the beam position by"
+            elif errs[best] > st.doubt_fit_uohm:
+                pos = ", ".join(f"{off + h:+.1f} mm" for h in hyps)
+                why = (f"R is {seen:+.2f} µΩ from resistance control's target, which the beam at {pos} from its "
+                       "pre-AE position does not explain: something else moved it")  # fmt: skip
+            elif f and (
+                abs(uohm_per_mm * f) < st.doubt_min_uohm or abs(errs[0] - errs[1]) < 0.5 * abs(uohm_per_mm * f)
+            ):
+                why = (f"a {f:+.1f} mm move in doubt cannot be told from R ({seen:+.2f} µΩ from the target, "
+                       f"{uohm_per_mm * off:+.2f} if not made, {uohm_per_mm * (off + f):+.2f} if made)")  # fmt: skip
+            if why:
+                events += self.hand_over(np.array([k]), t, beam_pos_mm, why)
                 continue
-            off_no = float(beam_pos_mm[k] - self.pre_pos_mm[k])
-            seen = r_now - r_pre
-            err_no = abs(seen - uohm_per_mm * off_no)
-            err_yes = abs(seen - uohm_per_mm * (off_no + f))
-            best = min(err_no, err_yes)
-            if abs(uohm_per_mm * f) < st.doubt_min_uohm or best > st.doubt_fit_uohm:
-                events += self.hand_over(np.array([k]), t, beam_pos_mm,
-                                         f"move of {f:+.1f} mm in doubt after a restart: R changed {seen:+.2f} µΩ "
-                                         "since before the AE, which neither made nor not made explains")  # fmt: skip
-                continue
-            made = err_yes < err_no
+            made = best == 1
             if made:
                 self.pre_pos_mm[k] -= f  # the beam is f further than the total says
+            what = (f"move of {f:+.1f} mm in doubt judged {'made' if made else 'not made'}" if f
+                    else f"beam position {off:+.1f} mm from its pre-AE position confirmed")  # fmt: skip
             self.doubt_mm[k] = 0.0
             self.doubt_t[k] = np.nan
-            events.append(("beam_move_reconciled", k,
-                           f"move of {f:+.1f} mm in doubt judged {'made' if made else 'not made'} from R "
-                           f"({seen:+.2f} µΩ since before the AE)"))  # fmt: skip
+            self.verify[k] = False
+            events.append(
+                ("beam_move_reconciled", k, f"{what} from R ({seen:+.2f} µΩ from resistance control's target)")
+            )
         return events
 
     def step(
@@ -531,7 +552,7 @@ class QuenchController:
                     continue
                 if self.adopted[k]:
                     continue  # no pumping on an AE the PLC's local kill already worked on
-                if t < self.next_t[k] or blocked[k] or not ae_burning[k] or self.doubt_mm[k] != 0.0:
+                if t < self.next_t[k] or blocked[k] or not ae_burning[k] or self.doubt_mm[k] != 0.0 or self.verify[k]:
                     continue
                 off = pos[k] - self.pre_pos_mm[k]
                 if not self.lowered[k]:
@@ -561,7 +582,7 @@ class QuenchController:
                 if not self.owes[k]:  # the sequence never moved the beam: nothing to restore
                     self._finish(np.array([k]))
                     continue
-                if blocked[k] or infl[k] != 0.0 or self.doubt_mm[k] != 0.0:
+                if blocked[k] or infl[k] != 0.0 or self.doubt_mm[k] != 0.0 or self.verify[k]:
                     continue
                 back = float(self.pre_pos_mm[k] - pos[k])
                 if abs(back) < st.restore_tolerance_mm:
@@ -607,7 +628,7 @@ class QuenchController:
                 "attempts": int(self.attempts[k]),
                 "doubt_mm": float(self.doubt_mm[k]),
                 "doubt_t_s": _opt(float(self.doubt_t[k])),
-                "r_pre_uohm": _opt(float(self.r_pre_uohm[k])),
+                "verify": bool(self.verify[k]),
                 "parked_t_s": _opt(float(self.parked_t[k])) if self.parked[k] else None,
             }
         if self.handed[k]:
@@ -647,7 +668,7 @@ class QuenchController:
             self.attempts[k] = attempts
             self.doubt_mm[k] = _num(q, "doubt_mm", w, none=0.0)
             self.doubt_t[k] = _num(q, "doubt_t_s", w, none=math.nan) + shift_s
-            self.r_pre_uohm[k] = _num(q, "r_pre_uohm", w, none=math.nan)
+            self.verify[k] = bool(q.get("verify", False))
             parked = q.get("parked_t_s")
             self.parked[k] = parked is not None
             self.parked_t[k] = _num(q, "parked_t_s", w) + shift_s if parked is not None else math.nan

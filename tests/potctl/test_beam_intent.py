@@ -364,11 +364,12 @@ def test_daemon_restart_from_exported_intent(phase, same_ack_base, clock_restart
 
 
 @pytest.mark.parametrize("same_ack_base", [False, True])
-def test_restart_finds_the_room_in_local(same_ack_base):
-    """The PLC's watchdog dropped the room to local while no daemon ran. With a new
-    acknowledgement count the PLC's moves in the gap are unknown: the restore is handed
-    over at once. With the count continuing it waits ``local_grace_s`` like any room
-    gone local, then is handed over."""
+@pytest.mark.parametrize("back_after_s", [20.0, None])
+def test_restart_finds_the_room_in_local(same_ack_base, back_after_s):
+    """The PLC's watchdog dropped the room to local while no daemon ran. Its owed restore
+    waits like that of any room gone local: back in remote within ``local_grace_s`` it is
+    made, else handed over. With a new acknowledgement count the PLC's moves in local are
+    in no count: R must confirm the position first (here it does: the PLC left it)."""
     ctl, plc, ev = setup(local_grace_s=60.0)
     k = 0
     plc.ae[k] = True
@@ -382,14 +383,47 @@ def test_restart_finds_the_room_in_local(same_ack_base):
     ctl = controller(local_grace_s=60.0)
     ctl.restore_beam_intent(data, same_ack_base=same_ack_base)  # reconciled with the next step's measurements
     t0 = plc.t
+    if back_after_s is None:
+        run(ctl, plc, 90, ev)
+        (h,) = [e for e in ev if e[1] == "beam_restore_handed_over"]
+        assert h[2] == k and h[0] - t0 == pytest.approx(61.0, abs=1.0)
+        assert "local control for more than 60 s" in h[3]
+        assert ctl.beam_intent()["cells"][0]["handed"]["owed_mm"] == pytest.approx(-float(plc.pos[k]))
+    else:
+        run(ctl, plc, back_after_s, ev)
+        plc.remote = True
+        run(ctl, plc, 90, ev)
+        assert plc.pos[k] == pytest.approx(0.0, abs=0.5)
+        assert "beam_restore_handed_over" not in kinds(ev)
+        confirmed = [e[3] for e in ev if e[1] == "beam_move_reconciled"]
+        assert len(confirmed) == (0 if same_ack_base else 1)
+        if confirmed:
+            assert "beam position -20.0 mm from its pre-AE position confirmed" in confirmed[0]
+
+
+def test_a_position_r_does_not_confirm_is_handed_over():
+    """Found in local with a new count, and the PLC moved the beam meanwhile (its ACD
+    control raised it 12 mm): R contradicts the ledger's position, so the restore is not
+    made blindly but handed over, with R's numbers in the alarm."""
+    ctl, plc, ev = setup()
+    k = 0
+    plc.ae[k] = True
+    run(ctl, plc, 40, ev)
+    plc.ae[k] = False
+    data = json.loads(json.dumps(ctl.beam_intent()))
+    plc.t += 30.0
+    plc.remote = False
+    plc.pos[k] += 12.0  # moved while nobody counted
+    plc.total[k] += 12.0
+    plc.new_bridge()
+    ctl = controller()
+    ctl.restore_beam_intent(data)
+    run(ctl, plc, 5, ev)
+    plc.remote = True
     run(ctl, plc, 90, ev)
     (h,) = [e for e in ev if e[1] == "beam_restore_handed_over"]
-    assert h[2] == k
-    if same_ack_base:
-        assert h[0] - t0 == pytest.approx(61.0, abs=1.0) and "local control for more than 60 s" in h[3]
-    else:
-        assert h[0] == t0 and "found in local control at restart" in h[3]
-    assert ctl.beam_intent()["cells"][0]["handed"]["owed_mm"] == pytest.approx(-float(plc.pos[k]))
+    assert "does not explain: something else moved it" in h[3]
+    assert plc.pos[k] == pytest.approx(-8.0), "no blind restore"
 
 
 def test_commands_that_are_never_sent_owe_nothing():
