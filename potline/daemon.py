@@ -23,8 +23,18 @@ config -> ``BridgePlant`` (PLCs over Modbus/OPC UA, writes through the safety la
   setpoint and beam writes, shadow decisions, mode changes, alarms, comms faults
   (``potline.links``, ``potline.event_routing``), start/stop (an unclean previous stop
   is detected and journalled); committed once per cycle;
-* **metrics and health** (``potline.metrics``), **systemd** notify/watchdog
-  (``READY=1`` after the first cycle, ``WATCHDOG=1`` from the loop only);
+* **metrics and health** (``potline.metrics``) with the **process KPIs**
+  (``potline.kpis``), **systemd** notify/watchdog (``READY=1`` after the first cycle,
+  ``WATCHDOG=1`` from the loop only);
+* **alarms** (``potline.alarms``, ISA-18.2): AEs, escalations, comms losses, the safety
+  layer's and the journal's own alarms, suppressed by design for cut-out cells (and, in
+  control, rooms in local); every change journalled;
+* **history** (``potline.history``): every scan's cell and line quantities, written on a
+  single-thread executor (at most one write in flight: the cycle never waits for it),
+  pruned every 10 minutes;
+* **web HMI** (``potline.hmi``, ``[hmi]``): the plant map, trends, AE and alarm lists,
+  journal browser, mode changes for operators; served from the daemon's loop, pushed
+  without blocking (``notify`` sets a flag);
 * **graceful stop** (``potline.lifecycle``) on SIGTERM/SIGINT: stop commanding, stop
   the heartbeat and wait (bounded) until the PLCs report local control, then close.
 
@@ -36,6 +46,9 @@ reconnecting, measurements carry bad quality (the controller does not act on the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
+import functools
 import math
 import os
 import sys
@@ -45,9 +58,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
+from potline.alarms import AlarmDef, AlarmManager, design_suppression
 from potline.clocks import EpochClock, clock_speed, make_clock, process_age_s, rss_bytes
 from potline.event_routing import EventRouter, ShadowRecorder
 from potline.journal import Journal, JournalError, JournalLoss, load_key
+from potline.kpis import ProcessKpis
 from potline.lifecycle import Lifecycle, hand_back
 from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
@@ -65,7 +80,10 @@ if TYPE_CHECKING:
     from potctl.config import ControlConfig
     from potctl.controller import PotController
     from potctl.plant import Commands, Measurements
+    from potline.alarms import AlarmRecord
     from potline.daemon_config import LoadedConfig
+    from potline.history import History
+    from potline.hmi import HmiServer, LocalSource
     from twin.layout import PlantLayout
 
 __all__ = ["Daemon", "EpochClock", "process_age_s"]
@@ -80,6 +98,11 @@ ERROR_JOURNAL_EVERY_S = 60.0
 ERRORS_LEAVE_CONTROL = 3
 #: safety-layer alarms shown in /readyz (``HealthState.NOT_READY_ALARMS`` of them make it 503)
 READYZ_ALARMS = frozenset({"out_of_bounds", "out_of_bounds_refused", "plc_value_unusable"})
+#: how often the history is pruned [wall s] (and how many rows per level and call)
+HISTORY_PRUNE_EVERY_S = 600.0
+HISTORY_PRUNE_ROWS = 50_000
+#: failing history writes are logged at most this often [wall s]
+HISTORY_LOG_EVERY_S = 60.0
 #: retry period of a bridge that failed to start [wall s]
 BRIDGE_RETRY_S = 5.0
 VERSION = "0.1.0"
@@ -113,6 +136,9 @@ class _ModePlant:
 
     async def read(self) -> Measurements:
         meas = await self.bridge.read()
+        # what the PLCs say (the map's local/remote): the HMI, the KPIs and the alarms' design suppression
+        self.d.real_remote = (None if meas.cell_remote is None else np.asarray(meas.cell_remote, dtype=bool).copy(),
+                              np.asarray(meas.rectifier_remote, dtype=bool).copy())  # fmt: skip
         if self.d.mode != "control":
             meas = as_if_remote(meas)
         self.d.after_read(meas)
@@ -153,11 +179,17 @@ class Daemon:
         self.recorder.on_failure = self._journal_failed
         self.recorder.on_loss = self._journal_lost
         self.recorder.on_alarm = self._journal_alarm
+        self.alarms = AlarmManager(cfg.alarms)
+        self.kpis = ProcessKpis(self.layout, self.name, loaded.control.pfc)
+        self.kpis.register(self.metrics.registry)
+        #: the plant timeline [Unix s] = this + plant time (history, HMI snapshots, the mirror's timestamps)
+        self.timeline0 = time.time() - float(self.clock.now())
         self.links = LinkTracker(cfg.plc, self.name, self.metrics, self.health, self.recorder,
-                                 on_change=self._status_changed)  # fmt: skip
+                                 on_change=self._status_changed, on_event=self._link_event)  # fmt: skip
         self.router = EventRouter(self.layout, self.name, self.metrics, self.recorder, self.links,
                                   mode=lambda: self.mode, last_meas=lambda: self._last_meas,
-                                  detector=lambda: self.controller.detector if self.controller else None)  # fmt: skip
+                                  detector=lambda: self.controller.detector if self.controller else None,
+                                  alarms=self.alarms, on_alarms=self.alarm_records, kpis=self.kpis)  # fmt: skip
         self.shadow = ShadowRecorder(self.layout, self.recorder, cfg.daemon.scan_period_s)
         self.lifecycle = Lifecycle(self.notifier, self.health)
         self.switch = ModeSwitch(self.modes, self.name, self.recorder, self.metrics, self.health, self.notifier,
@@ -170,6 +202,17 @@ class Daemon:
         self.bridge: BridgePlant | None = None
         self.controller: PotController | None = None
         self.runtime: ControlRuntime | None = None
+        self.history: History | None = None
+        self.hmi: HmiServer | None = None
+        self.hmi_source: LocalSource | None = None
+        self._hist_exec: concurrent.futures.ThreadPoolExecutor | None = None
+        self._hist_busy: concurrent.futures.Future[None] | None = None
+        self._hist_log_mono = -math.inf
+        #: history writes skipped because the previous one was still running
+        self.history_skipped = 0
+        self._snap_seq = 0
+        #: (cell_remote, rectifier_remote) as the PLCs report them (before observe/shadow's as-if-remote)
+        self.real_remote: tuple[np.ndarray | None, np.ndarray] | None = None
         self.exit_code = 0
         self._last_meas: Measurements | None = None
         self._last_cycle_mono: float | None = None
@@ -246,8 +289,55 @@ class Daemon:
                            not_ready=True)  # fmt: skip
 
     def _journal_alarm(self, kind: str, detail: str, data: dict[str, Any]) -> None:
-        """An entry the journal wrote about itself (lost, tampered with, entries dropped)."""
+        """An entry the journal wrote about itself (lost, tampered with, entries dropped): a
+        critical alarm (a pulse: it waits for an operator's acknowledgement)."""
         log.error("journal.alarm", alarm=kind, detail=detail)
+        text = {"journal_lost": "Journal file lost and re-created", "journal_tampered": "Journal tampered with",
+                "journal_entries_dropped": "Journal entries dropped"}.get(kind, kind)  # fmt: skip
+        key = f"Journal/{kind}"
+        try:
+            self.alarms.define(AlarmDef(key, kind, "critical", text, area="journal", suppressible=False))
+            self.alarm_records(self.alarms.pulse(key, self._plant_now(), detail=detail))
+        except Exception:
+            log.exception("alarms.journal_failed", kind=kind)
+
+    # ------------------------------------------------------------------ alarms
+
+    def _plant_now(self) -> float:
+        now = self._now()
+        return 0.0 if now is None else now
+
+    def alarm_records(self, records: list[AlarmRecord]) -> None:
+        """Alarm changes (from events, each cycle, or operators): journalled, shown on the HMI."""
+        if not records:
+            return
+        for r in records:
+            self.recorder.append(r.journal_kind, **r.journal_fields())
+        if self.hmi is not None:
+            self.hmi.notify()
+
+    def _record_operator_alarms(self, records: Any) -> None:
+        """Alarm changes an operator made on the HMI: journalled and committed before the answer."""
+        self.alarm_records(list(records))
+        self.recorder.commit()
+
+    def _link_event(self, kind: str, plc: str, detail: str) -> None:
+        self.router.event_alarm(kind, self._plant_now(), area=plc, detail=detail)
+
+    def _alarm_cycle(self, t: float) -> None:
+        """Each cycle: design suppression (cut-out cells; in control, rooms whose PLC is in
+        local), shelving expiry and flood end."""
+        meas = self._last_meas
+        recs: list[AlarmRecord] = []
+        try:
+            if meas is not None:
+                remote = self.real_remote[0] if self.real_remote is not None and self.mode == "control" else None
+                cells, areas = design_suppression(self.layout, np.asarray(meas.cut_out, dtype=bool), remote)
+                recs += self.alarms.set_design_suppression(t, cells, areas)
+            recs += self.alarms.tick(t)
+        except Exception:
+            log.exception("alarms.cycle_failed")
+        self.alarm_records(recs)
 
     def _now(self) -> float | None:
         try:
@@ -275,18 +365,107 @@ class Daemon:
                     self.metrics.model_step.labels(self.name).observe(took)
 
     async def write(self, cmds: Commands) -> None:
-        """The mode's write, then the mirror (AE events + one snapshot)."""
+        """The mode's write, then what the scan shows: the mirror (AE events + one snapshot),
+        the KPIs, the history (on its executor), the alarms' cycle and the HMI."""
         mode = self.mode
         if mode == "control" and self.bridge is not None:
             await self.bridge.write(cmds)
         elif mode == "shadow":  # nothing is sent: no heartbeat, the PLCs stay in local
             self.shadow.record(cmds, self.bridge, self._last_meas, self.clock.now())
-        if self.mirror is not None and self.model is not None:
+        meas = self._last_meas
+        if meas is None:
+            return
+        ctl = self.controller
+        det = ctl.detector if ctl is not None else None
+        ae = det.active if det is not None else None
+        phase = ctl.feeding.phase if ctl is not None else None
+        snap: dict[str, np.ndarray] | None = None
+        if self.model is not None and (self.mirror is not None or self.history is not None):
             try:
-                det = self.controller.detector if self.controller is not None else None
-                publish_cycle(self.mirror, self.model, self._last_meas, cmds, det)
+                snap = self.model.snapshot(meas, ae)
+            except Exception:
+                log.exception("mirror.snapshot_failed")
+        if self.mirror is not None and self.model is not None and snap is not None:
+            try:
+                publish_cycle(self.mirror, self.model, meas, cmds, det, snapshot=snap)
             except Exception:
                 log.exception("mirror.publish_failed")
+        view = self._as_reported(meas)
+        try:
+            self.kpis.update(view, ae_active=ae, feed_phase=phase)
+        except Exception:
+            log.exception("kpis.update_failed")
+        if self.history is not None and snap is not None:
+            self._history_write(float(meas.t_s), snap, meas)
+        self._alarm_cycle(float(meas.t_s))
+        if self.hmi_source is not None:
+            try:
+                from potline.hmi.source import snapshot_from_scan
+
+                self._snap_seq += 1
+                self.hmi_source.publish(snapshot_from_scan(view, seq=self._snap_seq,
+                                                           t=self.timeline0 + float(meas.t_s), mode=mode,
+                                                           ae_active=ae, feed_phase=phase))  # fmt: skip
+            except Exception:
+                log.exception("hmi.publish_failed")
+            if self.hmi is not None:
+                self.hmi.notify()  # sets a flag: the HMI's pump task builds and sends the messages
+
+    def _as_reported(self, meas: Measurements) -> Measurements:
+        """``meas`` with the remote flags the PLCs reported (observe and shadow compute as if remote)."""
+        rr = self.real_remote
+        if rr is None or self.mode == "control":
+            return meas
+        return dataclasses.replace(meas, cell_remote=rr[0], rectifier_remote=rr[1])
+
+    def _history_write(self, t: float, snap: dict[str, np.ndarray], meas: Measurements) -> None:
+        """One scan into the history on its own thread; skipped while the previous write runs."""
+        from potline.history import history_values, split_values
+
+        h, ex = self.history, self._hist_exec
+        if h is None or ex is None:
+            return
+        if self._hist_busy is not None and not self._hist_busy.done():
+            self.history_skipped += 1
+            return
+        try:
+            vals = {k: np.array(v, dtype=float, copy=True) for k, v in history_values(snap, meas).items()}
+            bad_cell = ~np.asarray(meas.cell_ok, dtype=bool)
+            bad_line = ~np.asarray(meas.line_ok, dtype=bool)
+            for k, v in vals.items():  # NaN: no good value
+                if v.shape == bad_cell.shape and k in ("CellVoltage", "PseudoResistance"):
+                    v[bad_cell] = np.nan
+                elif v.shape == bad_line.shape and k in ("LineCurrent", "LineVoltage", "LineSetpoint"):
+                    v[bad_line] = np.nan
+            groups = split_values(self.layout, vals)
+        except Exception:
+            log.exception("history.values_failed")
+            return
+        fut = ex.submit(h.write, self.timeline0 + t, groups)
+        fut.add_done_callback(self._history_done)
+        self._hist_busy = fut
+
+    def _history_done(self, fut: concurrent.futures.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None and time.monotonic() - self._hist_log_mono >= HISTORY_LOG_EVERY_S:
+            self._hist_log_mono = time.monotonic()
+            log.error("history.write_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _prune_history(self) -> None:
+        """Every ``HISTORY_PRUNE_EVERY_S``: what is past retention goes (on the history's thread)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HISTORY_PRUNE_EVERY_S)
+            h, ex = self.history, self._hist_exec
+            if h is None or ex is None:
+                return
+            try:
+                now = self.timeline0 + float(self.clock.now())
+                got = await loop.run_in_executor(ex, functools.partial(h.prune, now, max_rows=HISTORY_PRUNE_ROWS))
+                if any(got.values()):
+                    log.info("history.pruned", **got)
+            except Exception:
+                log.exception("history.prune_failed")
 
     def _on_cycle(self, info: CycleInfo) -> None:
         """After every cycle: commit the journal, metrics, health, systemd watchdog, a pending mode."""
@@ -359,6 +538,7 @@ class Daemon:
             self._error_journal_mono = now
             self.recorder.append("daemon_error", source="daemon",
                                  detail=f"control cycle failed: {type(exc).__name__}: {exc}")  # fmt: skip
+            self.router.event_alarm("daemon_error", self._plant_now(), detail=f"control cycle failed: {exc}")
         self.recorder.commit()
         if self._errors_in_a_row >= ERRORS_LEAVE_CONTROL and self.mode == "control":
             self.switch.leave_control_soon("observe", "daemon", f"{self._errors_in_a_row} failed cycles in a row")
@@ -488,6 +668,41 @@ class Daemon:
         if mirror is not None and mirror.server is not None and mirror.server.mode != self.mode:
             mirror.show_mode(self.mode)
 
+    def _open_history(self) -> None:
+        """The history file (``[history]``); one that cannot be opened is logged and left out
+        (the daemon runs without trends rather than not at all)."""
+        path = self.loaded.history_path
+        if path is None:
+            return
+        from potline.history import History, plant_groups
+
+        try:
+            h = History(path, self.cfg.history)
+            h.declare(plant_groups(self.layout))
+        except Exception as exc:
+            log.error("history.unavailable", path=str(path), error=f"{type(exc).__name__}: {exc}")
+            self.recorder.append("daemon_error", source="history", detail=f"history {path} not usable: {exc}")
+            return
+        self.history = h
+        self._hist_exec = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="potline-history")
+        log.info("history.open", path=str(path), raw_days=self.cfg.history.raw_days)
+
+    async def _start_hmi(self) -> None:
+        """The web HMI on the daemon's loop (raises OSError when its port is taken)."""
+        from potline.hmi import HmiServer, LocalSource
+
+        sec = self.loaded.security
+
+        async def mode_handler(mode: str, user: str, reason: str) -> str:
+            return await self.set_mode(mode, "hmi", user=user, reason=reason)
+
+        self.hmi_source = LocalSource(self.layout, self.alarms, clock=self._plant_now,
+                                      history_path=self.loaded.history_path, journal_path=self.loaded.journal_path,
+                                      alarm_writer=self._record_operator_alarms, mode_handler=mode_handler)  # fmt: skip
+        self.hmi = HmiServer(self.hmi_source, self.loaded.hmi, users=sec.users if sec is not None else None,
+                             anonymous=sec.anonymous if sec is not None else "read_only")  # fmt: skip
+        await self.hmi.start()
+
     def _warm_model(self) -> float:
         """Load (or compile) the observer's Numba kernel before the first cycle [s]."""
         from twin.observer import AluminaObserver
@@ -524,6 +739,7 @@ class Daemon:
             return 1
         self.recorder.journal = j
         self._start_mode(j)
+        self._open_history()
         self.lifecycle.install_signals(
             on_usr1=(lambda: self.switch.apply_mode_file("SIGUSR1", True)) if cfg.daemon.signal_modes else None,
             on_usr2=self.switch.observe_now if cfg.daemon.signal_modes else None,
@@ -536,12 +752,16 @@ class Daemon:
                                                     before_scrape=self._before_scrape)  # fmt: skip
                 self.metrics_server.start()
                 log.info("metrics.listening", url=self.metrics_server.url)
+            if self.loaded.hmi is not None:
+                await self._start_hmi()
         except OSError as exc:
             log.error("daemon.listen_failed", error=str(exc))
             self.lifecycle.stop_reason = f"cannot listen: {exc}"
             self.exit_code = 1
             await self._close()
             return 1
+        if self.history is not None:
+            self.lifecycle.spawn(self._prune_history())
         if cfg.opcua.enabled:
             self.health.mirror_up = False  # started after the first cycle (see _on_cycle)
         warm_s = self._warm_model()
@@ -606,6 +826,24 @@ class Daemon:
         self.recorder.commit()
         await self._close()
 
+    async def _close_views(self) -> None:
+        """The HMI and the history (after the mirror: its HistoryRead has its own reader)."""
+        if self.hmi is not None:
+            try:
+                await self.hmi.stop()
+            except Exception:
+                log.exception("hmi.stop_failed")
+        if self.hmi_source is not None:
+            self.hmi_source.close()
+        if self._hist_exec is not None:
+            await asyncio.to_thread(self._hist_exec.shutdown, True)
+        if self.history is not None:
+            try:
+                self.history.close()
+            except Exception:
+                log.exception("history.close_failed")
+            self.history = None
+
     async def _close(self) -> None:
         if self.mirror is not None:
             # the journal stays open until the mirror has stopped: its stop hands over the last
@@ -619,6 +857,7 @@ class Daemon:
                 log.debug("bridge.stop_failed", exc_info=True)
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        await self._close_views()
         reason = self.lifecycle.stop_reason
         data = {"pid": os.getpid(), "reason": reason, "exit_code": self.exit_code}
         if not self.recorder.close(reason or "loop ended", data):

@@ -51,6 +51,12 @@ certificates)::
     path = "journal.db"
     [metrics]
     port = 9108
+    [hmi]                                    # the web HMI (no table: none); users from [opcua.security]
+    port = 8080
+    [history]                                # <state_dir>/history.db; retention per resolution
+    raw_days = 3.0
+    [alarms]                                 # ISA-18.2 flood and shelving settings
+    flood_count = 10
 
 ``load_daemon_config(path)`` checks everything a start needs without touching the
 network: the daemon file, the plant config, every tag map, the controller section,
@@ -70,6 +76,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from potline.alarms import AlarmConfig
+from potline.history import HistoryConfig
 from twin.config import CONFIG_DIR
 from twin.configcore import TOP_LEVEL, ConfigError, ConfigIssue, StrictModel, load_toml, validation_issues
 
@@ -89,6 +97,8 @@ __all__ = [
 ]
 
 MODES = ("observe", "shadow", "control")
+#: the HMI's port when ``[hmi]`` does not say (``potline.hmi.HmiConfig``)
+HMI_DEFAULT_PORT = 8080
 DEFAULT_TAGMAPS = {"rectifier": CONFIG_DIR / "tagmaps" / "rectifier.toml",
                    "potroom": CONFIG_DIR / "tagmaps" / "potroom.toml"}  # fmt: skip
 
@@ -281,6 +291,14 @@ class LoggingSection(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class HistorySection(HistoryConfig):
+    """``[history]``: the time-series store behind the HMI's trends and OPC UA HistoryRead
+    (``potline.history.HistoryConfig``: retention per resolution) and where it lives."""
+
+    enabled: bool = Field(True, description="historize every scan (cell and line quantities)")
+    path: Path = Field(Path("history.db"), description="SQLite file (relative to state_dir)")
+
+
 class DaemonConfig(StrictModel):
     """The whole daemon file (see the module docstring)."""
 
@@ -294,6 +312,11 @@ class DaemonConfig(StrictModel):
     journal: JournalSection = JournalSection()
     metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
+    hmi: dict[str, Any] | None = Field(
+        None, description="the web HMI (potline.hmi.HmiConfig table); None: no HMI listener"
+    )
+    history: HistorySection = HistorySection()
+    alarms: AlarmConfig = AlarmConfig()
 
     @model_validator(mode="after")
     def _plant_source(self) -> DaemonConfig:
@@ -332,6 +355,8 @@ class LoadedConfig:
         security: the mirror's ``OpcUaSecurityConfig`` (None when the mirror is off).
         journal_key_file: the journal's HMAC key file, checked (``journal.hmac_key_file``; None: unkeyed).
         plc_security: PLC name -> the bridge client's ``PlcSecurity`` (None: no security, anonymous).
+        hmi: the web HMI's ``HmiConfig`` (None: no HMI).
+        history_path: the history file (None: ``history.enabled = false``).
     """
 
     source: Path
@@ -347,6 +372,8 @@ class LoadedConfig:
     security: Any
     journal_key_file: Path | None = None
     plc_security: dict[str, Any] = field(default_factory=dict)
+    hmi: Any = None
+    history_path: Path | None = None
 
     @property
     def name(self) -> str:
@@ -495,8 +522,13 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
             own.append(("opcua.port", cfg.opcua.host, cfg.opcua.port))
         if cfg.metrics.enabled and cfg.metrics.port:
             own.append(("metrics.port", cfg.metrics.host, cfg.metrics.port))
-        if len(own) == 2 and own[0][2] == own[1][2]:
-            issues.append(Issue(file, "metrics.port", f"expected a port other than opcua.port ({own[0][2]})"))
+        hmi_port = cfg.hmi.get("port", HMI_DEFAULT_PORT) if cfg.hmi is not None else None
+        if cfg.hmi is not None and cfg.hmi.get("enabled", True) and isinstance(hmi_port, int) and hmi_port:
+            own.append(("hmi.port", str(cfg.hmi.get("host", "127.0.0.1")), hmi_port))
+        for i, (k, _h, prt) in enumerate(own):
+            for k0, _h0, prt0 in own[:i]:
+                if prt == prt0:
+                    issues.append(Issue(file, k, f"expected a port other than {k0} ({prt0})"))
         for k, h, prt in own:
             for (ph, pp_), nm in endpoints.items():
                 if prt == pp_ and (h == ph or "0.0.0.0" in (h, ph)):
@@ -535,6 +567,19 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         except ValueError as exc:
             issues.append(Issue(file, "opcua.security", str(exc)))
 
+    # ---- the web HMI (validated here: its module imports aiohttp)
+    hmi = None
+    if cfg is not None and cfg.hmi is not None:
+        from potline.hmi.app import HmiConfig
+
+        try:
+            hmi = HmiConfig.model_validate(cfg.hmi)
+        except ValidationError as exc:
+            issues += validation_issues(exc, file, HmiConfig, cfg.hmi, prefix="hmi")
+        else:
+            if not hmi.enabled:
+                hmi = None
+
     # ---- the bridge's OPC UA security towards each PLC
     plc_security: dict[str, Any] = {}
     if cfg is not None:
@@ -571,6 +616,8 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         security=security,
         journal_key_file=key_file,
         plc_security=plc_security,
+        hmi=hmi,
+        history_path=_resolve(state_dir, cfg.history.path) if cfg.history.enabled else None,
     )
 
 

@@ -12,6 +12,12 @@
   a per-cell tag's cell from its place in the map's cell block.
 * ``ShadowRecorder``: in shadow, what the controller would send (and what the safety
   layer would make of a setpoint: clamp, ramp) is logged and journalled.
+
+With an ``AlarmManager`` the same events drive the ISA-18.2 alarms (``EVENT_ALARMS``: AEs,
+escalations, feeder faults, frozen signals, rectifier trips) and the safety layer's
+alarms become one alarm per device and kind (``<device>/<kind>``, never suppressed by
+design); the alarm records go to ``on_alarms`` (journal, HMI, mirror). With
+``ProcessKpis`` AE starts and ends reach the AE KPIs.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ if TYPE_CHECKING:
     from plc_bridge.safe_write import WriteRecord
     from potctl.ae_detection import AEDetector, AERecord
     from potctl.plant import Commands, Measurements
+    from potline.alarms import AlarmManager, AlarmRecord, Priority
+    from potline.kpis import ProcessKpis
     from potline.metrics import DaemonMetrics
     from potline.recorder import JournalRecorder
     from twin.layout import PlantLayout
@@ -48,6 +56,16 @@ WARNING_EVENTS = frozenset({"ae_start", "ae_escalation", "feeder_fault", "rectif
 BRIDGE_EVENTS = frozenset({"plc_restart_seen", "command_not_acknowledged"})
 #: how often a refused-writes summary may repeat per device with an unchanged reason [wall s]
 REFUSAL_JOURNAL_EVERY_S = 60.0
+#: ISA priority and operator text of the safety layer's alarm kinds (others: medium)
+BRIDGE_ALARMS: dict[str, tuple[Priority, str]] = {
+    "comms_lost": ("high", "PLC link lost (writes stopped)"),
+    "plc_heartbeat_stale": ("high", "PLC heartbeat stale (writes refused)"),
+    "out_of_bounds": ("medium", "PLC value outside the write bounds, being brought back"),
+    "out_of_bounds_refused": ("high", "PLC value outside the write bounds, not brought back"),
+    "plc_value_unusable": ("high", "PLC value unusable (nothing written)"),
+    "readback_mismatch": ("medium", "Write not confirmed by read-back"),
+    "plc_refused": ("medium", "PLC refused a write"),
+}
 #: beam moves smaller than this are no move [mm]
 BEAM_MOVE_MIN_MM = 0.05
 #: beam moves listed in one shadow entry
@@ -92,11 +110,16 @@ class EventRouter:
         mode: the running mode.
         last_meas: the last measurements read (None before the first).
         detector: the controller's AE detector (None before it exists).
+        alarms: the ISA-18.2 alarm manager (None: no alarms driven).
+        on_alarms: takes every batch of alarm records (journal, HMI, mirror).
+        kpis: the process KPIs (AE counts and minutes).
     """
 
     def __init__(self, layout: PlantLayout, name: str, metrics: DaemonMetrics, recorder: JournalRecorder,
                  links: LinkTracker, *, mode: Callable[[], str], last_meas: Callable[[], Measurements | None],
-                 detector: Callable[[], AEDetector | None]) -> None:  # fmt: skip
+                 detector: Callable[[], AEDetector | None], alarms: AlarmManager | None = None,
+                 on_alarms: Callable[[list[AlarmRecord]], None] | None = None,
+                 kpis: ProcessKpis | None = None) -> None:  # fmt: skip
         self.layout = layout
         self.name = name
         self.metrics = metrics
@@ -105,8 +128,33 @@ class EventRouter:
         self.mode = mode
         self.last_meas = last_meas
         self.detector = detector
+        self.alarms = alarms
+        self.on_alarms = on_alarms
+        self.kpis = kpis
         self._cell_line = np.asarray(layout.cell_line, dtype=np.int64)
         self._cell_room = np.asarray(layout.cell_room, dtype=np.int64)
+        #: safety-layer alarm key -> the tags (message heads) it is active for
+        self._bridge_active: dict[str, set[str]] = {}
+
+    # ------------------------------------------------------------------ alarms
+
+    def alarm_out(self, records: list[AlarmRecord]) -> None:
+        """Hand alarm records on (``on_alarms``); nothing when there are none."""
+        if records and self.on_alarms is not None:
+            self.on_alarms(records)
+
+    def event_alarm(self, kind: str, now: float, *, area: str | None = None, cell: int | None = None,
+                    cell_index: int | None = None, value: float | None = None, detail: str = "") -> None:  # fmt: skip
+        """Drive the alarm of an event kind (``potline.alarms.EVENT_ALARMS``; other kinds: nothing)."""
+        if self.alarms is None:
+            return
+        try:
+            recs = self.alarms.on_event(kind, now, area=area, cell=cell, cell_index=cell_index, value=value,
+                                        detail=detail)  # fmt: skip
+        except Exception:
+            log.exception("alarms.event_failed", kind=kind)
+            return
+        self.alarm_out(recs)
 
     # ------------------------------------------------------------------ locations
 
@@ -147,6 +195,25 @@ class EventRouter:
             emit = log.warning if kind in WARNING_EVENTS else log.info
             emit(f"event.{kind}", detail=detail, t_plant_s=round(now, 3), **where)
             self.recorder.append(kind, **fields)
+            is_cell = "cell" in where
+            value = fields.get("value")
+            self.event_alarm(kind, now, area=where.get("room") or where.get("line"), cell=where.get("cell"),
+                             cell_index=idx if is_cell else None,
+                             value=float(value) if isinstance(value, (int, float)) else None, detail=detail)  # fmt: skip
+            if self.kpis is not None and is_cell:
+                self._ae_kpis(kind, idx, now, fields.get("data") or {})
+
+    def _ae_kpis(self, kind: str, idx: int, now: float, data: dict[str, Any]) -> None:
+        kp = self.kpis
+        if kp is None:
+            return
+        try:
+            if kind == "ae_start":
+                kp.ae_started(idx, now)
+            elif kind == "ae_end" and data.get("duration_s") is not None:
+                kp.ae_ended(idx, float(data["duration_s"]), now)
+        except Exception:
+            log.exception("kpis.ae_failed", kind=kind)
 
     def _ae_fields(self, kind: str, idx: int, meas: Measurements | None) -> dict[str, Any]:
         det = self.detector()
@@ -177,6 +244,34 @@ class EventRouter:
                                                device=device, message=msg, **where)  # fmt: skip
         self.recorder.append("alarm_cleared" if cleared else "alarm", t_plant_s=now, source=lk.name if lk else device,
                              detail=f"{akind}: {msg}", data={"alarm": akind, "device": device}, **where)  # fmt: skip
+        if self.alarms is not None:
+            self._bridge_isa(device, lk.name if lk else device, akind, msg, not cleared, now)
+
+    def _bridge_isa(self, device: str, plc: str, akind: str, msg: str, active: bool, now: float) -> None:
+        """The safety layer's alarm as an ISA alarm ``<device>/<kind>``: active while any of its
+        tags (the message's head) has it active."""
+        from potline.alarms import AlarmDef
+
+        am = self.alarms
+        if am is None:
+            return
+        key = f"{device}/{akind}"
+        prio, text = BRIDGE_ALARMS.get(akind, ("medium", akind.replace("_", " ")))
+        head = msg.split(":", 1)[0] if ":" in msg else ""
+        tags = self._bridge_active.setdefault(key, set())
+        if active:
+            tags.add(head)
+        else:
+            tags.discard(head)
+            if head == "":  # a clear without a tag clears them all
+                tags.clear()
+        try:
+            am.define(AlarmDef(key, akind, prio, f"{text}: {plc}", area=plc, suppressible=False), now)
+            recs = am.set_condition(key, bool(tags), now, detail=msg)
+        except Exception:
+            log.exception("alarms.bridge_failed", key=key)
+            return
+        self.alarm_out(recs)
 
     # ------------------------------------------------------------------ write records
 

@@ -103,16 +103,20 @@ class LinkTracker:
         metrics, health: the daemon's metrics and health state.
         recorder: the journal.
         on_change: called after any link changed state (systemd status line).
+        on_event: called with (``comms_lost`` | ``comms_restored``, PLC name, detail) at
+            each journalled transition (the alarms).
     """
 
     def __init__(self, plcs: Sequence[PlcSection], name: str, metrics: DaemonMetrics, health: HealthState,
-                 recorder: JournalRecorder, on_change: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 recorder: JournalRecorder, on_change: Callable[[], None] | None = None,
+                 on_event: Callable[[str, str, str], None] | None = None) -> None:  # fmt: skip
         self.links: dict[str, Link] = {pc.device: Link(pc.name, pc.device, pc.kind) for pc in plcs}
         self.name = name
         self.metrics = metrics
         self.health = health
         self.recorder = recorder
         self.on_change = on_change
+        self.on_event = on_event
 
     def get(self, device: str) -> Link | None:
         return self.links.get(device)
@@ -164,12 +168,22 @@ class LinkTracker:
             log.warning("plc.comms_lost", plc=lk.name, device=d.device, reason=reason, **where)
             self.recorder.append("comms_lost", source=lk.name, detail=f"{d.device}: {reason}",
                                  data={"device": d.device, "first_scan": prev is None}, **where)  # fmt: skip
+            self._event("comms_lost", lk.name, f"{d.device}: {reason}")
         elif prev is not None:
             log.info("plc.comms_restored", plc=lk.name, device=d.device, **where)
             self.recorder.append("comms_restored", source=lk.name, detail=f"{d.device}: link up, state re-read",
                                  data={"device": d.device}, **where)  # fmt: skip
+            self._event("comms_restored", lk.name, f"{d.device}: link up")
         else:
             log.info("plc.connected", plc=lk.name, device=d.device, **where)
+
+    def _event(self, kind: str, plc: str, detail: str) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, plc, detail)
+        except Exception:
+            log.exception("plc.link_event_failed", kind=kind, plc=plc)
 
     def scan_ages(self, now_mono: float, started_mono: float) -> None:
         """Age of each link's newest good scan into the metrics (before a scrape)."""

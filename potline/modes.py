@@ -21,7 +21,7 @@ every way into control, the start included.
   journalled mode, ``control`` resumed as ``shadow``;
 * after an **unclean** previous stop (the journal's last start has no stop) the daemon
   starts in ``observe`` whatever was asked, *disarmed*: only an explicit operator
-  request (mode file write, ``SIGUSR1``, OPC UA ``SetMode``) takes it back to
+  request (mode file write, ``SIGUSR1``, OPC UA ``SetMode``, the HMI) takes it back to
   ``control``; the first such switch is journalled with ``rearmed: true``;
 * after a **clean** stop a start request for ``control`` starts in ``shadow`` with the
   request *pending*: it is carried out (journalled as a ``mode_change`` from source
@@ -55,7 +55,7 @@ __all__ = [
 Mode = Literal["observe", "shadow", "control"]
 MODES: tuple[Mode, ...] = ("observe", "shadow", "control")
 #: request sources that are an operator's explicit action (they may re-arm control)
-OPERATOR_SOURCES = frozenset({"mode_file", "SIGUSR1", "opcua"})
+OPERATOR_SOURCES = frozenset({"mode_file", "SIGUSR1", "opcua", "hmi"})
 #: longest requested-mode text kept in a refusal record
 _KEEP = 64
 

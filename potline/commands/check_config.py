@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
             for loss in p["capability_losses"]:
                 print(f"    capability loss: {loss}")
         print(f"  journal {summary['journal']}; metrics {summary['metrics']}; mirror {summary['mirror']}")
+        print(f"  hmi {summary['hmi']}; history {summary['history']}")
     return 0
 
 
@@ -124,4 +125,17 @@ def describe(loaded: Any) -> dict[str, Any]:
         + (f" (keyed chain: {loaded.journal_key_file})" if loaded.journal_key_file is not None else ""),
         "metrics": f"http://{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off",
         "mirror": f"opc.tcp://{cfg.opcua.host}:{cfg.opcua.port}{cfg.opcua.path}" if cfg.opcua.enabled else "off",
+        "hmi": f"http://{loaded.hmi.host}:{loaded.hmi.port}" if loaded.hmi is not None else "off",
+        "history": _history(loaded),
     }
+
+
+def _history(loaded: Any) -> str:
+    """Where the history goes and about how large it grows (retention x scan rate)."""
+    from potline.history import estimate_bytes, plant_groups
+
+    if loaded.history_path is None:
+        return "off"
+    cfg = loaded.config
+    mb = estimate_bytes(plant_groups(loaded.layout), cfg.daemon.scan_period_s, cfg.history) / 1e6
+    return f"{loaded.history_path} (about {mb:,.0f} MB at steady state)"

@@ -139,13 +139,16 @@ def daemon_config(tmp_path: Path, rig: Any | None, *, mode: str = "observe", cel
         plc["protocol"] = protos[plc["kind"]]
     data["metrics"]["port"] = free_port()
     data["opcua"]["port"] = free_port()
+    if "hmi" in data:
+        data["hmi"]["port"] = free_port()
     data["logging"] = {"format": "json", "level": "INFO"}
     for key, upd in sections.items():
         data.setdefault(key, {})
         data[key].update(upd)
     path = tmp_path / "daemon.toml"
     path.write_text(dump_toml(data), encoding="utf-8")
-    data["_ports"] = {"metrics": data["metrics"]["port"], "opcua": data["opcua"]["port"]}
+    data["_ports"] = {"metrics": data["metrics"]["port"], "opcua": data["opcua"]["port"],
+                      "hmi": data.get("hmi", {}).get("port")}  # fmt: skip
     return path, data
 
 
