@@ -90,6 +90,8 @@ class DemoOptions:
     hmi: bool = True
     hmi_host: str = "127.0.0.1"
     hmi_port: int = 0
+    #: the port was not asked for: when it is taken, serve on a free one instead of failing
+    hmi_port_fallback: bool = False
 
 
 @dataclass
@@ -172,7 +174,13 @@ async def run_demo(opts: DemoOptions, console: Any = None) -> DemoResult:
             session = await ControllerSession(sc, endpoints).start()
         surface = SessionSurface(session, Path(opts.out))
         if opts.hmi:
-            hmi_url = await surface.serve(opts.hmi_host, opts.hmi_port)
+            try:
+                hmi_url = await surface.serve(opts.hmi_host, opts.hmi_port)
+            except OSError as exc:
+                if not opts.hmi_port_fallback:
+                    raise
+                console.print(f"  port {opts.hmi_port} is taken ({exc.strerror}): the HMI takes a free port")
+                hmi_url = await surface.serve(opts.hmi_host, 0)
             console.print(f"  [bold]HMI:[/bold] {hmi_url}  (live while the demo runs; read-only)")
         status: dict[str, Any] = {}
 

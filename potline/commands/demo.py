@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="out/demo", help="report directory (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress display")
-    parser.add_argument("--hmi-port", type=int, default=8080,
-                        help="port of the web HMI served during the run (0: a free one; default: %(default)s)")  # fmt: skip
+    parser.add_argument("--hmi-port", type=int, default=None,
+                        help="port of the web HMI served during the run (0: a free one; default: 8080, "
+                             "or a free one when 8080 is taken)")  # fmt: skip
     parser.add_argument("--hmi-host", default="127.0.0.1", help="interface of the web HMI (default: %(default)s)")
     parser.add_argument("--no-hmi", action="store_true", help="do not serve the web HMI")
 
@@ -63,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     opts = DemoOptions(scenario=args.scenario, hours=args.hours, speed=args.speed, cells=args.cells, rooms=args.rooms,
                        scan_s=args.scan, potroom_protocol=args.potroom_protocol, out=Path(args.out),
                        progress=not args.no_progress, hmi=not args.no_hmi, hmi_host=args.hmi_host,
-                       hmi_port=args.hmi_port)  # fmt: skip
+                       hmi_port=8080 if args.hmi_port is None else args.hmi_port,
+                       hmi_port_fallback=args.hmi_port is None)  # fmt: skip
     try:
         res = asyncio.run(run_demo(opts, console))
     except ConfigError as exc:
