@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -275,3 +277,71 @@ async def test_hil_bad_transmitter_and_link_loss_reach_a_plain_client() -> None:
     finally:
         await plant.stop()
         await rig.stop()
+
+
+def _measurements(layout: Any, t: float, cell_ok: np.ndarray) -> Any:
+    from potctl.plant import Measurements
+
+    n, nl = layout.n_cells, layout.n_lines
+    return Measurements(
+        t_s=t, line_current_ka=np.full(nl, 120.0), line_voltage_v=np.full(nl, 600.0),
+        line_setpoint_ka=np.full(nl, 120.0), rectifier_remote=np.ones(nl, bool),
+        rectifier_tripped=np.zeros(nl, bool), tap_position=np.ones(nl, np.int64),
+        cell_voltage_v=np.where(cell_ok, 4.25, np.nan), feeder_ack=np.zeros(n, np.int64), beam_ack_mm=np.zeros(n),
+        tapping=np.zeros(n, bool), anode_change=np.zeros(n, bool), cut_out=np.zeros(n, bool), cell_ok=cell_ok,
+        line_ok=np.ones(nl, bool),
+    )  # fmt: skip
+
+
+async def test_the_daemons_cycle_call_publishes_values_with_their_status_and_links() -> None:
+    """``publish_cycle`` through ``MirrorThread`` (the mirror in its own thread), as the daemon calls it."""
+    from plc_bridge.quality import Quality, ValueQuality
+    from potctl.plant import Commands
+    from potline.mirror import MirrorModel, MirrorThread, mirror_quantities, publish_cycle
+
+    layout = make_layout((3,))
+    model = MirrorModel(layout, None)
+    mirror = MirrorThread(lambda: MirrorServer(layout, mirror_quantities(), port=0, epoch_s=EPOCH), "Alro")
+    await mirror.start()
+    try:
+        assert mirror.server is not None
+        async with Client(mirror.server.endpoint_url, timeout=10) as c:
+            # without the bridge's quality: a cell the scan did not judge ok is not Good
+            ok = np.array([True, False, True])
+            publish_cycle(mirror, model, _measurements(layout, 30.0, ok), Commands.idle(3, 2), None)
+
+            async def cell(k: int) -> ua.DataValue:
+                return await read(c, f"Alro.Room1.Cell{101 + k}.CellVoltage")
+
+            first = await wait_until(lambda: _published(cell, 0, 4.25), DEADLINE_S, "the first cycle's values")
+            assert stamp(first) == EPOCH + 30.0
+            assert code(await cell(1)) != SC.Good and (await cell(1)).Value.Value is None
+            # with the bridge's quality and links: the bridge's own reasons and scan times
+            quality = {"cell_voltage_v": ValueQuality(np.zeros(3, np.uint8), np.array([31.0, 31.0, 27.0]),
+                                                      np.array(["", "", ""], dtype=object))}  # fmt: skip
+            quality["cell_voltage_v"].set(2, Quality.UNCERTAIN, 27.0, "last usable value (link down)")
+            links = [LinkStatus("potroom:Room1", True, "", 31.0, 31.0)]
+            second = _measurements(layout, 31.0, np.ones(3, bool))
+
+            async def held_shown() -> ua.DataValue | None:
+                # the daemon's next cycles (a publish still being written makes the mirror skip one)
+                publish_cycle(mirror, model, second, Commands.idle(3, 2), None, quality=quality, links=links)
+                return await _with_code(lambda: cell(2), SC.UncertainLastUsableValue)
+
+            held = await wait_until(held_shown, DEADLINE_S, "the held value's status")
+            assert stamp(held) == EPOCH + 27.0
+            assert code(await cell(1)) == SC.Good and stamp(await cell(1)) == EPOCH + 31.0
+
+            async def link_up() -> bool:
+                with contextlib.suppress(ua.UaStatusCodeError):  # the link's object comes with that publish
+                    return (await read(c, "Alro.Links.potroom_Room1.Up")).Value.Value is True
+                return False
+
+            await wait_until(link_up, DEADLINE_S, "the potroom link's object, up")
+    finally:
+        await asyncio.to_thread(mirror.stop)
+
+
+async def _published(cell: Any, k: int, value: float) -> ua.DataValue | None:
+    dv = await cell(k)
+    return dv if dv.Value.Value is not None and dv.Value.Value == pytest.approx(value) else None
