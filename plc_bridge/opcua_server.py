@@ -54,8 +54,10 @@ as its history). Rules:
   is in ``<Quantity>Status`` (StatusCode[n], rewritten only when a status changes) and
   on the per-cell scalars;
 * with ``stale_after_s`` set, values that got no publish for that long [wall s] turn
-  from Good to ``UncertainLastUsableValue`` (the daemon stopped feeding the mirror)
-  until the next publish.
+  from Good to ``UncertainLastUsableValue`` (the daemon stopped feeding the mirror), and
+  so do the links' Up and State, until the next publish;
+* per-cell scalars keep deadband semantics: a value that moves less than its deadband
+  keeps the SourceTimestamp of its last rewrite (the arrays always carry the latest scan).
 
 Alarms & Conditions: ``publish_alarm(ConditionState)`` emits an ``AlarmConditionType``
 event from the Server object (SourceNode the cell/room/line object, SourceName
@@ -1247,6 +1249,15 @@ class MirrorServer:
             if self.scalar_period_s is not None:
                 published = [q for q in self.cell_quantities if q.name in self._published]
                 await self._write_scalars(published, now, report, values_due=False)
+            stale = self._status(STALE)
+            for device, link in self._links.items():  # a link state nobody refreshes is no longer known
+                for name, vt in (("Up", ua.VariantType.Boolean), ("State", ua.VariantType.String)):
+                    if link.written.get(name) is not None:
+                        dv = ua.DataValue(ua.Variant(link.written.pop(name), vt), StatusCode=stale,
+                                          SourceTimestamp=now, ServerTimestamp=now)  # fmt: skip
+                        await self.server.iserver.aspace.write_attribute_value(
+                            self.link_node_id(device, name), ua.AttributeIds.Value, dv
+                        )
 
     # ------------------------------------------------------------------ links
 

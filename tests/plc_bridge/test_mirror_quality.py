@@ -154,12 +154,15 @@ async def test_a_mirror_nobody_feeds_shows_no_value_good() -> None:
     layout = make_layout((2,))
     async with MirrorServer(layout, port=0, epoch_s=EPOCH, stale_after_s=0.3) as mirror:
         async with Client(mirror.endpoint_url, timeout=10) as c:
-            await mirror.publish({"CellVoltage": np.full(2, 4.2), "LineCurrent": np.array([120.0, 121.0])}, t=5.0)
+            links = [LinkStatus("potroom:Room1", True, "", 5.0, 5.0)]
+            await mirror.publish({"CellVoltage": np.full(2, 4.2), "LineCurrent": np.array([120.0, 121.0])}, t=5.0,
+                                 links=links)  # fmt: skip
             # (a loaded machine may already have gone past 0.3 s: Good or stale, never anything else)
             assert code(await read(c, "Alro.Room1.Cell101.CellVoltage")) in (SC.Good, SC.UncertainLastUsableValue)
 
             async def stale() -> bool:
-                names = ("Alro.Room1.Cell101.CellVoltage", "Alro.Room1.CellVoltage", "Alro.Line2.LineCurrent")
+                names = ("Alro.Room1.Cell101.CellVoltage", "Alro.Room1.CellVoltage", "Alro.Line2.LineCurrent",
+                         "Alro.Links.potroom_Room1.Up")  # fmt: skip
                 return all([code(await read(c, n)) == SC.UncertainLastUsableValue for n in names])
 
             await wait_until(stale, DEADLINE_S, "values turning UncertainLastUsableValue")
