@@ -6,7 +6,10 @@ config -> ``BridgePlant`` (PLCs over Modbus/OPC UA, writes through the safety la
 * **the twin as mirror** (``potline.mirror``): an ``AluminaObserver`` (EKF, Numba)
   follows every cell from the measurements and acknowledged feed/beam actions;
   ``MirrorServer`` publishes its estimates (alumina, ACD, time to AE) next to the
-  measurements over OPC UA, and AE start/end events;
+  measurements over OPC UA, each value with the quality and source time of the scan it
+  came from, a link-state object per PLC, AE start/end events, the alarms as OPC UA
+  Alarms & Conditions (an operator's Acknowledge goes to the alarm manager) and
+  HistoryRead from the history file;
 * **modes** (``potline.modes``: ``observe`` | ``shadow`` | ``control``), switchable at
   runtime by an operator's OPC UA ``Twin/SetMode`` call, by signals (``SIGUSR1``: apply
   the mode file now, ``SIGUSR2``: observe now) or by writing the mode file
@@ -66,7 +69,7 @@ from potline.kpis import ProcessKpis
 from potline.lifecycle import Lifecycle, hand_back
 from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
-from potline.mirror import MirrorModel, MirrorThread, publish_cycle
+from potline.mirror import MirrorModel, MirrorThread, mirror_history, mirror_quantities, publish_cycle
 from potline.mode_file import ModeFile
 from potline.mode_switch import ModeSwitch
 from potline.modes import Interlock, Mode, ModeMachine, PreviousRun
@@ -98,6 +101,10 @@ ERROR_JOURNAL_EVERY_S = 60.0
 ERRORS_LEAVE_CONTROL = 3
 #: safety-layer alarms shown in /readyz (``HealthState.NOT_READY_ALARMS`` of them make it 503)
 READYZ_ALARMS = frozenset({"out_of_bounds", "out_of_bounds_refused", "plc_value_unusable"})
+#: the mirror's values turn UncertainLastUsableValue without a refresh for this many scans
+#: (and at least this many wall seconds)
+MIRROR_STALE_SCANS = 5.0
+MIRROR_STALE_MIN_S = 10.0
 #: how often the history is pruned [wall s] (and how many rows per level and call)
 HISTORY_PRUNE_EVERY_S = 600.0
 HISTORY_PRUNE_ROWS = 50_000
@@ -315,6 +322,11 @@ class Daemon:
             self.recorder.append(r.journal_kind, **r.journal_fields())
         if self.hmi is not None:
             self.hmi.notify()
+        if self.mirror is not None:
+            try:
+                self.mirror.show_alarms(records, self.alarms)
+            except Exception:
+                log.exception("mirror.alarms_failed")
 
     def _record_operator_alarms(self, records: Any) -> None:
         """Alarm changes an operator made on the HMI: journalled and committed before the answer."""
@@ -387,7 +399,10 @@ class Daemon:
                 log.exception("mirror.snapshot_failed")
         if self.mirror is not None and self.model is not None and snap is not None:
             try:
-                publish_cycle(self.mirror, self.model, meas, cmds, det, snapshot=snap)
+                bridge = self.bridge
+                publish_cycle(self.mirror, self.model, meas, cmds, det, snapshot=snap,
+                              quality=bridge.quality if bridge is not None else None,
+                              links=bridge.links() if bridge is not None else None)  # fmt: skip
             except Exception:
                 log.exception("mirror.publish_failed")
         view = self._as_reported(meas)
@@ -633,17 +648,54 @@ class Daemon:
             except RuntimeError:  # the daemon's loop is closed: the log keeps it
                 log.warning("opcua.security_event_unjournalled", **ev.journal_fields())
 
+        history = None
+        if self.history is not None and self.loaded.history_path is not None:
+            try:  # HistoryRead: its own read-only connection on the history file
+                history = mirror_history(self.loaded.history_path, self.layout)
+            except Exception as exc:
+                log.error("mirror.history_unavailable", error=f"{type(exc).__name__}: {exc}")
+        # values not refreshed for this long [wall s] turn UncertainLastUsableValue
+        stale_wall_s = max(
+            MIRROR_STALE_MIN_S, MIRROR_STALE_SCANS * self.cfg.daemon.scan_period_s / clock_speed(self.clock)
+        )
+
         def factory() -> MirrorServer:
-            m = MirrorServer(self.layout, security=self.loaded.security, host=oc.host, port=oc.port, path=oc.path,
-                             scalar_period_s=oc.scalar_period_s, initial_mode=initial,
-                             server_name=f"potline-twin mirror {self.name}")  # fmt: skip
+            m = MirrorServer(self.layout, mirror_quantities(), security=self.loaded.security, host=oc.host,
+                             port=oc.port, path=oc.path, scalar_period_s=oc.scalar_period_s, initial_mode=initial,
+                             server_name=f"potline-twin mirror {self.name}", epoch_s=self.timeline0,
+                             stale_after_s=stale_wall_s)  # fmt: skip
+            if history is not None:
+                m.enable_history(*history)
             m.set_mode_handler(opcua_mode)
             m.on_security_event(security_event)
             return m
 
         self.mirror = MirrorThread(factory, self.layout.plant)
+        self.mirror.on_acknowledge(self._opcua_acknowledge)  # runs in this loop
         self.switch.mirror = self.mirror
+        self.mirror.show_alarms(self._alarms_now(), self.alarms)  # what a client must see at once
         return self.mirror.start()
+
+    def _alarms_now(self) -> list[AlarmRecord]:
+        """The alarms not in normal as records (the mirror's retained conditions at its start)."""
+        from potline.alarms import AlarmRecord
+
+        now = self._plant_now()
+        out = []
+        for a in self.alarms.listing():
+            d = a.definition
+            out.append(AlarmRecord(t=a.since if a.since is not None else now, key=d.key, kind=d.kind,
+                                   priority=d.priority, event="raised", old_state=a.state, new_state=a.state,
+                                   active=a.active, area=d.area, cell=d.cell, value=a.value, message=d.message))  # fmt: skip
+        return out
+
+    def _opcua_acknowledge(self, key: str, user: str, comment: str) -> None:
+        """An operator's OPC UA Acknowledge (in this loop): the alarm manager decides (an
+        ``AlarmActionError`` refuses it), the change is journalled and shown everywhere."""
+        recs = self.alarms.acknowledge(key, user, self._plant_now(), comment)
+        log.info("alarm.acknowledged", key=key, user=user, via="opcua")
+        self.alarm_records(recs)
+        self.recorder.commit()
 
     def _security_event(self, ev: SecurityEvent) -> None:
         """A refused login or denied request on the mirror (a rate-limited summary): journal, metric, log."""
