@@ -188,6 +188,8 @@ class PotController:
         #: when the oldest of them was commanded [s]
         self.beam_inflight_mm = np.zeros(n)
         self._inflight_t = np.full(n, np.nan)
+        #: alumina-rich R the slope tracker held when each cell's last AE began [µΩ]
+        self._r_rich_ae = np.full(n, np.nan)
         #: calm pseudo-resistance (smoothed; NaN: none yet) [µΩ]
         self._r_calm = np.full(n, np.nan)
         self._r_calm_since = np.full(n, np.nan)  # start of the current calm stretch [s]
@@ -265,7 +267,7 @@ class PotController:
                                    "target_mm": <pre-AE position, acknowledgement coordinates>,
                                    "t_start_s", "restore_t_s", "owed_since_s", "parked_t_s",
                                    "lowered", "pumps", "refed", "adopted", "attempts",
-                                   "doubt_mm", "doubt_t_s", "verify"} | absent,
+                                   "doubt_mm", "doubt_t_s", "verify", "r_ref_uohm"} | absent,
                         "handed": {"owed_mm", "t_s", "why"} | absent}, ...]}
 
         Times are this controller's plant times [s]; positions [mm], + up. ``cells`` only
@@ -515,8 +517,7 @@ class PotController:
         judge = ((q.doubt_mm != 0.0) | q.verify) & (q.state == RESTORING) & (now >= q.restore_t) & ~q.parked & settled
         judge &= valid & ~seen_ae & ~det.lv_active & np.isfinite(self._r_calm)
         if judge.any():
-            events += q.resolve_doubt(np.flatnonzero(judge), now, self._r_calm, self.resistance.effective_target(now),
-                                      pos, self.cfg.resistance.uohm_per_mm)  # fmt: skip
+            events += q.resolve_doubt(np.flatnonzero(judge), now, self._r_calm, pos, self.cfg.resistance.uohm_per_mm)
         return events
 
     def _resolve_handovers(
@@ -659,7 +660,10 @@ class PotController:
                 where = "" if remote[k] else ", room in local control: the PLC's AE kill acts"
                 events.append(("ae_start", int(k),
                                f"U={u[k]:.1f} V, start {rec.start_s:.0f} s, alarm lead {lead:.0f} s{where}"))  # fmt: skip
-            q_shots += self.quench.start(np.flatnonzero(own), now, pos)
+            # the alumina-rich R at the pre-AE position (before the predictor forgets it below)
+            held = np.where(np.isfinite(self.predictor.r_ref), self.predictor.r_ref, self.predictor.r_fit)
+            self._r_rich_ae[st] = held[st] + cfg.resistance.alumina_rich_offset_uohm
+            q_shots += self.quench.start(np.flatnonzero(own), now, pos, self._r_rich_ae)
             self._check_repeats(st, now, events)
             self.feeding.force_overfeed(mask & remote, now, cfg.feeding.post_ae_overfeed_s)
             self.predictor.reset(mask)
@@ -672,7 +676,7 @@ class PotController:
             t0 = np.array([self.detector.open_record(int(k)).start_s for k in oc])
             burning_now = self.detector.active & ~self.detector.below_end_threshold()
             pre = np.where(np.isfinite(self._beam_calm), self._beam_calm, beam)
-            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now)
+            a_shots, adopted = self.quench.adopt(oc, now, t0, pre, beam, burning_now, self._r_rich_ae)
             q_shots += a_shots
             if adopted.size:
                 amask = np.zeros(n, dtype=bool)
@@ -690,7 +694,8 @@ class PotController:
             events.append(("ae_unconfirmed", int(k), f"one sample above the AE threshold, back to U={u[k]:.1f} V before "
                                                      f"confirmation; the next AE feed waits for confirmation for {hold:.0f} min"))  # fmt: skip
         calm = ~(self.detector.pending | self.detector.active)
-        self._beam_calm[calm] = beam[calm]
+        seen = calm & cell_ok  # (a cell without good data reports a held or meaningless position)
+        self._beam_calm[seen] = beam[seen]
         # calm pseudo-resistance (judges beam moves in doubt); a beam move steps it
         r_ok_calm = valid & calm & ~self.detector.lv_active & ~ops
         fresh_r = np.isnan(self._r_calm) | moved

@@ -59,11 +59,15 @@ coordinates) within ``restore_tolerance_mm``:
 * a move in doubt (``doubt_mm``: commanded, and the acknowledgement total cannot say
   whether it happened), or a position that must be confirmed (``verify``: the cell was
   in local control while nobody counted its moves), is judged when the cell is calm from
-  the pseudo-resistance: R now against resistance control's target plus what each
-  hypothesis puts the beam below its pre-AE position (``resolve_doubt``; the pre-AE
-  position is where resistance control wants the beam, and after an AE's overfeed the
-  bath is alumina-rich as that target assumes; R right before an AE is no reference, the
-  bath is lean then). Until then no stroke or restore is made on that cell.
+  the pseudo-resistance: R now against the alumina-rich R the slope tracker held at the
+  pre-AE position when the AE began (``r_ref_uohm``; after the AE's overfeed the bath is
+  rich again), plus what each hypothesis puts the beam below that position
+  (``resolve_doubt``). R right before an AE is no reference (the bath is lean then, 2-3 µΩ
+  high), nor is resistance control's target (off by up to ±3 µΩ, ~10 mm, on the twin
+  during an AE storm): without a rich R the restore is handed over. In a storm the slope
+  tracker, reset by every AE, seldom holds one: restarts resolve exactly only when the
+  acknowledgements continue across them (``same_ack_base``). Until judged, no stroke or
+  restore is made on that cell.
 """
 
 from __future__ import annotations
@@ -182,6 +186,8 @@ class QuenchController:
         #: a commanded move the acknowledgements cannot confirm nor deny (PLC/daemon restart) [mm]
         self.doubt_mm = np.zeros(n)
         self.doubt_t = np.full(n, np.nan)  # when it arose [s]
+        #: alumina-rich pseudo-resistance at the pre-AE position (NaN: unknown) [µΩ]
+        self.r_ref_uohm = np.full(n, np.nan)
         #: the position relative to the target must be confirmed by R before the restore
         self.verify = np.zeros(n, dtype=bool)
         #: owed restores of cells whose room went to local control: they wait there (no
@@ -238,10 +244,13 @@ class QuenchController:
         self.pre_feeds_unconfirmed += gone.size
         return gone
 
-    def start(self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray) -> np.ndarray:
+    def start(
+        self, cells: np.ndarray, t: float, beam_pos_mm: np.ndarray, r_ref_uohm: np.ndarray | None = None
+    ) -> np.ndarray:
         """Begin the sequence on ``cells`` (detected AEs); returns the shots to dump now.
 
-        ``beam_pos_mm`` [n]: beam position now (acknowledged + own moves in flight) [mm].
+        ``beam_pos_mm`` [n]: beam position now (acknowledged + own moves in flight) [mm];
+        ``r_ref_uohm`` [n]: alumina-rich R at this position [µΩ] (NaN/None: unknown).
         """
         shots = np.zeros(self.n, dtype=np.int64)
         if not self.cfg.enabled or len(cells) == 0:
@@ -254,6 +263,7 @@ class QuenchController:
         self.offset_mm[fresh] = 0.0
         self.owes[fresh] = False
         self.owed_since[fresh] = np.nan
+        self.r_ref_uohm[fresh] = np.nan if r_ref_uohm is None else np.asarray(r_ref_uohm, dtype=float)[fresh]
         self.parked[again] = False  # (a parked cell back in remote: this AE is the controller's)
         self.parked_t[again] = np.nan
         for arr in (fresh, again):
@@ -279,6 +289,7 @@ class QuenchController:
         pre_pos_mm: np.ndarray,
         beam_pos_mm: np.ndarray,
         burning: np.ndarray,
+        r_ref_uohm: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Take over the AEs on ``cells`` that started under local control (see the module
         docstring): feed only, no pumping, restore to ``pre_pos_mm`` after the AE.
@@ -292,6 +303,7 @@ class QuenchController:
             beam_pos_mm: [n] acknowledged beam position now [mm] (what the PLC's kill
                 left: the offset from the pre-AE position that depth limits count from).
             burning: [n] the voltage is still at AE level (the dose is dumped only then).
+            r_ref_uohm: [n] alumina-rich R at the pre-AE position [µΩ] (NaN/None: unknown).
 
         Returns:
             (shots [n] to dump now, the adopted cell indices).
@@ -312,6 +324,7 @@ class QuenchController:
         self.offset_mm[c] = np.asarray(beam_pos_mm, dtype=np.float64)[c] - self.pre_pos_mm[c]
         self.owes[c] = True  # the PLC's kill moved it; the controller promised the restore
         self.owed_since[new] = t0[~self.parked[c]]
+        self.r_ref_uohm[new] = np.nan if r_ref_uohm is None else np.asarray(r_ref_uohm, dtype=float)[new]
         self.attempts[c] = 0
         self.parked[c] = False
         self.parked_t[c] = np.nan
@@ -438,7 +451,6 @@ class QuenchController:
         cells: np.ndarray,
         t: float,
         r_now_uohm: np.ndarray,
-        r_target_uohm: np.ndarray,
         beam_pos_mm: np.ndarray,
         uohm_per_mm: float,
     ) -> list[Event]:
@@ -447,8 +459,7 @@ class QuenchController:
 
         Hypotheses: the beam is where the acknowledgements put it (``beam_pos_mm``), or,
         with a move in doubt, ``doubt_mm`` further (made, the total missed it). Each
-        predicts R now = ``r_target_uohm`` + ``uohm_per_mm`` x (position − pre-AE
-        position). The nearer one is taken when it fits within ``doubt_fit_uohm`` and, with
+        predicts R now = ``r_ref_uohm`` + ``uohm_per_mm`` x (position − pre-AE position). The nearer one is taken when it fits within ``doubt_fit_uohm`` and, with
         two, R lies outside the middle half between them (which must be at least
         ``doubt_min_uohm`` apart). A made move shifts the target in acknowledgement
         coordinates (the total never counted it). Otherwise the restore is handed over.
@@ -457,7 +468,6 @@ class QuenchController:
             cells: cell indices.
             t: time [s].
             r_now_uohm: [n] calm pseudo-resistance now [µΩ].
-            r_target_uohm: [n] resistance control's target [µΩ].
             beam_pos_mm: [n] position (acknowledged + own moves in flight) [mm].
             uohm_per_mm: R per mm of beam [µΩ/mm].
 
@@ -470,23 +480,27 @@ class QuenchController:
             f = float(self.doubt_mm[k])
             if f == 0.0 and not self.verify[k]:
                 continue
-            r_now, r_tgt = float(r_now_uohm[k]), float(r_target_uohm[k])
+            r_now, r_ref = float(r_now_uohm[k]), float(self.r_ref_uohm[k])
+            ref = "the alumina-rich R before the AE"
             off = float(beam_pos_mm[k] - self.pre_pos_mm[k])
-            seen = r_now - r_tgt
+            seen = r_now - r_ref
             hyps = [0.0, f] if f else [0.0]
             errs = [abs(seen - uohm_per_mm * (off + h)) for h in hyps]
             best = int(np.argmin(errs))
             why = ""
-            if not (math.isfinite(r_now) and math.isfinite(r_tgt)):
-                why = "no resistance to judge the beam position by"
+            subject = f"a {f:+.1f} mm move in doubt" if f else "a position nobody counted the PLC's moves of"
+            if not math.isfinite(r_ref):
+                why = f"{subject}, and no alumina-rich R from before the AE to judge it by"
+            elif not math.isfinite(r_now):
+                why = f"{subject}, and no resistance now to judge it by"
             elif errs[best] > st.doubt_fit_uohm:
                 pos = ", ".join(f"{off + h:+.1f} mm" for h in hyps)
-                why = (f"R is {seen:+.2f} µΩ from resistance control's target, which the beam at {pos} from its "
-                       "pre-AE position does not explain: something else moved it")  # fmt: skip
+                why = (f"R is {seen:+.2f} µΩ from {ref}, which the beam at {pos} from its pre-AE position "
+                       "does not explain: something else moved it")  # fmt: skip
             elif f and (
                 abs(uohm_per_mm * f) < st.doubt_min_uohm or abs(errs[0] - errs[1]) < 0.5 * abs(uohm_per_mm * f)
             ):
-                why = (f"a {f:+.1f} mm move in doubt cannot be told from R ({seen:+.2f} µΩ from the target, "
+                why = (f"a {f:+.1f} mm move in doubt cannot be told from R ({seen:+.2f} µΩ from {ref}, "
                        f"{uohm_per_mm * off:+.2f} if not made, {uohm_per_mm * (off + f):+.2f} if made)")  # fmt: skip
             if why:
                 events += self.hand_over(np.array([k]), t, beam_pos_mm, why)
@@ -499,9 +513,7 @@ class QuenchController:
             self.doubt_mm[k] = 0.0
             self.doubt_t[k] = np.nan
             self.verify[k] = False
-            events.append(
-                ("beam_move_reconciled", k, f"{what} from R ({seen:+.2f} µΩ from resistance control's target)")
-            )
+            events.append(("beam_move_reconciled", k, f"{what} from R ({seen:+.2f} µΩ from {ref})"))
         return events
 
     def step(
@@ -629,6 +641,7 @@ class QuenchController:
                 "doubt_mm": float(self.doubt_mm[k]),
                 "doubt_t_s": _opt(float(self.doubt_t[k])),
                 "verify": bool(self.verify[k]),
+                "r_ref_uohm": _opt(float(self.r_ref_uohm[k])),
                 "parked_t_s": _opt(float(self.parked_t[k])) if self.parked[k] else None,
             }
         if self.handed[k]:
@@ -669,6 +682,7 @@ class QuenchController:
             self.doubt_mm[k] = _num(q, "doubt_mm", w, none=0.0)
             self.doubt_t[k] = _num(q, "doubt_t_s", w, none=math.nan) + shift_s
             self.verify[k] = bool(q.get("verify", False))
+            self.r_ref_uohm[k] = _num(q, "r_ref_uohm", w, none=math.nan)
             parked = q.get("parked_t_s")
             self.parked[k] = parked is not None
             self.parked_t[k] = _num(q, "parked_t_s", w) + shift_s if parked is not None else math.nan

@@ -253,7 +253,13 @@ class BeamLedger:
         return LedgerLoad(None, msg)
 
     def restore_into(
-        self, controller: IntentHolder, meas: Any = None, now: float | None = None, *, plant_s_per_wall_s: float = 1.0
+        self,
+        controller: IntentHolder,
+        meas: Any = None,
+        now: float | None = None,
+        *,
+        plant_s_per_wall_s: float = 1.0,
+        same_ack_base: bool = False,
     ) -> LedgerLoad:
         """``load`` and hand the intent to ``controller.restore_beam_intent``; never raises.
         Intent the controller refuses is an unusable ledger (alarm naming the file and key).
@@ -266,13 +272,16 @@ class BeamLedger:
             now: plant time of ``meas`` [s].
             plant_s_per_wall_s: plant seconds per wall second (the daemon clock's speed):
                 scales the time the ledger sat on disk into plant time.
+            same_ack_base: the acknowledgement totals continue those of the run that wrote
+                the ledger (a bridge reporting the PLCs' own counters); today's bridge
+                counts from 0 in every process: False.
         """
         res = self.load()
         if res.intent is None:
             return res
         gap = None if res.gap_wall_s is None else res.gap_wall_s * plant_s_per_wall_s
         try:
-            controller.restore_beam_intent(res.intent, meas, now, gap_s=gap)
+            controller.restore_beam_intent(res.intent, meas, now, gap_s=gap, same_ack_base=same_ack_base)
         except ValueError as exc:
             return self._unusable(f"key intent.{exc}")
         return res
