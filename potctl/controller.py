@@ -36,6 +36,16 @@ started under local control and still burns when the cell is taken back is adopt
 the quench (feed only, no beam pumping: the PLC's local AE kill already acted; see
 ``potctl.quench``). ``observe_only`` commands nothing anywhere, so there ``cell_remote``
 plays no part.
+
+Beam intent (issue 15). What the controller means to do with each beam — quench
+lowerings not restored yet, restores due, its own moves commanded but not yet
+acknowledged — is explicit state, reconciled every scan against the PLC's cumulative beam
+acknowledgement (``potctl.quench``: restores confirmed from the acknowledgements,
+re-issued when lost, handed to resistance control with ``beam_restore_handed_over`` when
+that is not safe). A cell without data keeps its last known authority (a link drop is
+not local control). ``beam_intent()`` exports it as plain data, ``restore_beam_intent``
+takes it over in a new process (``potline.beam_ledger`` keeps it on disk) and
+``plc_restarted`` marks moves a restarting PLC may have made unseen.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ are skipped and the restore waits until the operation is over. Feeding continues
 
 Local control (the potroom PLC's own automation in charge, ``cell_remote`` False):
 
-* a cell handed to local mid-sequence is ``release``d: the PLC's local AE kill and ACD
-  control own its beam from then on (a restore that had not happened yet is dropped;
-  the PLC's resistance control corrects the ACD);
+* a cell handed to local mid-sequence stops its sequence: the PLC's local AE kill and
+  ACD control own its beam from then on; a restore it owes is ``park``ed (see "Beam
+  intent" below), one it does not owe is ``release``d;
 * an AE that started while the cell was in local (the PLC's kill already fed and
   pumped) and still burns when the controller takes the cell back is ``adopt``ed: one
   AE dose at once (alumina is what the AE lacks; an extra dose is harmless), the
@@ -47,15 +47,23 @@ coordinates) within ``restore_tolerance_mm``:
   queue cleared when the room left remote) is re-issued (event ``beam_restore_reissued``)
   from the acknowledged position, at most ``restore_max_attempts`` times;
 * a link drop (no data) is not a hand-back to local: the sequence waits, nothing moves;
+* a room switched to local (good data, not remote) parks the owed restore: back in
+  remote within ``local_grace_s`` (a PLC restart's moment in local, a brief switch) it
+  is made from the acknowledged position, whatever the PLC's kill did meanwhile;
 * the restore is handed to resistance control (event ``beam_restore_handed_over``, an
-  alarm) instead of being made when the room is switched to local with a restore owed
-  (the PLC's ACD control owns the beam), when it is owed longer than
+  alarm) instead of being made when the room stays in local longer than
+  ``local_grace_s`` (the PLC's ACD control owns the beam), when it is owed longer than
   ``restore_max_age_s`` (anode burn-off and metal rise have made the pre-AE position
   stale), when the beam is further from the target than any quench moves it, when
   ``restore_max_attempts`` commands went unacknowledged, or when a move in doubt (a PLC
-  or daemon restart with a command in flight) cannot be judged from the resistance. A
-  handed-over restore stays recorded (``handed``) until resistance control resolved it
-  (``PotController``); it is never forgotten;
+  or daemon restart with a command in flight) or a position nobody counted cannot be
+  judged from the resistance. Resistance control then gets the cell with its AE lock
+  lifted and its post-operation correction window open (``ResistanceController.take_over``).
+  A handed-over restore stays recorded (``handed``) until resistance control resolved it
+  (moved the beam, or found R within 3 deadbands of its target; ``beam_restore_resolved``);
+  it is never forgotten;
+* a restore owed when nothing is sent (observe mode) waits: the intent is kept and
+  reconciled from the acknowledgements once commands go out again (or ages out);
 * a move in doubt (``doubt_mm``: commanded, and the acknowledgement total cannot say
   whether it happened), or a position that must be confirmed (``verify``: the cell was
   in local control while nobody counted its moves), is judged when the cell is calm from
