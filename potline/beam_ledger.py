@@ -36,9 +36,14 @@ Daemon wiring (two calls; ``potline.daemon`` owns them):
 
    ``restore_into`` loads the file and hands the intent to
    ``controller.restore_beam_intent(intent, meas, now, gap_s=...)``, which reconciles it
-   with these acknowledgements (a new bridge counts them from 0, the default
-   ``same_ack_base=False``); its events (``beam_intent_restored``, maybe
-   ``beam_restore_handed_over``) come out with the first step's commands.
+   with these acknowledgements; its events (``beam_intent_restored``, maybe
+   ``beam_restore_handed_over``) come out with the first step's commands. Today's bridge
+   counts acknowledgements from 0 in every process (``same_ack_base=False``, the
+   default): a stroke in flight at the kill, or what a PLC did in local while nobody
+   counted, can then only be judged from R, and is handed over when it cannot be. A
+   bridge that reports the PLCs' own cumulative counters (which a daemon restart does not
+   reset) lets the daemon pass ``same_ack_base=True``: every restore is then reconciled
+   exactly (``tests/potline/test_beam_ledger_closed_loop.py``).
 
 2. Every cycle, after ``controller.step`` and **before** the commands are written (a
    move must be on disk before it can reach a PLC, so a kill between the two leaves a move
@@ -49,6 +54,11 @@ Daemon wiring (two calls; ``potline.daemon`` owns them):
        if res.recovered:   # journal that it is written again
 
    Unchanged intent costs one JSON encoding and no I/O.
+
+Also for the daemon: on the bridge event ``plc_restart_seen`` (index: the room) call
+``controller.plc_restarted(layout.room_cells(room), now)``; build the controller with
+``beam=BeamIntentSettings(ack_timeout_s=2 * safety.ack_timeout_s)`` (a move is never
+re-issued while the bridge may still send the first).
 """
 
 from __future__ import annotations
