@@ -38,6 +38,11 @@ config -> ``BridgePlant`` (PLCs over Modbus/OPC UA, writes through the safety la
 * **web HMI** (``potline.hmi``, ``[hmi]``): the plant map, trends, AE and alarm lists,
   journal browser, mode changes for operators; served from the daemon's loop, pushed
   without blocking (``notify`` sets a flag);
+* **beam ledger** (``potline.beam_ledger``): the controller's intended beam offsets
+  (restores owed after a quench) saved before each cycle's commands are written and
+  restored from ``<state_dir>/beam_ledger.json`` on the first scan after a start, so a
+  restart (``kill -9`` included) loses no restore; a PLC restart the bridge sees is told to
+  the controller (``plc_restarted``);
 * **graceful stop** (``potline.lifecycle``) on SIGTERM/SIGINT: stop commanding, stop
   the heartbeat and wait (bounded) until the PLCs report local control, then close.
 
@@ -83,7 +88,8 @@ if TYPE_CHECKING:
     from potctl.config import ControlConfig
     from potctl.controller import PotController
     from potctl.plant import Commands, Measurements
-    from potline.alarms import AlarmRecord
+    from potline.alarms import AlarmRecord, Priority
+    from potline.beam_ledger import BeamLedger
     from potline.daemon_config import LoadedConfig
     from potline.history import History
     from potline.hmi import HmiServer, LocalSource
@@ -146,6 +152,7 @@ class _ModePlant:
         # what the PLCs say (the map's local/remote): the HMI, the KPIs and the alarms' design suppression
         self.d.real_remote = (None if meas.cell_remote is None else np.asarray(meas.cell_remote, dtype=bool).copy(),
                               np.asarray(meas.rectifier_remote, dtype=bool).copy())  # fmt: skip
+        self.d.restore_beam_ledger(meas)  # once: the reconciliation needs the PLCs' real cell_remote
         if self.d.mode != "control":
             meas = as_if_remote(meas)
         self.d.after_read(meas)
@@ -210,6 +217,8 @@ class Daemon:
         self.controller: PotController | None = None
         self.runtime: ControlRuntime | None = None
         self.history: History | None = None
+        self.ledger: BeamLedger | None = None
+        self._ledger_restored = False
         self.hmi: HmiServer | None = None
         self.hmi_source: LocalSource | None = None
         self._hist_exec: concurrent.futures.ThreadPoolExecutor | None = None
@@ -380,6 +389,7 @@ class Daemon:
         """The mode's write, then what the scan shows: the mirror (AE events + one snapshot),
         the KPIs, the history (on its executor), the alarms' cycle and the HMI."""
         mode = self.mode
+        self._save_beam_ledger()  # on disk before any move can reach a PLC
         if mode == "control" and self.bridge is not None:
             await self.bridge.write(cmds)
         elif mode == "shadow":  # nothing is sent: no heartbeat, the PLCs stay in local
@@ -425,6 +435,73 @@ class Daemon:
                 log.exception("hmi.publish_failed")
             if self.hmi is not None:
                 self.hmi.notify()  # sets a flag: the HMI's pump task builds and sends the messages
+
+    # ------------------------------------------------------------------ beam ledger
+
+    def restore_beam_ledger(self, meas: Measurements) -> None:
+        """On the first measurements of this run (the PLCs' real ``cell_remote``): the beam
+        intent of the previous run into the controller; an unusable ledger is an alarm."""
+        led, ctl = self.ledger, self.controller
+        if self._ledger_restored or led is None or ctl is None:
+            return
+        self._ledger_restored = True
+        t = float(meas.t_s)
+        try:
+            res = led.restore_into(ctl, meas, t, plant_s_per_wall_s=clock_speed(self.clock))
+        except Exception as exc:  # restore_into never raises by contract; a bug must not stop the daemon
+            log.exception("beam_ledger.restore_failed")
+            self.recorder.append("daemon_error", source="beam_ledger", detail=f"beam ledger not restored: {exc}")
+            return
+        if res.alarm:
+            self.recorder.append("beam_ledger_unusable", source="beam_ledger", detail=res.alarm, t_plant_s=t)
+            self._ledger_alarm("BeamLedger/unusable", "beam_ledger_unusable", "high",
+                               "Beam ledger unusable: owed beam restores may be lost", res.alarm, t, pulse=True)  # fmt: skip
+        elif res.intent is not None:
+            log.info("beam_ledger.restored", cells=res.cells, gap_wall_s=res.gap_wall_s)
+
+    def _save_beam_ledger(self) -> None:
+        """The controller's beam intent to disk (only when it changed); a failing write is an alarm."""
+        led, ctl = self.ledger, self.controller
+        if led is None or ctl is None:
+            return
+        try:
+            res = led.save(ctl.beam_intent())
+        except Exception:
+            log.exception("beam_ledger.save_failed")
+            return
+        t = self._plant_now()
+        if res.new_error:
+            self.recorder.append("beam_ledger_write_failed", source="beam_ledger", detail=str(res.error))
+            self._ledger_alarm("BeamLedger/write", "beam_ledger_write_failed", "high",
+                               "Beam ledger not written: a restart would lose owed beam restores", str(res.error), t)  # fmt: skip
+        elif res.recovered:
+            self.recorder.append("beam_ledger_written", source="beam_ledger", detail="beam ledger written again")
+            self._ledger_alarm("BeamLedger/write", "beam_ledger_write_failed", "high",
+                               "Beam ledger not written: a restart would lose owed beam restores", "", t, active=False)  # fmt: skip
+
+    def _ledger_alarm(self, key: str, kind: str, priority: Priority, message: str, detail: str, t: float, *,
+                      pulse: bool = False, active: bool = True) -> None:  # fmt: skip
+        try:
+            self.alarms.define(AlarmDef(key, kind, priority, message, area="beam_ledger", suppressible=False))
+            recs = (self.alarms.pulse(key, t, detail=detail) if pulse
+                    else self.alarms.set_condition(key, active, t, detail=detail))  # fmt: skip
+        except Exception:
+            log.exception("alarms.beam_ledger_failed", key=key)
+            return
+        self.alarm_records(recs)
+
+    def _on_events(self, events: list[tuple[str, int, str]], now: float) -> None:
+        """The cycle's events: a PLC restart the bridge saw is told to the controller (its
+        acknowledgement counters began again: a beam move in flight is in doubt), then the
+        journal, alarms and metrics (``EventRouter.on_events``)."""
+        ctl = self.controller
+        for kind, idx, _detail in events:
+            if kind == "plc_restart_seen" and ctl is not None and 0 <= idx < self.layout.n_rooms:
+                try:
+                    ctl.plc_restarted(self.layout.room_cells(idx), now)
+                except Exception:
+                    log.exception("controller.plc_restarted_failed", room=self.layout.room_names[idx])
+        self.router.on_events(events, now)
 
     def _as_reported(self, meas: Measurements) -> Measurements:
         """``meas`` with the remote flags the PLCs reported (observe and shadow compute as if remote)."""
@@ -821,6 +898,10 @@ class Daemon:
         self.model = MirrorModel(self.layout, AluminaObserver(self.layout.n_cells, cell=self.loaded.plant.cell,
                                                               nominal_ce=self.loaded.control.feeding.ce_assumed))  # fmt: skip
         self.controller = PotController(self.layout, self.loaded.control)
+        from potline.beam_ledger import LEDGER_NAME, BeamLedger
+
+        self.ledger = BeamLedger(self.loaded.state_dir / LEDGER_NAME, plant=self.layout.plant,
+                                 n_cells=self.layout.n_cells)  # fmt: skip
         self._apply_to_plant(self.mode)
         bridge: BridgePlant | None = None
         while not stop.is_set():
@@ -836,7 +917,7 @@ class Daemon:
             self.lifecycle.spawn(self.switch.watch_mode_file(cfg.daemon.mode_file_poll_s))
         if bridge is not None and not stop.is_set():
             self.runtime = ControlRuntime(_ModePlant(self, bridge), self.controller, self.clock,
-                                          cfg.daemon.scan_period_s, on_events=self.router.on_events,
+                                          cfg.daemon.scan_period_s, on_events=self._on_events,
                                           on_cycle=self._on_cycle, on_error=self._on_error)  # fmt: skip
             log.info("daemon.running", mode=self.mode, scan_period_s=cfg.daemon.scan_period_s,
                      cells=self.layout.n_cells, clock_speed=cfg.daemon.clock_speed)  # fmt: skip
