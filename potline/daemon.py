@@ -897,7 +897,11 @@ class Daemon:
         log.info("daemon.model_warm", seconds=round(warm_s, 3))
         self.model = MirrorModel(self.layout, AluminaObserver(self.layout.n_cells, cell=self.loaded.plant.cell,
                                                               nominal_ce=self.loaded.control.feeding.ce_assumed))  # fmt: skip
-        self.controller = PotController(self.layout, self.loaded.control)
+        from potctl.quench import BeamIntentSettings
+
+        # a beam move not acknowledged is counted as not made only after the bridge gave up on sending it
+        beam = BeamIntentSettings(ack_timeout_s=2.0 * cfg.safety.ack_timeout_s)
+        self.controller = PotController(self.layout, self.loaded.control, beam=beam)
         from potline.beam_ledger import LEDGER_NAME, BeamLedger
 
         self.ledger = BeamLedger(self.loaded.state_dir / LEDGER_NAME, plant=self.layout.plant,
