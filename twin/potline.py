@@ -917,8 +917,6 @@ class Potline:
             "tapping": tap_done,
             "anode_change": s[:, S_AC_BUSY] > 0.0,
             "cut_out": s[:, S_IN_CIRCUIT] < 0.5,
-            "heat_exchanger_kw": self.out[:, O_Q_HE] / 1e3,  # duty delivered (0: none installed)
-            "shell_temp_c": s[:, S_TSHELL].copy(),  # side-wall thermocouple
         }
 
     def truth(self) -> dict[str, np.ndarray]:
