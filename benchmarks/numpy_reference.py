@@ -818,13 +818,7 @@ class NumpyPotline:
             if live.any():
                 draw_idx = ae_idx[live]
                 ends[live] = self._uniform(draw_idx) < 1.0 - np.exp(-hazard[live] * dt)
-            crew = S[S_AE_T, ae_idx] >= P[P_OPERATOR_S, ae_idx]  # the crew's green pole
-            ends |= crew
             end_idx = ae_idx[ends]
-            fed = ae_idx[crew]  # and a manual feed
-            S[S_AL2O3, fed] += 0.5 * MANUAL_FEED_KG
-            S[S_SLUDGE, fed] += 0.5 * MANUAL_FEED_KG
-            S[A_FED, fed] += MANUAL_FEED_KG
             S[S_AE, end_idx] = 0.0
             refr[end_idx] = P[P_AE_REFR_S, end_idx]
             start = (refr <= 0.0) & (c < O[O_C_CRIT]) & (current > 1000.0) & inc

@@ -136,7 +136,6 @@ from twin.cell_layout import (
     P_N_ANODES,
     P_NOISE_A,
     P_NOISE_V,
-    P_OPERATOR_S,
     P_OPS,
     P_OVER,
     P_OVER_S,
@@ -194,7 +193,7 @@ from twin.cell_layout import (
     S_TAP_TIMER,
     S_TBATH,
 )
-from twin.disturbances import crew_called, disturb_step, feed_share, manual_feed, new_alumina_day, sludge_share
+from twin.disturbances import crew_called, disturb_step, feed_share, new_alumina_day, sludge_share
 from twin.envelope import validity_flags
 from twin.heat import heat_step
 from twin.rng import normal, normal_pair, uniform
@@ -623,13 +622,9 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
         hazard += state[k, S_SWEEP] / SWEEP_SCALE_MM * AE_SWEEP_RATE  # beam pumping sweeps the gas
         if state[k, S_ACD] < 2.5:
             hazard += 1.0 / 3.0  # anodes touch the metal: shorted
-        # ... and the crew, called by the AE alarm, kills it by hand (green poling) at the latest
-        crew = state[k, S_AE_T] >= params[k, P_OPERATOR_S]
-        if current <= 0.0 or uniform(rng, k) < 1.0 - math.exp(-hazard * dt) or crew:
+        if current <= 0.0 or uniform(rng, k) < 1.0 - math.exp(-hazard * dt):
             state[k, S_AE] = 0.0
             state[k, S_REFRACT] = params[k, P_AE_REFR_S]
-            if crew:  # and feeds the cell by hand
-                manual_feed(state, k)
     else:
         film *= decay[D_FILM]
         state[k, S_REFRACT] = max(state[k, S_REFRACT] - dt, 0.0)

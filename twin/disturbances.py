@@ -10,8 +10,6 @@ dissolves worse some days (more sludge), cold anodes after an anode change. Per 
   exponentially distributed time (mean ``P_BLOCK_MEAN``) and loses ``P_BLOCK_LOSS`` of the
   feed (one of the cell's feeders). An AE brings the crew: the hole is cleared within
   ``P_OPERATOR_S`` of the AE;
-- an AE alarm brings the crew: an AE still burning ``P_OPERATOR_S`` after its start is
-  killed by hand (green poling, ``twin.cell``) and the cell fed by hand (``manual_feed``);
 - empty hoppers likewise (``P_HOPPER_RATE``, ``P_HOPPER_MEAN``), no feed at all; the AE
   they cause brings the crew within ``P_OPERATOR_S``, who refill the hopper and dump
   ``MANUAL_FEED_KG`` of alumina by hand (half of it settles as sludge);
@@ -95,14 +93,6 @@ def _event(state, k, left, nxt, rate, mean, rng, dt):
 
 
 @njit(cache=True, inline="always")
-def manual_feed(state, k):
-    """The crew dumps ``MANUAL_FEED_KG`` of alumina into cell ``k`` by hand (half settles)."""
-    state[k, S_AL2O3] += 0.5 * MANUAL_FEED_KG
-    state[k, S_SLUDGE] += 0.5 * MANUAL_FEED_KG
-    state[k, A_FED] += MANUAL_FEED_KG
-
-
-@njit(cache=True, inline="always")
 def disturb_step(k, state, params, rng, dt):
     """Advance cell ``k``'s disturbance processes by ``dt`` [s] (feeder hole, hopper)."""
     _event(state, k, S_BLOCK_LEFT, S_BLOCK_NEXT, params[k, P_BLOCK_RATE], params[k, P_BLOCK_MEAN], rng, dt)
@@ -110,7 +100,9 @@ def disturb_step(k, state, params, rng, dt):
         state[k, S_HOPPER_LEFT] += dt
         if state[k, S_HOPPER_LEFT] >= 0.0:  # hopper refilled, alumina dumped by hand
             state[k, S_HOPPER_LEFT] = 0.0
-            manual_feed(state, k)
+            state[k, S_AL2O3] += 0.5 * MANUAL_FEED_KG
+            state[k, S_SLUDGE] += 0.5 * MANUAL_FEED_KG
+            state[k, A_FED] += MANUAL_FEED_KG
             if params[k, P_HOPPER_RATE] > 0.0:
                 state[k, S_HOPPER_NEXT] = -math.log(uniform(rng, k)) / params[k, P_HOPPER_RATE]
     else:
