@@ -270,7 +270,7 @@ class RigProcess:
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="hil-rig-")
             workdir = self._tmp.name
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # the child runs in another directory
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.max_wall_s = max_wall_s
         self.env = env or {}
