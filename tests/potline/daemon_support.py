@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import inspect
 import json
-import math
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hil_rigs.process import dump_toml
 from plc_bridge.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,48 +64,6 @@ async def start_rig(scenario: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- config
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError("no NaN/inf in test configs")
-        return repr(v)
-    if isinstance(v, (str, Path)):
-        return json.dumps(str(v))
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """TOML text for nested dicts, lists of tables and scalars (enough for daemon configs)."""
-    lines: list[str] = []
-
-    def table(d: dict[str, Any], prefix: str) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_aot(v)}
-        for k, v in scalars.items():
-            lines.append(f"{k} = {_toml_value(v)}")
-        for k, v in d.items():
-            name = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict):
-                lines.append(f"\n[{name}]")
-                table(v, name)
-            elif _is_aot(v):
-                for item in v:
-                    lines.append(f"\n[[{name}]]")
-                    table(item, name)
-
-    table(data, "")
-    return "\n".join(lines) + "\n"
-
-
-def _is_aot(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
 def daemon_config(tmp_path: Path, rig: Any | None, *, mode: str = "observe", cells: int = 8,
