@@ -89,10 +89,10 @@ async def test_comms_loss_during_ae_local_fallback_and_bumpless_resume(rig: HilR
     calm = near & np.array([not np.any((ae_t <= x) & (ae_t > x - 30.0)) for x in t])
     assert calm.any() and np.abs(i[calm] - 120.0).max() < 1.5
     # and in the controller's hands again: either it wrote the setpoint after the resume, or the
-    # PLC already held what it wants (the safety layer's 10 A deadband then sends nothing)
+    # PLC already held what it wants (the safety layer's 10 A deadband around a trimmed target sends nothing)
     after = [a for a in rep.setpoint_log if a[0] > t_remote]
     held = np.asarray(tr["setpoint_active_ka"])[:, 0][t > t_remote]
-    assert after or (held.size and np.abs(held - 120.0).max() <= 0.011), "setpoint neither written nor held"
+    assert after or (held.size and np.abs(held - 120.0).max() <= 0.05), "setpoint neither written nor held"
     assert rig.session.plant.stats["commands"] > 0
 
 
