@@ -5,7 +5,9 @@ Equations (docs/domain.md §1.2–1.4), with units:
 - alumina saturation: Skybakmoen (1997) [wt %];
 - alumina activity: RTA/Haupin polynomial in C/C_sat;
 - bath conductivity: Wang-type regression ln κ [S/cm];
-- voltage components after Haupin (1998), "Interpreting the components of cell voltage";
+- voltage components after Haupin (1998), "Interpreting the components of cell voltage",
+  bubble coverage as in Lundby et al.'s simulator (no 0.9 factor), its alumina term
+  anchored at the AE onset (the coverage reaches ``PHI_MAX`` at the critical concentration);
 - current efficiency: Dewing (1991) log10(100 − CE) = 0.0095 ΔT_sh − 0.019 AlF3 + c.
 
 All functions are ``@njit(cache=True)`` so kernels in ``twin.cell`` inline them.
@@ -30,10 +32,14 @@ LEDGE_FUSION_J_PER_KG = 0.53e6
 LEDGE_DENSITY_KG_M3 = 2790.0
 ALUMINIUM_DENSITY_KG_M3 = 2300.0
 ANODE_DENSITY_KG_M3 = 1550.0
-#: bulk Al2O3 at which the bubble-coverage term of Haupin diverges [wt %]
+#: bulk Al2O3 of the coverage's alumina term in Haupin's RTA form [wt %] (kept for reference:
+#: the twin anchors the term at each cell's own critical concentration, ``BUBBLE_AE_OFFSET``)
 C_AE_HAUPIN = 1.8
-#: cap on bubble coverage: keeps the pre-AE voltage rise to a few hundred mV as seen in plants
-PHI_MAX = 0.75
+#: the coverage term's C_AE lies this far below the AE onset concentration [wt %], so the
+#: coverage reaches ``PHI_MAX`` at the onset (at 0.86 A/cm², BR 1.2) [DER]
+BUBBLE_AE_OFFSET = 0.04
+#: largest bubble coverage short of a gas film (the AE itself is the film, ``twin.cell``)
+PHI_MAX = 0.9
 LN10 = math.log(10.0)
 #: ln of the exchange current density prefactor 0.0029 A/cm² (Haupin: i_r = 0.0029·c^0.56)
 LN_I_R0 = math.log(0.0029)
@@ -115,8 +121,10 @@ def voltage_components(
     cathode_cm2: float,
     kappa_factor: float,
     r_conductors_ohm: float,
+    c_ae: float,
 ):
-    """Haupin voltage breakdown of one cell at ``current_a``.
+    """Haupin voltage breakdown of one cell at ``current_a``; ``c_ae`` [wt %] is the bulk
+    alumina of the bubble coverage's alumina term (the cell's AE onset − ``BUBBLE_AE_OFFSET``).
 
     Returns ``(e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bubble, u_cond, r_ohm, kappa, i_dens,
     c_sat)`` in V (r_ohm in Ω, kappa in S/cm, i_dens in A/cm², c_sat in wt %). ``r_ohm`` is the ohmic part
@@ -143,8 +151,8 @@ def voltage_components(
     kappa = kappa_factor * conductivity_s_cm(t_k, c, alf3, caf2)
     a_eff = area_factor * anode_cm2
     d_b = (0.5517 + i) / (1.0 + 2.167 * i)
-    dc = max(c - C_AE_HAUPIN, -0.05)
-    phi = 0.9 * (
+    dc = max(c - c_ae, -0.05)
+    phi = (
         0.509
         + 0.1823 * i
         - 0.1723 * i * i

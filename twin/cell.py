@@ -6,15 +6,19 @@ between (``twin.potline``):
 1. ``cell_emf`` — voltage breakdown at the present line current: the cell is
    linearised as ``U = E + R_ohm·I`` (back-EMF + ohmic part, incl. AE film and noise).
 2. ``cell_integrate`` — with the line current the rectifier delivers, integrate the
-   mass balances (two-pool alumina after Yao 2017, AlF3, cryolite, metal), the energy
-   balance with a Stefan-type side ledge, ACD (metal rise, anode burn-off, tapping),
-   the anode effect (onset below a current-density dependent critical alumina
-   concentration, gas film, self-extinction, quench by alumina and beam pumping,
-   PFC), and the potroom PLC's local automation and operations schedule.
+   mass balances (two-pool alumina after Yao 2017, AlF3 with its losses, cryolite, metal,
+   bath sources and sinks), the heat balance (``twin.heat``: top, bottom, side ledge with
+   its composition, shell, shell heat exchanger), ACD (metal rise, anode burn-off,
+   tapping), the anode effect (onset below a current-density dependent critical alumina
+   concentration, gas film, self-extinction, quench by alumina and beam pumping, PFC),
+   the feed disturbances (``twin.disturbances``), the potroom PLC's local automation
+   (tracking feed control, resistance control with amperage compensation, AE kill, AlF3
+   control), the operations schedule (tapping with bath-level correction, anode changes)
+   and the validity flags (``twin.envelope``).
 
-Energy bookkeeping is exact by construction: with ``H = C_th·T − ΔH_f·m_ledge`` the
-step changes H by (U·I − reaction − losses − anode heating)·dt, all recorded in the
-accumulators, so the balance closes to rounding.
+Energy bookkeeping is exact by construction (``twin.heat``), and every species moved
+between bath, ledge, sludge, metal and the operators is recorded in an accumulator, so
+the balances close to rounding.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ from twin.bath import (
     AL_KG_PER_AS,
     ALUMINIUM_DENSITY_KG_M3,
     ANODE_DENSITY_KG_M3,
-    LEDGE_DENSITY_KG_M3,
-    LEDGE_FUSION_J_PER_KG,
+    BUBBLE_AE_OFFSET,
     U_REACTION_V,
     alumina_saturation_wt,
     current_efficiency,
@@ -40,8 +43,13 @@ from twin.bath import (
 from twin.cell_layout import (
     A_AE_N,
     A_AE_S,
+    A_AL2O3_OPS,
     A_ALF3_ADD,
+    A_ALF3_LOST,
+    A_ALF3_OPS,
     A_ALF3_USED,
+    A_BATH_IN,
+    A_BATH_OUT,
     A_CARBON,
     A_CF4,
     A_CHARGE,
@@ -50,9 +58,9 @@ from twin.cell_layout import (
     A_E_ELEC,
     A_E_RXN,
     A_FED,
+    A_INVALID_S,
     A_METAL,
     A_Q_ANODE,
-    A_Q_LOSS,
     A_TAPPED,
     D_AE_OSC,
     D_ANODE_AREA,
@@ -71,6 +79,7 @@ from twin.cell_layout import (
     O_ETA_CA,
     O_ETA_CC,
     O_ETA_SA,
+    O_FLAGS,
     O_I,
     O_I_DENS,
     O_KAPPA,
@@ -89,46 +98,63 @@ from twin.cell_layout import (
     P_AE_DELTA,
     P_AE_REFR_S,
     P_AE_SELF_S,
+    P_ALF3_KT,
+    P_ALF3_KX,
+    P_ALF3_LOSS,
     P_ALF3_NEUT,
     P_ALF3_RATE,
+    P_ALF3_TGT,
+    P_AMP_COMP,
     P_ANODE_CM2,
     P_ANODE_H0,
     P_ANODE_MASS,
     P_AREA_F,
+    P_BATH_AL2O3,
+    P_BATH_BAND,
+    P_BATH_MAX,
+    P_BATH_TGT,
+    P_BEAM_FOLLOW,
+    P_BEAM_GAIN,
     P_BEAM_INTERVAL,
+    P_BEAM_MAX,
     P_BEAM_STEP,
+    P_BUTT_BATH,
     P_CAF2,
     P_CARBON,
     P_CATH_CM2,
     P_CE_C,
     P_CE_NOM,
-    P_CTH,
     P_FEED_EFF,
     P_FEED_RATIO,
     P_FILM_V,
-    P_HBL,
+    P_I_NOM,
     P_KAPPA_F,
     P_KDISS_F,
-    P_KLEDGE,
-    P_KTOP,
-    P_LEDGE_M2,
     P_LOCAL,
     P_LOCAL_QUENCH,
     P_METAL0,
     P_N_ANODES,
     P_NOISE_A,
     P_NOISE_V,
+    P_OPERATOR_S,
     P_OPS,
+    P_OVER,
+    P_OVER_S,
+    P_R_ALPHA,
+    P_R_ALPHA_FAST,
     P_R_BAND,
     P_R_COND,
     P_R_TARGET,
-    P_RWALL,
+    P_R_TRIG,
+    P_SHOT_BIAS,
     P_SHOT_KG,
     P_SIZE_F,
-    P_SLUDGE_R,
-    P_TAMB,
+    P_T_TGT,
     P_TAP_DURATION,
     P_TAP_INTERVAL,
+    P_TRACK,
+    P_UNDER,
+    P_UNDER_MAX_S,
     S_AC_AREA,
     S_AC_BUSY,
     S_AC_HEAT,
@@ -140,18 +166,27 @@ from twin.cell_layout import (
     S_AE_T,
     S_AL2O3,
     S_ALF3,
+    S_ALF3_RATE,
     S_ANODE_H,
     S_BEAM_ACK,
     S_BEAM_TIMER,
     S_CRYO,
     S_FEED_ACK,
     S_FEED_CREDIT,
+    S_FEED_PHASE,
     S_FILM,
+    S_FLAGS_EVER,
+    S_I_FILT,
     S_IN_CIRCUIT,
     S_KILL_T,
-    S_LEDGE,
     S_METAL,
     S_NOISE,
+    S_PHASE_T,
+    S_R_FAST,
+    S_R_FILT,
+    S_R_MIN,
+    S_R_PRE,
+    S_R_VAR,
     S_REFRACT,
     S_SLUDGE,
     S_SWEEP,
@@ -159,6 +194,9 @@ from twin.cell_layout import (
     S_TAP_TIMER,
     S_TBATH,
 )
+from twin.disturbances import crew_called, disturb_step, feed_share, manual_feed, new_alumina_day, sludge_share
+from twin.envelope import validity_flags
+from twin.heat import heat_step
 from twin.rng import normal, normal_pair, uniform
 
 #: CF4 per A·s during a full AE [kg/(A·s)], calibrated to the IPCC Tier 2 CWPB slope
@@ -166,8 +204,6 @@ from twin.rng import normal, normal_pair, uniform
 CF4_KG_PER_AS = 0.143e-3 * 8.054e-3 * 0.95 / 60.0
 #: fraction of the current that still makes metal during a full AE
 AE_CE_FACTOR = 0.5
-#: minimum ledge thickness used in the wall conduction [m]
-LEDGE_MIN_M = 0.005
 ANODE_CP_J_PER_KGK = 1200.0
 #: share of a new anode's heating drawn from the bath (the rest: its own Joule heat, crust)
 ANODE_HEAT_FROM_BATH = 0.5
@@ -182,12 +218,39 @@ SWEEP_TAU_S = 30.0
 LOCAL_AE_DETECT_S = 2.0
 LOCAL_AE_SHOTS = 8
 LOCAL_AE_PUMP_MM = 15.0
-LOCAL_AE_RAISE_S = 20.0  # beam back up after a pumping stroke [s]
+LOCAL_AE_RAISE_S = 20.0  # beam starts back up this long after the dose [s]
 LOCAL_AE_REPEAT_S = 60.0  # next dose while the AE lasts [s]
+#: beam speed of the pumping stroke [mm/s] (beams move at ~50-100 mm/min, docs/domain.md §2)
+LOCAL_AE_BEAM_MM_S = 1.0
+LOCAL_AE_TRAVEL_S = LOCAL_AE_PUMP_MM / LOCAL_AE_BEAM_MM_S
+#: the stroke is over (beam back where it was) this long after the dose [s]
+LOCAL_AE_STROKE_END_S = LOCAL_AE_RAISE_S + LOCAL_AE_TRAVEL_S
 #: metal a tapping crucible takes over the tapping duration [kg]
 TAP_BATCH_KG = 1000.0
-#: pumping [mm of recent beam travel] that gives a 1/10 s extinction hazard
+#: pumping [mm of recent beam travel] that gives a 1/30 s extinction hazard
 SWEEP_SCALE_MM = 20.0
+#: AE extinction: beam pumping sweeps the gas [1/s per SWEEP_SCALE_MM of recent travel],
+#: fresh alumina wets the anodes [1/s per 0.25 wt % above critical + 0.1]
+AE_SWEEP_RATE = 1.0 / 30.0
+AE_WET_RATE = 1.0 / 60.0
+#: the PLC's pseudo-resistance R = (U - E0)/I uses this back-EMF [V]
+PLC_E0_V = 1.65
+#: tracking: the underfeed's resistance minimum settles this long before a rise counts [s]
+TRACK_SETTLE_S = 600.0
+#: tracking: a rise must also exceed this many standard deviations of the raw resistance
+#: noise (a noisy cell, e.g. after an anode change, does not trigger the overfeed by noise)
+TRACK_NOISE_K = 0.6
+#: tracking: the first part of an overfeed still counts as lean (alumina not yet back) [s]
+TRACK_LEAN_OVER_S = 1200.0
+#: the PLC's target resistance stays within these factors of its nominal target
+PLC_TARGET_MIN_F, PLC_TARGET_MAX_F = 0.7, 1.4
+#: AlF3 additions the PLC applies stay within [0, this] x its base rate
+ALF3_RATE_MAX_F = 3.0
+#: AlF3 lost to emissions rises with temperature: +100 % per this many kelvin (linear, [EST])
+ALF3_LOSS_T_SCALE_K = 30.0
+#: nominal excess AlF3 for the loss scaling [wt %]
+ALF3_LOSS_REF_WT = 11.0
+ALF3_LOSS_REF_C = 965.0
 
 
 @njit(cache=True, inline="always")
@@ -250,6 +313,8 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
     caf2 = params[k, P_CAF2]
     t_c = state[k, S_TBATH]
     area = params[k, P_ANODE_CM2] * (1.0 - state[k, S_AC_AREA])
+    i_dens = max(current_a, 1.0) / area
+    c_crit = critical_alumina_wt(t_c, i_dens, params[k, P_SIZE_F], params[k, P_AE_DELTA])
     e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bub, u_cond, r_ohm, kappa, i_dens, c_sat = voltage_components(
         current_a,
         t_c,
@@ -263,6 +328,7 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
         params[k, P_CATH_CM2],
         params[k, P_KAPPA_F],
         params[k, P_R_COND],
+        c_crit - BUBBLE_AE_OFFSET,
     )
     film = state[k, S_FILM]
     u_ae = film * (params[k, P_FILM_V] + state[k, S_AE_OSC])
@@ -286,21 +352,22 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
     out[k, O_KAPPA] = kappa
     out[k, O_I_DENS] = i_dens
     out[k, O_CSAT] = c_sat
-    out[k, O_C_CRIT] = critical_alumina_wt(t_c, i_dens, params[k, P_SIZE_F], params[k, P_AE_DELTA])
+    out[k, O_C_CRIT] = c_crit
 
 
 @njit(cache=True, inline="always")
 def dump_shot(state, params, k, shots):
     """Dump ``shots`` feeder shots into cell ``k`` (the slow share goes to sludge).
 
-    The PLC acknowledges every stroke; only ``P_FEED_EFF`` of the alumina reaches the bath
-    (a crusted-over feeder hole or an empty hopper delivers nothing, and nothing tells the
-    PLC). ``A_FED`` counts what reached the bath.
+    The PLC acknowledges every stroke; what reaches the bath is the cell's real shot mass
+    (``P_SHOT_BIAS``) times ``P_FEED_EFF`` (forced: ``Potline.set_feeder_efficiency``) times
+    the share its disturbances let through (a crusted-over feeder hole, an empty hopper:
+    ``twin.disturbances``), and nothing tells the PLC. ``A_FED`` counts what reached the bath.
     """
     if shots <= 0:
         return
-    m = shots * params[k, P_SHOT_KG] * params[k, P_FEED_EFF]
-    r = params[k, P_SLUDGE_R]
+    m = shots * params[k, P_SHOT_KG] * params[k, P_SHOT_BIAS] * params[k, P_FEED_EFF] * feed_share(state, params, k)
+    r = sludge_share(state, params, k)
     _tot, c, alf3 = composition(state, k)
     c_sat = alumina_saturation_wt(state[k, S_TBATH], alf3, params[k, P_CAF2])
     fast = (1.0 - r) * m if c < c_sat else 0.0
@@ -327,8 +394,27 @@ def move_beam(state, k, move_mm):
 
 
 @njit(cache=True, inline="always")
+def remove_bath(state, k, kg):
+    """Take ``kg`` of bath (its present composition) out of cell ``k`` (tapped, on butts)."""
+    tot = state[k, S_AL2O3] + state[k, S_ALF3] + state[k, S_CRYO]
+    kg = min(kg, 0.5 * tot)
+    if kg <= 0.0:
+        return
+    f = kg / tot
+    d_al2o3 = f * state[k, S_AL2O3]
+    d_alf3 = f * state[k, S_ALF3]
+    state[k, S_AL2O3] -= d_al2o3
+    state[k, S_ALF3] -= d_alf3
+    state[k, S_CRYO] -= kg - d_al2o3 - d_alf3
+    state[k, A_BATH_OUT] += kg
+    state[k, A_AL2O3_OPS] -= d_al2o3
+    state[k, A_ALF3_OPS] -= d_alf3
+
+
+@njit(cache=True, inline="always")
 def start_anode_change(state, params, k):
-    """Replace one anode of cell ``k``: cold-anode heat sink, area not yet conducting."""
+    """Replace one anode of cell ``k``: cold-anode heat sink, area not yet conducting, the
+    butt takes some bath with it."""
     n = params[k, P_N_ANODES]
     state[k, S_AC_HEAT] += (
         ANODE_HEAT_FROM_BATH * params[k, P_ANODE_MASS] * ANODE_CP_J_PER_KGK * (state[k, S_TBATH] - 25.0)
@@ -336,12 +422,169 @@ def start_anode_change(state, params, k):
     state[k, S_AC_AREA] = min(state[k, S_AC_AREA] + 1.0 / n, 0.5)
     state[k, S_ANODE_H] += 0.75 * params[k, P_ANODE_H0] / n
     state[k, S_AC_BUSY] = params[k, P_AC_DURATION]
+    remove_bath(state, k, params[k, P_BUTT_BATH])
 
 
 @njit(cache=True, inline="always")
 def start_tapping(state, params, k):
-    """Tap cell ``k`` back to its nominal metal pad over the tapping duration."""
+    """Tap cell ``k`` back to its nominal metal pad over the tapping duration; the crew
+    measures the bath level and taps excess bath or adds crushed bath (nominal
+    composition) towards the target, at most ``P_BATH_MAX`` per tapping."""
     state[k, S_TAP_LEFT] = max(state[k, S_METAL] - params[k, P_METAL0], 0.0)
+    tot = state[k, S_AL2O3] + state[k, S_ALF3] + state[k, S_CRYO]
+    err = tot - params[k, P_BATH_TGT]
+    band = params[k, P_BATH_BAND]
+    if err > band:
+        remove_bath(state, k, min(err, params[k, P_BATH_MAX]))
+    elif err < -band:
+        add = min(-err, params[k, P_BATH_MAX])
+        d_al2o3 = add * params[k, P_BATH_AL2O3] / 100.0
+        d_alf3 = add * params[k, P_ALF3_TGT] / 100.0
+        state[k, S_AL2O3] += d_al2o3
+        state[k, S_ALF3] += d_alf3
+        state[k, S_CRYO] += add - d_al2o3 - d_alf3
+        state[k, A_BATH_IN] += add
+        state[k, A_AL2O3_OPS] += d_al2o3
+        state[k, A_ALF3_OPS] += d_alf3
+
+
+@njit(cache=True, inline="always")
+def plc_target_ohm(state, params, k):
+    """The PLC's target pseudo-resistance [Ω] at its filtered current: the nominal target,
+    compensated by ``P_AMP_COMP`` of a current change (1: the cell voltage is held)."""
+    i_f = state[k, S_I_FILT]
+    r0 = params[k, P_R_TARGET]
+    if i_f <= 1000.0:
+        return r0
+    r = r0 * (1.0 + params[k, P_AMP_COMP] * (params[k, P_I_NOM] / i_f - 1.0))
+    return min(max(r, PLC_TARGET_MIN_F * r0), PLC_TARGET_MAX_F * r0)
+
+
+@njit(cache=True, inline="always")
+def plc_move_beam(state, params, k, move_cm):
+    """A resistance-control beam move by the PLC: its filtered resistance and tracking
+    reference shift by the change it expects (``P_BEAM_GAIN``), so the move is not read
+    as an alumina signal."""
+    move_beam(state, k, 10.0 * move_cm)
+    dr = move_cm * params[k, P_BEAM_GAIN]
+    state[k, S_R_FILT] += dr
+    state[k, S_R_FAST] += dr
+    state[k, S_R_MIN] = state[k, S_R_FILT]
+
+
+@njit(cache=True, inline="always")
+def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
+    """The potroom PLC's automation of cell ``k`` (runs while ``P_LOCAL``): AE kill, feeding
+    (tracking or fixed rate), resistance control with amperage compensation."""
+    ae = state[k, S_AE] > 0.5
+    kill_t = state[k, S_KILL_T]
+    if params[k, P_LOCAL_QUENCH] > 0.5:
+        # AE kill: once the AE is 2 s old (8 V confirmed), dump AE feed and drive the beam down
+        # 15 mm at beam speed, from 20 s after the dose back up (also when the AE is over by
+        # then), repeat every minute while the AE lasts; this also holds when the PLC takes
+        # over in the middle of an AE (controller gone silent). S_KILL_T counts from the last
+        # dose up to the repeat time.
+        if ae and state[k, S_AE_T] >= LOCAL_AE_DETECT_S and kill_t >= LOCAL_AE_REPEAT_S:
+            dump_shot(state, params, k, LOCAL_AE_SHOTS)
+            kill_t = 0.0
+        if kill_t < LOCAL_AE_STROKE_END_S:
+            t1 = kill_t + dt
+            down = max(min(t1, LOCAL_AE_TRAVEL_S) - kill_t, 0.0)
+            up = max(min(t1, LOCAL_AE_STROKE_END_S) - max(kill_t, LOCAL_AE_RAISE_S), 0.0)
+            move_beam(state, k, LOCAL_AE_BEAM_MM_S * (up - down))
+        if kill_t < LOCAL_AE_REPEAT_S:
+            state[k, S_KILL_T] = kill_t + dt
+    stroke = state[k, S_KILL_T] < LOCAL_AE_STROKE_END_S + 10.0  # beam pumped or just back
+    busy = ae or state[k, S_TAP_LEFT] > 0.0 or state[k, S_AC_BUSY] > 0.0
+
+    # the PLC's own view: current and pseudo-resistance, filtered
+    alpha = params[k, P_R_ALPHA]
+    if current > 1000.0:
+        state[k, S_I_FILT] += alpha * (current - state[k, S_I_FILT])
+        if not ae and not stroke and state[k, S_FILM] < 0.01:
+            r_meas = (u - PLC_E0_V) / current
+            if state[k, S_R_FILT] <= 0.0:
+                state[k, S_R_FILT] = r_meas
+                state[k, S_R_FAST] = r_meas
+            dev = r_meas - state[k, S_R_FILT]
+            state[k, S_R_FILT] += alpha * dev
+            state[k, S_R_VAR] += alpha * (dev * dev - state[k, S_R_VAR])
+            state[k, S_R_FAST] += params[k, P_R_ALPHA_FAST] * (r_meas - state[k, S_R_FAST])
+
+    # feeding: fixed rate, or tracking (underfeed until the resistance rises, overfeed a while)
+    ratio = 1.0
+    if params[k, P_TRACK] > 0.5:
+        state[k, S_PHASE_T] += dt
+        if ae:  # after an AE the PLC overfeeds
+            state[k, S_FEED_PHASE] = 1.0
+            state[k, S_PHASE_T] = 0.0
+        if state[k, S_FEED_PHASE] < 0.5:
+            ratio = params[k, P_UNDER]
+            r_f = state[k, S_R_FILT]
+            if state[k, S_R_MIN] <= 0.0 or r_f < state[k, S_R_MIN] or busy:
+                state[k, S_R_MIN] = r_f  # (an operation's resistance step is not alumina)
+            rise = r_f - state[k, S_R_MIN]
+            trig = params[k, P_R_TRIG] + TRACK_NOISE_K * math.sqrt(state[k, S_R_VAR])
+            settled = state[k, S_PHASE_T] > TRACK_SETTLE_S
+            if (settled and rise > trig) or state[k, S_PHASE_T] > params[k, P_UNDER_MAX_S]:
+                state[k, S_FEED_PHASE] = 1.0
+                state[k, S_PHASE_T] = 0.0
+        else:
+            ratio = params[k, P_OVER]
+            if state[k, S_PHASE_T] > params[k, P_OVER_S]:
+                state[k, S_FEED_PHASE] = 0.0
+                state[k, S_PHASE_T] = 0.0
+                state[k, S_R_MIN] = state[k, S_R_FILT]
+    state[k, S_FEED_CREDIT] += ratio * params[k, P_FEED_RATIO] * params[k, P_CE_NOM] * AL2O3_KG_PER_AS * charge
+    shot = params[k, P_SHOT_KG]
+    if state[k, S_FEED_CREDIT] >= shot:
+        n = int(state[k, S_FEED_CREDIT] / shot)
+        state[k, S_FEED_CREDIT] -= n * shot
+        dump_shot(state, params, k, n)
+
+    # resistance control: proportional beam moves, checked again soon after a move, never
+    # during an AE or an operation. After an operation (tapping, anode change) the PLC first
+    # restores the resistance it had before; otherwise it holds its target band, but lowers
+    # the beam only when the resistance says ACD, not lean alumina (not in the lean part of
+    # a track; docs/domain.md §2)
+    op = state[k, S_TAP_LEFT] > 0.0 or state[k, S_AC_BUSY] > 0.0
+    if op and state[k, S_R_PRE] <= 0.0:
+        state[k, S_R_PRE] = state[k, S_R_FAST]
+    if ops_ended:
+        state[k, S_BEAM_TIMER] = min(state[k, S_BEAM_TIMER], params[k, P_BEAM_FOLLOW])
+    state[k, S_BEAM_TIMER] -= dt
+    if state[k, S_BEAM_TIMER] <= 0.0:
+        state[k, S_BEAM_TIMER] += params[k, P_BEAM_INTERVAL]
+        if current > 1000.0 and not busy and not stroke and state[k, S_R_FAST] > 0.0:
+            restoring = state[k, S_R_PRE] > 0.0
+            if restoring:
+                err = state[k, S_R_FAST] - state[k, S_R_PRE]
+            else:
+                err = state[k, S_R_FAST] - plc_target_ohm(state, params, k)
+            lean = False
+            if params[k, P_TRACK] > 0.5 and not restoring:
+                if state[k, S_FEED_PHASE] < 0.5:
+                    lean = state[k, S_PHASE_T] > TRACK_SETTLE_S
+                else:
+                    lean = state[k, S_PHASE_T] < TRACK_LEAN_OVER_S
+                # a resistance still above the track's reference is alumina, not ACD
+                lean = lean or state[k, S_R_FILT] - state[k, S_R_MIN] > params[k, P_R_TRIG]
+            if abs(err) > params[k, P_R_BAND] and not (lean and err > 0.0):
+                mv = min(abs(err) / params[k, P_BEAM_GAIN], params[k, P_BEAM_MAX])
+                mv = max(mv, params[k, P_BEAM_STEP])
+                plc_move_beam(state, params, k, -mv if err > 0.0 else mv)
+                state[k, S_BEAM_TIMER] = min(state[k, S_BEAM_TIMER], params[k, P_BEAM_FOLLOW])
+            elif restoring:
+                state[k, S_R_PRE] = 0.0  # restored: back to the target band
+
+
+@njit(cache=True, inline="always")
+def plc_alf3_update(state, params, k, alf3, t_c):
+    """The PLC's daily AlF3 addition from the bath sample (``alf3`` wt %) and temperature
+    ``t_c`` [°C]: base rate, more when the bath is hot or lean in AlF3."""
+    rate = params[k, P_ALF3_RATE]
+    rate += params[k, P_ALF3_KX] * (params[k, P_ALF3_TGT] - alf3) + params[k, P_ALF3_KT] * (t_c - params[k, P_T_TGT])
+    state[k, S_ALF3_RATE] = min(max(rate, 0.0), ALF3_RATE_MAX_F * params[k, P_ALF3_RATE])
 
 
 @njit(cache=True, inline="always")
@@ -364,6 +607,7 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
         _tot, c, alf3 = composition(state, k)
         t_liq = liquidus_c(alf3, caf2, c)
         c_sat = alumina_saturation_wt(t_c, alf3, caf2)
+    ops_busy = state[k, S_TAP_LEFT] > 0.0 or state[k, S_AC_BUSY] > 0.0
 
     # --- anode effect ---------------------------------------------------------------------
     film = state[k, S_FILM]
@@ -375,13 +619,17 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
         # the film breaks up by itself only near the critical concentration ...
         hazard = math.exp(min(0.0, c - c_crit) / 0.2) / params[k, P_AE_SELF_S]
         # ... and fresh alumina above it wets the anodes
-        hazard += max(0.0, c - c_crit - 0.1) / 0.25 / 20.0
-        hazard += state[k, S_SWEEP] / SWEEP_SCALE_MM / 10.0  # beam pumping sweeps the gas
+        hazard += max(0.0, c - c_crit - 0.1) / 0.25 * AE_WET_RATE
+        hazard += state[k, S_SWEEP] / SWEEP_SCALE_MM * AE_SWEEP_RATE  # beam pumping sweeps the gas
         if state[k, S_ACD] < 2.5:
             hazard += 1.0 / 3.0  # anodes touch the metal: shorted
-        if current <= 0.0 or uniform(rng, k) < 1.0 - math.exp(-hazard * dt):
+        # ... and the crew, called by the AE alarm, kills it by hand (green poling) at the latest
+        crew = state[k, S_AE_T] >= params[k, P_OPERATOR_S]
+        if current <= 0.0 or uniform(rng, k) < 1.0 - math.exp(-hazard * dt) or crew:
             state[k, S_AE] = 0.0
             state[k, S_REFRACT] = params[k, P_AE_REFR_S]
+            if crew:  # and feeds the cell by hand
+                manual_feed(state, k)
     else:
         film *= decay[D_FILM]
         state[k, S_REFRACT] = max(state[k, S_REFRACT] - dt, 0.0)
@@ -389,15 +637,20 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
             state[k, S_AE] = 1.0
             state[k, S_AE_T] = 0.0
             state[k, S_AE_CCRIT] = out[k, O_C_CRIT]
-            if state[k, S_KILL_T] >= LOCAL_AE_RAISE_S:  # a local kill may dose at once (unless its
-                state[k, S_KILL_T] = LOCAL_AE_REPEAT_S  # last stroke is still to be raised)
+            if state[k, S_KILL_T] >= LOCAL_AE_STROKE_END_S:  # a local kill may dose at once (unless
+                state[k, S_KILL_T] = LOCAL_AE_REPEAT_S  # its last stroke is still under way)
             state[k, A_AE_N] += 1.0
+            crew_called(state, params, k)
     state[k, S_FILM] = film
     state[k, S_SWEEP] *= decay[D_SWEEP]
 
+    # --- feed disturbances --------------------------------------------------------------------
+    if in_circ:
+        disturb_step(k, state, params, rng, dt)
+
     # --- electrochemistry: CE, metal, alumina, PFC -----------------------------------------
-    ce = current_efficiency(t_c - t_liq, alf3, params[k, P_CE_C], state[k, S_ACD])
-    ce *= 1.0 - (1.0 - AE_CE_FACTOR) * film
+    ce_raw = current_efficiency(t_c - t_liq, alf3, params[k, P_CE_C], state[k, S_ACD])
+    ce = ce_raw * (1.0 - (1.0 - AE_CE_FACTOR) * film)
     out[k, O_CE] = ce
     charge = current * dt
     consumed = min(ce * AL2O3_KG_PER_AS * charge, state[k, S_AL2O3])
@@ -415,34 +668,25 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
     state[k, S_SLUDGE] -= diss
     state[k, S_AL2O3] += diss
 
-    # AlF3 additions (continuous, from the PLC's schedule)
-    add = params[k, P_ALF3_RATE] * dt
+    # AlF3: additions at the PLC's present rate, losses (emissions, sodium uptake)
+    add = state[k, S_ALF3_RATE] * dt
     state[k, S_ALF3] += add
     state[k, A_ALF3_ADD] += add
+    if in_circ:
+        loss = params[k, P_ALF3_LOSS] * max(1.0 + (t_c - ALF3_LOSS_REF_C) / ALF3_LOSS_T_SCALE_K, 0.1)
+        loss = min(loss * alf3 / ALF3_LOSS_REF_WT * dt, 0.5 * state[k, S_ALF3])
+        state[k, S_ALF3] -= loss
+        state[k, A_ALF3_LOST] += loss
 
-    # --- energy balance and ledge (Stefan) -----------------------------------------------------
+    # --- energy balance, ledge, shell ---------------------------------------------------------
     p_elec = u * current
     p_rxn = U_REACTION_V * ce_eff * current
-    a_l = params[k, P_LEDGE_M2]
-    x_l = max(state[k, S_LEDGE] / (LEDGE_DENSITY_KG_M3 * a_l), LEDGE_MIN_M)
-    q_bl = params[k, P_HBL] * a_l * (t_c - t_liq)
-    q_out = (t_liq - params[k, P_TAMB]) / (x_l / (params[k, P_KLEDGE] * a_l) + params[k, P_RWALL])
-    q_top = params[k, P_KTOP] * (t_c - params[k, P_TAMB])
-    q_anode = state[k, S_AC_HEAT] * decay[D_ANODE_HEAT] / dt
-    state[k, S_AC_HEAT] -= q_anode * dt
-    dm_ledge = (q_out - q_bl) * dt / LEDGE_FUSION_J_PER_KG
-    dm_ledge = max(dm_ledge, -state[k, S_LEDGE])  # cannot melt more ledge than there is
-    dm_ledge = min(dm_ledge, 0.5 * state[k, S_CRYO])
-    state[k, S_LEDGE] += dm_ledge
-    state[k, S_CRYO] -= dm_ledge
-    state[k, S_TBATH] += ((p_elec - p_rxn - q_top - q_out - q_anode) * dt + LEDGE_FUSION_J_PER_KG * dm_ledge) / params[
-        k, P_CTH
-    ]
     state[k, A_E_ELEC] += p_elec * dt
     state[k, A_E_RXN] += p_rxn * dt
-    state[k, A_Q_LOSS] += (q_top + q_out) * dt
+    q_anode = state[k, S_AC_HEAT] * decay[D_ANODE_HEAT] / dt
+    state[k, S_AC_HEAT] -= q_anode * dt
     state[k, A_Q_ANODE] += q_anode * dt
-    out[k, O_LEDGE_CM] = 100.0 * state[k, S_LEDGE] / (LEDGE_DENSITY_KG_M3 * a_l)
+    heat_step(k, state, params, out, current, p_elec, p_rxn, q_anode, t_liq, dt)
     state[k, S_AC_AREA] *= decay[D_ANODE_AREA]
 
     # --- geometry: metal rise, anode burn-off, tapping -------------------------------------------
@@ -468,40 +712,28 @@ def cell_integrate(k, state, params, out, current_line_a, rng, dt, decay):
         if state[k, S_TAP_TIMER] <= 0.0:
             state[k, S_TAP_TIMER] += params[k, P_TAP_INTERVAL]
             start_tapping(state, params, k)
+            new_alumina_day(state, params, k, rng)
+            if params[k, P_LOCAL] > 0.5:
+                plc_alf3_update(state, params, k, alf3, t_c)
         state[k, S_AC_TIMER] -= dt
         if state[k, S_AC_TIMER] <= 0.0:
             state[k, S_AC_TIMER] += params[k, P_AC_INTERVAL]
             start_anode_change(state, params, k)
 
     # --- potroom PLC local automation -----------------------------------------------------------
-    if params[k, P_LOCAL] > 0.5 and in_circ and params[k, P_LOCAL_QUENCH] > 0.5:
-        # AE kill: once the AE is 2 s old (8 V confirmed), dump AE feed and pump the beam down,
-        # raise it back 20 s later (also when the AE is over by then), repeat every minute
-        # while the AE lasts; this also holds when the PLC takes over in the middle of an AE
-        # (controller gone silent). S_KILL_T counts from the last dose up to the repeat time.
-        kill_t = state[k, S_KILL_T]
-        if state[k, S_AE] > 0.5 and state[k, S_AE_T] >= LOCAL_AE_DETECT_S and kill_t >= LOCAL_AE_REPEAT_S:
-            dump_shot(state, params, k, LOCAL_AE_SHOTS)
-            move_beam(state, k, -LOCAL_AE_PUMP_MM)
-            kill_t = 0.0
-        elif kill_t < LOCAL_AE_RAISE_S <= kill_t + dt:
-            move_beam(state, k, LOCAL_AE_PUMP_MM)
-        if kill_t < LOCAL_AE_REPEAT_S:
-            state[k, S_KILL_T] = kill_t + dt
     if params[k, P_LOCAL] > 0.5 and in_circ:
-        state[k, S_FEED_CREDIT] += params[k, P_FEED_RATIO] * params[k, P_CE_NOM] * AL2O3_KG_PER_AS * charge
-        shot = params[k, P_SHOT_KG]
-        if state[k, S_FEED_CREDIT] >= shot:
-            n = int(state[k, S_FEED_CREDIT] / shot)
-            state[k, S_FEED_CREDIT] -= n * shot
-            dump_shot(state, params, k, n)
-        state[k, S_BEAM_TIMER] -= dt
-        if state[k, S_BEAM_TIMER] <= 0.0:
-            state[k, S_BEAM_TIMER] += params[k, P_BEAM_INTERVAL]
-            busy = state[k, S_AE] > 0.5 or state[k, S_TAP_LEFT] > 0.0 or state[k, S_AC_BUSY] > 0.0
-            if current > 1000.0 and not busy:
-                r = (u - out[k, O_U_NOISE] - 1.65) / current
-                if r > params[k, P_R_TARGET] + params[k, P_R_BAND]:
-                    move_beam(state, k, -10.0 * params[k, P_BEAM_STEP])
-                elif r < params[k, P_R_TARGET] - params[k, P_R_BAND]:
-                    move_beam(state, k, 10.0 * params[k, P_BEAM_STEP])
+        ops_ended = ops_busy and state[k, S_TAP_LEFT] <= 0.0 and state[k, S_AC_BUSY] <= 0.0
+        local_automation(k, state, params, out, current, u, charge, dt, ops_ended)
+
+    # --- validity envelope -----------------------------------------------------------------------
+    if in_circ:
+        bath = state[k, S_AL2O3] + state[k, S_ALF3] + state[k, S_CRYO]
+        flags = validity_flags(
+            t_c - t_liq, t_c, alf3, c, c_sat, bath, params[k, P_BATH_TGT], out[k, O_LEDGE_CM], state[k, S_ACD], ce_raw
+        )
+        out[k, O_FLAGS] = flags
+        if flags != 0:
+            state[k, A_INVALID_S] += dt
+            state[k, S_FLAGS_EVER] = float(int(state[k, S_FLAGS_EVER]) | flags)
+    else:
+        out[k, O_FLAGS] = 0.0

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit
 
-from twin.bath import AL2O3_KG_PER_AS, voltage_components
+from twin.bath import AL2O3_KG_PER_AS, BUBBLE_AE_OFFSET, voltage_components
 from twin.cell import critical_alumina_wt
 from twin.config import CellParams
 
@@ -57,6 +57,8 @@ DISTURBANCE_TAU_S = 6.0 * 3600.0
 
 @njit(cache=True)
 def _h(ob, c, d, current):
+    size_f = ob[OB_SINGLE] ** -0.1
+    c_crit = critical_alumina_wt(ob[OB_T], max(current, 1.0) / ob[OB_ANODE], size_f, ob[OB_AE_DELTA])
     comps = voltage_components(
         current,
         ob[OB_T],
@@ -70,6 +72,7 @@ def _h(ob, c, d, current):
         ob[OB_CATH],
         1.0,
         ob[OB_R_COND],
+        c_crit - BUBBLE_AE_OFFSET,
     )
     return comps[0] + comps[1] + comps[2] + comps[3] + comps[4] + comps[5] + comps[6]
 
@@ -193,7 +196,7 @@ class AluminaObserver:
         cell: CellParams | None = None,
         alumina_wt_pct: float | None = None,
         acd_cm: float | None = None,
-        nominal_ce: float = 0.95,
+        nominal_ce: float = 0.955,
         consumption_std: float = 0.0,
         alumina_std: float = 0.3,
         acd_std: float = 0.3,

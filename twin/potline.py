@@ -30,6 +30,7 @@ from twin.bath import (
     LEDGE_DENSITY_KG_M3,
     LEDGE_FUSION_J_PER_KG,
     U_REACTION_V,
+    current_efficiency,
     liquidus_c,
 )
 from twin.cell import (
@@ -48,16 +49,24 @@ from twin.cell import (
 from twin.cell_layout import (
     A_AE_N,
     A_AE_S,
+    A_AL2O3_OPS,
     A_ALF3_ADD,
+    A_ALF3_LOST,
+    A_ALF3_OPS,
     A_ALF3_USED,
+    A_BATH_IN,
+    A_BATH_OUT,
     A_CF4,
     A_CHARGE,
     A_CONSUMED,
+    A_CRYO_MADE,
     A_E_ELEC,
     A_E_RXN,
     A_FED,
+    A_INVALID_S,
     A_METAL,
     A_Q_ANODE,
+    A_Q_HE,
     A_Q_LOSS,
     A_TAPPED,
     N_OUT,
@@ -71,9 +80,12 @@ from twin.cell_layout import (
     O_ETA_CA,
     O_ETA_CC,
     O_ETA_SA,
+    O_FLAGS,
     O_I_DENS,
     O_KAPPA,
     O_LEDGE_CM,
+    O_Q_HE,
+    O_Q_SIDE,
     O_R_OHM,
     O_SUPERHEAT,
     O_TLIQ,
@@ -88,30 +100,57 @@ from twin.cell_layout import (
     P_AE_DELTA,
     P_AE_REFR_S,
     P_AE_SELF_S,
+    P_ALF3_KT,
+    P_ALF3_KX,
+    P_ALF3_LOSS,
     P_ALF3_NEUT,
     P_ALF3_RATE,
+    P_ALF3_TGT,
+    P_AMP_COMP,
     P_ANODE_CM2,
     P_ANODE_H0,
     P_ANODE_MASS,
     P_AREA_F,
+    P_ATOP,
+    P_BATH_AL2O3,
+    P_BATH_BAND,
+    P_BATH_MAX,
+    P_BATH_TGT,
+    P_BEAM_FOLLOW,
+    P_BEAM_GAIN,
     P_BEAM_INTERVAL,
+    P_BEAM_MAX,
     P_BEAM_STEP,
+    P_BLOCK_LOSS,
+    P_BLOCK_MEAN,
+    P_BLOCK_RATE,
+    P_BUTT_BATH,
     P_CAF2,
     P_CARBON,
     P_CATH_CM2,
     P_CE_C,
     P_CE_NOM,
+    P_COLD_SLUDGE,
+    P_CSHELL,
     P_CTH,
     P_FEED_EFF,
     P_FEED_RATIO,
     P_FILM_V,
     P_HBL,
+    P_HE_CMD,
+    P_HE_INSUL,
+    P_HE_MAX,
+    P_HOPPER_MEAN,
+    P_HOPPER_RATE,
+    P_I_NOM,
     P_KAPPA_F,
+    P_KBOT,
     P_KDISS,
     P_KDISS_F,
     P_KLEDGE,
     P_KTOP,
     P_LEDGE_M2,
+    P_LEDGE_PHI,
     P_LOCAL,
     P_LOCAL_QUENCH,
     P_METAL0,
@@ -119,43 +158,74 @@ from twin.cell_layout import (
     P_NOISE_A,
     P_NOISE_TAU,
     P_NOISE_V,
+    P_OPERATOR_S,
     P_OPS,
+    P_OVER,
+    P_OVER_S,
+    P_QUALITY_STD,
+    P_R_ALPHA,
+    P_R_ALPHA_FAST,
+    P_R_ANODE,
     P_R_BAND,
     P_R_COND,
+    P_R_EXT,
     P_R_TARGET,
+    P_R_TRIG,
+    P_RSHELL,
     P_RWALL,
+    P_SHOT_BIAS,
     P_SHOT_KG,
     P_SINGLE_CM2,
     P_SIZE_F,
     P_SLUDGE_R,
+    P_T_TGT,
     P_TAMB,
     P_TAP_DURATION,
     P_TAP_INTERVAL,
+    P_TRACK,
+    P_UNDER,
+    P_UNDER_MAX_S,
     S_AC_BUSY,
     S_AC_TIMER,
     S_ACD,
     S_AE,
     S_AL2O3,
     S_ALF3,
+    S_ALF3_RATE,
     S_ANODE_H,
     S_BEAM_ACK,
     S_BEAM_TIMER,
+    S_BLOCK_LEFT,
+    S_BLOCK_NEXT,
     S_CRYO,
     S_FEED_ACK,
     S_FEED_CREDIT,
+    S_FEED_PHASE,
     S_FILM,
+    S_FLAGS_EVER,
+    S_HOPPER_LEFT,
+    S_HOPPER_NEXT,
+    S_I_FILT,
     S_IN_CIRCUIT,
     S_KILL_T,
     S_LEDGE,
+    S_LEDGE_ALF3,
     S_METAL,
     S_NOISE,
+    S_PHASE_T,
+    S_R_FAST,
+    S_R_FILT,
     S_SLUDGE,
+    S_SLUDGE_R,
     S_TAP_LEFT,
     S_TAP_TIMER,
     S_TBATH,
+    S_TSHELL,
 )
 from twin.clock import Clock, RealClock
 from twin.config import PlantConfig
+from twin.envelope import flag_names
+from twin.heat import steady_side
 from twin.layout import PlantLayout
 from twin.rectifier import (
     R_AT_LIMIT,
@@ -163,18 +233,23 @@ from twin.rectifier import (
     R_I_SP,
     R_I_TARGET,
     R_N,
+    R_OC_S,
+    R_OVERCURRENT,
     R_REMOTE,
     R_TAP,
     R_TRIPPED,
     R_U_CMD,
     R_U_DC,
     R_U_SR,
+    RP_E_REST,
     RP_I_MAX,
     RP_I_MIN,
+    RP_I_OC,
     RP_KI,
     RP_N,
     RP_N_TAPS,
     RP_R_BUS,
+    RP_R_REST,
     RP_RAMP,
     RP_SR_RANGE,
     RP_SR_TAU,
@@ -458,7 +533,64 @@ class Potline:
         p[:, P_METAL0] = c.metal_mass_kg
         p[:, P_LOCAL_QUENCH] = 1.0 if lc.ae_quench else 0.0
         p[:, P_FEED_EFF] = 1.0
+        Potline._heat_and_plc_params(cfg, p, r_ext * 1e-6, spread, rs)
         return p
+
+    @staticmethod
+    def _heat_and_plc_params(cfg: PlantConfig, p: np.ndarray, r_ext_ohm: np.ndarray, spread: Any, rs: Any) -> None:
+        """Heat paths, bath operations, the PLC's tracking/resistance/AlF3 control and the
+        feed disturbances (issue 13), with their per-cell spread."""
+        c, sp, lc, d = cfg.cell, cfg.spread, cfg.local_control, cfg.disturbances
+        n = p.shape[0]
+        p[:, P_KBOT] = c.k_bottom_w_per_k
+        p[:, P_R_ANODE] = c.r_anode_uohm * 1e-6
+        p[:, P_R_EXT] = r_ext_ohm
+        p[:, P_ATOP] = c.anode_heat_to_top
+        p[:, P_RSHELL] = c.r_shell_k_per_w
+        p[:, P_CSHELL] = c.shell_capacity_mj_per_k * 1e6
+        p[:, P_LEDGE_PHI] = c.ledge_bath_fraction
+        p[:, P_HE_MAX] = c.heat_exchanger_max_kw * 1e3
+        p[:, P_HE_CMD] = min(c.heat_exchanger_base_kw, c.heat_exchanger_max_kw) * 1e3
+        p[:, P_HE_INSUL] = c.heat_exchanger_insulation
+        p[:, P_ALF3_LOSS] = c.alf3_loss_kg_per_day / 86400.0
+        p[:, P_ALF3_TGT] = lc.alf3_target_wt_pct
+        p[:, P_ALF3_KX] = lc.alf3_gain_kg_per_day_per_pct / 86400.0
+        p[:, P_ALF3_KT] = lc.alf3_temp_gain_kg_per_day_per_k / 86400.0
+        p[:, P_T_TGT] = lc.bath_temp_target_c
+        p[:, P_BATH_TGT] = c.bath_mass_kg
+        p[:, P_BATH_BAND] = lc.bath_mass_band_kg
+        p[:, P_BATH_MAX] = lc.bath_max_correction_kg
+        p[:, P_BUTT_BATH] = c.bath_per_anode_change_kg
+        p[:, P_BATH_AL2O3] = lc.crushed_bath_alumina_wt_pct
+        p[:, P_TRACK] = 1.0 if lc.feed_mode == "tracking" else 0.0
+        p[:, P_UNDER] = lc.underfeed_ratio
+        p[:, P_OVER] = lc.overfeed_ratio
+        p[:, P_OVER_S] = lc.overfeed_min * 60.0
+        p[:, P_UNDER_MAX_S] = lc.underfeed_max_h * 3600.0
+        p[:, P_R_TRIG] = lc.track_trigger_uohm * 1e-6
+        p[:, P_R_ALPHA] = 1.0 - np.exp(-cfg.dt_s / lc.filter_s)
+        p[:, P_R_ALPHA_FAST] = 1.0 - np.exp(-cfg.dt_s / lc.control_filter_s)
+        p[:, P_BEAM_GAIN] = lc.beam_gain_uohm_per_mm * 1e-6 * 10.0
+        p[:, P_BEAM_MAX] = lc.beam_max_move_mm / 10.0
+        p[:, P_BEAM_FOLLOW] = lc.beam_followup_s
+        p[:, P_AMP_COMP] = lc.amperage_compensation
+        lay = plant_layout(cfg)
+        p[:, P_I_NOM] = lay.nominal_current_ka[lay.cell_line] * 1000.0
+        # per-cell spread of the feed and dissolution
+        p[:, P_SHOT_BIAS] = spread(1.0, sp.shot_mass)
+        p[:, P_SLUDGE_R] = np.minimum(spread(c.sludge_fraction, sp.sludge_fraction), 0.95)
+        p[:, P_KDISS] = spread(c.dissolution_rate_per_s, sp.dissolution)
+        p[:, P_KDISS_F] = 1.0 - np.exp(-p[:, P_KDISS] * cfg.dt_s)
+        on = 1.0 if d.enabled else 0.0
+        prone = np.exp(sp.feeder_blocks * rs.standard_normal(n) - 0.5 * sp.feeder_blocks**2)  # log-normal, mean 1
+        p[:, P_BLOCK_RATE] = on * d.feeder_blocks_per_day / 86400.0 * prone
+        p[:, P_BLOCK_MEAN] = d.feeder_block_mean_h * 3600.0
+        p[:, P_BLOCK_LOSS] = 1.0 / c.n_feeders
+        p[:, P_HOPPER_RATE] = on * d.empty_hoppers_per_day / 86400.0
+        p[:, P_HOPPER_MEAN] = d.empty_hopper_mean_h * 3600.0
+        p[:, P_OPERATOR_S] = d.crew_response_min * 60.0
+        p[:, P_QUALITY_STD] = on * d.alumina_quality_std
+        p[:, P_COLD_SLUDGE] = on * d.cold_anode_sludge
 
     @staticmethod
     def _build_state(cfg: PlantConfig, p: np.ndarray, n: int, rs: np.random.Generator) -> np.ndarray:
@@ -479,6 +611,13 @@ class Potline:
         s[:, S_BEAM_TIMER] = rs.uniform(0.0, 1.0, n) * p[:, P_BEAM_INTERVAL]
         s[:, S_FEED_CREDIT] = rs.uniform(0.0, 1.0, n) * p[:, P_SHOT_KG]
         s[:, S_KILL_T] = LOCAL_AE_REPEAT_S  # no local AE-kill stroke pending
+        s[:, S_ALF3_RATE] = p[:, P_ALF3_RATE]
+        s[:, S_I_FILT] = p[:, P_I_NOM]
+        s[:, S_SLUDGE_R] = p[:, P_SLUDGE_R]
+        s[:, S_PHASE_T] = rs.uniform(0.0, 1.0, n) * p[:, P_UNDER_MAX_S] / 2.0  # tracking cycles staggered
+        for nxt, rate in ((S_BLOCK_NEXT, P_BLOCK_RATE), (S_HOPPER_NEXT, P_HOPPER_RATE)):
+            r = p[:, rate]
+            s[:, nxt] = np.where(r > 0.0, rs.exponential(1.0, n) / np.where(r > 0.0, r, 1.0), 1e30)
         return s
 
     @staticmethod
@@ -498,6 +637,7 @@ class Potline:
             rpar[i, RP_R_BUS] = r.busbar_uohm * 1e-6
             rpar[i, RP_I_MIN] = r.min_ka * 1000.0
             rpar[i, RP_I_MAX] = r.max_ka * 1000.0
+            rpar[i, RP_I_OC] = (r.max_ka if r.overcurrent_ka is None else r.overcurrent_ka) * 1000.0
             rect[i, R_I] = r.setpoint_ka * 1000.0
             rect[i, R_I_SP] = r.setpoint_ka * 1000.0
             rect[i, R_I_TARGET] = r.setpoint_ka * 1000.0
@@ -505,35 +645,49 @@ class Potline:
         return rect, rpar
 
     def _balance_thermal_start(self) -> None:
-        """Start every cell in thermal equilibrium (superheat and ledge thickness from its own
-        heat balance at the start voltage) and each rectifier on the right tap."""
+        """Start every cell in thermal equilibrium (superheat, shell temperature and ledge
+        thickness from its own heat balance at the start voltage, ``twin.heat``), the PLC's
+        filters on the start values, and each rectifier on the right tap (the line's cells
+        that are not simulated as an aggregate load of cells like the simulated ones)."""
         s, p = self.state, self.params
         _emf_serial(s, p, self.out, self.cell_line, self.rect, self.rng, self.dt_s)
         for k in range(self.layout.n_cells):
-            # steady state: superheat carries what the top does not lose, the ledge passes it on
             current = self.rect[self.cell_line[k], R_I]
             u = self.out[k, O_E] - s[k, S_NOISE] + self.out[k, O_R_OHM] * current
             _, c, alf3 = composition(s, k)
             t_liq = liquidus_c(alf3, p[k, P_CAF2], c)
             h_a = p[k, P_HBL] * p[k, P_LEDGE_M2]
+            k_tb = p[k, P_KTOP] + p[k, P_KBOT]
+            q_cond = current * current * (p[k, P_R_EXT] + p[k, P_ATOP] * p[k, P_R_ANODE])
             t_b = s[k, S_TBATH]
-            for _ in range(5):
+            for _ in range(6):
                 q_anode = 0.0
                 if p[k, P_OPS] > 0.5:
                     q_anode = ANODE_HEAT_FROM_BATH * p[k, P_ANODE_MASS] * ANODE_CP_J_PER_KGK * (t_b - 25.0)
                     q_anode /= p[k, P_AC_INTERVAL]
-                q_bl = (u - U_REACTION_V * 0.95) * current - p[k, P_KTOP] * (t_b - p[k, P_TAMB]) - q_anode
-                t_b = t_liq + min(max(q_bl / h_a, 2.0), 20.0)
-            q_bl = h_a * (t_b - t_liq)
+                ce = current_efficiency(t_b - t_liq, alf3, p[k, P_CE_C], s[k, S_ACD])
+                heat = (u - U_REACTION_V * ce) * current - q_cond - q_anode
+                t_b = (heat + k_tb * p[k, P_TAMB] + h_a * t_liq) / (k_tb + h_a)
+                t_b = t_liq + min(max(t_b - t_liq, 2.0), 20.0)
             s[k, S_TBATH] = t_b
-            r_l = (t_liq - p[k, P_TAMB]) / q_bl - p[k, P_RWALL]
-            x = min(max(r_l * p[k, P_KLEDGE] * p[k, P_LEDGE_M2], 0.02), 0.4)
+            _q_side, t_sh, x = steady_side(p[k], t_b, t_liq)
+            x = min(max(x, 0.02), 0.4)
+            s[k, S_TSHELL] = t_sh
             s[k, S_LEDGE] = x * LEDGE_DENSITY_KG_M3 * p[k, P_LEDGE_M2]
+            xs = s[k, S_ALF3] / (s[k, S_ALF3] + s[k, S_CRYO])
+            s[k, S_LEDGE_ALF3] = p[k, P_LEDGE_PHI] * s[k, S_LEDGE] * xs
+            s[k, S_R_FILT] = (u - 1.65) / current if current > 1000.0 else 0.0
+            s[k, S_R_FAST] = s[k, S_R_FILT]
+            s[k, S_I_FILT] = current
         for ln in range(self.layout.n_lines):
             cells = self.cell_line == ln
+            n_rest = self.config.lines[ln].rest_of_line_cells
+            e_cells = self.out[cells, O_E] - s[cells, S_NOISE]
+            self.rpar[ln, RP_E_REST] = n_rest * float(e_cells.mean())
+            self.rpar[ln, RP_R_REST] = n_rest * float(self.out[cells, O_R_OHM].mean())
             i = self.rect[ln, R_I]
-            e_sum = float(self.out[cells, O_E].sum())
-            r_sum = float(self.out[cells, O_R_OHM].sum()) + self.rpar[ln, RP_R_BUS]
+            e_sum = float(self.out[cells, O_E].sum()) + self.rpar[ln, RP_E_REST]
+            r_sum = float(self.out[cells, O_R_OHM].sum()) + self.rpar[ln, RP_R_BUS] + self.rpar[ln, RP_R_REST]
             u_needed = e_sum + i * r_sum
             rp = self.rpar[ln]
             if u_needed > rp[RP_V_LIMIT]:
@@ -697,6 +851,16 @@ class Potline:
             raise ValueError(f"feeder efficiency must be within [0, 1], got {fraction}")
         self.params[cells, P_FEED_EFF] = fraction
 
+    def set_heat_exchanger(self, cells: np.ndarray | slice | int, duty_w: float | np.ndarray) -> None:
+        """Shell heat exchanger duty [W] of ``cells``: + takes heat out of the side wall, −
+        holds the shell's own loss back (insulating). The exchanger delivers the command
+        within its limits (``cell.heat_exchanger_max_kw``, ``cell.heat_exchanger_insulation``;
+        none installed: nothing); ``truth()["heat_exchanger_kw"]`` is what it delivers."""
+        duty = np.asarray(duty_w, dtype=float)
+        if not np.all(np.isfinite(duty)):
+            raise ValueError(f"heat exchanger duty must be finite, got {duty_w}")
+        self.params[cells, P_HE_CMD] = duty
+
     def set_operations(self, cells: np.ndarray | slice | int, enabled: bool) -> None:
         """Enable/disable the scheduled tapping and anode changes of ``cells``."""
         self.params[cells, P_OPS] = 1.0 if enabled else 0.0
@@ -747,11 +911,14 @@ class Potline:
             "rectifier_tripped": r[:, R_TRIPPED] > 0.5,
             "rectifier_remote": r[:, R_REMOTE] > 0.5,
             "rectifier_at_limit": r[:, R_AT_LIMIT] > 0.5,
+            "rectifier_overcurrent": r[:, R_OVERCURRENT] > 0.5,
             "feeder_ack": s[:, S_FEED_ACK].astype(np.int64),
             "beam_ack_mm": s[:, S_BEAM_ACK].copy(),
             "tapping": tap_done,
             "anode_change": s[:, S_AC_BUSY] > 0.0,
             "cut_out": s[:, S_IN_CIRCUIT] < 0.5,
+            "heat_exchanger_kw": self.out[:, O_Q_HE] / 1e3,  # duty delivered (0: none installed)
+            "shell_temp_c": s[:, S_TSHELL].copy(),  # side-wall thermocouple
         }
 
     def truth(self) -> dict[str, np.ndarray]:
@@ -773,6 +940,37 @@ class Potline:
             "critical_alumina_wt_pct": o[:, O_C_CRIT].copy(),
             "conductivity_s_cm": o[:, O_KAPPA].copy(),
             "current_density_a_cm2": o[:, O_I_DENS].copy(),
+            "bath_kg": s[:, S_AL2O3] + s[:, S_ALF3] + s[:, S_CRYO],
+            "ledge_kg": s[:, S_LEDGE].copy(),
+            "shell_temp_c": s[:, S_TSHELL].copy(),
+            "side_heat_kw": o[:, O_Q_SIDE] / 1e3,
+            "heat_exchanger_kw": o[:, O_Q_HE] / 1e3,
+            "alf3_addition_kg_per_day": s[:, S_ALF3_RATE] * 86400.0,
+            "feeder_blocked": s[:, S_BLOCK_LEFT] > 0.0,
+            "hopper_empty": s[:, S_HOPPER_LEFT] != 0.0,
+            "overfeeding": s[:, S_FEED_PHASE] > 0.5,
+            "validity_flags": o[:, O_FLAGS].astype(np.int64),
+            "valid": o[:, O_FLAGS] == 0.0,
+            "validity_flags_ever": s[:, S_FLAGS_EVER].astype(np.int64),
+            "invalid_s": s[:, A_INVALID_S].copy(),
+        }
+
+    def validity(self) -> dict[str, Any]:
+        """The validity envelope over the plant (``twin.envelope``): cells outside it now and
+        ever, the share of cell-time outside, and how many cells raised each flag."""
+        s, o = self.state, self.out
+        ever = s[:, S_FLAGS_EVER].astype(np.int64)
+        now = o[:, O_FLAGS].astype(np.int64)
+        by_flag: dict[str, int] = {}
+        for k in np.flatnonzero(ever):
+            for name in flag_names(int(ever[k])):
+                by_flag[name] = by_flag.get(name, 0) + 1
+        cell_s = self.t_s * max(int(np.count_nonzero(s[:, S_IN_CIRCUIT] > 0.5)), 1)
+        return {
+            "cells_invalid_now": int(np.count_nonzero(now)),
+            "cells_invalid_ever": int(np.count_nonzero(ever)),
+            "invalid_share": float(s[:, A_INVALID_S].sum() / cell_s) if self.t_s > 0 else 0.0,
+            "cells_by_flag": dict(sorted(by_flag.items())),
         }
 
     def voltage_breakdown(self) -> dict[str, np.ndarray]:
@@ -809,6 +1007,9 @@ class Potline:
             "cf4_kg": cf4,
             "c2f6_kg": 0.121 * cf4,
             "alumina_fed_kg": float(s[:, A_FED].sum()),
+            "ae_per_pot_day": float(s[:, A_AE_N].sum()) / max(self.layout.n_cells * self.t_s / 86400.0, 1e-9),
+            "heat_exchanger_kwh": float(s[:, A_Q_HE].sum()) / 3.6e6,
+            "overcurrent_s": [float(x) for x in self.rect[:, R_OC_S]],
         }
 
     def alumina_nominal_rate_kg_s(self, line: int) -> float:
@@ -818,25 +1019,47 @@ class Potline:
     def balances(self) -> dict[str, np.ndarray]:
         """Per-cell mass and energy balance residuals since start (≈ 0 when they close).
 
-        - alumina [kg]: fed − consumed − Δ(dissolved + sludge);
-        - AlF3 [kg]: added − neutralised − Δ(excess AlF3);
+        - alumina [kg]: fed + net with bath operations − consumed − Δ(dissolved + sludge);
+        - AlF3 [kg]: added + net with bath operations − neutralised − lost − Δ(bath + ledge);
         - metal [kg]: produced − tapped − Δ(pad);
-        - energy [J]: U·I − reaction − losses − anode heating − Δ(C_th·T − ΔH_f·m_ledge).
+        - bath [kg] (all of bath and ledge): fed to the bath + crushed bath + AlF3 added +
+          cryolite made − neutralised − lost − consumed − bath removed − Δ(bath + ledge);
+        - energy [J]: U·I − reaction − losses − anode heating − Δ(C_th·T + C_sh·T_sh − ΔH_f·m_ledge).
         Each comes with the scale it should be compared to (``*_scale``).
         """
         s, s0, p = self.state, self._state0, self.params
-        stored = p[:, P_CTH] * (s[:, S_TBATH] - s0[:, S_TBATH]) - LEDGE_FUSION_J_PER_KG * (
-            s[:, S_LEDGE] - s0[:, S_LEDGE]
+        stored = (
+            p[:, P_CTH] * (s[:, S_TBATH] - s0[:, S_TBATH])
+            + p[:, P_CSHELL] * (s[:, S_TSHELL] - s0[:, S_TSHELL])
+            - LEDGE_FUSION_J_PER_KG * (s[:, S_LEDGE] - s0[:, S_LEDGE])
         )
+        alf3_stock = s[:, S_ALF3] + s[:, S_LEDGE_ALF3] - s0[:, S_ALF3] - s0[:, S_LEDGE_ALF3]
+
+        def bath_and_ledge(x: np.ndarray) -> np.ndarray:
+            return x[:, S_AL2O3] + x[:, S_ALF3] + x[:, S_CRYO] + x[:, S_LEDGE]
+
+        sludge_change = s[:, S_SLUDGE] - s0[:, S_SLUDGE]
         return {
             "alumina_kg": s[:, A_FED]
+            + s[:, A_AL2O3_OPS]
             - s[:, A_CONSUMED]
             - (s[:, S_AL2O3] + s[:, S_SLUDGE] - s0[:, S_AL2O3] - s0[:, S_SLUDGE]),
             "alumina_scale": s[:, A_FED] + s0[:, S_AL2O3] + s0[:, S_SLUDGE],
-            "alf3_kg": s[:, A_ALF3_ADD] - s[:, A_ALF3_USED] - (s[:, S_ALF3] - s0[:, S_ALF3]),
-            "alf3_scale": s[:, A_ALF3_ADD] + s0[:, S_ALF3],
+            "alf3_kg": s[:, A_ALF3_ADD] + s[:, A_ALF3_OPS] - s[:, A_ALF3_USED] - s[:, A_ALF3_LOST] - alf3_stock,
+            "alf3_scale": s[:, A_ALF3_ADD] + s0[:, S_ALF3] + s0[:, S_LEDGE_ALF3],
             "metal_kg": s[:, A_METAL] - s[:, A_TAPPED] - (s[:, S_METAL] - s0[:, S_METAL]),
             "metal_scale": s[:, A_METAL] + s0[:, S_METAL],
+            "bath_kg": s[:, A_FED]
+            - sludge_change
+            + s[:, A_BATH_IN]
+            + s[:, A_ALF3_ADD]
+            + s[:, A_CRYO_MADE]
+            - s[:, A_ALF3_USED]
+            - s[:, A_ALF3_LOST]
+            - s[:, A_CONSUMED]
+            - s[:, A_BATH_OUT]
+            - (bath_and_ledge(s) - bath_and_ledge(s0)),
+            "bath_scale": bath_and_ledge(s0) + s[:, A_FED] + s[:, A_BATH_IN],
             "energy_j": s[:, A_E_ELEC] - s[:, A_E_RXN] - s[:, A_Q_LOSS] - s[:, A_Q_ANODE] - stored,
             "energy_scale": s[:, A_E_ELEC],
         }

@@ -11,6 +11,12 @@ the reactors (first-order lag ``reactor_tau_s``), the tap changer re-centres the
 reactor in its range one step at a time (``tap_time_s`` per step). An AE (+≈30 V on
 one cell) therefore dips the line current for a few seconds until the reactors take
 up the extra voltage; beyond the voltage limit the current stays low.
+
+A bench of a few simulated cells can stand in for a whole line: the cells of the line
+that are not simulated are an aggregate load ``E_rest + R_rest·I`` (``RP_E_REST``,
+``RP_R_REST``: that many nominal cells), so the circuit, the regulator and an AE's dip
+are those of the full line. The rectifier reports over-current (``R_OVERCURRENT``, and
+the seconds spent there, ``R_OC_S``) above ``RP_I_OC``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ R_REMOTE = 9  # 1 when remote setpoints are accepted
 R_AT_LIMIT = 10  # 1 while the voltage limit holds the current down
 R_E_SUM = 11  # Σ back-EMF of the cells [V]
 R_R_SUM = 12  # Σ ohmic resistance incl. busbar [Ω]
-R_N = 13
+R_OVERCURRENT = 13  # 1 while the line current exceeds the over-current limit
+R_OC_S = 14  # time spent above the over-current limit [s]
+R_N = 15
 
 RP_V_LIMIT = 0  # DC voltage limit [V]
 RP_N_TAPS = 1
@@ -45,7 +53,10 @@ RP_RAMP = 7  # setpoint ramp [A/s]
 RP_R_BUS = 8  # busbar [Ω]
 RP_I_MIN = 9  # [A]
 RP_I_MAX = 10  # [A]
-RP_N = 11
+RP_I_OC = 11  # over-current limit [A]
+RP_E_REST = 12  # back-EMF of the line's cells that are not simulated [V]
+RP_R_REST = 13  # their ohmic resistance [Ω]
+RP_N = 14
 
 
 @njit(cache=True, inline="always")
@@ -58,13 +69,16 @@ def tap_voltage(rpar, line, tap):
 
 @njit(cache=True, inline="always")
 def rectifier_step(rect, rpar, line, e_sum, r_sum, dt):
-    """Advance line ``line``'s regulator by ``dt`` [s]; returns the new line current [A]."""
+    """Advance line ``line``'s regulator by ``dt`` [s] with the simulated cells' back-EMF
+    ``e_sum`` [V] and resistance ``r_sum`` [Ω] (the rest of the line and the busbar are
+    added here); returns the new line current [A]."""
     target = min(max(rect[line, R_I_TARGET], rpar[line, RP_I_MIN]), rpar[line, RP_I_MAX])
     step = rpar[line, RP_RAMP] * dt
     sp = rect[line, R_I_SP]
     sp += min(max(target - sp, -step), step)
     rect[line, R_I_SP] = sp
-    r_tot = r_sum + rpar[line, RP_R_BUS]
+    e_sum += rpar[line, RP_E_REST]
+    r_tot = r_sum + rpar[line, RP_R_BUS] + rpar[line, RP_R_REST]
     rect[line, R_E_SUM] = e_sum
     rect[line, R_R_SUM] = r_tot
     if rect[line, R_TRIPPED] > 0.5:
@@ -72,6 +86,7 @@ def rectifier_step(rect, rpar, line, e_sum, r_sum, dt):
         rect[line, R_I] = 0.0
         rect[line, R_I_SP] = 0.0
         rect[line, R_U_CMD] = e_sum
+        rect[line, R_OVERCURRENT] = 0.0
         return 0.0
     err = sp - rect[line, R_I]
     v_lim = rpar[line, RP_V_LIMIT]
@@ -100,6 +115,11 @@ def rectifier_step(rect, rpar, line, e_sum, r_sum, dt):
     rect[line, R_AT_LIMIT] = 1.0 if u_cmd >= v_lim - 1e-9 and err > 0.0 else 0.0
     current = max((u_dc - e_sum) / r_tot, 0.0)
     rect[line, R_I] = current
+    if current > rpar[line, RP_I_OC]:
+        rect[line, R_OVERCURRENT] = 1.0
+        rect[line, R_OC_S] += dt
+    else:
+        rect[line, R_OVERCURRENT] = 0.0
     return current
 
 

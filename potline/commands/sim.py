@@ -30,8 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def summarise(potline, hours: float) -> dict:
-    """Production, energy, CE, AEs and PFC (IPCC Tier 2, AR5) of a finished run."""
+    """Production, energy, CE, AEs and PFC (IPCC Tier 2, AR5) of a finished run, and the
+    twin's validity envelope (cells that left the range where its equations hold)."""
     tot = potline.totals()
+    val = potline.validity()
     n = potline.layout.n_cells
     days = hours / 24.0
     metal_t = tot["metal_kg"] / 1000.0
@@ -50,10 +52,16 @@ def summarise(potline, hours: float) -> dict:
         "anode_effects": tot["ae_count"],
         "ae_per_pot_day": tot["ae_count"] / (n * days) if days > 0 else 0.0,
         "ae_minutes_per_cell_day": ae_min_per_cell_day,
+        "ae_mean_duration_s": tot["ae_minutes"] * 60.0 / tot["ae_count"] if tot["ae_count"] else 0.0,
         "cf4_kg": tot["cf4_kg"],
         "c2f6_kg": tot["c2f6_kg"],
         "pfc_co2e_t": co2e_t,
         "pfc_co2e_kg_per_t_al": co2e_t * 1000.0 / metal_t if metal_t > 0 else 0.0,
+        "cells_outside_validity_now": val["cells_invalid_now"],
+        "cells_outside_validity_ever": val["cells_invalid_ever"],
+        "cell_time_outside_validity": val["invalid_share"],
+        "validity_flags_raised": ", ".join(f"{k}: {v} cells" for k, v in val["cells_by_flag"].items()) or "none",
+        "rectifier_overcurrent_s": tot["overcurrent_s"],
     }
 
 
@@ -163,13 +171,18 @@ def main(args: argparse.Namespace) -> int:
     rep.section("Lines").figure(fig_lines, name="lines", caption="line current per rectifier")
     html = rep.write(out)
     md = ["| quantity | value |", "|---|---|"] + [
-        f"| {k} | {v:.4g} |" for k, v in summary.items() if isinstance(v, float)
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in summary.items()
+        if isinstance(v, (int, float, str)) and k not in ("plant", "cells")
     ]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     console.print(
         f"{summary['production_t_per_day']:.1f} t/day ({summary['production_t_per_year'] / 1000:.1f} kt/a), "
         f"{summary['specific_energy_kwh_per_kg']:.2f} kWh/kg, CE {summary['current_efficiency']:.3f}, "
-        f"{summary['anode_effects']} AEs, PFC {summary['pfc_co2e_t']:.2f} t CO2e"
+        f"{summary['anode_effects']} AEs ({summary['ae_per_pot_day']:.3f}/pot-day, "
+        f"{summary['ae_mean_duration_s']:.0f} s mean), PFC {summary['pfc_co2e_t']:.2f} t CO2e; validity: "
+        f"{summary['cells_outside_validity_ever']} cells left the model's range "
+        f"({100 * summary['cell_time_outside_validity']:.2f} % of cell-time; {summary['validity_flags_raised']})"
     )
     console.print(f"report: {html}")
     return 0

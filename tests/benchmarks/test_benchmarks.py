@@ -54,8 +54,9 @@ def assert_same_plant(twin: Potline, ref: NumpyPotline) -> None:
 
 
 def test_numpy_reference_matches_numba_without_noise_or_aes():
-    """Deterministic case: MHD noise off, no AEs; 600 s of PLC local control on two lines."""
-    twin = Potline(two_line_plant(cell={"noise_mv": 0.0}), parallel=False)
+    """Deterministic case: MHD noise off, no AEs, no disturbances; 600 s of PLC local control
+    on two lines."""
+    twin = Potline(two_line_plant(cell={"noise_mv": 0.0}, disturbances={"enabled": False}), parallel=False)
     ref = NumpyPotline.from_potline(twin, rng="twin")
     twin.advance(600.0)
     ref.advance(600.0)
@@ -80,6 +81,31 @@ def test_numpy_reference_matches_numba_with_events():
         ref.advance(100.0)
     assert twin.truth()["ae_count"].sum() >= 4
     assert twin.measurements()["cut_out"][10] and ref.out[10, O_U] == 0.0
+    assert_same_plant(twin, ref)
+
+
+def test_numpy_reference_matches_numba_with_disturbances_and_exchangers():
+    """Issue 13's physics: busy feed disturbances (crusted feeder holes, empty hoppers and the
+    crew's manual feed), shell heat exchanger duties within and beyond their limits, benches
+    in longer lines (aggregate load), tracking feed and resistance control, operations with
+    bath-level correction and butt bath; serial kernel, 40 min."""
+    from twin.cell_layout import S_AC_TIMER, S_HOPPER_LEFT, S_TAP_TIMER
+
+    dist = {"feeder_blocks_per_day": 20.0, "empty_hoppers_per_day": 5.0, "feeder_block_mean_h": 0.1}
+    cell = {"heat_exchanger_max_kw": 60.0, "heat_exchanger_base_kw": 20.0}
+    twin = Potline(two_line_plant(disturbances=dist, cell=cell), parallel=False)
+    twin.state[:4, S_TAP_TIMER] = [60.0, 200.0, 900.0, 1500.0]
+    twin.state[20:24, S_AC_TIMER] = [100.0, 400.0, 800.0, 1800.0]
+    twin.state[30:34, S_HOPPER_LEFT] = [30.0, 60.0, 600.0, 1200.0]
+    twin.set_heat_exchanger(np.arange(0, 44, 2), np.linspace(-80e3, 90e3, 22))
+    twin.force_alumina(np.array([31, 33]), 1.6)
+    ref = NumpyPotline.from_potline(twin, rng="twin")
+    for _ in range(8):
+        twin.advance(300.0)
+        ref.advance(300.0)
+    t = twin.truth()
+    assert t["ae_count"].sum() >= 2 and (t["feeder_blocked"].any() or t["hopper_empty"].any())
+    assert np.abs(t["heat_exchanger_kw"]).max() > 1.0
     assert_same_plant(twin, ref)
 
 
