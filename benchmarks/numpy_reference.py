@@ -73,7 +73,10 @@ from twin.cell import (
     LOCAL_AE_STROKE_END_S,
     LOCAL_AE_TRAVEL_S,
     MEAS_NOISE_V,
+    PLC_CURRENT_STEP,
+    PLC_DOWN_HOLD_S,
     PLC_E0_V,
+    PLC_RESTORE_WINDOW_S,
     PLC_TARGET_MAX_F,
     PLC_TARGET_MIN_F,
     SWEEP_SCALE_MM,
@@ -261,6 +264,7 @@ from twin.cell_layout import (
     S_R_PRE,
     S_R_VAR,
     S_REFRACT,
+    S_RESTORE_T,
     S_SLUDGE,
     S_SLUDGE_R,
     S_SWEEP,
@@ -1043,6 +1047,8 @@ class NumpyPotline:
         ratio = np.ones(self.n)
         tr = local & self.track
         if tr.any():
+            stepped = np.abs(current - S[S_I_FILT]) > PLC_CURRENT_STEP * S[S_I_FILT]
+            S[S_R_MIN] = np.where(tr & (busy | stepped), S[S_R_FILT], S[S_R_MIN])
             S[S_PHASE_T] = np.where(tr, S[S_PHASE_T] + dt, S[S_PHASE_T])
             re = tr & ae
             S[S_FEED_PHASE] = np.where(re, 1.0, S[S_FEED_PHASE])
@@ -1051,7 +1057,7 @@ class NumpyPotline:
             over = tr & ~under
             ratio = np.where(under, P[P_UNDER], np.where(over, P[P_OVER], ratio))
             r_f = S[S_R_FILT]
-            seed = under & ((S[S_R_MIN] <= 0.0) | (r_f < S[S_R_MIN]) | busy)
+            seed = under & ((S[S_R_MIN] <= 0.0) | (r_f < S[S_R_MIN]))
             S[S_R_MIN] = np.where(seed, r_f, S[S_R_MIN])
             rise = r_f - S[S_R_MIN]
             trig = P[P_R_TRIG] + TRACK_NOISE_K * np.sqrt(S[S_R_VAR])
@@ -1077,6 +1083,9 @@ class NumpyPotline:
         timer = S[S_BEAM_TIMER]
         fol = local & ops_ended
         timer[fol] = np.minimum(timer[fol], P[P_BEAM_FOLLOW, fol])
+        S[S_RESTORE_T] = np.where(fol, PLC_RESTORE_WINDOW_S, S[S_RESTORE_T])
+        S[S_RESTORE_T] = np.where(local, np.maximum(S[S_RESTORE_T] - dt, 0.0), S[S_RESTORE_T])
+        S[S_R_PRE] = np.where(local & ~op & (S[S_RESTORE_T] <= 0.0), 0.0, S[S_R_PRE])
         np.subtract(timer, dt, out=timer, where=local)
         b_idx = np.flatnonzero(local & (timer <= 0.0))
         if b_idx.size:
@@ -1091,11 +1100,11 @@ class NumpyPotline:
                 tgt = np.minimum(np.maximum(tgt, PLC_TARGET_MIN_F * r0), PLC_TARGET_MAX_F * r0)
                 tgt = np.where(i_f <= 1000.0, r0, tgt)
                 err = np.where(restoring, S[S_R_FAST, j] - S[S_R_PRE, j], S[S_R_FAST, j] - tgt)
+                rise = (S[S_R_MIN, j] > 0.0) & (S[S_R_FILT, j] - S[S_R_MIN, j] > P[P_R_TRIG, j])
                 lean_u = S[S_PHASE_T, j] > TRACK_SETTLE_S
                 lean_o = S[S_PHASE_T, j] < TRACK_LEAN_OVER_S
-                lean = np.where(S[S_FEED_PHASE, j] < 0.5, lean_u, lean_o)
-                lean = lean | (S[S_R_FILT, j] - S[S_R_MIN, j] > P[P_R_TRIG, j])
-                lean = lean & self.track[j] & ~restoring
+                phase_lean = np.where(S[S_FEED_PHASE, j] < 0.5, lean_u, lean_o)
+                lean = (rise | phase_lean) & self.track[j] & ~restoring
                 move = (np.abs(err) > P[P_R_BAND, j]) & ~(lean & (err > 0.0))
                 m = j[move]
                 if m.size:
@@ -1106,7 +1115,11 @@ class NumpyPotline:
                     dr = mv * P[P_BEAM_GAIN, m]
                     S[S_R_FILT, m] += dr
                     S[S_R_FAST, m] += dr
-                    S[S_R_MIN, m] = S[S_R_FILT, m]
-                    timer[m] = np.minimum(timer[m], P[P_BEAM_FOLLOW, m])
+                    S[S_R_MIN, m] += dr
+                    rest_m = restoring[move]
+                    down_m = err[move] > 0.0
+                    timer[m] = np.where(
+                        rest_m, np.minimum(timer[m], P[P_BEAM_FOLLOW, m]), np.where(down_m, PLC_DOWN_HOLD_S, timer[m])
+                    )
                 done = j[~move & restoring]
                 S[S_R_PRE, done] = 0.0

@@ -188,6 +188,7 @@ from twin.cell_layout import (
     S_R_PRE,
     S_R_VAR,
     S_REFRACT,
+    S_RESTORE_T,
     S_SLUDGE,
     S_SWEEP,
     S_TAP_LEFT,
@@ -242,6 +243,13 @@ TRACK_SETTLE_S = 600.0
 TRACK_NOISE_K = 0.6
 #: tracking: the first part of an overfeed still counts as lean (alumina not yet back) [s]
 TRACK_LEAN_OVER_S = 1200.0
+#: the PLC restores the pre-operation resistance within this window after the operation [s]
+PLC_RESTORE_WINDOW_S = 900.0
+#: a line-current change of more than this share resets the track's reference [-]
+PLC_CURRENT_STEP = 0.01
+#: after lowering the beam on its band the PLC waits this long before the next check [s]
+#: (a resistance that keeps rising is more likely alumina than ACD: no squeezing the ACD)
+PLC_DOWN_HOLD_S = 1800.0
 #: the PLC's target resistance stays within these factors of its nominal target
 PLC_TARGET_MIN_F, PLC_TARGET_MAX_F = 0.7, 1.4
 #: AlF3 additions the PLC applies stay within [0, this] x its base rate
@@ -462,14 +470,14 @@ def plc_target_ohm(state, params, k):
 
 @njit(cache=True, inline="always")
 def plc_move_beam(state, params, k, move_cm):
-    """A resistance-control beam move by the PLC: its filtered resistance and tracking
+    """A resistance-control beam move by the PLC: its filtered resistances and the track's
     reference shift by the change it expects (``P_BEAM_GAIN``), so the move is not read
-    as an alumina signal."""
+    as an alumina signal (and an alumina rise before it is not forgotten)."""
     move_beam(state, k, 10.0 * move_cm)
     dr = move_cm * params[k, P_BEAM_GAIN]
     state[k, S_R_FILT] += dr
     state[k, S_R_FAST] += dr
-    state[k, S_R_MIN] = state[k, S_R_FILT]
+    state[k, S_R_MIN] += dr
 
 
 @njit(cache=True, inline="always")
@@ -514,6 +522,9 @@ def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
     # feeding: fixed rate, or tracking (underfeed until the resistance rises, overfeed a while)
     ratio = 1.0
     if params[k, P_TRACK] > 0.5:
+        # an operation's, an AE's or a line-current change's resistance step is not alumina
+        if busy or abs(current - state[k, S_I_FILT]) > PLC_CURRENT_STEP * state[k, S_I_FILT]:
+            state[k, S_R_MIN] = state[k, S_R_FILT]
         state[k, S_PHASE_T] += dt
         if ae:  # after an AE the PLC overfeeds
             state[k, S_FEED_PHASE] = 1.0
@@ -521,8 +532,8 @@ def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
         if state[k, S_FEED_PHASE] < 0.5:
             ratio = params[k, P_UNDER]
             r_f = state[k, S_R_FILT]
-            if state[k, S_R_MIN] <= 0.0 or r_f < state[k, S_R_MIN] or busy:
-                state[k, S_R_MIN] = r_f  # (an operation's resistance step is not alumina)
+            if state[k, S_R_MIN] <= 0.0 or r_f < state[k, S_R_MIN]:
+                state[k, S_R_MIN] = r_f
             rise = r_f - state[k, S_R_MIN]
             trig = params[k, P_R_TRIG] + TRACK_NOISE_K * math.sqrt(state[k, S_R_VAR])
             settled = state[k, S_PHASE_T] > TRACK_SETTLE_S
@@ -552,6 +563,10 @@ def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
         state[k, S_R_PRE] = state[k, S_R_FAST]
     if ops_ended:
         state[k, S_BEAM_TIMER] = min(state[k, S_BEAM_TIMER], params[k, P_BEAM_FOLLOW])
+        state[k, S_RESTORE_T] = PLC_RESTORE_WINDOW_S
+    state[k, S_RESTORE_T] = max(state[k, S_RESTORE_T] - dt, 0.0)
+    if not op and state[k, S_RESTORE_T] <= 0.0:
+        state[k, S_R_PRE] = 0.0  # the window has passed: back to the target band
     state[k, S_BEAM_TIMER] -= dt
     if state[k, S_BEAM_TIMER] <= 0.0:
         state[k, S_BEAM_TIMER] += params[k, P_BEAM_INTERVAL]
@@ -563,17 +578,20 @@ def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
                 err = state[k, S_R_FAST] - plc_target_ohm(state, params, k)
             lean = False
             if params[k, P_TRACK] > 0.5 and not restoring:
+                # a resistance above the track's reference is alumina, not ACD
+                lean = state[k, S_R_MIN] > 0.0 and state[k, S_R_FILT] - state[k, S_R_MIN] > params[k, P_R_TRIG]
                 if state[k, S_FEED_PHASE] < 0.5:
-                    lean = state[k, S_PHASE_T] > TRACK_SETTLE_S
+                    lean = lean or state[k, S_PHASE_T] > TRACK_SETTLE_S
                 else:
-                    lean = state[k, S_PHASE_T] < TRACK_LEAN_OVER_S
-                # a resistance still above the track's reference is alumina, not ACD
-                lean = lean or state[k, S_R_FILT] - state[k, S_R_MIN] > params[k, P_R_TRIG]
+                    lean = lean or state[k, S_PHASE_T] < TRACK_LEAN_OVER_S
             if abs(err) > params[k, P_R_BAND] and not (lean and err > 0.0):
                 mv = min(abs(err) / params[k, P_BEAM_GAIN], params[k, P_BEAM_MAX])
                 mv = max(mv, params[k, P_BEAM_STEP])
                 plc_move_beam(state, params, k, -mv if err > 0.0 else mv)
-                state[k, S_BEAM_TIMER] = min(state[k, S_BEAM_TIMER], params[k, P_BEAM_FOLLOW])
+                if restoring:
+                    state[k, S_BEAM_TIMER] = min(state[k, S_BEAM_TIMER], params[k, P_BEAM_FOLLOW])
+                elif err > 0.0:
+                    state[k, S_BEAM_TIMER] = PLC_DOWN_HOLD_S
             elif restoring:
                 state[k, S_R_PRE] = 0.0  # restored: back to the target band
 

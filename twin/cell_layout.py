@@ -77,7 +77,8 @@ A_Q_HE = 65  # heat taken out by the shell heat exchanger [J]
 S_R_VAR = 66  # variance of the PLC's raw resistance around its filtered value (noise) [Ω²]
 S_R_PRE = 67  # the PLC's filtered resistance before the operation in progress (0: none) [Ω]
 S_R_FAST = 68  # pseudo-resistance as the PLC's resistance control filters it (short) [Ω]
-N_STATE = 69
+S_RESTORE_T = 69  # time left to restore the pre-operation resistance after an operation [s]
+N_STATE = 70
 
 # --- parameters --------------------------------------------------------------------------
 P_ANODE_CM2 = 0  # geometric anode area [cm²]
