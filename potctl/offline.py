@@ -30,10 +30,21 @@ from twin.layout import PlantLayout
 __all__ = ["LoopResult", "TwinPlant", "run_closed_loop", "scaled_plant_config"]
 
 
-def scaled_plant_config(cells: int, n_lines: int = 1, base: Any = None, seed: int | None = None) -> Any:
+def scaled_plant_config(
+    cells: int,
+    n_lines: int = 1,
+    base: Any = None,
+    seed: int | None = None,
+    line_cells: int | None = 264,
+) -> Any:
     """A smaller plant for tests and quick runs: ``n_lines`` lines of one room of ``cells``
-    cells, with the reference cell and each rectifier's voltage limit scaled to the line
-    (the series voltage at 4.3 V per cell plus busbar, + 8 % and two AEs of headroom).
+    cells with the reference cell.
+
+    ``line_cells``: the series line each simulated room sits in (264: a reference line); its
+    cells beyond the room are an aggregate load of nominal cells on the reference rectifier
+    (``Line.rest_of_line_cells``), so an AE moves the line current as on the full line.
+    ``None``: the room alone, with the rectifier's voltage limit scaled to it (the series
+    voltage at 4.3 V per cell plus busbar, + 8 % and two AEs of headroom).
 
     Returns a ``twin.config.PlantConfig``.
     """
@@ -41,10 +52,19 @@ def scaled_plant_config(cells: int, n_lines: int = 1, base: Any = None, seed: in
 
     base = base or load_plant_config()
     r0 = base.lines[0].rectifier
-    u_need = cells * 4.3 + r0.busbar_uohm * 1e-6 * r0.setpoint_ka * 1e3
-    rect = r0.model_copy(update={"voltage_limit_v": float(round(u_need * 1.08 + 60.0))})
+    rest = max((line_cells or 0) - cells, 0)
+    if rest:
+        rect = r0
+    else:
+        u_need = cells * 4.3 + r0.busbar_uohm * 1e-6 * r0.setpoint_ka * 1e3
+        rect = r0.model_copy(update={"voltage_limit_v": float(round(u_need * 1.08 + 60.0))})
     lines = [
-        Line(name=f"Line{i + 1}", rectifier=rect, rooms=[Room(name=f"Potroom{i + 1}", cells=cells)])
+        Line(
+            name=f"Line{i + 1}",
+            rectifier=rect,
+            rooms=[Room(name=f"Potroom{i + 1}", cells=cells)],
+            rest_of_line_cells=rest,
+        )
         for i in range(n_lines)
     ]
     upd: dict[str, Any] = {"lines": lines}

@@ -40,6 +40,10 @@ C_AE_HAUPIN = 1.8
 BUBBLE_AE_OFFSET = 0.04
 #: largest bubble coverage short of a gas film (the AE itself is the film, ``twin.cell``)
 PHI_MAX = 0.9
+#: Haupin's RTA form of the coverage (the twin before issue 13, kept as a structural plant
+#: variant): coverage × 0.9, alumina term at a fixed ``C_AE_HAUPIN``, capped at 0.75
+PHI_SCALE_HAUPIN = 0.9
+PHI_MAX_HAUPIN = 0.75
 LN10 = math.log(10.0)
 #: ln of the exchange current density prefactor 0.0029 A/cm² (Haupin: i_r = 0.0029·c^0.56)
 LN_I_R0 = math.log(0.0029)
@@ -122,9 +126,14 @@ def voltage_components(
     kappa_factor: float,
     r_conductors_ohm: float,
     c_ae: float,
+    phi_scale: float = 1.0,
+    phi_max: float = PHI_MAX,
 ):
     """Haupin voltage breakdown of one cell at ``current_a``; ``c_ae`` [wt %] is the bulk
     alumina of the bubble coverage's alumina term (the cell's AE onset − ``BUBBLE_AE_OFFSET``).
+    ``phi_scale`` multiplies the coverage and ``phi_max`` caps it (1.0, ``PHI_MAX``: Lundby et
+    al.'s form; 0.9, 0.75 with ``c_ae = C_AE_HAUPIN``: Haupin's RTA form, the structural plant
+    variant ``CellParams.bubble_model = "haupin_capped"``).
 
     Returns ``(e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bubble, u_cond, r_ohm, kappa, i_dens,
     c_sat)`` in V (r_ohm in Ω, kappa in S/cm, i_dens in A/cm², c_sat in wt %). ``r_ohm`` is the ohmic part
@@ -152,7 +161,7 @@ def voltage_components(
     a_eff = area_factor * anode_cm2
     d_b = (0.5517 + i) / (1.0 + 2.167 * i)
     dc = max(c - c_ae, -0.05)
-    phi = (
+    phi = phi_scale * (
         0.509
         + 0.1823 * i
         - 0.1723 * i * i
@@ -160,7 +169,7 @@ def voltage_components(
         + (0.4322 - 0.3781 * br) / (1.0 + 1.637 * br)
         + (0.431 - 0.1437 * dc) / (1.0 + 7.353 * dc)
     )
-    phi = min(max(phi, 0.0), PHI_MAX)
+    phi = min(max(phi, 0.0), phi_max)
     r_bath = max(acd_cm - d_b, 0.1) / (kappa * a_eff)
     r_bub = d_b * phi / (kappa * a_eff * (1.0 - phi))
     r_ohm = r_bath + r_bub + r_conductors_ohm

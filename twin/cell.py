@@ -34,6 +34,10 @@ from twin.bath import (
     ALUMINIUM_DENSITY_KG_M3,
     ANODE_DENSITY_KG_M3,
     BUBBLE_AE_OFFSET,
+    C_AE_HAUPIN,
+    PHI_MAX,
+    PHI_MAX_HAUPIN,
+    PHI_SCALE_HAUPIN,
     U_REACTION_V,
     alumina_saturation_wt,
     current_efficiency,
@@ -118,6 +122,7 @@ from twin.cell_layout import (
     P_BEAM_INTERVAL,
     P_BEAM_MAX,
     P_BEAM_STEP,
+    P_BUBBLE_MODEL,
     P_BUTT_BATH,
     P_CAF2,
     P_CARBON,
@@ -323,6 +328,10 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
     area = params[k, P_ANODE_CM2] * (1.0 - state[k, S_AC_AREA])
     i_dens = max(current_a, 1.0) / area
     c_crit = critical_alumina_wt(t_c, i_dens, params[k, P_SIZE_F], params[k, P_AE_DELTA])
+    if params[k, P_BUBBLE_MODEL] > 0.5:  # Haupin's RTA coverage, capped (structural variant)
+        c_ae, phi_scale, phi_max = C_AE_HAUPIN, PHI_SCALE_HAUPIN, PHI_MAX_HAUPIN
+    else:  # Lundby et al.: the coverage reaches PHI_MAX at the cell's AE onset
+        c_ae, phi_scale, phi_max = c_crit - BUBBLE_AE_OFFSET, 1.0, PHI_MAX
     e_rev, eta_sa, eta_ca, eta_cc, u_bath, u_bub, u_cond, r_ohm, kappa, i_dens, c_sat = voltage_components(
         current_a,
         t_c,
@@ -336,7 +345,9 @@ def cell_emf(k, state, params, out, current_a, rng, decay):
         params[k, P_CATH_CM2],
         params[k, P_KAPPA_F],
         params[k, P_R_COND],
-        c_crit - BUBBLE_AE_OFFSET,
+        c_ae,
+        phi_scale,
+        phi_max,
     )
     film = state[k, S_FILM]
     u_ae = film * (params[k, P_FILM_V] + state[k, S_AE_OSC])

@@ -171,7 +171,8 @@ P_QUALITY_STD = 86  # day-to-day relative spread of the slow-pool share [-]
 P_COLD_SLUDGE = 87  # extra slow-pool share per share of anode area still cold [-]
 P_BATH_AL2O3 = 88  # alumina in crushed bath added [wt %]
 P_R_ALPHA_FAST = 89  # the resistance control's filter factor per step 1 - exp(-dt/τ) [-]
-N_PARAM = 90
+P_BUBBLE_MODEL = 90  # bubble coverage form: 0 Lundby et al. (anchored at the AE onset), 1 Haupin RTA capped
+N_PARAM = 91
 
 # --- per-step decay factors shared by all cells (``step_decays(dt)``) ------------------------
 D_AE_OSC = 0  # AE oscillation AR(1) coefficient

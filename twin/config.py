@@ -73,6 +73,13 @@ class CellParams(StrictModel):
     ae_film_voltage_v: float = Field(26.0, ge=10.0, le=50.0, description="gas-film voltage of a full AE")
     ae_self_extinction_s: float = Field(420.0, ge=10.0, le=7200.0, description="mean AE life without action")
     ae_refractory_s: float = Field(60.0, ge=0.0, le=3600.0)
+    bubble_model: Literal["lundby", "haupin_capped"] = Field(
+        "lundby",
+        description=(
+            "bubble coverage: lundby (Lundby et al., reaches 0.9 at the AE onset) or haupin_capped "
+            "(Haupin's RTA form x 0.9 at a fixed 1.8 wt %, capped at 0.75: a structurally different plant)"
+        ),
+    )
     noise_mv: float = Field(12.0, ge=0.0, le=200.0, description="MHD/bubble voltage noise (std)")
     noise_tau_s: float = Field(20.0, gt=0.0, le=3600.0)
     thermal_capacity_mj_per_k: float = Field(18.0, gt=1.0, le=200.0, description="bath + metal heat capacity")

@@ -124,6 +124,7 @@ from twin.cell_layout import (
     P_BLOCK_LOSS,
     P_BLOCK_MEAN,
     P_BLOCK_RATE,
+    P_BUBBLE_MODEL,
     P_BUTT_BATH,
     P_CAF2,
     P_CARBON,
@@ -570,6 +571,7 @@ class Potline:
         p[:, P_R_TRIG] = lc.track_trigger_uohm * 1e-6
         p[:, P_R_ALPHA] = 1.0 - np.exp(-cfg.dt_s / lc.filter_s)
         p[:, P_R_ALPHA_FAST] = 1.0 - np.exp(-cfg.dt_s / lc.control_filter_s)
+        p[:, P_BUBBLE_MODEL] = 1.0 if c.bubble_model == "haupin_capped" else 0.0
         p[:, P_BEAM_GAIN] = lc.beam_gain_uohm_per_mm * 1e-6 * 10.0
         p[:, P_BEAM_MAX] = lc.beam_max_move_mm / 10.0
         p[:, P_BEAM_FOLLOW] = lc.beam_followup_s
