@@ -77,7 +77,7 @@ from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
 from potline.mirror import MirrorModel, MirrorThread, mirror_history, mirror_quantities, publish_cycle
 from potline.mode_file import ModeFile
-from potline.mode_switch import ModeSwitch
+from potline.mode_switch import ModeSwitch, carried_disarm
 from potline.modes import Interlock, Mode, ModeMachine, PreviousRun
 from potline.operator_inputs import SampleIntake
 from potline.recorder import JournalRecorder
@@ -664,8 +664,10 @@ class Daemon:
         if self.cfg.daemon.resume_mode:
             prev = j.last(["mode_change"])
             last_mode = prev.mode if prev is not None else None
+        disarmed, not_ready = carried_disarm(j)  # a disarming not re-armed holds across a clean restart
         return PreviousRun(clean=clean, last_mode=last_mode, pid=pid if isinstance(pid, int) else None,
-                           started_utc=last.ts_utc if last is not None else None)  # fmt: skip
+                           started_utc=last.ts_utc if last is not None else None, disarmed=disarmed,
+                           disarmed_not_ready=not_ready)  # fmt: skip
 
     def _start_mode(self, j: Journal) -> None:
         """Choose the start mode (``potline.modes``: config, resume, re-arming) and show it."""
