@@ -1,8 +1,8 @@
 """``potline run`` drives a scrap-refining pot: observe -> shadow -> control on its rig PLC.
 
 Everything real: the refining pot's rig PLC (``hil_rigs.refining_pot``: the refining twin
-behind a simulated PLC with its own watchdog, ramp and clamps) serves Modbus on loopback
-in this process; the daemon is a separate ``python -m potline.cli run`` process with a
+behind a simulated PLC with its own watchdog, ramp and clamps) serves Modbus or OPC UA
+(the same tag map) on loopback in this process; the daemon is a separate ``python -m potline.cli run`` process with a
 ``[refining]`` config, sharing the rig's clock epoch; modes are switched the way an
 operator does it (the mode file); the journal is the daemon's SQLite file, read back here.
 
@@ -52,8 +52,9 @@ def _daemon_config(tmp_path: Path, rig: RefiningPotRig, pot_cfg: Path) -> tuple[
         "daemon": {"mode": "observe", "state_dir": str(tmp_path / "state"), "hil": True, "clock_speed": SPEED,
                    "clock_epoch_monotonic": float(ep["epoch_monotonic"]), "mode_file_poll_s": 0.2,
                    "handback_timeout_s": 30.0},
-        "plc": [{"name": "pot1", "kind": "refining_pot", "pot": "Pot1", "protocol": "modbus", "host": ep["host"],
-                 "port": int(ep["port"])}],
+        "plc": [{"name": "pot1", "kind": "refining_pot", "pot": "Pot1", "protocol": rig.protocol, "host": ep["host"],
+                 "port": int(ep["port"]), **({"path": ep["path"], "namespace": ep["namespace"]}
+                                             if rig.protocol == "opcua" else {})}],
         "refining": {"config": str(pot_cfg), "candidate": "nominal", "heartbeat_timeout_s": WATCHDOG_S},
         "metrics": {"port": metrics},
         "logging": {"format": "json", "level": "INFO"},
@@ -71,12 +72,13 @@ def _modes(journal: Path) -> list[str]:
     return [e.mode for e in journal_events(journal, kinds=["mode_change"])]
 
 
-async def test_refining_pot_under_potline_run_observe_shadow_control(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["modbus", "opcua"])
+async def test_refining_pot_under_potline_run_observe_shadow_control(tmp_path: Path, protocol: str) -> None:
     pot_cfg = _pot_config(tmp_path)
     cfg = load_refining_config(pot_cfg)
     sa = cfg.safety
     journal = tmp_path / "state" / "journal.db"
-    async with RefiningPotRig(cfg, speed=SPEED, watchdog_s=WATCHDOG_S, seed=7) as rig:
+    async with RefiningPotRig(cfg, protocol=protocol, speed=SPEED, watchdog_s=WATCHDOG_S, seed=7) as rig:
         path, metrics = _daemon_config(tmp_path, rig, pot_cfg)
         daemon = await DaemonProcess(path).start()
         try:
