@@ -82,6 +82,7 @@ from potline.modes import Interlock, Mode, ModeMachine, PreviousRun
 from potline.operator_inputs import SampleIntake
 from potline.recorder import JournalRecorder
 from potline.sd_notify import Notifier
+from potline.shadow_compare import ShadowJournal
 
 if TYPE_CHECKING:
     from plc_bridge.opcua_security import SecurityEvent
@@ -207,6 +208,10 @@ class Daemon:
                                   detector=lambda: self.controller.detector if self.controller else None,
                                   alarms=self.alarms, on_alarms=self.alarm_records, kpis=self.kpis)  # fmt: skip
         self.shadow = ShadowRecorder(self.layout, self.recorder, cfg.daemon.scan_period_s)
+        #: shadow vs the PLCs' own automation, summarised per period (potline/shadow_compare.py)
+        self.shadow_compare = ShadowJournal(self.layout, self.recorder.append,
+                                            float(getattr(cfg.daemon, "shadow_summary_s", 600.0)),
+                                            max_gap_s=max(60.0, 10.0 * cfg.daemon.scan_period_s))  # fmt: skip
         self.lifecycle = Lifecycle(self.notifier, self.health)
         self.switch = ModeSwitch(self.modes, self.name, self.recorder, self.metrics, self.health, self.notifier,
                                  ModeFile(loaded.mode_file) if loaded.mode_file is not None else None,
@@ -274,6 +279,7 @@ class Daemon:
     def _apply_to_plant(self, mode: Mode) -> None:
         """The mode's effect on the bridge (writers, heartbeat), the controller and the shadow record."""
         self.shadow.reset()
+        self.shadow_compare.flush()  # the shadow period so far, journalled
         if self.bridge is not None:
             self.bridge.shadow = mode != "control"
             for d in self.bridge.devices:
@@ -399,6 +405,7 @@ class Daemon:
             await self.bridge.write(cmds)
         elif mode == "shadow":  # nothing is sent: no heartbeat, the PLCs stay in local
             self.shadow.record(cmds, self.bridge, self._last_meas, self.clock.now())
+            self.shadow_compare.record(cmds, self._last_meas)
         meas = self._last_meas
         if meas is None:
             return

@@ -35,7 +35,14 @@ import numpy as np
 from potctl.plant import Commands, Measurements
 from twin.layout import PlantLayout
 
-__all__ = ["AeComparison", "ShadowComparator", "ShadowSummary", "ShadowTolerances", "journal_entries"]
+__all__ = [
+    "AeComparison",
+    "ShadowComparator",
+    "ShadowJournal",
+    "ShadowSummary",
+    "ShadowTolerances",
+    "journal_entries",
+]
 
 #: disagreements journalled one by one per period at most (the rest are counted in the summary)
 MAX_DISAGREEMENT_ENTRIES = 20
@@ -457,3 +464,49 @@ def journal_entries(
             fields["cell"] = d["cell"]
         out.append(("shadow_disagreement", fields))
     return out
+
+
+class ShadowJournal:
+    """The daemon's side: feeds a ``ShadowComparator`` every shadow cycle and hands each
+    period's entries to ``append`` (``JournalRecorder.append``: kind, then fields); logs
+    the summary line (``shadow.summary``).
+
+    Args:
+        layout: the plant.
+        append: ``append(kind, **fields)`` of the journal.
+        period_s: summary period [plant s] (``daemon.shadow_summary_s`` when the config
+            has it; 600 s otherwise).
+        max_gap_s: scans further apart restart the period [plant s].
+    """
+
+    def __init__(self, layout: PlantLayout, append: Any, period_s: float = 600.0, *, max_gap_s: float = 60.0) -> None:
+        self.comparator = ShadowComparator(layout, period_s, max_gap_s=max_gap_s)
+        self.append = append
+        #: summaries journalled so far
+        self.summaries = 0
+
+    def record(self, cmds: Commands, meas: Measurements | None) -> ShadowSummary | None:
+        """Compare one shadow cycle; journal the period when it closes."""
+        if meas is None:
+            return None
+        summary = self.comparator.step(cmds, meas)
+        if summary is not None:
+            self._journal(summary)
+        return summary
+
+    def flush(self) -> ShadowSummary | None:
+        """Leaving shadow (or stopping): journal the period so far, start afresh."""
+        summary = self.comparator.flush()
+        if summary is not None:
+            self._journal(summary)
+        return summary
+
+    def _journal(self, summary: ShadowSummary) -> None:
+        import structlog
+
+        self.summaries += 1
+        structlog.get_logger(__name__).info("shadow.summary", detail=summary.detail(),
+                                            agreement=round(summary.agreement(), 4),
+                                            disagreements=len(summary.disagreements()))  # fmt: skip
+        for kind, fields in journal_entries(summary):
+            self.append(kind, **fields)
