@@ -544,7 +544,7 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
 
     refining = None
     if cfg is not None and cfg.refining is not None and "refining_pot" in checked:
-        from potline.refining_runtime import load_refining
+        from potline.refining_config import load_refining
 
         refining, more = load_refining(file, base, cfg, tm_paths["refining_pot"], data)
         issues += more
