@@ -168,3 +168,46 @@ def _taps(rig: RefiningPotRig) -> bool:
 
 async def _ge(aw, value: float) -> bool:
     return (await aw) >= value
+
+
+async def test_control_waits_for_the_pot_plc_link(tmp_path: Path) -> None:
+    """No PLC at the configured port: the daemon runs (observe), journals the link down and
+    refuses control, naming the link; once the pot's PLC comes up on that port the link is
+    restored and control is accepted: the PLC goes remote on the daemon's heartbeat."""
+    pot_cfg = _pot_config(tmp_path)
+    cfg = load_refining_config(pot_cfg)
+    journal = tmp_path / "state" / "journal.db"
+    port = free_port()
+    data = {
+        "daemon": {"mode": "observe", "state_dir": str(tmp_path / "state"), "hil": True, "clock_speed": SPEED,
+                   "mode_file_poll_s": 0.2, "handback_timeout_s": 30.0},
+        "plc": [{"name": "pot1", "kind": "refining_pot", "pot": "Pot1", "host": "127.0.0.1", "port": port}],
+        "refining": {"config": str(pot_cfg), "heartbeat_timeout_s": WATCHDOG_S},
+        "metrics": {"port": free_port()},
+        "logging": {"format": "json", "level": "INFO"},
+    }  # fmt: skip
+    path = tmp_path / "daemon.toml"
+    path.write_text(dump_toml(data), encoding="utf-8")
+    daemon = await DaemonProcess(path).start()
+    try:
+        await daemon.wait_event("daemon.first_cycle", timeout=DEADLINE_S)
+        await wait_journal(journal, lambda ev: any(e.kind == "comms_lost" and e.source == "pot1" for e in ev),
+                           "the pot's link down journalled", DEADLINE_S)  # fmt: skip
+        _mode(tmp_path / "state", "control")
+        got = await wait_journal(journal, lambda ev: any(e.kind == "mode_refused" for e in ev),
+                                 "control refused", DEADLINE_S)  # fmt: skip
+        (refused,) = [e for e in got if e.kind == "mode_refused"]
+        assert "PLC link(s) down: pot1" in refused.detail and refused.source == "mode_file"
+        assert "control" not in _modes(journal)
+        async with RefiningPotRig(cfg, port=port, speed=SPEED, watchdog_s=WATCHDOG_S, seed=7) as rig:
+            await wait_journal(journal, lambda ev: any(e.kind == "comms_restored" for e in ev),
+                               "the pot's link restored", DEADLINE_S)  # fmt: skip
+            assert rig.received == []  # still observe: nothing sent
+            _mode(tmp_path / "state", "control")
+            await until(lambda: "control" in _modes(journal), "control accepted once the link is up", DEADLINE_S)
+            await rig.wait_for(lambda: rig.logic.remote, DEADLINE_S, "the PLC remote on the daemon's heartbeat")
+            rc = await daemon.stop()
+            assert rc == 0, daemon.tail()
+            assert not rig.logic.remote  # handed back to local at the stop
+    finally:
+        await daemon.stop()
