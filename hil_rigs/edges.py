@@ -12,7 +12,8 @@ The PLC logic never sees a socket; an edge serves the image and reports client w
   probability) for the "exception responses" fault.
 * ``OpcUaEdge`` builds an asyncua server from the tag map's browse paths (string
   NodeIds from the path, in the map's ``[device] namespace``, by default
-  ``urn:potline-twin:plc:<instance>``). Variables are *data sources*: a Read returns
+  ``urn:potline-twin:plc:<instance>``; a tag's own ``node_id``, ``nsu=<uri>;s=...`` in that
+  namespace, is served as given, under ``Objects/<instance>/<name>`` without a browse path). Variables are *data sources*: a Read returns
   the image's current value (no per-scan publishing cost, like open62541's DataSource
   variables); subscriptions are served too: after every PLC scan ``publish()`` pushes
   the changed values of the nodes someone monitors (only those: an unmonitored node
@@ -23,7 +24,17 @@ The PLC logic never sees a socket; an edge serves the image and reports client w
   bool -> Boolean, unscaled integers -> their integer type, floats -> Float/Double,
   *scaled* integers (``beam_move``, 0.1 mm raw) -> Double in engineering units, as PLC
   OPC UA servers publish engineering values. ``bad_status`` makes every read return a
-  Bad StatusCode (the OPC UA analogue of a Modbus exception).
+  Bad StatusCode (the OPC UA analogue of a Modbus exception). Security like a real PLC's
+  (``security=``, an ``OpcUaSecurityConfig`` as the mirror's): Basic256Sha256 ``Sign`` /
+  ``SignAndEncrypt`` endpoints and ``NoSecurity`` only when allowed; user names (scrypt
+  hashes) only over SignAndEncrypt; operators write, anonymous clients are refused or
+  read-only (a write is ``BadUserAccessDenied``: no anonymous heartbeat puts the PLC in
+  remote); client certificates only from ``trusted_client_certs_dir`` unless
+  ``trust_any_client_certificate`` is set (a lab opt-in, logged at every start).
+
+Both serve a tag map as the PLC it describes would: an ``invert`` bool as the PLC's own bit
+(a ``LOCAL`` bit set in local), an ``alias_of`` tag as its target's register or node
+(``hil_rigs.plc_image``).
 
 Both bind to 127.0.0.1 on a free port unless told otherwise.
 """
@@ -43,6 +54,7 @@ import structlog
 
 from hil_rigs.plc_image import PlcImage
 from plc_bridge.codec import DataType
+from plc_bridge.opcua_security import OpcUaSecurityConfig, SecurityEvent
 from plc_bridge.tagmap import Tag
 
 __all__ = ["CommandHook", "ModbusEdge", "OpcUaEdge", "make_edge", "opcua_namespace"]
@@ -80,9 +92,19 @@ class ModbusEdge:
         self.server = ModbusTagServer(image.tagmap, host, port, on_write=self._on_write, on_request=self._on_request,
                                       **limits)  # fmt: skip
         tm = image.tagmap
-        self._plain_out = [n for n in image.scalars if not tm[n].writable and tm[n].has_modbus]
-        self._plain_rw = [n for n in image.scalars if tm[n].writable and tm[n].has_modbus]
-        self._fields_out = [f for f in image.cells if not tm[tm.cell_tags(f)[0]].writable]
+        # what the image holds (not bit views of a served word, not aliases: their register
+        # is another tag's), by (tag name, role)
+        served = [(t.name, t.role) for t in tm if t.cell is None and t.has_modbus and t.alias_of is None
+                  and t.role not in image.scalars.views]  # fmt: skip
+        self._plain_out = [(n, r) for n, r in served if not tm[n].writable]
+        self._plain_rw = [n for n, _r in served if tm[n].writable]
+        fields = []
+        if tm.cells is not None:
+            for f in tm.cells.fields:
+                t0 = tm[tm.cell_tags(f)[0]]
+                if t0.has_modbus and not t0.writable and t0.alias_of is None and t0.role not in image.cell_bit_of:
+                    fields.append((f, t0.role))
+        self._fields_out = fields
 
     @property
     def host(self) -> str:
@@ -115,10 +137,10 @@ class ModbusEdge:
         if not self.server.running:
             return
         srv, img = self.server, self.image
-        for n in self._plain_out:
-            srv.set(n, img.scalars[n])
-        for f in self._fields_out:
-            srv.set_array(f, img.cells[f])
+        for n, r in self._plain_out:
+            srv.set(n, img.scalars[r])
+        for f, r in self._fields_out:
+            srv.set_array(f, img.cells[r])
         for n in img.take_dirty():
             srv.set(n, img.get(n))
 
@@ -148,8 +170,13 @@ class OpcUaEdge:
     session_timeout_max_s = 120.0  # [wall s] a session idle this long is closed with its connection
 
     def __init__(self, image: PlcImage, host: str = "127.0.0.1", port: int = 0, path: str = "/plc/",
-                 on_command: CommandHook | None = None) -> None:  # fmt: skip
+                 on_command: CommandHook | None = None, security: OpcUaSecurityConfig | None = None) -> None:  # fmt: skip
+        """``security``: the PLC's OPC UA security (endpoints, users, anonymous access, trusted
+        client certificates; see the module docstring); None: NoSecurity, anonymous writes."""
         self.image = image
+        self.security = security
+        #: refused logins and denied writes (rate-limited summaries, ``SecurityAudit``)
+        self.security_events: list[SecurityEvent] = []
         self.host = host
         self._port = int(port)
         self.path = path if path.startswith("/") else "/" + path
@@ -240,7 +267,16 @@ class OpcUaEdge:
         server.set_server_name(f"simulated PLC {self.image.tagmap.instance}")
         from asyncua import ua
 
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.security is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            from plc_bridge.opcua_security import SecurityAudit, configure_server_security, trust_problems
+
+            problems = trust_problems(self.security, require=True)
+            if problems:
+                raise ValueError("; ".join(f"PLC {self.image.tagmap.instance} opcua security {k}: {m}"
+                                           for k, m in problems))  # fmt: skip
+            await configure_server_security(server, self.security, SecurityAudit(self._security_event))
         iserver = server.iserver  # listener limits: a PLC's OPC UA stack serves a handful of clients
         iserver.max_connections = self.max_connections  # more are closed at connect
         iserver.max_pending_activation_seconds = self.activation_timeout_s  # no session by then: closed
@@ -252,6 +288,10 @@ class OpcUaEdge:
         log.info(
             "opcua_plc_started", plc=self.image.tagmap.instance, url=self.endpoint_url, tags=len(self.image.tagmap)
         )
+
+    def _security_event(self, ev: SecurityEvent) -> None:
+        self.security_events.append(ev)
+        log.warning("opcua_plc_security_event", plc=self.image.tagmap.instance, **ev.journal_fields())
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -285,9 +325,11 @@ class OpcUaEdge:
         leaves: list[tuple[Tag, ua.NodeId, ua.VariantType]] = []
         root = ua.NodeId(ua.Int32(ua.ObjectIds.ObjectsFolder))
         for tag in self.image.tagmap:
-            if not tag.browse_path:
+            if not (tag.browse_path or tag.node_id) or tag.alias_of is not None:  # an alias: its target's node
                 continue
-            parts = [p for p in tag.browse_path.strip("/").split("/") if p]
+            # a tag known by NodeId only is put under Objects/<instance>/<tag name>
+            path = tag.browse_path or f"Objects/{self.image.tagmap.instance}/{tag.name}"
+            parts = [p for p in path.strip("/").split("/") if p]
             if parts and parts[0] == "Objects":
                 parts = parts[1:]
             if not parts:
@@ -309,12 +351,15 @@ class OpcUaEdge:
                     )
                 parent = nid
             vt = variant_type(tag)
-            nid = (
-                ua.NodeId.from_string(tag.node_id)
-                if tag.node_id
-                else ua.NodeId(ua.String(".".join(parts)), ua.Int16(idx))
-            )
-            value = ua.Variant(_coerce(vt, self.image.get(tag.name)), vt)
+            if tag.node_id:
+                nid = ua.NodeId.from_string(tag.node_id)
+                uri = getattr(nid, "NamespaceUri", None)  # an ExpandedNodeId from "nsu=<uri>;s=..."
+                if uri:  # served in that namespace, by its index
+                    ns = await server.register_namespace(uri)
+                    nid = ua.NodeId(nid.Identifier, ua.Int16(ns), nid.NodeIdType)
+            else:
+                nid = ua.NodeId(ua.String(".".join(parts)), ua.Int16(idx))
+            value = ua.Variant(_coerce(vt, _wire(tag, self.image.get(tag.name))), vt)
             items.append(_variable_item(ua, nid, ua.QualifiedName(parts[-1], idx), parent, value, tag))
             items += _eu_items(ua, nid, tag)
             leaves.append((tag, nid, vt))
@@ -342,7 +387,7 @@ class OpcUaEdge:
             stamp = ua_datetime(self._stamp)
             if self.bad_status is not None:
                 return ua.DataValue(StatusCode=ua.StatusCode(ua.UInt32(self.bad_status)), ServerTimestamp=stamp)
-            return ua.DataValue(ua.Variant(_coerce(vt, image.get(name)), vt), SourceTimestamp=stamp,
+            return ua.DataValue(ua.Variant(_coerce(vt, _wire(tag, image.get(name))), vt), SourceTimestamp=stamp,
                                 ServerTimestamp=stamp)  # fmt: skip
 
         return read
@@ -362,11 +407,17 @@ class OpcUaEdge:
                 if not math.isfinite(fx) or fx < tag.lo or fx > tag.hi:
                     log.warning("opcua_plc_write_rejected", tag=name, value=x, min=tag.min, max=tag.max)
                     raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
-            self.image.set(name, x, by_plc=False)
+            value = _wire(tag, x)  # an inverted bit: the node holds the PLC's bit, the image the meaning
+            self.image.set(name, value, by_plc=False)
             if self.on_command is not None:
-                self.on_command(name, x)
+                self.on_command(name, value)
 
         return write
+
+
+def _wire(tag: Tag, value: Any) -> Any:
+    """The value of ``tag`` as the PLC holds it (an ``invert`` bool negated); its own inverse."""
+    return (not bool(value)) if tag.invert and tag.type is DataType.BOOL else value
 
 
 def variant_type(tag: Tag) -> Any:
@@ -473,10 +524,13 @@ def _variable_item(ua: Any, nid: Any, qname: Any, parent: Any, value: Any, tag: 
 
 
 def make_edge(protocol: str, image: PlcImage, host: str = "127.0.0.1", port: int = 0,
-              on_command: CommandHook | None = None) -> ModbusEdge | OpcUaEdge:  # fmt: skip
-    """An edge for ``protocol`` ("modbus" | "opcua")."""
+              on_command: CommandHook | None = None,
+              security: OpcUaSecurityConfig | None = None) -> ModbusEdge | OpcUaEdge:  # fmt: skip
+    """An edge for ``protocol`` ("modbus" | "opcua"; ``security`` only for OPC UA)."""
     if protocol == "modbus":
+        if security is not None:
+            raise ValueError("OPC UA security given for a Modbus PLC (Modbus TCP has none)")
         return ModbusEdge(image, host, port, on_command)
     if protocol == "opcua":
-        return OpcUaEdge(image, host, port, on_command=on_command)
+        return OpcUaEdge(image, host, port, on_command=on_command, security=security)
     raise ValueError(f"unknown PLC protocol {protocol!r}; expected 'modbus' or 'opcua'")

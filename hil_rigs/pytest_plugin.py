@@ -88,7 +88,10 @@ class LockstepClock:
                 raise RigAssertionError(f"the rig's scan task ended: {rig.errors[-1:] or task}")
             if loop.time() > deadline:
                 raise TimeoutError(f"the rig ran no PLC scan within {self.timeout_wall_s:g} wall s")
-            await asyncio.sleep(0.002)
+            kick = getattr(rig, "kick", None)
+            if kick is not None:
+                kick()
+            await asyncio.sleep(0.001)
 
 
 class HilRig:

@@ -236,6 +236,8 @@ class RefiningPotRig:
         self.charges: list[tuple[float, float]] = []
         self.taps: list[tuple[float, float]] = []
         self.commands_written: dict[str, int] = {}
+        #: (plant s, tag, value) of every write a client made, as the PLC received it
+        self.received: list[tuple[float, str, Any]] = []
         self._pending = {"charge": 0.0, "tap": 0.0, "stop": False}
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -336,6 +338,7 @@ class RefiningPotRig:
 
     def _on_command(self, name: str, value: Any) -> None:
         self.commands_written[name] = self.commands_written.get(name, 0) + 1
+        self.received.append((self.now(), name, value))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -24,6 +24,7 @@ Controllers connect to ``endpoints()`` (the proxies), never to the servers direc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import traceback
@@ -145,6 +146,7 @@ class Rig:
         self.wall_s = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._kicked = asyncio.Event()
         self._open_ae: dict[int, _AE] = {}
         self._pending: list[tuple[float, str, Any]] = []  # (due plant s, kind, payload)
         self._crew: list[tuple[ScenarioEvent, float]] = []
@@ -565,7 +567,15 @@ class Rig:
                 self.errors.append(tb)
                 log.error("rig_tick_failed", error=tb.splitlines()[-1])
             spent = loop.time() - w0
-            await asyncio.sleep(max(tick - spent, 0.001))
+            # the next scan after the PLC scan period, or at once when a lockstep clock has
+            # moved plant time and wants the PLCs to see it (``kick``)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kicked.wait(), timeout=max(tick - spent, 0.001))
+            self._kicked.clear()
+
+    def kick(self) -> None:
+        """Scan now rather than after the PLC scan period (a ``LockstepClock`` that moved plant time)."""
+        self._kicked.set()
 
     async def _tick(self) -> None:
         pl = self.potline

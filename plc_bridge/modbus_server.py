@@ -4,7 +4,9 @@
 3.16 (``ModbusTcpServer`` + ``SimDevice``, one ``SimDevice`` per device id with the
 four classic tables). The model side writes engineering values with ``set`` /
 ``set_many`` / ``set_array`` (bulk fast path for per-cell arrays) and reads what
-clients wrote with ``get`` / ``get_array``. Clients may write only the
+clients wrote with ``get`` / ``get_array``; an ``invert`` bool is the meaning on the model
+side and the PLC's own bit in the registers (``remote`` True = a ``LOCAL`` bit clear).
+Clients may write only the
 allow-listed command tags (default: the map's read-write tags); a write
 anywhere else is answered with Modbus exception 2 (ILLEGAL ADDRESS), a write of
 a value outside the tag's engineering bounds with exception 3 (ILLEGAL VALUE)
@@ -523,12 +525,13 @@ class ModbusTagServer:
         tag = self.tagmap[name]
         sp = self._space(tag)
         if tag.type is DataType.BOOL:
+            bit = bool(value) != tag.invert  # an inverted bool: memory holds the PLC's own bit
             if tag.bit is not None:
                 o = tag.address - sp.start
                 regs = _memory(sp)
-                regs[o] = codec.set_bit(regs[o], tag.bit, bool(value))
+                regs[o] = codec.set_bit(regs[o], tag.bit, bit)
             else:
-                self._write_span(sp, tag.address, [1 if value else 0])
+                self._write_span(sp, tag.address, [1 if bit else 0])
             return
         self._write_span(sp, tag.address, self._encode(tag, value))
 
@@ -562,7 +565,8 @@ class ModbusTagServer:
         sp = self._spaces[(tag.device_id, tag.table)]
         words = self._read_span(sp, tag.address, tag.n_registers)
         if tag.type is DataType.BOOL:
-            return bool((words[0] >> tag.bit) & 1) if tag.bit is not None else bool(words[0])
+            bit = bool((words[0] >> tag.bit) & 1) if tag.bit is not None else bool(words[0])
+            return bit != tag.invert
         raw = codec.registers_to_raw(words, tag.type, tag.word_order)
         if tag.type.is_int and tag.scale == 1.0 and tag.offset == 0.0:
             return int(raw)
@@ -605,8 +609,9 @@ class ModbusTagServer:
         if v.shape[0] != len(names):
             raise ValueError(f"{field_name}: expected {len(names)} values (one per cell), got {v.shape[0]}")
         if t0.type is DataType.BOOL:
+            inv = t0.invert
             for (i, mask), x in zip(self._bit_slots(field_name, names), v.tolist(), strict=False):
-                regs[i] = (regs[i] | mask) if x else (regs[i] & ~mask & 0xFFFF)
+                regs[i] = (regs[i] | mask) if bool(x) != inv else (regs[i] & ~mask & 0xFFFF)
             return
         if t0.wraps:
             lo, hi = RAW_RANGE[t0.type]
@@ -641,7 +646,8 @@ class ModbusTagServer:
         assert regs is not None
         if t0.type is DataType.BOOL:
             slots = self._bit_slots(field_name, self.tagmap.cell_tags(field_name))
-            return np.array([1.0 if regs[i] & mask else 0.0 for i, mask in slots])
+            inv = t0.invert
+            return np.array([1.0 if bool(regs[i] & mask) != inv else 0.0 for i, mask in slots])
         words = np.stack([np.asarray(regs[a:b:s], dtype=np.uint16) for (a, b, s) in slices], axis=1)
         eng, _finite = codec.decode_array(words, t0.type, t0.word_order, t0.scale, t0.offset)
         return eng

@@ -52,8 +52,9 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import structlog
 from pydantic import Field, field_validator
@@ -73,10 +74,14 @@ __all__ = [
     "SecurityAudit",
     "SecurityEvent",
     "UserEntry",
+    "certificate_problems",
     "configure_server_security",
     "current_user",
     "ensure_certificate",
     "hash_password",
+    "log_client_trust",
+    "read_new_password",
+    "trust_problems",
     "verify_password",
 ]
 
@@ -180,6 +185,9 @@ class OpcUaSecurityConfig(StrictModel):
         anonymous: "refuse" (default) or "read_only" for clients without a login.
         users: user name -> role and password hash.
         trusted_client_certs_dir: when set, only client certificates found there are accepted.
+        trust_any_client_certificate: accept any client certificate (a lab opt-in, logged
+            loudly at every start); without it and without ``trusted_client_certs_dir``
+            nothing vouches for a client (``trust_problems``).
         login: back-off and lockout of password logins (``LoginPolicy``).
         max_connections: client connections at once (more are refused at connect).
         activation_timeout_s: a connection without an activated session is closed after this [s].
@@ -197,6 +205,7 @@ class OpcUaSecurityConfig(StrictModel):
     anonymous: Literal["refuse", "read_only"] = "refuse"
     users: dict[str, UserEntry] = Field(default_factory=dict)
     trusted_client_certs_dir: Path | None = None
+    trust_any_client_certificate: bool = False
     login: LoginPolicy = LoginPolicy()
     max_connections: int = Field(64, ge=1, le=10000)
     activation_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
@@ -244,6 +253,110 @@ class OpcUaSecurityConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- certificates
+
+
+def certificate_problems(cert: Path, key: Path | None = None, *, now: datetime | None = None) -> list[str]:
+    """What is wrong with certificate file ``cert`` (DER or PEM) and, given, its private key
+    ``key`` (PEM or DER): unreadable, not a certificate or key, expired or not yet valid,
+    a key that does not belong to the certificate. Each message names the file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    out: list[str] = []
+    try:
+        data = cert.read_bytes()
+    except FileNotFoundError:
+        return [f"{cert}: not found"]
+    except OSError as exc:
+        return [f"{cert}: unreadable ({exc.strerror or exc})"]
+    try:
+        c = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        return [f"{cert}: expected an X.509 certificate (DER or PEM), not one"]
+    now = now or datetime.now(UTC)
+    if c.not_valid_after_utc < now:
+        out.append(f"{cert}: expired on {c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    elif c.not_valid_before_utc > now:
+        out.append(f"{cert}: not valid before {c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if key is not None:
+        try:
+            kdata = key.read_bytes()
+        except FileNotFoundError:
+            return [*out, f"{key}: not found"]
+        except OSError as exc:
+            return [*out, f"{key}: unreadable ({exc.strerror or exc})"]
+        try:
+            k = (serialization.load_pem_private_key(kdata, None) if b"-----BEGIN" in kdata
+                 else serialization.load_der_private_key(kdata, None))  # fmt: skip
+        except (ValueError, TypeError):
+            return [*out, f"{key}: expected an unencrypted private key (PEM or DER), not one"]
+        fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+        if k.public_key().public_bytes(serialization.Encoding.DER, fmt) != c.public_key().public_bytes(
+            serialization.Encoding.DER, fmt
+        ):
+            out.append(f"{key}: the private key does not belong to {cert}")
+    return out
+
+
+def trust_problems(cfg: OpcUaSecurityConfig, *, require: bool = False) -> list[tuple[str, str]]:
+    """(key, message) of every trust-store problem of a server's security config.
+
+    ``trusted_client_certs_dir``: missing, not a directory, empty (no client could connect),
+    or holding an unreadable, malformed, expired or not-yet-valid certificate. The server's
+    own certificate and key in ``state_dir`` when present: expired, malformed, or a key that
+    does not belong to the certificate. ``trust_any_client_certificate`` together with a
+    trust directory is a contradiction. ``require``: a server with certificate endpoints
+    and neither a trust directory nor the lab opt-in is a problem too (the secure default
+    of servers that have no earlier configs to honour, e.g. a rig's PLC).
+    """
+    out: list[tuple[str, str]] = []
+    d = cfg.trusted_client_certs_dir
+    certs = cfg.sign or cfg.sign_and_encrypt
+    if d is not None and cfg.trust_any_client_certificate:
+        out.append(("trust_any_client_certificate", f"expected false with trusted_client_certs_dir = {str(d)!r} "
+                    "(trust the certificates there, or any: not both), got true"))  # fmt: skip
+    if d is not None:
+        if not d.exists():
+            out.append(("trusted_client_certs_dir", f"{d}: expected a directory of trusted client certificates "
+                        "(DER or PEM), not found"))  # fmt: skip
+        elif not d.is_dir():
+            out.append(("trusted_client_certs_dir", f"{d}: expected a directory, found a file"))
+        else:
+            try:
+                files = sorted(f for f in d.iterdir() if f.is_file())
+            except OSError as exc:
+                files = []
+                out.append(("trusted_client_certs_dir", f"{d}: unreadable ({exc.strerror or exc})"))
+            else:
+                if not files:
+                    out.append(("trusted_client_certs_dir", f"{d}: expected at least one trusted client "
+                                "certificate (DER or PEM), the directory is empty: no client could connect"))  # fmt: skip
+            for f in files:
+                out += [("trusted_client_certs_dir", m) for m in certificate_problems(f)]
+    elif require and certs and not cfg.trust_any_client_certificate:
+        out.append(("trusted_client_certs_dir", "expected a directory of trusted client certificates: without it "
+                    "any client certificate would be accepted (set trust_any_client_certificate = true only "
+                    "in a lab)"))  # fmt: skip
+    if certs and cfg.cert_path.exists():
+        key = cfg.key_path if cfg.key_path.exists() else None
+        probs = certificate_problems(cfg.cert_path, key)
+        # an expired server certificate is regenerated at start; anything else is not
+        out += [("state_dir", m) for m in probs if " expired on " not in m]
+    return out
+
+
+def log_client_trust(cfg: OpcUaSecurityConfig, server: str) -> None:
+    """Say loudly, at every start, when client certificates are not checked against a trust list."""
+    if not (cfg.sign or cfg.sign_and_encrypt) or cfg.trusted_client_certs_dir is not None:
+        return
+    if cfg.trust_any_client_certificate:
+        log.warning("opcua.client_certificates_trusted_blindly", server=server,
+                    detail="trust_any_client_certificate = true: ANY client certificate is accepted "
+                    "(lab opt-in; set trusted_client_certs_dir on a plant network)")  # fmt: skip
+    else:
+        log.warning("opcua.client_certificates_not_verified", server=server,
+                    detail="no trusted_client_certs_dir: any client certificate is accepted; set it (or "
+                    "trust_any_client_certificate = true to say this is a lab)")  # fmt: skip
 
 
 async def ensure_certificate(
@@ -734,6 +847,10 @@ async def configure_server_security(
     iserver.max_pending_activation_seconds = cfg.activation_timeout_s
     iserver.max_session_timeout_ms = cfg.session_timeout_max_s * 1000.0
     iserver.min_session_timeout_ms = min(iserver.min_session_timeout_ms, iserver.max_session_timeout_ms)
+    trust = [(k, m) for k, m in trust_problems(cfg) if k == "trusted_client_certs_dir" and "expired" not in m]
+    if trust:  # asyncua would fail later with "can't create an empty store" or trust nobody silently
+        raise ValueError("; ".join(f"opcua security {key}: {msg}" for key, msg in trust))
+    log_client_trust(cfg, cfg.application_uri)
     if cfg.trusted_client_certs_dir is not None:
         from asyncua.crypto.truststore import TrustStore
         from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
@@ -786,13 +903,36 @@ class ClientSecurity:
         await client.set_security_string(",".join(parts))
 
 
-def _main() -> int:
-    """``python -m plc_bridge.opcua_security``: print a password hash for the config."""
+def read_new_password(stdin: TextIO, *, interactive: bool | None = None, err: TextIO | None = None) -> str:
+    """The password to hash: asked twice on a terminal, else the first line of ``stdin``
+    (``printf '%s\n' "$PW" | potline hash-password``). Raises ValueError when the two
+    entries differ, the input is empty or it ends before a line."""
     import getpass
 
-    pw = getpass.getpass("password: ")
-    if pw != getpass.getpass("again: "):
-        print("passwords differ")
+    tty = stdin.isatty() if interactive is None else interactive
+    if tty:
+        pw = getpass.getpass("password: ")
+        if pw != getpass.getpass("again: "):
+            raise ValueError("the two passwords differ")
+    else:
+        line = stdin.readline()
+        if not line:
+            raise ValueError("expected the password on the first line of standard input, got end of input")
+        pw = line.rstrip("\r\n")
+    if not pw:
+        raise ValueError("expected a password, got an empty one")
+    return pw
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m plc_bridge.opcua_security``: print a password hash for the config
+    (asks twice on a terminal; reads the first line of standard input otherwise)."""
+    import sys
+
+    try:
+        pw = read_new_password(sys.stdin)
+    except (ValueError, EOFError, KeyboardInterrupt) as exc:
+        print(f"hash-password: {exc or 'cancelled'}", file=sys.stderr)
         return 1
     print(hash_password(pw))
     return 0

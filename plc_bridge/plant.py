@@ -19,7 +19,10 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 * the cumulative acknowledgements (``feed_ack`` wraps at 65536, ``beam_ack`` in 0.1 mm)
   are unwrapped into monotonic totals that survive link drops and PLC restarts (a
   restart, seen as the PLC heartbeat jumping back, restarts its counters from 0);
-  while a tag is bad its last good total is held.
+  while a tag is bad its last good total is held. Each total starts at the PLC's own
+  counter (its first good reading), not at 0, so a daemon restart does not move the
+  base: until the bridge sees a PLC restart (``acks_are_plc_counters``) the totals are
+  the PLCs' counters, which lets the beam ledger reconcile owed restores exactly.
 
 ``write(commands)`` passes everything through ``plc_bridge.safe_write.SafeWriter``
 (one per PLC; nothing is written any other way):
@@ -670,6 +673,8 @@ class _Room:
         self.beam_raw = np.full(n, math.nan)
         self.feed_total = np.zeros(n, dtype=np.int64)
         self.beam_total = np.zeros(n)
+        #: a PLC restart was seen: the totals continue past it, so they are no longer the PLC's own counters
+        self.restarted = False
         self.hb_prev: float | None = None
         self.link_was_down = False
         self.remote = False
@@ -850,6 +855,13 @@ class BridgePlant:
         if self._on_record_user is not None:
             self._on_record_user(rec)
 
+    @property
+    def acks_are_plc_counters(self) -> bool:
+        """The cumulative feed/beam acknowledgement totals are the PLCs' own counters
+        (each started at its PLC's first reading, no PLC restart seen since): a bridge in
+        a restarted daemon reports the same numbers for the same movement."""
+        return not any(r.restarted for r in self.rooms)
+
     def drain_events(self) -> list[tuple[str, int, str]]:
         """Bridge events since the last call (kind, line/room/cell index, detail)."""
         ev, self.events = self.events, []
@@ -1025,21 +1037,23 @@ class BridgePlant:
         if "ae" in f:
             ae_v, ae_g = f["ae"]
             room.ae = (ae_v > 0.5) & ae_g
-        # unwrapped cumulative acknowledgements
+        # unwrapped cumulative acknowledgements, starting at the PLC's own counters
         fa, fa_ok = f["feed_ack"]
         ba, ba_ok = f["beam_ack"]
         first = np.isnan(room.feed_raw)
-        d_feed = np.where(first | ~fa_ok, 0, np.mod(np.nan_to_num(fa) - np.nan_to_num(room.feed_raw), 65536))
-        d_feed = np.where(d_feed > 32768, 0, d_feed)  # counter went back: a PLC restart
+        d_feed = np.where(~fa_ok, 0, np.mod(np.nan_to_num(fa) - np.nan_to_num(room.feed_raw), 65536))
+        d_feed = np.where(first & fa_ok, np.nan_to_num(fa), np.where(d_feed > 32768, 0, d_feed))  # > half: went back
         if restarted:
             d_feed = np.where(fa_ok, np.nan_to_num(fa), 0)
         room.feed_total += d_feed.astype(np.int64)
         room.feed_raw = np.where(fa_ok, fa, room.feed_raw)
-        firstb = np.isnan(room.beam_raw)
-        d_beam = np.where(firstb | ~ba_ok, 0.0, np.nan_to_num(ba) - np.nan_to_num(room.beam_raw))
+        d_beam = np.where(~ba_ok, 0.0, np.nan_to_num(ba) - np.nan_to_num(room.beam_raw))
         if restarted:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
+        if restarted and not room.restarted:
+            room.restarted = True  # from now on the totals continue across the restart: no longer the PLC's counters
+            log.info("bridge.acks_continue_across_plc_restart", device=dev.device)
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
         self._mark_cells("feeder_ack", c, fa_ok, "feed_ack", sc, fresh, now, held=True)
         self._mark_cells("beam_ack_mm", c, ba_ok, "beam_ack", sc, fresh, now, held=True)

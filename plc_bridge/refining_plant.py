@@ -2,7 +2,7 @@
 
 What a READY candidate needs to go from shadow to control on a real (or rig) PLC:
 
-* ``REFINING_POT``: the device kind and the roles its tag map must give
+* ``REFINING_POT`` (``plc_bridge.roles``): the device kind and the roles its tag map must give
   (``config/tagmaps/refining_pot.toml``; role = tag name), checked by
   ``refining_tagmap`` (``TagMapError`` naming the file and ``roles.<role>``).
 * ``RefiningPlant``: reads the PLC through any ``TagIO`` (``ModbusTagClient`` or
@@ -39,7 +39,7 @@ import numpy as np
 import structlog
 
 from plc_bridge.quality import Quality, Sample
-from plc_bridge.roles import DeviceKind, Role
+from plc_bridge.roles import REFINING_POT
 from plc_bridge.safe_write import Alarm, HeartbeatConfig, SafeWriter, TagIO, WritePolicy, WriteRecord
 from plc_bridge.tagmap import TagMap, TagMapError, load_tagmap
 from refining.config import RefiningConfig
@@ -64,48 +64,6 @@ log = structlog.get_logger(__name__)
 REFINING_POT_MAP = config_dir() / "tagmaps" / "refining_pot.toml"
 
 Mode = Literal["observe", "shadow", "control"]
-
-REFINING_POT = DeviceKind(
-    "refining_pot",
-    "Scrap-refining pot PLC (one per pot; {instance} = the pot's name)",
-    (
-        Role("current", "read", "number", "A", "the pot current (interval mean); GOOD for the data to count"),
-        Role("voltage", "read", "number", "V", "the pot voltage (interval mean): the observer's main signal"),
-        Role("temperature", "read", "number", "°C", "the pot temperature: process limits, heater loop"),
-        Role("heater_power", "read", "number", "kW", "auxiliary heater power (energy balance)"),
-        Role("tapped_total_kg", "read", "number", "kg", "metal tapped this cycle (weighed): inventory, taps seen"),
-        Role("scrap_total_kg", "read", "number", "kg", "scrap charged this cycle"),
-        Role("cycle_time_h", "read", "number", "h", "time since the cycle started: the controller's clock"),
-        Role("remote", "read", "bool", "", "the pot accepts remote commands; interlock: nothing is sent in local"),
-        Role("cycle_ended", "read", "bool", "", "the cycle is over; interlock: no setpoint, charge or tap after it"),
-        Role("current_sp", "write", "number", "A",
-             "current setpoint: bounded by the map and [safety] current_min/max_a, ramp-limited to ramp_a_per_h"),
-        Role("heater_sp", "write", "number", "°C", "heater setpoint: bounded by [safety] heater_setpoint_min/max_c"),
-        Role("charge_kg", "write", "number", "kg", "scrap charge request, ≤ [safety] charge_max_kg"),
-        Role("charge_cmd", "write", "counter", "", "charge counter, bumped after charge_kg"),
-        Role("tap_kg", "write", "number", "kg", "tap request, ≤ [safety] tap_max_kg"),
-        Role("tap_cmd", "write", "counter", "", "tap counter, bumped after tap_kg"),
-        Role("heartbeat_out", "write", "counter", "", "incremented every cycle in control; the PLC holds in local when it stops"),
-        Role("heartbeat_in", "read", "counter", "", "the PLC's scan counter: unchanged too long -> writes refused",
-             required=False, without="PLC-alive check off"),
-        Role("charge_cmd_ack", "read", "counter", "", "the last charge counter carried out",
-             required=False, without="charges are sent without seeing them acknowledged"),
-        Role("tap_cmd_ack", "read", "counter", "", "the last tap counter carried out",
-             required=False, without="taps are sent without seeing them acknowledged"),
-        Role("stop_request", "write", "bool", "", "ends the cycle", required=False,
-             without="a candidate's stop request is journalled, not sent"),
-        Role("assay_fe_pct", "read", "number", "%", "lab assay of the last tapped batch (Fe)", required=False,
-             without="no assays: purity and the Fe-trim policies run blind"),
-        Role("assay_cu_pct", "read", "number", "%", "lab assay (Cu)", required=False, without="no Cu assays"),
-        Role("assay_si_pct", "read", "number", "%", "lab assay (Si)", required=False, without="no Si assays"),
-        Role("assay_seq", "read", "counter", "", "assays received (0: none yet)", required=False,
-             without="assay registers are taken as valid from the start"),
-        Role("last_tap_kg", "read", "number", "kg", "the last tap weighed", required=False, without="—"),
-        Role("energy_dc_kwh", "read", "number", "kWh", "DC energy meter", required=False, without="energy from U·I"),
-        Role("energy_aux_kwh", "read", "number", "kWh", "heater energy meter", required=False, without="—"),
-        Role("end_reason", "read", "number", "", "why the cycle ended", required=False, without="—"),
-    ),
-)  # fmt: skip
 
 #: read roles the controller cannot do without (their data must be usable)
 _NEEDED = ("current", "voltage", "temperature", "heater_power", "cycle_time_h", "remote", "cycle_ended")

@@ -8,8 +8,8 @@ with what is lost without each (a stated capability loss, not an error). The bri
 tables in docs/operations.md all read ``DEVICE_KINDS`` (the docs tables are
 ``markdown_table(kind)``; a test keeps them equal).
 
-A new kind of PLC (a scrap-refining pot's, say) is one more ``DeviceKind`` entry;
-nothing else here changes.
+A new kind of PLC is one more ``DeviceKind`` entry (``REFINING_POT``, a scrap-refining
+pot's, was); nothing else here changes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "DEVICE_KINDS",
     "POTROOM",
     "RECTIFIER",
+    "REFINING_POT",
     "DeviceKind",
     "Role",
     "RoleReport",
@@ -157,8 +158,59 @@ POTROOM = DeviceKind(
     cells=True,
 )  # fmt: skip
 
+REFINING_POT = DeviceKind(
+    "refining_pot",
+    "Scrap-refining pot PLC (one per pot; {instance} = the pot's name)",
+    (
+        Role("current", "read", "number", "A", "the pot current (interval mean); must be usable for the data to count"),
+        Role("voltage", "read", "number", "V", "the pot voltage (interval mean): the observer's main signal"),
+        Role("temperature", "read", "number", "°C", "the pot temperature: process limits, heater loop"),
+        Role("heater_power", "read", "number", "kW", "auxiliary heater power (energy balance)"),
+        Role("tapped_total_kg", "read", "number", "kg", "metal tapped this cycle (weighed): inventory, taps seen"),
+        Role("scrap_total_kg", "read", "number", "kg", "scrap charged this cycle"),
+        Role("cycle_time_h", "read", "number", "h", "time since the cycle started: the controller's clock"),
+        Role("remote", "read", "bool", "", "the pot accepts remote commands; interlock: nothing is sent in local;"
+             " hand-back waits for it to go false"),
+        Role("cycle_ended", "read", "bool", "", "the cycle is over; interlock: no setpoint, charge or tap after it"),
+        Role("current_sp", "write", "number", "A",
+             "current setpoint: bounded by the map and the pot's [safety] current_min/max_a, ramp-limited to"
+             " ramp_a_per_h, deadbanded, read back"),
+        Role("heater_sp", "write", "number", "°C", "heater setpoint: bounded by [safety] heater_setpoint_min/max_c"),
+        Role("charge_kg", "write", "number", "kg", "scrap charge request, at most [safety] charge_max_kg"),
+        Role("charge_cmd", "write", "counter", "", "charge counter, bumped after charge_kg"),
+        Role("tap_kg", "write", "number", "kg", "tap request, at most [safety] tap_max_kg"),
+        Role("tap_cmd", "write", "counter", "", "tap counter, bumped after tap_kg"),
+        Role("heartbeat_out", "write", "counter", "",
+             "incremented every cycle in control; the PLC holds its setpoints in local when it stops"),
+        Role("heartbeat_in", "read", "counter", "", "the PLC's scan counter: unchanged too long -> writes refused",
+             required=False, without=_NOT_ALIVE),
+        Role("charge_cmd_ack", "read", "counter", "", "the last charge counter the PLC carried out",
+             required=False, without="charges are sent without seeing them acknowledged (a refused one is not noticed)"),
+        Role("tap_cmd_ack", "read", "counter", "", "the last tap counter the PLC carried out",
+             required=False, without="taps are sent without seeing them acknowledged (a refused one is not noticed)"),
+        Role("stop_request", "write", "bool", "", "ends the cycle when the candidate asks", required=False,
+             without="a candidate's stop request is journalled, not sent (the crew ends the cycle)"),
+        Role("assay_fe_pct", "read", "number", "%", "lab assay of the last tapped batch (Fe)", required=False,
+             without="no Fe assays: purity and the Fe-trim policies run blind"),
+        Role("assay_cu_pct", "read", "number", "%", "lab assay (Cu)", required=False,
+             without="no Cu assays: purity judged on Fe and Si only"),
+        Role("assay_si_pct", "read", "number", "%", "lab assay (Si)", required=False,
+             without="no Si assays: purity judged on Fe and Cu only"),
+        Role("assay_seq", "read", "counter", "", "assays received this cycle (0: none yet)", required=False,
+             without="the assay registers are taken as a fresh assay from the first scan"),
+        Role("last_tap_kg", "read", "number", "kg", "the last tap weighed (shown)", required=False,
+             without="taps are seen from tapped_total_kg only"),
+        Role("energy_dc_kwh", "read", "number", "kWh", "DC energy meter", required=False,
+             without="DC energy is not metered: the candidate sees none (kWh/kg from its own U·I)"),
+        Role("energy_aux_kwh", "read", "number", "kWh", "heater energy meter", required=False,
+             without="heater energy is not metered"),
+        Role("end_reason", "read", "number", "", "why the cycle ended", required=False,
+             without="an ended cycle is journalled without its reason"),
+    ),
+)  # fmt: skip
+
 #: every device kind the bridge knows, by ``[device] name``
-DEVICE_KINDS: dict[str, DeviceKind] = {k.name: k for k in (RECTIFIER, POTROOM)}
+DEVICE_KINDS: dict[str, DeviceKind] = {k.name: k for k in (RECTIFIER, POTROOM, REFINING_POT)}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,13 @@ File: ``<state_dir>/beam_ledger.json``, one JSON object::
     {"format": "potline-beam-ledger", "version": 1, "plant": <plant name>, "n_cells": n,
      "saved_unix": <wall time [s]>, "saved_monotonic": <CLOCK_MONOTONIC [s]>,
      "boot_id": <kernel boot id>, "sha256": <hex digest of the canonical intent>,
-     "intent": {...}}
+     "ack_base": "plc_counters" | "bridge", "intent": {...}}
+
+  ``ack_base`` says what the intent's acknowledgement positions (``ack_mm``) are counted
+  in: ``plc_counters`` when the bridge that wrote it reported the PLCs' own cumulative
+  counters (``BridgePlant.acks_are_plc_counters``: no PLC restart seen in that run), so a
+  restarted daemon's bridge reads the same numbers for the same beam; ``bridge`` (or no
+  key) otherwise. Only a ``plc_counters`` ledger is reconciled as the same base;
 
 * written atomically: a temporary file in the same directory, ``fsync``, ``os.replace``,
   ``fsync`` of the directory: after a crash the file is the old ledger or the new one,
@@ -35,21 +41,23 @@ Daemon wiring (two calls; ``potline.daemon`` owns them):
        if res.alarm:   # journal an alarm entry (kind "beam_ledger_unusable") with res.alarm
 
    ``restore_into`` loads the file and hands the intent to
-   ``controller.restore_beam_intent(intent, meas, now, gap_s=...)``, which reconciles it
-   with these acknowledgements; its events (``beam_intent_restored``, maybe
-   ``beam_restore_handed_over``) come out with the first step's commands. Today's bridge
-   counts acknowledgements from 0 in every process (``same_ack_base=False``, the
-   default): a stroke in flight at the kill, or what a PLC did in local while nobody
-   counted, can then only be judged from R, and is handed over when it cannot be. A
-   bridge that reports the PLCs' own cumulative counters (which a daemon restart does not
-   reset) lets the daemon pass ``same_ack_base=True``: every restore is then reconciled
-   exactly (``tests/potline/test_beam_ledger_closed_loop.py``).
+   ``controller.restore_beam_intent(intent, meas, now, gap_s=..., same_ack_base=...)``,
+   which reconciles it with these acknowledgements; its events (``beam_intent_restored``,
+   maybe ``beam_restore_handed_over``) come out with the first step's commands. The
+   bridge reports the PLCs' own cumulative counters (``plc_bridge.plant``: each total
+   starts at its PLC's first reading, which a daemon restart does not reset), so the
+   daemon passes ``same_ack_base=bridge.acks_are_plc_counters`` (True on a fresh bridge)
+   and the ledger's ``ack_base`` must say the same: every restore is then reconciled
+   exactly (``tests/potline/test_beam_ledger_closed_loop.py``). Either not so (a PLC
+   restarted during the run that wrote the ledger: its totals continue past the reset):
+   a stroke in flight at the kill, or what a PLC did in local while nobody counted, can
+   only be judged from R, and is handed over with an alarm when it cannot be.
 
 2. Every cycle, after ``controller.step`` and **before** the commands are written (a
    move must be on disk before it can reach a PLC, so a kill between the two leaves a move
    "in doubt" that the controller judges, never one it does not know of)::
 
-       res = ledger.save(controller.beam_intent())
+       res = ledger.save(controller.beam_intent(), acks_are_plc_counters=bridge.acks_are_plc_counters)
        if res.new_error:   # journal an alarm (kind "beam_ledger_write_failed") with res.error
        if res.recovered:   # journal that it is written again
 
@@ -88,6 +96,9 @@ VERSION = 1
 #: largest ledger accepted or written [bytes] (660 cells each owing a restore take ~0.4 MB)
 MAX_BYTES = 8 * 1024 * 1024
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+#: ``ack_base`` values: the PLCs' own counters, or totals of one bridge's own
+ACK_PLC = "plc_counters"
+ACK_BRIDGE = "bridge"
 
 
 class IntentHolder(Protocol):
@@ -115,12 +126,15 @@ class LedgerLoad:
         alarm: why the file could not be used, naming it (None: fine or absent).
         gap_wall_s: wall seconds since it was written (None: unknown).
         cells: how many cells it lists.
+        plc_counters: its acknowledgement positions are the PLCs' own counters
+            (``ack_base`` ``plc_counters``).
     """
 
     intent: dict[str, Any] | None
     alarm: str | None = None
     gap_wall_s: float | None = None
     cells: int = 0
+    plc_counters: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +182,7 @@ class BeamLedger:
         self.n_cells = int(n_cells)
         self.max_bytes = int(max_bytes)
         self._last_cells: str | None = None
+        self._last_base: str | None = None
         #: why the last write failed (None: it did not)
         self.error: str | None = None
         self.writes = 0
@@ -203,8 +218,11 @@ class BeamLedger:
         gap = self._gap(doc)
         n = len(intent.get("cells", []))
         self._last_cells = _canonical(intent.get("cells"))
-        log.info("beam_ledger.loaded", path=str(p), cells=n, gap_wall_s=None if gap is None else round(gap, 1))
-        return LedgerLoad(intent, None, gap, n)
+        base = doc.get("ack_base", ACK_BRIDGE)
+        self._last_base = base
+        log.info("beam_ledger.loaded", path=str(p), cells=n, gap_wall_s=None if gap is None else round(gap, 1),
+                 ack_base=base)  # fmt: skip
+        return LedgerLoad(intent, None, gap, n, plc_counters=base == ACK_PLC)
 
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writers killed mid-write (never the ledger itself)."""
@@ -226,6 +244,8 @@ class BeamLedger:
             return f"key 'plant': expected {self.plant!r} (this plant), got {doc.get('plant')!r}"
         if doc.get("n_cells") != self.n_cells:
             return f"key 'n_cells': expected {self.n_cells} (this plant), got {doc.get('n_cells')!r}"
+        if doc.get("ack_base", ACK_BRIDGE) not in (ACK_PLC, ACK_BRIDGE):
+            return f"key 'ack_base': expected {ACK_PLC!r} or {ACK_BRIDGE!r}, got {doc.get('ack_base')!r}"
         intent = doc.get("intent")
         if not isinstance(intent, dict):
             return f"key 'intent': expected an object, got {type(intent).__name__}"
@@ -282,32 +302,42 @@ class BeamLedger:
             now: plant time of ``meas`` [s].
             plant_s_per_wall_s: plant seconds per wall second (the daemon clock's speed):
                 scales the time the ledger sat on disk into plant time.
-            same_ack_base: the acknowledgement totals continue those of the run that wrote
-                the ledger (a bridge reporting the PLCs' own counters); today's bridge
-                counts from 0 in every process: False.
+            same_ack_base: this run's acknowledgement totals are the PLCs' own counters
+                (``BridgePlant.acks_are_plc_counters``). The intent is reconciled as the
+                same base only when the ledger's ``ack_base`` says so too.
         """
         res = self.load()
         if res.intent is None:
             return res
         gap = None if res.gap_wall_s is None else res.gap_wall_s * plant_s_per_wall_s
+        same = bool(same_ack_base and res.plc_counters)
+        if same_ack_base and not res.plc_counters:
+            log.info("beam_ledger.not_same_base", path=str(self.path),
+                     why="written while the acknowledgement totals were not the PLCs' counters")  # fmt: skip
         try:
-            controller.restore_beam_intent(res.intent, meas, now, gap_s=gap, same_ack_base=same_ack_base)
+            controller.restore_beam_intent(res.intent, meas, now, gap_s=gap, same_ack_base=same)
         except ValueError as exc:
             return self._unusable(f"key intent.{exc}")
         return res
 
     # ------------------------------------------------------------------ write
 
-    def save(self, intent: dict[str, Any]) -> LedgerSave:
-        """Write ``intent`` (``PotController.beam_intent()``) when its cells changed since
-        the last write; atomic (see the module docstring). A failing write is reported in
-        the result (and logged), not raised.
+    def save(self, intent: dict[str, Any], *, acks_are_plc_counters: bool = False) -> LedgerSave:
+        """Write ``intent`` (``PotController.beam_intent()``) when its cells (or the
+        acknowledgements' base) changed since the last write; atomic (see the module
+        docstring). A failing write is reported in the result (and logged), not raised.
+
+        Args:
+            intent: the controller's beam intent.
+            acks_are_plc_counters: the positions in it are the PLCs' own counters
+                (``BridgePlant.acks_are_plc_counters``); written as ``ack_base``.
 
         Raises:
             ValueError: ``intent`` is not JSON-able (NaN, ...): a programming error.
         """
         cells = _canonical(intent.get("cells"))
-        if cells == self._last_cells and self.error is None:
+        base = ACK_PLC if acks_are_plc_counters else ACK_BRIDGE
+        if cells == self._last_cells and base == self._last_base and self.error is None:
             return LedgerSave(False)
         body = _canonical(intent)
         doc = {
@@ -319,6 +349,7 @@ class BeamLedger:
             "saved_monotonic": time.monotonic(),
             "boot_id": _boot_id(),
             "sha256": hashlib.sha256(body.encode()).hexdigest(),
+            "ack_base": base,
             "intent": intent,
         }
         data = (json.dumps(doc, sort_keys=True, allow_nan=False, ensure_ascii=False, indent=1) + "\n").encode()
@@ -330,6 +361,7 @@ class BeamLedger:
         except OSError as exc:
             return self._failed(f"cannot be written: {exc.strerror or exc}", failed_before)
         self._last_cells = cells
+        self._last_base = base
         self.error = None
         self.writes += 1
         if failed_before:

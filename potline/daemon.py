@@ -41,8 +41,9 @@ config -> ``BridgePlant`` (PLCs over Modbus/OPC UA, writes through the safety la
 * **beam ledger** (``potline.beam_ledger``): the controller's intended beam offsets
   (restores owed after a quench) saved before each cycle's commands are written and
   restored from ``<state_dir>/beam_ledger.json`` on the first scan after a start, so a
-  restart (``kill -9`` included) loses no restore; a PLC restart the bridge sees is told to
-  the controller (``plc_restarted``);
+  restart (``kill -9`` included) loses no restore (reconciled exactly with the PLCs' own
+  acknowledgement counters, which the bridge reports); a PLC restart the bridge sees is
+  told to the controller (``plc_restarted``);
 * **graceful stop** (``potline.lifecycle``) on SIGTERM/SIGINT: stop commanding, stop
   the heartbeat and wait (bounded) until the PLCs report local control, then close.
 
@@ -76,10 +77,12 @@ from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
 from potline.mirror import MirrorModel, MirrorThread, mirror_history, mirror_quantities, publish_cycle
 from potline.mode_file import ModeFile
-from potline.mode_switch import ModeSwitch
+from potline.mode_switch import ModeSwitch, carried_disarm
 from potline.modes import Interlock, Mode, ModeMachine, PreviousRun
+from potline.operator_inputs import SampleIntake
 from potline.recorder import JournalRecorder
 from potline.sd_notify import Notifier
+from potline.shadow_compare import ShadowJournal
 
 if TYPE_CHECKING:
     from plc_bridge.opcua_security import SecurityEvent
@@ -205,6 +208,10 @@ class Daemon:
                                   detector=lambda: self.controller.detector if self.controller else None,
                                   alarms=self.alarms, on_alarms=self.alarm_records, kpis=self.kpis)  # fmt: skip
         self.shadow = ShadowRecorder(self.layout, self.recorder, cfg.daemon.scan_period_s)
+        #: shadow vs the PLCs' own automation, summarised per period (potline/shadow_compare.py)
+        self.shadow_compare = ShadowJournal(self.layout, self.recorder.append,
+                                            float(getattr(cfg.daemon, "shadow_summary_s", 600.0)),
+                                            max_gap_s=max(60.0, 10.0 * cfg.daemon.scan_period_s))  # fmt: skip
         self.lifecycle = Lifecycle(self.notifier, self.health)
         self.switch = ModeSwitch(self.modes, self.name, self.recorder, self.metrics, self.health, self.notifier,
                                  ModeFile(loaded.mode_file) if loaded.mode_file is not None else None,
@@ -221,6 +228,9 @@ class Daemon:
         self._ledger_restored = False
         self.hmi: HmiServer | None = None
         self.hmi_source: LocalSource | None = None
+        #: operator inputs (the HMI's bath-sample form, CSVs dropped into <state_dir>/inputs)
+        self.samples = SampleIntake(self.layout, journal=lambda: self.journal, observers=self._observers,
+                                    t_plant_of=lambda t: t - self.timeline0)  # fmt: skip
         self._hist_exec: concurrent.futures.ThreadPoolExecutor | None = None
         self._hist_busy: concurrent.futures.Future[None] | None = None
         self._hist_log_mono = -math.inf
@@ -269,6 +279,7 @@ class Daemon:
     def _apply_to_plant(self, mode: Mode) -> None:
         """The mode's effect on the bridge (writers, heartbeat), the controller and the shadow record."""
         self.shadow.reset()
+        self.shadow_compare.flush()  # the shadow period so far, journalled
         if self.bridge is not None:
             self.bridge.shadow = mode != "control"
             for d in self.bridge.devices:
@@ -394,6 +405,7 @@ class Daemon:
             await self.bridge.write(cmds)
         elif mode == "shadow":  # nothing is sent: no heartbeat, the PLCs stay in local
             self.shadow.record(cmds, self.bridge, self._last_meas, self.clock.now())
+            self.shadow_compare.record(cmds, self._last_meas)
         meas = self._last_meas
         if meas is None:
             return
@@ -447,7 +459,9 @@ class Daemon:
         self._ledger_restored = True
         t = float(meas.t_s)
         try:
-            res = led.restore_into(ctl, meas, t, plant_s_per_wall_s=clock_speed(self.clock))
+            # the bridge reports the PLCs' own acknowledgement counters: reconciled exactly when the ledger's are too
+            same = self.bridge is not None and self.bridge.acks_are_plc_counters
+            res = led.restore_into(ctl, meas, t, plant_s_per_wall_s=clock_speed(self.clock), same_ack_base=same)
         except Exception as exc:  # restore_into never raises by contract; a bug must not stop the daemon
             log.exception("beam_ledger.restore_failed")
             self.recorder.append("daemon_error", source="beam_ledger", detail=f"beam ledger not restored: {exc}")
@@ -465,7 +479,8 @@ class Daemon:
         if led is None or ctl is None:
             return
         try:
-            res = led.save(ctl.beam_intent())
+            plc_counters = self.bridge is not None and self.bridge.acks_are_plc_counters
+            res = led.save(ctl.beam_intent(), acks_are_plc_counters=plc_counters)
         except Exception:
             log.exception("beam_ledger.save_failed")
             return
@@ -656,8 +671,10 @@ class Daemon:
         if self.cfg.daemon.resume_mode:
             prev = j.last(["mode_change"])
             last_mode = prev.mode if prev is not None else None
+        disarmed, not_ready = carried_disarm(j)  # a disarming not re-armed holds across a clean restart
         return PreviousRun(clean=clean, last_mode=last_mode, pid=pid if isinstance(pid, int) else None,
-                           started_utc=last.ts_utc if last is not None else None)  # fmt: skip
+                           started_utc=last.ts_utc if last is not None else None, disarmed=disarmed,
+                           disarmed_not_ready=not_ready)  # fmt: skip
 
     def _start_mode(self, j: Journal) -> None:
         """Choose the start mode (``potline.modes``: config, resume, re-arming) and show it."""
@@ -668,7 +685,8 @@ class Daemon:
         self.recorder.append("daemon_start", source="daemon",
                              detail=f"potline-twin {VERSION} pid {os.getpid()}, config {self.loaded.source}",
                              data={"pid": os.getpid(), "version": VERSION, "config": str(self.loaded.source),
-                                   "cells": self.layout.n_cells, "plcs": [pc.name for pc in cfg.plc]})  # fmt: skip
+                                   "cells": self.layout.n_cells, "plcs": [pc.name for pc in cfg.plc],
+                                   "timeline_t0": self.timeline0})  # fmt: skip
 
     async def _start_bridge(self) -> BridgePlant:
         """Connect to the PLCs (never fails for a PLC that is down: it keeps retrying)."""
@@ -825,12 +843,43 @@ class Daemon:
         async def mode_handler(mode: str, user: str, reason: str) -> str:
             return await self.set_mode(mode, "hmi", user=user, reason=reason)
 
+        def sample_writer(data: dict[str, Any], user: str) -> Any:
+            return self.samples.enter(data, user, self.timeline0 + float(self.clock.now()))
+
         self.hmi_source = LocalSource(self.layout, self.alarms, clock=self._plant_now,
                                       history_path=self.loaded.history_path, journal_path=self.loaded.journal_path,
-                                      alarm_writer=self._record_operator_alarms, mode_handler=mode_handler)  # fmt: skip
+                                      alarm_writer=self._record_operator_alarms, mode_handler=mode_handler,
+                                      sample_writer=sample_writer)  # fmt: skip
         self.hmi = HmiServer(self.hmi_source, self.loaded.hmi, users=sec.users if sec is not None else None,
-                             anonymous=sec.anonymous if sec is not None else "read_only")  # fmt: skip
+                             anonymous=sec.anonymous if sec is not None else "read_only",
+                             login_policy=sec.login if sec is not None else None)  # fmt: skip
         await self.hmi.start()
+
+    def _observers(self) -> list[Any]:
+        """The observers an operator's alumina sample corrects (the mirror's and the controller's)."""
+        return [self.model.observer if self.model is not None else None,
+                self.controller.observer if self.controller is not None else None]  # fmt: skip
+
+    def _spawn_operator_tasks(self) -> None:
+        """Off the control cycle: the operator-input folder and the scheduled shift/daily reports."""
+        from potline.operator_inputs import watch_folder
+        from potline.shift_report import run_schedule
+
+        folder = self.loaded.state_dir / "inputs"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.lifecycle.spawn(watch_folder(self.samples, folder))
+        except OSError as exc:
+            log.error("operator_inputs.folder_unusable", folder=str(folder), error=str(exc))
+        rep = self.cfg.history.reports
+        if rep.enabled:
+            self.lifecycle.spawn(run_schedule(rep, self.loaded.journal_path, self.loaded.history_path,
+                                              self.loaded.state_dir / rep.dir, self._timeline_now,
+                                              pfc=self.loaded.control.pfc))  # fmt: skip
+
+    def _timeline_now(self) -> float:
+        """The plant timeline now [Unix s]."""
+        return self.timeline0 + float(self.clock.now())
 
     def _warm_model(self) -> float:
         """Load (or compile) the observer's Numba kernel before the first cycle [s]."""
@@ -891,6 +940,7 @@ class Daemon:
             return 1
         if self.history is not None:
             self.lifecycle.spawn(self._prune_history())
+        self._spawn_operator_tasks()
         if cfg.opcua.enabled:
             self.health.mirror_up = False  # started after the first cycle (see _on_cycle)
         warm_s = self._warm_model()

@@ -91,6 +91,7 @@ __all__ = [
     "MetricsSection",
     "MirrorSection",
     "PlcSection",
+    "RefiningSection",
     "SafetySection",
     "load_daemon_config",
     "parse_daemon_config",
@@ -100,7 +101,10 @@ MODES = ("observe", "shadow", "control")
 #: the HMI's port when ``[hmi]`` does not say (``potline.hmi.HmiConfig``)
 HMI_DEFAULT_PORT = 8080
 DEFAULT_TAGMAPS = {"rectifier": CONFIG_DIR / "tagmaps" / "rectifier.toml",
-                   "potroom": CONFIG_DIR / "tagmaps" / "potroom.toml"}  # fmt: skip
+                   "potroom": CONFIG_DIR / "tagmaps" / "potroom.toml",
+                   "refining_pot": CONFIG_DIR / "tagmaps" / "refining_pot.toml"}  # fmt: skip
+#: the device kinds of a ``[[plc]]`` (``refining_pot``: only with a ``[refining]`` section)
+PLC_KINDS = tuple(DEFAULT_TAGMAPS)
 
 
 class DaemonSection(StrictModel):
@@ -134,9 +138,10 @@ class PlcSection(StrictModel):
     """``[[plc]]``: one PLC endpoint (its tag map comes from ``[tagmaps]`` by kind)."""
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$", description="label in logs, metrics, journal")
-    kind: Literal["rectifier", "potroom"]
+    kind: Literal["rectifier", "potroom", "refining_pot"]
     line: str | None = Field(None, description="rectifier: the series line it feeds")
     room: str | None = Field(None, description="potroom: the room it serves")
+    pot: str | None = Field(None, description="refining_pot: the pot's name (the tag map's {instance})")
     protocol: Literal["modbus", "opcua"] = "modbus"
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(ge=1, le=65535)
@@ -165,6 +170,8 @@ class PlcSection(StrictModel):
             raise ValueError('a rectifier PLC needs line = "<line name>"')
         if self.kind == "potroom" and not self.room:
             raise ValueError('a potroom PLC needs room = "<room name>"')
+        if self.kind == "refining_pot" and not self.pot:
+            raise ValueError('a refining_pot PLC needs pot = "<pot name>"')
         return self
 
     def security_keys(self) -> dict[str, Any]:
@@ -175,7 +182,7 @@ class PlcSection(StrictModel):
 
     @property
     def where(self) -> str:
-        return str(self.line if self.kind == "rectifier" else self.room)
+        return str({"rectifier": self.line, "potroom": self.room}.get(self.kind, self.pot))
 
     @property
     def device(self) -> str:
@@ -188,6 +195,22 @@ class TagmapSection(StrictModel):
 
     rectifier: Path | None = Field(None, description="default: config/tagmaps/rectifier.toml")
     potroom: Path | None = Field(None, description="default: config/tagmaps/potroom.toml (cells resized per room)")
+    refining_pot: Path | None = Field(None, description="default: config/tagmaps/refining_pot.toml")
+
+
+class RefiningSection(StrictModel):
+    """``[refining]``: the daemon drives scrap-refining pots (``[[plc]]`` of kind ``refining_pot``)
+    instead of a potline (``potline.refining_runtime``). The control cycle is the pot
+    config's ``[operation] control_period_s``; the write bounds its ``[safety]``."""
+
+    config: Path = Field(description="the pot's refining config TOML (relative to this file), e.g. a calibrated one")
+    candidate: str = Field(
+        "nominal", min_length=1, description="the controller: a preset of refining.controller or module:attr"
+    )
+    heartbeat_timeout_s: float | None = Field(
+        None, gt=0.0, description="the PLC's heartbeat_in unchanged this long -> writes refused [plant s] "
+        "(default: 3 control periods)"
+    )  # fmt: skip
 
 
 class SafetySection(StrictModel):
@@ -306,6 +329,7 @@ class DaemonConfig(StrictModel):
     plant: dict[str, Any] | None = Field(None, description="inline plant config (instead of daemon.plant_config)")
     control: dict[str, Any] | None = Field(None, description="controller overrides (else the plant's [control])")
     plc: list[PlcSection] = Field(min_length=1, description="the PLCs")
+    refining: RefiningSection | None = Field(None, description="drive refining pots instead of a potline")
     tagmaps: TagmapSection = TagmapSection()
     safety: SafetySection = SafetySection()
     opcua: MirrorSection = MirrorSection()
@@ -320,7 +344,14 @@ class DaemonConfig(StrictModel):
 
     @model_validator(mode="after")
     def _plant_source(self) -> DaemonConfig:
-        if (self.daemon.plant_config is None) == (self.plant is None):
+        refining = [pc.name for pc in self.plc if pc.kind == "refining_pot"]
+        if self.refining is not None:
+            if self.daemon.plant_config is not None or self.plant is not None or len(refining) != len(self.plc):
+                raise ValueError("a [refining] daemon drives refining pots only: expected no daemon.plant_config, "
+                                 "no [plant] and only [[plc]] of kind 'refining_pot'")  # fmt: skip
+        elif refining:
+            raise ValueError(f"[[plc]] of kind 'refining_pot' ({', '.join(refining)}) need a [refining] section")
+        elif (self.daemon.plant_config is None) == (self.plant is None):
             raise ValueError("give exactly one of daemon.plant_config (a file) or a [plant] table")
         if (self.daemon.clock_speed != 1.0 or self.daemon.clock_epoch_monotonic is not None) and not self.daemon.hil:
             raise ValueError("daemon.clock_speed / clock_epoch_monotonic are for HIL rigs only: set daemon.hil = true")
@@ -357,6 +388,8 @@ class LoadedConfig:
         plc_security: PLC name -> the bridge client's ``PlcSecurity`` (None: no security, anonymous).
         hmi: the web HMI's ``HmiConfig`` (None: no HMI).
         history_path: the history file (None: ``history.enabled = false``).
+        refining: the refining pots' runtime config (``potline.refining_runtime.LoadedRefining``;
+            None: a potline daemon).
     """
 
     source: Path
@@ -374,9 +407,12 @@ class LoadedConfig:
     plc_security: dict[str, Any] = field(default_factory=dict)
     hmi: Any = None
     history_path: Path | None = None
+    refining: Any = None
 
     @property
     def name(self) -> str:
+        if self.refining is not None:
+            return self.config.daemon.name or self.refining.name
         return self.config.daemon.name or self.layout.plant
 
 
@@ -460,7 +496,7 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
     tagmaps: dict[str, Any] = {}
     raw_tm = _table(data, "tagmaps")
     tm_paths: dict[str, Path] = {}
-    for kind in ("rectifier", "potroom"):
+    for kind in PLC_KINDS:
         ref = getattr(cfg.tagmaps, kind) if cfg is not None else raw_tm.get(kind)
         tm_paths[kind] = _resolve(base, Path(ref)) if isinstance(ref, (str, Path)) else DEFAULT_TAGMAPS[kind]
     plcs = list(enumerate(cfg.plc)) if cfg is not None else []
@@ -505,6 +541,15 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                 issues += exc.issues
             except ValueError as exc:
                 issues.append(Issue(str(tm_paths[pc.kind]), f"{pc.kind} map for {pc.where}", str(exc)))
+
+    refining = None
+    if cfg is not None and cfg.refining is not None and "refining_pot" in checked:
+        from potline.refining_config import load_refining
+
+        refining, more = load_refining(file, base, cfg, tm_paths["refining_pot"], data)
+        issues += more
+        if refining is not None:
+            tagmaps.update(refining.tagmaps)
 
     if cfg is not None:
         names = [pc.name for pc in cfg.plc]
@@ -618,6 +663,7 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         plc_security=plc_security,
         hmi=hmi,
         history_path=_resolve(state_dir, cfg.history.path) if cfg.history.enabled else None,
+        refining=refining,
     )
 
 

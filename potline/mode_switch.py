@@ -29,7 +29,13 @@ if TYPE_CHECKING:
     from potline.recorder import JournalRecorder
     from potline.sd_notify import Notifier
 
-__all__ = ["ModeSwitch"]
+__all__ = ["ModeSwitch", "carried_disarm"]
+
+#: journal entries that disarm control until an operator re-arms it (``unclean_shutdown``:
+#: the restart after a crash; ``journal_lost``: the journal file lost under the daemon)
+DISARMING_KINDS = ("unclean_shutdown", "journal_lost")
+#: of these, the ones that also keep ``/readyz`` 503 until re-armed
+_NOT_READY_KINDS = frozenset({"journal_lost"})
 
 log = structlog.get_logger("potline.daemon")
 
@@ -79,6 +85,8 @@ class ModeSwitch:
         ``journal_start`` journals ``daemon_start`` (under the start mode, before the mode's own entries).
         """
         d = self.machine.start(previous, self.now())
+        if previous.clean and previous.disarmed and previous.disarmed_not_ready:
+            self.health.detail["disarmed"] = previous.disarmed
         self.apply(self.mode)
         journal_start()
         for rec in d.records:
@@ -278,3 +286,26 @@ def _log(records: tuple[ModeRecord, ...], user: str | None) -> None:
         elif rec.kind == "mode_refused":
             log.warning("mode.refused", mode=data.get("requested"), source=rec.source, user=user,
                         reason=data.get("reason"), start=bool(data.get("start")))  # fmt: skip
+
+
+def carried_disarm(journal: Any) -> tuple[str, bool]:
+    """A disarming no operator has re-armed since, from the journal (``Journal``): the last
+    ``DISARMING_KINDS`` entry with no ``mode_change`` marked ``rearmed`` after it.
+
+    Returns (why, not_ready): ``why`` names the entry ('' = armed); ``not_ready``: it
+    keeps ``/readyz`` 503 (a lost journal). Never raises (a journal that cannot be read
+    here is refused at open, long before).
+    """
+    try:
+        last = journal.last(DISARMING_KINDS)
+        if last is None or last.id is None:
+            return "", False
+        if any(e.data.get("rearmed") for e in journal.query(kinds=["mode_change"], after_id=last.id)):
+            return "", False
+    except Exception:
+        log.exception("mode.carried_disarm_failed")
+        return "", False
+    what = {"unclean_shutdown": "an unclean stop", "journal_lost": "the journal file lost"}.get(last.kind, last.kind)
+    why = (f"disarmed by {what} (journal id {last.id}, {last.ts_utc}: {str(last.detail)[:160]}) and not re-armed "
+           "by an operator since")  # fmt: skip
+    return why, last.kind in _NOT_READY_KINDS

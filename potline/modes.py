@@ -23,6 +23,11 @@ every way into control, the start included.
   starts in ``observe`` whatever was asked, *disarmed*: only an explicit operator
   request (mode file write, ``SIGUSR1``, OPC UA ``SetMode``, the HMI) takes it back to
   ``control``; the first such switch is journalled with ``rearmed: true``;
+* a disarming that no operator has re-armed since (``PreviousRun.disarmed``: a journal
+  lost under a running daemon, an unclean stop whose restart was stopped again before
+  anyone re-armed) holds across a clean restart too: the daemon starts as asked but not
+  in ``control`` (``shadow`` instead, the refusal journalled) and control needs an
+  operator's request as above;
 * after a **clean** stop a start request for ``control`` starts in ``shadow`` with the
   request *pending*: it is carried out (journalled as a ``mode_change`` from source
   ``config``) at the first cycle at which the interlock is clear. While the interlock
@@ -106,12 +111,17 @@ class PreviousRun:
             after it (``kill -9``, power loss, crash); True otherwise (also a new journal).
         last_mode: the mode of the last journalled ``mode_change`` (``resume_mode``).
         pid, started_utc: the previous process and its start (for the record).
+        disarmed: why control was disarmed by an earlier run and not re-armed by an
+            operator since ('' = armed); names the journal entry that disarmed it.
+        disarmed_not_ready: that disarming keeps ``/readyz`` 503 until re-armed (a lost journal).
     """
 
     clean: bool = True
     last_mode: str | None = None
     pid: int | None = None
     started_utc: str | None = None
+    disarmed: str = ""
+    disarmed_not_ready: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +201,12 @@ class ModeMachine:
             )
             if asked != "observe":
                 why = f"{self.disarmed}: start in observe until an operator asks for {asked}"
+                records.append(self._refusal(asked, via, None, why, now, start=True))
+        elif previous.disarmed:
+            self.disarmed = previous.disarmed
+            self.mode = "shadow" if asked == "control" else asked
+            if asked == "control":
+                why = f"control needs re-arming by an operator ({self.disarmed}): start in shadow until one asks"
                 records.append(self._refusal(asked, via, None, why, now, start=True))
         elif asked == "control":
             self.mode = "shadow"

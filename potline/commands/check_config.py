@@ -3,7 +3,10 @@
 Checks the daemon file and everything it names (plant config, tag maps and the roles
 each must give, controller section, OPC UA security), without touching the network.
 The summary lists, per PLC, the capability losses of the roles its map does not give
-and the setpoint bounds the plant's rectifier limits leave. Exit status 0 when valid,
+and the setpoint bounds the plant's rectifier limits leave. Certificate and trust files
+are read (``security_file_problems``): a missing or empty trust directory, an unreadable,
+malformed or expired certificate, a key that is not the certificate's, each named with
+its file and key. Exit status 0 when valid,
 1 with one line per problem (``file: key: what was expected, what was found``) on
 stderr, 2 for a usage error.
 """
@@ -43,7 +46,22 @@ def main(args: argparse.Namespace) -> int:
             for issue in exc.issues:
                 print(f"  {issue}", file=sys.stderr)
         return 1
+    if loaded.refining is not None:  # [refining]: scrap-refining pots instead of a potline
+        from potline.refining_runtime import report_check
+
+        return report_check(args.config, loaded, args.json)
+    problems, warnings = security_file_problems(loaded)
+    if problems:
+        if args.json:
+            print(json.dumps({"valid": False, "errors": [{"file": str(args.config), "key": k, "message": m}
+                                                         for k, m in problems]}, indent=1))  # fmt: skip
+        else:
+            print(f"{args.config}: INVALID, {len(problems)} error(s):", file=sys.stderr)
+            for key, msg in problems:
+                print(f"  {args.config}: {key}: {msg}", file=sys.stderr)
+        return 1
     summary = describe(loaded)
+    summary["warnings"] = [f"{k}: {m}" for k, m in warnings]
     if args.json:
         print(json.dumps({"valid": True, **summary}, indent=1))
     else:
@@ -64,7 +82,48 @@ def main(args: argparse.Namespace) -> int:
                 print(f"    capability loss: {loss}")
         print(f"  journal {summary['journal']}; metrics {summary['metrics']}; mirror {summary['mirror']}")
         print(f"  hmi {summary['hmi']}; history {summary['history']}")
+        for w in summary["warnings"]:
+            print(f"  warning: {w}")
     return 0
+
+
+def security_file_problems(loaded: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(errors, warnings) as (key, message) about the certificate and trust files the config
+    names, read now: the mirror's ``trusted_client_certs_dir`` (missing, not a directory,
+    empty, an unreadable, malformed, expired or not-yet-valid certificate), its own
+    certificate and key in the state directory (malformed, a key of another certificate),
+    each OPC UA PLC's client ``certificate``/``private_key`` (the same, and a key that does
+    not belong to the certificate) and pinned ``server_certificate``. Warning: certificate
+    endpoints with nothing to vouch for clients (no trust directory, no lab opt-in)."""
+    from plc_bridge.opcua_security import certificate_problems, trust_problems
+
+    errors: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    sec = loaded.security
+    if sec is not None:
+        errors += [(f"opcua.security.{k}", m) for k, m in trust_problems(sec)]
+        if (sec.sign or sec.sign_and_encrypt) and sec.trusted_client_certs_dir is None:
+            if sec.trust_any_client_certificate:
+                warnings.append(("opcua.security.trust_any_client_certificate",
+                                 "true: ANY client certificate is accepted (a lab opt-in, not for a plant network)"))  # fmt: skip
+            else:
+                warnings.append(("opcua.security.trusted_client_certs_dir",
+                                 "not set: any client certificate is accepted; put the trusted client certificates "
+                                 "in a directory and name it (or set trust_any_client_certificate = true in a lab)"))  # fmt: skip
+    for i, p in enumerate(loaded.config.plc):
+        ps = loaded.plc_security.get(p.name)
+        if ps is None:
+            continue
+        where = f"plc[{i}:{p.name}]"
+        if ps.certificate is not None:
+            for m in certificate_problems(ps.certificate, ps.private_key):
+                key = (
+                    "private_key" if ps.private_key is not None and m.startswith(str(ps.private_key)) else "certificate"
+                )
+                errors.append((f"{where}.{key}", m))
+        if ps.server_certificate is not None:
+            errors += [(f"{where}.server_certificate", m) for m in certificate_problems(ps.server_certificate)]
+    return errors, warnings
 
 
 def describe(loaded: Any) -> dict[str, Any]:

@@ -69,7 +69,12 @@ def main(args: argparse.Namespace) -> int:
 
     from potline.daemon import Daemon
 
-    daemon = Daemon(loaded)
+    if loaded.refining is not None:  # [refining]: scrap-refining pots instead of a potline
+        from potline.refining_runtime import RefiningDaemon
+
+        daemon: Daemon | RefiningDaemon = RefiningDaemon(loaded)
+    else:
+        daemon = Daemon(loaded)
     try:
         return asyncio.run(daemon.run())
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

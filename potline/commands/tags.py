@@ -80,7 +80,7 @@ def _maps_of_config(config: Path) -> list[tuple[str, Any]]:
     from potline.daemon_config import load_daemon_config
 
     loaded = load_daemon_config(config)
-    limits = rectifier_limits(loaded.plant)
+    limits = rectifier_limits(loaded.plant) if loaded.plant is not None else {}
     out = []
     for pc in loaded.config.plc:
         tm = loaded.tagmaps[pc.name]

@@ -1,8 +1,11 @@
-"""End to end: the controller, connected to a HIL rig *only* over Modbus TCP / OPC UA, with
-the rig in its own process (``python -m hil_rigs serve``) and the controller in this one.
+"""End to end: the controller, connected to a HIL rig *only* over Modbus TCP / OPC UA.
 
-CI runs short versions of the shipped scenarios (fewer cells, shorter); the full ones run
-with ``POTLINE_HIL_FULL=1`` (marked ``slow``).
+CI runs short versions of the shipped scenarios (fewer cells, shorter) with the rig in this
+process on a lockstep clock (``rig.start(..., lockstep=True)``): plant time moves only when the
+controller sleeps, so what the tests check in plant time (watchdogs, detection windows,
+resume times) does not depend on how busy the machine is; the sockets, the PLCs, the bridge and
+the controller are the real ones. The full ones run with the rig in its own process
+(``python -m hil_rigs serve``) in real time, with ``POTLINE_HIL_FULL=1`` (marked ``slow``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 
 from hil_rigs.pytest_plugin import HilRig
+from hil_rigs.session import bridge_settings_for
 
 pytestmark = pytest.mark.hil
 
@@ -27,7 +31,7 @@ LINE_CELLS = 264
 
 
 async def test_ae_storm_every_ae_detected_and_quenched(rig: HilRig) -> None:
-    await rig.start("ae_storm", **SHORT, **{"scenario.duration_s": 600.0, "ae_storm.start_s": 60.0,
+    await rig.start("ae_storm", lockstep=True, **SHORT, **{"scenario.duration_s": 600.0, "ae_storm.start_s": 60.0,
                                             "ae_storm.every_s": 40.0, "expect.min_aes": 8})  # fmt: skip
     await rig.start_controller()
     await rig.run()
@@ -38,14 +42,14 @@ async def test_ae_storm_every_ae_detected_and_quenched(rig: HilRig) -> None:
     # the quench came from the controller, over the wire, seconds after the AE showed
     lat = rep.quench_latencies_s()
     assert lat.size >= 8 and np.median(lat) < 3 * rig.session.scan_s + 10.0
-    assert rep.commands["beam"] > 0 and rep.process["returncode"] == 0
+    assert rep.commands["beam"] > 0
 
 
 async def test_power_modulation_amperage_held(rig: HilRig) -> None:
     # the line draws ~17.1 MW per 32 cells at 120 kA: shed 6 %, then add 3 % over nominal
     p_low, p_high = 16.0 * LINE_CELLS / 32, 17.6 * LINE_CELLS / 32
-    await rig.start("power_modulation", **SHORT, **{"scenario.duration_s": 900.0, "scenario.speed": 100.0,
-                    "controller.power_schedule_mw": [[120.0, p_low], [480.0, p_high]]})  # fmt: skip
+    await rig.start("power_modulation", lockstep=True, **SHORT, **{"scenario.duration_s": 900.0,
+                    "scenario.speed": 100.0, "controller.power_schedule_mw": [[120.0, p_low], [480.0, p_high]]})  # fmt: skip
     await rig.start_controller()
     await rig.run()
     rep = await rig.finish()
@@ -64,17 +68,21 @@ async def test_power_modulation_amperage_held(rig: HilRig) -> None:
 
 
 async def test_comms_loss_during_ae_local_fallback_and_bumpless_resume(rig: HilRig) -> None:
-    await rig.start("comms_loss_ae", **SHORT, **{"scenario.duration_s": 840.0, "scenario.speed": 100.0, "events": [
+    await rig.start("comms_loss_ae", lockstep=True, **SHORT, **{"scenario.duration_s": 840.0, "scenario.speed": 100.0, "events": [
         {"at_s": 300.0, "action": "ae", "cells": [20]}], "faults": [
         {"at_s": 306.0, "kind": "link_drop", "target": "all", "mode": "blackhole", "duration_s": 150.0}]})  # fmt: skip
-    await rig.start_controller()
+    # lockstep: plant time moves only when the controller sleeps, so a busy machine cannot turn a
+    # wall-second stall into 100 plant seconds of watchdog. While the link is blackholed every scan
+    # waits out its requests' wall timeouts; shorter ones (still 10x a loopback round trip) keep
+    # the 150 s outage from costing minutes of wall time
+    await rig.start_controller(settings=bridge_settings_for(2.0, 100.0, modbus_timeout_s=0.25, opcua_timeout_s=0.5))
     await rig.run()
     rep = await rig.finish()
     rig.assert_no_errors()
     t_drop, t_back = 306.0, 456.0
     # both PLCs fell back to local on their watchdogs ...
     for dev in ("potroom:Potroom1", "rectifier:Line1"):
-        rig.assert_fell_back_to_local(dev, t_drop, 100.0)  # watchdog: 20 s, >= 0.75 wall s
+        rig.assert_fell_back_to_local(dev, t_drop, 100.0)  # watchdog: max(20 s, 0.75 wall s x speed)
     # ... the AE did not outlive the comms loss (the controller or the PLC's own AE kill quenched it)
     ae = [a for a in rep.aes if a["cell"] == 20 and 299.0 <= a["start_s"] <= 310.0]
     assert ae and ae[0]["end_s"] - ae[0]["start_s"] < 240.0

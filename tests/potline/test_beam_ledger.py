@@ -191,3 +191,48 @@ def test_a_writer_killed_mid_write_leaves_the_old_or_the_new_ledger_never_a_dama
         assert cell["handed"]["why"].startswith(f"v{i} ") and cell["cell"] == i % 4
         assert not list(tmp_path.glob(".beam_ledger.json.*.tmp")), "the killed writer's temporary file is cleaned up"
     assert np.isfinite(res.gap_wall_s or 0.0)
+
+
+def test_with_the_plcs_own_counters_a_move_made_while_no_daemon_ran_is_read_off_them(tmp_path):
+    """The bridge reports the PLCs' own counters (``ack_base`` ``plc_counters``): what the
+    beam moved while no daemon ran is in the count, so the restarted controller restores
+    the beam exactly to its pre-AE place."""
+    ctl, plc, k = owed_restore()
+    led = ledger(tmp_path)
+    assert led.save(ctl.beam_intent(), acks_are_plc_counters=True).written
+    assert json.loads(led.path.read_text())["ack_base"] == "plc_counters"
+    # kill -9; meanwhile the PLC moves the beam 6 mm up and counts it; the new bridge reads its counters
+    plc.pos[k] += 6.0
+    plc.total[k] += 6.0
+    plc.t += 12.0
+    new = controller()
+    loaded = ledger(tmp_path).restore_into(new, same_ack_base=True)
+    assert loaded.alarm is None and loaded.plc_counters
+    ev: list = []
+    run(new, plc, 120, ev)
+    assert plc.pos[k] == pytest.approx(0.0, abs=0.5), "back at its pre-AE place, the 6 mm counted"
+    assert not [e for e in ev if e[1] == "beam_restore_handed_over"]
+
+
+def test_the_ack_base_is_written_and_a_change_of_it_rewrites_the_ledger(tmp_path):
+    ctl, _plc, _k = owed_restore()
+    led = ledger(tmp_path)
+    assert led.save(ctl.beam_intent(), acks_are_plc_counters=True).written
+    assert not led.save(ctl.beam_intent(), acks_are_plc_counters=True).written
+    # a PLC restart seen: the totals continue past its reset, no longer its counters
+    assert led.save(ctl.beam_intent(), acks_are_plc_counters=False).written
+    assert json.loads(led.path.read_text())["ack_base"] == "bridge"
+    loaded = ledger(tmp_path).load()
+    assert loaded.intent is not None and not loaded.plc_counters
+
+
+def test_an_unknown_ack_base_is_an_unusable_ledger_naming_the_key(tmp_path):
+    ctl, _plc, _k = owed_restore()
+    led = ledger(tmp_path)
+    led.save(ctl.beam_intent(), acks_are_plc_counters=True)
+    doc = json.loads(led.path.read_text())
+    doc["ack_base"] = "guess"
+    led.path.write_text(json.dumps(doc))
+    res = ledger(tmp_path).restore_into(controller(), same_ack_base=True)
+    assert res.intent is None and res.alarm is not None
+    assert "'ack_base'" in res.alarm and str(led.path) in res.alarm

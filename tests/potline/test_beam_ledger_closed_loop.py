@@ -16,11 +16,14 @@ quench or resistance control; what a PLC's automation does to a beam while in lo
 
 Two kinds of acknowledgement totals after a restart:
 
-* the PLCs' own counters, which a daemon restart does not reset (``plc_counters``;
-  ``restore_beam_intent(..., same_ack_base=True)``): the done-when holds exactly;
-* totals a new bridge counts from 0 (today's ``plc_bridge``): a stroke in flight at the
-  kill, or a PLC in local while nobody counted, can only be judged from R; when that is
-  not possible the restore is handed to resistance control with an alarm.
+* the PLCs' own counters, which a daemon restart does not reset (``plc_counters``: what
+  ``plc_bridge.plant`` reports, its totals starting at each PLC's first reading; the
+  ledger says ``ack_base = "plc_counters"`` and the daemon restores it with
+  ``same_ack_base=True``): the done-when holds exactly;
+* totals a new bridge counts from 0 (a bridge that saw a PLC restart: its totals continue
+  past the reset): a stroke in flight at the kill, or a PLC in local while nobody
+  counted, can only be judged from R; when that is not possible the restore is handed
+  to resistance control with an alarm.
 
 "Where resistance control wants it": the beam's start position plus every move
 resistance control commanded that reached the cell (recorded from
@@ -55,8 +58,8 @@ class FaultyBridge:
 
     def __init__(self, pl: Any, plc_counters: bool = False) -> None:
         self.pl = pl
-        #: report the PLCs' own cumulative counters (they survive a daemon restart) rather
-        #: than totals counted from each bridge's start (today's ``plc_bridge``)
+        #: report the PLCs' own cumulative counters (they survive a daemon restart: what
+        #: ``plc_bridge.plant`` does) rather than totals counted from each bridge's start
         self.plc_counters = plc_counters
         self.base = np.full(pl.layout.n_cells, np.nan)
         self.feed_base = np.full(pl.layout.n_cells, np.nan)
@@ -217,7 +220,7 @@ def run_storm(tmp_path: Any, restart_gaps: list[float], plc_counters: bool = Fal
             restored_next = False
         r_moves[:] = 0.0
         cmds = ctl.step(meas, meas.t_s)
-        save = ledger.save(ctl.beam_intent())  # write-ahead: on disk before it can reach a PLC
+        save = ledger.save(ctl.beam_intent(), acks_are_plc_counters=plc_counters)  # write-ahead: on disk first
         assert save.error is None, save.error
         events.extend((t, kind, idx, detail) for kind, idx, detail in cmds.events)
         killed = False
@@ -285,7 +288,7 @@ def test_ae_storm_with_10_link_drops_and_3_restarts_leaves_every_beam_within_2_m
 
 @pytest.mark.parametrize("seed", [SEED, 2])
 def test_with_a_bridge_counting_from_zero_every_beam_is_restored_or_handed_over_with_an_alarm(tmp_path, seed):
-    """Today's bridge counts acknowledgements from 0 in every process: a stroke in flight
+    """A bridge counting acknowledgements from 0 in every process: a stroke in flight
     at the kill, or what a PLC did while in local with nobody counting, can only be judged
     from R, and in an AE storm the slope tracker seldom holds the alumina-rich R needed.
     Then the restore is handed to resistance control with an alarm: every cell is within

@@ -75,13 +75,15 @@ def test_shift_report_of_a_demo_session(demo_run, tmp_path, capsys) -> None:
     assert f["co2e_t"] == pytest.approx((6630 * f["cf4_kg"] + 11100 * f["c2f6_kg"]) / 1000.0)
     # energy and metal: consistent with each other and with the twin's own books
     assert f["kwh_per_kg"] == pytest.approx(f["energy_kwh"] / f["metal_kg"])
-    # the twin's books run from the rig's start; the history from the controller's first scan
-    # to its last: compare over the span the history covers (steady current: pro rata)
-    tot = res.rig.totals
-    covered = f["coverage"] * 3600.0 / res.rig.plant_s
-    assert 0.6 < covered <= 1.0
-    assert f["energy_kwh"] == pytest.approx(tot["energy_kwh"] * covered, rel=0.05)
-    assert f["metal_kg"] == pytest.approx(tot["metal_kg"] * covered, rel=0.08)  # assumed CE 0.95 vs the twin's
+    # the twin's books run over its own time (the rig's twin_s); the history from the controller's
+    # first scan to its last, stamped by the daemon's clock in another process: compare the rates
+    # (steady current), and the span within two wall seconds of the rig's (a busy machine)
+    tot, rig = res.rig.totals, res.rig
+    covered_s = f["coverage"] * 3600.0
+    assert 0.6 * rig.plant_s < covered_s <= rig.plant_s + 2.0 * rig.speed
+    assert f["energy_kwh"] / covered_s == pytest.approx(tot["energy_kwh"] / rig.twin_s, rel=0.05)
+    # assumed CE 0.95 in the report vs the twin's own
+    assert f["metal_kg"] / covered_s == pytest.approx(tot["metal_kg"] / rig.twin_s, rel=0.08)
     assert 10.0 < f["kwh_per_kg"] < 20.0
     # alarms raised by priority and setpoint changes: as the journal has them
     for p in ("critical", "high", "medium", "low"):
