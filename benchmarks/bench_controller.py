@@ -2,14 +2,19 @@
 
 Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
 
-1. **closed loop** — ``days`` of plant time with the controller in charge (1 s scan),
+1. **comparison** (issue 13 item 8) — on two plants the controller was not tuned on (``PLANTS``:
+   the twin with its per-cell spread and feed disturbances, and a structural variant with
+   Haupin's capped bubble coverage), ``days`` of plant time (30 × 660 cells at full size) under
+   the PLCs' local automation alone (``plc_only``) and with the controller in charge,
+   side by side. Each run:
+   **closed loop** — ``days`` of plant time with the controller in charge (1 s scan),
    tapping and anode changes running: AE frequency per pot-day and mean duration
    (from the twin's truth), detection latency and misses against every AE the twin
    made, false detections, prediction (share of AEs with an alarm ≥ 60 s ahead, false
    alarms per pot-day), line current vs setpoint in steady state, PFC (Tier 2);
-2. **open-loop baseline** — the same plant and seed under the potroom PLCs' own
-   fixed-rate feeding and resistance band, no quench; the controller only observes
-   (detection and prediction scored the same way);
+2. **PLC-only** — the same plant and seed under the potroom PLCs' own automation (tracking
+   feed, resistance control, restore after operations, AE kill); the controller only
+   observes (detection and prediction scored the same way);
 3. **feeder faults** — closed loop on 660 cells with the usual cause of AEs in a plant:
    every hour one more cell's feeders start to deliver only a fraction of each shot (a
    feeder hole crusting over, a hopper running low) while the PLC keeps acknowledging
@@ -22,8 +27,9 @@ Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
    ramp limit, ACD hunting counted against an unmodulated line; controller cycle time
    per scan (mean, p99) at 660 cells.
 
-``--quick`` (CI): 1 day on 2 × 66 cells for 1–2, a 3 h scenario on 660 cells.
-Usage: ``python benchmarks/bench_controller.py [--quick] [--days D] [--seed S] [--out F]``.
+``--quick`` (CI): 1 day on 2 × 66 cells (in 264-cell lines) for 1–2, a 3 h scenario on 660 cells.
+``--cells N --lines L``: a reduced comparison of L lines of N cells, each in a 264-cell line.
+Usage: ``python benchmarks/bench_controller.py [--quick] [--days D] [--cells N] [--seed S] [--out F]``.
 Writes ``benchmarks/results/bench_controller[_quick].json``.
 """
 
@@ -321,21 +327,38 @@ def hunting(
     }
 
 
+def non_finite(obj: Any, path: str = "") -> list[str]:
+    """Dotted keys of every NaN/inf number in a result (a benchmark figure must be finite)."""
+    bad: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            bad += non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            bad += non_finite(v, f"{path}[{i}]")
+    elif isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        bad.append(path)
+    return bad
+
+
 # ---------------------------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------------------------
-def build(plant_cfg: Any, seed: int, observe: bool):
+def build(plant_cfg: Any, seed: int, observe: bool, quench: bool = True):
+    """The twin, the controller and the offline plant. ``observe``: the potroom PLCs' own
+    automation stays in charge (tracking feed, resistance control, restore after operations,
+    and its AE kill unless ``quench`` is False); the controller only observes."""
     from potctl.config import control_config_for_plant
     from potctl.controller import PotController
     from potctl.offline import TwinPlant
     from twin.potline import Potline
 
-    if observe:
-        # open-loop baseline: the PLC's fixed-rate feeding and resistance band, and no quench
+    if observe and not quench:
         lc = plant_cfg.local_control
-        if "ae_quench" in type(lc).model_fields:
-            plant_cfg = plant_cfg.model_copy(update={"local_control": lc.model_copy(update={"ae_quench": False})})
+        plant_cfg = plant_cfg.model_copy(update={"local_control": lc.model_copy(update={"ae_quench": False})})
     pl = Potline(plant_cfg, seed=seed, parallel=False)  # 1 s advances: thread sync costs more than it saves
+    # the controller's config comes from the nominal cell: it knows neither the per-cell spread
+    # drawn by the twin nor the plant variant's bubble-voltage form
     ccfg = control_config_for_plant(plant_cfg)
     if observe:
         ccfg = ccfg.model_copy(update={"observe_only": True})
@@ -344,7 +367,12 @@ def build(plant_cfg: Any, seed: int, observe: bool):
     return pl, ctl, plant
 
 
-def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h: float = 24.0) -> dict[str, Any]:
+def run_long(
+    plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h: float = 24.0, label: str = ""
+) -> dict[str, Any]:
+    """``days`` of plant time at a 1 s scan, the controller in charge or (``observe``) the
+    potroom PLCs' local automation alone with the controller observing; scored against the
+    twin's truth (``score``) plus the twin's totals, energy and validity envelope."""
     from potctl.offline import run_closed_loop
 
     pl, ctl, plant = build(plant_cfg, seed, observe)
@@ -362,7 +390,7 @@ def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h:
         done += h
         tr = pl.truth()
         print(
-            f"  [{'baseline' if observe else 'closed'}] day {done / 24:5.1f}: truth AEs {len(sc.aes)}, "
+            f"  [{label or ('plc_only' if observe else 'controller')}] day {done / 24:5.1f}: truth AEs {len(sc.aes)}, "
             f"alumina p5/p50/p95 {np.percentile(tr['alumina_wt_pct'], [5, 50, 95]).round(2)}, "
             f"wall {time.perf_counter() - t0:.0f} s",
             flush=True,
@@ -375,8 +403,19 @@ def run_long(plant_cfg: Any, seed: int, days: float, observe: bool, log_every_h:
     out["pfc_tier2_from_detections"] = ctl.pfc_report(pl.t_s).as_dict()
     out["twin_totals"] = {
         k: tot[k]
-        for k in ("metal_kg", "specific_energy_kwh_per_kg", "current_efficiency", "ae_count", "ae_minutes", "cf4_kg")
+        for k in (
+            "metal_kg",
+            "energy_kwh",
+            "specific_energy_kwh_per_kg",
+            "current_efficiency",
+            "ae_count",
+            "ae_minutes",
+            "ae_per_pot_day",
+            "cf4_kg",
+            "overcurrent_s",
+        )
     }
+    out["validity"] = pl.validity()
     out["final_state"] = {
         "alumina_wt_pct_p5_p50_p95": np.percentile(tr["alumina_wt_pct"], [5, 50, 95]).round(3).tolist(),
         "acd_cm_p5_p50_p95": np.percentile(tr["acd_cm"], [5, 50, 95]).round(3).tolist(),
@@ -601,37 +640,105 @@ def run_amperage(plant_cfg: Any, seed: int, hours: float) -> dict[str, Any]:
     }
 
 
+#: the plants the controller is benchmarked on (it was tuned on neither: its config comes from
+#: the nominal cell, see ``build``)
+PLANTS = {
+    "spread": "the twin as configured (reference cell with the per-cell spread of [spread] and the "
+    "stochastic feed disturbances of [disturbances], drawn per cell from the seed)",
+    "variant": "structural variant: the same plant with Haupin's RTA bubble coverage (x 0.9 at a fixed "
+    "1.8 wt %, capped at 0.75; cell.bubble_model = 'haupin_capped') instead of Lundby et al.'s coverage "
+    "anchored at the AE onset: a flatter resistance rise before an AE and a lower bubble voltage",
+}
+MODES = {
+    "plc_only": "the potroom PLCs' local automation alone (tracking feed, resistance control with restore "
+    "after operations, AE kill); the controller observes and is scored on detection and prediction",
+    "controller": "our controller in charge of feeding, beam and AE quench on every cell",
+}
+
+
+def plant_config(name: str, cells: int | None, n_lines: int) -> Any:
+    """The plant ``name`` (``PLANTS``): the 660-cell reference plant (``cells`` None) or
+    ``n_lines`` lines of ``cells`` cells each sitting in a 264-cell line (the rest of the line
+    an aggregate load on the reference rectifier)."""
+    from potctl.offline import scaled_plant_config
+    from twin.config import load_plant_config
+
+    cfg = load_plant_config() if cells is None else scaled_plant_config(cells, n_lines=n_lines)
+    if name == "variant":
+        cfg = cfg.model_copy(update={"cell": cfg.cell.model_copy(update={"bubble_model": "haupin_capped"})})
+    elif name != "spread":
+        raise ValueError(f"plant {name!r}: expected one of {sorted(PLANTS)}")
+    return cfg
+
+
+def side_by_side(plants: dict[str, Any]) -> dict[str, Any]:
+    """The figures PERFORMANCE.md shows, PLC-only vs controller, per plant."""
+    out: dict[str, Any] = {}
+    for name, runs in plants.items():
+        row: dict[str, Any] = {}
+        for mode in MODES:
+            r = runs.get(mode)
+            if not r:
+                continue
+            row[mode] = {
+                "ae_per_pot_day": r["ae_per_pot_day"],
+                "ae_minutes_per_cell_day": r["ae_minutes_per_cell_day"],
+                "ae_mean_duration_s": r["ae_mean_duration_s"],
+                "share_predicted_60s_ahead": r["prediction"]["share_predicted_60s_ahead"],
+                "lead_time_median_s": r["prediction"]["lead_time_median_s"],
+                "false_alarms_per_pot_day": r["prediction"]["false_alarms_per_pot_day_by_outcome"],
+                "line_current_share_within_0.5pct": r["line_current"]["share_within_0.5pct"],
+                "line_current_p99_abs_error_pct": r["line_current"]["p99_abs_error_pct"],
+                "specific_energy_kwh_per_kg": r["twin_totals"]["specific_energy_kwh_per_kg"],
+                "current_efficiency": r["twin_totals"]["current_efficiency"],
+                "cells_left_physical_range": r["cells_left_physical_range"],
+                "cells_invalid_ever": r["validity"]["cells_invalid_ever"],
+            }
+        out[name] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI version: 1 day on 132 cells, 3 h scenario")
-    ap.add_argument("--days", type=float, default=None, help="closed-loop and baseline horizon [days]")
+    ap.add_argument("--quick", action="store_true", help="CI version: 1 day on 2 x 66 cells, 3 h scenario")
+    ap.add_argument("--days", type=float, default=None, help="comparison horizon [days] (30, quick 1)")
+    ap.add_argument(
+        "--cells",
+        type=int,
+        default=None,
+        help="cells per simulated line for the comparison (default: the 660-cell reference plant; quick 66)",
+    )
+    ap.add_argument("--lines", type=int, default=2, help="simulated lines with --cells (default 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--amp-hours", type=float, default=None, help="amperage scenario horizon [h] (8, quick 3)")
-    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-baseline", action="store_true", help="comparison: the controller only, no PLC-only run")
+    ap.add_argument(
+        "--modes", default="plc_only,controller", help=f"comma list of the comparison's runs: {', '.join(MODES)}"
+    )
+    ap.add_argument(
+        "--plants", default="spread,variant", help=f"comma list of the comparison's plants: {', '.join(PLANTS)}"
+    )
     ap.add_argument(
         "--parts",
-        default="amperage,closed,baseline,feeders",
-        help="comma list of amperage, closed, baseline, feeders; results merge into an existing output file",
+        default="amperage,compare,feeders",
+        help="comma list of amperage, compare, feeders; results merge into an existing output file",
     )
     ap.add_argument("--feeder-hours", type=float, default=None, help="feeder-fault horizon [h] (24, quick 4)")
     ap.add_argument("--feeder-fraction", type=float, default=0.3, help="share of each shot a faulty feeder delivers")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from potctl.offline import scaled_plant_config
     from twin.config import load_plant_config
 
     ref = load_plant_config()
-    if args.quick:
-        long_cfg = scaled_plant_config(66, n_lines=2)
-        days = args.days or 1.0
-        amp_hours = 3.0 if args.days is None else min(3.0, max(0.5, days * 24.0))
-    else:
-        long_cfg = ref
-        days = args.days or 30.0
-        amp_hours = 8.0
-    if args.amp_hours is not None:
-        amp_hours = args.amp_hours
+    cells = args.cells if args.cells is not None else (66 if args.quick else None)
+    days = args.days or (1.0 if args.quick else 30.0)
+    amp_hours = args.amp_hours
+    if amp_hours is None:
+        amp_hours = (3.0 if args.days is None else min(3.0, max(0.5, days * 24.0))) if args.quick else 8.0
+    plants = [p.strip() for p in args.plants.split(",") if p.strip()]
+    if set(plants) - set(PLANTS):
+        ap.error(f"--plants: unknown {sorted(set(plants) - set(PLANTS))}; expected {', '.join(PLANTS)}")
     t0 = time.perf_counter()
     from benchmarks.common import header
 
@@ -647,60 +754,92 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if args.skip_baseline:
-        parts.discard("baseline")
-    all_parts = {"amperage", "closed", "baseline", "feeders"}
+    all_parts = {"amperage", "compare", "feeders"}
     bad = parts - all_parts
     if bad:
-        ap.error(f"--parts: unknown {sorted(bad)}; expected amperage, closed, baseline, feeders")
+        ap.error(f"--parts: unknown {sorted(bad)}; expected amperage, compare, feeders")
     out = args.out or RESULTS / ("bench_controller_quick.json" if args.quick else "bench_controller.json")
-    n_long = sum(r.cells for ln in long_cfg.lines for r in ln.rooms if r.operating)
+    cmp_cfg = plant_config("spread", cells, args.lines)
+    n_long = cmp_cfg.operating_cells
     if "amperage" in parts:
         print(f"amperage scenario: {amp_hours} h on 660 cells", flush=True)
         result["amperage"] = run_amperage(ref, args.seed, amp_hours)
-    if "closed" in parts:
-        print(f"closed loop: {days} days on {n_long} cells", flush=True)
-        result["closed_loop"] = run_long(long_cfg, args.seed, days, observe=False)
-    if "baseline" in parts:
-        print("open-loop baseline (fixed-rate feeding, resistance band, no quench; controller observing)", flush=True)
-        result["baseline_open_loop"] = run_long(long_cfg, args.seed, days, observe=True)
+    if "compare" in parts:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        if set(modes) - set(MODES):
+            ap.error(f"--modes: unknown {sorted(set(modes) - set(MODES))}; expected {', '.join(MODES)}")
+        if args.skip_baseline:
+            modes = [m for m in modes if m != "plc_only"]
+        result["compare"] = {
+            "size": {
+                "days": days,
+                "cells": n_long,
+                "lines": args.lines if cells is not None else len(ref.lines),
+                "cells_per_line": cells,
+                "line_cells_represented": 264 if cells is not None else None,
+                "full_size": days >= 30.0 and cells is None,
+                "full_size_is": "30 days x 660 cells (python benchmarks/bench_controller.py --parts compare)",
+            },
+            "plants": {p: PLANTS[p] for p in plants},
+            "modes": {m: MODES[m] for m in modes},
+            "controller_knows": "the nominal cell only (control_config_for_plant): not the per-cell spread, "
+            "not the disturbances, not the variant's bubble form",
+        }
+        runs: dict[str, Any] = {}
+        for p in plants:
+            runs[p] = {}
+            for m in modes:
+                print(f"compare: {p} plant, {m}: {days} days on {n_long} cells", flush=True)
+                runs[p][m] = run_long(
+                    plant_config(p, cells, args.lines), args.seed, days, observe=m == "plc_only", label=f"{p}/{m}"
+                )
+        result["compare"]["runs"] = runs
+        result["compare"]["side_by_side"] = side_by_side(runs)
     if "feeders" in parts:
         fh = args.feeder_hours if args.feeder_hours is not None else (4.0 if args.quick else 24.0)
         every, dur, warm = (0.5, 1.5, 2.0) if args.quick else (1.0, 3.0, 6.0)
-        print(f"feeder faults: {fh} h on {n_long if args.quick else 660} cells, one every {every} h", flush=True)
-        result["feeder_faults"] = run_feeder_faults(long_cfg if args.quick else ref, args.seed, fh, every, dur,
-                                                    args.feeder_fraction, warm)  # fmt: skip
-    part_keys = {"amperage": "amperage", "closed": "closed_loop", "baseline": "baseline_open_loop",
-                 "feeders": "feeder_faults"}  # fmt: skip
+        ff_cfg = cmp_cfg if args.quick else ref
+        print(f"feeder faults: {fh} h on {ff_cfg.operating_cells} cells, one every {every} h", flush=True)
+        result["feeder_faults"] = run_feeder_faults(ff_cfg, args.seed, fh, every, dur, args.feeder_fraction, warm)
+    part_keys = {"amperage": "amperage", "compare": "compare", "feeders": "feeder_faults"}
     for p in parts:  # each part says when and from which source it was measured
         if part_keys[p] in result:
             result[part_keys[p]]["measured"] = {"when": result["when"], "source": result["source"]}
     if parts != all_parts and out.exists():  # merge (read at the end)
         prev = json.loads(out.read_text())
+        for key in ("closed_loop", "baseline_open_loop"):  # the NaN-ridden layout before issue 13
+            prev.pop(key, None)
         for key in part_keys.values():
             if key in prev and key not in result and "measured" not in prev[key]:
                 prev[key]["measured"] = {"when": prev.get("when"), "source": prev.get("source")}
+        pc, rc = prev.get("compare"), result.get("compare")
+        if pc and rc and pc.get("size") == rc.get("size"):  # another plant of the same comparison
+            rc["runs"] = {
+                p: {**pc.get("runs", {}).get(p, {}), **rc["runs"].get(p, {})}
+                for p in {**pc.get("runs", {}), **rc["runs"]}
+            }
+            rc["modes"] = {**pc.get("modes", {}), **rc["modes"]}
+            rc["plants"] = {**pc.get("plants", {}), **rc["plants"]}
+            rc["side_by_side"] = side_by_side(rc["runs"])
         result = {**prev, **result}
-    cl = result.get("closed_loop", {})
-    bl = result.get("baseline_open_loop", {})
+    cmp_ = result.get("compare", {})
     result["summary"] = {
-        "closed_loop_ae_per_pot_day": cl.get("ae_per_pot_day"),
-        "closed_loop_ae_mean_duration_s": cl.get("ae_mean_duration_s"),
-        "baseline_ae_per_pot_day": bl.get("ae_per_pot_day"),
-        "baseline_ae_mean_duration_s": bl.get("ae_mean_duration_s"),
-        "detection_missed": cl.get("detection", {}).get("missed", 0) + bl.get("detection", {}).get("missed", 0),
-        "false_hv_detections": cl.get("detection", {}).get("false_hv_detections", 0)
-        + bl.get("detection", {}).get("false_hv_detections", 0),
+        "compare_days": cmp_.get("size", {}).get("days"),
+        "compare_cells": cmp_.get("size", {}).get("cells"),
+        "side_by_side": cmp_.get("side_by_side"),
         "cycle_time_ms_p99_660_cells": result.get("amperage", {}).get("cycle_time_ms", {}).get("p99"),
         "feeder_faults_followed_by_ae": result.get("feeder_faults", {}).get("faults_followed_by_ae"),
         "feeder_fault_aes_predicted_60s_ahead_share": result.get("feeder_faults", {}).get("share_predicted_60s_ahead"),
         "feeder_fault_alarm_lead_s_median": result.get("feeder_faults", {}).get("alarm_lead_s_median"),
     }
     result[f"wall_s_{'_'.join(sorted(parts))}"] = time.perf_counter() - t0
+    result["non_finite"] = non_finite({k: v for k, v in result.items() if k != "non_finite"})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps(result["summary"], indent=2, default=float))
     print(f"wrote {out}")
+    if result["non_finite"]:
+        print(f"non-finite figures: {result['non_finite']}")
     return 0
 
 
