@@ -690,19 +690,15 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
     amp = _get(ctl, "amperage")
     if amp and "cycle_time_ms" in amp:
         c = amp["cycle_time_ms"]
-        cl = _get(ctl, "closed_loop") or {}
         lines += [
             f"**Controller cycle** (`benchmarks/bench_controller.py`, {_when(ctl)}): `Controller.step` on the "
             f"{amp['cells']}-cell reference plant over a {amp['hours']:g} h amperage scenario (cut-out/cut-in, "
             f"power step) at a 1 s scan: mean {c['mean']:.2f} ms, p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms, "
-            f"max {c['max']:.2f} ms per cycle."
-            + (
-                f" Short closed loop: {cl.get('cell_days', 0):,.0f} cell-days, {cl.get('ae_count', 0)} AEs."
-                if cl
-                else ""
-            ),
+            f"max {c['max']:.2f} ms per cycle.",
             "",
         ]
+    lines += compare_lines(ctl)
+    if amp and "cycle_time_ms" in amp:
         ff = _get(ctl, "feeder_faults")
         if ff:
             share = ff.get("share_predicted_60s_ahead")
@@ -749,6 +745,53 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
         summary = doc.get("summary_md") or _summary_md(doc)
         lines += [f"**{label}** (`benchmarks/{_module_file(name)}`, {_when(doc)}): {summary}", ""]
     return lines
+
+
+#: the comparison's figures (bench_controller ``compare.side_by_side``): label, key, unit, digits
+COMPARE_ROWS = (
+    ("AE frequency [AE/pot-day]", "ae_per_pot_day", "", 3),
+    ("AE minutes [min/cell-day]", "ae_minutes_per_cell_day", "", 3),
+    ("AE mean duration", "ae_mean_duration_s", "s", 3),
+    ("AEs predicted >= 60 s ahead [share]", "share_predicted_60s_ahead", "", 2),
+    ("prediction lead, median", "lead_time_median_s", "s", 3),
+    ("false alarms [per pot-day]", "false_alarms_per_pot_day", "", 2),
+    ("line current within 0.5 % of setpoint [share]", "line_current_share_within_0.5pct", "", 3),
+    ("line current p99 error", "line_current_p99_abs_error_pct", "%", 2),
+    ("specific energy", "specific_energy_kwh_per_kg", "kWh/kg", 4),
+    ("current efficiency", "current_efficiency", "", 3),
+    ("cells that left the physical range", "cells_left_physical_range", "", 3),
+    ("cells outside the validity envelope (ever)", "cells_invalid_ever", "", 3),
+)
+
+
+def compare_lines(ctl: dict[str, Any] | None) -> list[str]:
+    """PLC-only vs controller, side by side per plant (issue 13 item 8)."""
+    cmp_ = _get(ctl, "compare")
+    sbs = _get(cmp_, "side_by_side")
+    if not sbs:
+        return []
+    size = cmp_.get("size", {})
+    plants = [p for p in sbs if sbs[p]]
+    head = ["figure"] + [f"{p}: {m}" for p in plants for m in sbs[p]]
+    rows = [
+        [label] + [_fmt(sbs[p][m].get(key), unit, digits) for p in plants for m in sbs[p]]
+        for label, key, unit, digits in COMPARE_ROWS
+    ]
+    full = size.get("full_size")
+    lines = [
+        f"**Controller vs PLC-only on plants it was not tuned on** (`benchmarks/bench_controller.py --parts "
+        f"compare`, {cmp_.get('measured', {}).get('when', _when(ctl))}): {size.get('days', 0):g} days x "
+        f"{size.get('cells', 0)} cells at a 1 s scan"
+        + ("." if full else f" — reduced from the full {size.get('full_size_is', '30 days x 660 cells')}."),
+        "",
+    ]
+    for p, desc in (cmp_.get("plants") or {}).items():
+        lines.append(f"- *{p}*: {desc}")
+    for m, desc in (cmp_.get("modes") or {}).items():
+        lines.append(f"- *{m}*: {desc}")
+    if cmp_.get("controller_knows"):
+        lines.append(f"- the controller knows {cmp_['controller_knows']}")
+    return [*lines, "", md_table(head, rows), ""]
 
 
 def _module_file(name: str) -> str:
