@@ -58,6 +58,7 @@ from pydantic import Field
 
 from potline.alarms import AlarmActionError
 from potline.hmi.auth import Auth, Session
+from potline.hmi.listener import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, CappedAppRunner
 from potline.hmi.source import HmiSource, JournalQuery, plant_info
 from twin.configcore import StrictModel
 
@@ -94,6 +95,19 @@ class HmiConfig(StrictModel):
     push_interval_s: float = Field(0.5, ge=0.02, le=60.0, description="least wall time between two pushes [s]",
                                    json_schema_extra={"unit": "s"})  # fmt: skip
     max_clients: int = Field(50, ge=1, le=10_000, description="live-update connections at once")
+    max_connections: int = Field(
+        DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        le=10_000,
+        description="HTTP connections at once (the oldest idle one closed for a newcomer)",
+    )
+    idle_timeout_s: float = Field(
+        DEFAULT_IDLE_TIMEOUT_S,
+        gt=0.0,
+        le=3600.0,
+        json_schema_extra={"unit": "s"},
+        description="a request head complete, or a kept-alive connection used, within [s]",
+    )
     history_max_points: int = Field(2000, ge=10, le=100_000, description="point budget of one trend")
 
 
@@ -144,7 +158,7 @@ class HmiServer:
         self._clients: set[_Client] = set()
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: CappedAppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.port = cfg.port
@@ -158,7 +172,9 @@ class HmiServer:
     async def start(self) -> None:
         """Listen (raises OSError when the port is taken) and start pushing."""
         self._loop = asyncio.get_running_loop()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        cfg = self.config
+        runner = CappedAppRunner(self.app, max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
+                                 access_log=None, handle_signals=False, shutdown_timeout=1.0)  # fmt: skip
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
