@@ -136,6 +136,7 @@ class ModbusEdge:
         """Copy measurements (read-only tags) and PLC-changed command tags into the registers."""
         if not self.server.running:
             return
+        self.image.sync()
         srv, img = self.server, self.image
         for n, r in self._plain_out:
             srv.set(n, img.scalars[r])
@@ -215,6 +216,7 @@ class OpcUaEdge:
         """Stamps the source time (reads are served from the image) and pushes the changed
         values of monitored nodes to their subscriptions (in a task of the running loop)."""
         self._stamp = datetime.now(UTC)
+        self.image.sync()
         self.image.take_dirty()
         if self._server is not None and (self._push_task is None or self._push_task.done()):
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to push to

@@ -20,6 +20,9 @@ What the map says about a value is served as the PLC it describes would serve it
   logic keeps under the alias's role stays private (never served).
 * A role the map does not give (no ``heartbeat_in``, no ``ramp_rate_sp``) is private PLC
   memory: the logic may read (0 until written) and write it; nobody outside sees it.
+* Status bits: the logic writes status words in the shipped maps' layout; a map that
+  gives a bit's role elsewhere (its own ``STATUS`` word, bit 1 ``TRIP``) gets it from
+  there at every ``sync`` (the edges' ``publish``).
 
 The image also knows which client-writable tags the PLC itself changed (``take_dirty``,
 tag names), so an edge can push them to its wire representation (setpoint tracking).
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +151,58 @@ class PlcImage:
                 self.cell_bit_of[t0.role] = (src.role, int(t0.bit), t0.invert)
             else:
                 self.cells[t0.role] = np.zeros(self.n_cells)
+        #: (word role, bit, role, per cell) of the shipped map's status bits that this map
+        #: serves elsewhere while the word itself is private (``sync``)
+        self._canonical = self._canonical_bits()
+
+    def _canonical_bits(self) -> list[tuple[str, int, str, bool]]:
+        """The PLC logic writes status words in the shipped maps' layout (``status_word`` bit
+        1 = tripped). A foreign map without that word but with the bit's role elsewhere (a
+        ``TRIP`` bit of its own ``STATUS`` word) gets the role's value from the word (``sync``)."""
+        from plc_bridge.plant import POTROOM_MAP, RECTIFIER_MAP, potroom_tagmap, rectifier_tagmap
+
+        tm = self.tagmap
+        if Path(tm.source) in (Path(RECTIFIER_MAP), Path(POTROOM_MAP)):
+            return []  # the shipped layout itself
+        try:
+            if tm.device == "rectifier":
+                canon = rectifier_tagmap(tm.instance)
+            elif tm.device == "potroom":
+                canon = potroom_tagmap(tm.instance, max(self.n_cells, 1))
+            else:
+                return []
+        except Exception:  # no shipped map to compare with: nothing to derive
+            return []
+        words = {(t.device_id, t.table.value, t.address): t for t in canon
+                 if t.has_modbus and t.bit is None and t.type is not DataType.BOOL}  # fmt: skip
+        out: list[tuple[str, int, str, bool]] = []
+        seen: set[str] = set()
+        for t in canon:
+            w = words.get((t.device_id, t.table.value, t.address)) if t.bit is not None else None
+            if w is None or t.bit is None or t.role in seen:
+                continue
+            seen.add(t.role)
+            if t.cell is not None:
+                mine = self.tagmap.role_field(t.role) is not None and self.tagmap.role_field(w.role) is None
+                gives = t.role in self.cell_bit_of or dict.__contains__(self.cells, t.role)
+                if mine and gives:
+                    out.append((w.role, int(t.bit), t.role, True))
+            else:
+                word_private = self.tagmap.role_tag(w.role) is None
+                gives = t.role in self.scalars.views or dict.__contains__(self.scalars, t.role)
+                if word_private and gives:
+                    out.append((w.role, int(t.bit), t.role, False))
+        return out
+
+    def sync(self) -> None:
+        """Derive the roles of ``_canonical_bits`` from the private status words the logic
+        wrote (call after the PLC logic's scan, before serving; the edges' ``publish`` does)."""
+        for word, bit, role, per_cell in self._canonical:
+            if per_cell:
+                bits = ((self.cells[word].astype(np.int64) >> bit) & 1).astype(bool)
+                self.set_cell_field(role, bits, by_plc=False)
+            else:
+                self.scalars[role] = float((int(self.scalars[word]) >> bit) & 1)
 
     # ------------------------------------------------------------------ access by tag name or role
 

@@ -27,7 +27,9 @@ power, temperature, taps weighed, totals, energy meters and â€” after each tap â
 lab's assay of the tapped metal (``assay_seq`` counts them).
 
 ``python -m hil_rigs.refining_pot --port 5020 --speed 600`` serves one pot until Ctrl-C
-and prints where (the endpoint a bridge or daemon connects to).
+and prints one JSON line on stdout: where (the endpoint a bridge or daemon connects to)
+and the clock (``speed``, ``epoch_monotonic`` for a daemon's ``clock_epoch_monotonic``);
+its logs go to stderr.
 """
 
 from __future__ import annotations
@@ -444,8 +446,24 @@ async def _serve(args: Any) -> None:
         await rig.stop()
 
 
+def _log_to_stderr(level: str) -> None:
+    """Logs as JSON lines on stderr: stdout carries only the endpoint line (for scripts)."""
+    import logging
+    import sys
+
+    lvl = getattr(logging, level)
+    logging.basicConfig(stream=sys.stderr, level=max(lvl, logging.WARNING))
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hil_rigs.refining_pot``: serve one refining pot until interrupted."""
+    """``python -m hil_rigs.refining_pot``: serve one refining pot until interrupted; prints
+    one JSON line on stdout with the endpoint and the clock (``speed``, ``epoch_monotonic``)."""
     import argparse
 
     p = argparse.ArgumentParser(description="serve a simulated refining-pot PLC (the refining twin behind it)")
@@ -457,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5020)
     p.add_argument("--speed", type=float, default=600.0, help="plant seconds per wall second (default: 600)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     args = p.parse_args(argv)
+    _log_to_stderr(args.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
     return 0

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from potline.shift_report import ReportSchedule
 from twin.configcore import StrictModel
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class HistoryConfig(StrictModel):
         "NORMAL", description="SQLite synchronous: history may lose the last seconds on power loss"
     )
     max_points: int = Field(2000, ge=10, le=1_000_000, description="default point budget of a query")
+    reports: ReportSchedule = Field(
+        default_factory=ReportSchedule, description="shift and daily reports from the journal and this history"
+    )
 
     def retention_s(self, res: int) -> float:
         """Retention of resolution ``res`` [s]."""

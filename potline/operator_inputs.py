@@ -36,6 +36,16 @@ and covariance ``p``) as a Kalman measurement update with the sample's standard 
 covariance, the ACD and consumption factor of that cell. The daemon calls it once per
 import (``apply_to_observer(controller.observer, book.take_new())``).
 
+In the daemon (``SampleIntake``): samples entered on the HMI's bath-sample form
+(``sample_from_form``, operators only) and CSV files dropped into ``<state_dir>/inputs``
+(``SampleIntake.import_folder``, polled off the control cycle every ``INPUT_POLL_S``) are
+journalled (``bath_sample``, the user who entered it or the CSV's ``by``), kept in the
+intake's ``SampleBook`` and folded into the daemon's observers at once. A file is taken
+once it has not changed for ``INPUT_SETTLE_S``; imported it moves to ``inputs/imported``,
+refused (any bad row: nothing of it is imported) to ``inputs/rejected`` with
+``<name>.errors.txt`` beside it naming every bad line and column, and an
+``operator_input_rejected`` journal entry.
+
 What the observer cannot take today (needs a change in ``twin/observer.py``/``potctl``,
 not made here): bath temperature and AlF3 excess enter its voltage model only as one
 plant-wide value (``ob[OB_T]``, ``ob[OB_ALF3]``); per-cell arrays in ``ekf_step`` (and a
@@ -48,6 +58,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import structlog
 
 if TYPE_CHECKING:
     from potline.journal import Journal
@@ -67,11 +80,16 @@ __all__ = [
     "OperatorInputError",
     "Sample",
     "SampleBook",
+    "SampleIntake",
     "apply_to_observer",
     "import_csv",
     "journal_samples",
     "read_csv",
+    "sample_from_form",
+    "watch_folder",
 ]
+
+log = structlog.get_logger("potline.operator_inputs")
 
 #: quantity column -> (unit, low, high, what)
 QUANTITIES: dict[str, tuple[str, float, float, str]] = {
@@ -84,6 +102,8 @@ QUANTITIES: dict[str, tuple[str, float, float, str]] = {
 }
 REQUIRED = ("time", "room", "cell")
 OPTIONAL = ("by", "comment")
+#: how often the daemon looks into its inputs folder [wall s]; a file must be this long unchanged
+INPUT_POLL_S, INPUT_SETTLE_S = 2.0, 1.0
 #: 1-sigma error of a sampled alumina (sampling + XRD/LECO analysis) [wt %]
 ALUMINA_SAMPLE_STD_WT_PCT = 0.15
 
@@ -292,3 +312,170 @@ def apply_to_observer(observer: Any, samples: Iterable[Sample], std_wt_pct: floa
         p[k] = pk - np.outer(gain, pk[0, :])
         n += 1
     return n
+
+
+def sample_from_form(layout: PlantLayout, data: Any, *, user: str, now: float) -> Sample:
+    """One sample entered on the HMI's form: ``{"room", "cell", <quantity>: number | null,
+    "time": ISO-8601 (optional: now), "comment"}``, ``user`` the logged-in operator.
+
+    Raises ``OperatorInputError`` naming every bad field, the expected range and what came.
+    """
+    if not isinstance(data, dict):
+        raise OperatorInputError(["expected a JSON object with room, cell and at least one quantity"])
+    bad: list[str] = []
+    room = str(data.get("room") or "")
+    if room not in layout.room_names:
+        bad.append(f"room: expected one of {', '.join(layout.room_names)}, got {room!r}")
+    cell = -1
+    raw_cell = data.get("cell")
+    try:
+        if isinstance(raw_cell, bool) or raw_cell is None:
+            raise ValueError
+        cell = int(raw_cell)
+        if cell != float(raw_cell):
+            raise ValueError
+    except (TypeError, ValueError):
+        bad.append(f"cell: expected a cell number, got {raw_cell!r}")
+    index = -1
+    if room in layout.room_names and cell != -1:
+        hit = np.flatnonzero((np.asarray(layout.cell_room) == layout.room_names.index(room))
+                             & (np.asarray(layout.cell_number) == cell))  # fmt: skip
+        if hit.size:
+            index = int(hit[0])
+        else:
+            nums = np.asarray(layout.cell_number)[np.asarray(layout.cell_room) == layout.room_names.index(room)]
+            bad.append(f"cell: {room} has cells {int(nums.min())} .. {int(nums.max())}, got {cell}")
+    values: dict[str, float] = {}
+    for q, (unit, lo, hi, what) in QUANTITIES.items():
+        v = data.get(q)
+        if v is None or v == "":
+            continue
+        try:
+            x = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            x = math.nan
+        if not (math.isfinite(x) and lo <= x <= hi):
+            bad.append(f"{q}: expected {what} in {unit}, {lo:g} .. {hi:g}, got {v!r}")
+        else:
+            values[q] = x
+    if not values and not bad:
+        bad.append(f"no value: give at least one of {', '.join(QUANTITIES)}")
+    t = float(now)
+    if data.get("time"):
+        try:
+            t = _time(str(data["time"]))
+        except ValueError:
+            bad.append(f"time: expected an ISO-8601 time like 2026-12-04T07:15, got {data['time']!r}")
+    if bad:
+        raise OperatorInputError(bad)
+    return Sample(t, room, cell, index, values, user, str(data.get("comment") or "")[:200], 0)
+
+
+class SampleIntake:
+    """The daemon's operator inputs: journalled, kept, folded into the observers (module docstring).
+
+    Args:
+        layout: the plant.
+        journal: the daemon's journal now (None: not journalled).
+        observers: the observers to correct now (``apply_to_observer``).
+        t_plant_of: timeline time [Unix s] -> plant time [s] (for the journal's ``t_plant_s``).
+    """
+
+    def __init__(self, layout: PlantLayout, journal: Any, observers: Any, t_plant_of: Any = None) -> None:
+        self.layout = layout
+        self._journal = journal
+        self._observers = observers
+        self._t_plant_of = t_plant_of
+        self.book = SampleBook(layout.n_cells)
+        #: observer updates made so far (alumina samples x observers)
+        self.updates = 0
+
+    def take(self, samples: Sequence[Sample], *, source: str, user: str | None = None) -> int:
+        """Journal ``samples``, keep them and correct the observers; returns the observer updates."""
+        j = self._journal()
+        if j is not None and samples:
+            journal_samples(j, self.layout, samples, source=source, user=user, t_plant_of=self._t_plant_of)
+        self.book.add(samples)
+        new = self.book.take_new()
+        n = 0
+        for obs in self._observers():
+            if obs is not None:
+                n += apply_to_observer(obs, new)
+        self.updates += n
+        log.info("operator_inputs.taken", source=source, samples=len(samples), observer_updates=n)
+        return n
+
+    def enter(self, data: Any, user: str, now: float) -> Sample:
+        """A sample from the HMI's form (``sample_from_form``), taken; ``OperatorInputError`` if bad."""
+        s = sample_from_form(self.layout, data, user=user, now=now)
+        self.take([s], source="hmi", user=user)
+        return s
+
+    def import_folder(self, folder: str | Path, *, settle_s: float = INPUT_SETTLE_S,
+                      wall: Any = time.time) -> list[tuple[str, int, list[str]]]:  # fmt: skip
+        """Import every settled ``*.csv`` in ``folder`` (oldest first); returns
+        (file name, samples imported, issues) per file. Never raises for a bad file."""
+        folder = Path(folder)
+        done: list[tuple[str, int, list[str]]] = []
+        try:
+            files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv"),
+                           key=lambda p: p.stat().st_mtime)  # fmt: skip
+        except OSError as exc:
+            log.error("operator_inputs.folder_unreadable", folder=str(folder), error=str(exc))
+            return done
+        for f in files:
+            try:
+                if wall() - f.stat().st_mtime < settle_s:
+                    continue  # still being written
+                try:
+                    res = read_csv(f, self.layout)
+                    issues = list(res.issues)
+                except OperatorInputError as exc:
+                    res, issues = ImportResult(), list(exc.issues)
+                if issues:
+                    dest = _move(f, folder / "rejected")
+                    dest.with_name(dest.name + ".errors.txt").write_text("\n".join(issues) + "\n", encoding="utf-8")
+                    j = self._journal()
+                    if j is not None:
+                        j.append(kind="operator_input_rejected", category="control", plant=self.layout.plant,
+                                 source=f"csv:{f.name}", detail=f"{f.name} refused, nothing imported: {issues[0]}"
+                                 + (f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""),
+                                 data={"file": f.name, "issues": issues[:50]})  # fmt: skip
+                        j.commit()
+                    log.error("operator_inputs.rejected", file=f.name, issues=issues[:10])
+                    done.append((f.name, 0, issues))
+                    continue
+                self.take(res.samples, source=f"csv:{f.name}")
+                _move(f, folder / "imported")
+                log.info("operator_inputs.imported", file=f.name, samples=len(res.samples))
+                done.append((f.name, len(res.samples), []))
+            except Exception as exc:  # a daemon never stops for a file
+                log.exception("operator_inputs.import_failed", file=f.name)
+                done.append((f.name, 0, [f"{f.name}: {type(exc).__name__}: {exc}"]))
+        return done
+
+
+async def watch_folder(intake: SampleIntake, folder: str | Path, every_s: float = INPUT_POLL_S) -> None:
+    """The daemon's inputs task: every ``every_s`` [wall s] the settled CSV files in
+    ``folder`` are imported (``SampleIntake.import_folder``, on the loop's thread between
+    cycles: the observers are only touched there). Runs until cancelled."""
+    import asyncio
+
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            intake.import_folder(folder)
+        except Exception:
+            log.exception("operator_inputs.watch_failed", folder=str(folder))
+
+
+def _move(f: Path, to: Path) -> Path:
+    """Move ``f`` into directory ``to`` (created), never over an existing file."""
+    to.mkdir(parents=True, exist_ok=True)
+    dest = to / f.name
+    n = 1
+    while dest.exists():
+        dest = to / f"{f.stem}.{n}{f.suffix}"
+        n += 1
+    os.replace(f, dest)
+    return dest

@@ -65,7 +65,7 @@ from potline.lifecycle import Lifecycle
 from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
 from potline.mode_file import ModeFile
-from potline.mode_switch import ModeSwitch
+from potline.mode_switch import ModeSwitch, carried_disarm
 from potline.modes import Interlock, Mode, ModeMachine, PreviousRun
 from potline.recorder import JournalRecorder
 from potline.refining_config import LoadedRefining, describe
@@ -390,6 +390,8 @@ class RefiningDaemon:
     # ------------------------------------------------------------------ start
 
     def _previous_run(self, j: Journal) -> PreviousRun:
+        """How the previous run ended (an unclean stop is journalled), its last mode and a
+        disarming no operator re-armed since (as the potline daemon reads them)."""
         last = j.last(["daemon_start", "daemon_stop"])
         clean = not (last is not None and last.kind == "daemon_start")
         pid = last.data.get("pid") if last is not None else None
@@ -402,8 +404,10 @@ class RefiningDaemon:
         if self.cfg.daemon.resume_mode:
             prev = j.last(["mode_change"])
             last_mode = prev.mode if prev is not None else None
+        disarmed, not_ready = carried_disarm(j)  # a disarming not re-armed holds across a clean restart
         return PreviousRun(clean=clean, last_mode=last_mode, pid=pid if isinstance(pid, int) else None,
-                           started_utc=last.ts_utc if last is not None else None)  # fmt: skip
+                           started_utc=last.ts_utc if last is not None else None, disarmed=disarmed,
+                           disarmed_not_ready=not_ready)  # fmt: skip
 
     def _journal_start(self) -> None:
         r = self.r

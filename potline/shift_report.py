@@ -36,7 +36,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
+from pydantic import Field, field_validator
 
 from potctl.pfc import AL_KG_PER_KAH, tier2_emissions_per_t
+from twin.configcore import StrictModel
 
 if TYPE_CHECKING:
     from potctl.config import PfcConfig
@@ -54,11 +56,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CSV_COLUMNS",
     "Period",
+    "ReportSchedule",
     "RoomFigures",
     "ShiftReport",
     "ShiftReportError",
     "build_shift_report",
+    "journal_start",
     "parse_period",
+    "run_schedule",
     "write_due_reports",
     "write_shift_report",
 ]
@@ -445,7 +450,71 @@ def write_shift_report(rep: ShiftReport, out: str | Path, title: str = "Shift re
 # ---------------------------------------------------------------------------- on schedule
 
 
-def _ends(now: float, hours: Sequence[int], length_h: float, back_days: int) -> Iterable[Period]:
+class ReportSchedule(StrictModel):
+    """The shift and daily reports a daemon writes on schedule (a ``[history.reports]`` table).
+
+    Times are UTC hours of the timeline (fractions allowed: 6.5 = 06:30)."""
+
+    enabled: bool = Field(True, description="write shift and daily reports on schedule")
+    dir: Path = Field(Path("reports"), description="where (relative to the daemon's state_dir); days in daily/")
+    shift_starts_h: list[float] = Field([6.0, 14.0, 22.0], min_length=1, description="shift starts [UTC h]")
+    shift_hours: float = Field(8.0, gt=0.0, le=24.0, description="shift length [h]", json_schema_extra={"unit": "h"})
+    daily: bool = Field(True, description="also one report per day")
+    day_start_h: float = Field(6.0, ge=0.0, lt=24.0, description="start of the reporting day [UTC h]")
+    back_days: int = Field(1, ge=0, le=31, description="catch up on periods that ended this many days back")
+    check_every_s: float = Field(60.0, ge=1.0, le=3600.0, description="how often to look for due reports [wall s]",
+                                 json_schema_extra={"unit": "s"})  # fmt: skip
+
+    @field_validator("shift_starts_h")
+    @classmethod
+    def _hours(cls, v: list[float]) -> list[float]:
+        bad = [h for h in v if not 0.0 <= h < 24.0]
+        if bad:
+            raise ValueError(f"expected UTC hours in 0 .. 24, got {bad}")
+        return sorted(set(v))
+
+
+def journal_start(journal: str | Path) -> float | None:
+    """Wall time of the journal's first entry [Unix s] (None: empty or unreadable)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{Path(journal)}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT MIN(ts_order) FROM events").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return float(row[0]) if row and row[0] is not None else None
+
+
+async def run_schedule(schedule: ReportSchedule, journal: str | Path, history: str | Path | None, out: str | Path,
+                       now: Callable[[], float], *, pfc: PfcConfig | None = None) -> None:  # fmt: skip
+    """The daemon's report task: every ``check_every_s`` [wall s], the due reports written
+    in a worker thread (never on the control loop); periods that ended before the
+    journal's first entry are not reported (there was no daemon). Runs until cancelled;
+    never raises for a report that cannot be made (logged, and tried again next time)."""
+    import asyncio
+
+    first: float | None = None
+    while True:
+        await asyncio.sleep(schedule.check_every_s)
+        try:
+            if first is None:
+                first = await asyncio.to_thread(journal_start, journal)
+                if first is None:
+                    continue
+            await asyncio.to_thread(
+                write_due_reports, journal, history, out, now(), shift_starts_h=schedule.shift_starts_h,
+                shift_hours=schedule.shift_hours, day_start_h=schedule.day_start_h if schedule.daily else None,
+                back_days=schedule.back_days, pfc=pfc, not_before=first,
+            )  # fmt: skip
+        except Exception:
+            log.exception("shift_report.schedule_failed")
+
+
+def _ends(now: float, hours: Sequence[float], length_h: float, back_days: int) -> Iterable[Period]:
     day0 = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     for d in range(back_days, -1, -1):
         for h in hours:
@@ -461,11 +530,12 @@ def write_due_reports(
     out: str | Path,
     now: float,
     *,
-    shift_starts_h: Sequence[int] = (6, 14, 22),
+    shift_starts_h: Sequence[float] = (6, 14, 22),
     shift_hours: float = 8.0,
-    day_start_h: int = 6,
+    day_start_h: float | None = 6,
     back_days: int = 1,
     pfc: PfcConfig | None = None,
+    not_before: float | None = None,
 ) -> dict[str, list[str]]:
     """The daemon's scheduled reports: every shift (``shift_starts_h``, UTC hours, ``shift_hours``
     long) and day (from ``day_start_h``) that ended in the last ``back_days`` days and has no
@@ -475,14 +545,18 @@ def write_due_reports(
 
         await asyncio.to_thread(write_due_reports, journal_path, history_path, report_dir, time.time())
 
-    ``now`` is the timeline time [Unix s]. Never raises for bad data: returns
+    ``now`` is the timeline time [Unix s]; ``day_start_h`` None: no daily reports;
+    periods that ended at or before ``not_before`` [Unix s] are left alone. Never raises for bad data: returns
     ``{"written": [...], "skipped": ["<label>: why", ...]}``.
     """
     done: dict[str, list[str]] = {"written": [], "skipped": []}
     out = Path(out)
     plans = [(p, out, "Shift report") for p in _ends(now, shift_starts_h, shift_hours, back_days)]
-    plans += [(p, out / "daily", "Daily report") for p in _ends(now, [day_start_h], 24.0, back_days)]
+    if day_start_h is not None:
+        plans += [(p, out / "daily", "Daily report") for p in _ends(now, [day_start_h], 24.0, back_days)]
     for period, where, title in plans:
+        if not_before is not None and period.t1 <= not_before:
+            continue
         if (where / f"shift-{period.label}.csv").exists():
             continue
         try:

@@ -24,6 +24,8 @@ Routes (JSON unless said)::
     POST /api/alarms/shelve      {"key", "reason", "duration_s"}   operators
     POST /api/alarms/unshelve    {"key"}                           operators
     POST /api/mode               {"mode", "reason"}                operators
+    POST /api/samples            {"room", "cell", "alf3_excess_wt_pct", "bath_temp_c",
+                                  "alumina_wt_pct", "time", "comment"}   operators
     GET  /api/history            ?tag=&start=&end=&points=  (Unix s)
     GET  /api/history/group      ?group=&start=&end=&points=
     GET  /api/journal            ?category=&kind=&room=&cell=&since=&until=&limit=
@@ -58,11 +60,13 @@ from pydantic import Field
 
 from potline.alarms import AlarmActionError
 from potline.hmi.auth import Auth, Session
+from potline.hmi.listener import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, CappedAppRunner
 from potline.hmi.source import HmiSource, JournalQuery, plant_info
+from potline.operator_inputs import OperatorInputError
 from twin.configcore import StrictModel
 
 if TYPE_CHECKING:
-    from plc_bridge.opcua_security import UserEntry
+    from plc_bridge.opcua_security import LoginPolicy, UserEntry
 
 __all__ = ["HmiConfig", "HmiServer", "static_dir"]
 
@@ -94,6 +98,19 @@ class HmiConfig(StrictModel):
     push_interval_s: float = Field(0.5, ge=0.02, le=60.0, description="least wall time between two pushes [s]",
                                    json_schema_extra={"unit": "s"})  # fmt: skip
     max_clients: int = Field(50, ge=1, le=10_000, description="live-update connections at once")
+    max_connections: int = Field(
+        DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        le=10_000,
+        description="HTTP connections at once (the oldest idle one closed for a newcomer)",
+    )
+    idle_timeout_s: float = Field(
+        DEFAULT_IDLE_TIMEOUT_S,
+        gt=0.0,
+        le=3600.0,
+        json_schema_extra={"unit": "s"},
+        description="a request head complete, or a kept-alive connection used, within [s]",
+    )
     history_max_points: int = Field(2000, ge=10, le=100_000, description="point budget of one trend")
 
 
@@ -124,6 +141,8 @@ class HmiServer:
         source: where the data comes from.
         config: listen address, sessions, push rate.
         users: the OPC UA mirror's users (``OpcUaSecurityConfig.users``); none: nobody can log in.
+        login_policy: back-off and lockout per source and name (the mirror's
+            ``OpcUaSecurityConfig.login``; None: the ``LoginPolicy`` defaults).
         anonymous: fallback for ``config.anonymous`` None ("read_only" when there is no security).
         clock: monotonic wall clock [s] (sessions, push pacing).
     """
@@ -136,15 +155,16 @@ class HmiServer:
         users: Mapping[str, UserEntry] | None = None,
         anonymous: Literal["read_only", "refuse"] = "read_only",
         clock: Callable[[], float] = time.monotonic,
+        login_policy: LoginPolicy | None = None,
     ) -> None:
         self.source = source
         self.config = cfg = config or HmiConfig()
-        self.auth = Auth(dict(users or {}), cfg.anonymous or anonymous, cfg.session_idle_s, clock)
+        self.auth = Auth(dict(users or {}), cfg.anonymous or anonymous, cfg.session_idle_s, clock, login_policy)
         self.clock = clock
         self._clients: set[_Client] = set()
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: CappedAppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self.port = cfg.port
@@ -158,7 +178,9 @@ class HmiServer:
     async def start(self) -> None:
         """Listen (raises OSError when the port is taken) and start pushing."""
         self._loop = asyncio.get_running_loop()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        cfg = self.config
+        runner = CappedAppRunner(self.app, max_connections=cfg.max_connections, idle_timeout_s=cfg.idle_timeout_s,
+                                 access_log=None, handle_signals=False, shutdown_timeout=1.0)  # fmt: skip
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
@@ -260,6 +282,7 @@ class HmiServer:
         r.add_get("/api/alarms", self._alarms)
         r.add_post("/api/alarms/{action}", self._alarm_action)
         r.add_post("/api/mode", self._mode)
+        r.add_post("/api/samples", self._sample)
         r.add_get("/api/history", self._history)
         r.add_get("/api/history/group", self._history_group)
         r.add_get("/api/journal", self._journal)
@@ -332,9 +355,12 @@ class HmiServer:
         user, password = str(body.get("user") or ""), str(body.get("password") or "")
         if not user or not password:
             return _error(400, "user and password are required")
-        if self.auth.locked(user):
-            return _error(429, "too many failed logins: try again in a minute")
-        s = await self.auth.login(user, password)
+        source = request.remote or "unknown"
+        why = self.auth.refused(user, source)
+        if why is not None:
+            log.warning("hmi.login_refused", user=user, peer=source, why=why)
+            return _error(429, why)
+        s = await self.auth.login(user, password, source)
         if s is None:
             log.warning("hmi.login_refused", user=user, peer=request.remote)
             return _error(401, "wrong user name or password")
@@ -435,6 +461,19 @@ class HmiServer:
         log.info("hmi.mode", mode=mode, previous=previous, user=s.user)
         self.notify()
         return web.json_response({"mode": mode, "previous": previous})
+
+    async def _sample(self, request: web.Request) -> web.Response:
+        """An operator's bath sample: journalled with the user, given to the observer."""
+        s = self._operator(request)
+        body = await _json_body(request)
+        try:
+            took = self.source.enter_sample(body, s.user)
+        except OperatorInputError as exc:
+            return _error(422, "; ".join(exc.issues))
+        except ValueError as exc:
+            return _error(409, str(exc))
+        log.info("hmi.sample", user=s.user, room=took["room"], cell=took["cell"], values=took["values"])
+        return web.json_response(took)
 
     def _range(self, request: web.Request) -> tuple[float, float, int]:
         q = request.query

@@ -5,6 +5,11 @@
   (~50 ms of scrypt must not stall the event loop). An unknown user costs the same check
   against a dummy hash, so timing does not tell which names exist.
 * Five failed logins of a name within ``LOCKOUT_WINDOW_S`` lock it for ``LOCKOUT_S``.
+* Per source (the client's IP address) and per name over all sources, the OPC UA
+  mirror's back-off and lockout apply (``plc_bridge.opcua_security.LoginGuard`` with the
+  mirror's ``[opcua.security.login]`` policy): after ``backoff_after`` failures a source
+  must wait (doubling), after ``lockout_after`` it is locked until quiet for ``lockout_s``;
+  a refused attempt is not checked and counts as another failure of its source.
 * A session is a random 256-bit id (the cookie: HttpOnly, SameSite=Strict) with its own
   CSRF token; it expires after ``idle_s`` without a request. Sessions live in memory: a
   daemon restart logs everyone out.
@@ -21,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from plc_bridge.opcua_security import hash_password, verify_password
+from plc_bridge.opcua_security import LoginGuard, LoginPolicy, hash_password, verify_password
 
 if TYPE_CHECKING:
     from plc_bridge.opcua_security import UserEntry
@@ -60,21 +65,38 @@ class Auth:
         anonymous: "read_only" (no login needed to look) or "refuse" (log in to see anything).
         idle_s: a session ends after this long without a request [wall s].
         clock: monotonic wall clock [s] (tests pass their own).
+        policy: back-off and lockout per source and name (the mirror's ``LoginPolicy``).
     """
 
     users: Mapping[str, UserEntry]
     anonymous: Literal["read_only", "refuse"] = "read_only"
     idle_s: float = 8 * 3600.0
     clock: Callable[[], float] = time.monotonic
+    policy: LoginPolicy | None = None
+    _guard: LoginGuard = field(init=False)
     _sessions: dict[str, Session] = field(default_factory=dict, init=False)
     _failures: dict[str, deque[float]] = field(default_factory=dict, init=False)
     _locked_until: dict[str, float] = field(default_factory=dict, init=False)
     _dummy_hash: str = field(default="", init=False)
 
-    async def login(self, user: str, password: str) -> Session | None:
-        """A new session when ``password`` is ``user``'s; None otherwise (or while the name is locked)."""
+    def __post_init__(self) -> None:
+        self._guard = LoginGuard(self.policy, clock=self.clock)
+
+    def refused(self, user: str, source: str) -> str | None:
+        """Why a login of ``user`` from ``source`` is refused unchecked (None: check it)."""
+        if self.locked(user):
+            return "too many failed logins of this name: try again in a minute"
+        return self._guard.admit(user, source)
+
+    def source_locked(self, source: str) -> bool:
+        """Is ``source`` locked out (the per-source lockout)?"""
+        return self._guard.locked(source=source)
+
+    async def login(self, user: str, password: str, source: str = "local") -> Session | None:
+        """A new session when ``password`` is ``user``'s; None otherwise (or while the name or
+        ``source``, the client's address, is locked or backing off: see ``refused``)."""
         now = self.clock()
-        if self._locked_until.get(user, 0.0) > now:
+        if self.refused(user, source) is not None:
             return None
         entry = self.users.get(user)
         if entry is None:
@@ -86,6 +108,7 @@ class Auth:
         ok = await asyncio.to_thread(verify_password, password, stored)
         now = self.clock()
         if not ok or entry is None:
+            self._guard.failed(user, source)
             fails = self._failures.setdefault(user, deque())
             fails.append(now)
             while fails and fails[0] < now - LOCKOUT_WINDOW_S:
@@ -95,6 +118,7 @@ class Auth:
                 fails.clear()
             return None
         self._failures.pop(user, None)
+        self._guard.succeeded(user, source)
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions.values(), key=lambda s: s.last_seen)
             del self._sessions[oldest.id]

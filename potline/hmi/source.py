@@ -196,8 +196,16 @@ class HmiSource(Protocol):
         """Switch the mode for ``user``; returns the previous mode. ``ValueError``: refused (journalled)."""
         ...
 
+    def enter_sample(self, data: dict[str, Any], user: str) -> dict[str, Any]:
+        """A bath sample entered by ``user`` (``potline.operator_inputs.sample_from_form``
+        fields): journalled and given to the observer; returns what was taken.
+        ``OperatorInputError``: bad fields (nothing taken); ``ValueError``: not available here."""
+        ...
+
 
 ModeHandler = Callable[[str, str, str], Awaitable[str]]
+#: ``writer(data, user)`` -> the sample taken (``potline.operator_inputs.SampleIntake.enter``)
+SampleWriter = Callable[[dict[str, Any], str], Any]
 
 
 @dataclass
@@ -212,6 +220,8 @@ class LocalSource:
         journal_path: the journal file (read through its own read-only connection, in a thread).
         alarm_writer: journals operator alarm changes (the daemon: ``JournalRecorder.append`` + commit).
         mode_handler: ``await handler(mode, user, reason)`` -> previous mode; None: mode changes refused.
+        sample_writer: takes an operator's bath sample (the daemon: ``SampleIntake.enter`` at
+            timeline now); None: sample entry refused.
     """
 
     layout: PlantLayout
@@ -221,6 +231,7 @@ class LocalSource:
     journal_path: Path | None = None
     alarm_writer: Callable[[Sequence[AlarmRecord]], None] | None = None
     mode_handler: ModeHandler | None = None
+    sample_writer: SampleWriter | None = None
     _snapshot: Snapshot | None = field(default=None, init=False)
     _history: History | None = field(default=None, init=False)
     _journal: Journal | None = field(default=None, init=False)
@@ -286,6 +297,12 @@ class LocalSource:
         if self.mode_handler is None:
             raise ValueError("mode changes are not available here")
         return await self.mode_handler(mode, user, reason)
+
+    def enter_sample(self, data: dict[str, Any], user: str) -> dict[str, Any]:
+        if self.sample_writer is None:
+            raise ValueError("bath samples cannot be entered here")
+        s = self.sample_writer(data, user)
+        return {"room": s.room, "cell": s.cell, "values": dict(s.values), "sampled": s.t, "by": s.by}
 
     def close(self) -> None:
         """Close the readers."""

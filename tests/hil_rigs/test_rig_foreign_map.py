@@ -11,18 +11,20 @@ client reading nodes; the bridge's own client reads the meaning through the map.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from asyncua import Client, ua
 from pymodbus.client import AsyncModbusTcpClient
 
 from hil_rigs.edges import ModbusEdge, OpcUaEdge
 from hil_rigs.plc_image import PlcImage
-from hil_rigs.plc_logic import RectifierLogic
+from hil_rigs.plc_logic import PotroomLogic, RectifierLogic
 from plc_bridge.modbus_client import ModbusTagClient
 from plc_bridge.tagmap import TagMap, parse_tagmap
-from tests.plc_bridge.foreign_support import MAP_A, MAP_C, NS_C, value, words
+from tests.plc_bridge.foreign_support import BASE_B, MAP_A, MAP_B, MAP_C, N_CELLS, NS_C, STRIDE_B, value, words
 
 LOCAL_BIT = 3  # layout A's manual: status word 30005, bit 3 = LOCAL
+TRIP_BIT = 1  # ... bit 1 = trip
 
 
 def _map(text: str) -> TagMap:
@@ -89,6 +91,16 @@ async def test_modbus_rig_serves_an_inverted_local_bit_and_an_alias_as_the_plc_w
         for now in (10.0, 11.0):
             _step(logic, edge, now)
         assert not logic.remote and (await status() >> LOCAL_BIT) & 1 == 1
+
+        # a protection trip: this PLC's TRIP is bit 1 of its own status word (not ours)
+        assert (await status() >> TRIP_BIT) & 1 == 0
+        logic.trip()
+        _step(logic, edge, 12.0)
+        assert (await status() >> TRIP_BIT) & 1 == 1 and (await status() >> LOCAL_BIT) & 1 == 1
+        assert (await bridge.read(["TRIP"]))["TRIP"].value is True
+        logic.clear_trip()
+        _step(logic, edge, 13.0)
+        assert (await status() >> TRIP_BIT) & 1 == 0
     finally:
         mb.close()
         await bridge.close()
@@ -117,4 +129,33 @@ async def test_opcua_rig_serves_an_inverted_local_node() -> None:
             with pytest.raises(ua.UaStatusCodeError):
                 await local.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
     finally:
+        await edge.stop()
+
+
+async def test_modbus_rig_serves_a_byte_swapped_potroom_with_status_bits_in_the_high_byte() -> None:
+    """Layout B: every register byte-swapped (BADC), the cell's AE bit is bit 8 of its own flags word."""
+    image = PlcImage(_map(MAP_B))
+    logic = PotroomLogic(image, watchdog_s=4.0)
+    edge = ModbusEdge(image)
+    await edge.start()
+    mb = AsyncModbusTcpClient("127.0.0.1", port=edge.port)
+    try:
+        assert await mb.connect()
+        volts = np.array([4.21, 31.5, 4.18, 4.3])
+        ae = volts > 8.0
+        z = np.zeros(N_CELLS, dtype=bool)
+        logic.scan(0.0, z, z, z)
+        logic.publish(volts, ae, z, z, z, np.zeros(N_CELLS), np.zeros(N_CELLS))
+        edge.publish()
+        for k in range(N_CELLS):
+            base = BASE_B + k * STRIDE_B
+            rr = await mb.read_input_registers(base, count=3, device_id=2)
+            assert not rr.isError(), rr
+            assert value(rr.registers[0:2], "f", "BADC") == pytest.approx(volts[k], abs=1e-5)
+            flags = int(value(rr.registers[2:3], "H", "BA"))
+            assert (flags >> 8) & 1 == int(ae[k]), (k, hex(flags))
+        rr = await mb.read_input_registers(1, count=1, device_id=2)  # the mode enumeration: 0 LOCAL
+        assert int(value(rr.registers, "H", "BA")) == 0
+    finally:
+        mb.close()
         await edge.stop()

@@ -10,6 +10,7 @@ import json
 import aiohttp
 import pytest
 
+from plc_bridge.opcua_security import LoginPolicy
 from potline.hmi.auth import LOCKOUT_FAILURES
 from potline.journal import Journal
 from tests.potline.test_hmi_support import USERS, Rig, start_rig
@@ -109,8 +110,41 @@ async def test_login_cookie_flags_wrong_passwords_lockout_and_logout(rig) -> Non
                 assert (await resp.json())["error"] == "wrong user name or password"
         async with http.post(f"{rig.url}/api/login", json={"user": "olga", "password": USERS["olga"][1]}) as resp:
             assert resp.status == 429  # locked for a minute, even with the right password
+        # the source failed five times: it must wait before its next attempt (whatever the name)
+        async with http.post(f"{rig.url}/api/login", json={"user": "nobody", "password": "x"}) as resp:
+            assert resp.status == 429 and "backing off" in (await resp.json())["error"]
+    # another source is not slowed down by it: a wrong password is just wrong there
+    async with other_source() as http:
         async with http.post(f"{rig.url}/api/login", json={"user": "nobody", "password": "x"}) as resp:
             assert resp.status == 401
+
+
+def other_source() -> aiohttp.ClientSession:
+    """A client connecting from another loopback address (another source for the login guard)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))  # fmt: skip
+
+
+async def test_a_guessing_source_is_locked_out_and_others_still_log_in(tmp_path) -> None:
+    policy = LoginPolicy(backoff_after=10, lockout_after=4, lockout_s=600.0)
+    rig = await start_rig(tmp_path, rooms=(4,), backfill_s=60.0, login_policy=policy)
+    try:
+        async with client() as http:
+            for i in range(4):  # a different name each time: no name is locked, the source is
+                async with http.post(f"{rig.url}/api/login", json={"user": f"guess{i}", "password": "x"}) as resp:
+                    assert resp.status == 401
+            async with http.post(f"{rig.url}/api/login", json={"user": "olga", "password": USERS["olga"][1]}) as resp:
+                body = await resp.json()
+                assert resp.status == 429 and "locked out" in body["error"], body  # not even a right password
+            async with http.get(f"{rig.url}/api/session") as resp:
+                assert (await resp.json())["user"] is None
+        async with other_source() as http:
+            async with http.post(f"{rig.url}/api/login", json={"user": "olga", "password": USERS["olga"][1]}) as resp:
+                assert resp.status == 200
+            async with http.get(f"{rig.url}/api/session") as resp:
+                assert (await resp.json())["user"] == "olga"
+    finally:
+        await rig.close()
 
 
 async def test_refuse_mode_needs_a_login_to_see_anything(tmp_path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plc_bridge.opcua_security import UserEntry, hash_password
+from plc_bridge.opcua_security import LoginPolicy, UserEntry, hash_password
 from plc_bridge.ports import free_port
 from potctl.plant import Measurements
 from potline.alarms import AlarmManager, AlarmRecord
@@ -178,7 +178,8 @@ def users() -> dict[str, UserEntry]:
 
 
 async def start_rig(tmp: Path, *, rooms: Sequence[int] = (24, 20, 16), backfill_s: float = 7200.0,
-                    anonymous: str = "read_only", push_interval_s: float = 0.05, scan_s: float = SCAN_S) -> Rig:  # fmt: skip
+                    anonymous: str = "read_only", push_interval_s: float = 0.05, scan_s: float = SCAN_S,
+                    login_policy: LoginPolicy | None = None) -> Rig:  # fmt: skip
     """A plant feed with ``backfill_s`` of history and one scan, served on a free loopback port."""
     layout = make_plant(rooms)
     feed = PlantFeed(layout, tmp, t0=float(int(time.time())), scan_s=scan_s)
@@ -187,7 +188,7 @@ async def start_rig(tmp: Path, *, rooms: Sequence[int] = (24, 20, 16), backfill_
                          journal_path=tmp / "journal.db", alarm_writer=feed.write_alarm_records,
                          mode_handler=feed.set_mode)  # fmt: skip
     cfg = HmiConfig(port=free_port(), push_interval_s=push_interval_s, anonymous=anonymous)  # type: ignore[arg-type]
-    server = HmiServer(source, cfg, users=users())
+    server = HmiServer(source, cfg, users=users(), login_policy=login_policy)
     await server.start()
     rig = Rig(feed, source, server)
     rig.scan()

@@ -83,13 +83,15 @@ async def test_shadow_summarises_the_plcs_own_automation_per_period(tmp_path) ->
     summaries = [e for e in ev if e.kind == "shadow_summary"]
     disagreements = [e for e in ev if e.kind == "shadow_disagreement"]
     cycles = sum(e.data["cycles"] for e in summaries)
-    # a summary per period, not a row per cycle
+    # a summary per period, not a row per cycle; the periods follow one another
     assert len(summaries) >= 2 and cycles >= 100 * len(summaries)
+    assert summaries[1].data["period_s"][0] == summaries[0].data["period_s"][1]
     numbers = [int(n) for n in rig.layout.cell_number]
     for s in summaries[:2]:
         d = s.data
         t0, t1 = d["period_s"]
-        assert t1 - t0 == pytest.approx(600.0, abs=5.0)
+        # closed by the first scan 600 s or more after its start (under load scans may be seconds apart)
+        assert 600.0 <= t1 - t0 < 660.0
         assert d["agree"]["feed"]["compared"] == len(numbers)
         # what the PLCs did, as the summary says, is what the cells really got in the period
         f0, b0 = truth.at(t0)

@@ -124,7 +124,7 @@ def test_feeds_beams_aes_and_amperage_compared_over_a_period() -> None:
     texts = [f["detail"] for _k, f in entries[1:]]
     assert "cell 102: controller would feed 10 shot(s), PLC fed 2" in texts
     assert "cell 103: controller would move the beam +5 mm, PLC +0 mm" in texts
-    assert any(t.startswith("cell 104: AE at 300 s handled by PLC only") for t in texts)
+    assert "cell 104: AE at 300 s handled by the PLC only (after 10 s; the controller would not have acted)" in texts
     assert any(t.startswith("Line1: controller would hold") for t in texts)
     assert {f.get("cell") for _k, f in entries[1:]} == {102, 103, 104, None}
 

@@ -69,7 +69,13 @@ def _mode(state: Path, word: str) -> None:
 
 
 def _modes(journal: Path) -> list[str]:
-    return [e.mode for e in journal_events(journal, kinds=["mode_change"])]
+    """The modes entered, from the journal's ``mode_change`` entries ([] before the file exists)."""
+    from potline.journal import JournalError
+
+    try:
+        return [e.mode for e in journal_events(journal, kinds=["mode_change"])]
+    except JournalError:
+        return []
 
 
 @pytest.mark.parametrize("protocol", ["modbus", "opcua"])
@@ -211,3 +217,41 @@ async def test_control_waits_for_the_pot_plc_link(tmp_path: Path) -> None:
             assert not rig.logic.remote  # handed back to local at the stop
     finally:
         await daemon.stop()
+
+
+async def test_after_kill_9_in_control_the_pot_waits_for_an_operator(tmp_path: Path) -> None:
+    """``kill -9`` while the pot is in control: the PLC's watchdog hands it to local; the
+    restarted daemon (control configured) journals the unclean stop, starts in observe and
+    sends nothing, until an operator writes ``control`` (journalled as re-armed)."""
+    pot_cfg = _pot_config(tmp_path)
+    cfg = load_refining_config(pot_cfg)
+    journal = tmp_path / "state" / "journal.db"
+    async with RefiningPotRig(cfg, speed=SPEED, watchdog_s=WATCHDOG_S, seed=7) as rig:
+        path, _metrics = _daemon_config(tmp_path, rig, pot_cfg)
+        text = path.read_text(encoding="utf-8").replace('mode = "observe"', 'mode = "control"')
+        path.write_text(text, encoding="utf-8")
+        first = await DaemonProcess(path).start()
+        try:
+            # the configured control is entered at the first cycle with the interlock clear
+            await until(lambda: "control" in _modes(journal), "control entered at start", DEADLINE_S)
+            await rig.wait_for(lambda: rig.logic.remote, DEADLINE_S, "the PLC remote on the daemon's heartbeat")
+        finally:
+            await first.kill()
+        await rig.wait_for(lambda: not rig.logic.remote, DEADLINE_S, "the PLC's watchdog hands the pot to local")
+        n_sent = len(rig.received)
+        second = await DaemonProcess(path).start()
+        try:
+            await second.wait_event("daemon.first_cycle", timeout=DEADLINE_S)
+            got = await wait_journal(journal, lambda ev: sum(e.kind == "daemon_start" for e in ev) == 2,
+                                     "the second start journalled", DEADLINE_S)  # fmt: skip
+            assert [e.kind for e in got if e.kind == "unclean_shutdown"] == ["unclean_shutdown"]
+            assert [e for e in got if e.kind == "daemon_start"][-1].mode == "observe"  # control not resumed
+            t0 = rig.now()
+            await rig.wait_for(lambda: rig.now() > t0 + 5 * cfg.operation.control_period_s, DEADLINE_S, "5 cycles")
+            assert len(rig.received) == n_sent and not rig.logic.remote  # disarmed: nothing sent
+            _mode(tmp_path / "state", "control")
+            await rig.wait_for(lambda: rig.logic.remote, DEADLINE_S, "the PLC remote again once re-armed")
+            rearm = journal_events(journal, kinds=["mode_change"])[-1]
+            assert rearm.mode == "control" and rearm.source == "mode_file" and rearm.data.get("rearmed")
+        finally:
+            assert await second.stop() == 0, second.tail()

@@ -341,7 +341,7 @@
       buttons.replaceWith((buttons = rangeButtons(draw)));
     };
     let buttons = rangeButtons(draw);
-    v.append(el("h2", {}, `${where.room} / Cell ${num3(where.number)}`), el("div", { class: "panel" }, now), buttons, charts,
+    v.append(el("h2", {}, `${where.room} / Cell ${num3(where.number)}`), el("div", { class: "panel" }, now), sampleForm(where), buttons, charts,
       el("h2", { text: "Journal" }), el("table", {}, el("thead", {}, el("tr", {}, ["Time", "Kind", "Detail", "User"].map((h) => el("th", { text: h })))), events));
     S.onSnap = () => {
       const s = S.snap;
@@ -363,6 +363,33 @@
     api(`/api/journal?room=${encodeURIComponent(where.room)}&cell=${where.number}&limit=50`).then((r) => {
       events.replaceChildren(...r.events.map((e) => el("tr", {}, el("td", { text: fmtIso(e.ts_utc) }), el("td", { text: e.kind }), el("td", { text: e.detail || "" }), el("td", { text: e.user || "" }))));
     }).catch((e) => banner(e.message, "error"));
+  }
+
+  // an operator's bath sample of this cell: journalled with the user, given to the observer
+  function sampleForm(where) {
+    if (!isOperator()) return null;
+    const fields = [["alf3_excess_wt_pct", "AlF3 excess [wt %]", "0", "25", "0.1"], ["bath_temp_c", "Bath temperature [°C]", "900", "1050", "1"],
+      ["alumina_wt_pct", "Alumina [wt %]", "0.5", "10", "0.01"]];
+    const inputs = fields.map(([name, label, min, max, step]) => [name, el("input", { id: `sample-${name}`, type: "number", min, max, step, size: "6", title: label })]);
+    const comment = el("input", { id: "sample-comment", placeholder: "comment", size: "18" });
+    const status = el("span", { id: "sample-status", class: "muted" });
+    const form = el("form", { id: "sample-form", class: "panel row" }, el("strong", { text: "Bath sample" }),
+      ...inputs.map(([name, input], i) => el("label", {}, fields[i][1], " ", input)), comment,
+      el("button", { id: "sample-submit", type: "submit", text: "Enter sample" }), status);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = { room: where.room, cell: where.number, comment: comment.value };
+      for (const [name, input] of inputs) if (input.value !== "") body[name] = Number(input.value);
+      try {
+        const r = await api("/api/samples", body);
+        status.textContent = `taken: ${Object.entries(r.values).map(([k, x]) => `${k} ${x}`).join(", ")} (by ${r.by})`;
+        form.dataset.taken = String(Number(form.dataset.taken || 0) + 1);
+        for (const [, input] of inputs) input.value = "";
+        comment.value = "";
+        banner("");
+      } catch (e) { status.textContent = ""; banner(`Sample refused: ${e.message}`, "error"); }
+    });
+    return form;
   }
 
   function linesPage(v) {
