@@ -58,3 +58,37 @@ def test_sim_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     line = next(ln for ln in proc.stderr.splitlines() if "cells" in ln)
     assert "plant.toml: lines[0:Line1].rooms[0:Potroom1].cells: expected an integer in [1, 400], got 0" in line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_sim_on_the_reference_plant_reports_published_ae_frequency_energy_and_validity(tmp_path: Path) -> None:
+    """``potline sim`` on the embedded 660-cell reference plant, one day under the PLCs' own
+    automation (tracking feed, resistance control, AE kill, operations, feed disturbances).
+
+    Published ranges (docs/domain.md §2 and §5a): the IAI anode-effect surveys for point-fed
+    prebake lines, frequencies of order 0.1 AE/pot-day with durations of tens of seconds to a
+    couple of minutes under automatic kill (accepted: 0.03–0.3 AE/pot-day, mean 20–120 s,
+    0.01–0.3 AE-min per cell-day); ALRO Slatina's 13.28 MWh/t DC (± 1.5 %) at CE > 95.5 %
+    (accepted 0.95–0.965); and the twin stays inside its validity envelope (< 1 % of cell-time).
+    """
+    out = tmp_path / "ref"
+    proc = subprocess.run(
+        [sys.executable, "-m", "potline.cli", "sim", "--hours", "24", "--out", str(out), "--plot-cells", "2"],
+        capture_output=True,
+        text=True,
+        timeout=1400,
+    )
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["cells"] == 660
+    assert 0.03 <= s["ae_per_pot_day"] <= 0.3, s["ae_per_pot_day"]
+    assert 20.0 <= s["ae_mean_duration_s"] <= 120.0, s["ae_mean_duration_s"]
+    assert 0.01 <= s["ae_minutes_per_cell_day"] <= 0.3, s["ae_minutes_per_cell_day"]
+    assert s["specific_energy_kwh_per_kg"] == pytest.approx(13.28, rel=0.015)
+    assert 0.95 <= s["current_efficiency"] <= 0.965
+    assert s["cell_time_outside_validity"] < 0.01
+    # the summary a user reads says the same
+    md = (out / "summary.md").read_text()
+    for key in ("ae_per_pot_day", "specific_energy_kwh_per_kg", "cells_outside_validity_ever"):
+        assert key in md
