@@ -726,6 +726,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feeder-hours", type=float, default=None, help="feeder-fault horizon [h] (24, quick 4)")
     ap.add_argument("--feeder-fraction", type=float, default=0.3, help="share of each shot a faulty feeder delivers")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: merge the comparison runs of these results (e.g. the four runs made apart with "
+        "--plants/--modes, same size) into --out",
+    )
     args = ap.parse_args(argv)
 
     from twin.config import load_plant_config
@@ -761,10 +770,40 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("bench_controller_quick.json" if args.quick else "bench_controller.json")
     cmp_cfg = plant_config("spread", cells, args.lines)
     n_long = cmp_cfg.operating_cells
-    if "amperage" in parts:
+    if "amperage" in parts and not args.merge:
         print(f"amperage scenario: {amp_hours} h on 660 cells", flush=True)
         result["amperage"] = run_amperage(ref, args.seed, amp_hours)
-    if "compare" in parts:
+    if args.merge:
+        parts = {"compare"}
+        merged: dict[str, Any] | None = None
+        for f in args.merge:
+            doc = json.loads(f.read_text())
+            c = doc.get("compare")
+            if not c:
+                ap.error(f"--merge {f}: no 'compare' part")
+            for runs in c["runs"].values():
+                for r in runs.values():
+                    r.setdefault("measured", {"when": doc.get("when"), "source": doc.get("source")})
+            if merged is None:
+                merged = c
+                continue
+            if c["size"] != merged["size"]:
+                ap.error(f"--merge {f}: size {c['size']} differs from {merged['size']}")
+            for p_, runs in c["runs"].items():
+                merged["runs"].setdefault(p_, {}).update(runs)
+            merged["plants"].update(c["plants"])
+            merged["modes"].update(c["modes"])
+        assert merged is not None
+        merged["side_by_side"] = side_by_side(merged["runs"])
+        whens = sorted(r["measured"]["when"] for runs in merged["runs"].values() for r in runs.values())
+        merged["measured"] = {
+            "when": whens[0],
+            "source": next(iter(next(iter(merged["runs"].values())).values()))["measured"]["source"],
+            "runs_started": whens,
+            "merged": result["when"],
+        }
+        result["compare"] = merged
+    elif "compare" in parts:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         if set(modes) - set(MODES):
             ap.error(f"--modes: unknown {sorted(set(modes) - set(MODES))}; expected {', '.join(MODES)}")
@@ -795,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         result["compare"]["runs"] = runs
         result["compare"]["side_by_side"] = side_by_side(runs)
-    if "feeders" in parts:
+    if "feeders" in parts and not args.merge:
         fh = args.feeder_hours if args.feeder_hours is not None else (4.0 if args.quick else 24.0)
         every, dur, warm = (0.5, 1.5, 2.0) if args.quick else (1.0, 3.0, 6.0)
         ff_cfg = cmp_cfg if args.quick else ref
@@ -803,12 +842,13 @@ def main(argv: list[str] | None = None) -> int:
         result["feeder_faults"] = run_feeder_faults(ff_cfg, args.seed, fh, every, dur, args.feeder_fraction, warm)
     part_keys = {"amperage": "amperage", "compare": "compare", "feeders": "feeder_faults"}
     for p in parts:  # each part says when and from which source it was measured
-        if part_keys[p] in result:
+        if part_keys[p] in result and "measured" not in result[part_keys[p]]:
             result[part_keys[p]]["measured"] = {"when": result["when"], "source": result["source"]}
     if parts != all_parts and out.exists():  # merge (read at the end)
         prev = json.loads(out.read_text())
-        for key in ("closed_loop", "baseline_open_loop"):  # the NaN-ridden layout before issue 13
-            prev.pop(key, None)
+        for key in list(prev):  # the NaN-ridden layout before issue 13
+            if key in ("closed_loop", "baseline_open_loop") or key.startswith(("wall_s_baseline", "wall_s_closed")):
+                prev.pop(key)
         for key in part_keys.values():
             if key in prev and key not in result and "measured" not in prev[key]:
                 prev[key]["measured"] = {"when": prev.get("when"), "source": prev.get("source")}
@@ -823,6 +863,15 @@ def main(argv: list[str] | None = None) -> int:
             rc["side_by_side"] = side_by_side(rc["runs"])
         result = {**prev, **result}
     cmp_ = result.get("compare", {})
+    if cmp_.get("runs") and not cmp_.get("size", {}).get("full_size"):
+        speed = [r["run"]["speedup"] for runs in cmp_["runs"].values() for r in runs.values()]
+        n_runs = len(speed)
+        cmp_["size"]["reduced_because"] = (
+            f"{cmp_['size']['days']:g} days x {cmp_['size']['cells']} cells ran at "
+            f"{min(speed):.0f}-{max(speed):.0f}x real time per run (1 s scan, controller + scoring in Python); "
+            f"the full 30 days would need {30 * 86400 / min(speed) / 3600:.1f} h per run, "
+            f"{n_runs} runs: more than the session had"
+        )
     result["summary"] = {
         "compare_days": cmp_.get("size", {}).get("days"),
         "compare_cells": cmp_.get("size", {}).get("cells"),
