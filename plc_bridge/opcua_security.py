@@ -833,7 +833,8 @@ async def configure_server_security(
     await server.set_application_uri(cfg.application_uri)
     ruleset = RolePermissions(audit=audit)
     server.set_security_policy(cfg.policy_types(), permission_ruleset=ruleset)  # type: ignore[arg-type]
-    tokens: list[type] = [ua.UserNameIdentityToken]
+    # a user-name token only where a user could log in with one (no users: anonymous only)
+    tokens: list[type] = [ua.UserNameIdentityToken] if cfg.users or cfg.anonymous != "read_only" else []
     if cfg.anonymous == "read_only":
         tokens.insert(0, ua.AnonymousIdentityToken)
     server.set_identity_tokens(tokens)
