@@ -211,6 +211,10 @@ class RefiningSection(StrictModel):
         None, gt=0.0, description="the PLC's heartbeat_in unchanged this long -> writes refused [plant s] "
         "(default: 3 control periods)"
     )  # fmt: skip
+    verdict: Path | None = Field(
+        None, description="the report.json of `potline shadow` that judged this candidate on this pot config "
+        "(relative to this file): the daemon starts only when it says READY; None: not checked"
+    )  # fmt: skip
 
 
 class SafetySection(StrictModel):
