@@ -15,76 +15,20 @@ in (no None endpoint, no anonymous client, user names only over SignAndEncrypt).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import shutil
-import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from hil_rigs.edges import ModbusEdge, OpcUaEdge
-from hil_rigs.plc_image import PlcImage
-from hil_rigs.plc_logic import PotroomLogic, RectifierLogic
 from hil_rigs.process import dump_toml
 from plc_bridge.opcua_security import OpcUaSecurityConfig, UserEntry, ensure_certificate, hash_password
 from plc_bridge.plant import potroom_tagmap, rectifier_tagmap
 from tests.potline.daemon_support import DaemonProcess, aget, daemon_config, until, write_mode_file
+from tests.potline.plc_bench_support import BenchPlcs
 
 CELLS = 8
-SCAN_S = 0.1  # the PLCs' own scan cycle [s]
-
-
-class Plcs:
-    """A rectifier PLC on Modbus and a secured potroom PLC on OPC UA, scanning on the wall clock."""
-
-    def __init__(self, tmp_path: Path, trusted: Path) -> None:
-        self.rect_img = PlcImage(rectifier_tagmap("Line1"))
-        self.rect = RectifierLogic(self.rect_img, nominal_ka=120.0, min_ka=0.0, max_ka=132.0, watchdog_s=10.0)
-        self.room_img = PlcImage(potroom_tagmap("Potroom1", CELLS))
-        self.room = PotroomLogic(self.room_img, watchdog_s=10.0)
-        self.volts = np.round(np.linspace(4.1, 4.45, CELLS), 3)
-        sec = OpcUaSecurityConfig(
-            state_dir=tmp_path / "plc_pki", sign=True, sign_and_encrypt=True, allow_no_security=False,
-            anonymous="refuse", trusted_client_certs_dir=trusted,
-            users={"bridge": UserEntry(role="operator", password_hash=hash_password("plc-s3cret"))},
-        )  # fmt: skip
-        self.rect_edge = ModbusEdge(self.rect_img)
-        self.room_edge = OpcUaEdge(self.room_img, security=sec)
-        self._t0 = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.scan()
-        await self.rect_edge.start()
-        await self.room_edge.start()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def scan(self) -> None:
-        now = time.monotonic() - self._t0
-        z = np.zeros(CELLS, dtype=bool)
-        self.rect.scan(now, SCAN_S)
-        self.rect.publish(self.rect.active_ka, 610.0, 5, False, SCAN_S)
-        self.room.scan(now, z, z, z)
-        self.room.publish(self.volts, z, z, z, z, np.zeros(CELLS), np.zeros(CELLS))
-        self.rect_edge.publish()
-        self.room_edge.publish()
-
-    async def _run(self) -> None:
-        while True:  # the PLCs' scan cycle
-            self.scan()
-            await asyncio.sleep(SCAN_S)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.room_edge.stop()
-        await self.rect_edge.stop()
 
 
 @pytest.mark.hil
@@ -96,7 +40,13 @@ async def test_daemon_runs_a_potroom_plc_over_signandencrypt_with_certificate_an
     trusted.mkdir()
     shutil.copy(pki / "client_cert.der", trusted / "potline-bridge.der")
     (tmp_path / "plc.pw").write_text("plc-s3cret\n")
-    plcs = Plcs(tmp_path, trusted)
+    sec = OpcUaSecurityConfig(
+        state_dir=tmp_path / "plc_pki", sign=True, sign_and_encrypt=True, allow_no_security=False,
+        anonymous="refuse", trusted_client_certs_dir=trusted,
+        users={"bridge": UserEntry(role="operator", password_hash=hash_password("plc-s3cret"))},
+    )  # fmt: skip
+    plcs = BenchPlcs(rectifier_tagmap("Line1"), potroom_tagmap("Potroom1", CELLS), room_protocol="opcua",
+                     room_security=sec)  # fmt: skip
     await plcs.start()
     dp = None
     try:
