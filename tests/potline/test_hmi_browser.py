@@ -249,3 +249,14 @@ async def test_an_operator_enters_a_bath_sample_on_the_cell_page_and_a_viewer_ha
     assert ev[0].data["values"] == {"alf3_excess_wt_pct": 11.2, "bath_temp_c": 961.0, "alumina_wt_pct": 2.1}
     assert 2.1 < rig.feed.observer.alumina_wt_pct[k] < 2.3  # the observer took it (prior 3.0)
     assert page.errors == []
+
+
+async def test_a_cell_trend_says_how_many_points_were_bad(rig, browser) -> None:
+    k = 5  # Potroom1/Cell006: its transmitter gives no good value (the feed's bad-data cells)
+    page = await open_page(browser, f"{rig.url}/#/cell/{k}")
+    await page.wait_for("document.querySelector('#trend-CellVoltage')?.dataset.loaded === '1'", WAIT_S, "the trend")
+    box = await page.evaluate("Object.assign({}, document.querySelector('#trend-CellVoltage').dataset)")
+    assert box["points"] == "360" and box["bad"] == "360" and box["uncertain"] == "0"
+    meta = await page.evaluate("document.querySelector('#trend-CellVoltage .meta').textContent")
+    assert "360 points · raw · 360 bad" in meta
+    assert page.errors == []

@@ -99,7 +99,10 @@ class PlantFeed:
         meas = self.measurements()
         snap = {"CellVoltage": meas.cell_voltage_v, "LineCurrent": meas.line_current_ka,
                 "LineVoltage": meas.line_voltage_v}  # fmt: skip
-        self.history.write(self.t, split_values(self.layout, history_values(snap, meas)))
+        # each value's status as the daemon keeps it: a cell without good data is BadNoCommunication
+        codes = np.where(meas.cell_ok, 0, 0x80310000).astype(float)
+        quality = {g: q.astype(np.uint32) for g, q in split_values(self.layout, {"CellVoltage": codes}).items()}
+        self.history.write(self.t, split_values(self.layout, history_values(snap, meas)), quality)
         return meas
 
     def backfill(self, seconds: float) -> None:
