@@ -1020,6 +1020,7 @@ class Daemon:
         bridge = self.bridge
         if bridge is not None and bridge.started and self.mode == "control":
             await self._handback(bridge)
+        self.shadow_compare.flush()  # the shadow period so far, journalled
         self.recorder.commit()
         await self._close()
 
