@@ -90,7 +90,7 @@ async def log_in(page: Page, url: str, user: str) -> None:
 async def test_operator_surface_in_a_browser_on_a_daemon_on_a_hil_rig(tmp_path) -> None:
     rig = await start_rig(rig_scenario(cells=CELLS, speed=20.0, watchdog_s=60.0))
     users = {name: {"role": role, "password_hash": hash_password(pw)} for name, (role, pw) in USERS.items()}
-    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True,
+    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True, "trust_any_client_certificate": True,
            "allow_no_security": True, "anonymous": "read_only", "users": users}  # fmt: skip
     dp = None
     try:
