@@ -186,8 +186,9 @@ class OpcUaSecurityConfig(StrictModel):
         users: user name -> role and password hash.
         trusted_client_certs_dir: when set, only client certificates found there are accepted.
         trust_any_client_certificate: accept any client certificate (a lab opt-in, logged
-            loudly at every start); without it and without ``trusted_client_certs_dir``
-            nothing vouches for a client (``trust_problems``).
+            loudly at every start); with certificate endpoints and neither this nor
+            ``trusted_client_certs_dir`` nothing vouches for a client: ``trust_problems(
+            require=True)`` says so, and the daemon's config refuses it.
         login: back-off and lockout of password logins (``LoginPolicy``).
         max_connections: client connections at once (more are refused at connect).
         activation_timeout_s: a connection without an activated session is closed after this [s].
@@ -833,7 +834,8 @@ async def configure_server_security(
     await server.set_application_uri(cfg.application_uri)
     ruleset = RolePermissions(audit=audit)
     server.set_security_policy(cfg.policy_types(), permission_ruleset=ruleset)  # type: ignore[arg-type]
-    tokens: list[type] = [ua.UserNameIdentityToken]
+    # a user-name token only where a user could log in with one (no users: anonymous only)
+    tokens: list[type] = [ua.UserNameIdentityToken] if cfg.users or cfg.anonymous != "read_only" else []
     if cfg.anonymous == "read_only":
         tokens.insert(0, ua.AnonymousIdentityToken)
     server.set_identity_tokens(tokens)

@@ -20,9 +20,11 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
   are unwrapped into monotonic totals that survive link drops and PLC restarts (a
   restart, seen as the PLC heartbeat jumping back, restarts its counters from 0);
   while a tag is bad its last good total is held. Each total starts at the PLC's own
-  counter (its first good reading), not at 0, so a daemon restart does not move the
-  base: until the bridge sees a PLC restart (``acks_are_plc_counters``) the totals are
-  the PLCs' counters, which lets the beam ledger reconcile owed restores exactly.
+  counter as read at the bridge's first scan, not at 0, so a daemon restart does not
+  move the base: while that holds (``acks_are_plc_counters``: every cell read at the
+  first scan, no PLC restart seen) the totals are the PLCs' counters, which lets the
+  beam ledger reconcile owed restores exactly. A cell first read later counts from
+  that reading (never a jump from 0 to the counter's value).
 
 ``write(commands)`` passes everything through ``plc_bridge.safe_write.SafeWriter``
 (one per PLC; nothing is written any other way):
@@ -673,8 +675,10 @@ class _Room:
         self.beam_raw = np.full(n, math.nan)
         self.feed_total = np.zeros(n, dtype=np.int64)
         self.beam_total = np.zeros(n)
-        #: a PLC restart was seen: the totals continue past it, so they are no longer the PLC's own counters
-        self.restarted = False
+        #: the totals are not the PLC's own counters (a PLC restart seen: they continue past it;
+        #: or cells first read after the room's first scan: they count from then)
+        self.own_base = False
+        self.scanned = False  # the room's first scan is done
         self.hb_prev: float | None = None
         self.link_was_down = False
         self.remote = False
@@ -858,9 +862,11 @@ class BridgePlant:
     @property
     def acks_are_plc_counters(self) -> bool:
         """The cumulative feed/beam acknowledgement totals are the PLCs' own counters
-        (each started at its PLC's first reading, no PLC restart seen since): a bridge in
-        a restarted daemon reports the same numbers for the same movement."""
-        return not any(r.restarted for r in self.rooms)
+        (each started at its PLC's reading at the bridge's first scan of the room, no PLC
+        restart seen since): a bridge in a restarted daemon reports the same numbers for
+        the same movement. False as soon as a room's first scan could not read every
+        cell's counters (those count from their first reading) or a PLC restart was seen."""
+        return not any(r.own_base for r in self.rooms)
 
     def drain_events(self) -> list[tuple[str, int, str]]:
         """Bridge events since the last call (kind, line/room/cell index, detail)."""
@@ -1037,22 +1043,34 @@ class BridgePlant:
         if "ae" in f:
             ae_v, ae_g = f["ae"]
             room.ae = (ae_v > 0.5) & ae_g
-        # unwrapped cumulative acknowledgements, starting at the PLC's own counters
+        # unwrapped cumulative acknowledgements, starting at the PLC's own counters when read
+        # at the room's first scan; a cell first read later counts from then (its consumers saw
+        # 0 until then: no jump to the counter's value), and the room's totals are then not the
+        # PLC's counters
         fa, fa_ok = f["feed_ack"]
         ba, ba_ok = f["beam_ack"]
+        first_scan = not room.scanned
+        room.scanned = True
+        if first_scan and not (fa_ok.all() and ba_ok.all()) and not room.own_base:
+            room.own_base = True
+            log.info("bridge.acks_counted_from_first_reading", device=dev.device,
+                     why="acknowledgement tags not readable at the first scan")  # fmt: skip
         first = np.isnan(room.feed_raw)
         d_feed = np.where(~fa_ok, 0, np.mod(np.nan_to_num(fa) - np.nan_to_num(room.feed_raw), 65536))
-        d_feed = np.where(first & fa_ok, np.nan_to_num(fa), np.where(d_feed > 32768, 0, d_feed))  # > half: went back
+        d_feed = np.where(d_feed > 32768, 0, d_feed)  # more than half the range: the counter went back
+        d_feed = np.where(first & fa_ok, np.nan_to_num(fa) if first_scan else 0, d_feed)
         if restarted:
             d_feed = np.where(fa_ok, np.nan_to_num(fa), 0)
         room.feed_total += d_feed.astype(np.int64)
         room.feed_raw = np.where(fa_ok, fa, room.feed_raw)
         d_beam = np.where(~ba_ok, 0.0, np.nan_to_num(ba) - np.nan_to_num(room.beam_raw))
+        if not first_scan:
+            d_beam = np.where(np.isnan(room.beam_raw), 0.0, d_beam)
         if restarted:
             d_beam = np.where(ba_ok, np.nan_to_num(ba), 0.0)
         room.beam_total += d_beam
-        if restarted and not room.restarted:
-            room.restarted = True  # from now on the totals continue across the restart: no longer the PLC's counters
+        if restarted and not room.own_base:
+            room.own_base = True  # from now on the totals continue across the restart: no longer the PLC's counters
             log.info("bridge.acks_continue_across_plc_restart", device=dev.device)
         room.beam_raw = np.where(ba_ok, ba, room.beam_raw)
         self._mark_cells("feeder_ack", c, fa_ok, "feed_ack", sc, fresh, now, held=True)

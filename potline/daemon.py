@@ -537,18 +537,28 @@ class Daemon:
             return
         try:
             vals = {k: np.array(v, dtype=float, copy=True) for k, v in history_values(snap, meas).items()}
+            # each value's status as the mirror publishes it (the bridge's quality): kept beside the value
+            codes: dict[str, np.ndarray] = {}
+            if self.model is not None:
+                bridge = self.bridge
+                status = self.model.status(meas, bridge.quality if bridge is not None else None, ae=False)
+                codes = {k: st.code for k, st in status.items() if k in vals}
             bad_cell = ~np.asarray(meas.cell_ok, dtype=bool)
             bad_line = ~np.asarray(meas.line_ok, dtype=bool)
-            for k, v in vals.items():  # NaN: no good value
+            for k, v in vals.items():  # without a status: NaN where not good
+                if k in codes:
+                    continue
                 if v.shape == bad_cell.shape and k in ("CellVoltage", "PseudoResistance"):
                     v[bad_cell] = np.nan
                 elif v.shape == bad_line.shape and k in ("LineCurrent", "LineVoltage", "LineSetpoint"):
                     v[bad_line] = np.nan
             groups = split_values(self.layout, vals)
+            quality = {name: q.astype(np.uint32) for name, q in
+                       split_values(self.layout, {k: c.astype(float) for k, c in codes.items()}).items()}  # fmt: skip
         except Exception:
             log.exception("history.values_failed")
             return
-        fut = ex.submit(h.write, self.timeline0 + t, groups)
+        fut = ex.submit(h.write, self.timeline0 + t, groups, quality)
         fut.add_done_callback(self._history_done)
         self._hist_busy = fut
 
@@ -1010,6 +1020,7 @@ class Daemon:
         bridge = self.bridge
         if bridge is not None and bridge.started and self.mode == "control":
             await self._handback(bridge)
+        self.shadow_compare.flush()  # the shadow period so far, journalled
         self.recorder.commit()
         await self._close()
 

@@ -211,6 +211,10 @@ class RefiningSection(StrictModel):
         None, gt=0.0, description="the PLC's heartbeat_in unchanged this long -> writes refused [plant s] "
         "(default: 3 control periods)"
     )  # fmt: skip
+    verdict: Path | None = Field(
+        None, description="the report.json of `potline shadow` that judged this candidate on this pot config "
+        "(relative to this file): the daemon starts only when it says READY; None: not checked"
+    )  # fmt: skip
 
 
 class SafetySection(StrictModel):
@@ -606,6 +610,13 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
                 security = OpcUaSecurityConfig.model_validate(sec)
                 # the login rule: user names and passwords only over SignAndEncrypt
                 issues += [Issue(file, f"opcua.security.{key}", msg) for key, msg in security.login_problems()]
+                # no automatic trust: certificate endpoints need a trust directory or the lab opt-in
+                if (security.sign or security.sign_and_encrypt) and security.trusted_client_certs_dir is None \
+                        and not security.trust_any_client_certificate:  # fmt: skip
+                    issues.append(Issue(file, "opcua.security.trusted_client_certs_dir",
+                                        "expected a directory of trusted client certificates: without it any client "
+                                        "certificate would be accepted (set trust_any_client_certificate = true "
+                                        "only in a lab)"))  # fmt: skip
                 security.policy_types()
         except ValidationError as exc:
             issues += validation_issues(exc, file, OpcUaSecurityConfig, sec, prefix="opcua.security")

@@ -22,6 +22,8 @@ design); the alarm records go to ``on_alarms`` (journal, HMI, mirror). With
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -70,6 +72,9 @@ BRIDGE_ALARMS: dict[str, tuple[Priority, str]] = {
 BEAM_MOVE_MIN_MM = 0.05
 #: beam moves listed in one shadow entry
 SHADOW_BEAM_LIST = 50
+#: shadow_commands journalled at most this often [plant s] unless a setpoint decision changes by 0.1 kA
+#: (every cycle is logged; potline/shadow_compare.py journals the comparison per period)
+SHADOW_JOURNAL_EVERY_S = 60.0
 
 
 def ae_record(detector: AEDetector, cell: int) -> AERecord | None:
@@ -338,7 +343,8 @@ class EventRouter:
 
 
 class ShadowRecorder:
-    """Shadow mode: what would be written, logged and journalled (``shadow_commands``).
+    """Shadow mode: what would be written, logged every cycle and journalled
+    (``shadow_commands``) when a setpoint decision changes, else once a minute.
 
     Args:
         layout: the plant.
@@ -353,10 +359,14 @@ class ShadowRecorder:
         self._cell_room = np.asarray(layout.cell_room, dtype=np.int64)
         #: last setpoint decided per line: (value [kA], plant time [s])
         self._last_sp: dict[int, tuple[float, float]] = {}
+        #: the setpoint decisions last journalled and when [plant s]
+        self._journalled_key: str | None = None
+        self._journalled_t = -math.inf
 
     def reset(self) -> None:
         """Forget the setpoint ramp (at every mode change)."""
         self._last_sp.clear()
+        self._journalled_key, self._journalled_t = None, -math.inf
 
     def record(self, cmds: Commands, bridge: BridgePlant | None, meas: Measurements | None, now: float) -> None:
         """Journal one cycle's would-be writes (nothing when there are none)."""
@@ -383,6 +393,13 @@ class ShadowRecorder:
             )
         log.info("shadow.would_write", feed_cells=int(fed.size), feed_shots=data["feed_shots"],
                  beam_moves=int(moved.size), setpoints=data["setpoints_ka"])  # fmt: skip
+        t = float(meas.t_s) if meas is not None else float(now)
+        key = json.dumps(
+            {k: None if v["value"] is None else round(float(v["value"]), 1) for k, v in decided.items()}, sort_keys=True
+        )  # a ramp's every step is not a new decision: 0.1 kA
+        if key == self._journalled_key and t - self._journalled_t < SHADOW_JOURNAL_EVERY_S:
+            return  # not every cycle: the same decision within the minute is only logged
+        self._journalled_key, self._journalled_t = key, t
         self.recorder.append("shadow_commands", source="controller", detail=detail, data=data)
 
     def setpoint(self, line: int, requested: float, bridge: BridgePlant | None, meas: Measurements | None,

@@ -17,6 +17,15 @@ Three resolutions, each with its own retention (``HistoryConfig``):
   restart loses nothing); a late sample re-aggregates its bucket. Queries past the last
   aggregated bucket aggregate the tail on the fly.
 
+Quality. A raw row may carry each element's OPC UA StatusCode (the mirror's: the bridge's
+quality, ``MirrorModel.status``), so a value that was there but not Good is kept with its
+Bad or Uncertain code; without codes a value is Good where finite and ``BadNoDataAvailable`` (NaN: no value,
+as the mirror says) elsewhere.
+Aggregates count and average Good samples only (``n``); their points are Good where a
+bucket has one and ``BAD_NO_DATA`` where none. ``Series.q``/``GroupSeries.q`` carry the
+codes; a Bad raw sample reads as NaN in ``mean`` (a gap in a trend), an Uncertain one keeps
+its value. HistoryRead answers each raw sample with its stored code.
+
 ``prune(now)`` deletes what is past retention and gives the pages back to the file system
 (incremental vacuum): the file stays bounded by retention x rate (``estimate_bytes``).
 
@@ -36,7 +45,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,7 +61,10 @@ if TYPE_CHECKING:
     from twin.layout import PlantLayout
 
 __all__ = [
+    "BAD",
+    "BAD_NO_DATA",
     "CELL_QUANTITIES",
+    "GOOD",
     "LINE_QUANTITIES",
     "RESOLUTIONS",
     "GroupSeries",
@@ -68,7 +80,11 @@ __all__ = [
     "split_values",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: raw.q, per-element status codes
+#: OPC UA StatusCodes used here: Good, Bad (reason unknown), BadNoData (an aggregate without a good sample)
+GOOD, BAD, BAD_NO_DATA = 0, 0x80000000, 0x809B0000
+#: a sample with no value (NaN) that was not said to be Bad: the mirror's code for it
+BAD_NO_DATA_AVAILABLE = 0x80B10000
 #: resolutions [s]: 0 = raw samples
 RESOLUTIONS = (0, 60, 3600)
 Resolution = Literal["auto", "raw", "1m", "1h"]
@@ -154,15 +170,20 @@ class Series:
     min: np.ndarray
     max: np.ndarray
     n: np.ndarray
+    #: OPC UA StatusCode of each point (uint32: 0 Good, 0x40.. Uncertain, 0x80.. Bad)
+    q: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (NaN -> None), for the HMI and uPlot."""
+        """JSON-ready (NaN -> None), for the HMI and uPlot; ``q`` the status codes, ``uncertain``
+        and ``bad`` how many points are so."""
+        sev = self.q.astype(np.int64) >> 30
         return {
             "tag": self.tag, "unit": self.unit, "resolution_s": self.resolution_s, "t": self.t.tolist(),
             "mean": _nan_none(self.mean), "min": _nan_none(self.min), "max": _nan_none(self.max),
+            "q": self.q.astype(np.int64).tolist(), "uncertain": int((sev == 1).sum()), "bad": int((sev >= 2).sum()),
         }  # fmt: skip
 
 
@@ -179,6 +200,8 @@ class GroupSeries:
     min: np.ndarray
     max: np.ndarray
     n: np.ndarray
+    #: [points, members] OPC UA StatusCodes (see ``Series.q``)
+    q: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.uint32))
 
 
 _SCHEMA = """
@@ -187,7 +210,7 @@ CREATE TABLE groups (
     size INTEGER NOT NULL
 );
 CREATE TABLE tags (name TEXT PRIMARY KEY, grp INTEGER NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE raw (grp INTEGER NOT NULL, t REAL NOT NULL, v BLOB NOT NULL);
+CREATE TABLE raw (grp INTEGER NOT NULL, t REAL NOT NULL, v BLOB NOT NULL, q BLOB);
 CREATE UNIQUE INDEX raw_gt ON raw (grp, t);
 CREATE TABLE agg (
     res INTEGER NOT NULL, grp INTEGER NOT NULL, t REAL NOT NULL,
@@ -213,6 +236,8 @@ class _Buckets:
     vmin: np.ndarray
     vmean: np.ndarray
     vmax: np.ndarray
+    #: raw rows only: [k, m] status codes (None: aggregates)
+    q: np.ndarray | None = None
 
     @classmethod
     def empty(cls, m: int) -> _Buckets:
@@ -285,8 +310,13 @@ class History:
             db.execute(f"PRAGMA synchronous={self.config.synchronous}")
             if version == 0:
                 db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+            elif version == 1:  # a file from before quality: its rows read as before (Good where finite)
+                db.executescript(f"BEGIN IMMEDIATE;\nALTER TABLE raw ADD COLUMN q BLOB;\n"
+                                 f"PRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")  # fmt: skip
         elif version == 0:
             raise HistoryError(f"{self.path}: not a potline history file")
+        cols = {str(r[1]) for r in db.execute("PRAGMA table_info(raw)")}
+        self._has_q = "q" in cols
         self._load_catalogue()
 
     def _load_catalogue(self) -> None:
@@ -371,8 +401,9 @@ class History:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, t: float, values: Mapping[str, Any]) -> None:
-        """Store one scan: group name -> array of its members' values (NaN: no good value).
+    def write(self, t: float, values: Mapping[str, Any], quality: Mapping[str, Any] | None = None) -> None:
+        """Store one scan: group name -> array of its members' values (NaN: no value), and
+        ``quality``: group name -> their OPC UA StatusCodes (a group without: Good where finite).
 
         One transaction; buckets a later sample closes are aggregated in it. Unknown groups
         and wrong sizes raise ``HistoryError`` before anything is written.
@@ -389,13 +420,21 @@ class History:
             a = np.asarray(arr, dtype=np.float32).reshape(-1)
             if a.shape[0] != len(g.spec.tags):
                 raise HistoryError(f"group {name}: {a.shape[0]} values, expected {len(g.spec.tags)}")
-            rows.append((g, np.where(np.isfinite(a), a, np.float32(np.nan)).astype("<f4")))
+            qb: bytes | None = None
+            if quality is not None and name in quality:
+                q = np.asarray(quality[name]).reshape(-1)
+                if q.shape[0] != a.shape[0]:
+                    raise HistoryError(f"group {name}: {q.shape[0]} status codes, expected {a.shape[0]}")
+                q = q.astype(np.uint32)
+                qb = q.astype("<u4").tobytes() if q.any() else None
+            rows.append((g, np.where(np.isfinite(a), a, np.float32(np.nan)).astype("<f4"), qb))
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for g, a in rows:
-                    db.execute("INSERT OR REPLACE INTO raw (grp, t, v) VALUES (?, ?, ?)", (g.id, t, a.tobytes()))
+                for g, a, qb in rows:
+                    db.execute("INSERT OR REPLACE INTO raw (grp, t, v, q) VALUES (?, ?, ?, ?)",
+                               (g.id, t, a.tobytes(), qb))  # fmt: skip
                     self._roll(g, t)
                 db.execute("COMMIT")
             except BaseException:
@@ -443,14 +482,22 @@ class History:
         m = len(g.spec.tags)
         sql_lim = (" DESC" if desc else "") + ("" if limit is None else f" LIMIT {int(limit)}")
         if res == 0:
+            qcol = "q" if self._has_q else "NULL"
             rows = self._db.execute(
-                f"SELECT t, v FROM raw WHERE grp = ? AND t >= ? AND t < ? ORDER BY t{sql_lim}", (g.id, t0, t1)
+                f"SELECT t, v, {qcol} FROM raw WHERE grp = ? AND t >= ? AND t < ? ORDER BY t{sql_lim}", (g.id, t0, t1)
             ).fetchall()
             if not rows:
-                return _Buckets.empty(m)
+                b = _Buckets.empty(m)
+                b.q = np.empty((0, m), dtype=np.uint32)
+                return b
             v = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), m)
-            good = np.isfinite(v)
-            return _Buckets(np.array([r[0] for r in rows], dtype=float), good.astype(np.uint16), v, v, v)
+            q = np.zeros((len(rows), m), dtype=np.uint32)
+            for i, r in enumerate(rows):
+                if r[2] is not None:
+                    q[i] = np.frombuffer(r[2], dtype="<u4")
+            q[((q >> 30) < 2) & ~np.isfinite(v)] = BAD_NO_DATA_AVAILABLE  # no value: Bad, as on the mirror
+            good = np.isfinite(v) & ((q >> 30) == 0)
+            return _Buckets(np.array([r[0] for r in rows], dtype=float), good.astype(np.uint16), v, v, v, q)
         rows = self._db.execute(
             f"SELECT t, n, vmin, vmean, vmax FROM agg WHERE res = ? AND grp = ? AND t >= ? AND t < ? ORDER BY t{sql_lim}",
             (res, g.id, t0, t1),
@@ -516,7 +563,8 @@ class History:
         """``tag`` over [t0, t1] [Unix s] at ``resolution`` (auto: ``choose_resolution``)."""
         spec, idx = self.group_of(tag)
         gs = self.query_group(spec.name, t0, t1, resolution=resolution, max_points=max_points, members=[idx])
-        return Series(tag, spec.unit, gs.resolution_s, gs.t, gs.mean[:, 0], gs.min[:, 0], gs.max[:, 0], gs.n[:, 0])
+        return Series(tag, spec.unit, gs.resolution_s, gs.t, gs.mean[:, 0], gs.min[:, 0], gs.max[:, 0], gs.n[:, 0],
+                      gs.q[:, 0])  # fmt: skip
 
     def query_group(
         self,
@@ -548,24 +596,42 @@ class History:
         tags = g.spec.tags if members is None else tuple(g.spec.tags[i] for i in members)
         mean = b.vmean[:, cols].astype(float)
         n = b.n[:, cols].astype(np.int64)
-        mean[n == 0] = np.nan
+        if b.q is not None:  # raw: the value where it was, unless Bad
+            q = b.q[:, cols].astype(np.uint32)
+            mean[(q >> 30) >= 2] = np.nan
+        else:
+            q = np.where(n > 0, GOOD, BAD_NO_DATA).astype(np.uint32)
+            mean[n == 0] = np.nan
         return GroupSeries(group, tags, g.spec.unit, res, b.t, mean, b.vmin[:, cols].astype(float),
-                           b.vmax[:, cols].astype(float), n)  # fmt: skip
+                           b.vmax[:, cols].astype(float), n, q)  # fmt: skip
 
     def raw(
         self, tag: str, t0: float, t1: float, limit: int | None = None, *, newest_first: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw samples of ``tag`` (or of a whole group: values [k, m]) with t in [t0, t1]: (t, values),
-        oldest first (or newest first), at most ``limit``."""
-        if tag in self._groups:
-            g, cols = self._groups[tag], slice(None)
-        else:
+        oldest first (or newest first), at most ``limit``; values as stored, whatever their
+        quality (``raw_quality`` gives the codes). A line's tag (a group of one member of
+        the same name) is a tag: one value per sample."""
+        t, v, _q = self.raw_quality(tag, t0, t1, limit, newest_first=newest_first)
+        return t, v
+
+    def raw_quality(
+        self, tag: str, t0: float, t1: float, limit: int | None = None, *, newest_first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``raw`` with each value's OPC UA StatusCode (uint32, same shape as the values)."""
+        if tag in self._tags:
             spec, idx = self.group_of(tag)
-            g, cols = self._groups[spec.name], slice(idx, idx + 1)
+            g, cols, one = self._groups[spec.name], slice(idx, idx + 1), True
+        elif tag in self._groups:
+            g, cols, one = self._groups[tag], slice(None), False
+        else:
+            raise HistoryError(f"no history tag or group {tag!r}")
         with self._lock:
             b = self._read(g, 0, t0, math.nextafter(t1, math.inf), limit, desc=newest_first)
         v = b.vmean[:, cols].astype(float)
-        return b.t, v if tag in self._groups else v[:, 0]
+        assert b.q is not None
+        q = b.q[:, cols]
+        return (b.t, v[:, 0], q[:, 0]) if one else (b.t, v, q)
 
     def _group(self, name: str) -> _Group:
         try:
@@ -772,7 +838,7 @@ class OpcUaHistoryStorage:
     ) -> tuple[list[Any], datetime | None]:
         from asyncua import ua
 
-        from plc_bridge.opcua_server import ua_datetime
+        from plc_bridge.opcua_server import MirrorServer, ua_datetime
 
         tag = self.node_tag(node_id)
         if tag is None or not self.history.has(tag):
@@ -785,21 +851,22 @@ class OpcUaHistoryStorage:
         want = cap + 1 if not nb_values else min(int(nb_values), cap + 1)
         t0 = -math.inf if lo is None else lo
         t1 = math.inf if hi is None else hi
-        times, vals = await asyncio.to_thread(self.history.raw, tag, t0, t1, want, newest_first=backwards)
+        times, vals, codes = await asyncio.to_thread(self.history.raw_quality, tag, t0, t1, want,
+                                                     newest_first=backwards)  # fmt: skip
         cont = None
         if len(times) > cap:
             cont = datetime.fromtimestamp(float(times[cap]), UTC)
-            times, vals = times[:cap], vals[:cap]
+            times, vals, codes = times[:cap], vals[:cap], codes[:cap]
         out = []
-        for t, v in zip(times.tolist(), vals, strict=True):
+        for t, v, c in zip(times.tolist(), vals, codes, strict=True):
             stamp = datetime.fromtimestamp(t, UTC)
-            if np.ndim(v):
-                variant = ua.Variant([float(x) for x in v], ua.VariantType.Double)
-                ok = bool(np.isfinite(v).all())
+            if np.ndim(v):  # an array node: its worst element's code (as the mirror's array status)
+                variant = ua.Variant([float(x) if math.isfinite(x) else 0.0 for x in v], ua.VariantType.Double)
+                code = MirrorServer._worst(np.asarray(c, dtype=np.uint32)) if len(c) else GOOD
             else:
                 ok = math.isfinite(float(v))
                 variant = ua.Variant(float(v) if ok else 0.0, ua.VariantType.Double)
-            code = ua.StatusCodes.Good if ok else ua.StatusCodes.BadNoCommunication
+                code = int(c)
             ts = ua_datetime(stamp)
             out.append(ua.DataValue(variant, StatusCode=ua.StatusCode(ua.UInt32(code)), SourceTimestamp=ts,
                                     ServerTimestamp=ts))  # fmt: skip

@@ -288,24 +288,42 @@ def _log(records: tuple[ModeRecord, ...], user: str | None) -> None:
                         reason=data.get("reason"), start=bool(data.get("start")))  # fmt: skip
 
 
-def carried_disarm(journal: Any) -> tuple[str, bool]:
+def carried_disarm(journal: Any, *, max_archives: int = 3) -> tuple[str, bool]:
     """A disarming no operator has re-armed since, from the journal (``Journal``): the last
-    ``DISARMING_KINDS`` entry with no ``mode_change`` marked ``rearmed`` after it.
+    ``DISARMING_KINDS`` entry with no ``mode_change`` marked ``rearmed`` after it. When the
+    file holds neither (it was rotated since), the archive its ``journal_rotated`` entry
+    names is looked at, and so on (at most ``max_archives``).
 
     Returns (why, not_ready): ``why`` names the entry ('' = armed); ``not_ready``: it
     keeps ``/readyz`` 503 (a lost journal). Never raises (a journal that cannot be read
-    here is refused at open, long before).
+    here is refused at open, long before; an archive that cannot be read ends the search).
     """
+    from potline.journal import Journal
+
+    j, opened = journal, []
     try:
-        last = journal.last(DISARMING_KINDS)
-        if last is None or last.id is None:
-            return "", False
-        if any(e.data.get("rearmed") for e in journal.query(kinds=["mode_change"], after_id=last.id)):
-            return "", False
+        for _ in range(max_archives + 1):
+            last = j.last(DISARMING_KINDS)
+            after = None if last is None else last.id
+            if any(e.data.get("rearmed") for e in j.query(kinds=["mode_change"], after_id=after)):
+                return "", False
+            if last is not None:
+                what = {"unclean_shutdown": "an unclean stop", "journal_lost": "the journal file lost"}.get(
+                    last.kind, last.kind)  # fmt: skip
+                where = "" if j is journal else f" in {j.path.name}"
+                why = (f"disarmed by {what} (journal id {last.id}{where}, {last.ts_utc}: {str(last.detail)[:160]}) "
+                       "and not re-armed by an operator since")  # fmt: skip
+                return why, last.kind in _NOT_READY_KINDS
+            rot = j.query(kinds=["journal_rotated"], limit=1)
+            name = rot[0].data.get("archive") if rot else None
+            if not isinstance(name, str) or "/" in name:
+                return "", False
+            j = Journal(j.path.parent / name, readonly=True)
+            opened.append(j)
     except Exception:
         log.exception("mode.carried_disarm_failed")
-        return "", False
-    what = {"unclean_shutdown": "an unclean stop", "journal_lost": "the journal file lost"}.get(last.kind, last.kind)
-    why = (f"disarmed by {what} (journal id {last.id}, {last.ts_utc}: {str(last.detail)[:160]}) and not re-armed "
-           "by an operator since")  # fmt: skip
-    return why, last.kind in _NOT_READY_KINDS
+    finally:
+        for a in opened:
+            with contextlib.suppress(Exception):
+                a.close()
+    return "", False

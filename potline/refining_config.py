@@ -41,6 +41,7 @@ class LoadedRefining:
         candidate: the candidate's name; factory: ``f(n) -> PotPolicy``.
         period_s: the control cycle, ``[operation] control_period_s`` [plant s].
         heartbeat_timeout_s: PLC counter stale after this [plant s].
+        verdict: the shadow verdict the candidate was deployed on ("" when not checked).
         tagmaps: PLC name -> its refining-pot tag map (roles checked).
     """
 
@@ -52,6 +53,7 @@ class LoadedRefining:
     period_s: float
     heartbeat_timeout_s: float
     tagmaps: dict[str, TagMap] = field(default_factory=dict)
+    verdict: str = ""
 
 
 def load_refining(
@@ -118,7 +120,38 @@ def load_refining(
                                   f"got {hb:g}"))  # fmt: skip
         return None, issues
     label = "refining-" + "-".join(str(pc.pot) for pc in cfg.plc)
-    return LoadedRefining(label, path, rcfg, name, factory, period, hb, tagmaps), issues
+    verdict = ""
+    if rs.verdict is not None:
+        verdict, problem = _check_verdict(base, rs.verdict, name, path)
+        if problem:
+            issues.append(ConfigIssue(file, "refining.verdict", problem))
+            return None, issues
+    return LoadedRefining(label, path, rcfg, name, factory, period, hb, tagmaps, verdict), issues
+
+
+def _check_verdict(base: Path, ref: Path, candidate: str, config: Path) -> tuple[str, str]:
+    """(what the verdict says, the problem) of a ``potline shadow`` report.json: it must judge
+    ``candidate`` on a config of ``config``'s file name and say READY."""
+    import json
+
+    p = Path(ref).expanduser()
+    p = p if p.is_absolute() else base / p
+    try:
+        body = json.loads(p.read_text(encoding="utf-8"))
+        judged, on, v = str(body["candidate"]), str(body["config"]), body["verdict"]
+        ready, reasons = bool(v["ready"]), [str(r) for r in v.get("reasons", [])]
+    except FileNotFoundError:
+        return "", f"file not found: {p}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return "", f"expected a potline shadow report.json (candidate, config, verdict.ready), {p}: {exc!r}"
+    if judged != candidate:
+        return "", f"{p} judged candidate {judged!r}, this daemon runs {candidate!r}"
+    if on != config.name:
+        return "", f"{p} judged the candidate on {on!r}, this daemon runs the pot config {config.name!r}"
+    if not ready:
+        why = "; ".join(reasons[:3]) or "no reason given"
+        return "", f"{p}: candidate {candidate!r} was judged NOT READY ({why}): not deployed"
+    return f"READY ({p})", ""
 
 
 def describe(loaded: LoadedConfig) -> dict[str, Any]:
@@ -137,6 +170,7 @@ def describe(loaded: LoadedConfig) -> dict[str, Any]:
         "config": str(r.config_path),
         "pot": r.cfg.pot.name,
         "candidate": r.candidate,
+        "verdict": r.verdict or "not checked (no refining.verdict)",
         "period_s": r.period_s,
         "bounds": f"current {sa.current_min_a:g}..{sa.current_max_a:g} A at most {sa.ramp_a_per_h:g} A/h, heater "
         f"{sa.heater_setpoint_min_c:g}..{sa.heater_setpoint_max_c:g} °C, charge <= {sa.charge_max_kg:g} kg, "

@@ -416,6 +416,7 @@ class RefiningDaemon:
                                     f"pot(s) {', '.join(p.name for p in self.pots)}, candidate {r.candidate}",
                              data={"pid": os.getpid(), "version": VERSION, "config": str(self.loaded.source),
                                    "refining_config": str(r.config_path), "candidate": r.candidate,
+                                   "verdict": r.verdict,
                                    "pots": [p.name for p in self.pots], "plcs": [p.pc.name for p in self.pots]})  # fmt: skip
 
     async def _connect(self, pot: _Pot) -> None:
@@ -588,6 +589,7 @@ def report_check(config: Path, loaded: LoadedConfig, as_json: bool) -> int:
     print(f"{config}: ok — refining pot(s) {', '.join(p['pot'] for p in s['plcs'])} ({s['pot']}, {s['config']}), "
           f"candidate {s['candidate']}, cycle {s['period_s']:g} s, mode {s['mode']}")  # fmt: skip
     print(f"  write bounds ([safety] of the pot config): {s['bounds']}")
+    print(f"  shadow verdict: {s['verdict']}")
     for p in s["plcs"]:
         print(f"  {p['name']}: refining_pot {p['pot']} {p['endpoint']} ({p['tags']} tags from {p['tagmap']})")
         for loss in p["losses"]:

@@ -507,7 +507,7 @@ class ShadowJournal:
         return summary
 
     def flush(self) -> ShadowSummary | None:
-        """Leaving shadow (or stopping): journal the period so far, start afresh."""
+        """Leaving shadow or stopping: journal the period so far (two scans at least), start afresh."""
         summary = self.comparator.flush()
         if summary is not None:
             self._journal(summary)

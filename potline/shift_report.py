@@ -481,12 +481,17 @@ def journal_start(journal: str | Path) -> float | None:
     try:
         db = sqlite3.connect(f"file:{Path(journal)}?mode=ro", uri=True)
         try:
-            row = db.execute("SELECT MIN(ts_order) FROM events").fetchone()
+            row = db.execute("SELECT MIN(COALESCE(ts_order, ts_utc)) FROM events").fetchone()
         finally:
             db.close()
     except sqlite3.Error:
         return None
-    return float(row[0]) if row and row[0] is not None else None
+    if not row or not row[0]:
+        return None
+    try:
+        return _dt(str(row[0]), "journal start").timestamp()
+    except ShiftReportError:
+        return None
 
 
 async def run_schedule(schedule: ReportSchedule, journal: str | Path, history: str | Path | None, out: str | Path,

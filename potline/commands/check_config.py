@@ -93,8 +93,9 @@ def security_file_problems(loaded: Any) -> tuple[list[tuple[str, str]], list[tup
     empty, an unreadable, malformed, expired or not-yet-valid certificate), its own
     certificate and key in the state directory (malformed, a key of another certificate),
     each OPC UA PLC's client ``certificate``/``private_key`` (the same, and a key that does
-    not belong to the certificate) and pinned ``server_certificate``. Warning: certificate
-    endpoints with nothing to vouch for clients (no trust directory, no lab opt-in)."""
+    not belong to the certificate) and pinned ``server_certificate``. Warning: the lab
+    opt-in (``trust_any_client_certificate``); certificate endpoints with neither it nor a trust
+    directory are refused when the daemon config is loaded."""
     from plc_bridge.opcua_security import certificate_problems, trust_problems
 
     errors: list[tuple[str, str]] = []
@@ -102,14 +103,13 @@ def security_file_problems(loaded: Any) -> tuple[list[tuple[str, str]], list[tup
     sec = loaded.security
     if sec is not None:
         errors += [(f"opcua.security.{k}", m) for k, m in trust_problems(sec)]
-        if (sec.sign or sec.sign_and_encrypt) and sec.trusted_client_certs_dir is None:
-            if sec.trust_any_client_certificate:
-                warnings.append(("opcua.security.trust_any_client_certificate",
-                                 "true: ANY client certificate is accepted (a lab opt-in, not for a plant network)"))  # fmt: skip
-            else:
-                warnings.append(("opcua.security.trusted_client_certs_dir",
-                                 "not set: any client certificate is accepted; put the trusted client certificates "
-                                 "in a directory and name it (or set trust_any_client_certificate = true in a lab)"))  # fmt: skip
+        if (
+            (sec.sign or sec.sign_and_encrypt)
+            and sec.trusted_client_certs_dir is None
+            and sec.trust_any_client_certificate
+        ):
+            warnings.append(("opcua.security.trust_any_client_certificate",
+                             "true: ANY client certificate is accepted (a lab opt-in, not for a plant network)"))  # fmt: skip
     for i, p in enumerate(loaded.config.plc):
         ps = loaded.plc_security.get(p.name)
         if ps is None:

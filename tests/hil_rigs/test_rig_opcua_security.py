@@ -38,11 +38,11 @@ NS = "urn:potline-twin:plc:Line1"
 HB = NodeRef("heartbeat_out", node_id=f"nsu={NS};s=Line1.HeartbeatOut")
 
 
-def _secured(tmp_path: Path, trusted: Path | None, **kw: object) -> OpcUaSecurityConfig:
+def _secured(tmp_path: Path, trusted: Path | None, users: bool = True, **kw: object) -> OpcUaSecurityConfig:
     return OpcUaSecurityConfig(
         state_dir=tmp_path / "plc_pki", sign=True, sign_and_encrypt=True, allow_no_security=True,
         anonymous="read_only", trusted_client_certs_dir=trusted,
-        users={"bridge": UserEntry(role="operator", password_hash=hash_password("s3cret"))}, **kw,
+        users={"bridge": UserEntry(role="operator", password_hash=hash_password("s3cret"))} if users else {}, **kw,
     )  # fmt: skip
 
 
@@ -129,11 +129,14 @@ async def test_rig_opcua_plc_security_like_a_real_plc(tmp_path: Path) -> None:
     naked = OpcUaEdge(PlcImage(rectifier_tagmap("Line1")), security=_secured(tmp_path / "b", None))
     with pytest.raises(ValueError, match="trusted_client_certs_dir"):
         await naked.start()
-    # the lab opt-in starts (and says so in the log)
+    # the lab opt-in starts (and says so in the log); with no users no endpoint offers a user name
     lab = OpcUaEdge(PlcImage(rectifier_tagmap("Line1")),
-                    security=_secured(tmp_path / "c", None, trust_any_client_certificate=True))  # fmt: skip
+                    security=_secured(tmp_path / "c", None, users=False, trust_any_client_certificate=True))  # fmt: skip
     await lab.start()
     try:
-        assert lab.running
+        probe = Client(lab.endpoint_url, timeout=10)
+        endpoints = await probe.connect_and_get_server_endpoints()
+        assert len(endpoints) == 3
+        assert all(t.TokenType == ua.UserTokenType.Anonymous for e in endpoints for t in e.UserIdentityTokens)
     finally:
         await lab.stop()

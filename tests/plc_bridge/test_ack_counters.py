@@ -85,3 +85,50 @@ async def test_a_restarted_bridge_reports_the_same_totals_and_a_plc_restart_is_s
         if second is not None:
             await second.stop()
         await rig.stop()
+
+
+async def test_a_bridge_started_with_the_potroom_unreachable_counts_from_its_first_reading() -> None:
+    """The potroom's link is down at the bridge's first scan: its cells have shown 0 since,
+    so their totals count from the first good reading (no jump to the PLC's counter value,
+    which a controller would take for movement), and the bridge says they are not the
+    PLC's counters from that first scan on (a beam ledger is then not reconciled as the same base)."""
+    from hil_rigs.rig import Rig
+    from twin.clock import VirtualClock
+
+    rig = await Rig(bench("opcua"), clock=VirtualClock(), proxies=True).start()
+    plant: BridgePlant | None = None
+    try:
+        first = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, settings())
+        await first.start()
+        await until_remote(first, rig)
+        cmds = Commands.idle(N, 1)
+        cmds.beam_move_mm[K] = -5.0
+        await cycle(first, rig, cmds)
+        await until_acked(first, rig, lambda m: m.beam_ack_mm[K] <= -4.95, "the lowering acknowledged")
+        await first.stop()
+        assert plc_counters(rig)[1] <= -4.95  # the PLC's counter is not at 0
+
+        h = rig.plc("potroom:Potroom1")
+        h.proxy.drop("refuse")
+        plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, settings())
+        await plant.start()
+        meas = await cycle(plant, rig)
+        assert not meas.cell_ok.any() and meas.beam_ack_mm.tolist() == [0.0] * N
+        assert not plant.acks_are_plc_counters  # said at the first scan, before any reading
+        h.proxy.restore()
+        meas = await until_acked(plant, rig, lambda m: bool(m.cell_ok.all()), "the potroom read again", n=60)
+        assert meas.beam_ack_mm.tolist() == [0.0] * N  # counted from the first reading: no jump
+        # and then moves with the PLC's own counter, step for step
+        await until_remote(plant, rig)
+        before, plc_before = (await plant.read()).beam_ack_mm[K], plc_counters(rig)[1]
+        cmds = Commands.idle(N, 1)
+        cmds.beam_move_mm[K] = 3.0
+        await cycle(plant, rig, cmds)
+        await until_acked(plant, rig, lambda m: m.beam_ack_mm[K] >= before + 2.95, "the raise acknowledged")
+        meas = await plant.read()
+        assert meas.beam_ack_mm[K] - before == pytest.approx(plc_counters(rig)[1] - plc_before, abs=0.05)
+        assert meas.beam_ack_mm[K] - before == pytest.approx(3.0, abs=0.05)
+    finally:
+        if plant is not None:
+            await plant.stop()
+        await rig.stop()

@@ -101,7 +101,8 @@ def test_check_config_names_trust_store_problems_file_and_key(tmp_path: Path) ->
     assert r.returncode == 1
     assert "plc[1:potroom1].private_key" in r.stderr and "does not belong to" in r.stderr
 
-    # all good: valid; without a trust directory only a loud warning (any certificate accepted)
+    # all good: valid; without a trust directory refused (any certificate would be accepted)
+    # unless the config says it is a lab, which is warned about
     _cert(tmp_path / "pki" / "bridge.der", tmp_path / "pki" / "bridge_key.pem")
     cfg = _config(tmp_path, {**base, "trusted_client_certs_dir": str(empty)},
                   {"security_mode": "SignAndEncrypt", "certificate": "pki/bridge.der",
@@ -111,8 +112,9 @@ def test_check_config_names_trust_store_problems_file_and_key(tmp_path: Path) ->
     assert "warning" not in r.stdout
     cfg = _config(tmp_path, base)
     r = _cli("check-config", "--config", str(cfg))
-    assert r.returncode == 0, r.stderr
-    assert "warning: opcua.security.trusted_client_certs_dir: not set: any client certificate is accepted" in r.stdout
+    assert r.returncode == 1
+    assert "opcua.security.trusted_client_certs_dir" in r.stderr
+    assert "any client certificate would be accepted" in r.stderr
     cfg = _config(tmp_path, {**base, "trust_any_client_certificate": True})
     r = _cli("check-config", "--config", str(cfg))
     assert r.returncode == 0 and "ANY client certificate is accepted" in r.stdout

@@ -65,6 +65,7 @@ async def test_bad_values_refusing_plcs_garbage_and_bad_requests_never_stop_the_
         "state_dir": str(tmp_path / "opcua"),
         "sign": False,
         "sign_and_encrypt": True,  # logins only over SignAndEncrypt
+        "trust_any_client_certificate": True,  # a test bench: no trust directory
         "allow_no_security": True,
         "anonymous": "read_only",
         "users": {"op": {"role": "operator", "password_hash": hash_password("pw")}},

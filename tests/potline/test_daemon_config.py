@@ -137,6 +137,11 @@ def test_operator_passwords_never_in_clear_red_team_config_refused(tmp_path) -> 
                        "over SignAndEncrypt (rule: no login over an unencrypted channel; the Sign and None endpoints "
                        "offer anonymous access only), got false")]  # fmt: skip
     data["opcua"]["security"]["sign_and_encrypt"] = True
+    # ... and certificate endpoints need something to vouch for clients: no automatic trust
+    keys = {k: m for _, k, m in _issues(data, tmp_path)}
+    assert list(keys) == ["opcua.security.trusted_client_certs_dir"]
+    assert "any client certificate would be accepted" in keys["opcua.security.trusted_client_certs_dir"]
+    data["opcua"]["security"]["trust_any_client_certificate"] = True  # a lab, said on purpose
     (tmp_path / "ok.toml").write_text(dump_toml(data))
     assert load_daemon_config(tmp_path / "ok.toml").security.users["op"].role == "operator"
     # a NoSecurity endpoint nobody could use (anonymous refused, and no user name over it)

@@ -57,7 +57,7 @@ SEED = 20_241_204
 
 def _security(tmp_path) -> dict:
     # user names only over SignAndEncrypt; anonymous (read-only) over NoSecurity
-    return {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True,
+    return {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True, "trust_any_client_certificate": True,
             "allow_no_security": True, "anonymous": "read_only",
             "users": {"op": {"role": "operator", "password_hash": hash_password("op-pass")},
                       "view": {"role": "viewer", "password_hash": hash_password("view-pass")}}}  # fmt: skip

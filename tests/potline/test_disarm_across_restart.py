@@ -73,6 +73,27 @@ def test_a_crash_restart_stopped_before_re_arming_stays_disarmed(tmp_path) -> No
     assert _carried(_journal(tmp_path / "fresh")) == ("", False)
 
 
+def test_a_disarming_in_a_rotated_archive_still_holds(tmp_path) -> None:
+    """The journal rotated (``journal.rotate_mb``) after the loss: the archive the new file's
+    ``journal_rotated`` entry names is looked at; a re-arming in the new file clears it."""
+    p = tmp_path / "journal.db"
+    with Journal(p) as j:
+        j.append(kind="daemon_start", source="test", detail="start")
+        j.append(kind="journal_lost", source="journal", detail="journal file deleted")
+        j.commit()
+        archive = j.rotate()
+        j.append(kind="journal_rotated", source="daemon", detail=f"entries up to id {j.last_id} are in {archive.name}",
+                 data={"archive": archive.name, "last_id": j.last_id})  # fmt: skip
+        j.append(kind="daemon_stop", source="daemon", detail="clean stop")
+        j.commit()
+    why, not_ready = _carried(p)
+    assert "journal file lost" in why and archive.name in why and not_ready
+    with Journal(p) as j:
+        j.append(kind="mode_change", source="mode_file", detail="re-armed", data={"to": "control", "rearmed": True})
+        j.commit()
+    assert _carried(p) == ("", False)
+
+
 def test_a_carried_disarm_starts_out_of_control_and_only_an_operator_re_arms() -> None:
     m = ModeMachine("control")
     d = m.start(PreviousRun(clean=True, disarmed="disarmed by the journal file lost"), 0.0)

@@ -285,7 +285,7 @@ async def test_opcua_history_read_of_a_cell_voltage_through_asyncua(tmp_path) ->
             assert [dv.SourceTimestamp.timestamp() for dv in got] == list(t)
             for dv, want in zip(got, v[:, 1], strict=True):
                 if math.isnan(want):
-                    assert dv.StatusCode.value == ua.StatusCodes.BadNoCommunication
+                    assert dv.StatusCode.value == ua.StatusCodes.BadNoDataAvailable  # as the mirror says of NaN
                 else:
                     assert dv.StatusCode.is_good() and dv.Value.Value == pytest.approx(want, rel=1e-6)
             # newest first when start > end, limited to 5 values
@@ -297,4 +297,103 @@ async def test_opcua_history_read_of_a_cell_voltage_through_asyncua(tmp_path) ->
             # a node without history answers no values
             other = await client.nodes.objects.get_child(["0:Server"])
             assert await other.read_raw_history(start, end) == []
+    reader.close()
+
+
+# ---------------------------------------------------------------------------- quality
+
+UNCERTAIN_LAST_USABLE = 0x40900000  # UncertainLastUsableValue: a stale value the PLC still had
+BAD_NO_COMM = 0x80310000  # BadNoCommunication: the link was down, the last value kept
+
+
+def test_quality_is_kept_with_the_value_and_aggregates_count_good_samples_only(tmp_path) -> None:
+    from asyncua import ua
+
+    assert ua.StatusCodes.UncertainLastUsableValue == UNCERTAIN_LAST_USABLE
+    assert ua.StatusCodes.BadNoCommunication == BAD_NO_COMM
+    t = T0 + np.arange(0, 120.0, 10.0)  # two minutes of 10-s scans
+    codes = np.zeros((t.size, 2), dtype=np.uint32)
+    codes[2, 0] = UNCERTAIN_LAST_USABLE
+    codes[3:5, 1] = BAD_NO_COMM
+    with open_history(tmp_path / "h.db") as h:
+        for i, ti in enumerate(t):
+            h.write(float(ti), {GROUP.name: np.array([4.0 + i, 5.0 + i])}, {GROUP.name: codes[i]})
+        h.write(float(t[-1] + 10.0), {GROUP.name: np.array([np.nan, 1.0])})  # closes the 2nd minute; no codes
+        a = h.query(TAG1, T0, T0 + 200, resolution="raw")
+        b = h.query(TAG2, T0, T0 + 200, resolution="raw")
+        # the uncertain value is kept (drawn), the bad one kept on disk but a gap in the trend
+        assert a.q[:13].tolist() == [0, 0, UNCERTAIN_LAST_USABLE] + [0] * 9 + [0x80B10000]  # NaN: BadNoDataAvailable
+        assert a.mean[2] == 6.0 and math.isnan(a.mean[12])
+        assert b.q[3:5].tolist() == [BAD_NO_COMM] * 2 and np.isnan(b.mean[3:5]).all() and b.mean[5] == 10.0
+        assert h.raw(TAG2, T0 + 30, T0 + 40)[1].tolist() == [8.0, 9.0]  # the value where it was
+        d = b.as_dict()
+        assert d["bad"] == 2 and d["uncertain"] == 0 and d["q"][3] == BAD_NO_COMM and d["mean"][3] is None
+        # 1-min means of Good samples only: minute 0 of cell 1 leaves out the uncertain 6.0
+        m1 = h.query(TAG1, T0, T0 + 119, resolution="1m")
+        m2 = h.query(TAG2, T0, T0 + 119, resolution="1m")
+        assert m1.n.tolist() == [5, 6] and m1.mean[0] == pytest.approx((4 + 5 + 7 + 8 + 9) / 5)
+        assert m2.n.tolist() == [4, 6] and m2.mean[0] == pytest.approx((5 + 6 + 7 + 10) / 4)
+        assert m1.q.tolist() == [0, 0]
+
+
+def test_a_history_file_from_before_quality_is_read_and_upgraded(tmp_path) -> None:
+    path = tmp_path / "old.db"
+    with open_history(path) as h:
+        h.write(T0, {GROUP.name: np.array([4.1, np.nan])})
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE raw DROP COLUMN q; PRAGMA user_version = 1;")
+    db.close()
+    with History(path, readonly=True) as r:
+        s = r.query(TAG1, T0, T0, resolution="raw")
+        assert s.mean.tolist() == [pytest.approx(4.1)] and s.q.tolist() == [0]
+        assert r.query(TAG2, T0, T0, resolution="raw").q.tolist() == [0x80B10000]
+    with History(path) as w:  # the writer adds the column; old rows read as before
+        w.write(T0 + 10, {GROUP.name: np.array([4.2, 4.3])}, {GROUP.name: np.array([0, BAD_NO_COMM])})
+        s = w.query(TAG2, T0, T0 + 10, resolution="raw")
+        assert s.q.tolist() == [0x80B10000, BAD_NO_COMM]
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+async def test_history_read_answers_each_sample_with_its_status_and_line_tags_as_scalars(tmp_path) -> None:
+    from asyncua import Client, Server, ua
+
+    from plc_bridge.ports import free_port
+
+    lay = make_layout()
+    path = tmp_path / "h.db"
+    room, line = lay.room_names[0], lay.line_names[0]
+    with History(path) as w:
+        w.declare(plant_groups(lay))
+        for i in range(4):
+            u = np.full(lay.n_cells, 4.0 + 0.1 * i)
+            codes = np.zeros(lay.n_cells, dtype=np.uint32)
+            codes[0] = [0, UNCERTAIN_LAST_USABLE, BAD_NO_COMM, 0][i]
+            vals = split_values(lay, {"CellVoltage": u, "LineCurrent": np.full(lay.n_lines, 120.0 + i)})
+            qual = split_values(lay, {"CellVoltage": codes.astype(float)})
+            w.write(T0 + 10 * i, vals, {k: v.astype(np.uint32) for k, v in qual.items()})
+    reader = History(path, readonly=True)
+    port = free_port()
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/h/")
+    idx = await server.register_namespace("urn:potline-twin:mirror")
+    obj = await server.nodes.objects.add_object(ua.NodeId("P", idx), "P")
+    c1 = f"{room}.Cell{int(lay.cell_number[lay.room_cells(0)[0]]):03d}.CellVoltage"
+    cell = await obj.add_variable(ua.NodeId(f"{lay.plant}.{c1}", idx), "CellVoltage", 0.0)
+    arr = await obj.add_variable(ua.NodeId(f"{lay.plant}.{room}.CellVoltage", idx), "CellVoltage", [0.0])
+    cur = await obj.add_variable(ua.NodeId(f"{lay.plant}.{line}.LineCurrent", idx), "LineCurrent", 0.0)
+    server.iserver.history_manager.set_storage(OpcUaHistoryStorage(reader, mirror_node_tag(lay.plant)))
+    start, end = datetime.fromtimestamp(T0, UTC), datetime.fromtimestamp(T0 + 60, UTC)
+    async with server, Client(f"opc.tcp://127.0.0.1:{port}/h/") as client:
+        got = await client.get_node(cell.nodeid).read_raw_history(start, end)
+        assert [dv.StatusCode.value for dv in got] == [0, UNCERTAIN_LAST_USABLE, BAD_NO_COMM, 0]
+        assert got[1].Value.Value == pytest.approx(4.1)  # an uncertain value comes with its value
+        rows = await client.get_node(arr.nodeid).read_raw_history(start, end)
+        # the room's array: the mirror's rule (one bad element among usable ones: UncertainSubNormal)
+        assert [dv.StatusCode.value for dv in rows] == [0, UNCERTAIN_LAST_USABLE, ua.StatusCodes.UncertainSubNormal, 0]
+        line_rows = await client.get_node(cur.nodeid).read_raw_history(start, end)
+        assert [dv.Value.Value for dv in line_rows] == [120.0, 121.0, 122.0, 123.0]  # scalars, not 1-arrays
+        assert all(dv.StatusCode.is_good() for dv in line_rows)
     reader.close()

@@ -276,3 +276,33 @@ async def test_page_assets_and_security_headers(rig) -> None:
             assert resp.status in (403, 404)
         async with http.get(f"{rig.url}/api/alarms") as resp:
             assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_bath_samples_from_operators_only_bad_fields_named_good_ones_journalled(rig) -> None:
+    k = 30  # Potroom2/Cell007
+    body = {"room": "Potroom2", "cell": 7, "alf3_excess_wt_pct": 11.5, "bath_temp_c": 958, "alumina_wt_pct": 4.4,
+            "comment": "after feeding"}  # fmt: skip
+    async with client() as http:
+        async with http.post(f"{rig.url}/api/samples", json=body, headers={"Origin": rig.url}) as resp:
+            assert resp.status == 401  # anonymous
+        hdr = {"X-CSRF-Token": await login(http, rig.url, "victor"), "Origin": rig.url}
+        async with http.post(f"{rig.url}/api/samples", json=body, headers=hdr) as resp:
+            assert resp.status == 403 and "viewer" in (await resp.json())["error"]
+    async with client() as http:
+        hdr = {"X-CSRF-Token": await login(http, rig.url, "olga"), "Origin": rig.url}
+        bad = {**body, "cell": 21, "bath_temp_c": 1958}
+        async with http.post(f"{rig.url}/api/samples", json=bad, headers=hdr) as resp:
+            assert resp.status == 422
+            assert (await resp.json())["error"] == ("cell: Potroom2 has cells 1 .. 20, got 21; bath_temp_c: expected "
+                                                    "bath temperature in °C, 900 .. 1050, got 1958")  # fmt: skip
+        assert rig.feed.observer.alumina_wt_pct[k] == 3.0
+        async with http.post(f"{rig.url}/api/samples", json=body, headers=hdr) as resp:
+            took = await resp.json()
+            assert resp.status == 200, took
+    assert took["by"] == "olga" and took["values"]["alumina_wt_pct"] == 4.4
+    # the observer's estimate of that cell moved most of the way to the sample (prior 3.0 +- 0.5, sample +- 0.15)
+    assert 4.2 < rig.feed.observer.alumina_wt_pct[k] < 4.4
+    with journal(rig) as j:
+        ev = j.query(kinds=["bath_sample"])
+    assert [(e.room, e.cell, e.user, e.value, e.source) for e in ev] == [("Potroom2", 7, "olga", 4.4, "hmi")]
+    assert ev[0].data["values"]["bath_temp_c"] == 958.0 and ev[0].data["comment"] == "after feeding"

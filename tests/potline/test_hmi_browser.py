@@ -221,3 +221,42 @@ async def test_room_trend_draws_every_cell_of_a_day(tmp_path, browser) -> None:
         assert page.errors == []
     finally:
         await rig.close()
+
+
+async def test_an_operator_enters_a_bath_sample_on_the_cell_page_and_a_viewer_has_no_form(rig, browser) -> None:
+    k = 7  # Potroom1/Cell008
+    page = await browser.new_page()
+    await log_in(page, rig, "victor")
+    await page.goto(f"{rig.url}/#/cell/{k}")
+    await page.wait_for("!!document.getElementById('cell-now')", WAIT_S, "the cell page")
+    assert await page.evaluate("document.getElementById('sample-form') === null")
+    await page.click("#logout")
+    await page.wait_for("document.getElementById('who').textContent === ''", WAIT_S, "logged out")
+    await log_in(page, rig, "olga")
+    await page.goto(f"{rig.url}/#/cell/{k}")
+    await page.wait_for("!!document.getElementById('sample-form')", WAIT_S, "the sample form")
+    await page.type("#sample-alf3_excess_wt_pct", "11.2")
+    await page.type("#sample-bath_temp_c", "961")
+    await page.type("#sample-alumina_wt_pct", "2.1")
+    await page.type("#sample-comment", "morning round")
+    await page.click("#sample-submit")
+    await page.wait_for("document.getElementById('sample-form').dataset.taken === '1'", WAIT_S, "the sample taken")
+    status = await page.evaluate("document.getElementById('sample-status').textContent")
+    assert "alumina_wt_pct 2.1" in status and "by olga" in status
+    with journal(rig) as j:
+        ev = j.query(kinds=["bath_sample"])
+    assert [(e.room, e.cell, e.user, e.value) for e in ev] == [("Potroom1", 8, "olga", 2.1)]
+    assert ev[0].data["values"] == {"alf3_excess_wt_pct": 11.2, "bath_temp_c": 961.0, "alumina_wt_pct": 2.1}
+    assert 2.1 < rig.feed.observer.alumina_wt_pct[k] < 2.3  # the observer took it (prior 3.0)
+    assert page.errors == []
+
+
+async def test_a_cell_trend_says_how_many_points_were_bad(rig, browser) -> None:
+    k = 5  # Potroom1/Cell006: its transmitter gives no good value (the feed's bad-data cells)
+    page = await open_page(browser, f"{rig.url}/#/cell/{k}")
+    await page.wait_for("document.querySelector('#trend-CellVoltage')?.dataset.loaded === '1'", WAIT_S, "the trend")
+    box = await page.evaluate("Object.assign({}, document.querySelector('#trend-CellVoltage').dataset)")
+    assert box["points"] == "360" and box["bad"] == "360" and box["uncertain"] == "0"
+    meta = await page.evaluate("document.querySelector('#trend-CellVoltage .meta').textContent")
+    assert "360 points · raw · 360 bad" in meta
+    assert page.errors == []

@@ -141,16 +141,28 @@ async def test_a_client_trickling_its_request_head_is_closed_after_the_idle_time
 async def test_when_every_connection_is_busy_a_newcomer_is_closed_and_the_busy_ones_keep_streaming(
     hmi: HmiServer,
 ) -> None:
-    """Live-update streams are requests in progress: the cap never closes one for a newcomer."""
+    """Live-update streams are requests in progress: neither the idle timeout nor the cap
+    closes one (for a newcomer)."""
     streams = []
+
+    async def open_stream() -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", hmi.port)
+        w.write(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await w.drain()
+        line = await asyncio.wait_for(r.readline(), 30.0)
+        assert line.startswith(b"HTTP/1.1 200"), line
+        streams.append((r, w))
+
     try:
-        for _ in range(CAP):
-            r, w = await asyncio.open_connection("127.0.0.1", hmi.port)
-            w.write(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-            await w.drain()
-            line = await asyncio.wait_for(r.readline(), 30.0)
-            assert line.startswith(b"HTTP/1.1 200"), line
-            streams.append((r, w))
+        for _ in range(CAP - 1):
+            await open_stream()
+        # a silent connection opened after them: once the idle timeout closed it, the
+        # streams have been open longer than that
+        (silent,) = await asyncio.to_thread(_connect, hmi.port, 1)
+        await wait_until(lambda: _closed_by_server(silent), 30 * IDLE_S, "the silent connection closed", poll_s=0.1)
+        silent.close()
+        assert all(not w.is_closing() and not r.at_eof() for r, w in streams)
+        await open_stream()  # CAP streams now
         r2, w2 = await asyncio.open_connection("127.0.0.1", hmi.port)
         w2.write(b"GET /api/plant HTTP/1.1\r\nHost: x\r\n\r\n")
         await w2.drain()
@@ -162,6 +174,7 @@ async def test_when_every_connection_is_busy_a_newcomer_is_closed_and_the_busy_o
         w2.close()
         assert hmi._runner is not None and hmi._runner.stats.closed.get("refused", 0) >= 1
         assert all(not w.is_closing() and not r.at_eof() for r, w in streams)
+        assert hmi._runner.open_connections() == CAP
     finally:
         for _r, w in streams:
             w.close()

@@ -18,7 +18,9 @@ from potline.alarms import AlarmManager, AlarmRecord
 from potline.history import History, history_values, plant_groups, split_values
 from potline.hmi import HmiConfig, HmiServer, LocalSource, snapshot_from_scan
 from potline.journal import Journal
+from potline.operator_inputs import Sample, SampleIntake
 from twin.layout import PlantLayout
+from twin.observer import AluminaObserver
 
 USERS = {"olga": ("operator", "olga-secret"), "victor": ("viewer", "victor-secret")}
 SCAN_S = 10.0
@@ -64,6 +66,12 @@ class PlantFeed:
         self.history = History(self.tmp / "history.db")
         self.history.declare(plant_groups(self.layout))
         self.t = self.t0
+        # operator inputs as the daemon takes them: journalled, into a real observer (alumina prior 3.0 wt%)
+        self.observer = AluminaObserver(n, alumina_wt_pct=3.0, alumina_std=0.5)
+        self.samples = SampleIntake(self.layout, journal=lambda: self.journal, observers=lambda: [self.observer])
+
+    def enter_sample(self, data: dict, user: str) -> Sample:
+        return self.samples.enter(data, user, self.t)
 
     # ------------------------------------------------------------------ the plant
 
@@ -91,7 +99,10 @@ class PlantFeed:
         meas = self.measurements()
         snap = {"CellVoltage": meas.cell_voltage_v, "LineCurrent": meas.line_current_ka,
                 "LineVoltage": meas.line_voltage_v}  # fmt: skip
-        self.history.write(self.t, split_values(self.layout, history_values(snap, meas)))
+        # each value's status as the daemon keeps it: a cell without good data is BadNoCommunication
+        codes = np.where(meas.cell_ok, 0, 0x80310000).astype(float)
+        quality = {g: q.astype(np.uint32) for g, q in split_values(self.layout, {"CellVoltage": codes}).items()}
+        self.history.write(self.t, split_values(self.layout, history_values(snap, meas)), quality)
         return meas
 
     def backfill(self, seconds: float) -> None:
@@ -186,7 +197,7 @@ async def start_rig(tmp: Path, *, rooms: Sequence[int] = (24, 20, 16), backfill_
     feed.backfill(backfill_s)
     source = LocalSource(layout, feed.alarms, clock=lambda: feed.t - feed.t0, history_path=tmp / "history.db",
                          journal_path=tmp / "journal.db", alarm_writer=feed.write_alarm_records,
-                         mode_handler=feed.set_mode)  # fmt: skip
+                         mode_handler=feed.set_mode, sample_writer=feed.enter_sample)  # fmt: skip
     cfg = HmiConfig(port=free_port(), push_interval_s=push_interval_s, anonymous=anonymous)  # type: ignore[arg-type]
     server = HmiServer(source, cfg, users=users(), login_policy=login_policy)
     await server.start()

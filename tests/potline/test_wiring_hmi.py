@@ -49,7 +49,7 @@ async def _get(http: aiohttp.ClientSession, url: str) -> dict:
 
 async def test_hmi_shows_the_plant_and_an_ae_alarm_with_kpis_and_history(tmp_path) -> None:
     rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
-    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True,
+    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True, "trust_any_client_certificate": True,
            "allow_no_security": True, "anonymous": "read_only",
            "users": {"op": {"role": "operator", "password_hash": hash_password("op-pass")}}}  # fmt: skip
     dp = None

@@ -51,7 +51,7 @@ async def _next_condition(sub_handler: asyncio.Queue, key_node: ua.NodeId, pred)
 
 async def test_mirror_quality_links_conditions_and_history_on_a_running_daemon(tmp_path) -> None:
     rig = await start_rig(rig_scenario(speed=20.0, watchdog_s=20.0))
-    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True,
+    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True, "trust_any_client_certificate": True,
            "allow_no_security": True, "anonymous": "read_only",
            "users": {"op": {"role": "operator", "password_hash": hash_password("op-pass")}}}  # fmt: skip
     dp = None

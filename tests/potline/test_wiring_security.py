@@ -29,7 +29,7 @@ WRONG = 5
 
 
 async def test_wrong_mirror_passwords_and_denied_calls_are_journalled(tmp_path) -> None:
-    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True,
+    sec = {"state_dir": str(tmp_path / "opcua"), "sign": False, "sign_and_encrypt": True, "trust_any_client_certificate": True,
            "users": {"op": {"role": "operator", "password_hash": hash_password("op-pass")},
                      "view": {"role": "viewer", "password_hash": hash_password("view-pass")}}}  # fmt: skip
     cfg, data = daemon_config(tmp_path, None, ports={"rectifier": free_port(), "potroom": free_port()},

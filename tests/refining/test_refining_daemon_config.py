@@ -3,6 +3,7 @@ accept and refuse, each refusal naming the file and the key (no network, real CL
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -108,3 +109,50 @@ def test_refining_pots_and_a_potline_do_not_mix(tmp_path: Path) -> None:
     data["plc"][0].pop("pot")
     with pytest.raises(DaemonConfigError, match='a refining_pot PLC needs pot = "<pot name>"'):
         load_daemon_config(_write(tmp_path, data))
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``potline shadow`` reports on the shipped example recording: nominal (READY) and
+    unsafe_step (NOT READY), made by the real command."""
+    out = tmp_path_factory.mktemp("shadow")
+    rec = ROOT / "config" / "recordings" / "refining_3ka_synthetic.csv"
+    got = {}
+    for cand, rc in (("nominal", 0), ("unsafe_step", 1)):
+        res = cli("shadow", "--data", str(rec), "--candidate", cand, "--members", "1", "--out", str(out / cand),
+                  "--quiet")  # fmt: skip
+        assert res.returncode == rc, res.stderr
+        got[cand] = out / cand / "report.json"
+    return got
+
+
+def test_a_ready_verdict_lets_the_candidate_deploy_and_check_config_shows_it(tmp_path: Path, reports) -> None:
+    data = _example(tmp_path)
+    data["refining"]["verdict"] = str(reports["nominal"])
+    p = _write(tmp_path, data)
+    out = cli("check-config", "--config", str(p))
+    assert out.returncode == 0, out.stderr
+    assert f"shadow verdict: READY ({reports['nominal']})" in out.stdout
+
+
+def test_a_not_ready_or_foreign_verdict_is_refused(tmp_path: Path, reports) -> None:
+    data = _example(tmp_path)
+    data["refining"].update(candidate="unsafe_step", verdict=str(reports["unsafe_step"]))
+    p = _write(tmp_path, data, "unsafe.toml")
+    with pytest.raises(DaemonConfigError) as err:
+        load_daemon_config(p)
+    (issue,) = err.value.issues
+    assert issue.key == "refining.verdict" and "candidate 'unsafe_step' was judged NOT READY" in issue.message
+    assert "unsafe command" in issue.message  # the verdict's own reason, passed on
+    # a READY verdict of another candidate does not vouch for this one
+    data["refining"].update(candidate="high_current", verdict=str(reports["nominal"]))
+    with pytest.raises(DaemonConfigError, match="judged candidate 'nominal', this daemon runs 'high_current'"):
+        load_daemon_config(_write(tmp_path, data))
+    # nor for another pot config
+    other = tmp_path / "pot1_calibrated.toml"
+    other.write_text(POT_3KA.read_text(encoding="utf-8"), encoding="utf-8")
+    data["refining"].update(candidate="nominal", config=str(other))
+    with pytest.raises(DaemonConfigError, match=re.escape("this daemon runs the pot config 'pot1_calibrated.toml'")):
+        load_daemon_config(_write(tmp_path, data))
+    out = cli("run", "--config", str(p))  # the NOT READY one
+    assert out.returncode == 2 and "refining.verdict" in out.stderr and "NOT READY" in out.stderr  # never started

@@ -133,6 +133,11 @@ async def test_refining_pot_under_potline_run_observe_shadow_control(tmp_path: P
             sent = [(t, n, v) for t, n, v in rig.received if t >= t_control]
             sp = [v for _t, n, v in sent if n == "current_sp"]
             assert sp and all(sa.current_min_a <= v <= sa.current_max_a for v in sp)
+            # the setpoints the PLC received climb no faster than 300 A/h overall (one 600 s step of slack:
+            # the PLC's receive times jitter with the load, the daemon's ramp is per cycle)
+            pts = [(t, v) for t, n, v in sent if n == "current_sp"]
+            (t_a, v_a), (t_b, v_b) = pts[0], pts[-1]
+            assert v_b - v_a <= sa.ramp_a_per_h * (t_b - t_a + cfg.operation.control_period_s) / HOUR
             assert all(
                 sa.heater_setpoint_min_c <= v <= sa.heater_setpoint_max_c for _t, n, v in sent if n == "heater_sp"
             )

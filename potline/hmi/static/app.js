@@ -308,7 +308,12 @@
       const series = got.map((g, i) => ({ label: labels[i], t: base.t, y: g.t.length === base.t.length ? g.mean : base.t.map(() => null), min: g.min, max: g.max, band: g.resolution_s > 0 && tags.length === 1, unit: g.unit, color: colors ? colors[i] : null }));
       drawChart(box, series);
       const res = base.resolution_s === 0 ? "raw" : base.resolution_s === 60 ? "1 min" : "1 h";
-      box.querySelector(".meta").textContent = `${base.t.length} points · ${res} · ${fmtTime(start)} – ${fmtTime(end)}`;
+      // data quality (the mirror's status codes, kept in the history): Bad points are gaps, Uncertain ones drawn
+      const bad = got.reduce((n, g) => n + (g.bad || 0), 0), unc = got.reduce((n, g) => n + (g.uncertain || 0), 0);
+      const qual = (unc ? ` · ${unc} uncertain` : "") + (bad ? ` · ${bad} bad` : "");
+      box.querySelector(".meta").textContent = `${base.t.length} points · ${res}${qual} · ${fmtTime(start)} – ${fmtTime(end)}`;
+      box.dataset.bad = String(bad);
+      box.dataset.uncertain = String(unc);
       box.dataset.points = String(base.t.length);
       box.dataset.first = base.t.length ? String(base.t[0]) : "";
       box.dataset.last = base.t.length ? String(base.t[base.t.length - 1]) : "";
