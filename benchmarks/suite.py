@@ -691,13 +691,14 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
     if amp and "cycle_time_ms" in amp:
         c = amp["cycle_time_ms"]
         lines += [
-            f"**Controller cycle** (`benchmarks/bench_controller.py`, {_when(ctl)}): `Controller.step` on the "
+            f"**Controller cycle** (`benchmarks/bench_controller.py`, {_get(amp, 'measured', 'when') or _when(ctl)}): "
+            "`Controller.step` on the "
             f"{amp['cells']}-cell reference plant over a {amp['hours']:g} h amperage scenario (cut-out/cut-in, "
             f"power step) at a 1 s scan: mean {c['mean']:.2f} ms, p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms, "
             f"max {c['max']:.2f} ms per cycle.",
             "",
         ]
-    lines += compare_lines(_longest_compare(ctl))
+    lines += compare_lines(ctl)
     if amp and "cycle_time_ms" in amp:
         ff = _get(ctl, "feeder_faults")
         if ff:
@@ -705,7 +706,8 @@ def loop_section(docs: dict[str, dict[str, Any]]) -> list[str]:
             lead = ff.get("alarm_lead_s_median")
             fa = ff.get("healthy_cells_false_alarms_per_pot_day")
             lines += [
-                f"**AE prediction on feeder faults** (same benchmark): {ff['faults']} cells of {ff['cells']} had "
+                f"**AE prediction on feeder faults** (same benchmark, {_get(ff, 'measured', 'when') or _when(ctl)}): "
+                f"{ff['faults']} cells of {ff['cells']} had "
                 f"feeders deliver {100 * ff['fraction_delivered']:.0f} % of each shot for {ff['duration_h']:g} h "
                 f"(acknowledged by the PLC as usual); {ff['faults_followed_by_ae']} were followed by an AE, "
                 f"{ff['first_aes_predicted_60s_ahead']} of those predicted >= 60 s ahead"
@@ -764,23 +766,33 @@ COMPARE_ROWS = (
 )
 
 
-def _compare_cell_days(doc: dict[str, Any] | None) -> float:
-    size = _get(doc, "compare", "size") or {}
-    return float(size.get("days") or 0.0) * float(size.get("cells") or 0.0)
+def _part_key(doc: dict[str, Any], part: str) -> tuple[float, str]:
+    """How a part of a controller result ranks: the comparison by its cell-days, then when."""
+    p = doc.get(part) or {}
+    size = p.get("size") or {}
+    cell_days = float(size.get("days") or 0.0) * float(size.get("cells") or 0.0) if part == "compare" else 0.0
+    return cell_days, str((p.get("measured") or {}).get("when") or doc.get("when") or "")
 
 
-def _longest_compare(ctl: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The controller comparison to show: the suite run's, or the standalone run's
-    (``benchmarks/results/bench_controller.json``, e.g. the long comparison run on its own)
-    when that covers more cell-days."""
+def with_standalone_controller_parts(docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``bench_controller`` with each part (amperage, feeder faults, comparison) taken from the
+    suite's run or from the standalone run (``benchmarks/results/bench_controller.json``, e.g. the
+    long comparison run on its own), whichever is the larger comparison or the newer measurement."""
     path = RESULTS_DIR / "bench_controller.json"
     try:
         alone = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     except (OSError, ValueError):
         alone = None
-    if alone and not alone.get("quick") and _compare_cell_days(alone) > _compare_cell_days(ctl):
-        return alone
-    return ctl
+    if not isinstance(alone, dict) or alone.get("quick"):
+        return docs
+    suite = docs.get("bench_controller")
+    if not suite:
+        return {**docs, "bench_controller": alone}
+    merged = dict(suite)
+    for part in ("amperage", "feeder_faults", "compare"):
+        if part in alone and (part not in suite or _part_key(alone, part) > _part_key(suite, part)):
+            merged[part] = alone[part]
+    return {**docs, "bench_controller": merged}
 
 
 def compare_lines(ctl: dict[str, Any] | None) -> list[str]:
@@ -1000,6 +1012,8 @@ def main_args(args: argparse.Namespace) -> int:
             json.dumps({"wall_s": round(wall, 1), "header": head, "records": [asdict(r) for r in records]}, indent=1)
         )
     docs = load_results(results)
+    if not args.quick:
+        docs = with_standalone_controller_parts(docs)
     for b in BENCHES:  # stored results this run did not refresh
         if b.name in docs and not any(r.name == b.name for r in records):
             records.append(RunRecord(b.name, "stored", note="not run now; latest stored result"))
