@@ -79,6 +79,9 @@ class Scorer:
     prev_flag: np.ndarray | None = None
     power: list[tuple[float, float, float, float]] = field(default_factory=list)
     record_power_line: int | None = None
+    #: score line current against the rectifier PLC's own setpoint (read back) where the
+    #: controller commands none (PLC-only runs: the controller observes)
+    setpoint_from_plc: bool = False
 
     def __post_init__(self) -> None:
         n = self.pl.layout.n_cells
@@ -134,6 +137,8 @@ class Scorer:
         # the setpoint within 0.1 % of where it was 15 min ago (ramps and the rectifier's own
         # 6 kA/min ramp over)
         sp = cmds.line_setpoint_ka
+        if self.setpoint_from_plc:
+            sp = np.where(np.isfinite(sp), sp, meas.line_setpoint_ka)
         if self.last_sp is None:
             self.last_sp = np.nan_to_num(sp).copy()
         ch = np.abs(np.nan_to_num(sp) - self.last_sp) > 1e-3 * np.maximum(self.last_sp, 1.0)
@@ -376,7 +381,7 @@ def run_long(
     from potctl.offline import run_closed_loop
 
     pl, ctl, plant = build(plant_cfg, seed, observe)
-    sc = Scorer(pl, ctl, pl.layout.n_lines)
+    sc = Scorer(pl, ctl, pl.layout.n_lines, setpoint_from_plc=observe)
     t0 = time.perf_counter()
     ctrl_s = 0.0
     scans = 0
