@@ -874,8 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         cmp_["size"]["reduced_because"] = (
             f"{cmp_['size']['days']:g} days x {cmp_['size']['cells']} cells ran at "
             f"{min(speed):.0f}-{max(speed):.0f}x real time per run (1 s scan, controller + scoring in Python); "
-            f"the full 30 days would need {30 * 86400 / min(speed) / 3600:.1f} h per run, "
-            f"{n_runs} runs: more than the session had"
+            f"the full 30 days would need {30 * 86400 / min(speed) / 3600:.1f} h per run x {n_runs} runs"
+            + (" (--quick: the CI size)" if args.quick else ": reduced to fit the time this measurement had")
         )
     result["summary"] = {
         "compare_days": cmp_.get("size", {}).get("days"),
