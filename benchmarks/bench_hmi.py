@@ -48,6 +48,18 @@ _RENDER_PROBE = """
 """
 
 
+def _bootstrap(a: list[float], b: list[float], q: float, n: int = 2000, seed: int = 16) -> list[float]:
+    """95 % bootstrap interval of percentile ``q`` of ``b`` minus that of ``a`` [ms] (seeded):
+    an interval holding 0 means no change this run can measure."""
+    if len(a) < 5 or len(b) < 5:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = [float(np.percentile(rng.choice(y, y.size), q) - np.percentile(rng.choice(x, x.size), q)) for _ in range(n)]
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return [round(float(lo), 3), round(float(hi), 3)]
+
+
 def _stats(ms: list[float]) -> dict[str, float | int]:
     if not ms:
         return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan}
@@ -143,6 +155,9 @@ async def run(quick: bool) -> dict[str, Any]:
         "push_interval_s": 0.5,
         "cycle_ms": {"none": none, "browsers": br},
         "cycle_p99_ratio": round(br["p99"] / none["p99"], 3) if none["n"] and br["n"] else math.nan,
+        # browsers minus none, 95 % bootstrap intervals [ms]: holding 0 = no measurable change
+        "cycle_diff_ci95_ms": {"p50": _bootstrap(cycles["none"], cycles["browsers"], 50),
+                               "p99": _bootstrap(cycles["none"], cycles["browsers"], 99)},
         "overruns": overruns,
         "page_load_s": _stats(loads),
         "update_latency_ms": _stats(updates),
@@ -174,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             ["phase", "cycles", "p50 [ms]", "p99 [ms]", "max [ms]", "overruns"],
             [[k, c[k]["n"], c[k]["p50"], c[k]["p99"], c[k]["max"], res["overruns"][k]] for k in c],
         )
-        + f"\n\nPage load (overview, every tile showing a scan): {res['page_load_s']}\n\n"
+        + f"\n\nBrowsers minus none, 95 % bootstrap interval [ms]: {res['cycle_diff_ci95_ms']} "
+        f"(machine load {doc['machine'].get('loadavg_1_5_15')})\n\n"
+        f"Page load (overview, every tile showing a scan): {res['page_load_s']}\n\n"
         f"Update latency publish -> rendered [ms] (push pacing {res['push_interval_s']} s): {res['update_latency_ms']}\n"
     )
     out = write_result(doc, args.out, md)

@@ -322,7 +322,8 @@ class PotController:
           moved since is read off the acknowledgements; the own moves then in flight count
           as made as far as the acknowledgements show them, the rest stays in flight. A
           difference no in-flight move and no quench could explain is taken as a new base.
-        * otherwise (the default: a new bridge counts from 0): positions carry over
+        * otherwise (acknowledgement totals on another base: a bridge that saw a PLC restart,
+          or a ledger written by one that counted from 0): positions carry over
           relative to the acknowledgement at export; a move that was in flight is in doubt
           (``doubt_mm``) and judged from the resistance when the cell is calm
           (``QuenchController.resolve_doubt``), or handed over when it cannot be.
