@@ -786,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             c = doc.get("compare")
             if not c:
                 ap.error(f"--merge {f}: no 'compare' part")
+            c["size"].pop("reduced_because", None)  # said again for the merged runs below
             for runs in c["runs"].values():
                 for r in runs.values():
                     r.setdefault("measured", {"when": doc.get("when"), "source": doc.get("source")})
