@@ -2,19 +2,19 @@
 
 Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
 
-1. **comparison** (issue 13 item 8) — on two plants the controller was not tuned on (``PLANTS``:
-   the twin with its per-cell spread and feed disturbances, and a structural variant with
-   Haupin's capped bubble coverage), ``days`` of plant time (30 × 660 cells at full size) under
-   the PLCs' local automation alone (``plc_only``) and with the controller in charge,
-   side by side. Each run:
-   **closed loop** — ``days`` of plant time with the controller in charge (1 s scan),
-   tapping and anode changes running: AE frequency per pot-day and mean duration
-   (from the twin's truth), detection latency and misses against every AE the twin
-   made, false detections, prediction (share of AEs with an alarm ≥ 60 s ahead, false
-   alarms per pot-day), line current vs setpoint in steady state, PFC (Tier 2);
+1. **comparison** (issue 13 item 8, ``--parts compare``) — on two plants the controller was
+   not tuned on (``PLANTS``: the twin with its per-cell spread and feed disturbances, and a
+   structural variant with Haupin's capped bubble coverage), ``days`` of plant time
+   (30 × 660 cells at full size), two runs each on the same seed, side by side:
+   **controller** — the controller in charge (1 s scan), tapping and anode changes running:
+   AE frequency per pot-day, mean duration and AE minutes (from the twin's truth), detection
+   latency and misses against every AE the twin made, false detections, prediction (share of
+   AEs with an alarm ≥ 60 s ahead, lead, false alarms per pot-day), line current vs
+   setpoint in steady state, PFC (Tier 2), kWh/kg and CE, the twin's validity envelope;
 2. **PLC-only** — the same plant and seed under the potroom PLCs' own automation (tracking
    feed, resistance control, restore after operations, AE kill); the controller only
-   observes (detection and prediction scored the same way);
+   observes (detection and prediction scored the same way, line current against the
+   rectifier PLC's own setpoint);
 3. **feeder faults** — closed loop on 660 cells with the usual cause of AEs in a plant:
    every hour one more cell's feeders start to deliver only a fraction of each shot (a
    feeder hole crusting over, a hopper running low) while the PLC keeps acknowledging
@@ -29,6 +29,7 @@ Runs, on the 660-cell reference plant (``config/plant_reference.toml``):
 
 ``--quick`` (CI): 1 day on 2 × 66 cells (in 264-cell lines) for 1–2, a 3 h scenario on 660 cells.
 ``--cells N --lines L``: a reduced comparison of L lines of N cells, each in a 264-cell line.
+``--plants``/``--modes`` run the four comparison runs apart (in parallel); ``--merge`` joins them.
 Usage: ``python benchmarks/bench_controller.py [--quick] [--days D] [--cells N] [--seed S] [--out F]``.
 Writes ``benchmarks/results/bench_controller[_quick].json``.
 """
