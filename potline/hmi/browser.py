@@ -151,9 +151,10 @@ class Chromium:
         result: dict[str, Any] = data.get("result", {})
         return result
 
-    async def new_page(self) -> Page:
-        """A new tab (about:blank) with its own session."""
-        target = await self.send("Target.createTarget", {"url": "about:blank"})
+    async def new_page(self, *, new_window: bool = True) -> Page:
+        """A new page (about:blank) with its own session; in its own window by default, so
+        every page is visible and none is throttled as a background tab would be."""
+        target = await self.send("Target.createTarget", {"url": "about:blank", "newWindow": new_window})
         att = await self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
         page = Page(self, att["sessionId"], target["targetId"])
         self._listeners[page.session] = [page._on_event]

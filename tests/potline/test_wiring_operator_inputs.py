@@ -25,7 +25,6 @@ from tests.potline.daemon_support import (
     DaemonProcess,
     daemon_config,
     journal_events,
-    plant_seconds,
     rig_scenario,
     start_rig,
     until,
@@ -79,7 +78,15 @@ async def test_csv_samples_reach_journal_and_observer_and_shift_reports_come_on_
                                             f"2026-12-04T07:15,Potroom1,3,11.2,962,{sampled},olga,round\n",
                                             encoding="utf-8")  # fmt: skip
             await until(lambda: (inputs / "imported" / "lab.csv").exists(), "lab.csv imported")
-            await plant_seconds(rig, 3 * SCAN_S)  # the mirror publishes the observer on the next scans
+            # the estimates the mirror publishes from an observer update after the import (the mirror
+            # thread may lag the loop under load: wait on the values' own source time)
+            after = rig_start + rig.now() + 2 * SCAN_S
+
+            async def published() -> bool:
+                dvs = [await n.read_data_value(raise_on_bad_status=False) for n in est]
+                return all(dv.SourceTimestamp.timestamp() >= after for dv in dvs)
+
+            await until(published, "estimates updated after the import")
             e1 = await estimates()
             moved = [b - a for a, b in zip(e0, e1, strict=True)]
             # the observer's Kalman update pulls cell 3 toward the lab value; no other cell has a sample
