@@ -70,18 +70,26 @@ class _CappedServer(web.Server):
     max_connections: int
     stats: ListenerStats
     _logged_at: float
+    #: connections made whose cap decision has not run yet (a burst accepted in one turn of
+    #: the loop): not counted against an earlier one's decision, each is judged in its turn
+    _pending: set[RequestHandler]
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         self.stats.accepted += 1
+        self._pending.add(handler)
         # decided on the next turn of the loop: the handler's task has then started (it is
         # idle, waiting for a request) and closing it cannot race its start
         asyncio.get_running_loop().call_soon(self._enforce_cap, handler)
 
     def _enforce_cap(self, handler: RequestHandler) -> None:
+        self._pending.discard(handler)
         if handler.transport is None:
             return  # gone already
-        live = [h for h in self._connections if h is not handler and h.transport is not None]
+        # the connections before this one (a later one of the same burst has not started its
+        # task yet: it would look busy, and the cap would refuse this one for it)
+        live = [h for h in self._connections
+                if h is not handler and h.transport is not None and h not in self._pending]  # fmt: skip
         if len(live) < self.max_connections:
             return
         idle = [h for h in live if _idle(h)]  # in connection order: the oldest first
@@ -132,6 +140,7 @@ class CappedAppRunner(web.AppRunner):
         capped.max_connections = self.max_connections
         capped.stats = self.stats
         capped._logged_at = -_LOG_EVERY_S
+        capped._pending = set()
         return srv
 
     def open_connections(self) -> int:
