@@ -200,8 +200,10 @@ async def test_a_daemon_in_control_keeps_serving_and_controlling_with_more_clien
         for port in (hport, mport):
             socks += await asyncio.to_thread(_connect, port, 150)
             socks += await asyncio.to_thread(_connect, port, 150, b"GET / HTTP/1.1\r\nX-Slow: ")
-        fds_held = _open_fds(dp.pid)
-        assert fds_held <= fds0 + 128 + 32 + 20, (fds0, fds_held)  # bounded by the caps, not by the clients
+        # bounded by the caps, not by the clients: a burst the daemon has accepted holds its fds
+        # until the cap's decision closes them (the next turn of its loop; on a busy machine later)
+        await until(lambda: _open_fds(dp.pid) <= fds0 + 128 + 32 + 20,
+                    f"the daemon's fds within the caps (started at {fds0})", timeout=15.0, step=0.2)  # fmt: skip
         # still serving: the HMI's snapshot, the metrics' health; still controlling: cycles run,
         # the PLCs stay in remote (their watchdogs would drop them to local if the heartbeat stopped)
         status, body = await _get(f"http://127.0.0.1:{hport}/api/snapshot")
