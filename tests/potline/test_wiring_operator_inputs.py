@@ -16,10 +16,12 @@ from __future__ import annotations
 import csv
 import time
 
+import numpy as np
 import pytest
 from asyncua import Client, ua
 
 from plc_bridge.opcua_server import NAMESPACE_URI
+from potline.history import History
 from tests.potline.daemon_support import (
     DEADLINE_S,
     DaemonProcess,
@@ -58,39 +60,46 @@ async def test_csv_samples_reach_journal_and_observer_and_shift_reports_come_on_
             idx = await scada.get_namespace_index(NAMESPACE_URI)
             est = [scada.get_node(ua.NodeId(f"Bench.Potroom1.Cell{n:03d}.AluminaEstimate", idx)) for n in range(1, 9)]
 
-            async def estimates() -> list[float]:
-                return [float(await n.read_value()) for n in est]
-
             async def estimated() -> bool:
                 dvs = [await n.read_data_value(raise_on_bad_status=False) for n in est]
                 return all(dv.StatusCode.is_good() for dv in dvs)
 
             await until(estimated, "the observer's estimates on the mirror")
             await until(lambda: inputs.is_dir(), "the inputs folder")
-            e0 = await estimates()
             # ---- a bad file: refused whole, said where
             (inputs / "bad.csv").write_text("time,room,cell,bath_temp_c,alumina_wt_pct,by\n"
                                             "2026-12-04T07:15,Potroom1,3,9620,2.5,olga\n"
                                             "2026-12-04T07:20,Potroom1,99,960,2.5,olga\n", encoding="utf-8")  # fmt: skip
             # ---- a good one: the lab's alumina of cell 3, well above the estimate
             sampled = 6.5
+            t_before = rig_start + rig.now()
             (inputs / "lab.csv").write_text("time,room,cell,alf3_excess_wt_pct,bath_temp_c,alumina_wt_pct,by,comment\n"
                                             f"2026-12-04T07:15,Potroom1,3,11.2,962,{sampled},olga,round\n",
                                             encoding="utf-8")  # fmt: skip
             await until(lambda: (inputs / "imported" / "lab.csv").exists(), "lab.csv imported")
-            # the estimates the mirror publishes from an observer update after the import (the mirror
-            # thread may lag the loop under load: wait on the values' own source time)
-            after = rig_start + rig.now() + 2 * SCAN_S
+            t_imported = rig_start + rig.now()
+            # the observer's Kalman update pulls cell 3 toward the lab value, no other cell has a
+            # sample; its voltage measurements then pull it back scan by scan, so the pull is read
+            # where the history (every scan's estimates, timeline-stamped) has it: the largest
+            # move within 10 scans of the import against the estimates published before it
+            hist_path = state / "history.db"
+            window: list = []
 
-            async def published() -> bool:
-                dvs = [await n.read_data_value(raise_on_bad_status=False) for n in est]
-                return all(dv.SourceTimestamp.timestamp() >= after for dv in dvs)
+            def recorded() -> bool:
+                h = History(hist_path, readonly=True)
+                try:
+                    (grp,) = [g.name for g in h.groups() if g.name.endswith("Potroom1.AluminaEstimate")]
+                    t, v = h.raw(grp, t_before - 10 * SCAN_S, t_imported + 10 * SCAN_S)
+                finally:
+                    h.close()
+                window[:] = [t, v]
+                return bool(t.size) and float(t[-1]) >= t_imported + 5 * SCAN_S and bool((t <= t_before).any())
 
-            await until(published, "estimates updated after the import")
-            e1 = await estimates()
-            moved = [b - a for a, b in zip(e0, e1, strict=True)]
-            # the observer's Kalman update pulls cell 3 toward the lab value; no other cell has a sample
-            assert moved[K] > 0.15 * (sampled - e0[K]) and moved[K] > 0.1, (e0, e1)
+            await until(recorded, "the history around the import")
+            t, v = window
+            base = v[t <= t_before][-1]
+            moved = np.nanmax(v[t > t_before] - base, axis=0)
+            assert moved[K] > 0.15 * (sampled - base[K]) and moved[K] > 0.1, (base, moved)
             assert moved[K] > 3 * max(abs(m) for i, m in enumerate(moved) if i != K), moved
             await until(lambda: (inputs / "rejected" / "bad.csv").exists(), "bad.csv refused")
             errors = (inputs / "rejected" / "bad.csv.errors.txt").read_text(encoding="utf-8")
