@@ -70,7 +70,7 @@ import structlog
 from potline.alarms import AlarmDef, AlarmManager, design_suppression
 from potline.clocks import EpochClock, clock_speed, make_clock, process_age_s, rss_bytes
 from potline.event_routing import EventRouter, ShadowRecorder
-from potline.journal import Journal, JournalError, JournalLoss, load_key
+from potline.journal import Journal, JournalLoss, open_configured
 from potline.kpis import ProcessKpis
 from potline.lifecycle import Lifecycle, hand_back
 from potline.links import LinkTracker
@@ -916,14 +916,8 @@ class Daemon:
         sys.setswitchinterval(0.001)
         stop = self.lifecycle.bind()
         cfg = self.cfg
-        try:
-            jc = cfg.journal
-            key = load_key(self.loaded.journal_key_file) if self.loaded.journal_key_file is not None else None
-            j = Journal(self.loaded.journal_path, synchronous=jc.synchronous,
-                        max_bytes=None if jc.max_mb is None else int(jc.max_mb * 1e6), hmac_key=key,
-                        max_held=jc.max_held)  # fmt: skip
-        except (JournalError, OSError, Exception) as exc:
-            log.error("daemon.journal_unavailable", path=str(self.loaded.journal_path), error=str(exc))
+        j = open_configured(self.loaded)
+        if j is None:
             return 1
         self.recorder.journal = j
         self._start_mode(j)

@@ -483,6 +483,21 @@ def _stamp() -> str:
 # ---------------------------------------------------------------------------------- the journal
 
 
+def open_configured(loaded: Any) -> Journal | None:
+    """The journal a daemon's loaded config names (``loaded.journal_path``, its ``[journal]``
+    table, ``loaded.journal_key_file``), opened; None, logged as ``daemon.journal_unavailable``,
+    when it cannot be (the daemon then exits 1)."""
+    jc = loaded.config.journal
+    try:
+        key = load_key(loaded.journal_key_file) if loaded.journal_key_file is not None else None
+        return Journal(loaded.journal_path, synchronous=jc.synchronous,
+                       max_bytes=None if jc.max_mb is None else int(jc.max_mb * 1e6), hmac_key=key,
+                       max_held=jc.max_held)  # fmt: skip
+    except Exception as exc:
+        log.error("daemon.journal_unavailable", path=str(loaded.journal_path), error=str(exc))
+        return None
+
+
 class Journal:
     """Append-only, hash-chained event journal in one SQLite file (module docstring).
 

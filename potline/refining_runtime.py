@@ -60,7 +60,7 @@ import numpy as np
 import structlog
 
 from potline.clocks import clock_speed, make_clock, process_age_s, rss_bytes
-from potline.journal import Journal, JournalError, load_key
+from potline.journal import Journal, open_configured
 from potline.lifecycle import Lifecycle
 from potline.links import LinkTracker
 from potline.metrics import DaemonMetrics, HealthState, MetricsServer
@@ -458,14 +458,8 @@ class RefiningDaemon:
         structlog.contextvars.bind_contextvars(plant=self.name)
         stop = self.lifecycle.bind()
         cfg = self.cfg
-        try:
-            jc = cfg.journal
-            key = load_key(self.loaded.journal_key_file) if self.loaded.journal_key_file is not None else None
-            j = Journal(self.loaded.journal_path, synchronous=jc.synchronous,
-                        max_bytes=None if jc.max_mb is None else int(jc.max_mb * 1e6), hmac_key=key,
-                        max_held=jc.max_held)  # fmt: skip
-        except (JournalError, OSError, Exception) as exc:
-            log.error("daemon.journal_unavailable", path=str(self.loaded.journal_path), error=str(exc))
+        j = open_configured(self.loaded)
+        if j is None:
             return 1
         self.recorder.journal = j
         self.switch.start(self._previous_run(j), self._journal_start)
