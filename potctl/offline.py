@@ -95,6 +95,8 @@ class TwinPlant:
         potline.set_local_control(slice(None), not self.take_control)
         self.writes = 0
         self.setpoint_writes = 0
+        #: cycles that set some cell's shell heat-exchanger duty
+        self.hx_writes = 0
         #: feed/beam commands dropped because their cell was under local control
         self.refused = 0
 
@@ -118,6 +120,8 @@ class TwinPlant:
             cell_ok=self._cell_ok,
             line_ok=self._line_ok,
             cell_remote=self.cell_remote(),
+            hx_duty_kw=m["heat_exchanger_kw"],
+            shell_temp_c=m["shell_temp_c"],
         )
 
     def cell_remote(self) -> np.ndarray:
@@ -139,8 +143,18 @@ class TwinPlant:
                 moves = np.where(local, 0.0, moves)
                 alf3 = np.where(local, 0.0, alf3)
         if shots.any() or moves.any() or alf3.any():
+            fed = alf3 > 0.0
+            if fed.any():  # the controller feeds AlF3 there: the PLC's own schedule stops
+                pl.stop_alf3_schedule(np.flatnonzero(fed))
             pl.apply(shots, moves, alf3)
             self.writes += 1
+        hx = commands.hx_duty_kw
+        if hx is not None:
+            set_hx = np.isfinite(hx) & ~local
+            if set_hx.any():
+                hx_idx = np.flatnonzero(set_hx)
+                pl.set_heat_exchanger(hx_idx, hx[hx_idx] * 1e3)
+                self.hx_writes += 1
         sp = commands.line_setpoint_ka
         for li in np.flatnonzero(np.isfinite(sp)):
             pl.set_line_setpoint(int(li), float(sp[li]))

@@ -51,6 +51,10 @@ class Measurements:
             accounts (on ``cell_ok`` data) but commands nothing there. None (the default,
             for plants without local/remote switching): every cell is in remote; see
             ``remote_mask``.
+        hx_duty_kw: [n_cells] shell heat-exchanger duty the potroom PLC reports [kW]
+            (+ extracts heat; NaN: not reported, or no exchanger). None: the plant has none.
+        shell_temp_c: [n_cells] side-wall (shell) thermocouple [°C] (NaN: not reported).
+            None: the plant does not report it.
     """
 
     t_s: float
@@ -69,6 +73,8 @@ class Measurements:
     cell_ok: np.ndarray
     line_ok: np.ndarray
     cell_remote: np.ndarray | None = field(default=None)
+    hx_duty_kw: np.ndarray | None = field(default=None)
+    shell_temp_c: np.ndarray | None = field(default=None)
 
     def remote_mask(self) -> np.ndarray:
         """``cell_remote`` as an [n_cells] bool array (all True when None).
@@ -93,7 +99,11 @@ class Commands:
         feed_shots: [n_cells] feeder shots to dump now (0 = none).
         beam_move_mm: [n_cells] anode-beam move [mm], + raises the anodes (larger ACD).
         line_setpoint_ka: [n_lines] requested line-current setpoint [kA]; NaN = leave as is.
-        alf3_kg: [n_cells] AlF3 to add now [kg].
+        alf3_kg: [n_cells] AlF3 to add now [kg] (0: none). The first addition to a cell in
+            remote takes its AlF3 from the potroom PLC's own schedule, which then stops for
+            that cell until it returns to local.
+        hx_duty_kw: [n_cells] shell heat-exchanger duty to hold [kW] (+ extracts heat, −
+            insulates); NaN = leave as is.
         events: human-readable events of this cycle for the journal (kind, cell, detail).
     """
 
@@ -101,6 +111,7 @@ class Commands:
     beam_move_mm: np.ndarray
     line_setpoint_ka: np.ndarray
     alf3_kg: np.ndarray
+    hx_duty_kw: np.ndarray | None = None
     events: list[tuple[str, int, str]] = field(default_factory=list)
 
     @classmethod
@@ -111,6 +122,7 @@ class Commands:
             beam_move_mm=np.zeros(n_cells),
             line_setpoint_ka=np.full(n_lines, np.nan),
             alf3_kg=np.zeros(n_cells),
+            hx_duty_kw=np.full(n_cells, np.nan),
         )
 
 

@@ -853,6 +853,12 @@ class Potline:
             raise ValueError(f"feeder efficiency must be within [0, 1], got {fraction}")
         self.params[cells, P_FEED_EFF] = fraction
 
+    def stop_alf3_schedule(self, cells: np.ndarray | slice | int) -> None:
+        """A supervisor feeds AlF3 to ``cells`` now: the potroom PLC's continuous AlF3
+        addition stops there. A cell back in local gets its rate again from the PLC at its
+        next daily update (tapping)."""
+        self.state[cells, S_ALF3_RATE] = 0.0
+
     def set_heat_exchanger(self, cells: np.ndarray | slice | int, duty_w: float | np.ndarray) -> None:
         """Shell heat exchanger duty [W] of ``cells``: + takes heat out of the side wall, −
         holds the shell's own loss back (insulating). The exchanger delivers the command

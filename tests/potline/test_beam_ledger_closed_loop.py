@@ -115,7 +115,7 @@ class FaultyBridge:
         to = reach[self.room_of]
         remote_now = self.plant.cell_remote()
         c = Commands(np.where(to, cmds.feed_shots, 0), np.where(to, cmds.beam_move_mm, 0.0), cmds.line_setpoint_ka,
-                     np.where(to, cmds.alf3_kg, 0.0), cmds.events)  # fmt: skip
+                     np.where(to, cmds.alf3_kg, 0.0), events=cmds.events)  # fmt: skip
         self.plant.write_sync(c)
         for room in np.flatnonzero(reach).tolist():
             self.heartbeat_t[room] = self.pl.t_s
