@@ -176,3 +176,57 @@ async def test_a_map_without_the_roles_states_the_loss_and_runs_as_before(tmp_pa
     finally:
         await plant.stop()
         await rig.stop()
+
+
+async def test_nothing_reaches_a_cut_out_cell_nor_a_room_whose_link_is_down() -> None:
+    rig = await hx_rig("modbus").start()
+    records = []
+    plant = BridgePlant.from_endpoints(rig.endpoints(), rig.clock, settings(), on_record=records.append)
+    try:
+        await plant.start()
+        await until_remote(plant, rig)
+        # the crew shorts cell 2 out of the series: the PLC reports it, the bridge sends it nothing
+        rig.potline.cut_out(1)
+        meas = await cycles(plant, rig, idle(), 2)
+        assert meas.cut_out[1]
+        added0 = alf3_added(rig)
+        cmds = idle()
+        cmds.hx_duty_kw[1] = 150.0
+        cmds.alf3_kg[1] = 6.0
+        await cycles(plant, rig, cmds, 1)
+        await cycles(plant, rig, idle(), 2)
+        assert rig.potline.params[1, P_HE_CMD] == pytest.approx(0.0)
+        assert alf3_added(rig)[1] - added0[1] < 0.01
+        refused = [r for r in records if r.tag == "cell002.alf3_kg"]
+        assert refused and all(r.rejected and "in_circuit" in r.reason for r in refused)
+        assert not [r for r in records if r.tag == "cell002.hx_duty_sp"]  # a held duty: not even tried
+        img = rig.plc("potroom:Potroom1").image
+        assert img.cells["alf3_cmd"][1] == 0 and img.cells["hx_duty_sp"][1] == 0.0  # nothing on the wire
+
+        # the potroom's link drops: requests meanwhile are neither sent nor replayed afterwards
+        h = rig.plc("potroom:Potroom1")
+        h.proxy.drop("refuse")
+        cmds = idle()
+        cmds.hx_duty_kw[4] = 80.0
+        cmds.alf3_kg[4] = 4.0
+        meas = await cycles(plant, rig, cmds, 2)
+        assert not meas.cell_remote.any()
+        h.proxy.restore()
+        for _ in range(40):
+            meas = await cycle(plant, rig)
+            if meas.cell_remote.all():
+                break
+        assert meas.cell_remote.all()
+        await cycles(plant, rig, idle(), 3)
+        assert rig.potline.params[4, P_HE_CMD] == pytest.approx(0.0)
+        assert alf3_added(rig)[4] - added0[4] < 0.01
+        assert img.cells["alf3_cmd"][4] == 0
+        # and once the link is back, a new request goes through
+        cmds = idle()
+        cmds.alf3_kg[4] = 4.0
+        await cycle(plant, rig, cmds)
+        await cycles(plant, rig, idle(), 2)
+        assert alf3_added(rig)[4] - added0[4] == pytest.approx(4.0, abs=0.01)
+    finally:
+        await plant.stop()
+        await rig.stop()
