@@ -20,6 +20,7 @@ from hil_rigs.faults import Fault
 from hil_rigs.rig import Rig
 from plc_bridge.plant import POTROOM_MAP, BridgePlant
 from plc_bridge.roles import check_roles
+from plc_bridge.safe_write import SetpointLimits, decide
 from plc_bridge.tagmap import load_tagmap
 from potctl.plant import Commands
 from tests.plc_bridge.test_hil_bridge import N, bench, cycle, settings, until_remote
@@ -45,6 +46,26 @@ def hx_rig(potroom: str) -> Rig:
 def alf3_added(rig: Rig) -> np.ndarray:
     """AlF3 each twin cell received since start [kg]."""
     return rig.potline.state[:, A_ALF3_ADD].copy()
+
+
+def test_refuse_outside_refuses_beyond_the_bounds_and_passes_the_bounds_themselves() -> None:
+    """The pure decision: with ``refuse_outside`` a request beyond [min, max] is refused
+    naming the tag and the bounds; the bounds themselves and anything between pass
+    unchanged (the clamping default would have written 500 kW / 50 kg)."""
+    tm = load_tagmap(POTROOM_MAP)
+    hx = SetpointLimits(tm["cell001.hx_duty_sp"], -100.0, 500.0, refuse_outside=True)
+    for bad in (500.5, 800.0, -100.5):
+        d = decide(hx, bad, None, None, 0.0)
+        assert d.rejected and d.value is None
+        assert d.reason.startswith(f"cell001.hx_duty_sp: {bad:g} kW outside the bounds [-100, 500] kW")
+    for ok in (-100.0, 0.0, 123.25, 500.0):
+        d = decide(hx, ok, None, None, 0.0)
+        assert not d.rejected and not d.clamped and d.value == pytest.approx(ok, rel=1e-6)
+    kg = SetpointLimits(tm["cell001.alf3_kg"], 0.0, 50.0, refuse_outside=True)
+    assert decide(kg, 50.04, None, None, 0.0).rejected  # beyond 50 kg, even if it would round to it
+    assert decide(kg, 12.34, None, None, 0.0).value == pytest.approx(12.3)  # the register's 0.1 kg
+    clamping = SetpointLimits(tm["cell001.alf3_kg"], 0.0, 50.0)
+    assert decide(clamping, 80.0, None, None, 0.0).value == 50.0  # what refuse_outside prevents
 
 
 def idle() -> Commands:
