@@ -15,7 +15,14 @@ seconds):
   each new counter value once, copies it to ``feed_cmd_ack`` / ``beam_cmd_ack`` and adds
   what it did to the cumulative ``feed_ack`` / ``beam_ack``. A refused command (local,
   interlock) is not acknowledged; a counter change seen while refusing is consumed, so it
-  never executes later (no replay).
+  never executes later (no replay). AlF3 additions take the same handshake (``alf3_kg``,
+  ``alf3_cmd`` -> ``alf3_cmd_ack``); the first one a cell carries out stops the PLC's own
+  AlF3 schedule there (the rig stops the twin's).
+* **Shell heat exchanger** (potroom): in remote the PLC takes each new value of a cell's
+  ``hx_duty_sp`` register (and, back in remote after local, the value the register then
+  holds); in local it ignores the register. It serves the delivered duty (``hx_duty``)
+  and the side-wall thermocouple (``shell_temp``). A map without these roles leaves
+  them private memory: nothing is taken, nothing served.
 * **Interlocks**: no feeding or beam move on a cut-out cell, no beam move during
   tapping or an anode change, shots and moves capped per command; the rectifier ignores
   remote setpoints while tripped and until an alarm reset (coil ``alarm_reset``, cleared
@@ -128,7 +135,9 @@ class PotroomScan:
         remote: the room is under remote (controller) control after this scan.
         mode_changed: remote/local changed in this scan.
         fed_cells, moved_cells: cells whose feed / beam command was carried out.
-        refused: (cell index, "feed"|"beam", reason) of commands not carried out.
+        refused: (cell index, "feed"|"beam"|"alf3"|"hx", reason) of commands not carried out.
+        alf3_kg: [n_cells] AlF3 to add now [kg] (the cells' own AlF3 schedule stops there).
+        hx_kw: [n_cells] new shell heat-exchanger duty to hold [kW] (NaN: unchanged).
     """
 
     shots: np.ndarray
@@ -138,6 +147,8 @@ class PotroomScan:
     fed_cells: np.ndarray
     moved_cells: np.ndarray
     refused: list[tuple[int, str, str]] = field(default_factory=list)
+    alf3_kg: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hx_kw: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class PotroomLogic:
@@ -148,16 +159,18 @@ class PotroomLogic:
         watchdog_s: heartbeat timeout [s].
         max_shots: most shots one command may ask for (more is refused).
         max_beam_mm: largest |move| one command may ask for [mm] (more is refused).
+        max_alf3_kg: largest AlF3 addition one command may ask for [kg] (more is refused).
     """
 
     def __init__(self, image: PlcImage, watchdog_s: float = 10.0, max_shots: int = 10,
-                 max_beam_mm: float = 30.0, local_ae_kill: bool = True) -> None:  # fmt: skip
+                 max_beam_mm: float = 30.0, local_ae_kill: bool = True, max_alf3_kg: float = 50.0) -> None:  # fmt: skip
         self.image = image
         self.local_ae_kill_enabled = bool(local_ae_kill)
         self.n = image.n_cells
         self.watchdog = Watchdog(watchdog_s)
         self.max_shots = int(max_shots)
         self.max_beam_mm = float(max_beam_mm)
+        self.max_alf3_kg = float(max_alf3_kg)
         #: operator's local/remote selector (True = remote allowed)
         self.switch_remote = True
         self.remote = False
@@ -166,6 +179,10 @@ class PotroomLogic:
         self.feeder_fault = np.zeros(self.n, dtype=bool)
         self._feed_seen = image.cells["feed_cmd"].copy()
         self._beam_seen = image.cells["beam_cmd"].copy()
+        self._alf3_seen = image.cells["alf3_cmd"].copy()
+        #: the exchanger duty setpoint [kW] each cell holds as last taken (NaN: none taken yet)
+        self._hx_taken = np.full(self.n, np.nan)
+        self._hx_seen = image.cells["hx_duty_sp"].copy()
         self._feed_ack0 = np.zeros(self.n)
         self._beam_ack0 = np.zeros(self.n)
         self._first = True
@@ -183,6 +200,9 @@ class PotroomLogic:
         self.hb_in = 0
         self._feed_seen = np.zeros(self.n)
         self._beam_seen = np.zeros(self.n)
+        self._alf3_seen = np.zeros(self.n)
+        self._hx_seen = np.zeros(self.n)
+        self._hx_taken = np.full(self.n, np.nan)  # the exchangers hold their duty; the memory is gone
         self._first = True
         self._count_from_here = True
 
@@ -196,9 +216,12 @@ class PotroomLogic:
         self.remote = remote
         feed_cmd = img.cells["feed_cmd"].copy()
         beam_cmd = img.cells["beam_cmd"].copy()
+        alf3_cmd = img.cells["alf3_cmd"].copy()
+        hx_sp = img.cells["hx_duty_sp"].copy()
         if self._first:
             # commands left in memory from before start-up are never carried out
             self._feed_seen, self._beam_seen = feed_cmd.copy(), beam_cmd.copy()
+            self._alf3_seen, self._hx_seen = alf3_cmd.copy(), hx_sp.copy()
             self._first = False
         new_feed = np.flatnonzero(feed_cmd != self._feed_seen)
         new_beam = np.flatnonzero(beam_cmd != self._beam_seen)
@@ -226,11 +249,49 @@ class PotroomLogic:
             moves[k] = float(req_moves[k])
             img.cells["beam_cmd_ack"][k] = beam_cmd[k]
             moved.append(k)
+        alf3, hx = self._alf3_and_hx(remote, cut_out, alf3_cmd, hx_sp, refused)
         self.hb_in = (self.hb_in + 1) % 65536
         img.scalars["heartbeat_in"] = float(self.hb_in)
         img.scalars["remote"] = float(remote)
         return PotroomScan(shots, moves, remote, changed, np.asarray(fed, dtype=np.int64),
-                           np.asarray(moved, dtype=np.int64), refused)  # fmt: skip
+                           np.asarray(moved, dtype=np.int64), refused, alf3, hx)  # fmt: skip
+
+    def _alf3_and_hx(self, remote: bool, cut_out: np.ndarray, alf3_cmd: np.ndarray, hx_sp: np.ndarray,
+                     refused: list[tuple[int, str, str]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """AlF3 commands (handshake) and exchanger setpoints of this scan: ([kg], [kW] or NaN)."""
+        img = self.image
+        new_alf3 = np.flatnonzero(alf3_cmd != self._alf3_seen)
+        self._alf3_seen = alf3_cmd
+        alf3 = np.zeros(self.n)
+        req = img.cells["alf3_kg"]
+        for k in new_alf3.tolist():
+            why = self._refuse_alf3(k, remote, cut_out, float(req[k]))
+            if why:
+                refused.append((k, "alf3", why))
+                continue
+            alf3[k] = float(req[k])
+            img.cells["alf3_cmd_ack"][k] = alf3_cmd[k]
+        hx = np.full(self.n, np.nan)
+        if remote:
+            # a new register value, or the one it holds when the room came back to remote
+            take = (hx_sp != self._hx_seen) | (~np.isnan(self._hx_taken) & (hx_sp != self._hx_taken))
+            for k in np.flatnonzero(take).tolist():
+                hx[k] = float(hx_sp[k])
+                self._hx_taken[k] = float(hx_sp[k])
+        else:
+            changed = np.flatnonzero(hx_sp != self._hx_seen)
+            refused.extend((k, "hx", "local control") for k in changed.tolist())
+        self._hx_seen = hx_sp
+        return alf3, hx
+
+    def _refuse_alf3(self, k: int, remote: bool, cut_out: np.ndarray, kg: float) -> str:
+        if not remote:
+            return "local control"
+        if cut_out[k]:
+            return "cell cut out"
+        if not (0.0 <= kg <= self.max_alf3_kg + 1e-9):
+            return f"{kg:g} kg AlF3 outside 0..{self.max_alf3_kg:g}"
+        return ""
 
     def local_ae_kill(self, now: float, cut_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The PLC's own AE kill while in local control: (shots, beam moves [mm]) to carry out now."""
@@ -283,8 +344,10 @@ class PotroomLogic:
         return ""
 
     def publish(self, voltage_v: np.ndarray, ae: np.ndarray, tapping: np.ndarray, anode_change: np.ndarray,
-                cut_out: np.ndarray, feed_total: np.ndarray, beam_total_mm: np.ndarray) -> None:  # fmt: skip
-        """Measurements into the image: voltages, status bits, cumulative acknowledgements.
+                cut_out: np.ndarray, feed_total: np.ndarray, beam_total_mm: np.ndarray,
+                hx_kw: np.ndarray | None = None, shell_c: np.ndarray | None = None) -> None:  # fmt: skip
+        """Measurements into the image: voltages, status bits, cumulative acknowledgements,
+        the exchangers' delivered duty ``hx_kw`` [kW] and shell temperatures ``shell_c`` [°C].
 
         ``feed_total`` / ``beam_total_mm`` are the cells' lifetime totals; the PLC counts from
         its own (re)start, so a restart zeroes what it reports.
@@ -305,6 +368,10 @@ class PotroomLogic:
         img.cells["status"][:] = status
         img.cells["feed_ack"][:] = np.mod(np.asarray(feed_total) - self._feed_ack0, 65536)
         img.cells["beam_ack"][:] = np.round((np.asarray(beam_total_mm) - self._beam_ack0) * 10.0) / 10.0
+        if hx_kw is not None:
+            img.cells["hx_duty"][:] = hx_kw
+        if shell_c is not None:
+            img.cells["shell_temp"][:] = np.round(np.asarray(shell_c, dtype=float) * 10.0) / 10.0
 
 
 # ============================================================================ rectifier

@@ -115,15 +115,18 @@ class Rig:
         speed: override the scenario's time factor.
         clock: use this clock instead of an ``AcceleratedClock`` (tests).
         proxies: put a ``LinkProxy`` in front of every PLC (needed for link faults).
+        plant_config: the twin's ``PlantConfig`` instead of the scenario's (e.g. one with
+            shell heat exchangers installed); its layout must be what the scenario expects.
     """
 
     def __init__(self, scenario: Scenario | str, *, host: str = "127.0.0.1", speed: float | None = None,
-                 clock: Clock | None = None, proxies: bool = True) -> None:  # fmt: skip
+                 clock: Clock | None = None, proxies: bool = True, plant_config: Any = None) -> None:  # fmt: skip
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.host = host
         self.speed = float(speed if speed is not None else self.scenario.speed)
         self.clock: Clock | None = clock
         self.use_proxies = proxies
+        self._plant_config = plant_config
         self.potline: Any = None
         self.layout: Any = None
         self.plcs: list[AnyPlc] = []
@@ -137,7 +140,7 @@ class Rig:
         self.fault_log: list[tuple[float, str, bool]] = []
         self.event_log: list[tuple[float, str]] = []
         self.refusals: dict[str, int] = {}
-        self.commands = {"feed": 0, "beam": 0, "setpoint_writes": 0}
+        self.commands = {"feed": 0, "beam": 0, "setpoint_writes": 0, "alf3": 0, "hx": 0}
         self.setpoint_log: list[tuple[float, int, float, float]] = []
         self.trend: dict[str, list[Any]] = {}
         self.max_lag_s = 0.0
@@ -168,7 +171,8 @@ class Rig:
         from twin.potline import Potline
 
         sc = self.scenario
-        cfg = sc.plant_config()
+        cfg = self._plant_config if self._plant_config is not None else sc.plant_config()
+        self._plant_config = cfg
         # the potroom PLC logic kills AEs in local control (hil_rigs.plc_logic), not the twin
         cfg = cfg.model_copy(update={"local_control": cfg.local_control.model_copy(update={"ae_quench": False})})
         pl = Potline(cfg, parallel=sc.plant.parallel)
@@ -280,12 +284,14 @@ class Rig:
                 "shot_mass_kg": lay.shot_mass_kg.tolist(),
                 "nominal_current_ka": lay.nominal_current_ka.tolist(),
             },
-            "voltage_limit_v": [ln.rectifier.voltage_limit_v for ln in self.scenario.plant_config().lines],
+            "voltage_limit_v": [ln.rectifier.voltage_limit_v for ln in self._config().lines],
             # the rectifiers' own limits (the PLCs clamp to them): the bridge bounds its setpoints by them
-            "rectifier_limits_ka": {
-                ln.name: [ln.rectifier.min_ka, ln.rectifier.max_ka] for ln in self.scenario.plant_config().lines
-            },
+            "rectifier_limits_ka": {ln.name: [ln.rectifier.min_ka, ln.rectifier.max_ka] for ln in self._config().lines},
         }
+
+    def _config(self) -> Any:
+        """The twin's plant config (the scenario's unless ``plant_config`` was given)."""
+        return self._plant_config if self._plant_config is not None else self.scenario.plant_config()
 
     def plc(self, device: str) -> AnyPlc:
         for h in self.plcs:
@@ -593,6 +599,7 @@ class Rig:
         # --- PLC scans: commands in, actions on the twin
         shots = np.zeros(self.layout.n_cells, dtype=np.int64)
         moves = np.zeros(self.layout.n_cells)
+        alf3 = np.zeros(self.layout.n_cells)
         for h in self.potrooms:
             if h.down_until is not None:
                 continue
@@ -609,11 +616,21 @@ class Rig:
                 moves[c] += k_moves
             self.commands["feed"] += int(res.fed_cells.size)
             self.commands["beam"] += int(res.moved_cells.size)
+            if res.alf3_kg.size:
+                alf3[c] = res.alf3_kg
+                self.commands["alf3"] += int((res.alf3_kg > 0).sum())
+            if res.hx_kw.size and np.isfinite(res.hx_kw).any():
+                hx_idx = np.flatnonzero(np.isfinite(res.hx_kw))
+                pl.set_heat_exchanger(c[hx_idx], res.hx_kw[hx_idx] * 1e3)
+                self.commands["hx"] += int(hx_idx.size)
             for _, what, why in res.refused:
                 key = f"{h.name} {what}: {why}"
                 self.refusals[key] = self.refusals.get(key, 0) + 1
-        if shots.any() or moves.any():
-            pl.apply(shots, moves)
+        if alf3.any():
+            # the controller feeds AlF3 there: the PLC's own AlF3 schedule stops for those cells
+            pl.stop_alf3_schedule(np.flatnonzero(alf3 > 0.0))
+        if shots.any() or moves.any() or alf3.any():
+            pl.apply(shots, moves, alf3)
         for rect in self.rectifiers:
             if rect.down_until is not None:
                 continue
@@ -656,7 +673,8 @@ class Rig:
             uu = h.sensors.apply(u[c]) if h.sensors is not None else u[c]
             ae_bit = np.nan_to_num(uu, nan=0.0) > PLC_AE_THRESHOLD_V
             h.logic.publish(uu, ae_bit, m["tapping"][c], m["anode_change"][c], m["cut_out"][c],
-                            m["feeder_ack"][c], m["beam_ack_mm"][c])  # fmt: skip
+                            m["feeder_ack"][c], m["beam_ack_mm"][c], m["heat_exchanger_kw"][c],
+                            m["shell_temp_c"][c])  # fmt: skip
             h.image.t_s = now
             if h.down_until is None:
                 h.edge.publish()

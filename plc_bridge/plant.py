@@ -44,8 +44,21 @@ resized to the room). Used against HIL rigs and live PLCs alike; the daemon buil
 * on comms loss the writer stops writing and raises an alarm; the PLC falls back to
   local on its watchdog; when the link returns the PLC state is re-read (resync).
 
-``Commands.alf3_kg`` is not sent: the potroom tag map has no AlF3 command (the PLC's own
-AlF3 schedule keeps running).
+* AlF3 additions (``Commands.alf3_kg`` > 0, cells in remote) use the same handshake
+  (``alf3_kg`` then ``alf3_cmd``, acknowledged on ``alf3_cmd_ack``, one outstanding
+  command per cell, requests meanwhile added up); the PLC stops its own AlF3 schedule for
+  a cell at the first addition it carries out there. A request beyond the map's ``max``
+  is refused, not clamped (a ``WriteRecord`` naming the tag and the bounds, counted in
+  ``stats["refused"]``, event ``command_out_of_bounds``);
+* the shell heat-exchanger duty (``Commands.hx_duty_kw``, finite entries, cells in
+  remote and in circuit) is a setpoint written to ``hx_duty_sp``: refused outside the
+  map's bounds (not clamped; the same request is not re-journalled every cycle),
+  deadbanded (``hx_duty_deadband_kw``), interlocked like the commands.
+
+A potroom map without the AlF3 or exchanger roles (a PLC that has none) keeps working:
+those commands are not sent and the loss is stated (``capability_losses``);
+``Measurements.hx_duty_kw`` / ``shell_temp_c`` are None when no room reports them, NaN
+for cells whose value is BAD or whose room's map lacks it.
 
 Roles, not names: each device's tag map must give the roles of its kind
 (``plc_bridge.roles``; checked when the map is loaded: a missing required role is a
@@ -228,6 +241,8 @@ class BridgeSettings:
             plant config (``rectifier_limits``); they narrow each map's setpoint bounds.
         ack_timeout_s: a command not acknowledged within this is given up (alarm event).
         verify_commands: read back command fields (the ack counter verifies them anyway).
+        hx_duty_deadband_kw: an exchanger duty within this of what the PLC holds is not
+            rewritten (nor journalled) [kW].
         frozen_after_s: a cell voltage that has not changed for this long [plant s] while the
             cell carries current (> 2 V) is a frozen transmitter: the cell goes not ok
             (``sensor_frozen`` event) until the value moves again (``sensor_recovered``); a
@@ -246,6 +261,7 @@ class BridgeSettings:
     line_limits_ka: Mapping[str, tuple[float, float]] | None = None
     ack_timeout_s: float = 30.0
     verify_commands: bool = False
+    hx_duty_deadband_kw: float = 1.0
     frozen_after_s: float | None = 120.0
     modbus_timeout_s: float = 0.5
     opcua_timeout_s: float = 2.0
@@ -582,7 +598,7 @@ class _Device:
         return out
 
 
-_ON_DEMAND = frozenset({"feed_cmd_ack", "beam_cmd_ack"})
+_ON_DEMAND = frozenset({"feed_cmd_ack", "beam_cmd_ack", "alf3_cmd_ack"})
 
 #: line ``Measurements`` arrays: (quality key, role, BridgePlant attribute, must be GOOD to be taken)
 _LINE_MAP = (
@@ -595,7 +611,20 @@ _LINE_MAP = (
 )
 _LINE_SIGNALS = tuple(k for k, *_ in _LINE_MAP)
 #: per-cell ``Measurements`` arrays whose quality the bridge keeps
-_CELL_SIGNALS = ("cell_voltage_v", "feeder_ack", "beam_ack_mm", "tapping", "anode_change", "cut_out")
+_CELL_SIGNALS = (
+    "cell_voltage_v",
+    "feeder_ack",
+    "beam_ack_mm",
+    "tapping",
+    "anode_change",
+    "cut_out",
+    "hx_duty_kw",
+    "shell_temp_c",
+)
+#: optional per-cell readings: (role, ``Measurements`` field / quality key)
+_CELL_OPTIONAL = (("hx_duty", "hx_duty_kw"), ("shell_temp", "shell_temp_c"))
+#: the AlF3 command needs all three roles
+_ALF3_ROLES = ("alf3_kg", "alf3_cmd", "alf3_cmd_ack")
 
 
 def reason_of_codes(codes: np.ndarray) -> str:
@@ -671,6 +700,14 @@ class _Room:
         self.pending_mm = np.zeros(n)
         self.wait_feed_since = np.full(n, math.nan)
         self.wait_beam_since = np.full(n, math.nan)
+        #: AlF3 requested, not yet sent [kg]; time the outstanding AlF3 command was sent
+        self.pending_alf3 = np.zeros(n)
+        self.wait_alf3_since = np.full(n, math.nan)
+        #: the map gives the AlF3 command / the exchanger setpoint
+        self.has_alf3 = all(r in device.field_of for r in _ALF3_ROLES)
+        self.has_hx = "hx_duty_sp" in device.field_of
+        #: the last out-of-bounds duty request refused per cell (not re-journalled while it lasts)
+        self.hx_refused = np.full(n, math.nan)
         self.feed_raw = np.full(n, math.nan)
         self.beam_raw = np.full(n, math.nan)
         self.feed_total = np.zeros(n, dtype=np.int64)
@@ -743,6 +780,7 @@ class BridgePlant:
         self._tapping = np.zeros(n, dtype=bool)
         self._ac = np.zeros(n, dtype=bool)
         self._cut = np.zeros(n, dtype=bool)
+        self._opt = {key: np.full(n, math.nan) for _, key in _CELL_OPTIONAL}
         #: per ``Measurements`` array: quality, source time and reason of each value
         self.quality: dict[str, ValueQuality] = {k: ValueQuality.never(nl) for k in _LINE_SIGNALS}
         self.quality.update({k: ValueQuality.never(n) for k in _CELL_SIGNALS})
@@ -788,12 +826,22 @@ class BridgePlant:
         sp_pol = WritePolicy(max_rate_per_s=st.setpoint_rate_ka_per_s, min=st.setpoint_min_ka, max=st.setpoint_max_ka,
                              max_interval_s=st.setpoint_max_interval_s)  # fmt: skip
         cmd_pol = WritePolicy(verify=st.verify_commands)
+        refuse_pol = WritePolicy(verify=st.verify_commands, refuse_outside=True)
         tasks = []
         for d in self.rects:
             tasks.append(d.start(self._on_alarm(d), self._on_record, {d.tag("line_current_sp"): sp_pol}))
         for r in self.rooms:
             pol = {t.name: cmd_pol for t in r.dev.tagmap.writable()
                    if t.cell is not None and t.role in ("feed_shots", "feed_cmd", "beam_move", "beam_cmd")}  # fmt: skip
+            # an AlF3 mass or an exchanger duty beyond the map's bounds is refused, never clamped
+            if r.has_alf3:
+                pol.update({t.name: refuse_pol for t in r.dev.tagmap.writable() if t.cell is not None
+                            and t.role == "alf3_kg"})  # fmt: skip
+                pol.update({t.name: cmd_pol for t in r.dev.tagmap.writable() if t.cell is not None
+                            and t.role == "alf3_cmd"})  # fmt: skip
+            if r.has_hx:
+                pol.update({t.name: refuse_pol for t in r.dev.tagmap.writable() if t.cell is not None
+                            and t.role == "hx_duty_sp"})  # fmt: skip
             tasks.append(r.dev.start(self._on_alarm(r.dev), self._on_record, pol))
         await asyncio.gather(*tasks)
         for d in self.rects:
@@ -882,7 +930,8 @@ class BridgePlant:
         now = self.clock.now()
         wanted: list[dict[str, np.ndarray]] = [{} for _ in self.rects] + [
             {"feed_cmd_ack": np.flatnonzero(~np.isnan(r.wait_feed_since)),
-             "beam_cmd_ack": np.flatnonzero(~np.isnan(r.wait_beam_since))} for r in self.rooms
+             "beam_cmd_ack": np.flatnonzero(~np.isnan(r.wait_beam_since)),
+             "alf3_cmd_ack": np.flatnonzero(~np.isnan(r.wait_alf3_since))} for r in self.rooms
         ]  # fmt: skip
         scans = await asyncio.gather(*(d.scan(w) for d, w in zip(self.devices, wanted, strict=False)))
         n_l = len(self.rects)
@@ -920,6 +969,10 @@ class BridgePlant:
             cell_ok=cell_ok,
             line_ok=line_ok,
             cell_remote=cell_remote,
+            **{
+                key: (self._opt[key].copy() if any(role in r.dev.field_of for r in self.rooms) else None)
+                for role, key in _CELL_OPTIONAL
+            },
         )
 
     def _rect_scan(self, d: _Device, sc: _Scan, now: float) -> bool:
@@ -1022,11 +1075,27 @@ class BridgePlant:
             room.pending_mm[:] = 0.0
             room.wait_feed_since[:] = math.nan
             room.wait_beam_since[:] = math.nan
+            room.pending_alf3[:] = 0.0
+            room.wait_alf3_since[:] = math.nan
         room.remote = bool(sc.link_ok and sc.good("remote") and sc.value("remote") and fresh)
         if not room.remote:
             # local control or no link: nothing is in flight, nothing is replayed later
             room.pending_shots[:] = 0
             room.pending_mm[:] = 0.0
+            room.pending_alf3[:] = 0.0
+        for role, key in _CELL_OPTIONAL:
+            if role not in f:
+                continue
+            v, g = f[role]
+            fq = sc.field_quality.get(role)
+            # GOOD, or UNCERTAIN (beyond the tag's engineering range): still a measurement
+            usable = (fq != Quality.BAD) if fq is not None else g
+            usable = usable & np.isfinite(v) & sc.link_ok & fresh
+            self._opt[key][c] = np.where(usable, v, math.nan)
+            self._mark_cells(key, c, g, role, sc, fresh, now, held=False)
+            unsure = c[usable & ~g]
+            if unsure.size:
+                self.quality[key].quality[unsure] = Quality.UNCERTAIN
         u, u_ok = f["voltage"]
         self._u[c] = np.where(u_ok, u, math.nan)
         frozen = self._frozen_voltages(room, u, u_ok, sc.t)
@@ -1145,8 +1214,18 @@ class BridgePlant:
             room.pending_mm += np.where(np.abs(moves) >= 0.05, moves, 0.0)
         self._check_acks(room, now)
         todo = np.flatnonzero((room.pending_shots > 0) | (np.abs(room.pending_mm) >= 0.05))
-        if todo.size == 0 or not room.remote:
-            return
+        if todo.size and room.remote:
+            await self._write_feed_beam(room, todo, now)
+        # then the slow ones: AlF3 additions and exchanger duties (an AE's quench goes first)
+        if room.remote and room.has_alf3:
+            await self._write_alf3(room, np.asarray(cmds.alf3_kg, dtype=float)[c], now)
+        if room.remote and room.has_hx and cmds.hx_duty_kw is not None:
+            await self._write_hx(room, np.asarray(cmds.hx_duty_kw, dtype=float)[c])
+
+    async def _write_feed_beam(self, room: _Room, todo: np.ndarray, now: float) -> None:
+        """Feed and beam commands of the cells ``todo`` (indices in the room) through the handshake."""
+        w = room.dev.writer
+        assert w is not None
         # cells in AE first, then the biggest requests
         order = todo[np.lexsort((-room.pending_shots[todo], ~room.ae[todo]))]
         dev = room.dev
@@ -1176,6 +1255,62 @@ class BridgePlant:
                 else:
                     room.pending_mm[i] = 0.0
 
+    def _refused_out_of_bounds(self, room: _Room, i: int, rec: WriteRecord) -> None:
+        """A command beyond the map's bounds was refused: logged and an event for the journal."""
+        cell = int(room.cells[i])
+        self.events.append(("command_out_of_bounds", cell, f"{room.dev.device} {rec.reason}"))
+        log.warning("bridge.command_out_of_bounds", device=room.dev.device, tag=rec.tag, requested=rec.requested,
+                    reason=rec.reason)  # fmt: skip
+
+    async def _write_hx(self, room: _Room, duty_kw: np.ndarray) -> None:
+        """Exchanger duty setpoints [kW] of the room's cells (NaN: leave) through the safety layer."""
+        w = room.dev.writer
+        assert w is not None
+        cells = np.flatnonzero(np.isfinite(duty_kw) & ~self._cut[room.cells])
+        for i in cells.tolist():
+            kw = float(duty_kw[i])
+            if kw == room.hx_refused[i]:
+                continue  # refused already: not re-journalled while the request lasts
+            rec = await w.write(room.dev.cell_tag(room.prefix[i], "hx_duty_sp"), kw,
+                                deadband=self.settings.hx_duty_deadband_kw)  # fmt: skip
+            if rec.rejected and "outside the bounds" in rec.reason:
+                room.hx_refused[i] = kw
+                self._refused_out_of_bounds(room, i, rec)
+            else:
+                room.hx_refused[i] = math.nan
+
+    async def _write_alf3(self, room: _Room, kg: np.ndarray, now: float) -> None:
+        """AlF3 additions [kg] of the room's cells: the handshake, one outstanding per cell."""
+        w = room.dev.writer
+        dev = room.dev
+        assert w is not None
+        hi = float(dev.tagmap[dev.cell_tag(room.prefix[0], "alf3_kg")].hi)
+        asked = np.flatnonzero(np.nan_to_num(kg, nan=0.0) > 0.0)
+        for i in asked.tolist():
+            x = float(kg[i])
+            if x > hi:
+                # beyond what one command may carry: refused by the safety layer (never split or clamped)
+                recs = await w.write_command({dev.cell_tag(room.prefix[i], "alf3_kg"): x},
+                                             dev.cell_tag(room.prefix[i], "alf3_cmd"))  # fmt: skip
+                if recs and recs[0].rejected:
+                    self._refused_out_of_bounds(room, i, recs[0])
+                continue
+            room.pending_alf3[i] += x
+        todo = np.flatnonzero((room.pending_alf3 >= 0.05) & np.isnan(room.wait_alf3_since))
+        for i in todo.tolist():
+            p = room.prefix[i]
+            x = float(min(room.pending_alf3[i], hi))
+            recs = await w.write_command({dev.cell_tag(p, "alf3_kg"): x}, dev.cell_tag(p, "alf3_cmd"))
+            if recs and not recs[-1].rejected:
+                sent = float(recs[0].written) if recs[0].written is not None else x
+                room.pending_alf3[i] = max(room.pending_alf3[i] - sent, 0.0)
+                if room.pending_alf3[i] < 0.05:
+                    room.pending_alf3[i] = 0.0
+                room.wait_alf3_since[i] = now
+                self.stats["commands"] += 1
+            else:
+                room.pending_alf3[i] = 0.0  # refused: not queued for later
+
     def _check_acks(self, room: _Room, now: float) -> None:
         """Clear the wait of cells whose last command the PLC acknowledged; time out the rest."""
         sc = room.dev.last
@@ -1183,9 +1318,10 @@ class BridgePlant:
         if sc is None or w is None:
             return
         for fld, wait, cmd_field in (("feed_cmd_ack", room.wait_feed_since, "feed_cmd"),
-                                     ("beam_cmd_ack", room.wait_beam_since, "beam_cmd")):  # fmt: skip
+                                     ("beam_cmd_ack", room.wait_beam_since, "beam_cmd"),
+                                     ("alf3_cmd_ack", room.wait_alf3_since, "alf3_cmd")):  # fmt: skip
             waiting = np.flatnonzero(~np.isnan(wait))
-            if waiting.size == 0:
+            if waiting.size == 0 or fld not in sc.fields:
                 continue
             ack, good = sc.fields[fld]
             for i in waiting.tolist():
@@ -1196,6 +1332,8 @@ class BridgePlant:
                     wait[i] = math.nan
                     if cmd_field == "feed_cmd":
                         room.pending_shots[i] = 0
+                    elif cmd_field == "alf3_cmd":
+                        room.pending_alf3[i] = 0.0
                     else:
                         room.pending_mm[i] = 0.0
                     self.stats["ack_timeouts"] += 1

@@ -90,6 +90,12 @@ _NOT_ALIVE = (
     " scan stops (its watchdog on heartbeat_out still hands it back to local)"
 )
 
+_NO_HX = "the shell heat-exchanger duty is not sent (`Commands.hx_duty_kw` ignored: the PLC holds its own)"
+_NO_ALF3 = (
+    "AlF3 additions are not sent (`Commands.alf3_kg` ignored; the PLC's own AlF3 schedule keeps running);"
+    " all three of alf3_kg, alf3_cmd and alf3_cmd_ack are needed"
+)
+
 RECTIFIER = DeviceKind(
     "rectifier",
     "Rectifier PLC (one per line; {instance} = the line name)",
@@ -154,6 +160,23 @@ POTROOM = DeviceKind(
         Role("beam_cmd", "write", "counter", "", "beam command counter, bumped after beam_move", per_cell=True),
         Role("beam_cmd_ack", "read", "counter", "",
              "the last beam counter the PLC carried out; the next command waits for it", per_cell=True),
+        Role("hx_duty_sp", "write", "number", "kW",
+             "shell heat-exchanger duty to hold (+ extracts heat, − insulates): a value outside the map's"
+             " `min`/`max` is refused (not clamped), deadbanded, interlocked like the commands",
+             per_cell=True, required=False, without=_NO_HX),
+        Role("hx_duty", "read", "number", "kW", "the duty the exchanger delivers (`Measurements.hx_duty_kw`)",
+             per_cell=True, required=False, without="the delivered exchanger duty is not reported (NaN)"),
+        Role("shell_temp", "read", "number", "°C", "side-wall (shell) thermocouple (`Measurements.shell_temp_c`)",
+             per_cell=True, required=False, without="the shell temperature is not reported (NaN)"),
+        Role("alf3_kg", "write", "number", "kg",
+             "AlF3 addition requested with the next AlF3 command; outside the map's `max` refused, not clamped",
+             per_cell=True, required=False, without=_NO_ALF3),
+        Role("alf3_cmd", "write", "counter", "", "AlF3 command counter, bumped after alf3_kg; the first one to a"
+             " cell in remote stops the PLC's own AlF3 schedule there", per_cell=True, required=False,
+             without=_NO_ALF3),
+        Role("alf3_cmd_ack", "read", "counter", "",
+             "the last AlF3 counter the PLC carried out; the next command waits for it", per_cell=True,
+             required=False, without=_NO_ALF3),
     ),
     cells=True,
 )  # fmt: skip

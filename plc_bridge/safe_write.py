@@ -3,7 +3,8 @@
 Two halves, sans-I/O style:
 
 * **Pure decision logic** — ``decide(limits, requested, last, last_t, now,
-  interlocks)`` clamps to the tag's bounds, limits the step against the last
+  interlocks)`` clamps to the tag's bounds (or refuses a request outside them, for
+  tags whose policy says ``refuse_outside``), limits the step against the last
   written (or read-back) value to ``max_rate_per_s`` x elapsed time, refuses on
   any failed interlock, and quantises to what the registers can carry without
   leaving the allowed interval. ``evaluate_condition`` turns a sample into an
@@ -71,6 +72,9 @@ class SetpointLimits:
         max_rate_per_s: largest change per second; None = no ramp limit.
         max_interval_s: elapsed time credited to a ramp step at most [s] (after a
             long pause the next write still moves only rate x this).
+        refuse_outside: a request outside ``[min, max]`` is refused (the record names the
+            tag and the bounds) instead of clamped: for values where the nearest bound is
+            not what was meant (an AlF3 mass, an exchanger duty).
     """
 
     tag: Tag
@@ -78,6 +82,7 @@ class SetpointLimits:
     max: float
     max_rate_per_s: float | None = None
     max_interval_s: float = 2.0
+    refuse_outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,11 @@ def decide(
     lo, hi = limits.min, limits.max
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         return WriteDecision(name, req, None, rejected=True, reason=f"invalid limits [{lo}, {hi}]")
+    if limits.refuse_outside and not lo <= req <= hi:
+        unit = f" {limits.tag.unit}" if limits.tag.unit else ""
+        return WriteDecision(name, req, None, rejected=True,
+                             reason=f"{name}: {req:g}{unit} outside the bounds [{lo:g}, {hi:g}]{unit}:"
+                                    " refused, not clamped")  # fmt: skip
     x = min(max(req, lo), hi)
     clamped = x != req
     a, b = lo, hi
@@ -324,6 +334,8 @@ class WritePolicy:
         tolerance: read-back tolerance [engineering units] (default: half a raw step, or exact for floats).
         verify: read back after writing.
         max_interval_s: see ``SetpointLimits``.
+        refuse_outside: refuse a request outside the bounds instead of clamping it
+            (see ``SetpointLimits``).
     """
 
     max_rate_per_s: float | None = None
@@ -332,6 +344,7 @@ class WritePolicy:
     tolerance: float | None = None
     verify: bool = True
     max_interval_s: float = 2.0
+    refuse_outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +464,7 @@ class SafeWriter:
             lo = max(lo, pol.min)
         if pol.max is not None:
             hi = min(hi, pol.max)
-        lim = SetpointLimits(tag, lo, hi, pol.max_rate_per_s, pol.max_interval_s)
+        lim = SetpointLimits(tag, lo, hi, pol.max_rate_per_s, pol.max_interval_s, pol.refuse_outside)
         self._limits[name] = lim
         return lim
 

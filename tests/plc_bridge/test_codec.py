@@ -238,8 +238,11 @@ def test_plan_for_a_potroom_uses_few_requests():
     m = load_tagmap(Path(__file__).resolve().parents[2] / "config" / "tagmaps" / "potroom.toml")
     blocks = codec.plan_blocks(m.modbus_tags())
     regs = sum(b.count for b in blocks if not b.table.is_bits)
-    # 132 cells x 8 registers in each of two tables: ceil(1056/125) = 9 requests each, plus room-level tags
-    assert len(blocks) <= 2 * 10 + 3
+    assert m.cells is not None
+    span = m.cells.count * m.cells.stride  # registers of the cell block in each table
+    # 132 cells x stride registers in each of two tables: ceil(span/125) requests each
+    # (one more where a block boundary splits a value), plus room-level tags
+    assert len(blocks) <= 2 * (-(-span // 125) + 1) + 3
     assert regs >= 2 * 132 * 4
 
 

@@ -193,15 +193,25 @@ async def test_server_refuses_writes_outside_allow_list_and_bounds():
             await asyncio.to_thread(_uread, srv.port, utcp.read_input_registers, 500, 2)
         assert srv.client_writes == 1
     pm = load_tagmap(ROOT / "config" / "tagmaps" / "potroom.toml")
+    assert pm.cells is not None
+    base, stride = pm.cells.base_address, pm.cells.stride
+    held = sorted(pm[n].address + k for f in pm.cells.fields for n in pm.cell_tags(f)[:1]
+                  if pm[n].table.value == "holding" for k in range(pm[n].n_registers))  # fmt: skip
+    last_cmd = held[-1]  # the last command register of cell 1's block
+    spare = list(range(last_cmd + 1, base + stride))  # the rest of cell 1's block
+    assert spare, "the shipped potroom map keeps spare holding registers in each cell's block"
+    last_tag = next(n for f in pm.cells.fields for n in pm.cell_tags(f)[:1]
+                    if pm[n].table.value == "holding" and pm[n].address == last_cmd)  # fmt: skip
     async with ModbusTagServer(pm) as srv:
-        # holding 104..107 are spare registers inside cell 1's block: readable, not writable
-        assert await asyncio.to_thread(_uread, srv.port, utcp.read_holding_registers, 100, 8) == [0] * 8
+        # spare registers inside cell 1's block: readable, not writable
+        got = await asyncio.to_thread(_uread, srv.port, utcp.read_holding_registers, base, stride)
+        assert got == [0] * stride
         with pytest.raises(uexc.IllegalDataAddressError):
-            await asyncio.to_thread(_uwrite, srv.port, 104, [1])
+            await asyncio.to_thread(_uwrite, srv.port, spare[0], [1])
         # a write spanning a command and a spare register is refused as a whole
         with pytest.raises(uexc.IllegalDataAddressError):
-            await asyncio.to_thread(_uwrite, srv.port, 103, [1, 1])
-        assert srv.get("cell001.beam_cmd") == 0 and srv.rejected_writes == 2
+            await asyncio.to_thread(_uwrite, srv.port, last_cmd, [1, 1])
+        assert srv.get(last_tag) == 0 and srv.rejected_writes == 2
 
 
 async def test_server_restrictable_allow_list():

@@ -61,10 +61,13 @@ def test_potroom_map_expands_132_cells_with_floor_numbering():
     assert m.cells is not None and m.cells.count == 132
     volts = m.cell_tags("voltage")
     assert len(volts) == 132 and volts[0] == "cell001.voltage" and volts[-1] == "cell132.voltage"
-    # cell k's block starts at base + (k - 1) * stride: cell 17 voltage at input 100 + 16 * 8
+    # cell k's block starts at base + (k - 1) * stride: cell 17 voltage at input base + 16 * stride
+    base, stride = m.cells.base_address, m.cells.stride
     t = m["cell017.voltage"]
-    assert (t.table, t.address, t.type) == (Table.INPUT, 228, DataType.FLOAT32)
-    assert m["cell017.feed_shots"].address == 228 and m["cell017.feed_shots"].table is Table.HOLDING
+    assert (t.table, t.address, t.type) == (Table.INPUT, base + 16 * stride, DataType.FLOAT32)
+    assert m["cell017.feed_shots"].address == base + 16 * stride and m["cell017.feed_shots"].table is Table.HOLDING
+    # every other field at its offset inside the cell's block
+    assert m["cell017.beam_cmd_ack"].address - m["cell001.beam_cmd_ack"].address == 16 * stride
     assert t.browse_path == "Objects/Potroom1/Cell017/Voltage"
     assert m["cell017.ae"].bit == 0 and m["cell017.ae"].address == m["cell017.status"].address
     # the instance name is a load-time choice (5 potrooms share one map)
@@ -396,11 +399,14 @@ def test_cli_export_csv_and_json(tmp_path, capsys):
     out = tmp_path / "export"
     assert potline(["tags", "export", "--map", str(POTROOM), "--out", str(out), "--instance", "Potroom3"]) == 0
     rows = list(csv.DictReader((out / "Potroom3.csv").open(encoding="utf-8")))
-    assert len(rows) == 6 + 132 * 15
+    m = load_tagmap(POTROOM)
+    assert m.cells is not None
+    assert len(rows) == 6 + 132 * len(m.cells.fields)
     by_name = {r["name"]: r for r in rows}
     v = by_name["cell132.voltage"]
-    assert v["table"] == "input" and v["address_0based"] == str(100 + 131 * 8) and v["type"] == "float32"
-    assert v["address_1based"] == str(101 + 131 * 8) and v["address_base"] == "0"
+    last = m.cells.base_address + 131 * m.cells.stride
+    assert v["table"] == "input" and v["address_0based"] == str(last) and v["type"] == "float32"
+    assert v["address_1based"] == str(last + 1) and v["address_base"] == "0"
     assert v["opcua_browse_path"] == "Objects/Potroom3/Cell132/Voltage" and v["unit"] == "V"
     # Modicon convention: holding register at protocol address 0 is 400001, input 0 is 300001
     assert by_name["heartbeat_out"]["modbus_ref"] == "400001"
