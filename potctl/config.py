@@ -308,7 +308,7 @@ class BathChemistryConfig(StrictModel):
     )
     horizon_days: float = Field(2.0, ge=0.5, le=20.0, description="a sample's AlF3 error is made up over this")
     integral_per_day: float = Field(
-        0.15, ge=0.0, le=2.0, description="share of a sample's error in kg/day that the bias learns per sample"
+        0.05, ge=0.0, le=2.0, description="share of a sample's error in kg/day that the bias learns per sample"
     )
     integral_max_kg_per_day: float = Field(40.0, ge=0.0, le=500.0)
     temp_gain_kg_per_day_per_k: float = Field(
