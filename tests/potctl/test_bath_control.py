@@ -229,3 +229,26 @@ def test_bad_input_refused_naming_what_was_expected():
         control_config_from_dict({"heat": {"superheat_min_k": 9.0, "superheat_target_k": 8.0}}, "plant.toml")
     with pytest.raises(ConfigError, match=r"control\.bath\.max_kg_per_day"):
         control_config_from_dict({"bath": {"max_kg_per_day": -1.0}}, "plant.toml")
+
+
+def test_daemon_sample_path_reaches_the_controller():
+    """An operator's sample taken by the daemon's intake (``potline.operator_inputs``) gets to
+    the controller's bath chemistry: used at the next scan, for that cell only."""
+    from potline.operator_inputs import Sample, SampleIntake
+
+    pcfg, pl = _plant(4, 3)
+    ccfg = control_config_for_plant(pcfg)
+    ccfg = ccfg.model_copy(update={"bath": ccfg.bath.model_copy(update={"enabled": True})})
+    ctl = PotController(pl.layout, ccfg)
+    plant = TwinPlant(pl)
+    run_closed_loop(pl, ctl, 0.1, scan_s=60.0, plant=plant)
+    intake = SampleIntake(pl.layout, journal=lambda: None, observers=lambda: [ctl], t_plant_of=lambda t: t - 1e9)
+    room = pl.layout.room_names[0]
+    intake.take([Sample(1e9 + pl.t_s, room, 3, 2, {"alf3_excess_wt_pct": 9.5, "bath_temp_c": 975.0})], source="hmi")
+    run_closed_loop(pl, ctl, 0.1, scan_s=60.0, plant=plant)
+    used = [e for e in ctl.event_log if e[1] == "bath_sample_used"]
+    assert [e[2] for e in used] == [2]
+    assert "AlF3 9.5 wt %" in used[0][3] and "T 975 °C" in used[0][3]
+    assert (
+        ctl.alf3 is not None and ctl.alf3.rate_kg_per_day[2] > 0.0 and ctl.alf3.rate_kg_per_day[[0, 1, 3]].max() == 0.0
+    )
