@@ -31,7 +31,12 @@ composition and what it returns when it melts, bath removed with tapped metal or
 butts. The integral bias and the daily samples take those up. Before a cell's first
 sample nothing is commanded (the potroom PLC's own AlF3 schedule stays in charge there;
 the first addition stops it, ``potctl.plant.Commands.alf3_kg``); after
-``sample_max_age_days`` without a sample only the feedforward and bias run.
+``sample_max_age_days`` without a sample only the feedforward and bias run. A cell in
+local control gets nothing from the controller (its PLC feeds AlF3 on its own schedule);
+its carried estimate then drifts until the next sample resets it.
+
+Not kept across a restart: the estimate, the bias and the plan start again from the next
+sample (``PotController.beam_intent`` does not carry them).
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ Actions (every ``period_s``):
 - **shell heat-exchanger duty** (only where one is installed, ``hx_max_kw`` > 0): the
   side heat above the nominal one is taken out at the shell so the ledge keeps its
   thickness (``h·A·(SH − SH*)``), plus a slow correction on the ledge estimate
-  (``ledge_gain_kw_per_cm``: a thin ledge gets more extraction, a thick one less), within ±``hx_max_kw`` (negative: insulating), rate limited.
+  (``ledge_gain_kw_per_cm``: a thin ledge gets more extraction, a thick one less), within
+  ±``hx_max_kw`` (negative: insulating), rate limited. In steady state the exchanger sets
+  the ledge, not the superheat (that is the bath's heat input): it cannot replace the
+  resistance offset.
 """
 
 from __future__ import annotations
