@@ -139,8 +139,11 @@ def _amperage_run(factor: float, control: bool, seed: int = 7, cells: int = 4) -
     rng = np.random.default_rng(seed + 200)
     sh: list[np.ndarray] = []
     ledge: list[np.ndarray] = []
+    hx_cmds: list[np.ndarray] = []
 
     def rec(meas, cmds) -> None:
+        if cmds.hx_duty_kw is not None and np.isfinite(cmds.hx_duty_kw).any():
+            hx_cmds.append(cmds.hx_duty_kw[np.isfinite(cmds.hx_duty_kw)])
         if int(meas.t_s) % 600 == 0:
             tr = pl.truth()
             sh.append(tr["superheat_k"].copy())
@@ -158,6 +161,11 @@ def _amperage_run(factor: float, control: bool, seed: int = 7, cells: int = 4) -
     assert abs(i_end - 120.0 * factor) < 1.0, f"the line reached its new current ({i_end:.1f} kA)"
     if control:
         assert any(e[1] == "heat_balance" for e in ctl.event_log)
+        # never a setpoint outside its bounds: exchanger within its installed ±60 kW, the
+        # resistance target within its configured offset of the base target
+        assert hx_cmds and max(float(np.abs(h).max()) for h in hx_cmds) <= 60.0
+        off = ctl.resistance.target_uohm - ctl.r_target_base_uohm
+        assert np.abs(off).max() <= ctl.cfg.heat.r_offset_max_uohm + 1e-9
     return np.array(sh), np.array(ledge)
 
 
