@@ -25,10 +25,12 @@ from twin.configcore import ConfigError, ConfigIssue, StrictModel, load_toml, va
 
 __all__ = [
     "AmperageConfig",
+    "BathChemistryConfig",
     "ConfigError",
     "ControlConfig",
     "DetectionConfig",
     "FeedingConfig",
+    "HeatBalanceConfig",
     "PfcConfig",
     "PredictionConfig",
     "QuenchConfig",
@@ -277,6 +279,98 @@ class PfcConfig(StrictModel):
     ce_assumed: float = Field(0.95, gt=0.5, le=1.0, description="CE used to estimate the metal produced")
 
 
+class BathChemistryConfig(StrictModel):
+    """AlF3 control from the lab's bath samples and the bath temperature
+    (``potctl.bath_chemistry``; docs/domain.md "Bath chemistry and heat balance control").
+
+    Off by default: once on, the controller's AlF3 additions replace the potroom PLC's
+    own AlF3 schedule on every remote cell it has a sample for.
+    """
+
+    enabled: bool = Field(False, description="command AlF3 additions from the samples (opt-in)")
+    target_wt_pct: float = Field(11.0, ge=4.0, le=16.0, description="excess AlF3 target (plants: 10-12 wt %)")
+    band_wt_pct: float = Field(1.0, gt=0.0, le=5.0, description="alarm alf3_off_band beyond target ± this")
+    bath_mass_kg: float = Field(4000.0, ge=500.0, le=20000.0, description="nominal bath mass per cell")
+    caf2_wt_pct: float = Field(5.0, ge=0.0, le=10.0, description="CaF2 of the bath (for the liquidus)")
+    alumina_assumed_wt_pct: float = Field(
+        2.5, ge=0.5, le=8.0, description="dissolved alumina for the liquidus when neither observer nor sample has it"
+    )
+    soda_alf3_kg_per_kg_alumina: float = Field(
+        0.02, ge=0.0, le=0.1, description="AlF3 the alumina's Na2O neutralises (1.81 kg AlF3 per kg Na2O)"
+    )
+    loss_kg_per_day: float = Field(
+        4.0, ge=0.0, le=100.0, description="emissions + sodium uptake at loss_ref_c and loss_ref_wt_pct"
+    )
+    loss_ref_c: float = Field(965.0, ge=900.0, le=1010.0)
+    loss_ref_wt_pct: float = Field(11.0, gt=0.0, le=20.0)
+    loss_t_scale_k: float = Field(
+        30.0, gt=1.0, le=500.0, description="the loss grows by its reference value per this many K"
+    )
+    horizon_days: float = Field(2.0, ge=0.5, le=20.0, description="a sample's AlF3 error is made up over this")
+    integral_per_day: float = Field(
+        0.05, ge=0.0, le=2.0, description="share of a sample's error in kg/day that the bias learns per sample"
+    )
+    integral_max_kg_per_day: float = Field(40.0, ge=0.0, le=500.0)
+    temp_gain_kg_per_day_per_k: float = Field(
+        1.0, ge=0.0, le=50.0, description="more AlF3 when the bath runs hotter than the target's liquidus+superheat"
+    )
+    max_kg_per_day: float = Field(150.0, gt=0.0, le=1000.0, description="most AlF3 one cell gets per day")
+    shot_kg: float = Field(5.0, gt=0.0, le=100.0, description="one AlF3 addition (feeder shot or bag)")
+    sample_max_age_days: float = Field(
+        3.0, gt=0.0, le=30.0, description="an older sample no longer drives feedback (feedforward only)"
+    )
+    sample_gain: float = Field(
+        0.7, gt=0.0, le=1.0, description="weight of a new AlF3 sample against the carried estimate"
+    )
+
+
+class HeatBalanceConfig(StrictModel):
+    """Superheat/ledge estimate and heat-balance actions (``potctl.heat_balance``):
+    target-resistance offset and shell heat-exchanger duty. Off by default."""
+
+    enabled: bool = Field(False, description="move the resistance target and exchanger duty (opt-in)")
+    superheat_target_k: float = Field(8.0, ge=2.0, le=30.0, description="plants hold 5-15 K (Taylor, Haupin)")
+    superheat_min_k: float = Field(5.0, ge=0.0, le=30.0)
+    superheat_max_k: float = Field(15.0, ge=1.0, le=50.0)
+    deadband_k: float = Field(1.5, ge=0.0, le=10.0, description="no resistance-target change within ± this")
+    side_conductance_kw_per_k: float = Field(
+        10.8, gt=0.0, le=200.0, description="bath -> ledge face h·A: side heat per K of superheat"
+    )
+    top_bottom_kw_per_k: float = Field(0.16, ge=0.0, le=10.0, description="top + bottom loss per K of bath")
+    enthalpy_voltage_v: float = Field(
+        2.02, ge=1.5, le=2.5, description="voltage equivalent of the reaction enthalpy at the assumed CE"
+    )
+    outside_loss_uohm: float = Field(
+        2.3, ge=0.0, le=20.0, description="busbar + anode-top Joule heat that never reaches the bath"
+    )
+    heat_tau_s: float = Field(1800.0, ge=60.0, le=86400.0, description="bath heat input -> superheat lag")
+    sample_gain: float = Field(0.3, gt=0.0, le=1.0, description="weight of a sampled superheat against the estimate")
+    period_s: float = Field(900.0, ge=10.0, le=86400.0, description="heat-balance actions every")
+    gain: float = Field(0.1, gt=0.0, le=1.0, description="share of the superheat correction integrated per period")
+    r_offset_max_uohm: float = Field(
+        4.0, ge=0.0, le=20.0, description="resistance-target offset bound (≈ ±0.5 V at 120 kA)"
+    )
+    r_offset_rate_uohm_per_h: float = Field(1.5, gt=0.0, le=50.0)
+    hx_max_kw: float = Field(0.0, ge=0.0, le=500.0, description="exchanger extraction limit (0: none installed)")
+    hx_base_kw: float = Field(0.0, ge=0.0, le=500.0, description="exchanger duty at the nominal operating point")
+    hx_rate_kw_per_h: float = Field(20.0, gt=0.0, le=1000.0)
+    ledge_target_cm: float = Field(10.0, ge=1.0, le=40.0)
+    ledge_min_cm: float = Field(6.0, ge=0.0, le=40.0)
+    ledge_max_cm: float = Field(16.0, ge=1.0, le=60.0)
+    ledge_gain_kw_per_cm: float = Field(2.0, ge=0.0, le=50.0, description="exchanger duty per cm of ledge error")
+    ledge_area_m2: float = Field(12.0, gt=1.0, le=60.0)
+    k_ledge_w_per_mk: float = Field(1.2, gt=0.0, le=10.0)
+    r_wall_k_per_w: float = Field(1.0e-3, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _band(self) -> HeatBalanceConfig:
+        if not self.superheat_min_k < self.superheat_target_k < self.superheat_max_k:
+            raise ValueError("superheat_min_k < superheat_target_k < superheat_max_k expected")
+        if not self.ledge_min_cm < self.ledge_target_cm < self.ledge_max_cm:
+            raise ValueError("ledge_min_cm < ledge_target_cm < ledge_max_cm expected")
+        return self
+
+
 class ControlConfig(StrictModel):
     """The whole pot-controller configuration (the ``[control]`` TOML table)."""
 
@@ -289,6 +383,8 @@ class ControlConfig(StrictModel):
     resistance: ResistanceConfig = ResistanceConfig()
     amperage: AmperageConfig = AmperageConfig()
     pfc: PfcConfig = PfcConfig()
+    bath: BathChemistryConfig = BathChemistryConfig()
+    heat: HeatBalanceConfig = HeatBalanceConfig()
 
 
 def control_config_from_dict(data: dict[str, Any], source: str | Path = "<control>") -> ControlConfig:
@@ -298,12 +394,26 @@ def control_config_from_dict(data: dict[str, Any], source: str | Path = "<contro
 
 def control_config_for_plant(plant_config: Any, source: str | Path = "<plant config>") -> ControlConfig:
     """Controller config of a plant: its ``[control]`` table over the defaults, with the
-    rectifier voltage limits taken from the plant's lines unless the table sets them."""
+    rectifier voltage limits taken from the plant's lines, and the cell's bath mass, CaF2,
+    alumina soda (AlF3 neutralised per kg fed), ledge area and shell heat exchanger
+    (installed limit, base duty) from its cell design, unless the table sets them."""
     data = dict(getattr(plant_config, "control", {}) or {})
     amp = dict(data.get("amperage", {}) or {})
     if "voltage_limit_v" not in amp:
         amp["voltage_limit_v"] = [float(ln.rectifier.voltage_limit_v) for ln in plant_config.lines]
     data["amperage"] = amp
+    cell = getattr(plant_config, "cell", None)
+    if cell is not None:  # the cell's design values, unless the [control] table sets them
+        bath = dict(data.get("bath", {}) or {})
+        bath.setdefault("bath_mass_kg", float(cell.bath_mass_kg))
+        bath.setdefault("caf2_wt_pct", float(cell.caf2_wt_pct))
+        bath.setdefault("soda_alf3_kg_per_kg_alumina", float(cell.alf3_neutralised_per_kg_feed))
+        data["bath"] = bath
+        heat = dict(data.get("heat", {}) or {})
+        heat.setdefault("hx_max_kw", float(cell.heat_exchanger_max_kw))
+        heat.setdefault("hx_base_kw", float(min(cell.heat_exchanger_base_kw, cell.heat_exchanger_max_kw)))
+        heat.setdefault("ledge_area_m2", float(cell.ledge_area_m2))
+        data["heat"] = heat
     return control_config_from_dict(data, source)
 
 

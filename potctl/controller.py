@@ -16,7 +16,11 @@ internals. Per scan (all cells at once):
    and beam moves; a prediction alarm triggers preventive overfeed;
 4. tracking feed control; 5. quench sequences; 6. ACD control with its lock-outs;
 7. line-current setpoints (ramps, power schedule, headroom, cut-out/in);
-8. PFC (Tier 2) accounting.
+8. PFC (Tier 2) accounting;
+9. bath chemistry and heat balance (opt-in, ``[control.bath]`` / ``[control.heat]``): AlF3
+   additions from the lab's samples (``potctl.bath_chemistry``), the superheat/ledge
+   estimate, a resistance-target offset and the shell heat-exchanger duty
+   (``potctl.heat_balance``). Samples come in through ``bath_measurements``.
 
 ``observe_only`` runs 1–3 and 8 and commands nothing (used to score detection and
 prediction against a plant under its own local control).
@@ -59,8 +63,10 @@ import numpy as np
 from potctl.ae_detection import AEDetector, AERecord
 from potctl.ae_prediction import AEPredictor
 from potctl.amperage import AmperageController
+from potctl.bath_chemistry import AlF3Controller
 from potctl.config import ControlConfig
 from potctl.feeding import OVERFEED, UNDERFEED, FeedController
+from potctl.heat_balance import HeatBalance, liquidus_of
 from potctl.pfc import PfcAccountant, PfcReport
 from potctl.plant import Commands, Measurements
 from potctl.quench import ACTIVE, ESCALATED, IDLE, RESTORING, BeamIntentSettings, QuenchController
@@ -169,6 +175,22 @@ class PotController:
         else:
             target = (rc.target_voltage_v - cfg.e0_v) / nom[self.cell_line] * 1e3
         self.resistance = ResistanceController(n, target, rc)
+        #: the resistance target before any heat-balance offset [µΩ]
+        self.r_target_base_uohm = self.resistance.target_uohm.copy()
+        #: AlF3 control and the heat balance (None: off in the config)
+        self.alf3: AlF3Controller | None = AlF3Controller(n, cfg.bath) if cfg.bath.enabled else None
+        self.heat: HeatBalance | None = HeatBalance(n, cfg.heat) if (cfg.heat.enabled or cfg.bath.enabled) else None
+        if self.heat is not None:
+            self.heat.r_base_uohm = self.r_target_base_uohm.copy()
+            self.heat.i_nom_ka = nom[self.cell_line].astype(np.float64)
+            self.heat.e0_v = cfg.e0_v
+        self._pending_samples: list[tuple[float, dict[str, np.ndarray]]] = []
+        #: latest sampled alumina per cell [wt %] (NaN: none)
+        self._sample_alumina = np.full(n, np.nan)
+        self._bath_plan_t = -np.inf
+        self._hx_sent = False
+        self._heat_evt_r = np.zeros(n)
+        self._heat_evt_hx = np.full(n, np.nan)
         self.amperage = AmperageController(nom, self.cell_line, cfg.amperage, cfg.e0_v)
         self.pfc = PfcAccountant(n, cfg.pfc)
         if observer is None and cfg.prediction.use_observer:
@@ -246,6 +268,37 @@ class PotController:
     def set_line_target(self, line: int, ka: float) -> None:
         """Steady line-current target [kA]."""
         self.amperage.set_target(int(line), ka)
+
+    def bath_measurements(
+        self,
+        t_s: float,
+        alf3_wt_pct: np.ndarray | None = None,
+        bath_temp_c: np.ndarray | None = None,
+        alumina_wt_pct: np.ndarray | None = None,
+    ) -> None:
+        """Lab bath samples and temperature dips, [n_cells] arrays (NaN: no value for a
+        cell; None: none at all), taken at plant time ``t_s`` [s] (this controller's clock).
+
+        They are used at the next ``step`` (events ``bath_sample_used``): the excess AlF3
+        [wt %] drives the AlF3 control, with the bath temperature [°C] it anchors the
+        superheat estimate, the dissolved alumina [wt %] enters the liquidus when no alumina
+        observer is there. Without bath or heat control configured they are only kept.
+
+        Raises:
+            ValueError: an array does not have one entry per cell.
+        """
+        n = self.n
+        vals: dict[str, np.ndarray] = {}
+        for name, arr in (("alf3_wt_pct", alf3_wt_pct), ("bath_temp_c", bath_temp_c),
+                          ("alumina_wt_pct", alumina_wt_pct)):  # fmt: skip
+            if arr is None:
+                continue
+            a = np.asarray(arr, dtype=np.float64)
+            if a.shape != (n,):
+                raise ValueError(f"bath_measurements: {name} has shape {a.shape}, expected ({n},)")
+            vals[name] = a
+        if vals:
+            self._pending_samples.append((float(t_s), vals))
 
     # ------------------------------------------------------------------ queries
     @property
@@ -890,6 +943,14 @@ class PotController:
         # ---- 8. PFC accounting
         self.pfc.accumulate(dt, i_cell, ~cut & ~tripped)
 
+        # ---- 9. bath chemistry and heat balance
+        alf3_kg = np.zeros(n)
+        hx_cmd = np.full(n, np.nan)
+        if self.heat is not None:
+            can = valid & remote if not cfg.observe_only else np.zeros(n, dtype=bool)
+            fed_kg = d_feed * self.feeding.shot_mass_kg
+            alf3_kg, hx_cmd = self._bath_step(now, dt, i_cell, u, meas, valid, can, fed_kg, events)
+
         # ---- compose, interlock, book
         cmds = Commands.idle(n, self.layout.n_lines)
         if not cfg.observe_only:
@@ -915,12 +976,113 @@ class PotController:
                 self.beam_inflight_mm[sent] += moves[sent]
             if cfg.amperage.enabled:
                 cmds.line_setpoint_ka = sp
+            cmds.alf3_kg = np.where(remote, alf3_kg, 0.0)
+            cmds.hx_duty_kw = np.where(remote, hx_cmd, np.nan)
             self.feeding.add_fed(np.where(fed_ok, q_shots + pre_shots, 0))
             self._check_feeders(cmds.feed_shots, d_feed, remote, events)
         cmds.events = events
         if events:
             self.event_log.extend((now, kind, idx, detail) for kind, idx, detail in events)
         return cmds
+
+    def _alumina_for_liquidus(self) -> np.ndarray:
+        """Dissolved alumina per cell for the liquidus [wt %]: the observer's converged
+        estimate, else the latest sample, else the configured assumption."""
+        a = np.full(self.n, self.cfg.bath.alumina_assumed_wt_pct)
+        a = np.where(np.isfinite(self._sample_alumina), self._sample_alumina, a)
+        if self.observer is not None:
+            est = np.asarray(self.observer.alumina_wt_pct, dtype=np.float64)
+            std = getattr(self.observer, "alumina_std_wt_pct", None)
+            ok = np.isfinite(est) & (est > 0.5) & (est < 8.0)
+            if std is not None:
+                ok &= np.asarray(std) < self.cfg.prediction.observer_max_std_wt_pct
+            a = np.where(ok, est, a)
+        return a
+
+    def _bath_step(self, now: float, dt: float, i_cell: np.ndarray, u: np.ndarray, meas: Measurements,
+                   valid: np.ndarray, can: np.ndarray, fed_kg: np.ndarray,
+                   events: list[tuple[str, int, str]]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Samples in, superheat/ledge estimate, AlF3 additions, resistance offset and
+        exchanger duty out (``potctl.bath_chemistry``, ``potctl.heat_balance``)."""
+        heat = self.heat
+        assert heat is not None
+        bc, hc = self.cfg.bath, self.cfg.heat
+        n = self.n
+        heat.observe(now, i_cell, u, meas.shell_temp_c, valid)
+        alf3 = self.alf3
+        if self._pending_samples:
+            pending, self._pending_samples = self._pending_samples, []
+            for t_s, vals in pending:
+                al = vals.get("alumina_wt_pct")
+                if al is not None:
+                    self._sample_alumina = np.where(np.isfinite(al), al, self._sample_alumina)
+                x = vals.get("alf3_wt_pct", np.full(n, np.nan))
+                t_b = vals.get("bath_temp_c", np.full(n, np.nan))
+                used_x = alf3.sample(min(t_s, now), x) if alf3 is not None else np.isfinite(x)
+                # the liquidus of the sample: its AlF3, else the carried estimate
+                x_liq = np.where(np.isfinite(x), x, alf3.alf3_est_wt_pct if alf3 is not None else np.nan)
+                liq = liquidus_of(x_liq, bc.caf2_wt_pct, self._alumina_for_liquidus())
+                used_t = heat.sample(t_b, liq)
+                if alf3 is not None:
+                    self._bath_plan(liq)
+                sh = heat.superheat_k()
+                for k in np.flatnonzero(used_x | used_t).tolist():
+                    parts = [f"AlF3 {x[k]:.1f} wt %" if np.isfinite(x[k]) else "no AlF3",
+                             f"T {t_b[k]:.0f} °C" if np.isfinite(t_b[k]) else "no temperature",
+                             f"liquidus {liq[k]:.0f} °C", f"superheat est {sh[k]:.1f} K"]  # fmt: skip
+                    if alf3 is not None:
+                        parts.append(f"AlF3 plan {alf3.rate_kg_per_day[k]:.0f} kg/day (feedforward "
+                                     f"{alf3.ff_kg_per_day[k]:.0f}, bias {alf3.bias_kg_per_day[k]:+.0f}, feedback "
+                                     f"{alf3.fb_kg_per_day[k]:+.0f}, temperature {alf3.temp_kg_per_day[k]:+.0f})")  # fmt: skip
+                    events.append(("bath_sample_used", int(k), ", ".join(parts)))
+                    if np.isfinite(x[k]) and abs(x[k] - bc.target_wt_pct) > bc.band_wt_pct:
+                        events.append(("alf3_off_band", int(k), f"sampled AlF3 {x[k]:.1f} wt %, target "
+                                       f"{bc.target_wt_pct:.1f} ± {bc.band_wt_pct:.1f} wt %"))  # fmt: skip
+                    if np.isfinite(sh[k]) and not hc.superheat_min_k <= sh[k] <= hc.superheat_max_k:
+                        events.append(("superheat_off_band", int(k), f"superheat est {sh[k]:.1f} K, band "
+                                       f"{hc.superheat_min_k:.0f}-{hc.superheat_max_k:.0f} K"))  # fmt: skip
+        add = np.zeros(n)
+        if alf3 is not None:
+            if now - self._bath_plan_t >= 3600.0:  # the feedforward follows the feed and temperature hourly
+                self._bath_plan(None)
+            add = alf3.step(now, dt, fed_kg, can)
+            for k in np.flatnonzero(add > 0.0).tolist():
+                events.append(("alf3_addition", int(k), f"{add[k]:.0f} kg AlF3 ({alf3.added_today_kg[k]:.0f} kg "
+                                                        f"today, plan {alf3.rate_kg_per_day[k]:.0f} kg/day)"))  # fmt: skip
+        hx_cmd = np.full(n, np.nan)
+        if hc.enabled:
+            changed = heat.act(now, i_cell, can)
+            if changed.any():
+                self.resistance.set_target(self.r_target_base_uohm + heat.r_offset_uohm)
+            if heat.hx_installed and (changed.any() or not self._hx_sent):
+                hx_cmd = np.where(can, heat.hx_kw, np.nan)
+                self._hx_sent = self._hx_sent or bool(can.any())
+            big = changed & ((np.abs(heat.r_offset_uohm - self._heat_evt_r) >= 0.5)
+                             | ~(np.abs(heat.hx_kw - self._heat_evt_hx) < 5.0))  # fmt: skip
+            if big.any():
+                sh, ledge = heat.superheat_k(), heat.ledge_cm()
+                for k in np.flatnonzero(big).tolist():
+                    hx = f", exchanger {heat.hx_kw[k]:.0f} kW" if heat.hx_installed else ""
+                    events.append(("heat_balance", int(k), f"superheat est {sh[k]:.1f} K, ledge est {ledge[k]:.1f} cm: "
+                                   f"resistance target {heat.r_offset_uohm[k]:+.2f} µΩ{hx}"))  # fmt: skip
+                self._heat_evt_r[big] = heat.r_offset_uohm[big]
+                self._heat_evt_hx[big] = heat.hx_kw[big]
+        return add, hx_cmd
+
+    def _bath_plan(self, liquidus: np.ndarray | None) -> None:
+        """Re-plan the daily AlF3 additions from the carried AlF3 and superheat estimates."""
+        alf3, heat = self.alf3, self.heat
+        assert alf3 is not None and heat is not None
+        bc, hc = self.cfg.bath, self.cfg.heat
+        alumina = self._alumina_for_liquidus()
+        if liquidus is None or not np.all(np.isfinite(liquidus)):
+            carried = liquidus_of(alf3.alf3_est_wt_pct, bc.caf2_wt_pct, alumina)
+            liquidus = carried if liquidus is None else np.where(np.isfinite(liquidus), liquidus, carried)
+        heat.set_liquidus(liquidus)
+        t_bath = liquidus + heat.superheat_k()
+        t_want = liquidus_of(np.full(self.n, bc.target_wt_pct), bc.caf2_wt_pct, alumina) + hc.superheat_target_k
+        alf3.plan(t_bath, t_want)
+        self._bath_plan_t = self._t_last if self._t_last is not None else 0.0
 
     def _check_repeats(self, started: np.ndarray, now: float, events: list[tuple[str, int, str]]) -> None:
         """Alarm ``ae_repeating`` when a cell has ``repeat_alarm_count`` HV AEs within

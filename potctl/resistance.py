@@ -86,6 +86,11 @@ class ResistanceController:
         self._ac_end = np.where(mask, t, self._ac_end)
         self._tgt_cache = None
 
+    def set_target(self, target_uohm: np.ndarray | float) -> None:
+        """A new target R [µΩ] per cell (the heat-balance offset moves it)."""
+        self.target_uohm = np.broadcast_to(np.asarray(target_uohm, dtype=np.float64), (self.n,)).copy()
+        self._tgt_cache = None
+
     def effective_target(self, t: float) -> np.ndarray:
         """Target R [µΩ] including the fading post-anode-change increment."""
         cfg = self.cfg

@@ -46,11 +46,16 @@ refused (any bad row: nothing of it is imported) to ``inputs/rejected`` with
 ``<name>.errors.txt`` beside it naming every bad line and column, and an
 ``operator_input_rejected`` journal entry.
 
-What the observer cannot take today (needs a change in ``twin/observer.py``/``potctl``,
-not made here): bath temperature and AlF3 excess enter its voltage model only as one
-plant-wide value (``ob[OB_T]``, ``ob[OB_ALF3]``); per-cell arrays in ``ekf_step`` (and a
-``PotController.bath_measurements(...)`` hook passing them on, for the bath-chemistry
-control to come) would let a sample correct that cell's voltage model. Metal and bath
+The pot controller's bath chemistry and heat balance (``potctl.bath_chemistry``,
+``potctl.heat_balance``) take the samples through ``PotController.bath_measurements``:
+``SampleIntake.take`` passes each new sample (AlF3 excess, bath temperature, alumina, at
+its plant time) to every object of ``observers()`` that has that hook, so the daemon
+reaches its controller once it lists it there.
+
+What the observer cannot take today (needs a change in ``twin/observer.py``, not made
+here): bath temperature and AlF3 excess enter its voltage model only as one plant-wide
+value (``ob[OB_T]``, ``ob[OB_ALF3]``); per-cell arrays in ``ekf_step`` would let a sample
+correct that cell's voltage model. Metal and bath
 heights and a measured ACD have no place in the filter yet.
 """
 
@@ -401,6 +406,12 @@ class SampleIntake:
         for obs in self._observers():
             if obs is not None:
                 n += apply_to_observer(obs, new)
+            if obs is not None and hasattr(obs, "bath_measurements"):  # a PotController: bath/heat control
+                for smp in new:
+                    one = {q: np.where(np.arange(self.layout.n_cells) == smp.index, smp.values.get(k, np.nan), np.nan)
+                           for q, k in (("alf3_wt_pct", "alf3_excess_wt_pct"), ("bath_temp_c", "bath_temp_c"),
+                                        ("alumina_wt_pct", "alumina_wt_pct"))}  # fmt: skip
+                    obs.bath_measurements(self._t_plant_of(smp.t) if self._t_plant_of else smp.t, **one)
         self.updates += n
         log.info("operator_inputs.taken", source=source, samples=len(samples), observer_updates=n)
         return n
