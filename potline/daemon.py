@@ -44,6 +44,11 @@ config -> ``BridgePlant`` (PLCs over Modbus/OPC UA, writes through the safety la
   restart (``kill -9`` included) loses no restore (reconciled exactly with the PLCs' own
   acknowledgement counters, which the bridge reports); a PLC restart the bridge sees is
   told to the controller (``plc_restarted``);
+* **plans and grid requests** (``potline.plan_exec``): a plan (``[plan] file``, files
+  dropped into ``<state_dir>/plans``; ``potline.plan_runner``) sets the controller's line
+  targets step by step on the daemon's timeline; the grid operator's limit (the rectifier
+  PLC's ``grid_limit_mw``) caps the line setpoints before the write, down at the
+  rectifier's ramp and back at the normal one (``potline.grid_shed``); shown on the HMI;
 * **graceful stop** (``potline.lifecycle``) on SIGTERM/SIGINT: stop commanding, stop
   the heartbeat and wait (bounded) until the PLCs report local control, then close.
 
