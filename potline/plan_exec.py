@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ __all__ = ["GRID_ROLE", "PlanExecution", "line_bounds", "shed_settings"]
 
 log = structlog.get_logger("potline.plan")
 
+#: the plan last taken from ``<state_dir>/plans``, kept for a restart (in ``state_dir``)
+IN_FORCE = "plan_in_force.json"
 #: the rectifier role the grid operator's RTU writes (``plc_bridge.roles.RECTIFIER``)
 GRID_ROLE = "grid_limit_mw"
 
@@ -92,6 +95,8 @@ class PlanExecution:
         #: per line: the plan's heat-exchanger duty per cell [kW] (None: leave)
         self.duty: list[float | None] = [None] * len(self.line_names)
         self.folder = loaded.state_dir / "plans"
+        #: a copy of the plan last taken from the folder: offered again after a restart
+        self.in_force = loaded.state_dir / IN_FORCE
         self._grid_seen = [False] * len(self.line_names)
 
     # ------------------------------------------------------------------ start
@@ -106,10 +111,17 @@ class PlanExecution:
                        "the safety ramp")  # fmt: skip
                 log.warning("grid.shed_ramp_limited", line=ln.name, detail=why)
                 self.recorder.append("daemon_error", source="grid", line=ln.name, detail=why)
+        # the [plan] file and the plan last taken from the folder (kept across a restart): the
+        # one accepted last wins (offered oldest first)
+        cands: list[tuple[float, Path, str]] = []
         f = self.loaded.config.plan.file
         if f is not None:
             path = f if f.is_absolute() else Path(self.loaded.source).parent / f
-            self.runner.offer(path, self.timeline_now(), source="config")
+            cands.append((_mtime(path), path, "config"))
+        if self.in_force.exists():
+            cands.append((_mtime(self.in_force), self.in_force, "restart"))
+        for _t, path, src in sorted(cands, key=lambda c: c[0]):
+            self.runner.offer(path, self.timeline_now(), source=src)
 
     async def watch_folder(self, every_s: float = PLAN_POLL_S) -> None:
         """Every ``every_s`` [wall s]: plans dropped into ``<state_dir>/plans`` (runs until cancelled)."""
@@ -125,6 +137,11 @@ class PlanExecution:
         for f in settled_plan_files(self.folder):
             ok = self.runner.offer(f, self.timeline_now(), source=f"plans/{f.name}")
             dest = _move(f, self.folder / ("loaded" if ok else "rejected"))
+            if ok:
+                try:
+                    shutil.copyfile(dest, self.in_force)
+                except OSError as exc:
+                    log.error("plan.not_kept", file=str(self.in_force), error=str(exc))
             if not ok and self.runner.last_rejected is not None:
                 dest.with_name(dest.name + ".errors.txt").write_text(self.runner.last_rejected["reason"] + "\n")
             self.recorder.commit()
@@ -183,6 +200,13 @@ class PlanExecution:
         out = self.runner.status(self.timeline_now())
         out["grid"] = [{"line": n, **s.status()} for n, s in zip(self.line_names, self.sheds, strict=True)]
         return out
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0  # offered first; its refusal (cannot read) is journalled
 
 
 def _move(f: Path, to: Path) -> Path:

@@ -8,7 +8,8 @@ than real time the timeline runs as fast as the plant, so a plan's steps last
 
 **Taking a plan.** ``[plan] file`` at start and every settled ``*.json`` dropped into
 ``<state_dir>/plans/`` (moved to ``plans/loaded/`` or ``plans/rejected/`` beside an
-``.errors.txt``) go through ``PlanRunner.offer``: ``load_plan`` validates the file, then
+``.errors.txt``; the one taken last is kept as ``<state_dir>/plan_in_force.json`` for a
+restart) go through ``PlanRunner.offer``: ``load_plan`` validates the file, then
 the plan must fit this plant: every line it names is a line of the plant, every current
 lies within the line's bounds (``Bounds``: the controller's ``amperage`` min/max, the
 rectifier's own limits and ``[safety]``), its end lies in the future. A plan that does

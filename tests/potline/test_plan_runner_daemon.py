@@ -99,7 +99,7 @@ def test_the_config_plan_runs_its_steps_into_the_controller_and_the_duty_into_th
 
 
 def test_dropped_plans_are_taken_or_refused_and_moved(tmp_path) -> None:
-    _loaded, _rec, ex, _now = _setup(tmp_path)
+    _loaded, rec, ex, _now = _setup(tmp_path)
     ex.folder.mkdir(parents=True)
     _plan().save(ex.folder / "a.json")
     (ex.folder / "b.json").write_text('{"kind": "potline-plan", "step_s": 60}')
@@ -115,6 +115,15 @@ def test_dropped_plans_are_taken_or_refused_and_moved(tmp_path) -> None:
     rej = [e for e in ev if e.kind == "plan_rejected"]
     assert len(rej) == 1 and "b.json" in rej[0].detail
     assert ex.runner.plan is not None and ex.runner.plan.name == "day-ahead"
+    # a restart (a new execution on the same state_dir) takes the plan that was in force again
+    assert rec.journal is not None
+    rec.journal.close()
+    _loaded2, rec2, ex2, _now2 = _setup(tmp_path)
+    ex2.start()
+    rec2.commit()
+    again = [e for e in _events(tmp_path) if e.kind == "plan_loaded"]
+    assert len(again) == 2 and again[-1].data["name"] == "day-ahead"
+    assert ex2.runner.plan is not None and ex2.runner.source == "restart"
 
 
 def test_a_safety_ramp_slower_than_the_rectifier_is_journalled_at_start(tmp_path) -> None:
