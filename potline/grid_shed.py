@@ -97,6 +97,7 @@ class LineShed:
     cap_ka: float = math.nan
     full: bool = False
     t_start: float = math.nan
+    t_request: float = math.nan
     i_start_ka: float = math.nan
     t_reached: float = math.nan
     reached_ka: float = math.nan
@@ -145,8 +146,10 @@ class LineShed:
                 start = sp_ka if math.isfinite(sp_ka) else i_ka
                 self.cap_ka = _clip(max(start, target), st.floor_ka, st.max_ka) if math.isnan(self.cap_ka) \
                     else self.cap_ka  # fmt: skip
-                self.t_start, self.i_start_ka = t, i_ka
-                self.t_reached = self.reached_ka = math.nan
+                self.t_start = t
+            # the time to reach counts from this request (a changed limit is reached anew)
+            self.t_request, self.i_start_ka = t, i_ka
+            self.t_reached = self.reached_ka = math.nan
             draw = u_v * i_ka / 1e3
             how = f"full shed: held at the lowest safe current {target:.1f} kA" if full else f"to {target:.1f} kA"
             ev.append(ShedEvent("grid_shed_start" if first else "grid_shed_changed",
@@ -156,7 +159,7 @@ class LineShed:
                                  "full_shed": full, "ramp_ka_per_min": st.fast_ka_per_s * 60.0}))  # fmt: skip
         elif want <= 0.0 and self.state == "shedding":
             self.state, self.t_end = "recovering", t
-            took = self.t_reached - self.t_start
+            took = self.t_reached - self.t_request
             ev.append(ShedEvent("grid_shed_end",
                                 f"grid limit {self.limit_mw:.1f} MW cleared after {t - self.t_start:.0f} s; reached"
                                 f" {self.reached_ka:.1f} kA in {took:.0f} s; back to the plan at"
@@ -183,16 +186,17 @@ class LineShed:
     def _move(self, t: float, dt: float, i_ka: float, sp_ka: float, ev: list[ShedEvent]) -> float:
         st = self.settings
         if self.state == "shedding":
-            self.cap_ka = max(self.target_ka, self.cap_ka - st.fast_ka_per_s * dt)
-            if self.target_ka > self.cap_ka:  # a higher limit: up at the normal ramp
+            if self.target_ka <= self.cap_ka:  # down at the rectifier's ramp
+                self.cap_ka = max(self.target_ka, self.cap_ka - st.fast_ka_per_s * dt)
+            else:  # a higher limit: up at the normal ramp
                 self.cap_ka = min(self.target_ka, self.cap_ka + st.normal_ka_per_s * dt)
             if math.isnan(self.t_reached) and math.isfinite(i_ka) and i_ka <= self.target_ka + st.reach_tol_ka:
                 self.t_reached, self.reached_ka = t, i_ka
                 ev.append(ShedEvent("grid_shed_reached",
-                                    f"line at {i_ka:.1f} kA {t - self.t_start:.0f} s after the grid limit"
+                                    f"line at {i_ka:.1f} kA {t - self.t_request:.0f} s after the grid limit"
                                     f" {self.limit_mw:.1f} MW (target {self.target_ka:.1f} kA)",
                                     {"requested_mw": self.limit_mw, "reached_ka": i_ka, "target_ka": self.target_ka,
-                                     "time_to_reach_s": t - self.t_start, "from_ka": self.i_start_ka}))  # fmt: skip
+                                     "time_to_reach_s": t - self.t_request, "from_ka": self.i_start_ka}))  # fmt: skip
             return self.cap_ka
         if self.state == "recovering":
             self.cap_ka = min(st.max_ka, self.cap_ka + st.normal_ka_per_s * dt)
@@ -215,4 +219,4 @@ class LineShed:
         return {"state": self.state, "limit_mw": self.limit_mw or None, "target_ka": num(self.target_ka),
                 "cap_ka": num(self.cap_ka), "full_shed": self.full, "t_start_s": num(self.t_start),
                 "reached_ka": num(self.reached_ka),
-                "time_to_reach_s": num(self.t_reached - self.t_start)}  # fmt: skip
+                "time_to_reach_s": num(self.t_reached - self.t_request)}  # fmt: skip

@@ -271,3 +271,22 @@ def test_no_cap_ever_outside_the_bounds_for_random_requests() -> None:
         else:
             line.follow(plan_sp)
         t += SCAN_S
+
+
+def test_a_changed_limit_is_reached_anew_deeper_fast_and_higher_at_the_normal_ramp() -> None:
+    shed, line, log = LineShed(_settings()), Line(120.0), []
+    p0 = 120.0 * u_of(120.0) / 1e3
+    t = _run(shed, line, 0.0, 300.0, 0.9 * p0, 120.0, log)
+    i_a = line.i
+    t_b = t
+    t = _run(shed, line, t, t + 300.0, 0.8 * p0, 120.0, log)  # deeper: at the rectifier's ramp
+    i_b = line.i
+    assert line.i * u_of(line.i) / 1e3 == pytest.approx(0.8 * p0, rel=1e-3)
+    kinds = [k for _, _, k in log if k]
+    assert kinds == ["grid_shed_start", "grid_shed_reached", "grid_shed_changed", "grid_shed_reached"]
+    reached_b = [tt for tt, _, k in log if k == "grid_shed_reached"][-1]
+    assert reached_b - t_b <= (i_a - i_b) / RAMP_KA_PER_S + 2 * SCAN_S
+    t_c = t
+    _run(shed, line, t, t + 60.0, 0.9 * p0, 120.0, log)  # higher again: up at the normal ramp only
+    assert line.i - i_b == pytest.approx(60.0 * NORMAL_KA_PER_S, abs=NORMAL_KA_PER_S * SCAN_S)
+    assert t_c > t_b
