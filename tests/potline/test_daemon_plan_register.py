@@ -64,3 +64,24 @@ async def test_the_rtu_writes_the_grid_limit_and_the_bridge_reads_only_good_valu
         rtu.close()
         await bridge.stop()
         await rig.stop()
+
+
+async def test_over_opc_ua_the_rtu_writes_the_grid_limit_node_and_the_bridge_reads_it() -> None:
+    from asyncua import Client, ua
+
+    clock = VirtualClock()
+    rig = await Rig(rig_scenario(cells=8, rectifier="opcua"), clock=clock).start()
+    bridge = BridgePlant.from_endpoints(rig.endpoints(), clock)
+    e = rig.plc("rectifier:Line1").endpoint()
+    try:
+        await bridge.start()
+        async with Client(f"opc.tcp://{e['host']}:{e['port']}{e['path']}", timeout=10) as rtu:
+            ns = await rtu.get_namespace_index(e["namespace"])
+            node = await rtu.nodes.objects.get_child([f"{ns}:Line1", f"{ns}:GridLimit"])
+            await node.write_value(ua.DataValue(ua.Variant(98.25, ua.VariantType.Float)))
+            await step_rig(rig, clock, 1.0)
+            await bridge.read()
+            assert bridge.rectifier_reading(0, "grid_limit_mw") == 98.25
+    finally:
+        await bridge.stop()
+        await rig.stop()
