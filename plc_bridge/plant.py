@@ -975,6 +975,20 @@ class BridgePlant:
             },
         )
 
+    def rectifier_reading(self, line: int, role: str) -> float | None:
+        """The last scan's value of a plain read ``role`` of line ``line``'s rectifier PLC
+        (e.g. ``grid_limit_mw``): None when its map does not give the role, the link is
+        down, the scan is older than ``stale_after_s`` or the value is not GOOD (outside the
+        tag's engineering range, implausible, unreadable)."""
+        d = self.rects[line]
+        sc = d.last
+        if role not in d.tag_of or sc is None or not sc.link_ok:
+            return None
+        if self.clock.now() - sc.t > self.settings.stale_after_s or not sc.good(role):
+            return None
+        v = sc.value(role)
+        return v if math.isfinite(v) else None
+
     def _rect_scan(self, d: _Device, sc: _Scan, now: float) -> bool:
         """One rectifier scan into the line arrays and their quality; returns ``line_ok``."""
         li = d.index

@@ -123,6 +123,10 @@ RECTIFIER = DeviceKind(
         Role("tap_position", "read", "number", "",
              "on-load tap-changer position (1-based), passed on",
              required=False, without="the tap-changer position is unknown to the controller (reported as 0)"),
+        Role("grid_limit_mw", "read", "number", "MW",
+             "the line power the grid operator allows now (written by the grid operator's RTU; 0 = no request):"
+             " the daemon sheds the line current to meet it at the rectifier's ramp and resumes its plan after",
+             required=False, without="no grid shed requests over the wire (a shed is the operators' business)"),
     ),
 )  # fmt: skip
 

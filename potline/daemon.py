@@ -44,6 +44,11 @@ config -> ``BridgePlant`` (PLCs over Modbus/OPC UA, writes through the safety la
   restart (``kill -9`` included) loses no restore (reconciled exactly with the PLCs' own
   acknowledgement counters, which the bridge reports); a PLC restart the bridge sees is
   told to the controller (``plc_restarted``);
+* **plans and grid requests** (``potline.plan_exec``): a plan (``[plan] file``, files
+  dropped into ``<state_dir>/plans``; ``potline.plan_runner``) sets the controller's line
+  targets step by step on the daemon's timeline; the grid operator's limit (the rectifier
+  PLC's ``grid_limit_mw``) caps the line setpoints before the write, down at the
+  rectifier's ramp and back at the normal one (``potline.grid_shed``); shown on the HMI;
 * **graceful stop** (``potline.lifecycle``) on SIGTERM/SIGINT: stop commanding, stop
   the heartbeat and wait (bounded) until the PLCs report local control, then close.
 
@@ -80,6 +85,7 @@ from potline.mode_file import ModeFile
 from potline.mode_switch import ModeSwitch, carried_disarm
 from potline.modes import Interlock, Mode, ModeMachine, PreviousRun
 from potline.operator_inputs import SampleIntake
+from potline.plan_exec import PlanExecution
 from potline.recorder import JournalRecorder
 from potline.sd_notify import Notifier
 from potline.shadow_compare import ShadowJournal
@@ -231,6 +237,8 @@ class Daemon:
         #: operator inputs (the HMI's bath-sample form, CSVs dropped into <state_dir>/inputs)
         self.samples = SampleIntake(self.layout, journal=lambda: self.journal, observers=self._observers,
                                     t_plant_of=lambda t: t - self.timeline0)  # fmt: skip
+        #: plans (``[plan] file``, ``<state_dir>/plans``) and the grid operator's shed requests
+        self.plan_exec = PlanExecution(loaded, self.recorder, self._timeline_now)
         self._hist_exec: concurrent.futures.ThreadPoolExecutor | None = None
         self._hist_busy: concurrent.futures.Future[None] | None = None
         self._hist_log_mono = -math.inf
@@ -387,6 +395,10 @@ class Daemon:
         if self.bridge is not None:
             self.links.update(self.bridge.devices, time.monotonic())
         self._last_meas = meas
+        try:
+            self.plan_exec.before_step(self.controller)
+        except Exception:
+            log.exception("plan.step_failed")
         if self.model is not None:
             try:
                 took = self.model.update(meas)
@@ -400,6 +412,10 @@ class Daemon:
         """The mode's write, then what the scan shows: the mirror (AE events + one snapshot),
         the KPIs, the history (on its executor), the alarms' cycle and the HMI."""
         mode = self.mode
+        try:  # the grid operator's limit caps the line setpoints (at the rectifier's ramp)
+            self.plan_exec.shape(cmds, self._last_meas, self.bridge, float(self.clock.now()))
+        except Exception:
+            log.exception("plan.shape_failed")
         self._save_beam_ledger()  # on disk before any move can reach a PLC
         if mode == "control" and self.bridge is not None:
             await self.bridge.write(cmds)
@@ -859,7 +875,7 @@ class Daemon:
         self.hmi_source = LocalSource(self.layout, self.alarms, clock=self._plant_now,
                                       history_path=self.loaded.history_path, journal_path=self.loaded.journal_path,
                                       alarm_writer=self._record_operator_alarms, mode_handler=mode_handler,
-                                      sample_writer=sample_writer)  # fmt: skip
+                                      sample_writer=sample_writer, plan_status=self.plan_exec.status)  # fmt: skip
         self.hmi = HmiServer(self.hmi_source, self.loaded.hmi, users=sec.users if sec is not None else None,
                              anonymous=sec.anonymous if sec is not None else "read_only",
                              login_policy=sec.login if sec is not None else None)  # fmt: skip
@@ -875,6 +891,11 @@ class Daemon:
         from potline.operator_inputs import watch_folder
         from potline.shift_report import run_schedule
 
+        try:
+            self.plan_exec.folder.mkdir(parents=True, exist_ok=True)
+            self.lifecycle.spawn(self.plan_exec.watch_folder())
+        except OSError as exc:
+            log.error("plan.folder_unusable", folder=str(self.plan_exec.folder), error=str(exc))
         folder = self.loaded.state_dir / "inputs"
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -921,6 +942,11 @@ class Daemon:
             return 1
         self.recorder.journal = j
         self._start_mode(j)
+        try:
+            self.plan_exec.start()
+        except Exception:
+            log.exception("plan.start_failed")
+        self.recorder.commit()
         self._open_history()
         self.lifecycle.install_signals(
             on_usr1=(lambda: self.switch.apply_mode_file("SIGUSR1", True)) if cfg.daemon.signal_modes else None,

@@ -326,6 +326,13 @@ class HistorySection(HistoryConfig):
     path: Path = Field(Path("history.db"), description="SQLite file (relative to state_dir)")
 
 
+class PlanSection(StrictModel):
+    """``[plan]``: a plan (``planner.plan``) to execute from the start; more can be dropped into
+    ``<state_dir>/plans/`` at run time (``potline.plan_runner``)."""
+
+    file: Path | None = Field(None, description="plan JSON file (relative to this file); refused ones are journalled")
+
+
 class DaemonConfig(StrictModel):
     """The whole daemon file (see the module docstring)."""
 
@@ -345,6 +352,7 @@ class DaemonConfig(StrictModel):
     )
     history: HistorySection = HistorySection()
     alarms: AlarmConfig = AlarmConfig()
+    plan: PlanSection = PlanSection()
 
     @model_validator(mode="after")
     def _plant_source(self) -> DaemonConfig:

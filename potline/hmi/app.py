@@ -287,6 +287,7 @@ class HmiServer:
         r.add_get("/api/history/group", self._history_group)
         r.add_get("/api/journal", self._journal)
         r.add_get("/api/ae", self._ae)
+        r.add_get("/api/plan", self._plan)
         return app
 
     @web.middleware
@@ -538,6 +539,13 @@ class HmiServer:
         except JournalError as exc:
             return _error(503, str(exc))
         return web.json_response({"anode_effects": pair_anode_effects(events)[:limit]}, dumps=_dumps)
+
+    async def _plan(self, request: web.Request) -> web.Response:
+        """The plan in force, its step, its constraints and each line's grid shed (404: no plans here)."""
+        status = getattr(self.source, "plan_status", None)
+        if status is None:
+            return _error(404, "this HMI has no plan execution")
+        return web.json_response(status(), dumps=_dumps)
 
 
 def pair_anode_effects(events: list[Any]) -> list[dict[str, Any]]:

@@ -222,6 +222,8 @@ class LocalSource:
         mode_handler: ``await handler(mode, user, reason)`` -> previous mode; None: mode changes refused.
         sample_writer: takes an operator's bath sample (the daemon: ``SampleIntake.enter`` at
             timeline now); None: sample entry refused.
+        plan_status: the plan in force, its step and constraints and each line's grid shed
+            (the daemon: ``PlanExecution.status``); None: no plans here.
     """
 
     layout: PlantLayout
@@ -232,6 +234,7 @@ class LocalSource:
     alarm_writer: Callable[[Sequence[AlarmRecord]], None] | None = None
     mode_handler: ModeHandler | None = None
     sample_writer: SampleWriter | None = None
+    plan_status: Callable[[], dict[str, Any]] | None = None
     _snapshot: Snapshot | None = field(default=None, init=False)
     _history: History | None = field(default=None, init=False)
     _journal: Journal | None = field(default=None, init=False)

@@ -413,8 +413,55 @@
       buttons.replaceWith((buttons = rangeButtons(draw)));
     };
     let buttons = rangeButtons(draw);
-    v.append(el("h2", { text: "Lines" }), buttons, charts);
+    const plan = el("div", { id: "plan" });
+    v.append(el("h2", { text: "Lines" }), plan, buttons, charts);
     withSnap(draw);
+    planPanel(plan);
+  }
+
+  // ------------------------------------------------------------------ the plan and grid requests
+
+  function planPanel(box) {
+    const load = async () => {
+      let r;
+      try { r = await api("/api/plan"); } catch (e) { if (e.status === 404) box.replaceChildren(); return; }
+      box.replaceChildren(renderPlan(r));
+    };
+    load();
+    S.timers.push(setInterval(load, 5000));
+  }
+
+  function renderPlan(r) {
+    const out = el("div", { class: "panel plan" });
+    const p = r.plan;
+    for (const g of r.grid || []) {
+      const on = g.state !== "idle";
+      const what = g.state === "shedding"
+        ? `grid limit ${fmt(g.limit_mw, 1)} MW: line capped at ${fmt(g.cap_ka, 1)} kA (target ${fmt(g.target_ka, 1)} kA${g.full_shed ? ", full shed: lowest safe current" : ""})`
+        : g.state === "recovering" ? `grid limit cleared: back to the plan at ${fmt(g.cap_ka, 1)} kA and rising` : "no grid request";
+      out.append(el("div", { class: "row grid-state" + (on ? " shed" : ""), data: { line: g.line, state: g.state } },
+        el("strong", { text: `${g.line}` }), el("span", { text: what })));
+    }
+    if (!p) {
+      out.append(el("p", { class: "muted", text: "No plan loaded." }));
+    } else {
+      const k = p.step;
+      out.append(el("div", { class: "row" }, el("strong", { text: `Plan ${p.name || "(unnamed)"}` }),
+        el("span", { class: "plan-state", text: p.state === "running" ? `step ${k + 1} of ${p.n_steps}` : p.state }),
+        p.next_step_t ? el("span", { class: "muted", text: `next step ${fmtTime(p.next_step_t)}` }) : null,
+        el("span", { class: "muted", text: `from ${p.source}` })));
+      const t0 = Date.parse(p.t0_utc) / 1000;
+      const head = el("tr", {}, el("th", { text: "step" }), el("th", { text: "from" }), p.lines.map((n) => el("th", { text: `${n} kA` })));
+      const rows = p.steps.map((s, i) => el("tr", { class: i === k ? "current" : null },
+        el("td", { class: "num", text: String(i + 1) }), el("td", { text: fmtTime(t0 + i * p.step_s) }),
+        s.line_current_ka.map((v, j) => el("td", { class: "num", text: fmt(v, 1) + (s.hx_duty_kw ? ` (HX ${fmt(s.hx_duty_kw[j], 1)} kW)` : "") }))));
+      out.append(el("table", { class: "plan-steps" }, el("thead", {}, head), el("tbody", {}, rows)));
+      const kv = (obj) => el("div", { class: "kv" }, Object.entries(obj || {}).flatMap(([key, val]) => [el("span", { class: "muted", text: key }), el("span", { text: typeof val === "object" ? JSON.stringify(val) : String(val) })]));
+      out.append(el("h3", { text: "Constraints" }), kv(p.constraints));
+      if (p.objective && Object.keys(p.objective).length) out.append(el("h3", { text: "Objective" }), kv(p.objective));
+    }
+    if (r.last_rejected) out.append(el("p", { class: "muted", text: `Last plan refused: ${r.last_rejected.file}: ${r.last_rejected.reason}` }));
+    return out;
   }
 
   function roomPage(v, r) {
