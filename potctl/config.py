@@ -392,12 +392,12 @@ def control_config_from_dict(data: dict[str, Any], source: str | Path = "<contro
     return validate_config(ControlConfig, data, source, prefix="control")
 
 
-def control_config_for_plant(plant_config: Any, source: str | Path = "<plant config>") -> ControlConfig:
-    """Controller config of a plant: its ``[control]`` table over the defaults, with the
-    rectifier voltage limits taken from the plant's lines, and the cell's bath mass, CaF2,
-    alumina soda (AlF3 neutralised per kg fed), ledge area and shell heat exchanger
-    (installed limit, base duty) from its cell design, unless the table sets them."""
-    data = dict(getattr(plant_config, "control", {}) or {})
+def control_data_for_plant(data: dict[str, Any] | None, plant_config: Any) -> dict[str, Any]:
+    """A ``[control]`` table completed from the plant: the rectifier voltage limits from its
+    lines, and the cell's bath mass, CaF2, alumina soda (AlF3 neutralised per kg fed), ledge
+    area and shell heat exchanger (installed limit, base duty) from its cell design, unless
+    the table sets them. The daemon and ``control_config_for_plant`` both use it."""
+    data = dict(data or {})
     amp = dict(data.get("amperage", {}) or {})
     if "voltage_limit_v" not in amp:
         amp["voltage_limit_v"] = [float(ln.rectifier.voltage_limit_v) for ln in plant_config.lines]
@@ -414,7 +414,13 @@ def control_config_for_plant(plant_config: Any, source: str | Path = "<plant con
         heat.setdefault("hx_base_kw", float(min(cell.heat_exchanger_base_kw, cell.heat_exchanger_max_kw)))
         heat.setdefault("ledge_area_m2", float(cell.ledge_area_m2))
         data["heat"] = heat
-    return control_config_from_dict(data, source)
+    return data
+
+
+def control_config_for_plant(plant_config: Any, source: str | Path = "<plant config>") -> ControlConfig:
+    """Controller config of a plant: its ``[control]`` table over the defaults, completed
+    from the plant (``control_data_for_plant``)."""
+    return control_config_from_dict(control_data_for_plant(getattr(plant_config, "control", {}), plant_config), source)
 
 
 def load_control_config(path: str | Path | None = None) -> ControlConfig:

@@ -882,9 +882,12 @@ class Daemon:
         await self.hmi.start()
 
     def _observers(self) -> list[Any]:
-        """The observers an operator's alumina sample corrects (the mirror's and the controller's)."""
+        """What an operator's bath sample corrects: the mirror's and the controller's alumina
+        observers, and the controller itself (its AlF3 and heat-balance control take the
+        sample's AlF3, temperature and alumina through ``bath_measurements``)."""
         return [self.model.observer if self.model is not None else None,
-                self.controller.observer if self.controller is not None else None]  # fmt: skip
+                self.controller.observer if self.controller is not None else None,
+                self.controller]  # fmt: skip
 
     def _spawn_operator_tasks(self) -> None:
         """Off the control cycle: the operator-input folder and the scheduled shift/daily reports."""

@@ -444,7 +444,7 @@ def load_daemon_config(path: str | Path) -> LoadedConfig:
 def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon config>") -> LoadedConfig:
     """Validate an already-parsed daemon config (see ``load_daemon_config``)."""
     from plc_bridge.tagmap import load_tagmap
-    from potctl.config import ControlConfig, control_config_from_dict
+    from potctl.config import ControlConfig, control_config_from_dict, control_data_for_plant
     from twin.config import PlantConfig, load_plant_config
     from twin.configcore import validate_config
 
@@ -488,11 +488,10 @@ def parse_daemon_config(data: dict[str, Any], source: str | Path = "<daemon conf
         control = None
         if isinstance(ctrl_data or {}, dict):
             ctrl_in = dict(ctrl_data or {})
-            amp = ctrl_in.get("amperage")
-            if plant is not None and (amp is None or (isinstance(amp, dict) and "voltage_limit_v" not in amp)):
-                # the rectifiers' voltage limits are the plant's unless the table sets them
-                ctrl_in["amperage"] = {**(amp or {}),
-                                       "voltage_limit_v": [float(ln.rectifier.voltage_limit_v) for ln in plant.lines]}  # fmt: skip
+            if plant is not None and isinstance(ctrl_in.get("amperage", {}), dict):
+                # the rectifiers' voltage limits and the cell design (bath, exchangers) are the
+                # plant's unless the table sets them
+                ctrl_in = control_data_for_plant(ctrl_in, plant)
             control = control_config_from_dict(ctrl_in, ctrl_file)
     except ConfigError as exc:
         issues += exc.issues

@@ -109,7 +109,7 @@ async def test_modbus_layouts_a_and_b_end_to_end(tmp_path) -> None:
         try:
             # no PLC heartbeat in layout A: stated, not an error
             losses = plant.capability_losses
-            assert [x.split(":")[0] for x in losses["rectifier:Line1"]] == ["no heartbeat_in"]
+            assert [x.split(":")[0] for x in losses["rectifier:Line1"]] == ["no heartbeat_in", "no grid_limit_mw"]
             # layout B's PLC has no shell heat exchangers nor AlF3 commands: stated, not an error
             assert [x.split(":")[0] for x in losses["potroom:Potroom1"]] == [
                 f"no {r}" for r in ("hx_duty_sp", "hx_duty", "shell_temp", "alf3_kg", "alf3_cmd", "alf3_cmd_ack")
@@ -192,7 +192,7 @@ async def test_opcua_layout_c_with_modbus_potroom_b(tmp_path) -> None:
             bench = Bench(plant, clock, [rc.scan, sync(lambda now, dt: room.scan(now))])
             try:
                 losses = plant.capability_losses["rectifier:Line1"]
-                assert [x.split(":")[0] for x in losses] == ["no heartbeat_in", "no tap_position"]
+                assert [x.split(":")[0] for x in losses] == ["no heartbeat_in", "no tap_position", "no grid_limit_mw"]
                 await rc.scan(0.0, 0.0)
                 # observe: string NodeIds and browse paths resolved in the map's namespace (not
                 # the server's last), amperes scaled to kA, Local inverted, the trip state read

@@ -131,7 +131,7 @@ def test_tags_check_names_missing_roles_and_capability_losses(tmp_path) -> None:
     ok.write_text(rectifier_without(tmp_path, "heartbeat_in").read_text())
     out = cli("tags", "check", str(ok), str(POTROOM))
     assert out.returncode == 0, out.stderr
-    assert "rectifier roles: 8 of 9 given" in out.stdout and "capability loss: no heartbeat_in:" in out.stdout
+    assert "rectifier roles: 9 of 10 given" in out.stdout and "capability loss: no heartbeat_in:" in out.stdout
 
 
 def test_check_config_refuses_a_missing_role_and_states_a_loss(tmp_path) -> None:
