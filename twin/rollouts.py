@@ -27,18 +27,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
 
-from twin.cell import cell_emf, cell_integrate, step_decays
+from twin.cell import step_decays
 from twin.cell_layout import (
     A_AE_N,
     A_CF4,
     A_E_ELEC,
     A_METAL,
-    O_FLAGS,
     O_LEDGE_CM,
     O_SUPERHEAT,
-    P_HE_CMD,
     P_KDISS,
     P_KDISS_F,
     P_NOISE_A,
@@ -48,95 +45,20 @@ from twin.cell_layout import (
     S_AL2O3,
     S_ALF3,
     S_CRYO,
-    S_IN_CIRCUIT,
     S_TBATH,
 )
-from twin.potline import Potline, _solve_line
-from twin.rectifier import R_I, R_I_TARGET
+from twin.potline import Potline
+from twin.rectifier import RP_KI
+from twin.rng import seed_states
+from twin.rollout_kernel import rollout_kernel
 
 #: default planning step [s]: the schedules are piecewise constant over it
 DEFAULT_STEP_S = 3600.0
-
-
-@njit(cache=True, _nrt=False, parallel=True)
-def _rollout_kernel(
-    n_steps,
-    n_sub,
-    dt,
-    n_lines,
-    n_cells,
-    state,
-    params,
-    out,
-    line_ptr,
-    line_cells,
-    rect,
-    rpar,
-    rng,
-    decay,
-    current_a,
-    he_w,
-    energy_j,
-    metal_kg,
-    ledge_min,
-    sh_min,
-    sh_max,
-    flags_or,
-):
-    """Run every (rollout, line) pair of the stacked arrays for ``n_steps`` planning steps of
-    ``n_sub`` sub-steps of ``dt`` [s].
-
-    ``current_a[r, i, ln]`` is line ``ln``'s setpoint [A] in rollout ``r`` over planning step
-    ``i``; ``he_w[r, i, c]`` cell ``c``'s exchanger duty command [W] (NaN: leave it), shape
-    ``[K, n_steps, n_cells]`` or ``[K, 0, 0]`` for none. Per sub-step and cell in circuit the
-    kernel keeps the lowest ledge [cm] and the lowest and highest superheat [K] (at the start of
-    the sub-step, as ``cell_emf`` computes it), and ORs the validity flags; at the end of each
-    planning step it writes each line's cumulative electrical energy [J] and metal [kg]
-    (``energy_j[r, i, ln]``, ``metal_kg[r, i, ln]``).
-    """
-    n_jobs = rect.shape[0]
-    has_he = he_w.shape[1] > 0
-    for job in prange(n_jobs):
-        r = job // n_lines
-        ln = job - r * n_lines
-        lo, hi = line_ptr[job], line_ptr[job + 1]
-        base = r * n_cells
-        for i in range(n_steps):
-            rect[job, R_I_TARGET] = current_a[r, i, ln]
-            if has_he:
-                for j in range(lo, hi):
-                    k = line_cells[j]
-                    duty = he_w[r, i, k - base]
-                    if not math.isnan(duty):
-                        params[k, P_HE_CMD] = duty
-            for _ in range(n_sub):
-                current = rect[job, R_I]
-                for j in range(lo, hi):
-                    k = line_cells[j]
-                    cell_emf(k, state, params, out, current, rng, decay)
-                    if state[k, S_IN_CIRCUIT] > 0.5:
-                        sh = out[k, O_SUPERHEAT]
-                        if sh < sh_min[k]:
-                            sh_min[k] = sh
-                        if sh > sh_max[k]:
-                            sh_max[k] = sh
-                current = _solve_line(job, dt, state, out, line_ptr, line_cells, rect, rpar)
-                for j in range(lo, hi):
-                    k = line_cells[j]
-                    cell_integrate(k, state, params, out, current, rng, dt, decay)
-                    if state[k, S_IN_CIRCUIT] > 0.5:
-                        ledge = out[k, O_LEDGE_CM]
-                        if ledge < ledge_min[k]:
-                            ledge_min[k] = ledge
-                        flags_or[k] = flags_or[k] | np.int64(out[k, O_FLAGS])
-            e = 0.0
-            m = 0.0
-            for j in range(lo, hi):
-                k = line_cells[j]
-                e += state[k, A_E_ELEC]
-                m += state[k, A_METAL]
-            energy_j[r, i, ln] = e
-            metal_kg[r, i, ln] = m
+#: the sub-step recommended for planning rollouts [s] (``PERFORMANCE.md``: its measured error
+#: against 1 s on 48 h of the reference plant)
+PLANNING_DT_S = 30.0
+#: largest gain per sub-step of the rectifiers' current loop in a coarse rollout (1: deadbeat)
+RECTIFIER_GAIN_MAX = 1.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +117,9 @@ class RolloutBatch:
         step_s: planning step [s]: the schedules hold their values over it.
         dt_s: model sub-step of the rollouts [s] (default: the plant's ``dt_s``); ``step_s``
             must be a whole number of sub-steps.
+        noise_seed: None (default): every rollout continues the plant's own random streams;
+            a seed: fresh per-cell streams from it (the same in every rollout), e.g. to see
+            how far two noise histories alone move the figures.
 
     Example::
 
@@ -203,7 +128,14 @@ class RolloutBatch:
         res = batch.run(ka)  # res.energy_kwh[r], res.metal_kg[r], res.valid[r], ...
     """
 
-    def __init__(self, plant: Potline, *, step_s: float = DEFAULT_STEP_S, dt_s: float | None = None) -> None:
+    def __init__(
+        self,
+        plant: Potline,
+        *,
+        step_s: float = DEFAULT_STEP_S,
+        dt_s: float | None = None,
+        noise_seed: int | None = None,
+    ) -> None:
         dt = plant.dt_s if dt_s is None else float(dt_s)
         if not (math.isfinite(dt) and dt > 0.0):
             raise ValueError(f"dt_s must be a positive number of seconds, got {dt_s}")
@@ -221,7 +153,7 @@ class RolloutBatch:
         self._out = plant.out.copy()
         self._rect = plant.rect.copy()
         self._rpar = plant.rpar.copy()
-        self._rng = plant.rng.copy()
+        self._rng = plant.rng.copy() if noise_seed is None else seed_states(noise_seed, self.n_cells)
         self._line_ptr = plant.line_ptr.copy()
         self._line_cells = plant.line_cells.copy()
         if dt != plant.dt_s:
@@ -236,6 +168,14 @@ class RolloutBatch:
         p[:, P_KDISS_F] = 1.0 - np.exp(-p[:, P_KDISS] * dt)
         p[:, P_R_ALPHA] = 1.0 - np.exp(-dt / lc.filter_s)
         p[:, P_R_ALPHA_FAST] = 1.0 - np.exp(-dt / lc.control_filter_s)
+        # The rectifier's current loop is an integrator whose gain per sub-step is
+        # bandwidth_per_s x dt: above 1 it overshoots, above 2 it oscillates without end (measured:
+        # 2.7 kA rms at 5 s, where 1 s holds 5 A). Above 1 the rollouts cap it at 1 (deadbeat): the
+        # current settles within a sub-step, as it does within seconds in the plant.
+        for ln, line in enumerate(plant.config.lines):
+            gain = line.rectifier.bandwidth_per_s * dt
+            if gain > RECTIFIER_GAIN_MAX:
+                self._rpar[ln, RP_KI] *= RECTIFIER_GAIN_MAX / gain
 
     def run(self, current_ka: np.ndarray, hx_duty_kw: np.ndarray | None = None) -> RolloutResult:
         """Run K rollouts from the snapshot.
@@ -281,7 +221,7 @@ class RolloutBatch:
         sh_min = np.full(k_roll * n, np.inf)
         sh_max = np.full(k_roll * n, -np.inf)
         flags = np.zeros(k_roll * n, dtype=np.int64)
-        _rollout_kernel(
+        rollout_kernel(
             n_steps,
             self.n_sub,
             self.dt_s,
