@@ -9,6 +9,7 @@ It reuses the twin's per-cell kernels and line solution unchanged (``cell_emf``,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -18,8 +19,12 @@ from twin.cell_layout import A_E_ELEC, A_METAL, O_FLAGS, O_LEDGE_CM, O_SUPERHEAT
 from twin.potline import _solve_line
 from twin.rectifier import R_I, R_I_TARGET
 
+#: as the twin's stepping kernels (``twin.potline``): no reference counting (the kernel allocates
+#: nothing), cached on disk; parallel over the (rollout, line) pairs
+_OPTIONS: dict[str, Any] = {"cache": True, "_nrt": False, "parallel": True}
 
-@njit(cache=True, _nrt=False, parallel=True)
+
+@njit(**_OPTIONS)
 def rollout_kernel(
     n_steps,
     n_sub,
