@@ -54,9 +54,14 @@ from twin.rollout_kernel import rollout_kernel
 
 #: default planning step [s]: the schedules are piecewise constant over it
 DEFAULT_STEP_S = 3600.0
-#: the sub-step recommended for planning rollouts [s] (``PERFORMANCE.md``: its measured error
-#: against 1 s on 48 h of the reference plant)
-PLANNING_DT_S = 30.0
+#: the coarsest sub-step for screening plans [s]. Measured against 1 s on 48 h of the reference
+#: plant with ±10/25 % current steps and exchanger duty (``benchmarks/bench_rollouts.py``,
+#: ``PERFORMANCE.md``): energy within 0.6 %, metal within 1.0 %, per-cell superheat 0.7 K and
+#: ledge 5 % mean |error| (noise floor between two 1 s noise histories: 0.2 %, 0.3 %, 0.5 K,
+#: 2.4 %), but 2-3x the anode effects after current steps (fine at steady current). At 10 s and
+#: more single cells run away (bath temperature off by > 100 K, ledge melted) and at 30 s the
+#: plant's energy is off by up to 13 %: a final check of a plan belongs at 1 s.
+PLANNING_DT_S = 5.0
 #: largest gain per sub-step of the rectifiers' current loop in a coarse rollout (1: deadbeat)
 RECTIFIER_GAIN_MAX = 1.0
 

