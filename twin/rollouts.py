@@ -14,8 +14,11 @@ plant's ``dt_s`` gives the plant's numbers bit for bit (``tests/twin/test_rollou
 Sub-step: the planner may run the rollouts at a coarser ``dt_s`` than the plant (the twin's
 config allows up to 60 s). The per-step factors that depend on the sub-step (noise AR(1)
 coefficient, slow-pool dissolution share, the PLC's filter factors) are recomputed for it,
-exactly as ``Potline`` computes them for a config with that ``dt_s``. ``PERFORMANCE.md`` and
-``benchmarks/bench_rollouts.py`` give the measured error of coarse steps against 1 s.
+exactly as ``Potline`` computes them for a config with that ``dt_s``, and the rectifiers'
+current-loop gain per sub-step is capped at 1 (``RECTIFIER_GAIN_MAX``). ``PERFORMANCE.md`` and
+``benchmarks/bench_rollouts.py`` give the measured error of coarse steps against 1 s: 5 s
+(``PLANNING_DT_S``) is a screening step (energy within 0.6 %, metal within 1 %, but 2-3x the
+anode effects after current steps); 10 s and more are not fit for planning.
 
 Random streams: every rollout starts with a copy of the plant's per-cell streams (common
 random numbers), so two rollouts differ by their schedules, not by their noise.
@@ -128,7 +131,7 @@ class RolloutBatch:
 
     Example::
 
-        batch = RolloutBatch(plant, step_s=3600.0, dt_s=30.0)
+        batch = RolloutBatch(plant, step_s=3600.0, dt_s=PLANNING_DT_S)
         ka = np.full((64, 48, plant.layout.n_lines), 400.0)  # 64 rollouts, 48 h, kA per line
         res = batch.run(ka)  # res.energy_kwh[r], res.metal_kg[r], res.valid[r], ...
     """
