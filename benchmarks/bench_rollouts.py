@@ -291,7 +291,12 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Step error: {len(se['scenarios'])} scenarios × {se['hours']:g} h × {se['cells']} cells, against dt_s = 1 s "
         f"(noise floor: 1 s with other random streams). Coarsest step within tolerance: "
-        f"{se['coarsest_within_tolerance_s'] or 'none'} (s).",
+        + (
+            f"{se['coarsest_within_tolerance_s']:g} s."
+            if se["coarsest_within_tolerance_s"]
+            else "none of the steps tried "
+            "(`twin.rollouts.PLANNING_DT_S` = 5 s is for screening only; a plan is checked at 1 s)."
+        ),
         "",
     ]
     rows = []
@@ -313,13 +318,13 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += md_table(
         [
             "dt",
-            "energy max |err| %",
-            "metal max |err| %",
-            "Δenergy vs nominal max |err| % (changes > 1 %)",
-            "superheat end |Δ| mean / p95 K",
-            "superheat min/max |Δ| mean K",
-            "ledge |Δ| mean / p95 %",
-            "alumina |Δ| mean / p95 wt %",
+            "energy max abs. error %",
+            "metal max abs. error %",
+            "Δenergy vs nominal, max abs. error % (changes > 1 %)",
+            "superheat end, abs. Δ mean / p95 K",
+            "superheat min/max, abs. Δ mean K",
+            "ledge, abs. Δ mean / p95 %",
+            "alumina, abs. Δ mean / p95 wt %",
             "AEs (all scenarios)",
             "within tolerance",
         ],

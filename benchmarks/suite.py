@@ -795,6 +795,31 @@ def with_standalone_controller_parts(docs: dict[str, dict[str, Any]]) -> dict[st
     return {**docs, "bench_controller": merged}
 
 
+#: long standalone benchmarks of the planning work, shown as they wrote themselves (the suite does
+#: not run them: each is a run of many minutes to hours; ``python -m benchmarks.<module>``)
+PLANNING_RESULTS = (
+    ("bench_rollouts", "benchmarks/bench_rollouts.py", "Rollouts for the planner"),
+    ("planner_scenarios", "benchmarks/bench_planner_scenarios.py", "Planner scenarios against flat operation"),
+)
+
+
+def planning_section(results_dir: Path = RESULTS_DIR) -> list[str]:
+    """The planning benchmarks' own Markdown (``benchmarks/results/<name>.md``), headings moved
+    one level down under ``## Planning``; a benchmark not run yet is named as such."""
+    lines = ["## Planning", ""]
+    for name, module, title in PLANNING_RESULTS:
+        md = results_dir / f"{name}.md"
+        if not md.exists():
+            lines += [f"### {title}", "", f"Not measured yet: `python -m {module[:-3].replace('/', '.')}`.", ""]
+            continue
+        text = md.read_text(encoding="utf-8").strip().splitlines()
+        body = [("##" + ln) if ln.startswith("#") else ln for ln in text]
+        if body and body[0].startswith("###"):
+            body[0] = f"{body[0]} (`{module}`)"
+        lines += [*body, ""]
+    return lines
+
+
 def compare_lines(ctl: dict[str, Any] | None) -> list[str]:
     """PLC-only vs controller, side by side per plant (issue 13 item 8)."""
     cmp_ = _get(ctl, "compare")
@@ -943,6 +968,8 @@ def write_report(
         lines += _safe_section(lambda: [*model_section(docs["model"]), "", *model_notes(docs["model"])], "Model")
     lines += _safe_section(lambda: io_section(docs), "I/O")
     lines += _safe_section(lambda: loop_section(docs), "Loop")
+    if not quick:
+        lines += _safe_section(planning_section, "Planning")
     lines += growth_section(series, plot, report)
     lines += ["## The run behind these figures", "", md_table(
         ["benchmark", "status", "wall", "result", "note"],
