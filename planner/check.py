@@ -4,6 +4,7 @@ bands the optimiser held it to."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from planner.optimise import Bands, violations
@@ -21,8 +22,10 @@ def check_plan(
     sc: Scenario,
     bands: Bands | None = None,
     parallel: bool = True,
+    flat: Outcome | None = None,
 ) -> tuple[Outcome, Outcome, list[str]]:
-    """Run ``sched`` and flat operation on a fresh twin of ``plant`` (same seed, same start).
+    """Run ``sched`` and flat operation on a fresh twin of ``plant`` (same seed, same start;
+    ``flat``: flat operation's outcome over the same steps from an earlier check, reused).
 
     Returns:
         (plan outcome, flat outcome, violations in words; empty: the plan holds).
@@ -31,7 +34,10 @@ def check_plan(
     if sc.superheat_min_k is not None:
         b = Bands(**{**b.__dict__, "superheat_min_k": sc.superheat_min_k})
     model = TwinModel(plant, make_twin, parallel=parallel)
-    flat = model.rollout(flat_schedule(plant, sched.n_steps, sched.step_s), sc.price_eur_per_mwh)
+    if flat is None or flat.energy_mwh.shape[0] != sched.n_steps:
+        flat = model.rollout(flat_schedule(plant, sched.n_steps, sched.step_s), sc.price_eur_per_mwh)
+    else:
+        flat = replace(flat, price_eur_per_mwh=sc.price_eur_per_mwh[: sched.n_steps].copy())
     out = model.rollout(sched, sc.price_eur_per_mwh)
     msgs, _ = violations(out, flat, sc, b, plant)
     return out, flat, msgs

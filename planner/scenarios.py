@@ -105,7 +105,11 @@ class Scenario:
             self.step_s,
             self.keep_production,
             self.source,
-            list(self.requests),
+            [
+                {**r, "end_h": min(r["end_h"], n * self.step_s / 3600.0)}
+                for r in self.requests
+                if r["start_h"] < n * self.step_s / 3600.0
+            ],
             self.superheat_min_k,
         )
 
