@@ -6,7 +6,8 @@ A scenario is hourly data over a horizon (24-48 h):
   energy from expensive to cheap hours at the same metal;
 * ``band`` — optionally, a grid request: per step the plant's power must lie within
   ``[lo, hi]`` x the power of flat operation (NaN: free). ``-25 %`` for 48 h is
-  ``lo = hi - 0.02 = 0.74 .. 0.76``; a full shed is ``hi = 0``. A request waives the
+  ``0.74 .. 0.76`` from h 2 to h 50 (two hours' notice, two to recover); a full shed is
+  ``hi = 0``. A request waives the
   production target (the grid buys the metal not made) unless ``keep_production``.
 
 The five shipped scenarios are built here (``SCENARIOS``); a user's scenario is a TOML
@@ -169,11 +170,21 @@ def _request(name: str, desc: str, hours: int, reqs: list[tuple[float, float, fl
 
 
 def request_minus25_48h() -> Scenario:
-    return _request("request_minus25_48h", "grid request: -25 % power for 48 h (TRIMET's claim)", 48, [(0, 48, -25, 1)])
+    return _request(
+        "request_minus25_48h",
+        "grid request: -25 % power for 48 h from h 2 (TRIMET's claim), 2 h notice",
+        52,
+        [(2, 50, -25, 1)],
+    )
 
 
 def request_plus25_48h() -> Scenario:
-    return _request("request_plus25_48h", "grid request: +25 % power for 48 h (TRIMET's claim)", 48, [(0, 48, 25, 1)])
+    return _request(
+        "request_plus25_48h",
+        "grid request: +25 % power for 48 h from h 2 (TRIMET's claim), 2 h notice",
+        52,
+        [(2, 50, 25, 1)],
+    )
 
 
 def request_shed_1h() -> Scenario:
