@@ -476,7 +476,9 @@ def optimise(
         rollouts += 1
         msgs, where = violations(out, flat_v, sc, b, checker.cfg)
         if verify is not None:
-            where = _per_line(where, out.cell_line, flat.cell_line)
+            out_m = model.rollout(sched, sc.price_eur_per_mwh)
+            rollouts += 1
+            where = _per_line(where, out, out_m, b)
         log.append(
             f"iteration {it}: LP cost {res.fun:+.0f} EUR vs flat; twin cost {out.cost_eur - flat_v.cost_eur:+.0f} EUR, "
             f"metal {out.metal_total_t / flat_v.metal_total_t * 100 - 100:+.2f} %, AEs {out.ae_count} "
@@ -489,15 +491,24 @@ def optimise(
                 sc, sched, out, flat_v, True, iterations=it, rollouts=rollouts, wall_s=time.perf_counter() - t0, log=log
             )
         # tighten where the twin missed (that cell and hour fully, the cell's other hours by
-        # half: the LP would otherwise move the miss to the next hour), then solve again
+        # half: the LP would otherwise move the miss to the next hour), then solve again.
+        # An AE storm heats and floods the cells itself: then only make the plan shallower.
         for key, what, pad in (
-            ("sh_hi", "superheat above band", 0.5),
-            ("sh_lo", "superheat below band", 0.5),
-            ("ledge", "ledge below minimum", 0.3),
+            ()
+            if "ae" in where
+            else (
+                ("sh_hi", "superheat above band", 0.5),
+                ("sh_lo", "superheat below band", 0.5),
+                ("ledge", "ledge below minimum", 0.3),
+            )
         ):
             miss = where[what]
-            tight[key] += miss + np.where(miss > 0, pad, 0.0) + 0.5 * miss.max(axis=0, keepdims=True)
-        if "flagged_cells" in where:
+            if verify is not None:  # margins already measured from the bound (_per_line)
+                need = miss + np.where(miss > 0, pad, 0.0)
+                tight[key] = np.maximum(tight[key], np.maximum(need, 0.5 * need.max(axis=0, keepdims=True)))
+            else:
+                tight[key] += miss + np.where(miss > 0, pad, 0.0) + 0.5 * miss.max(axis=0, keepdims=True)
+        if "flagged_cells" in where and "ae" not in where:
             tight["sh_hi"][:, where["flagged_cells"]] += 1.0
         if "metal" in where:
             tight["metal"][0] -= where["metal"] * 1.5
@@ -531,17 +542,33 @@ def optimise(
     )
 
 
-def _per_line(where: dict[str, Any], cl_check: np.ndarray, cl_model: np.ndarray) -> dict[str, Any]:
-    """Misses found on another twin (the full plant) as margins for the model's cells: per
-    line and step the worst miss of the line's cells, on each of the model's cells of it."""
+def _per_line(where: dict[str, Any], full: Outcome, mod: Outcome, b: Bands) -> dict[str, Any]:
+    """Misses found on the full plant as margins for the model's cells. The full plant's
+    worst cell of a line is not one of the model's: where the line's worst cell missed a
+    band by ``m`` in step k, the model's cells of that line get the margin that moves
+    their own worst value of that step by ``m`` (their value from the model's run of the
+    same plan)."""
     out = dict(where)
-    for key in ("superheat above band", "superheat below band", "ledge below minimum"):
+    n_lines = int(mod.cell_line.max()) + 1
+    for key, arr, sign, bound in (
+        ("superheat above band", "superheat_mean_k", 1.0, b.superheat_max_k),
+        ("superheat below band", "superheat_mean_k", -1.0, b.superheat_min_k),
+        ("ledge below minimum", "ledge_min_cm", -1.0, b.ledge_min_cm),
+    ):
         miss = where[key]
-        per_line = np.stack([miss[:, cl_check == ln].max(axis=1) for ln in range(int(cl_model.max()) + 1)], axis=1)
-        out[key] = per_line[:, cl_model]
+        val = getattr(mod, arr)
+        res = np.zeros_like(val)
+        for ln in range(n_lines):
+            m_line = miss[:, full.cell_line == ln].max(axis=1)  # [n] the line's worst miss
+            cells = mod.cell_line == ln
+            worst_model = (sign * val[:, cells]).max(axis=1)  # the model's worst, in band terms
+            # margin so that the model's worst moves by the miss: (its distance to the bound) + miss
+            need = np.where(m_line > 0, (sign * bound - worst_model) + m_line, 0.0)
+            res[:, cells] = np.maximum(need, 0.0)[:, None]
+        out[key] = res
     if "flagged_cells" in where:
-        lines = np.unique(cl_check[where["flagged_cells"]])
-        out["flagged_cells"] = np.flatnonzero(np.isin(cl_model, lines))
+        lines = np.unique(full.cell_line[where["flagged_cells"]])
+        out["flagged_cells"] = np.flatnonzero(np.isin(mod.cell_line, lines))
     return out
 
 

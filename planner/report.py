@@ -99,9 +99,9 @@ def _cells(o: Outcome, worst: int = 3) -> dict[str, Any]:
         "superheat_max_k": float(sh_hi.max()),
         "superheat_sample_min_k": float(o.superheat_min_k.min()),
         "superheat_sample_max_k": float(o.superheat_max_k.max()),
-        "worst_ledge": [[int(c) + 1, float(ledge[c])] for c in np.argsort(ledge)[:worst]],
-        "worst_hot": [[int(c) + 1, float(sh_hi[c])] for c in np.argsort(-sh_hi)[:worst]],
-        "worst_cold": [[int(c) + 1, float(sh_lo[c])] for c in np.argsort(sh_lo)[:worst]],
+        "worst_ledge": [[int(c) + 1, round(float(ledge[c]), 2)] for c in np.argsort(ledge)[:worst]],
+        "worst_hot": [[int(c) + 1, round(float(sh_hi[c]), 2)] for c in np.argsort(-sh_hi)[:worst]],
+        "worst_cold": [[int(c) + 1, round(float(sh_lo[c]), 2)] for c in np.argsort(sh_lo)[:worst]],
         "cells_with_new_validity_flags": int(np.count_nonzero(o.flags_ever)),
     }
 
