@@ -20,7 +20,8 @@ Constraints (and sources):
 
 * rectifier: ``min_ka`` <= I <= ``max_ka`` and |dI| <= ``ramp_ka_per_min`` x step
   (config, per line);
-* heat balance per cell: hourly superheat within 5-20 K (Dewing's CE fitted for ~3-20 K,
+* heat balance per cell: hourly superheat within 5-20 K (an hour with an AE on the cell
+  is left to the AE criterion: an AE heats its cell past 20 K in flat operation too) (Dewing's CE fitted for ~3-20 K,
   ``twin.envelope``; 5 K keeps a margin above the liquidus, the practice band of point-fed
   prebake cells being about 5-15 K, Grjotheim & Welch) and the side ledge at least 3 cm
   (the twin's envelope flags < 1 cm: lining exposed; 3 cm is this planner's margin);
@@ -331,6 +332,8 @@ def violations(out: Outcome, flat: Outcome, sc: Scenario, bands: Bands, cfg: Any
     msgs: list[str] = []
     where: dict[str, Any] = {}
     hi = out.superheat_mean_k - bands.superheat_max_k
+    if out.ae_in_step is not None:  # an AE heats its cell: its hour is the AE criterion's business
+        hi = np.where(out.ae_in_step, 0.0, hi)
     lo = bands.superheat_min_k - out.superheat_mean_k
     ld = bands.ledge_min_cm - out.ledge_min_cm
     for name, arr, unit in (
@@ -504,8 +507,7 @@ def optimise(
         ):
             miss = where[what]
             if verify is not None:  # margins already measured from the bound (_per_line)
-                need = miss + np.where(miss > 0, pad, 0.0)
-                tight[key] = np.maximum(tight[key], np.maximum(need, 0.5 * need.max(axis=0, keepdims=True)))
+                tight[key] = np.maximum(tight[key], miss + np.where(miss > 0, pad, 0.0))
             else:
                 tight[key] += miss + np.where(miss > 0, pad, 0.0) + 0.5 * miss.max(axis=0, keepdims=True)
         if "flagged_cells" in where and "ae" not in where:
@@ -560,10 +562,13 @@ def _per_line(where: dict[str, Any], full: Outcome, mod: Outcome, b: Bands) -> d
         res = np.zeros_like(val)
         for ln in range(n_lines):
             m_line = miss[:, full.cell_line == ln].max(axis=1)  # [n] the line's worst miss
+            # the hours next to a miss get half of it (the LP would move the miss there)
+            nb = np.maximum(np.concatenate([[0.0], m_line[:-1]]), np.concatenate([m_line[1:], [0.0]]))
+            m_eff = np.maximum(m_line, 0.5 * nb)
             cells = mod.cell_line == ln
             worst_model = (sign * val[:, cells]).max(axis=1)  # the model's worst, in band terms
             # margin so that the model's worst moves by the miss: (its distance to the bound) + miss
-            need = np.where(m_line > 0, (sign * bound - worst_model) + m_line, 0.0)
+            need = np.where(m_eff > 0, (sign * bound - worst_model) + m_eff, 0.0)
             res[:, cells] = np.maximum(need, 0.0)[:, None]
         out[key] = res
     if "flagged_cells" in where:

@@ -135,6 +135,7 @@ class Outcome:
     cell_line: np.ndarray  # [n_cells] line of each simulated cell
     flags_ever: np.ndarray  # [n_cells] validity envelope flags raised since the start
     line_current_ka: np.ndarray  # [n_steps, n_lines] mean measured line current
+    ae_in_step: np.ndarray | None = None  # [n_steps, n_cells] an AE started or burned in the step
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -286,6 +287,7 @@ class TwinModel:
         energy = np.zeros((n, nl))
         metal = np.zeros((n, nl))
         cur = np.zeros((n, nl))
+        ae_step = np.zeros((n, nc), dtype=bool)
         s = t.state
         e_prev = s[:, A_E_ELEC].copy()
         m_prev = s[:, A_METAL].copy()
@@ -300,9 +302,11 @@ class TwinModel:
             shs = np.empty((SAMPLES_PER_STEP, nc))
             lds = np.empty((SAMPLES_PER_STEP, nc))
             ik = np.zeros(nl)
+            ae_k = t.state[:, A_AE_N].copy()
             for j in range(SAMPLES_PER_STEP):
                 t.advance(sub)
                 tr = t.truth()
+                ae_step[k] |= tr["ae_active"]
                 shs[j] = tr["superheat_k"]
                 lds[j] = tr["ledge_cm"]
                 ik += t.measurements()["line_current_ka"] / SAMPLES_PER_STEP
@@ -311,6 +315,7 @@ class TwinModel:
             sh_max[k] = shs.max(axis=0)
             ledge_min[k] = lds.min(axis=0)
             cur[k] = ik
+            ae_step[k] |= t.state[:, A_AE_N] > ae_k
             s = t.state
             de = (s[:, A_E_ELEC] - e_prev) * w_cell / 3.6e9
             dm = (s[:, A_METAL] - m_prev) * w_cell / 1e3
@@ -335,5 +340,6 @@ class TwinModel:
             cell_line=cl.copy(),
             flags_ever=t.truth()["validity_flags_ever"].copy(),
             line_current_ka=cur,
+            ae_in_step=ae_step,
             wall_s=time.perf_counter() - t0,
         )
