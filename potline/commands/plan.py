@@ -160,8 +160,10 @@ def _table(console, table_cls, report: dict) -> None:
             f"{f['cells']['superheat_min_k']:.1f}..{f['cells']['superheat_max_k']:.1f}",
         ),
     ]
+    from rich.markup import escape
+
     for r in rows:
-        t.add_row(*r)
+        t.add_row(escape(r[0]), r[1], r[2])
     console.print(t)
     console.print(
         f"MWh shifted {src['mwh_shifted']:.1f}, saving {src['cost_saving_eur']:.0f} EUR ({src['cost_saving_pct']:.2f} %), "
