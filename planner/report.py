@@ -60,7 +60,7 @@ def to_plan(
         steps=steps,
         constraints=constraints,
         objective={
-            "model": "reduced twin",
+            "model": f"twin, {len(res.outcome.cell_line)} simulated cells",
             "cost_eur": cmp_["plan"]["cost_eur"],
             "flat_cost_eur": cmp_["flat"]["cost_eur"],
             "energy_mwh": cmp_["plan"]["energy_mwh"],
