@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "shadow": ("shadow", "shadow-test a refining pot against recorded data"),
     "campaign": ("campaign", "run many refining cycles in parallel (local or Dask)"),
     "calibrate": ("calibrate", "fit a refining pot's parameters to a recording; write a calibrated config"),
+    "plan": ("plan", "plan line current and heat-exchanger duty for a price day or a grid request"),
     "hash-password": ("hash_password", "print the scrypt hash of a new operator password (asks, or reads stdin)"),
 }
 
