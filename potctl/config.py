@@ -281,7 +281,7 @@ class PfcConfig(StrictModel):
 
 class BathChemistryConfig(StrictModel):
     """AlF3 control from the lab's bath samples and the bath temperature
-    (``potctl.bath_chemistry``; docs/domain.md "Bath chemistry and heat balance control").
+    (``potctl.bath_chemistry``; docs/domain.md "Bath chemistry and heat-balance control").
 
     Off by default: once on, the controller's AlF3 additions replace the potroom PLC's
     own AlF3 schedule on every remote cell it has a sample for.
