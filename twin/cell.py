@@ -536,6 +536,14 @@ def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
         # an operation's, an AE's or a line-current change's resistance step is not alumina
         if busy or abs(current - state[k, S_I_FILT]) > PLC_CURRENT_STEP * state[k, S_I_FILT]:
             state[k, S_R_MIN] = state[k, S_R_FILT]
+            # a line-current disturbance (a setpoint change, another cell's AE dipping the
+            # line) after the underfeed has settled ends the underfeed: the PLC cannot tell
+            # the rise it waits for from the disturbance, and restarting the rise from here
+            # would keep the cell underfed to the 4 h limit while the line keeps dipping
+            # (an AE storm on a line at its rectifier's voltage limit)
+            if not busy and state[k, S_FEED_PHASE] < 0.5 and state[k, S_PHASE_T] > TRACK_SETTLE_S:
+                state[k, S_FEED_PHASE] = 1.0
+                state[k, S_PHASE_T] = 0.0
         state[k, S_PHASE_T] += dt
         if ae:  # after an AE the PLC overfeeds
             state[k, S_FEED_PHASE] = 1.0
