@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +72,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
+
+from potline.drop_folder import move_into
 
 if TYPE_CHECKING:
     from potline.journal import Journal
@@ -444,7 +445,7 @@ class SampleIntake:
                 except OperatorInputError as exc:
                     res, issues = ImportResult(), list(exc.issues)
                 if issues:
-                    dest = _move(f, folder / "rejected")
+                    dest = move_into(f, folder / "rejected")
                     dest.with_name(dest.name + ".errors.txt").write_text("\n".join(issues) + "\n", encoding="utf-8")
                     j = self._journal()
                     if j is not None:
@@ -457,7 +458,7 @@ class SampleIntake:
                     done.append((f.name, 0, issues))
                     continue
                 self.take(res.samples, source=f"csv:{f.name}")
-                _move(f, folder / "imported")
+                move_into(f, folder / "imported")
                 log.info("operator_inputs.imported", file=f.name, samples=len(res.samples))
                 done.append((f.name, len(res.samples), []))
             except Exception as exc:  # a daemon never stops for a file
@@ -478,15 +479,3 @@ async def watch_folder(intake: SampleIntake, folder: str | Path, every_s: float 
             intake.import_folder(folder)
         except Exception:
             log.exception("operator_inputs.watch_failed", folder=str(folder))
-
-
-def _move(f: Path, to: Path) -> Path:
-    """Move ``f`` into directory ``to`` (created), never over an existing file."""
-    to.mkdir(parents=True, exist_ok=True)
-    dest = to / f.name
-    n = 1
-    while dest.exists():
-        dest = to / f"{f.stem}.{n}{f.suffix}"
-        n += 1
-    os.replace(f, dest)
-    return dest

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
+from potline.drop_folder import move_into
 from potline.grid_shed import LineShed, ShedEvent, ShedSettings
 from potline.plan_runner import PLAN_POLL_S, Bounds, PlanRunner, settled_plan_files
 
@@ -136,7 +136,7 @@ class PlanExecution:
         """Offer each settled plan file in the folder, oldest first; move it to loaded/ or rejected/."""
         for f in settled_plan_files(self.folder):
             ok = self.runner.offer(f, self.timeline_now(), source=f"plans/{f.name}")
-            dest = _move(f, self.folder / ("loaded" if ok else "rejected"))
+            dest = move_into(f, self.folder / ("loaded" if ok else "rejected"))
             if ok:
                 try:
                     shutil.copyfile(dest, self.in_force)
@@ -207,15 +207,3 @@ def _mtime(p: Path) -> float:
         return p.stat().st_mtime
     except OSError:
         return 0.0  # offered first; its refusal (cannot read) is journalled
-
-
-def _move(f: Path, to: Path) -> Path:
-    """Move ``f`` into directory ``to`` (created), never over an existing file."""
-    to.mkdir(parents=True, exist_ok=True)
-    dest = to / f.name
-    n = 1
-    while dest.exists():
-        dest = to / f"{f.stem}.{n}{f.suffix}"
-        n += 1
-    os.replace(f, dest)
-    return dest
