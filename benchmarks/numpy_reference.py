@@ -82,6 +82,7 @@ from twin.cell import (
     SWEEP_SCALE_MM,
     SWEEP_TAU_S,
     TAP_BATCH_KG,
+    TRACK_DISTURBED_OVER_S,
     TRACK_LEAN_OVER_S,
     TRACK_NOISE_K,
     TRACK_SETTLE_S,
@@ -1049,6 +1050,9 @@ class NumpyPotline:
         if tr.any():
             stepped = np.abs(current - S[S_I_FILT]) > PLC_CURRENT_STEP * S[S_I_FILT]
             S[S_R_MIN] = np.where(tr & (busy | stepped), S[S_R_FILT], S[S_R_MIN])
+            end_under = tr & ~busy & stepped & (S[S_FEED_PHASE] < 0.5) & (S[S_PHASE_T] > TRACK_DISTURBED_OVER_S)
+            S[S_FEED_PHASE] = np.where(end_under, 1.0, S[S_FEED_PHASE])
+            S[S_PHASE_T] = np.where(end_under, 0.0, S[S_PHASE_T])
             S[S_PHASE_T] = np.where(tr, S[S_PHASE_T] + dt, S[S_PHASE_T])
             re = tr & ae
             S[S_FEED_PHASE] = np.where(re, 1.0, S[S_FEED_PHASE])

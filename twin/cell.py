@@ -243,6 +243,8 @@ AE_WET_RATE = 1.0 / 60.0
 PLC_E0_V = 1.65
 #: tracking: the underfeed's resistance minimum settles this long before a rise counts [s]
 TRACK_SETTLE_S = 600.0
+#: an underfeed this long [s] ends with an overfeed at the next line-current disturbance
+TRACK_DISTURBED_OVER_S = 2700.0
 #: tracking: a rise must also exceed this many standard deviations of the raw resistance
 #: noise (a noisy cell, e.g. after an anode change, does not trigger the overfeed by noise)
 TRACK_NOISE_K = 0.6
@@ -537,11 +539,12 @@ def local_automation(k, state, params, out, current, u, charge, dt, ops_ended):
         if busy or abs(current - state[k, S_I_FILT]) > PLC_CURRENT_STEP * state[k, S_I_FILT]:
             state[k, S_R_MIN] = state[k, S_R_FILT]
             # a line-current disturbance (a setpoint change, another cell's AE dipping the
-            # line) after the underfeed has settled ends the underfeed: the PLC cannot tell
-            # the rise it waits for from the disturbance, and restarting the rise from here
-            # would keep the cell underfed to the 4 h limit while the line keeps dipping
-            # (an AE storm on a line at its rectifier's voltage limit)
-            if not busy and state[k, S_FEED_PHASE] < 0.5 and state[k, S_PHASE_T] > TRACK_SETTLE_S:
+            # line) once the underfeed has run TRACK_DISTURBED_OVER_S ends it with an
+            # overfeed: the PLC cannot tell the rise it waits for from the disturbance, and
+            # a cell underfed that long is lean. Restarting the rise within the same
+            # underfeed kept the cell underfed to the 4 h limit while the line kept
+            # dipping (an AE storm on a line at its rectifier's voltage limit).
+            if not busy and state[k, S_FEED_PHASE] < 0.5 and state[k, S_PHASE_T] > TRACK_DISTURBED_OVER_S:
                 state[k, S_FEED_PHASE] = 1.0
                 state[k, S_PHASE_T] = 0.0
         state[k, S_PHASE_T] += dt
