@@ -803,6 +803,17 @@ PLANNING_RESULTS = (
 )
 
 
+def _source_of(path: Path) -> str:
+    """``<commit>`` (``with local edits``) of the source a result was measured on, "" if unknown."""
+    try:
+        src = json.loads(path.read_text(encoding="utf-8")).get("source") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(src, dict) or not src.get("commit"):
+        return ""
+    return f"{src['commit']}" + (" (with local edits)" if src.get("dirty") else "")
+
+
 def planning_section(results_dir: Path = RESULTS_DIR) -> list[str]:
     """The planning benchmarks' own Markdown (``benchmarks/results/<name>.md``), headings moved
     one level down under ``## Planning``; a benchmark not run yet is named as such."""
@@ -816,6 +827,9 @@ def planning_section(results_dir: Path = RESULTS_DIR) -> list[str]:
         body = [("##" + ln) if ln.startswith("#") else ln for ln in text]
         if body and body[0].startswith("###"):
             body[0] = f"{body[0]} (`{module}`)"
+        src = _source_of(results_dir / f"{name}.json")
+        if src:
+            body[1:1] = ["", f"Measured at source {src}."]
         lines += [*body, ""]
     return lines
 
