@@ -111,7 +111,9 @@ async def test_hmi_shows_the_plant_and_an_ae_alarm_with_kpis_and_history(tmp_pat
                         "AE minutes in /metrics")  # fmt: skip
 
             # the voltage trend of cell 3 from the history
-            t1 = snap["t"] + 1e6
+            # up to the latest scan: the span decides the resolution (a far-future end would ask
+            # for hour buckets, two of them on a loaded machine)
+            t1 = (await _get(http, f"{url}/api/snapshot"))["t"] + 1.0
             trend = await _get(http, f"{url}/api/history?tag=Potroom1.Cell003.CellVoltage&start={snap['t'] - 600}"
                                      f"&end={t1}")  # fmt: skip
             values = [v for v in trend["mean"] if v is not None]
